@@ -1,0 +1,102 @@
+# namedpipe — build and test (Linux natively, Windows via mingw-w64 + Wine).
+#
+#   make deps          install Debian packages, build Windows Lua (tools/deps.sh)
+#   make linux         build/linux/namedpipe/core.so
+#   make windows       build/win/namedpipe/core.dll   (needs build/winlua)
+#   make test-linux    run tests/run.lua with lua5.4
+#   make test-windows  run tests/run.lua with lua.exe under Wine (tools/wine-run.sh)
+#   make test          deps + both suites; last line: total "N passed, N failed, N skipped"
+#   make demo          examples/demo.lua on Linux and under Wine
+#   make clean         remove the module builds (keeps build/winlua, the wine prefix)
+#   make distclean     remove all of build/
+#
+# Pass test options with TESTARGS, e.g.  make test-linux TESTARGS="-p Basics"
+# Extra compiler flags: EXTRA_CFLAGS=...  extra libs: LINUX_LIBS=... WIN_LIBS=...
+
+SHELL := /bin/bash
+
+LINUX_CC ?= gcc
+WIN_CC   ?= x86_64-w64-mingw32-gcc
+# evaluated when used (after deps installed pkg-config)
+LUA_CFLAGS = $(shell pkg-config --cflags lua5.4 2>/dev/null || echo -I/usr/include/lua5.4)
+
+LINUX_CFLAGS ?= -O2 -g -Wall -Wextra -fPIC -shared
+WIN_CFLAGS   ?= -O2 -Wall -Wextra -shared
+EXTRA_CFLAGS ?=
+LINUX_LIBS   ?=
+WIN_LIBS     ?= -lkernel32 -ladvapi32 -lntdll
+
+WINLUA     := build/winlua
+WIN_LUA    := $(WINLUA)/bin/lua.exe
+WIN_LUADLL := $(WINLUA)/bin/lua54.dll
+
+LINUX_SRC := $(wildcard src/*.c src/unix/*.c)
+LINUX_HDR := $(wildcard src/*.h src/unix/*.h)
+WIN_SRC   := $(wildcard src/*.c src/win/*.c)
+WIN_HDR   := $(wildcard src/*.h src/win/*.h)
+
+LINUX_SO  := build/linux/namedpipe/core.so
+WIN_DLL   := build/win/namedpipe/core.dll
+
+TESTARGS ?=
+
+# A deleted/renamed source or changed flags leave no newer prerequisite
+# behind, so keep a stamp per platform whose content is compiler+flags+file
+# list, rewritten (and thus newer) only when that changes.
+LINUX_STAMP := build/linux/.inputs
+WIN_STAMP   := build/win/.inputs
+LINUX_SIG   := $(LINUX_CC) $(LINUX_CFLAGS) $(EXTRA_CFLAGS) $(LINUX_LIBS) $(LINUX_SRC)
+WIN_SIG     := $(WIN_CC) $(WIN_CFLAGS) $(EXTRA_CFLAGS) $(WIN_LIBS) $(WIN_SRC)
+ifeq ($(filter clean distclean,$(MAKECMDGOALS)),)
+ifneq ($(file <$(LINUX_STAMP)),$(LINUX_SIG))
+$(shell mkdir -p $(dir $(LINUX_STAMP)))
+$(file >$(LINUX_STAMP),$(LINUX_SIG))
+endif
+ifneq ($(file <$(WIN_STAMP)),$(WIN_SIG))
+$(shell mkdir -p $(dir $(WIN_STAMP)))
+$(file >$(WIN_STAMP),$(WIN_SIG))
+endif
+endif
+
+.PHONY: all deps linux windows test test-linux test-windows demo clean distclean
+
+all: linux windows
+
+deps:
+	tools/deps.sh
+
+linux: $(LINUX_SO)
+
+$(LINUX_SO): $(LINUX_SRC) $(LINUX_HDR) $(LINUX_STAMP) Makefile
+	@mkdir -p $(@D)
+	$(LINUX_CC) $(LINUX_CFLAGS) $(LUA_CFLAGS) -Isrc $(EXTRA_CFLAGS) -o $@ $(LINUX_SRC) $(LINUX_LIBS)
+
+windows: $(WIN_DLL)
+
+$(WIN_DLL): $(WIN_SRC) $(WIN_HDR) $(WIN_LUA) $(WIN_STAMP) Makefile
+	@mkdir -p $(@D)
+	$(WIN_CC) $(WIN_CFLAGS) -I $(WINLUA)/include -Isrc $(EXTRA_CFLAGS) -o $@ $(WIN_SRC) $(WIN_LUADLL) $(WIN_LIBS)
+
+# lua.exe is written last by tools/deps.sh, so it marks a complete build/winlua
+$(WIN_LUA):
+	tools/deps.sh
+
+test-linux: linux
+	lua5.4 tests/run.lua --platform linux $(TESTARGS)
+
+test-windows: windows
+	tools/wine-run.sh $(WIN_LUA) tests/run.lua --platform windows $(TESTARGS)
+
+test: deps
+	MAKE="$(MAKE)" tools/test-all.sh
+
+demo: linux windows
+	LUA_PATH_5_4='lua/?.lua;lua/?/init.lua;;' LUA_CPATH_5_4='build/linux/?.so;;' \
+	  lua5.4 examples/demo.lua
+	tools/wine-run.sh $(WIN_LUA) examples/demo.lua
+
+clean:
+	rm -rf build/linux build/win
+
+distclean:
+	rm -rf build

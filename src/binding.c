@@ -1,0 +1,513 @@
+/*
+ * binding.c - the Lua face of namedpipe: module `namedpipe.core`.
+ *
+ * Thin on purpose: argument checks, option tables (options.c), userdata
+ * lifetime and callback dispatch. The platform work is behind np.h; the
+ * coroutine/synchronous sugar is pure Lua (lua/namedpipe.lua).
+ *
+ * Lifetime rules (HAZARDS.md 1, 5):
+ *  - The userdata only points at the backend's C-heap block; kernel-owned
+ *    memory lives there, never in Lua memory (except write strings, which are
+ *    anchored until their completion has been released).
+ *  - While an operation started from Lua is in flight, the pipe userdata is
+ *    anchored, so a callback never silently vanishes with a garbage
+ *    collection; an unreferenced pipe with nothing in flight is closed by
+ *    __gc.
+ *  - Lua runs only inside step(): callbacks are never called from the call
+ *    that started the operation.
+ */
+#include <limits.h>
+#include <string.h>
+
+#include "lauxlib.h"
+#include "lua.h"
+
+#include "np.h"
+#include "options.h"
+
+#define PIPE_MT "namedpipe.pipe"
+#define LOOP_KEY "namedpipe.loop"
+
+#if LUA_NOREF != NP_NOREF
+#error "NP_NOREF must equal LUA_NOREF"
+#endif
+
+/* Every function of the module and every method share two upvalues: the
+ * loop userdata and the anchor table (callbacks, write strings, pipes in
+ * flight), so the hot path never looks anything up by name. */
+#define LOOP_UPV lua_upvalueindex(1)
+#define ANCHORS_UPV lua_upvalueindex(2)
+
+typedef struct loop_ud {
+  np_loop *loop; /* NULL once closed (lua_close) */
+} loop_ud;
+
+typedef struct pipe_ud {
+  np_pipe *p;   /* NULL once closed */
+  int inflight; /* operations started from Lua, not yet dispatched */
+  int self_ref; /* anchor of this userdata while inflight > 0 */
+  int is_server;
+} pipe_ud;
+
+static np_loop *check_loop(lua_State *L) {
+  loop_ud *lu = (loop_ud *)lua_touserdata(L, LOOP_UPV);
+  if (!lu->loop) luaL_error(L, "namedpipe: the loop is closed");
+  return lu->loop;
+}
+
+/* ---------------------------------------------------------------- results */
+
+/* nil, message, name, code: the shape of every OS failure. */
+static int push_status(lua_State *L, const np_status *st) {
+  char buf[256];
+  lua_pushnil(L);
+  lua_pushstring(L, np_status_message(st, buf, sizeof buf));
+  lua_pushstring(L, np_err_name(st->err));
+  lua_pushinteger(L, st->code);
+  return 4;
+}
+
+/* ------------------------------------------------------------------ pipes */
+
+static pipe_ud *check_pipe(lua_State *L) {
+  pipe_ud *u = (pipe_ud *)luaL_checkudata(L, 1, PIPE_MT);
+  if (!u->p) luaL_argerror(L, 1, "pipe is closed");
+  return u;
+}
+
+static pipe_ud *check_server(lua_State *L) {
+  pipe_ud *u = check_pipe(L);
+  if (!u->is_server) luaL_argerror(L, 1, "server pipe expected, got a client");
+  return u;
+}
+
+static void check_callback(lua_State *L, int arg) {
+  luaL_checktype(L, arg, LUA_TFUNCTION);
+}
+
+/* Anchor the callback at `arg` (and the pipe, on its first operation in
+ * flight) before the backend sees the operation. */
+static int anchor_operation(lua_State *L, pipe_ud *u, int arg) {
+  int ref;
+  lua_pushvalue(L, arg);
+  ref = luaL_ref(L, ANCHORS_UPV);
+  if (u->inflight++ == 0) {
+    lua_pushvalue(L, 1);
+    u->self_ref = luaL_ref(L, ANCHORS_UPV);
+  }
+  return ref;
+}
+
+static void pipe_new(lua_State *L, np_pipe *p, int is_server) {
+  pipe_ud *u = (pipe_ud *)lua_newuserdatauv(L, sizeof *u, 0);
+  u->p = p;
+  u->inflight = 0;
+  u->self_ref = LUA_NOREF;
+  u->is_server = is_server;
+  np_pipe_set_user(p, u);
+  luaL_setmetatable(L, PIPE_MT);
+}
+
+/* Count a name's length as Windows does, in UTF-16 units. */
+static size_t utf16_length(const char *s, size_t len) {
+  size_t i, n = 0;
+  for (i = 0; i < len; i++) {
+    unsigned char b = (unsigned char)s[i];
+    if ((b & 0xC0) != 0x80) n += (b >= 0xF0) ? 2 : 1;
+  }
+  return n;
+}
+
+static const char *check_name(lua_State *L, int arg) {
+  size_t len;
+  const char *name, *problem;
+  if (lua_type(L, arg) != LUA_TSTRING)
+    luaL_typeerror(L, arg, "string (pipe name)");
+  name = lua_tolstring(L, arg, &len);
+  if (len == 0) luaL_argerror(L, arg, "pipe name is empty");
+  if (strlen(name) != len) luaL_argerror(L, arg, "pipe name contains a NUL byte");
+  if (utf16_length(name, len) > NP_MAX_NAME)
+    luaL_argerror(L, arg, "pipe name is longer than 256 characters");
+  problem = np_name_problem(name, len);
+  if (problem) luaL_argerror(L, arg, problem);
+  return name;
+}
+
+static int l_create(lua_State *L) {
+  np_loop *loop = check_loop(L);
+  const char *name = check_name(L, 1);
+  np_server_options o;
+  np_status st;
+  np_pipe *p;
+  np_check_server_options(L, 2, &o);
+  p = np_server_create(loop, name, &o, &st);
+  if (!p) return push_status(L, &st);
+  pipe_new(L, p, 1);
+  return 1;
+}
+
+static int l_open(lua_State *L) {
+  np_loop *loop = check_loop(L);
+  const char *name = check_name(L, 1);
+  np_client_options o;
+  np_status st;
+  np_pipe *p;
+  np_check_client_options(L, 2, &o);
+  p = np_client_open(loop, name, &o, &st);
+  if (!p) return push_status(L, &st);
+  pipe_new(L, p, 0);
+  return 1;
+}
+
+static int m_connect(lua_State *L) {
+  pipe_ud *u = check_server(L);
+  check_callback(L, 2);
+  if (np_pipe_busy(u->p, NP_OP_CONNECT))
+    luaL_argerror(L, 1, "a connect is already pending on this pipe");
+  np_connect_start(u->p, anchor_operation(L, u, 2));
+  return 0;
+}
+
+/* read size: nil (0: whatever is there / one whole message) or n >= 1. */
+static size_t opt_read_size(lua_State *L, int arg) {
+  lua_Integer n;
+  if (lua_isnoneornil(L, arg)) return 0;
+  n = luaL_checkinteger(L, arg);
+  if (n < 1) luaL_argerror(L, arg, "positive byte count expected");
+  return (size_t)n;
+}
+
+static int m_read(lua_State *L) {
+  pipe_ud *u = check_pipe(L);
+  int top = lua_gettop(L);
+  size_t max;
+  /* read(cb) or read(n, cb): the callback is always last. */
+  check_callback(L, top < 2 ? 2 : top);
+  max = top >= 3 ? opt_read_size(L, 2) : 0;
+  if (np_pipe_busy(u->p, NP_OP_READ))
+    luaL_argerror(L, 1, "a read is already pending on this pipe");
+  np_read_start(u->p, max, anchor_operation(L, u, top < 2 ? 2 : top));
+  return 0;
+}
+
+static const char *check_data(lua_State *L, int arg, size_t *len) {
+  if (lua_type(L, arg) != LUA_TSTRING) luaL_typeerror(L, arg, "string");
+  return lua_tolstring(L, arg, len);
+}
+
+static int m_write(lua_State *L) {
+  pipe_ud *u = check_pipe(L);
+  size_t len;
+  const char *data = check_data(L, 2, &len);
+  int ref_cb, ref_data;
+  check_callback(L, 3);
+  ref_cb = anchor_operation(L, u, 3);
+  /* The kernel reads straight from the Lua string (no copy): anchor it
+   * until the completion has been released. */
+  lua_pushvalue(L, 2);
+  ref_data = luaL_ref(L, ANCHORS_UPV);
+  if (!np_write_start(u->p, data, len, ref_cb, ref_data)) {
+    luaL_unref(L, ANCHORS_UPV, ref_data);
+    luaL_unref(L, ANCHORS_UPV, ref_cb);
+    if (--u->inflight == 0) {
+      luaL_unref(L, ANCHORS_UPV, u->self_ref);
+      u->self_ref = LUA_NOREF;
+    }
+    return luaL_error(L, "not enough memory");
+  }
+  return 0;
+}
+
+static int m_try_read(lua_State *L) {
+  pipe_ud *u = check_pipe(L);
+  size_t max = opt_read_size(L, 2), len;
+  const char *data;
+  int more;
+  np_status st;
+  if (np_pipe_busy(u->p, NP_OP_READ))
+    luaL_argerror(L, 1, "a read is already pending on this pipe");
+  if (!np_try_read(u->p, max, &data, &len, &more, &st))
+    return push_status(L, &st);
+  lua_pushlstring(L, data, len);
+  return 1;
+}
+
+static int m_try_write(lua_State *L) {
+  pipe_ud *u = check_pipe(L);
+  size_t len, written;
+  const char *data = check_data(L, 2, &len);
+  int ref_data;
+  np_status st;
+  /* Anchored as for write(): the backend may keep the bytes in flight. A
+   * completion with no callback releases it; it also counts as in flight so
+   * that the pipe userdata outlives it. */
+  lua_pushvalue(L, 2);
+  ref_data = luaL_ref(L, ANCHORS_UPV);
+  if (!np_try_write(u->p, data, len, ref_data, &written, &st)) {
+    luaL_unref(L, ANCHORS_UPV, ref_data);
+    return push_status(L, &st);
+  }
+  if (np_pipe_busy(u->p, NP_OP_WRITE)) {
+    /* The backend kept ref_data with a write in flight (Windows). */
+    if (u->inflight++ == 0) {
+      lua_pushvalue(L, 1);
+      u->self_ref = luaL_ref(L, ANCHORS_UPV);
+    }
+  } else {
+    luaL_unref(L, ANCHORS_UPV, ref_data);
+  }
+  lua_pushinteger(L, (lua_Integer)written);
+  return 1;
+}
+
+static np_op check_op(lua_State *L, int arg, const char *def) {
+  static const char *const names[] = {"connect", "read", "write", NULL};
+  return (np_op)(luaL_checkoption(L, arg, def, names) + 1);
+}
+
+/* cancel([what]): what is "connect", "read", "write", or nil for all. */
+static int m_cancel(lua_State *L) {
+  pipe_ud *u = check_pipe(L);
+  static const char *const reasons[] = {"CANCELLED", "TIMEOUT", NULL};
+  np_err reason = luaL_checkoption(L, 3, "CANCELLED", reasons) == 0
+                      ? NP_CANCELLED
+                      : NP_TIMEOUT;
+  if (lua_isnoneornil(L, 2)) {
+    np_cancel(u->p, NP_OP_CONNECT, reason);
+    np_cancel(u->p, NP_OP_READ, reason);
+    np_cancel(u->p, NP_OP_WRITE, reason);
+  } else {
+    np_cancel(u->p, check_op(L, 2, NULL), reason);
+  }
+  return 0;
+}
+
+static int m_busy(lua_State *L) {
+  pipe_ud *u = check_pipe(L);
+  lua_pushinteger(L, np_pipe_busy(u->p, check_op(L, 2, NULL)));
+  return 1;
+}
+
+static int m_disconnect(lua_State *L) {
+  pipe_ud *u = check_server(L);
+  np_status st;
+  if (!np_disconnect(u->p, &st)) return push_status(L, &st);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int m_info(lua_State *L) {
+  pipe_ud *u = check_pipe(L);
+  np_info info;
+  np_status st;
+  if (!np_pipe_info(u->p, &info, &st)) return push_status(L, &st);
+  lua_createtable(L, 0, 5);
+  lua_pushstring(L, info.mode == NP_MODE_MESSAGE ? "message" : "byte");
+  lua_setfield(L, -2, "mode");
+  lua_pushstring(L, info.is_server ? "server" : "client");
+  lua_setfield(L, -2, "pipe_end");
+  if (info.max_instances == NP_UNLIMITED_INSTANCES)
+    lua_pushliteral(L, "unlimited");
+  else
+    lua_pushinteger(L, info.max_instances);
+  lua_setfield(L, -2, "max_instances");
+  lua_pushinteger(L, info.out_buffer_size);
+  lua_setfield(L, -2, "out_buffer_size");
+  lua_pushinteger(L, info.in_buffer_size);
+  lua_setfield(L, -2, "in_buffer_size");
+  return 1;
+}
+
+static const char *const state_names[] = {"listening", "connected",
+                                          "disconnected", "closed"};
+
+static int m_state(lua_State *L) {
+  pipe_ud *u = (pipe_ud *)luaL_checkudata(L, 1, PIPE_MT);
+  lua_pushstring(L, u->p ? state_names[np_pipe_state(u->p)] : "closed");
+  return 1;
+}
+
+/* close, __close and __gc share this path; closing twice is harmless. */
+static int m_close(lua_State *L) {
+  pipe_ud *u = (pipe_ud *)luaL_checkudata(L, 1, PIPE_MT);
+  if (u->p) {
+    np_pipe *p = u->p;
+    u->p = NULL;
+    /* Operations in flight keep this userdata anchored: their completions
+     * (CLOSED) still come through step() and release it. */
+    np_pipe_close(p);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int m_gc(lua_State *L) {
+  pipe_ud *u = (pipe_ud *)luaL_checkudata(L, 1, PIPE_MT);
+  if (u->p) {
+    np_pipe_set_user(u->p, NULL); /* the userdata memory is going away */
+    np_pipe_close(u->p);
+    u->p = NULL;
+  }
+  return 0;
+}
+
+static int m_tostring(lua_State *L) {
+  pipe_ud *u = (pipe_ud *)luaL_checkudata(L, 1, PIPE_MT);
+  if (u->p)
+    lua_pushfstring(L, "namedpipe %s %s (%s)", u->is_server ? "server" : "client",
+                    np_pipe_name(u->p), state_names[np_pipe_state(u->p)]);
+  else
+    lua_pushfstring(L, "namedpipe %s (closed)",
+                    u->is_server ? "server" : "client");
+  return 1;
+}
+
+/* ------------------------------------------------------------------- loop */
+
+/* Push the callback's arguments for completion c; returns how many. */
+static int push_completion(lua_State *L, const np_completion *c) {
+  if (c->status.err != NP_OK) return push_status(L, &c->status);
+  switch (c->op) {
+    case NP_OP_CONNECT:
+      lua_pushboolean(L, 1);
+      return 1;
+    case NP_OP_READ:
+      lua_pushlstring(L, c->data, c->len);
+      return 1;
+    default:
+      lua_pushinteger(L, (lua_Integer)c->len);
+      return 1;
+  }
+}
+
+static int l_step(lua_State *L) {
+  np_loop *loop = check_loop(L);
+  lua_Number t = luaL_optnumber(L, 1, 0);
+  int timeout, ready, dispatched = 0;
+  np_status st;
+  np_completion c;
+  if (!(t >= 0)) luaL_argerror(L, 1, "timeout in milliseconds >= 0 expected");
+  timeout = t >= (lua_Number)INT_MAX ? INT_MAX : (int)(t + 0.999);
+  ready = np_loop_wait(loop, timeout, &st);
+  if (ready < 0) return push_status(L, &st);
+  /* Only what was ready when we looked: callbacks that start operations
+   * which finish at once must not keep this step running forever. */
+  while (dispatched < ready && np_loop_next(loop, &c)) {
+    pipe_ud *u = (pipe_ud *)c.user;
+    int nargs, has_cb = c.ref_cb != LUA_NOREF;
+    dispatched++;
+    if (has_cb) {
+      lua_rawgeti(L, ANCHORS_UPV, c.ref_cb);
+      luaL_unref(L, ANCHORS_UPV, c.ref_cb);
+    }
+    nargs = push_completion(L, &c);
+    if (c.ref_data != LUA_NOREF) luaL_unref(L, ANCHORS_UPV, c.ref_data);
+    np_completion_done(loop, &c); /* may free the pipe block */
+    if (u && --u->inflight == 0) {
+      luaL_unref(L, ANCHORS_UPV, u->self_ref);
+      u->self_ref = LUA_NOREF;
+    }
+    if (has_cb)
+      lua_call(L, nargs, 0); /* an error propagates; the queue stays sound */
+    else
+      lua_pop(L, nargs);
+  }
+  lua_pushinteger(L, dispatched);
+  return 1;
+}
+
+static int l_pending(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)np_loop_outstanding(check_loop(L)));
+  return 1;
+}
+
+static int l_now(lua_State *L) {
+  lua_pushnumber(L, np_now_ms());
+  return 1;
+}
+
+static int loop_gc(lua_State *L) {
+  loop_ud *lu = (loop_ud *)lua_touserdata(L, 1);
+  if (lu->loop) {
+    np_loop_close(lu->loop);
+    lu->loop = NULL;
+  }
+  return 0;
+}
+
+static const luaL_Reg pipe_methods[] = {
+    {"connect", m_connect}, {"read", m_read},
+    {"write", m_write},     {"try_read", m_try_read},
+    {"try_write", m_try_write}, {"cancel", m_cancel},
+    {"disconnect", m_disconnect}, {"info", m_info},
+    {"state", m_state},     {"close", m_close},
+    {"_busy", m_busy},      {NULL, NULL}};
+
+static const luaL_Reg pipe_meta[] = {{"__gc", m_gc},
+                                     {"__close", m_close},
+                                     {"__tostring", m_tostring},
+                                     {NULL, NULL}};
+
+static const luaL_Reg module_funcs[] = {{"create", l_create},
+                                        {"open", l_open},
+                                        {"step", l_step},
+                                        {"pending", l_pending},
+                                        {"now", l_now},
+                                        {NULL, NULL}};
+
+/* The loop is created once per Lua state and kept in the registry; its __gc
+ * runs at lua_close after every pipe's (it is the oldest finalizable
+ * object), so it can wait for the kernel to give back their blocks. */
+static void push_loop(lua_State *L) {
+  if (lua_getfield(L, LUA_REGISTRYINDEX, LOOP_KEY) == LUA_TUSERDATA) return;
+  lua_pop(L, 1);
+  {
+    np_status st;
+    char buf[256];
+    loop_ud *lu = (loop_ud *)lua_newuserdatauv(L, sizeof *lu, 1);
+    lu->loop = NULL;
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, loop_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    lu->loop = np_loop_new(&st);
+    if (!lu->loop)
+      luaL_error(L, "namedpipe: cannot create the loop: %s",
+                 np_status_message(&st, buf, sizeof buf));
+    lua_newtable(L); /* anchors */
+    lua_setiuservalue(L, -2, 1);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, LOOP_KEY);
+  }
+}
+
+int luaopen_namedpipe_core(lua_State *L);
+
+#if defined(_WIN32)
+__declspec(dllexport)
+#endif
+int luaopen_namedpipe_core(lua_State *L) {
+  push_loop(L);                 /* loop */
+  lua_getiuservalue(L, -1, 1);  /* loop anchors */
+
+  if (luaL_newmetatable(L, PIPE_MT)) {
+    lua_pushvalue(L, -3);
+    lua_pushvalue(L, -3);
+    luaL_setfuncs(L, pipe_meta, 2);
+    luaL_newlibtable(L, pipe_methods);
+    lua_pushvalue(L, -4);
+    lua_pushvalue(L, -4);
+    luaL_setfuncs(L, pipe_methods, 2);
+    lua_setfield(L, -2, "__index");
+  }
+  /* loop anchors mt */
+  luaL_newlibtable(L, module_funcs);
+  lua_pushvalue(L, -4);
+  lua_pushvalue(L, -4);
+  luaL_setfuncs(L, module_funcs, 2);
+  lua_getfield(L, -2, "__index");
+  lua_setfield(L, -2, "methods"); /* for the pure-Lua layer to extend */
+  lua_pushliteral(L, "0.1.0");
+  lua_setfield(L, -2, "_VERSION");
+  return 1;
+}

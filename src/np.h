@@ -1,0 +1,200 @@
+/*
+ * np.h - the narrow interface between the Lua binding (binding.c) and a
+ * platform backend (win/pipe_win.c over an I/O completion port, unix/pipe_unix.c
+ * over epoll and Unix domain sockets).
+ *
+ * The backend speaks completions, never Lua: an operation is started with
+ * opaque integer anchors (the binding's references to a callback and to the
+ * Lua string being written) and later comes back, once, as an np_completion
+ * carrying those anchors. Everything that runs Lua happens in the binding,
+ * and only inside step(): the backend never calls back into the binding.
+ *
+ * Ownership: an np_pipe is a C-heap block owned by the backend. np_pipe_close()
+ * marks it closed and cancels its operations; the block lives on until every
+ * operation the kernel still owns has completed and every completion has been
+ * handed out and released with np_completion_done(). The binding never frees
+ * it and never touches it after close except through completions.
+ */
+#ifndef NP_H
+#define NP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct np_loop np_loop;
+typedef struct np_pipe np_pipe;
+
+/* "No anchor": the same value as Lua's LUA_NOREF (checked in binding.c). */
+#define NP_NOREF (-2)
+
+/* Pipe names: the Win32 limit on a whole pipe name, in characters. */
+#define NP_MAX_NAME 256
+
+/* Portable error names; np_err_name() gives the string Lua sees. */
+typedef enum np_err {
+  NP_OK = 0,
+  NP_EOF,              /* end of stream: the peer closed its end */
+  NP_WOULDBLOCK,       /* try_read/try_write: nothing could be done now */
+  NP_NOT_FOUND,        /* no pipe (no server instance) of that name */
+  NP_PIPE_BUSY,        /* every instance is busy / max_instances reached */
+  NP_BROKEN_PIPE,      /* the peer closed: a write cannot be delivered */
+  NP_NOT_CONNECTED,    /* no client connected (yet or any more) */
+  NP_ACCESS_DENIED,    /* security, or first_pipe_instance collision */
+  NP_TIMEOUT,          /* a wait ran out */
+  NP_CLOSED,           /* this end was closed while the operation was pending */
+  NP_CANCELLED,        /* the operation was cancelled */
+  NP_INVALID_NAME,     /* the OS refused the name */
+  NP_INVALID_ARGUMENT, /* the OS refused an option value */
+  NP_ADDRESS_IN_USE,   /* the name is taken by something that is not ours */
+  NP_NO_MEMORY,
+  NP_IO_ERROR,         /* any other OS failure; the OS code says which */
+  NP_ERR_COUNT
+} np_err;
+
+const char *np_err_name(np_err e); /* errors.c */
+
+/* An OS-level outcome: err is the portable name, code the OS code (Win32
+ * error or errno; 0 when the failure is the module's own, e.g. CLOSED). */
+typedef struct np_status {
+  np_err err;
+  long code;
+} np_status;
+
+/* Human-readable message for a status, written into buf (backend). */
+const char *np_status_message(const np_status *st, char *buf, size_t size);
+
+typedef enum np_mode { NP_MODE_BYTE = 0, NP_MODE_MESSAGE = 1 } np_mode;
+
+#define NP_UNLIMITED_INSTANCES 255u
+
+/* Tokio's ServerOptions, with Tokio's defaults (options.c). */
+typedef struct np_server_options {
+  int access_inbound;         /* true */
+  int access_outbound;        /* true */
+  int first_pipe_instance;    /* false */
+  int write_dac;              /* false */
+  int write_owner;            /* false */
+  int access_system_security; /* false */
+  np_mode pipe_mode;          /* byte */
+  int reject_remote_clients;  /* true */
+  unsigned max_instances;     /* NP_UNLIMITED_INSTANCES, else 1..254 */
+  uint32_t out_buffer_size;   /* 65536 */
+  uint32_t in_buffer_size;    /* 65536 */
+  const char *security;       /* NULL, or an SDDL string (Windows) / file mode (Unix) */
+} np_server_options;
+
+/* Tokio's ClientOptions, with Tokio's defaults (options.c). */
+typedef struct np_client_options {
+  int read;                    /* true */
+  int write;                   /* true */
+  uint32_t security_qos_flags; /* SECURITY_IDENTIFICATION (0x00010000) */
+  np_mode pipe_mode;           /* byte */
+} np_client_options;
+
+void np_server_options_default(np_server_options *o);
+void np_client_options_default(np_client_options *o);
+
+/* What info() reports, read back from the OS. */
+typedef struct np_info {
+  int is_server;
+  np_mode mode;           /* the pipe's type (message pipes keep boundaries) */
+  unsigned max_instances; /* NP_UNLIMITED_INSTANCES or 1..254 */
+  uint32_t out_buffer_size;
+  uint32_t in_buffer_size;
+} np_info;
+
+typedef enum np_op { NP_OP_CONNECT = 1, NP_OP_READ = 2, NP_OP_WRITE = 3 } np_op;
+
+/* Observable state, for tostring() and for the binding's misuse checks. */
+typedef enum np_state {
+  NP_STATE_LISTENING,    /* server instance waiting for connect() */
+  NP_STATE_CONNECTED,
+  NP_STATE_DISCONNECTED, /* server after disconnect(): connect() again */
+  NP_STATE_CLOSED
+} np_state;
+
+/* One finished operation, handed out by np_loop_next(). data/len stay valid
+ * until np_completion_done(); the pipe block may be freed by that call. */
+typedef struct np_completion {
+  np_pipe *pipe;
+  void *user;       /* np_pipe_set_user() value at the time it finished */
+  np_op op;
+  np_status status; /* NP_OK, or what went wrong (NP_EOF for end of stream) */
+  const char *data; /* read: the bytes */
+  size_t len;       /* read: bytes read; write: bytes written */
+  int more;         /* read(n) in message mode: the message goes on */
+  int ref_cb;       /* anchors given when the operation started */
+  int ref_data;
+  void *req;        /* backend-private */
+} np_completion;
+
+/* ---- the loop: one per Lua state ---- */
+np_loop *np_loop_new(np_status *st);
+/* Cancel everything, wait (bounded) for the kernel to give back every block,
+ * free what it gave back. Runs no Lua; completions not yet handed out are
+ * dropped. */
+void np_loop_close(np_loop *loop);
+/* Wait up to timeout_ms (0: just look; <0: forever) for operations to finish
+ * and queue them; returns how many completions are ready, or -1 with *st. */
+int np_loop_wait(np_loop *loop, int timeout_ms, np_status *st);
+/* Pop the oldest ready completion into *c; 0 when none is ready. */
+int np_loop_next(np_loop *loop, np_completion *c);
+void np_completion_done(np_loop *loop, np_completion *c);
+/* Operations started and not yet released (kernel-owned or ready). */
+size_t np_loop_outstanding(const np_loop *loop);
+/* Monotonic milliseconds. */
+double np_now_ms(void);
+
+/* ---- pipes ---- */
+/* NULL if the platform accepts this pipe name, else what is wrong with it,
+ * for the binding's argument error. Windows: \\.\pipe\NAME or
+ * \\server\pipe\NAME; Unix: also an absolute socket path. */
+const char *np_name_problem(const char *name, size_t len);
+/* name is UTF-8, already checked by the binding (length, NULs, prefix). */
+np_pipe *np_server_create(np_loop *loop, const char *name,
+                          const np_server_options *o, np_status *st);
+np_pipe *np_client_open(np_loop *loop, const char *name,
+                        const np_client_options *o, np_status *st);
+
+void np_pipe_set_user(np_pipe *p, void *user);
+int np_pipe_is_server(const np_pipe *p);
+np_state np_pipe_state(const np_pipe *p);
+const char *np_pipe_name(const np_pipe *p);
+/* Is an operation of this kind started and not yet released? For writes:
+ * how many. */
+int np_pipe_busy(const np_pipe *p, np_op op);
+
+/* Starting never fails in a way Lua must see at once: the binding has
+ * checked the preconditions (open, server for connect, no read pending,
+ * ...), and an OS refusal comes back as a completion like any other. */
+void np_connect_start(np_pipe *p, int ref_cb);
+/* max 0: byte mode, whatever is available (up to the read buffer);
+ * message mode, one whole message however large. max > 0: at most max. */
+void np_read_start(np_pipe *p, size_t max, int ref_cb);
+/* data must stay valid until the completion is released (ref_data anchors
+ * it). Writes complete in the order they were started. Returns 0 only when
+ * no memory was left to track the write (nothing started, nothing kept). */
+int np_write_start(np_pipe *p, const char *data, size_t len, int ref_cb,
+                    int ref_data);
+
+/* Never block. try_read: 1 with *data and *len (valid until the next operation
+ * on p), 0 with *st (NP_WOULDBLOCK, NP_EOF, ...). max as np_read_start. */
+int np_try_read(np_pipe *p, size_t max, const char **data, size_t *len,
+                int *more, np_status *st);
+/* try_write: 1 with *written (the bytes now belong to the pipe; they are
+ * anchored by ref_data until a completion with ref_cb NP_NOREF comes back),
+ * 0 with *st. An OS failure of an accepted write is reported by the next
+ * write or try_write. */
+int np_try_write(np_pipe *p, const char *data, size_t len, int ref_data,
+                 size_t *written, np_status *st);
+
+/* Cancel the pending operations of one kind; they complete with `reason`
+ * (NP_CANCELLED, NP_TIMEOUT, ...) unless they finished first. */
+void np_cancel(np_pipe *p, np_op op, np_err reason);
+/* Server only. Pending operations complete with NP_NOT_CONNECTED. */
+int np_disconnect(np_pipe *p, np_status *st);
+int np_pipe_info(np_pipe *p, np_info *info, np_status *st);
+/* Pending operations complete with NP_CLOSED. Idempotent. */
+void np_pipe_close(np_pipe *p);
+
+#endif

@@ -1,0 +1,63 @@
+/* error_win.c - Win32 error codes to portable names and messages. */
+#include <stdio.h>
+#include <string.h>
+
+#include "win.h"
+
+np_err np_win_error(DWORD err, np_op op) {
+  switch (err) {
+    case ERROR_SUCCESS: return NP_OK;
+    case ERROR_FILE_NOT_FOUND:
+    case ERROR_PATH_NOT_FOUND: return NP_NOT_FOUND;
+    case ERROR_PIPE_BUSY: return NP_PIPE_BUSY;
+    /* HAZARDS.md 7: a broken pipe on a read is the end of the stream. */
+    case ERROR_BROKEN_PIPE:
+    case ERROR_NO_DATA: return op == NP_OP_READ ? NP_EOF : NP_BROKEN_PIPE;
+    case ERROR_PIPE_NOT_CONNECTED:
+    case ERROR_PIPE_LISTENING: return NP_NOT_CONNECTED;
+    case ERROR_ACCESS_DENIED: return NP_ACCESS_DENIED;
+    case ERROR_SEM_TIMEOUT:
+    case WAIT_TIMEOUT:
+    case ERROR_TIMEOUT: return NP_TIMEOUT;
+    case ERROR_OPERATION_ABORTED: return NP_CANCELLED;
+    case ERROR_INVALID_NAME:
+    case ERROR_BAD_PATHNAME:
+    case ERROR_NO_UNICODE_TRANSLATION: return NP_INVALID_NAME;
+    case ERROR_INVALID_PARAMETER:
+    case ERROR_INVALID_SECURITY_DESCR: return NP_INVALID_ARGUMENT;
+    case ERROR_NOT_ENOUGH_MEMORY:
+    case ERROR_OUTOFMEMORY:
+    case ERROR_NO_SYSTEM_RESOURCES: return NP_NO_MEMORY;
+    default: return NP_IO_ERROR;
+  }
+}
+
+void np_win_status(np_status *st, DWORD err, np_op op) {
+  st->err = np_win_error(err, op);
+  st->code = (long)err;
+}
+
+/* The module's own outcomes read the same on every platform; the OS's
+ * come from FormatMessage. */
+const char *np_status_message(const np_status *st, char *buf, size_t size) {
+  DWORD n;
+  switch (st->err) {
+    case NP_EOF: return "end of stream (the peer closed the pipe)";
+    case NP_CLOSED: return "pipe closed";
+    case NP_CANCELLED: return "operation cancelled";
+    case NP_WOULDBLOCK: return "operation would block";
+    case NP_TIMEOUT:
+      if (st->code == 0) return "timed out";
+      break;
+    default:
+      break;
+  }
+  n = FormatMessageA(FORMAT_MESSAGE_FROM_SYSTEM | FORMAT_MESSAGE_IGNORE_INSERTS,
+                     NULL, (DWORD)st->code, MAKELANGID(LANG_NEUTRAL, SUBLANG_DEFAULT),
+                     buf, (DWORD)size, NULL);
+  while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r' ||
+                   buf[n - 1] == ' ' || buf[n - 1] == '.'))
+    buf[--n] = '\0';
+  if (n == 0) snprintf(buf, size, "%s (Win32 error %ld)", np_err_name(st->err), st->code);
+  return buf;
+}

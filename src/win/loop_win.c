@@ -1,0 +1,224 @@
+/*
+ * loop_win.c - one I/O completion port per Lua state, the ready queue in
+ * front of it, and the bounded drain when the state closes.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "win.h"
+
+/* How many packets one GetQueuedCompletionStatusEx call may take. */
+#define BATCH 64
+/* lua_close waits this long for the kernel to give back cancelled blocks. */
+#define CLOSE_DRAIN_MS 5000
+
+typedef ULONG(WINAPI *status_to_error_fn)(LONG);
+static status_to_error_fn status_to_error;
+
+np_loop *np_loop_new(np_status *st) {
+  np_loop *loop = (np_loop *)calloc(1, sizeof *loop);
+  if (!status_to_error)
+    status_to_error = (status_to_error_fn)(void (*)(void))GetProcAddress(
+        GetModuleHandleA("ntdll.dll"), "RtlNtStatusToDosError");
+  if (!loop) {
+    st->err = NP_NO_MEMORY;
+    st->code = ERROR_NOT_ENOUGH_MEMORY;
+    return NULL;
+  }
+  loop->port = CreateIoCompletionPort(INVALID_HANDLE_VALUE, NULL, 0, 1);
+  loop->try_event = CreateEventW(NULL, TRUE, FALSE, NULL);
+  if (!loop->port || !loop->try_event || !status_to_error) {
+    np_win_status(st, GetLastError(), NP_OP_READ);
+    if (loop->port) CloseHandle(loop->port);
+    if (loop->try_event) CloseHandle(loop->try_event);
+    free(loop);
+    return NULL;
+  }
+  return loop;
+}
+
+void np_req_kernel(np_loop *loop, np_req *req) {
+  if (req->state == REQ_IDLE) {
+    req->pipe->outstanding++;
+    loop->outstanding++;
+  }
+  req->state = REQ_KERNEL;
+  loop->kernel_owned++;
+}
+
+void np_req_ready(np_loop *loop, np_req *req) {
+  if (req->state == REQ_IDLE) {
+    req->pipe->outstanding++;
+    loop->outstanding++;
+  } else if (req->state == REQ_KERNEL) {
+    loop->kernel_owned--;
+  }
+  req->state = REQ_READY;
+  req->next = NULL;
+  if (loop->ready_tail)
+    loop->ready_tail->next = req;
+  else
+    loop->ready_head = req;
+  loop->ready_tail = req;
+  loop->ready_count++;
+}
+
+/* A packet's OVERLAPPED holds the NTSTATUS; Wine and Windows differ in what
+ * GetQueuedCompletionStatus reports for STATUS_BUFFER_OVERFLOW, so read the
+ * status itself (WINE.md). */
+static void take_packet(np_loop *loop, OVERLAPPED_ENTRY *e) {
+  np_req *req;
+  LONG status;
+  if (!e->lpOverlapped) return; /* a wake-up post */
+  req = CONTAINING_RECORD(e->lpOverlapped, np_req, ov);
+  status = (LONG)req->ov.Internal;
+  loop->kernel_owned--;
+  req->state = REQ_IDLE; /* np_req_finished decides what comes next */
+  req->pipe->outstanding--;
+  loop->outstanding--;
+  np_req_finished(req, status == 0 ? 0 : status_to_error(status),
+                  e->dwNumberOfBytesTransferred);
+}
+
+int np_loop_wait(np_loop *loop, int timeout_ms, np_status *st) {
+  OVERLAPPED_ENTRY entries[BATCH];
+  ULONG n = 0, i;
+  DWORD timeout = loop->ready_count > 0 ? 0
+                  : timeout_ms < 0      ? INFINITE
+                                        : (DWORD)timeout_ms;
+  if (!GetQueuedCompletionStatusEx(loop->port, entries, BATCH, &n, timeout,
+                                   FALSE)) {
+    DWORD err = GetLastError();
+    /* On a timeout Wine may still set n to 1: ignore n (WINE.md). */
+    if (err != WAIT_TIMEOUT) {
+      np_win_status(st, err, NP_OP_READ);
+      return -1;
+    }
+    n = 0;
+  }
+  for (i = 0; i < n; i++) take_packet(loop, &entries[i]);
+  return loop->ready_count;
+}
+
+int np_loop_next(np_loop *loop, np_completion *c) {
+  np_req *req = loop->ready_head;
+  if (!req) return 0;
+  loop->ready_head = req->next;
+  if (!loop->ready_head) loop->ready_tail = NULL;
+  loop->ready_count--;
+  c->pipe = req->pipe;
+  c->user = req->pipe->user;
+  c->op = req->op;
+  c->status = req->status;
+  c->data = req->op == NP_OP_READ ? req->pipe->rbuf : NULL;
+  c->len = req->op == NP_OP_READ ? req->pipe->rlen : req->bytes;
+  c->more = req->more;
+  c->ref_cb = req->ref_cb;
+  c->ref_data = req->ref_data;
+  c->req = req;
+  return 1;
+}
+
+/* Write requests come from the loop's free list: no malloc per write on
+ * the hot path. A new one is on its pipe's list of writes. */
+np_req *np_write_new(np_pipe *p) {
+  np_loop *loop = p->loop;
+  np_req *req = loop->free_writes;
+  if (req)
+    loop->free_writes = req->next;
+  else if (!(req = (np_req *)malloc(sizeof *req)))
+    return NULL;
+  memset(req, 0, sizeof *req);
+  req->pipe = p;
+  req->op = NP_OP_WRITE;
+  req->state = REQ_IDLE;
+  req->ref_cb = req->ref_data = NP_NOREF;
+  req->wnext = p->writes; /* order in this list does not matter */
+  if (p->writes) p->writes->wprev = req;
+  p->writes = req;
+  p->nwrites++;
+  return req;
+}
+
+/* Back to the free list; the request must not be KERNEL or READY. */
+void np_write_drop(np_req *req) {
+  np_pipe *p = req->pipe;
+  np_loop *loop = p->loop;
+  if (req->wprev)
+    req->wprev->wnext = req->wnext;
+  else
+    p->writes = req->wnext;
+  if (req->wnext) req->wnext->wprev = req->wprev;
+  p->nwrites--;
+  req->next = loop->free_writes;
+  loop->free_writes = req;
+}
+
+static void release(np_loop *loop, np_req *req) {
+  np_pipe *p = req->pipe;
+  req->state = REQ_IDLE;
+  p->outstanding--;
+  loop->outstanding--;
+  if (req->op == NP_OP_WRITE) np_write_drop(req);
+  if (p->closed && p->outstanding == 0) np_pipe_free(p);
+}
+
+void np_completion_done(np_loop *loop, np_completion *c) {
+  release(loop, (np_req *)c->req);
+}
+
+size_t np_loop_outstanding(const np_loop *loop) { return loop->outstanding; }
+
+double np_now_ms(void) {
+  static LARGE_INTEGER freq;
+  LARGE_INTEGER t;
+  if (!freq.QuadPart) QueryPerformanceFrequency(&freq);
+  QueryPerformanceCounter(&t);
+  return (double)t.QuadPart * 1000.0 / (double)freq.QuadPart;
+}
+
+/* HAZARDS.md 2: cancel everything, then wait for the kernel to hand every
+ * OVERLAPPED back before freeing it; what it has not given back after
+ * CLOSE_DRAIN_MS is leaked, never freed under its feet. No Lua runs: the
+ * ready queue is simply released. */
+void np_loop_close(np_loop *loop) {
+  np_pipe *p, *next;
+  DWORD start = GetTickCount();
+  while (loop->ready_head) {
+    np_req *req = loop->ready_head;
+    loop->ready_head = req->next;
+    req->pipe->user = NULL;
+    release(loop, req); /* may free a block already closed */
+  }
+  loop->ready_tail = NULL;
+  loop->ready_count = 0;
+  for (p = loop->pipes; p; p = next) {
+    next = p->next;
+    p->user = NULL;
+    np_pipe_close(p); /* frees p if nothing of it is in the kernel */
+  }
+  while (loop->kernel_owned > 0) {
+    OVERLAPPED_ENTRY entries[BATCH];
+    ULONG n = 0, i;
+    DWORD waited = GetTickCount() - start;
+    if (waited >= CLOSE_DRAIN_MS) break;
+    if (!GetQueuedCompletionStatusEx(loop->port, entries, BATCH, &n,
+                                     CLOSE_DRAIN_MS - waited, FALSE))
+      continue;
+    for (i = 0; i < n; i++) {
+      if (!entries[i].lpOverlapped) continue;
+      loop->kernel_owned--;
+      release(loop, CONTAINING_RECORD(entries[i].lpOverlapped, np_req, ov));
+    }
+  }
+  /* Blocks still in loop->pipes have requests the kernel never gave back:
+   * leave them allocated (leaked) rather than free memory it may write. */
+  while (loop->free_writes) {
+    np_req *w = loop->free_writes;
+    loop->free_writes = w->next;
+    free(w);
+  }
+  CloseHandle(loop->try_event);
+  CloseHandle(loop->port);
+  free(loop);
+}

@@ -1,0 +1,484 @@
+/*
+ * pipe_win.c - named pipe instances and clients over the loop's completion
+ * port: create/open, connect, read, write, their non-blocking twins,
+ * cancel, disconnect, info and close.
+ */
+#include "win.h" /* windows.h first: sddl.h needs it */
+
+#include <sddl.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Byte-mode reads and the first chunk of a message: the default pipe
+ * buffer size. A larger read(n) is capped here per call (byte mode). */
+#define READ_CHUNK 65536u
+#define READ_CAP (1u << 20)
+
+/* ------------------------------------------------------------------ names */
+
+static int is_sep(char c) { return c == '\\' || c == '/'; }
+
+const char *np_name_problem(const char *name, size_t len) {
+  /* \\server\pipe\NAME, where server is "." for this machine. */
+  const char *expect = "pipe name like \\\\.\\pipe\\NAME expected";
+  size_t i = 2;
+  if (len < 3 || !is_sep(name[0]) || !is_sep(name[1])) return expect;
+  while (i < len && !is_sep(name[i])) i++;
+  if (i == 2 || len - i < 6 || _strnicmp(name + i + 1, "pipe", 4) != 0 ||
+      !is_sep(name[i + 5]) || i + 6 >= len)
+    return expect;
+  return NULL;
+}
+
+static wchar_t *to_wide(const char *s, np_status *st) {
+  int n = MultiByteToWideChar(CP_UTF8, MB_ERR_INVALID_CHARS, s, -1, NULL, 0);
+  wchar_t *w;
+  if (n <= 0) {
+    np_win_status(st, GetLastError(), NP_OP_CONNECT);
+    return NULL;
+  }
+  w = (wchar_t *)malloc((size_t)n * sizeof *w);
+  if (!w) {
+    np_win_status(st, ERROR_NOT_ENOUGH_MEMORY, NP_OP_CONNECT);
+    return NULL;
+  }
+  MultiByteToWideChar(CP_UTF8, MB_ERR_INVALID_CHARS, s, -1, w, n);
+  return w;
+}
+
+/* ------------------------------------------------------------ pipe blocks */
+
+static void init_req(np_req *req, np_pipe *p, np_op op) {
+  memset(req, 0, sizeof *req);
+  req->pipe = p;
+  req->op = op;
+  req->state = REQ_IDLE;
+  req->ref_cb = req->ref_data = NP_NOREF;
+}
+
+/* Takes ownership of h: on failure it is closed. */
+static np_pipe *adopt_handle(np_loop *loop, HANDLE h, const char *name,
+                             int is_server, np_mode read_mode, np_status *st) {
+  np_pipe *p = (np_pipe *)calloc(1, sizeof *p);
+  size_t len = strlen(name);
+  char *copy = (char *)malloc(len + 1);
+  if (!p || !copy) {
+    free(p);
+    free(copy);
+    CloseHandle(h);
+    np_win_status(st, ERROR_NOT_ENOUGH_MEMORY, NP_OP_CONNECT);
+    return NULL;
+  }
+  if (!CreateIoCompletionPort(h, loop->port, 0, 0)) {
+    np_win_status(st, GetLastError(), NP_OP_CONNECT);
+    free(p);
+    free(copy);
+    CloseHandle(h);
+    return NULL;
+  }
+  memcpy(copy, name, len + 1);
+  p->loop = loop;
+  p->h = h;
+  p->is_server = is_server;
+  p->read_mode = read_mode;
+  p->state = is_server ? NP_STATE_LISTENING : NP_STATE_CONNECTED;
+  p->name = copy;
+  init_req(&p->connect_req, p, NP_OP_CONNECT);
+  init_req(&p->read_req, p, NP_OP_READ);
+  p->next = loop->pipes;
+  if (loop->pipes) loop->pipes->prev = p;
+  loop->pipes = p;
+  return p;
+}
+
+void np_pipe_free(np_pipe *p) {
+  np_loop *loop = p->loop;
+  if (p->prev)
+    p->prev->next = p->next;
+  else
+    loop->pipes = p->next;
+  if (p->next) p->next->prev = p->prev;
+  free(p->rbuf);
+  free(p->name);
+  free(p);
+}
+
+np_pipe *np_server_create(np_loop *loop, const char *name,
+                          const np_server_options *o, np_status *st) {
+  DWORD open_mode = FILE_FLAG_OVERLAPPED, pipe_mode;
+  SECURITY_ATTRIBUTES sa;
+  PSECURITY_DESCRIPTOR sd = NULL;
+  HANDLE h;
+  wchar_t *wname = to_wide(name, st);
+  if (!wname) return NULL;
+  if (o->access_inbound) open_mode |= PIPE_ACCESS_INBOUND;
+  if (o->access_outbound) open_mode |= PIPE_ACCESS_OUTBOUND;
+  if (o->first_pipe_instance) open_mode |= FILE_FLAG_FIRST_PIPE_INSTANCE;
+  if (o->write_dac) open_mode |= WRITE_DAC;
+  if (o->write_owner) open_mode |= WRITE_OWNER;
+  if (o->access_system_security) open_mode |= ACCESS_SYSTEM_SECURITY;
+  pipe_mode = o->pipe_mode == NP_MODE_MESSAGE
+                  ? PIPE_TYPE_MESSAGE | PIPE_READMODE_MESSAGE
+                  : PIPE_TYPE_BYTE | PIPE_READMODE_BYTE;
+  if (o->reject_remote_clients) pipe_mode |= PIPE_REJECT_REMOTE_CLIENTS;
+  if (o->security) {
+    wchar_t *wsddl = to_wide(o->security, st);
+    BOOL ok;
+    if (!wsddl) {
+      free(wname);
+      return NULL;
+    }
+    ok = ConvertStringSecurityDescriptorToSecurityDescriptorW(
+        wsddl, SDDL_REVISION_1, &sd, NULL);
+    free(wsddl);
+    if (!ok) {
+      np_win_status(st, GetLastError(), NP_OP_CONNECT);
+      st->err = NP_INVALID_ARGUMENT; /* the SDDL text was refused */
+      free(wname);
+      return NULL;
+    }
+    sa.nLength = sizeof sa;
+    sa.lpSecurityDescriptor = sd;
+    sa.bInheritHandle = FALSE;
+  }
+  h = CreateNamedPipeW(wname, open_mode, pipe_mode, o->max_instances,
+                       o->out_buffer_size, o->in_buffer_size, 0,
+                       sd ? &sa : NULL);
+  if (h == INVALID_HANDLE_VALUE) np_win_status(st, GetLastError(), NP_OP_CONNECT);
+  if (sd) LocalFree(sd);
+  free(wname);
+  if (h == INVALID_HANDLE_VALUE) return NULL;
+  return adopt_handle(loop, h, name, 1, o->pipe_mode, st);
+}
+
+np_pipe *np_client_open(np_loop *loop, const char *name,
+                        const np_client_options *o, np_status *st) {
+  DWORD access = 0, mode = PIPE_READMODE_MESSAGE;
+  HANDLE h;
+  wchar_t *wname = to_wide(name, st);
+  if (!wname) return NULL;
+  if (o->read) access |= GENERIC_READ;
+  if (o->write) access |= GENERIC_WRITE;
+  /* SetNamedPipeHandleState needs FILE_WRITE_ATTRIBUTES, which a read-only
+   * open would otherwise lack (HAZARDS.md 12). */
+  if (o->pipe_mode == NP_MODE_MESSAGE) access |= FILE_WRITE_ATTRIBUTES;
+  h = CreateFileW(wname, access, 0, NULL, OPEN_EXISTING,
+                  FILE_FLAG_OVERLAPPED | SECURITY_SQOS_PRESENT |
+                      o->security_qos_flags,
+                  NULL);
+  if (h == INVALID_HANDLE_VALUE) np_win_status(st, GetLastError(), NP_OP_CONNECT);
+  free(wname);
+  if (h == INVALID_HANDLE_VALUE) return NULL;
+  if (o->pipe_mode == NP_MODE_MESSAGE &&
+      !SetNamedPipeHandleState(h, &mode, NULL, NULL)) {
+    np_win_status(st, GetLastError(), NP_OP_CONNECT);
+    CloseHandle(h);
+    return NULL;
+  }
+  return adopt_handle(loop, h, name, 0, o->pipe_mode, st);
+}
+
+void np_pipe_set_user(np_pipe *p, void *user) { p->user = user; }
+int np_pipe_is_server(const np_pipe *p) { return p->is_server; }
+np_state np_pipe_state(const np_pipe *p) { return p->state; }
+const char *np_pipe_name(const np_pipe *p) { return p->name; }
+
+int np_pipe_busy(const np_pipe *p, np_op op) {
+  switch (op) {
+    case NP_OP_CONNECT: return p->connect_req.state != REQ_IDLE;
+    case NP_OP_READ: return p->read_req.state != REQ_IDLE;
+    default: return p->nwrites;
+  }
+}
+
+/* ------------------------------------------------------------- operations */
+
+/* After a call that may have queued a packet: either the kernel owns the
+ * request now, or it failed at once and we complete it ourselves. */
+static void submitted(np_req *req, BOOL ok) {
+  np_loop *loop = req->pipe->loop;
+  DWORD err = ok ? ERROR_SUCCESS : GetLastError();
+  if (ok || err == ERROR_IO_PENDING || err == ERROR_MORE_DATA) {
+    np_req_kernel(loop, req);
+    return;
+  }
+  np_req_finished(req, err, 0);
+}
+
+static void complete_now(np_req *req, np_err err, long code) {
+  req->status.err = err;
+  req->status.code = code;
+  np_req_ready(req->pipe->loop, req);
+}
+
+static void arm(np_req *req, int ref_cb) {
+  memset(&req->ov, 0, sizeof req->ov);
+  req->ref_cb = ref_cb;
+  req->ref_data = NP_NOREF;
+  req->status.err = NP_OK;
+  req->status.code = 0;
+  req->bytes = 0;
+  req->more = 0;
+  req->abort_reason = NP_CANCELLED;
+}
+
+void np_connect_start(np_pipe *p, int ref_cb) {
+  np_req *req = &p->connect_req;
+  arm(req, ref_cb);
+  submitted(req, ConnectNamedPipe(p->h, &req->ov));
+}
+
+static int reserve(np_pipe *p, size_t need) {
+  char *b;
+  if (need <= p->rcap) return 1;
+  b = (char *)realloc(p->rbuf, need);
+  if (!b) return 0;
+  p->rbuf = b;
+  p->rcap = need;
+  return 1;
+}
+
+/* Issue (or continue) the read: `want` more bytes after p->rlen. */
+static void issue_read(np_pipe *p, size_t want) {
+  np_req *req = &p->read_req;
+  memset(&req->ov, 0, sizeof req->ov);
+  if (!reserve(p, p->rlen + want)) {
+    complete_now(req, NP_NO_MEMORY, ERROR_NOT_ENOUGH_MEMORY);
+    return;
+  }
+  submitted(req, ReadFile(p->h, p->rbuf + p->rlen, (DWORD)want, NULL, &req->ov));
+}
+
+void np_read_start(np_pipe *p, size_t max, int ref_cb) {
+  size_t want = READ_CHUNK;
+  arm(&p->read_req, ref_cb);
+  p->rlen = 0;
+  p->rmax = max;
+  if (max > 0 && max < want) want = max;
+  if (max > want && p->read_mode == NP_MODE_BYTE)
+    want = max < READ_CAP ? max : READ_CAP;
+  issue_read(p, want);
+}
+
+/* HAZARDS.md 8: ERROR_MORE_DATA carries the first part of a longer message.
+ * Ask how much of it is left and read on, into the same buffer. */
+static int continue_message(np_pipe *p) {
+  DWORD left = 0;
+  size_t want;
+  if (p->closed || !PeekNamedPipe(p->h, NULL, 0, NULL, NULL, &left) || left == 0)
+    return 0;
+  want = left;
+  if (p->rmax > 0) {
+    if (p->rlen >= p->rmax) return 0;
+    if (want > p->rmax - p->rlen) want = p->rmax - p->rlen;
+  }
+  issue_read(p, want);
+  return 1;
+}
+
+int np_write_start(np_pipe *p, const char *data, size_t len, int ref_cb,
+                   int ref_data) {
+  np_req *req = np_write_new(p);
+  if (!req) return 0;
+  arm(req, ref_cb);
+  req->ref_data = ref_data;
+  if (p->write_error.err != NP_OK) {
+    complete_now(req, p->write_error.err, p->write_error.code);
+    p->write_error.err = NP_OK;
+  } else if (len > 0xFFFFFFFFu) {
+    complete_now(req, NP_INVALID_ARGUMENT, ERROR_INVALID_PARAMETER);
+  } else {
+    submitted(req, WriteFile(p->h, data, (DWORD)len, NULL, &req->ov));
+  }
+  return 1;
+}
+
+/* A client end is connected from birth: ERROR_PIPE_NOT_CONNECTED there
+ * means the server disconnected it, which a reader sees as the end of the
+ * stream and a writer as a broken pipe (as over a socket, on Unix). A
+ * server end with no client says so in more than one way. */
+static void pipe_status(const np_pipe *p, np_status *st, DWORD err, np_op op) {
+  DWORD as = err;
+  if (!p->is_server && err == ERROR_PIPE_NOT_CONNECTED) as = ERROR_BROKEN_PIPE;
+  /* PeekNamedPipe on an instance no client has reached yet. */
+  if (p->is_server && err == ERROR_BAD_PIPE) as = ERROR_PIPE_NOT_CONNECTED;
+  st->err = np_win_error(as, op);
+  st->code = (long)err; /* the real Win32 code */
+}
+
+/* What a finished request means: called for each dequeued packet, and for
+ * calls that failed at once. May start the next part of a long message. */
+void np_req_finished(np_req *req, DWORD err, DWORD bytes) {
+  np_pipe *p = req->pipe;
+  req->bytes = bytes;
+  if (req->op == NP_OP_READ && (err == 0 || err == ERROR_MORE_DATA)) {
+    p->rlen += bytes;
+    if (err == ERROR_MORE_DATA) {
+      if (continue_message(p)) return;
+      req->more = 1;
+    }
+    err = 0;
+  }
+  if (req->op == NP_OP_CONNECT &&
+      (err == ERROR_PIPE_CONNECTED || err == ERROR_NO_DATA))
+    err = 0; /* HAZARDS.md 6: the client came first (and maybe went) */
+  if (err == 0) {
+    if (req->op == NP_OP_CONNECT && !p->closed) p->state = NP_STATE_CONNECTED;
+    complete_now(req, NP_OK, 0);
+    return;
+  }
+  if (err == ERROR_OPERATION_ABORTED || p->closed) {
+    complete_now(req, p->closed ? NP_CLOSED : req->abort_reason, (long)err);
+  } else {
+    np_status st;
+    pipe_status(p, &st, err, req->op);
+    complete_now(req, st.err, st.code);
+  }
+  if (req->op == NP_OP_WRITE && req->ref_cb == NP_NOREF &&
+      req->status.err != NP_CLOSED)
+    p->write_error = req->status; /* a try_write's failure, for later */
+}
+
+int np_try_read(np_pipe *p, size_t max, const char **data, size_t *len,
+                int *more, np_status *st) {
+  DWORD avail = 0, left = 0, want;
+  OVERLAPPED ov;
+  BOOL ok;
+  DWORD err = 0;
+  if (!PeekNamedPipe(p->h, NULL, 0, NULL, &avail, &left)) {
+    pipe_status(p, st, GetLastError(), NP_OP_READ);
+    return 0;
+  }
+  if (avail == 0) {
+    st->err = NP_WOULDBLOCK;
+    st->code = 0;
+    return 0;
+  }
+  want = p->read_mode == NP_MODE_MESSAGE && left > 0 ? left : avail;
+  if (p->read_mode == NP_MODE_BYTE && want > READ_CAP) want = READ_CAP;
+  if (max > 0 && want > max) want = (DWORD)max;
+  if (!reserve(p, want)) {
+    np_win_status(st, ERROR_NOT_ENOUGH_MEMORY, NP_OP_READ);
+    return 0;
+  }
+  /* The low bit of hEvent keeps this read's completion off the port: it is
+   * finished here, synchronously (the data is already there). */
+  memset(&ov, 0, sizeof ov);
+  ov.hEvent = (HANDLE)((ULONG_PTR)p->loop->try_event | 1);
+  ok = ReadFile(p->h, p->rbuf, want, NULL, &ov);
+  if (!ok) err = GetLastError();
+  if (err == ERROR_IO_PENDING) {
+    DWORD got;
+    ok = GetOverlappedResult(p->h, &ov, &got, TRUE);
+    err = ok ? 0 : GetLastError();
+  }
+  if (err != 0 && err != ERROR_MORE_DATA) {
+    pipe_status(p, st, err, NP_OP_READ);
+    return 0;
+  }
+  *data = p->rbuf;
+  *len = (size_t)ov.InternalHigh; /* also right after ERROR_MORE_DATA */
+  *more = err == ERROR_MORE_DATA;
+  return 1;
+}
+
+int np_try_write(np_pipe *p, const char *data, size_t len, int ref_data,
+                 size_t *written, np_status *st) {
+  np_req *req;
+  if (p->write_error.err != NP_OK) {
+    *st = p->write_error;
+    p->write_error.err = NP_OK;
+    return 0;
+  }
+  if (p->nwrites > 0) {
+    st->err = NP_WOULDBLOCK;
+    st->code = 0;
+    return 0;
+  }
+  if (len > 0xFFFFFFFFu) {
+    np_win_status(st, ERROR_INVALID_PARAMETER, NP_OP_WRITE);
+    return 0;
+  }
+  /* As mio does: the write is accepted whole and finishes in the
+   * background; until then the next try_write would block. */
+  req = np_write_new(p);
+  if (!req) {
+    np_win_status(st, ERROR_NOT_ENOUGH_MEMORY, NP_OP_WRITE);
+    return 0;
+  }
+  arm(req, NP_NOREF);
+  req->ref_data = ref_data;
+  if (!WriteFile(p->h, data, (DWORD)len, NULL, &req->ov)) {
+    DWORD err = GetLastError();
+    if (err != ERROR_IO_PENDING) { /* no packet will come: take it back */
+      pipe_status(p, st, err, NP_OP_WRITE);
+      np_write_drop(req);
+      return 0;
+    }
+  }
+  np_req_kernel(p->loop, req);
+  *written = len;
+  return 1;
+}
+
+static void cancel_req(np_pipe *p, np_req *req, np_err reason) {
+  if (req->state != REQ_KERNEL) return;
+  req->abort_reason = reason;
+  CancelIoEx(p->h, &req->ov); /* ERROR_NOT_FOUND: it just finished */
+}
+
+void np_cancel(np_pipe *p, np_op op, np_err reason) {
+  np_req *w;
+  if (p->closed) return;
+  if (op == NP_OP_CONNECT) cancel_req(p, &p->connect_req, reason);
+  if (op == NP_OP_READ) cancel_req(p, &p->read_req, reason);
+  if (op == NP_OP_WRITE)
+    for (w = p->writes; w; w = w->wnext) cancel_req(p, w, reason);
+}
+
+int np_disconnect(np_pipe *p, np_status *st) {
+  np_req *w;
+  /* Wine leaves a pending connect pending across DisconnectNamedPipe
+   * (WINE.md): cancel it first, on every platform. */
+  cancel_req(p, &p->connect_req, NP_NOT_CONNECTED);
+  p->read_req.abort_reason = NP_NOT_CONNECTED;
+  for (w = p->writes; w; w = w->wnext) w->abort_reason = NP_NOT_CONNECTED;
+  if (!DisconnectNamedPipe(p->h)) {
+    DWORD err = GetLastError();
+    if (err != ERROR_PIPE_LISTENING && err != ERROR_PIPE_NOT_CONNECTED) {
+      np_win_status(st, err, NP_OP_CONNECT);
+      return 0;
+    }
+  }
+  p->state = NP_STATE_DISCONNECTED;
+  return 1;
+}
+
+int np_pipe_info(np_pipe *p, np_info *info, np_status *st) {
+  DWORD flags = 0, out = 0, in = 0, max = 0;
+  if (!GetNamedPipeInfo(p->h, &flags, &out, &in, &max)) {
+    np_win_status(st, GetLastError(), NP_OP_CONNECT);
+    return 0;
+  }
+  info->is_server = (flags & PIPE_SERVER_END) != 0;
+  info->mode = (flags & PIPE_TYPE_MESSAGE) ? NP_MODE_MESSAGE : NP_MODE_BYTE;
+  /* Windows reports unlimited as 255, Wine as 0xFFFFFFFF (WINE.md). */
+  info->max_instances = (max >= PIPE_UNLIMITED_INSTANCES)
+                            ? NP_UNLIMITED_INSTANCES
+                            : (unsigned)max;
+  info->out_buffer_size = out;
+  info->in_buffer_size = in;
+  return 1;
+}
+
+/* HAZARDS.md 2: cancel, close, and let the packets come home; the block is
+ * freed by whoever releases its last request. */
+void np_pipe_close(np_pipe *p) {
+  if (p->closed) return;
+  p->closed = 1;
+  p->state = NP_STATE_CLOSED;
+  CancelIoEx(p->h, NULL);
+  CloseHandle(p->h);
+  p->h = INVALID_HANDLE_VALUE;
+  if (p->outstanding == 0) np_pipe_free(p);
+}

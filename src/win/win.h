@@ -1,0 +1,94 @@
+/*
+ * win.h - what the Windows backend's files share: the request and pipe
+ * blocks the kernel writes into, and the loop around one completion port.
+ *
+ * Completion policy (HAZARDS.md 3): FILE_SKIP_COMPLETION_PORT_ON_SUCCESS is
+ * NOT used. Every ReadFile/WriteFile/ConnectNamedPipe that returns TRUE, or
+ * FALSE with ERROR_IO_PENDING or ERROR_MORE_DATA, queues exactly one packet
+ * (as mio, asyncio and libuv rely on); any other failure queues none and is
+ * completed by us through the ready queue. So each request is finished by
+ * exactly one of the two paths, never both, never neither.
+ */
+#ifndef NP_WIN_H
+#define NP_WIN_H
+
+#ifndef WIN32_LEAN_AND_MEAN
+#define WIN32_LEAN_AND_MEAN
+#endif
+#include <windows.h>
+
+#include "../np.h"
+
+typedef enum req_state {
+  REQ_IDLE,   /* free for the next operation */
+  REQ_KERNEL, /* the kernel owns the OVERLAPPED and the buffer */
+  REQ_READY   /* finished, waiting in the ready queue for step() */
+} req_state;
+
+/* One operation. The OVERLAPPED is how a completion packet finds its way
+ * back (container-of, HAZARDS.md 4); connect and read are embedded in the
+ * pipe block, writes come from the loop's free list (several in flight). */
+typedef struct np_req {
+  OVERLAPPED ov;
+  np_pipe *pipe;
+  np_op op;
+  req_state state;
+  np_err abort_reason; /* what ERROR_OPERATION_ABORTED means for us */
+  np_status status;
+  DWORD bytes;
+  int more;
+  int ref_cb, ref_data;
+  const char *wdata; /* write: anchored Lua string */
+  DWORD wlen;
+  struct np_req *next;                   /* ready queue / free list */
+  struct np_req *wprev, *wnext;          /* pipe's writes in flight */
+} np_req;
+
+struct np_pipe {
+  np_loop *loop;
+  HANDLE h; /* INVALID_HANDLE_VALUE once closed */
+  int is_server;
+  np_mode read_mode; /* how this end reads (message: whole messages) */
+  np_state state;
+  int closed;
+  void *user;
+  char *name; /* UTF-8, for tostring */
+  np_req connect_req;
+  np_req read_req;
+  char *rbuf; /* read buffer; owned by the kernel while read_req is */
+  size_t rcap;
+  size_t rlen; /* bytes of the current read so far */
+  size_t rmax; /* the caller's limit, 0 for none */
+  np_req *writes;        /* writes started, not yet released */
+  int nwrites;
+  np_status write_error; /* a failed try_write, told to the next write */
+  size_t outstanding;    /* requests KERNEL or READY */
+  struct np_pipe *prev, *next; /* the loop's blocks */
+};
+
+struct np_loop {
+  HANDLE port;
+  HANDLE try_event; /* for try_read's one synchronous read */
+  np_req *ready_head, *ready_tail;
+  int ready_count;
+  size_t outstanding;    /* requests KERNEL or READY, all pipes */
+  size_t kernel_owned;   /* requests KERNEL */
+  np_pipe *pipes;        /* every block not yet freed */
+  np_req *free_writes;
+};
+
+/* error_win.c */
+np_err np_win_error(DWORD err, np_op op);
+void np_win_status(np_status *st, DWORD err, np_op op);
+
+/* loop_win.c */
+void np_req_ready(np_loop *loop, np_req *req);
+void np_req_kernel(np_loop *loop, np_req *req);
+void np_pipe_free(np_pipe *p);
+np_req *np_write_new(np_pipe *p);
+void np_write_drop(np_req *req);
+
+/* pipe_win.c: what a dequeued packet means for its request. */
+void np_req_finished(np_req *req, DWORD err, DWORD bytes);
+
+#endif

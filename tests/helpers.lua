@@ -1,0 +1,104 @@
+-- tests/helpers.lua - shared by the test files (not a test file itself).
+local np = require "namedpipe"
+
+local H = {}
+
+local counter = 0
+local run_id = tostring(os.time()) .. "-" .. tostring(math.random(1, 1e9))
+
+--- A pipe name no other test (or earlier run) uses.
+function H.name(tag)
+  counter = counter + 1
+  return ([[\\.\pipe\nptest-%s-%s-%d]]):format(tag or "t", run_id, counter)
+end
+
+--- Step the loop until cond() is true; fails the test after timeout ms.
+function H.pump(cond, timeout, what)
+  local deadline = np.now() + (timeout or 5000)
+  while not cond() do
+    if np.now() > deadline then
+      error("timed out waiting for " .. (what or "a condition"), 2)
+    end
+    np.step(10)
+  end
+end
+
+--- Drain: step until nothing is in flight (bounded).
+function H.settle(timeout)
+  local deadline = np.now() + (timeout or 5000)
+  while np.pending() > 0 and np.now() < deadline do np.step(10) end
+  np.step(0)
+end
+
+--- A connected server/client pair on a fresh name.
+function H.pair(sopts, copts)
+  local name = H.name("pair")
+  local server = assert(np.create(name, sopts))
+  local client = assert(np.open(name, copts))
+  assert(server:connect(2000))
+  return server, client, name
+end
+
+--- Collect a callback's results: local cb, res = H.capture(); ...; res[1]
+function H.capture()
+  local res = { done = false }
+  return function(...)
+    res.done = true
+    res.n = select("#", ...)
+    for i = 1, res.n do res[i] = select(i, ...) end
+  end, res
+end
+
+--- Sum of bytes in a string, a cheap order-sensitive checksum.
+function H.checksum(s)
+  local a, b = 1, 0
+  for i = 1, #s, 1 do
+    a = (a + s:byte(i)) % 65521
+    b = (b + a) % 65521
+  end
+  return b * 65536 + a
+end
+
+function H.close_all(...)
+  for i = 1, select("#", ...) do
+    local p = select(i, ...)
+    if p then p:close() end
+  end
+  H.settle(2000)
+end
+
+--- The command that started this interpreter (arg[-1] and before).
+local function interpreter()
+  local i = -1
+  while arg and arg[i - 1] do i = i - 1 end
+  local parts = {}
+  for j = i, -1 do parts[#parts + 1] = arg[j] end
+  local exe = table.concat(parts, " ")
+  if PLATFORM == "windows" then exe = exe:gsub("/", "\\") end
+  return exe
+end
+
+--- Run `code` in a fresh Lua process with the same interpreter and module
+--- paths; returns ok (clean exit), its output.
+function H.run_lua(code, ...)
+  counter = counter + 1
+  local base = ("build/tmp-child-%s-%d"):format(run_id, counter)
+  local script, out = base .. ".lua", base .. ".out"
+  local f = assert(io.open(script, "w"))
+  f:write(("package.path = %q\npackage.cpath = %q\n"):format(package.path, package.cpath))
+  f:write(code)
+  f:close()
+  local args = {}
+  for i = 1, select("#", ...) do args[i] = ('"%s"'):format(select(i, ...)) end
+  local cmd = ('%s %s %s > %s 2>&1'):format(interpreter(), script, table.concat(args, " "), out)
+  if PLATFORM == "windows" then cmd = cmd:gsub("build/", "build\\") end
+  local ok = os.execute(cmd)
+  local rf = io.open(out, "r")
+  local text = rf and rf:read("a") or ""
+  if rf then rf:close() end
+  os.remove(script)
+  os.remove(out)
+  return ok == true, text
+end
+
+return H

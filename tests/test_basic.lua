@@ -1,0 +1,221 @@
+-- Data crossing a pipe: both modes, both directions, callbacks and the
+-- synchronous form, many instances of one name.
+local lu = require "luaunit"
+local np = require "namedpipe"
+local H = require "tests.helpers"
+
+TestBasic = {}
+
+function TestBasic:tearDown() H.settle(2000) end
+
+function TestBasic:test_callback_round_trip_byte_mode()
+  local name = H.name("cb")
+  local server = assert(np.create(name))
+  local client = assert(np.open(name))
+  local connected, wrote, got
+  server:connect(function(ok, err) connected = { ok, err } end)
+  client:write("hello", function(n, err) wrote = { n, err } end)
+  server:read(function(data, err) got = { data, err } end)
+  H.pump(function() return connected and wrote and got end, 5000, "callbacks")
+  lu.assertEquals(connected, { true })
+  lu.assertEquals(wrote, { 5 })
+  lu.assertEquals(got, { "hello" })
+  H.close_all(server, client)
+end
+
+function TestBasic:test_sync_form_like_a_repl()
+  local server, client = H.pair()
+  lu.assertEquals(client:write("hi"), 2)
+  lu.assertEquals(server:read(), "hi")
+  lu.assertEquals(server:write("back"), 4)
+  lu.assertEquals(client:read(), "back")
+  H.close_all(server, client)
+end
+
+function TestBasic:test_step_returns_dispatch_count()
+  local server, client = H.pair()
+  local n = 0
+  client:write("a", function() n = n + 1 end)
+  client:write("b", function() n = n + 1 end)
+  local total = 0
+  H.pump(function() total = total + np.step(10); return n == 2 end)
+  lu.assertTrue(total >= 2)
+  lu.assertEquals(np.step(0), 0) -- nothing left
+  lu.assertEquals(server:read(), "ab")
+  H.close_all(server, client)
+end
+
+function TestBasic:test_message_boundaries_kept()
+  local server, client = H.pair({ pipe_mode = "message" }, { pipe_mode = "message" })
+  for _, m in ipairs { "one", "", "three", ("x"):rep(1000) } do
+    client:write(m, function() end)
+  end
+  lu.assertEquals(server:read(), "one")
+  lu.assertEquals(server:read(), "") -- a zero-length message is a message
+  lu.assertEquals(server:read(), "three")
+  lu.assertEquals(server:read(), ("x"):rep(1000))
+  H.close_all(server, client)
+end
+
+function TestBasic:test_message_larger_than_read_buffer_comes_whole()
+  -- 1 MiB message through 64 KiB pipe buffers: ERROR_MORE_DATA inside.
+  local server, client = H.pair({ pipe_mode = "message" }, { pipe_mode = "message" })
+  local big = {}
+  for i = 1, 1024 * 1024 / 16 do big[i] = ("%015d\n"):format(i) end
+  big = table.concat(big)
+  local cb, res = H.capture()
+  client:write(big, cb)
+  local got = server:read()
+  H.pump(function() return res.done end)
+  lu.assertEquals(res[1], #big)
+  lu.assertEquals(#got, #big)
+  lu.assertEquals(H.checksum(got), H.checksum(big))
+  lu.assertEquals(got, big)
+  H.close_all(server, client)
+end
+
+function TestBasic:test_message_read_n_gives_first_part_then_rest()
+  local server, client = H.pair({ pipe_mode = "message" }, { pipe_mode = "message" })
+  client:write("abcdefgh", function() end)
+  client:write("next", function() end)
+  lu.assertEquals(server:read(3), "abc")
+  lu.assertEquals(server:read(), "defgh")
+  lu.assertEquals(server:read(), "next")
+  H.close_all(server, client)
+end
+
+function TestBasic:test_byte_mode_read_n_at_most_n()
+  local server, client = H.pair()
+  client:write("0123456789", function() end)
+  H.settle()
+  local a = server:read(4)
+  lu.assertEquals(a, "0123")
+  lu.assertEquals(server:read(), "456789")
+  H.close_all(server, client)
+end
+
+function TestBasic:test_byte_mode_large_stream_intact()
+  local server, client = H.pair()
+  local chunks, total = {}, 0
+  for i = 1, 64 do chunks[i] = (string.char(i % 256)):rep(65536) end
+  local all = table.concat(chunks)
+  local written = 0
+  for i = 1, #chunks do
+    client:write(chunks[i], function(n, err)
+      lu.assertNil(err)
+      written = written + n
+    end)
+  end
+  local got = {}
+  while total < #all do
+    local d = assert(server:read())
+    got[#got + 1] = d
+    total = total + #d
+  end
+  H.pump(function() return written == #all end)
+  lu.assertEquals(table.concat(got), all)
+  H.close_all(server, client)
+end
+
+function TestBasic:test_writes_complete_in_order()
+  local server, client = H.pair()
+  local order = {}
+  for i = 1, 50 do
+    client:write(("%03d"):format(i), function(n) order[#order + 1] = i end)
+  end
+  local want = {}
+  for i = 1, 50 do want[i] = ("%03d"):format(i) end
+  local got = ""
+  while #got < 150 do got = got .. assert(server:read()) end
+  H.pump(function() return #order == 50 end)
+  lu.assertEquals(got, table.concat(want))
+  for i = 1, 50 do lu.assertEquals(order[i], i) end
+  H.close_all(server, client)
+end
+
+function TestBasic:test_many_instances_of_one_name()
+  local name = H.name("many")
+  local servers, clients = {}, {}
+  for i = 1, 8 do
+    servers[i] = assert(np.create(name, { max_instances = 8 }))
+  end
+  for i = 1, 8 do clients[i] = assert(np.open(name)) end
+  for i = 1, 8 do assert(servers[i]:connect(2000)) end
+  -- Each client talks to exactly one instance: match them up by content.
+  for i = 1, 8 do clients[i]:write("client " .. i, function() end) end
+  local seen = {}
+  for i = 1, 8 do
+    local msg = assert(servers[i]:read(nil, 2000))
+    lu.assertNil(seen[msg])
+    seen[msg] = true
+    servers[i]:write("echo " .. msg, function() end)
+  end
+  for i = 1, 8 do lu.assertEquals(clients[i]:read(nil, 2000), "echo client " .. i) end
+  H.close_all(table.unpack(servers))
+  H.close_all(table.unpack(clients))
+end
+
+function TestBasic:test_try_read_and_try_write()
+  local server, client = H.pair()
+  local data, msg, name = server:try_read()
+  lu.assertNil(data)
+  lu.assertEquals(name, "WOULDBLOCK")
+  lu.assertIsString(msg)
+  lu.assertEquals(client:try_write("quick"), 5)
+  local got
+  H.pump(function()
+    got = server:try_read()
+    return got ~= nil
+  end)
+  lu.assertEquals(got, "quick")
+  H.close_all(server, client)
+end
+
+function TestBasic:test_try_read_n_and_message_remainder()
+  local server, client = H.pair({ pipe_mode = "message" }, { pipe_mode = "message" })
+  client:write("abcdef", function() end)
+  H.settle()
+  lu.assertEquals(server:try_read(2), "ab")
+  lu.assertEquals(server:try_read(), "cdef")
+  H.close_all(server, client)
+end
+
+function TestBasic:test_info_reports_both_ends()
+  local server, client = H.pair({ pipe_mode = "message", max_instances = 3 },
+    { pipe_mode = "message" })
+  local si, ci = server:info(), client:info()
+  lu.assertEquals(si.pipe_end, "server")
+  lu.assertEquals(ci.pipe_end, "client")
+  lu.assertEquals(si.mode, "message")
+  lu.assertEquals(ci.mode, "message")
+  lu.assertEquals(si.max_instances, 3)
+  lu.assertEquals(ci.max_instances, 3)
+  H.close_all(server, client)
+end
+
+function TestBasic:test_tostring_and_state()
+  local name = H.name("str")
+  local server = assert(np.create(name))
+  lu.assertStrContains(tostring(server), "server")
+  lu.assertStrContains(tostring(server), name, false)
+  lu.assertEquals(server:state(), "listening")
+  local client = assert(np.open(name))
+  assert(server:connect(2000))
+  lu.assertEquals(server:state(), "connected")
+  lu.assertStrContains(tostring(client), "client")
+  server:close()
+  lu.assertEquals(server:state(), "closed")
+  lu.assertStrContains(tostring(server), "closed")
+  H.close_all(client)
+end
+
+function TestBasic:test_close_variable_closes()
+  local name = H.name("tbc")
+  local captured
+  do
+    local server <close> = assert(np.create(name))
+    captured = server
+    lu.assertEquals(server:state(), "listening")
+  end
+  lu.assertEquals(captured:state(), "closed")
+end

@@ -1,0 +1,273 @@
+-- Tokio's documented error cases, peers that go away, and misuse.
+local lu = require "luaunit"
+local np = require "namedpipe"
+local H = require "tests.helpers"
+
+TestErrors = {}
+
+function TestErrors:tearDown() H.settle(2000) end
+
+local function assert_os_error(expected_name, ok, msg, name, code)
+  lu.assertNil(ok)
+  lu.assertIsString(msg)
+  lu.assertEquals(name, expected_name)
+  lu.assertIsNumber(code)
+end
+
+function TestErrors:test_open_missing_pipe_is_not_found()
+  assert_os_error("NOT_FOUND", np.open(H.name("missing")))
+end
+
+function TestErrors:test_all_instances_busy()
+  local name = H.name("busy")
+  local server = assert(np.create(name, { max_instances = 1 }))
+  local client = assert(np.open(name))
+  assert(server:connect(2000))
+  -- The only instance is taken: another client is refused...
+  assert_os_error("PIPE_BUSY", np.open(name))
+  -- ... and so is another instance beyond max_instances.
+  assert_os_error("PIPE_BUSY", np.create(name, { max_instances = 1 }))
+  H.close_all(server, client)
+end
+
+function TestErrors:test_first_pipe_instance_collision()
+  if UNDER_WINE then
+    lu.skip("Wine 8 ignores FILE_FLAG_FIRST_PIPE_INSTANCE (WINE.md); Windows gives ACCESS_DENIED")
+  end
+  local name = H.name("first")
+  local a = assert(np.create(name, { first_pipe_instance = true }))
+  assert_os_error("ACCESS_DENIED", np.create(name, { first_pipe_instance = true }))
+  -- Without the flag another instance is fine.
+  local b = assert(np.create(name))
+  H.close_all(a, b)
+end
+
+function TestErrors:test_read_after_peer_closed_is_end_of_stream()
+  local server, client = H.pair()
+  client:write("last words", function() end)
+  H.settle()
+  client:close()
+  -- Data already written is still delivered, then the end of the stream.
+  lu.assertEquals(server:read(), "last words")
+  local data, msg, name = server:read()
+  lu.assertNil(data)
+  lu.assertEquals(name, "EOF")
+  lu.assertIsString(msg)
+  H.close_all(server)
+end
+
+function TestErrors:test_pending_read_sees_end_of_stream()
+  local server, client = H.pair()
+  local cb, res = H.capture()
+  server:read(cb)
+  np.step(0)
+  client:close()
+  H.pump(function() return res.done end)
+  lu.assertNil(res[1])
+  lu.assertEquals(res[3], "EOF")
+  H.close_all(server)
+end
+
+function TestErrors:test_write_after_peer_closed_is_broken_pipe()
+  local server, client = H.pair()
+  client:close()
+  H.settle()
+  assert_os_error("BROKEN_PIPE", server:write("nobody there"))
+  H.close_all(server)
+end
+
+function TestErrors:test_client_after_server_disconnect()
+  local server, client = H.pair()
+  local cb, res = H.capture()
+  client:read(cb)
+  np.step(0)
+  lu.assertTrue(server:disconnect())
+  lu.assertEquals(server:state(), "disconnected")
+  H.pump(function() return res.done end)
+  lu.assertNil(res[1])
+  lu.assertEquals(res[3], "EOF")
+  assert_os_error("BROKEN_PIPE", client:write("x"))
+  H.close_all(server, client)
+end
+
+function TestErrors:test_disconnect_then_serve_next_client()
+  local name = H.name("reuse")
+  local server = assert(np.create(name, { max_instances = 1 }))
+  local c1 = assert(np.open(name))
+  assert(server:connect(2000))
+  c1:write("first", function() end)
+  lu.assertEquals(server:read(), "first")
+  assert(server:disconnect())
+  c1:close()
+  local cb, res = H.capture()
+  server:connect(cb)
+  local c2 = assert(np.open(name))
+  H.pump(function() return res.done end)
+  lu.assertEquals(res[1], true)
+  c2:write("second", function() end)
+  lu.assertEquals(server:read(), "second")
+  H.close_all(server, c2)
+end
+
+function TestErrors:test_server_read_before_any_client_is_not_connected()
+  local server = assert(np.create(H.name("early")))
+  assert_os_error("NOT_CONNECTED", server:try_read())
+  H.close_all(server)
+end
+
+function TestErrors:test_close_completes_pending_operations_with_closed()
+  local server = assert(np.create(H.name("closing")))
+  local ccb, cres = H.capture()
+  server:connect(ccb)
+  np.step(0)
+  server:close()
+  H.pump(function() return cres.done end)
+  lu.assertNil(cres[1])
+  lu.assertEquals(cres[3], "CLOSED")
+
+  local s2, c2 = H.pair()
+  local rcb, rres = H.capture()
+  c2:read(rcb)
+  np.step(0)
+  c2:close()
+  H.pump(function() return rres.done end)
+  lu.assertEquals(rres[3], "CLOSED")
+  H.close_all(s2)
+end
+
+function TestErrors:test_cancel_and_timeout()
+  local server, client = H.pair()
+  local cb, res = H.capture()
+  server:read(cb)
+  np.step(0)
+  server:cancel("read")
+  H.pump(function() return res.done end)
+  lu.assertEquals(res[3], "CANCELLED")
+  -- The synchronous form with a timeout.
+  local t0 = np.now()
+  assert_os_error("TIMEOUT", server:read(nil, 50))
+  lu.assertTrue(np.now() - t0 >= 40)
+  -- The pipe still works afterwards, nothing was lost.
+  client:write("after", function() end)
+  lu.assertEquals(server:read(nil, 2000), "after")
+  H.close_all(server, client)
+end
+
+function TestErrors:test_error_in_callback_propagates_and_loop_survives()
+  local server, client = H.pair()
+  local second
+  client:write("a", function() error("boom in callback") end)
+  client:write("b", function(n) second = n end)
+  local ok, err = pcall(function()
+    H.pump(function() return second end)
+  end)
+  lu.assertFalse(ok)
+  lu.assertStrContains(tostring(err), "boom in callback")
+  -- The other completion was not lost: the next step delivers it.
+  H.pump(function() return second end)
+  lu.assertEquals(second, 1)
+  lu.assertEquals(server:read(), "ab")
+  H.close_all(server, client)
+end
+
+function TestErrors:test_step_inside_callback()
+  local server, client = H.pair()
+  local inner_got
+  client:write("x", function()
+    -- A synchronous call inside a callback steps the loop re-entrantly.
+    inner_got = server:read(nil, 2000)
+  end)
+  H.pump(function() return inner_got end)
+  lu.assertEquals(inner_got, "x")
+  H.close_all(server, client)
+end
+
+TestMisuse = {}
+
+function TestMisuse:tearDown() H.settle(2000) end
+
+local function assert_raises(pattern, f, ...)
+  local ok, err = pcall(f, ...)
+  lu.assertFalse(ok, "expected an error matching " .. pattern)
+  lu.assertStrContains(tostring(err), pattern, false)
+end
+
+function TestMisuse:test_bad_names()
+  assert_raises("string", np.create, nil)
+  assert_raises("string", np.create, 42)
+  assert_raises("empty", np.create, "")
+  assert_raises("NUL", np.create, "\\\\.\\pipe\\a\0b")
+  assert_raises("longer than 256", np.create, "\\\\.\\pipe\\" .. ("x"):rep(260))
+  assert_raises("string", np.open, {})
+  if PLATFORM == "windows" then
+    assert_raises("pipe name", np.create, "no-prefix")
+    assert_raises("pipe name", np.open, "C:\\temp\\file")
+  else
+    assert_raises("pipe name", np.create, "relative/path")
+  end
+end
+
+function TestMisuse:test_bad_options()
+  local name = H.name("opts")
+  assert_raises("unknown option 'frist_pipe_instance'", np.create, name,
+    { frist_pipe_instance = true })
+  assert_raises("option 'first_pipe_instance'", np.create, name, { first_pipe_instance = 1 })
+  assert_raises("option 'pipe_mode'", np.create, name, { pipe_mode = "stream" })
+  for _, bad in ipairs { 0, 255, 256, -1, 1.5, "many" } do
+    assert_raises("option 'max_instances'", np.create, name, { max_instances = bad })
+  end
+  assert_raises("option 'out_buffer_size'", np.create, name, { out_buffer_size = -1 })
+  assert_raises("option 'in_buffer_size'", np.create, name, { in_buffer_size = 2 ^ 40 })
+  assert_raises("option 'security'", np.create, name, { security = 7 })
+  assert_raises("option keys must be strings", np.create, name, { true })
+  assert_raises("table expected", np.create, name, "message")
+  assert_raises("unknown option 'max_instances'", np.open, name, { max_instances = 1 })
+  assert_raises("option 'read'", np.open, name, { read = "yes" })
+  assert_raises("option 'security_qos_flags'", np.open, name, { security_qos_flags = "root" })
+end
+
+function TestMisuse:test_methods_on_closed_pipe_raise()
+  local server = assert(np.create(H.name("closed")))
+  server:close()
+  lu.assertTrue(server:close()) -- twice is harmless
+  assert_raises("closed", server.connect, server, function() end)
+  assert_raises("closed", server.read, server, function() end)
+  assert_raises("closed", server.write, server, "x", function() end)
+  assert_raises("closed", server.try_read, server)
+  assert_raises("closed", server.try_write, server, "x")
+  assert_raises("closed", server.info, server)
+  assert_raises("closed", server.disconnect, server)
+end
+
+function TestMisuse:test_server_methods_on_client_raise()
+  local server, client = H.pair()
+  assert_raises("server pipe expected", client.connect, client, function() end)
+  assert_raises("server pipe expected", client.disconnect, client)
+  H.close_all(server, client)
+end
+
+function TestMisuse:test_bad_arguments()
+  local server, client = H.pair()
+  assert_raises("string expected", client.write, client, 42)
+  assert_raises("string expected", client.write, client, nil)
+  assert_raises("positive byte count", server.read, server, 0, function() end)
+  assert_raises("positive byte count", server.read, server, -5, function() end)
+  assert_raises("number expected", server.read, server, "ten", function() end)
+  assert_raises("timeout", server.read, server, nil, -1)
+  assert_raises("timeout", server.read, server, nil, "soon")
+  assert_raises("timeout", client.write, client, "x", {})
+  assert_raises("timeout", np.step, -1)
+  assert_raises("number expected", np.step, "now")
+  assert_raises("invalid option", server.cancel, server, "everything")
+  assert_raises("bad argument #1", server.info, {})
+  assert_raises("bad argument #1", np.methods.info, nil)
+  -- A second read while one is pending is refused, the first unharmed.
+  local cb, res = H.capture()
+  server:read(cb)
+  assert_raises("already pending", server.read, server, function() end)
+  assert_raises("already pending", server.try_read, server)
+  client:write("ok", function() end)
+  H.pump(function() return res.done end)
+  lu.assertEquals(res[1], "ok")
+  H.close_all(server, client)
+end

@@ -1,0 +1,122 @@
+-- Who owns what, and for how long: garbage collection, closing with
+-- operations in flight, closing the Lua state, a client that is not us.
+local lu = require "luaunit"
+local np = require "namedpipe"
+local H = require "tests.helpers"
+
+TestLifetime = {}
+
+function TestLifetime:tearDown() H.settle(2000) end
+
+function TestLifetime:test_pending_callback_keeps_unreferenced_pipe_alive()
+  local name = H.name("alive")
+  local got
+  do
+    local server = assert(np.create(name))
+    server:connect(function(ok)
+      server:read(function(data) got = data end)
+    end)
+  end
+  collectgarbage()
+  collectgarbage()
+  local client = assert(np.open(name))
+  client:write("still here", function() end)
+  H.pump(function() return got end, 5000, "the collected-looking server's read")
+  lu.assertEquals(got, "still here")
+  H.close_all(client)
+end
+
+function TestLifetime:test_unreferenced_idle_pipe_is_closed_by_gc()
+  local name = H.name("gc")
+  do
+    assert(np.create(name, { max_instances = 1 }))
+  end
+  collectgarbage()
+  collectgarbage()
+  H.settle()
+  -- The instance is gone: the name is free again and no client finds it.
+  local o, _, errname = np.open(name)
+  lu.assertNil(o)
+  lu.assertEquals(errname, "NOT_FOUND")
+  local again = assert(np.create(name, { max_instances = 1 }))
+  H.close_all(again)
+end
+
+function TestLifetime:test_close_inside_own_callback()
+  local server, client = H.pair()
+  local results = {}
+  server:read(function(data, err, name)
+    results[#results + 1] = data or name
+    server:close()
+  end)
+  client:write("x", function() end)
+  H.pump(function() return #results == 1 end)
+  lu.assertEquals(results[1], "x")
+  lu.assertEquals(server:state(), "closed")
+  H.close_all(client)
+end
+
+function TestLifetime:test_close_with_large_write_in_flight()
+  local server, client = H.pair()
+  local cb, res = H.capture()
+  -- Far more than the pipe buffers: the write stays with the kernel.
+  client:write(("z"):rep(4 * 1024 * 1024), cb)
+  np.step(0)
+  lu.assertFalse(res.done)
+  client:close()
+  collectgarbage()
+  H.pump(function() return res.done end)
+  lu.assertNil(res[1])
+  lu.assertEquals(res[3], "CLOSED")
+  H.close_all(server)
+end
+
+function TestLifetime:test_gc_with_operations_in_flight_then_close_state()
+  -- A child Lua state: connect, reads and a large write pending when the
+  -- state closes. It must cancel, drain and exit cleanly.
+  local code = [[
+    local np = require "namedpipe"
+    local name = ...
+    local idle = assert(np.create(name .. "-idle"))
+    idle:connect(function() end)
+    local s = assert(np.create(name))
+    local c = assert(np.open(name))
+    assert(s:connect(2000))
+    c:read(function() end)
+    s:write(("w"):rep(8 * 1024 * 1024), function() end)
+    np.step(0)
+    s, c, idle = nil, nil, nil
+    collectgarbage()
+    io.write("pending=", np.pending(), "\n")
+    os.exit(0, true)
+  ]]
+  local ok, out = H.run_lua(code, H.name("child"))
+  local pending = tonumber(out:match("pending=(%d+)"))
+  lu.assertNotNil(pending, "child printed: " .. out)
+  -- connect, read and write were all still in flight when the state closed
+  lu.assertTrue(pending >= 3, "pending " .. tostring(pending))
+  lu.assertTrue(ok, "child state did not exit cleanly: " .. out)
+end
+
+function TestLifetime:test_foreign_client_cmd_echo()
+  if PLATFORM ~= "windows" then lu.skip("cmd.exe is the Windows foreign client; Linux uses socat (test_interop)") end
+  local name = H.name("cmd")
+  local server = assert(np.create(name))
+  local ccb, cres = H.capture()
+  server:connect(ccb)
+  local ok = os.execute(('cmd /c "echo hi from cmd> %s"'):format(name))
+  lu.assertTrue(ok)
+  H.pump(function() return cres.done end)
+  lu.assertEquals(cres[1], true)
+  local data = ""
+  while true do
+    local d, _, errname = server:read(nil, 2000)
+    if not d then
+      lu.assertEquals(errname, "EOF")
+      break
+    end
+    data = data .. d
+  end
+  lu.assertEquals(data, "hi from cmd\r\n")
+  H.close_all(server)
+end

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# tools/test-all.sh — run `make test-linux` and `make test-windows` (the second
+# even if the first fails), pick up each run's summary line
+# "<platform>: N passed, N failed, N skipped", and print as the LAST line the
+# total "N passed, N failed, N skipped". Exit status is non-zero if anything
+# failed, a run exited non-zero, or a run printed no summary line (each such
+# run adds 1 to the failed total so the last line never looks clean).
+# Full outputs: build/test-linux.log, build/test-windows.log.
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT" || exit 1
+MAKE=${MAKE:-make}
+mkdir -p build
+
+tp=0 tf=0 ts=0 status=0
+lines=()
+for plat in linux windows; do
+    log="build/test-$plat.log"
+    echo "=== make test-$plat ==="
+    $MAKE --no-print-directory "test-$plat" 2>&1 | tee "$log"
+    rc=${PIPESTATUS[0]}
+    line=$(grep -E "^$plat: [0-9]+ passed, [0-9]+ failed, [0-9]+ skipped\$" < <(tr -d '\r' <"$log") | tail -n 1)
+    if [ -z "$line" ]; then
+        lines+=("$plat: NO SUMMARY LINE (make exit $rc) — counted as 1 failed; see $log")
+        tf=$((tf + 1)); status=1
+        continue
+    fi
+    read -r p f s < <(sed -E 's/^[a-z]+: ([0-9]+) passed, ([0-9]+) failed, ([0-9]+) skipped$/\1 \2 \3/' <<<"$line")
+    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+        line="$line (but make exited $rc — counted as 1 failed)"
+        f=1
+    fi
+    [ "$f" -eq 0 ] || status=1
+    tp=$((tp + p)) tf=$((tf + f)) ts=$((ts + s))
+    lines+=("$line")
+done
+
+echo "=== summary ==="
+printf '%s\n' "${lines[@]}"
+echo "$tp passed, $tf failed, $ts skipped"
+exit "$status"
