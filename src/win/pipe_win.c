@@ -319,6 +319,13 @@ void np_req_finished(np_req *req, DWORD err, DWORD bytes) {
     }
     err = 0;
   }
+  if (req->op == NP_OP_READ && err != 0 && p->rlen > 0 && !p->closed) {
+    /* Stopped (cancelled, timed out) in the middle of a long message: what
+     * was read is real and the rest is still in the pipe, so deliver this
+     * part as read(n) would, never drop it. */
+    req->more = 1;
+    err = 0;
+  }
   if (req->op == NP_OP_CONNECT &&
       (err == ERROR_PIPE_CONNECTED || err == ERROR_NO_DATA))
     err = 0; /* HAZARDS.md 6: the client came first (and maybe went) */
