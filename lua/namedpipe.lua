@@ -2,36 +2,88 @@
 namedpipe - asynchronous named pipes for Lua 5.4.
 
 The C core (namedpipe.core) only knows callbacks: connect(cb), read([n,] cb),
-write(data, cb), all dispatched by step(). This file adds the synchronous
-form: called without a callback, connect/read/write drive the loop
-themselves until their own operation has finished (running any other
-callbacks that come due meanwhile), with an optional timeout in
-milliseconds. So `client:write("hi")` then `server:read()` just work in a REPL.
+write(data, cb), readable(cb), writable(cb), all dispatched by its step().
+This file adds, in pure Lua:
+  * the waiting form: called without a callback, an asynchronous method
+    suspends the calling task (a coroutine made by np.spawn) until its
+    operation has finished; anywhere else (main thread, a coroutine of your
+    own) it drives the loop itself. An optional timeout (ms) cancels it.
+  * np.step/np.run/np.spawn/np.sleep: tasks and timers (namedpipe.task);
+  * np.open with { timeout = ms, wait_for_server = true }: retry while busy;
+  * np.serve: the accept loop that always keeps an instance listening;
+  * read_line/lines/read_exact/read_frame/write_frame (namedpipe.framing).
 ]]
 local core = require "namedpipe.core"
+local task = require "namedpipe.task"
 
 local M = {}
 for k, v in pairs(core) do M[k] = v end
 
 local methods = core.methods
-local step, now = core.step, core.now
+local core_step, now = core.step, core.now
 local pack, unpack = table.pack, table.unpack
 
-local raw_connect, raw_read, raw_write = methods.connect, methods.read, methods.write
+--- np.step([timeout_ms]): run due tasks and timers, dispatch completions
+--- (waiting up to timeout_ms, less if a timer is due sooner); returns how
+--- many things it ran.
+function M.step(timeout)
+  if timeout ~= nil and (type(timeout) ~= "number" or not (timeout >= 0)) then
+    error("bad argument #1 to 'step' (timeout in milliseconds >= 0 expected)", 2)
+  end
+  local n = task.run_due()
+  n = n + core_step(task.wait_budget(n > 0 and 0 or (timeout or 0)))
+  return n + task.run_due()
+end
+local step = M.step
+
+M.spawn = task.spawn
+
+function M.sleep(ms)
+  if math.type(ms) == nil or ms < 0 then
+    error("bad argument #1 to 'sleep' (milliseconds >= 0 expected)", 2)
+  end
+  task.sleep(ms, step)
+end
+
+--- np.run([fn, ...]): spawn fn if given, then step until no task, timer or
+--- operation is left.
+function M.run(fn, ...)
+  if fn ~= nil then task.spawn(fn, ...) end
+  while task.busy() or core.pending() > 0 do step(1000) end
+end
 
 local function check_timeout(t, arg, fname)
-  if t ~= nil and (math.type(t) == nil or t < 0 or t ~= t) then
+  if t ~= nil and (math.type(t) == nil or t < 0) then
     error(("bad argument #%d to '%s' (timeout in milliseconds expected, got %s)")
       :format(arg, fname, type(t) == "number" and tostring(t) or type(t)), 3)
   end
   return t
 end
 
--- Start an operation with `start(callback)` and step the loop until that
--- callback has run. On timeout the operation is cancelled and we still wait
--- for its completion: if it finished in the meantime, its real result wins
--- (nothing read or written is ever dropped on the floor).
+local function cancel_for_timeout(pipe, op)
+  if pipe:state() ~= "closed" then pipe:cancel(op, "TIMEOUT") end
+end
+
+-- Start an operation with `start(callback)` and wait for that callback. On
+-- timeout the operation is cancelled and we still wait for its completion:
+-- if it finished in the meantime its real result wins (nothing read or
+-- written is ever dropped on the floor).
 local function await(pipe, op, start, timeout)
+  local co = task.current()
+  if co then
+    local timer
+    start(function(...)
+      if timer then task.cancel_timer(timer) end
+      task.resume(co, ...)
+    end)
+    if timeout then
+      timer = task.add_timer(timeout, function()
+        timer = nil
+        cancel_for_timeout(pipe, op)
+      end)
+    end
+    return task.suspend()
+  end
   local done, results = false, nil
   start(function(...)
     done = true
@@ -42,7 +94,7 @@ local function await(pipe, op, start, timeout)
     if deadline then
       local left = deadline - now()
       if left <= 0 then
-        if pipe:state() ~= "closed" then pipe:cancel(op, "TIMEOUT") end
+        cancel_for_timeout(pipe, op)
         while not done do step(100) end
         break
       end
@@ -53,27 +105,172 @@ local function await(pipe, op, start, timeout)
   end
   return unpack(results, 1, results.n)
 end
+M._await = await
+
+-- Data read ahead by the framing helpers, handed out before the pipe's.
+local readahead = setmetatable({}, { __mode = "k" })
+M._readahead = readahead
+
+local function take_readahead(pipe, n)
+  local buf = readahead[pipe]
+  if not buf then return nil end
+  if n and n < #buf then
+    readahead[pipe] = buf:sub(n + 1)
+    return buf:sub(1, n)
+  end
+  readahead[pipe] = nil
+  return buf
+end
+
+local raw = {}
+for _, k in ipairs { "connect", "read", "write", "readable", "writable", "try_read" } do
+  raw[k] = methods[k]
+end
+M._raw = raw
 
 --- server:connect([cb | timeout])
 function methods.connect(self, a)
-  if type(a) == "function" then return raw_connect(self, a) end
+  if type(a) == "function" then return raw.connect(self, a) end
   check_timeout(a, 2, "connect")
-  return await(self, "connect", function(cb) raw_connect(self, cb) end, a)
+  return await(self, "connect", function(cb) raw.connect(self, cb) end, a)
 end
 
 --- pipe:read([n] [, cb | timeout])
 function methods.read(self, a, b)
-  if type(b) == "function" then return raw_read(self, a, b) end
-  if type(a) == "function" then return raw_read(self, a) end
+  local cb = type(b) == "function" and b or type(a) == "function" and a or nil
+  local n = type(a) ~= "function" and a or nil
+  if readahead[self] then
+    if n ~= nil and (math.type(n) ~= "integer" or n < 1) then
+      error("bad argument #2 to 'read' (positive byte count expected)", 2)
+    end
+    local data = take_readahead(self, n)
+    if cb then return task.soon(cb, data) end
+    return data
+  end
+  if cb then return raw.read(self, n, cb) end
   check_timeout(b, 3, "read")
-  return await(self, "read", function(cb) raw_read(self, a, cb) end, b)
+  return await(self, "read", function(c) raw.read(self, n, c) end, b)
+end
+
+--- pipe:try_read([n])
+function methods.try_read(self, n)
+  if readahead[self] then return take_readahead(self, n) end
+  return raw.try_read(self, n)
 end
 
 --- pipe:write(data [, cb | timeout])
 function methods.write(self, data, a)
-  if type(a) == "function" then return raw_write(self, data, a) end
+  if type(a) == "function" then return raw.write(self, data, a) end
   check_timeout(a, 3, "write")
-  return await(self, "write", function(cb) raw_write(self, data, cb) end, a)
+  return await(self, "write", function(cb) raw.write(self, data, cb) end, a)
 end
+
+--- pipe:readable([cb | timeout]): true once try_read would not block.
+function methods.readable(self, a)
+  if readahead[self] then
+    if type(a) == "function" then return task.soon(a, true) end
+    return true
+  end
+  if type(a) == "function" then return raw.readable(self, a) end
+  check_timeout(a, 2, "readable")
+  return await(self, "readable", function(cb) raw.readable(self, cb) end, a)
+end
+
+--- pipe:writable([cb | timeout]): true once try_write would be accepted.
+function methods.writable(self, a)
+  if type(a) == "function" then return raw.writable(self, a) end
+  check_timeout(a, 2, "writable")
+  return await(self, "writable", function(cb) raw.writable(self, cb) end, a)
+end
+
+--- pipe:ready(interest [, timeout]): interest "readable", "writable" or
+--- "both"; returns a set { readable = true?, writable = true? } of what was
+--- ready first (as Tokio's ready(Interest)), or nil, msg, name.
+function methods.ready(self, interest, timeout)
+  if interest == "readable" or interest == "writable" then
+    local ok, msg, name, code = methods[interest](self, timeout)
+    if not ok then return nil, msg, name, code end
+    return { [interest] = true }
+  end
+  if interest ~= "both" then
+    error("bad argument #2 to 'ready' (\"readable\", \"writable\" or \"both\" expected)", 2)
+  end
+  check_timeout(timeout, 3, "ready")
+  if readahead[self] then return { readable = true } end
+  local got, errs, outstanding = {}, {}, 2
+  local waiter = task.current()
+  local function on(which)
+    return function(ok, msg, name, code)
+      outstanding = outstanding - 1
+      if ok then
+        got[which] = true
+        -- the first one ready wins; the other wait is called off
+        local other = which == "readable" and "writable" or "readable"
+        if self:state() ~= "closed" and not got[other] then self:cancel(other) end
+      else
+        errs[#errs + 1] = pack(nil, msg, name, code)
+      end
+      if outstanding == 0 and waiter then task.wake(waiter) end
+    end
+  end
+  raw.readable(self, on("readable"))
+  raw.writable(self, on("writable"))
+  local deadline = timeout and now() + timeout
+  if waiter then
+    local timer = timeout and task.add_timer(timeout, function()
+      if self:state() ~= "closed" then self:cancel("readable", "TIMEOUT"); self:cancel("writable", "TIMEOUT") end
+    end)
+    task.suspend()
+    if timer then task.cancel_timer(timer) end
+  else
+    while outstanding > 0 do
+      if deadline and now() >= deadline and self:state() ~= "closed" then
+        self:cancel("readable", "TIMEOUT")
+        self:cancel("writable", "TIMEOUT")
+        deadline = nil
+      end
+      step(deadline and math.max(0, deadline - now()) or 100)
+    end
+  end
+  if next(got) then return got end
+  return unpack(errs[1], 1, 4)
+end
+
+--- np.open(name [, opts]): opts may add `timeout` (ms: retry while every
+--- instance is busy, as Tokio's documented loop does) and `wait_for_server`
+--- (also retry while the name does not exist yet).
+function M.open(name, opts)
+  if type(opts) ~= "table" or (opts.timeout == nil and opts.wait_for_server == nil) then
+    return core.open(name, opts)
+  end
+  local rest, timeout, wait = {}, opts.timeout, opts.wait_for_server
+  for k, v in pairs(opts) do
+    if k ~= "timeout" and k ~= "wait_for_server" then rest[k] = v end
+  end
+  if timeout ~= nil and (math.type(timeout) == nil or timeout < 0) then
+    error("bad argument #2 to 'open' (option 'timeout': milliseconds >= 0 expected)", 2)
+  end
+  if wait ~= nil and type(wait) ~= "boolean" then
+    error("bad argument #2 to 'open' (option 'wait_for_server': boolean expected)", 2)
+  end
+  local deadline, delay = now() + (timeout or 0), 1
+  while true do
+    local pipe, msg, errname, code = core.open(name, rest)
+    if pipe then return pipe end
+    if not (errname == "PIPE_BUSY" or (wait and errname == "NOT_FOUND")) then
+      return nil, msg, errname, code
+    end
+    local left = deadline - now()
+    if left <= 0 then
+      return nil, "timed out waiting for the pipe (" .. msg .. ")", "TIMEOUT", code
+    end
+    -- asyncio's back-off: 1 ms doubling to 50 ms; never blocks other tasks
+    M.sleep(math.min(delay, left))
+    delay = math.min(delay * 2, 50)
+  end
+end
+
+require("namedpipe.framing").install(M, methods)
+M.serve = require("namedpipe.serve").install(M)
 
 return M

@@ -190,6 +190,25 @@ static int m_read(lua_State *L) {
   return 0;
 }
 
+/* readable(cb) / writable(cb): Tokio's readiness, nothing consumed. */
+static int m_readable(lua_State *L) {
+  pipe_ud *u = check_pipe(L);
+  check_callback(L, 2);
+  if (np_pipe_busy(u->p, NP_OP_READ))
+    luaL_argerror(L, 1, "a read is already pending on this pipe");
+  np_readable_start(u->p, anchor_operation(L, u, 2));
+  return 0;
+}
+
+static int m_writable(lua_State *L) {
+  pipe_ud *u = check_pipe(L);
+  check_callback(L, 2);
+  if (np_pipe_busy(u->p, NP_OP_WRITABLE))
+    luaL_argerror(L, 1, "a writable() wait is already pending on this pipe");
+  np_writable_start(u->p, anchor_operation(L, u, 2));
+  return 0;
+}
+
 static const char *check_data(lua_State *L, int arg, size_t *len) {
   if (lua_type(L, arg) != LUA_TSTRING) luaL_typeerror(L, arg, "string");
   return lua_tolstring(L, arg, len);
@@ -261,11 +280,13 @@ static int m_try_write(lua_State *L) {
 }
 
 static np_op check_op(lua_State *L, int arg, const char *def) {
-  static const char *const names[] = {"connect", "read", "write", NULL};
+  static const char *const names[] = {"connect", "read", "write",
+                                      "readable", "writable", NULL};
   return (np_op)(luaL_checkoption(L, arg, def, names) + 1);
 }
 
-/* cancel([what]): what is "connect", "read", "write", or nil for all. */
+/* cancel([what] [, reason]): what is "connect", "read", "write",
+ * "readable", "writable", or nil for all. */
 static int m_cancel(lua_State *L) {
   pipe_ud *u = check_pipe(L);
   static const char *const reasons[] = {"CANCELLED", "TIMEOUT", NULL};
@@ -276,6 +297,7 @@ static int m_cancel(lua_State *L) {
     np_cancel(u->p, NP_OP_CONNECT, reason);
     np_cancel(u->p, NP_OP_READ, reason);
     np_cancel(u->p, NP_OP_WRITE, reason);
+    np_cancel(u->p, NP_OP_WRITABLE, reason);
   } else {
     np_cancel(u->p, check_op(L, 2, NULL), reason);
   }
@@ -369,6 +391,8 @@ static int push_completion(lua_State *L, const np_completion *c) {
   if (c->status.err != NP_OK) return push_status(L, &c->status);
   switch (c->op) {
     case NP_OP_CONNECT:
+    case NP_OP_READABLE:
+    case NP_OP_WRITABLE:
       lua_pushboolean(L, 1);
       return 1;
     case NP_OP_READ:
@@ -438,6 +462,7 @@ static int loop_gc(lua_State *L) {
 static const luaL_Reg pipe_methods[] = {
     {"connect", m_connect}, {"read", m_read},
     {"write", m_write},     {"try_read", m_try_read},
+    {"readable", m_readable}, {"writable", m_writable},
     {"try_write", m_try_write}, {"cancel", m_cancel},
     {"disconnect", m_disconnect}, {"info", m_info},
     {"state", m_state},     {"close", m_close},

@@ -103,7 +103,15 @@ typedef struct np_info {
   uint32_t in_buffer_size;
 } np_info;
 
-typedef enum np_op { NP_OP_CONNECT = 1, NP_OP_READ = 2, NP_OP_WRITE = 3 } np_op;
+/* READABLE shares the read slot (one of read/readable at a time);
+ * WRITABLE has a slot of its own. */
+typedef enum np_op {
+  NP_OP_CONNECT = 1,
+  NP_OP_READ = 2,
+  NP_OP_WRITE = 3,
+  NP_OP_READABLE = 4,
+  NP_OP_WRITABLE = 5
+} np_op;
 
 /* Observable state, for tostring() and for the binding's misuse checks. */
 typedef enum np_state {
@@ -176,6 +184,12 @@ void np_read_start(np_pipe *p, size_t max, int ref_cb);
  * no memory was left to track the write (nothing started, nothing kept). */
 int np_write_start(np_pipe *p, const char *data, size_t len, int ref_cb,
                     int ref_data);
+
+/* Readiness, as Tokio's readable()/writable(): complete (NP_OK, nothing
+ * consumed) once a try_read would not block (data, end of stream or an
+ * error is there) / once a try_write would be accepted. */
+void np_readable_start(np_pipe *p, int ref_cb);
+void np_writable_start(np_pipe *p, int ref_cb);
 
 /* Never block. try_read: 1 with *data and *len (valid until the next operation
  * on p), 0 with *st (NP_WOULDBLOCK, NP_EOF, ...). max as np_read_start. */

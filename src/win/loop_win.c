@@ -46,6 +46,13 @@ void np_req_kernel(np_loop *loop, np_req *req) {
   loop->kernel_owned++;
 }
 
+/* Not the kernel's, but outstanding: it will be made ready by us. */
+void np_req_wait(np_loop *loop, np_req *req) {
+  req->pipe->outstanding++;
+  loop->outstanding++;
+  req->state = REQ_WAITING;
+}
+
 void np_req_ready(np_loop *loop, np_req *req) {
   if (req->state == REQ_IDLE) {
     req->pipe->outstanding++;
@@ -159,7 +166,12 @@ static void release(np_loop *loop, np_req *req) {
   req->state = REQ_IDLE;
   p->outstanding--;
   loop->outstanding--;
-  if (req->op == NP_OP_WRITE) np_write_drop(req);
+  if (req->op == NP_OP_WRITE) {
+    np_write_drop(req);
+    /* The last write in flight is done: a writable() waiter may go. */
+    if (p->nwrites == 0 && p->writable_req.state == REQ_WAITING)
+      np_req_ready(loop, &p->writable_req);
+  }
   if (p->closed && p->outstanding == 0) np_pipe_free(p);
 }
 
@@ -184,18 +196,17 @@ double np_now_ms(void) {
 void np_loop_close(np_loop *loop) {
   np_pipe *p, *next;
   DWORD start = GetTickCount();
-  while (loop->ready_head) {
-    np_req *req = loop->ready_head;
-    loop->ready_head = req->next;
-    req->pipe->user = NULL;
-    release(loop, req); /* may free a block already closed */
-  }
-  loop->ready_tail = NULL;
-  loop->ready_count = 0;
   for (p = loop->pipes; p; p = next) {
     next = p->next;
     p->user = NULL;
-    np_pipe_close(p); /* frees p if nothing of it is in the kernel */
+    np_pipe_close(p); /* frees p if nothing of it is outstanding */
+  }
+  while (loop->ready_head) {
+    np_req *req = loop->ready_head;
+    loop->ready_head = req->next;
+    if (!loop->ready_head) loop->ready_tail = NULL;
+    loop->ready_count--;
+    release(loop, req); /* may free a closed block */
   }
   while (loop->kernel_owned > 0) {
     OVERLAPPED_ENTRY entries[BATCH];

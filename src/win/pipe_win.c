@@ -85,6 +85,7 @@ static np_pipe *adopt_handle(np_loop *loop, HANDLE h, const char *name,
   p->name = copy;
   init_req(&p->connect_req, p, NP_OP_CONNECT);
   init_req(&p->read_req, p, NP_OP_READ);
+  init_req(&p->writable_req, p, NP_OP_WRITABLE);
   p->next = loop->pipes;
   if (loop->pipes) loop->pipes->prev = p;
   loop->pipes = p;
@@ -186,7 +187,9 @@ const char *np_pipe_name(const np_pipe *p) { return p->name; }
 int np_pipe_busy(const np_pipe *p, np_op op) {
   switch (op) {
     case NP_OP_CONNECT: return p->connect_req.state != REQ_IDLE;
-    case NP_OP_READ: return p->read_req.state != REQ_IDLE;
+    case NP_OP_READ:
+    case NP_OP_READABLE: return p->read_req.state != REQ_IDLE;
+    case NP_OP_WRITABLE: return p->writable_req.state != REQ_IDLE;
     default: return p->nwrites;
   }
 }
@@ -252,12 +255,34 @@ static void issue_read(np_pipe *p, size_t want) {
 void np_read_start(np_pipe *p, size_t max, int ref_cb) {
   size_t want = READ_CHUNK;
   arm(&p->read_req, ref_cb);
+  p->read_req.op = NP_OP_READ;
   p->rlen = 0;
   p->rmax = max;
   if (max > 0 && max < want) want = max;
   if (max > want && p->read_mode == NP_MODE_BYTE)
     want = max < READ_CAP ? max : READ_CAP;
   issue_read(p, want);
+}
+
+/* A zero-byte read completes when data arrives without consuming any
+ * (WINE.md); the way to wait for readability without a buffer. */
+void np_readable_start(np_pipe *p, int ref_cb) {
+  np_req *req = &p->read_req;
+  arm(req, ref_cb);
+  req->op = NP_OP_READABLE;
+  p->rlen = 0;
+  submitted(req, ReadFile(p->h, &req->bytes, 0, NULL, &req->ov));
+}
+
+/* Writes are accepted whole (try_write as in mio), so "writable" means no
+ * write is in flight any more. */
+void np_writable_start(np_pipe *p, int ref_cb) {
+  np_req *req = &p->writable_req;
+  arm(req, ref_cb);
+  if (p->nwrites == 0)
+    np_req_ready(p->loop, req);
+  else
+    np_req_wait(p->loop, req);
 }
 
 /* HAZARDS.md 8: ERROR_MORE_DATA carries the first part of a longer message.
@@ -311,6 +336,10 @@ static void pipe_status(const np_pipe *p, np_status *st, DWORD err, np_op op) {
 void np_req_finished(np_req *req, DWORD err, DWORD bytes) {
   np_pipe *p = req->pipe;
   req->bytes = bytes;
+  if (req->op == NP_OP_READABLE && !p->closed &&
+      (err == ERROR_MORE_DATA || err == ERROR_BROKEN_PIPE ||
+       err == ERROR_NO_DATA))
+    err = 0; /* a message, or the end of the stream: try_read will tell */
   if (req->op == NP_OP_READ && (err == 0 || err == ERROR_MORE_DATA)) {
     p->rlen += bytes;
     if (err == ERROR_MORE_DATA) {
@@ -434,11 +463,20 @@ static void cancel_req(np_pipe *p, np_req *req, np_err reason) {
   CancelIoEx(p->h, &req->ov); /* ERROR_NOT_FOUND: it just finished */
 }
 
+static void cancel_waiting(np_pipe *p, np_req *req, np_err reason) {
+  if (req->state != REQ_WAITING) return;
+  req->status.err = reason;
+  req->status.code = 0;
+  np_req_ready(p->loop, req);
+}
+
 void np_cancel(np_pipe *p, np_op op, np_err reason) {
   np_req *w;
   if (p->closed) return;
   if (op == NP_OP_CONNECT) cancel_req(p, &p->connect_req, reason);
-  if (op == NP_OP_READ) cancel_req(p, &p->read_req, reason);
+  if (op == NP_OP_READ || op == NP_OP_READABLE)
+    cancel_req(p, &p->read_req, reason);
+  if (op == NP_OP_WRITABLE) cancel_waiting(p, &p->writable_req, reason);
   if (op == NP_OP_WRITE)
     for (w = p->writes; w; w = w->wnext) cancel_req(p, w, reason);
 }
@@ -487,5 +525,6 @@ void np_pipe_close(np_pipe *p) {
   CancelIoEx(p->h, NULL);
   CloseHandle(p->h);
   p->h = INVALID_HANDLE_VALUE;
+  cancel_waiting(p, &p->writable_req, NP_CLOSED);
   if (p->outstanding == 0) np_pipe_free(p);
 }

@@ -22,7 +22,8 @@
 typedef enum req_state {
   REQ_IDLE,   /* free for the next operation */
   REQ_KERNEL, /* the kernel owns the OVERLAPPED and the buffer */
-  REQ_READY   /* finished, waiting in the ready queue for step() */
+  REQ_READY,  /* finished, waiting in the ready queue for step() */
+  REQ_WAITING /* writable: waiting for the writes in flight to finish */
 } req_state;
 
 /* One operation. The OVERLAPPED is how a completion packet finds its way
@@ -54,7 +55,8 @@ struct np_pipe {
   void *user;
   char *name; /* UTF-8, for tostring */
   np_req connect_req;
-  np_req read_req;
+  np_req read_req; /* read or readable */
+  np_req writable_req;
   char *rbuf; /* read buffer; owned by the kernel while read_req is */
   size_t rcap;
   size_t rlen; /* bytes of the current read so far */
@@ -84,6 +86,7 @@ void np_win_status(np_status *st, DWORD err, np_op op);
 /* loop_win.c */
 void np_req_ready(np_loop *loop, np_req *req);
 void np_req_kernel(np_loop *loop, np_req *req);
+void np_req_wait(np_loop *loop, np_req *req);
 void np_pipe_free(np_pipe *p);
 np_req *np_write_new(np_pipe *p);
 void np_write_drop(np_req *req);

@@ -1,0 +1,108 @@
+--[[
+namedpipe.framing - text lines and length-prefixed frames over a pipe, so
+a protocol is one line of code. Bytes read past the end of a line or frame
+are kept (np._readahead) and handed out first by every later read.
+]]
+local F = {}
+
+function F.install(M, methods)
+  local readahead, now = M._readahead, M.now
+
+  local function deadline_left(deadline)
+    if not deadline then return nil end
+    local left = deadline - now()
+    return left > 0 and left or 0
+  end
+
+  local function check_timeout(t, fname)
+    if t ~= nil and (math.type(t) == nil or t < 0) then
+      error(("bad argument #2 to '%s' (timeout in milliseconds expected)"):format(fname), 3)
+    end
+    return t and now() + t
+  end
+
+  -- Read until `enough(buf)` says where to cut; keeps the rest.
+  local function read_until(self, deadline, enough)
+    local buf = readahead[self] or ""
+    readahead[self] = nil
+    while true do
+      local cut, skip = enough(buf)
+      if cut then
+        if skip < #buf then readahead[self] = buf:sub(skip + 1) end
+        return buf:sub(1, cut)
+      end
+      local data, msg, name, code = M._await(self, "read", function(cb) M._raw.read(self, nil, cb) end,
+        deadline_left(deadline))
+      if not data then
+        if #buf > 0 then readahead[self] = buf end
+        return nil, msg, name, code
+      end
+      buf = buf .. data
+    end
+  end
+
+  --- pipe:read_line([timeout]): the next line without its "\n" (or
+  --- "\r\n"); at the end of the stream a last unterminated line is
+  --- returned, then nil, msg, "EOF".
+  function methods.read_line(self, timeout)
+    local deadline = check_timeout(timeout, "read_line")
+    local line, msg, name, code = read_until(self, deadline, function(buf)
+      local i = buf:find("\n", 1, true)
+      if i then return i - 1, i end
+    end)
+    if line then return (line:gsub("\r$", "")) end
+    if name == "EOF" and readahead[self] then
+      local last = readahead[self]
+      readahead[self] = nil
+      return last
+    end
+    return nil, msg, name, code
+  end
+
+  --- for line in pipe:lines() do ... end: ends at the end of the stream;
+  --- any other failure raises.
+  function methods.lines(self)
+    return function()
+      local line, msg, name = methods.read_line(self)
+      if line then return line end
+      if name == "EOF" or name == "CLOSED" then return nil end
+      error(msg .. " (" .. tostring(name) .. ")", 2)
+    end
+  end
+
+  --- pipe:read_exact(n [, timeout]): exactly n bytes, or nil, msg, name
+  --- (what arrived stays readable).
+  function methods.read_exact(self, n, timeout)
+    if math.type(n) ~= "integer" or n < 0 then
+      error("bad argument #2 to 'read_exact' (byte count >= 0 expected)", 2)
+    end
+    local deadline = check_timeout(timeout, "read_exact")
+    return read_until(self, deadline, function(buf)
+      if #buf >= n then return n, n end
+    end)
+  end
+
+  --- pipe:write_frame(data [, cb | timeout]): a 4-byte big-endian length,
+  --- then data.
+  function methods.write_frame(self, data, a)
+    if type(data) ~= "string" then
+      error("bad argument #2 to 'write_frame' (string expected, got " .. type(data) .. ")", 2)
+    end
+    return methods.write(self, string.pack(">s4", data), a)
+  end
+
+  --- pipe:read_frame([timeout]): the next frame written by write_frame.
+  function methods.read_frame(self, timeout)
+    local deadline = check_timeout(timeout, "read_frame")
+    local head, msg, name, code = read_until(self, deadline, function(buf)
+      if #buf >= 4 then
+        local len = string.unpack(">I4", buf)
+        if #buf >= 4 + len then return 4 + len, 4 + len end
+      end
+    end)
+    if not head then return nil, msg, name, code end
+    return head:sub(5)
+  end
+end
+
+return F
