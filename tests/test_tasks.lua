@@ -1,0 +1,321 @@
+-- Coroutines (np.spawn/np.run), timeouts and cancellation, readiness,
+-- np.serve, np.open's retry, and the framing helpers.
+local lu = require "luaunit"
+local np = require "namedpipe"
+local H = require "tests.helpers"
+
+TestTasks = {}
+
+function TestTasks:tearDown() H.settle(2000) end
+
+function TestTasks:test_read_suspends_only_its_task()
+  local server, client = H.pair()
+  local log = {}
+  np.spawn(function()
+    log[#log + 1] = "reader waits"
+    local data = server:read()
+    log[#log + 1] = "reader got " .. data
+  end)
+  np.spawn(function()
+    log[#log + 1] = "writer sleeps"
+    np.sleep(20)
+    log[#log + 1] = "writer writes"
+    client:write("ping")
+  end)
+  np.run()
+  lu.assertEquals(log, { "reader waits", "writer sleeps", "writer writes", "reader got ping" })
+  H.close_all(server, client)
+end
+
+function TestTasks:test_spawn_passes_arguments_and_runs_from_step()
+  local got
+  np.spawn(function(a, b) got = a + b end, 2, 3)
+  lu.assertNil(got) -- not run by spawn itself
+  np.step(0)
+  lu.assertEquals(got, 5)
+end
+
+function TestTasks:test_error_in_task_surfaces_with_traceback_others_continue()
+  local other_done = false
+  np.spawn(function()
+    np.sleep(1)
+    local function inner() error("task exploded") end
+    inner()
+  end)
+  np.spawn(function()
+    np.sleep(30)
+    other_done = true
+  end)
+  local ok, err = pcall(np.run)
+  lu.assertFalse(ok)
+  lu.assertStrContains(err, "task exploded")
+  lu.assertStrContains(err, "stack traceback")
+  lu.assertStrContains(err, "inner")
+  np.run() -- the other task is still there and finishes
+  lu.assertTrue(other_done)
+end
+
+function TestTasks:test_user_coroutine_blocks_instead_of_suspending()
+  local server, client = H.pair()
+  client:write("in a coroutine of mine", function() end)
+  local co = coroutine.wrap(function()
+    return server:read(nil, 2000)
+  end)
+  lu.assertEquals(co(), "in a coroutine of mine")
+  H.close_all(server, client)
+end
+
+function TestTasks:test_timeouts_in_tasks()
+  local server, client = H.pair()
+  local results = {}
+  np.spawn(function()
+    results.read = { server:read(nil, 30) }
+    results.write = { client:write(("w"):rep(4 * 1024 * 1024), 30) }
+  end)
+  np.spawn(function()
+    local idle = assert(np.create(H.name("idle")))
+    results.connect = { idle:connect(30) }
+    idle:close()
+  end)
+  np.run()
+  lu.assertEquals(results.read[3], "TIMEOUT")
+  lu.assertEquals(results.connect[3], "TIMEOUT")
+  -- A write that cannot finish in time is cancelled and says so.
+  lu.assertNil(results.write[1])
+  lu.assertEquals(results.write[3], "TIMEOUT")
+  H.close_all(server, client)
+end
+
+function TestTasks:test_close_completes_waiters_with_closed()
+  local server, client = H.pair()
+  local res
+  np.spawn(function() res = { server:read() } end)
+  np.spawn(function()
+    np.sleep(10)
+    server:close()
+  end)
+  np.run()
+  lu.assertNil(res[1])
+  lu.assertEquals(res[3], "CLOSED")
+  H.close_all(client)
+end
+
+function TestTasks:test_cancel_wakes_a_waiting_task()
+  local server, client = H.pair()
+  local res
+  np.spawn(function() res = { server:read() } end)
+  np.spawn(function()
+    np.sleep(10)
+    server:cancel("read")
+  end)
+  np.run()
+  lu.assertEquals(res[3], "CANCELLED")
+  H.close_all(server, client)
+end
+
+function TestTasks:test_readable_then_try_read_loop()
+  local server, client = H.pair()
+  local got = {}
+  np.spawn(function()
+    while #table.concat(got) < 9 do
+      assert(server:readable())
+      local data, _, name = server:try_read()
+      if data then got[#got + 1] = data else lu.assertEquals(name, "WOULDBLOCK") end
+    end
+  end)
+  np.spawn(function()
+    for _, part in ipairs { "abc", "def", "ghi" } do
+      np.sleep(5)
+      client:write(part)
+    end
+  end)
+  np.run()
+  lu.assertEquals(table.concat(got), "abcdefghi")
+  -- readable() does not consume anything
+  client:write("kept")
+  lu.assertTrue(server:readable(2000))
+  lu.assertTrue(server:readable(2000))
+  lu.assertEquals(server:read(), "kept")
+  -- readable at the end of the stream: try_read then says EOF
+  client:close()
+  lu.assertTrue(server:readable(2000))
+  local _, _, name = server:try_read()
+  lu.assertEquals(name, "EOF")
+  H.close_all(server)
+end
+
+function TestTasks:test_writable_then_try_write()
+  local server, client = H.pair()
+  lu.assertTrue(client:writable(1000))
+  lu.assertEquals(client:try_write("one"), 3)
+  lu.assertTrue(client:writable(2000))
+  lu.assertEquals(client:try_write("two"), 3)
+  lu.assertTrue(client:writable(2000))
+  local got = ""
+  while #got < 6 do got = got .. assert(server:read(nil, 2000)) end
+  lu.assertEquals(got, "onetwo")
+  local r = client:ready("both", 1000)
+  lu.assertTrue(r.writable)
+  lu.assertNil(r.readable)
+  server:write("x")
+  lu.assertTrue(client:ready("readable", 1000).readable)
+  H.close_all(server, client)
+end
+
+function TestTasks:test_open_retries_while_busy_then_times_out()
+  local name = H.name("retry")
+  local server = assert(np.create(name, { max_instances = 1 }))
+  local first = assert(np.open(name))
+  assert(server:connect(1000))
+  local t0 = np.now()
+  local p, _, errname = np.open(name, { timeout = 60 })
+  lu.assertNil(p)
+  lu.assertEquals(errname, "TIMEOUT")
+  lu.assertTrue(np.now() - t0 >= 50)
+  -- Once the instance is free again, a waiting open gets in.
+  local got
+  np.spawn(function() got = assert(np.open(name, { timeout = 2000 })) end)
+  np.spawn(function()
+    np.sleep(20)
+    first:close()
+    server:disconnect()
+    server:connect()
+  end)
+  np.run()
+  lu.assertEquals(got:state(), "connected")
+  H.close_all(server, got)
+end
+
+function TestTasks:test_open_wait_for_server()
+  local name = H.name("later")
+  local p, _, errname = np.open(name, { timeout = 10 })
+  lu.assertNil(p)
+  lu.assertEquals(errname, "NOT_FOUND") -- without wait_for_server: at once
+  local server, client
+  np.spawn(function()
+    client = assert(np.open(name, { timeout = 2000, wait_for_server = true }))
+  end)
+  np.spawn(function()
+    np.sleep(30)
+    server = assert(np.create(name))
+    server:connect()
+  end)
+  np.run()
+  lu.assertEquals(client:state(), "connected")
+  lu.assertEquals(server:state(), "connected")
+  H.close_all(server, client)
+end
+
+function TestTasks:test_serve_many_clients_never_not_found()
+  local name = H.name("serve")
+  local max_active, active = 0, 0
+  local srv = assert(np.serve(name, { max_instances = 3 }, function(p)
+    active = active + 1
+    if active > max_active then max_active = active end
+    for line in p:lines() do p:write("echo " .. line .. "\n") end
+    active = active - 1
+  end))
+  local replies, failures = {}, {}
+  for i = 1, 12 do
+    np.spawn(function()
+      np.sleep(i % 4)
+      -- PIPE_BUSY is retried (bounded by max_instances); NOT_FOUND never is
+      local c, msg, errname = np.open(name, { timeout = 5000 })
+      if not c then
+        failures[#failures + 1] = errname .. " " .. msg
+        return
+      end
+      c:write("client " .. i .. "\n")
+      replies[i] = c:read_line(5000)
+      c:close()
+    end)
+  end
+  np.spawn(function()
+    while #failures + (function() local n = 0 for _ in pairs(replies) do n = n + 1 end return n end)() < 12 do
+      np.sleep(5)
+    end
+    srv.close()
+  end)
+  np.run()
+  lu.assertEquals(failures, {})
+  for i = 1, 12 do lu.assertEquals(replies[i], "echo client " .. i) end
+  lu.assertTrue(max_active <= 3, "active handlers " .. max_active)
+  lu.assertEquals(srv.accepted, 12)
+  -- Stopped: nobody listens any more.
+  local p, _, errname = np.open(name)
+  lu.assertNil(p)
+  lu.assertEquals(errname, "NOT_FOUND")
+end
+
+function TestTasks:test_serve_close_keeps_what_the_handler_wrote()
+  local name = H.name("flush")
+  local big = ("0123456789abcdef"):rep(2048) -- 32 KiB: fits the pipe buffer
+  local srv = assert(np.serve(name, nil, function(p)
+    p:write(big .. "\nlast line\n") -- returns once it is all in the pipe
+  end))
+  local c = assert(np.open(name, { timeout = 2000 }))
+  np.sleep(50) -- the handler has returned and its pipe is closed by now
+  local lines = {}
+  for line in c:lines() do lines[#lines + 1] = line end
+  lu.assertEquals(lines, { big, "last line" })
+  srv.close()
+  H.close_all(c)
+end
+
+function TestTasks:test_serve_bad_arguments()
+  lu.assertErrorMsgContains("function expected", np.serve, H.name("x"), nil, 42)
+  lu.assertErrorMsgContains("table expected", np.serve, H.name("x"), "byte", function() end)
+  lu.assertErrorMsgContains("unknown option", np.serve, H.name("x"), { bogus = 1 }, function() end)
+end
+
+TestFraming = {}
+
+function TestFraming:tearDown() H.settle(2000) end
+
+function TestFraming:test_lines_and_readahead()
+  local server, client = H.pair()
+  client:write("alpha\r\nbeta\ngam")
+  client:write("ma\nrest")
+  lu.assertEquals(server:read_line(), "alpha")
+  lu.assertEquals(server:read_line(), "beta")
+  lu.assertEquals(server:read_line(), "gamma")
+  H.settle()
+  -- what the line reader read ahead comes first from read()
+  lu.assertEquals(server:read(), "rest")
+  client:write("tail without newline")
+  client:close()
+  lu.assertEquals(server:read_line(), "tail without newline")
+  local line, _, name = server:read_line()
+  lu.assertNil(line)
+  lu.assertEquals(name, "EOF")
+  H.close_all(server)
+end
+
+function TestFraming:test_frames_and_read_exact()
+  local server, client = H.pair()
+  local payloads = { "", "x", ("y"):rep(100000), "end" }
+  np.spawn(function()
+    for _, p in ipairs(payloads) do client:write_frame(p) end
+    client:write("EXACT")
+  end)
+  local got = {}
+  np.spawn(function()
+    for i = 1, #payloads do got[i] = server:read_frame(5000) end
+    got.exact = server:read_exact(5, 5000)
+  end)
+  np.run()
+  for i = 1, #payloads do lu.assertEquals(got[i], payloads[i]) end
+  lu.assertEquals(got.exact, "EXACT")
+  H.close_all(server, client)
+end
+
+function TestFraming:test_read_line_timeout_keeps_partial_data()
+  local server, client = H.pair()
+  client:write("no newline yet")
+  local line, _, name = server:read_line(30)
+  lu.assertNil(line)
+  lu.assertEquals(name, "TIMEOUT")
+  client:write(" - now\n")
+  lu.assertEquals(server:read_line(2000), "no newline yet - now")
+  H.close_all(server, client)
+end
