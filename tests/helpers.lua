@@ -89,7 +89,9 @@ function H.run_lua(code, ...)
   f:write(code)
   f:close()
   local args = {}
-  for i = 1, select("#", ...) do args[i] = ('"%s"'):format(select(i, ...)) end
+  -- cmd.exe takes double quotes; sh would eat the backslashes in them
+  local q = PLATFORM == "windows" and '"%s"' or "'%s'"
+  for i = 1, select("#", ...) do args[i] = q:format(select(i, ...)) end
   local cmd = ('%s %s %s > %s 2>&1'):format(interpreter(), script, table.concat(args, " "), out)
   if PLATFORM == "windows" then cmd = cmd:gsub("build/", "build\\") end
   local ok = os.execute(cmd)

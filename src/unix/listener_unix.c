@@ -1,0 +1,479 @@
+/*
+ * listener_unix.c - the listening socket behind a pipe name.
+ *
+ * A Windows server makes one pipe instance per CreateNamedPipe call and each
+ * instance takes one client. Here all the instances of one name in one loop
+ * share one listening socket (the loop's registry: path -> listener, with
+ * its instances; unlinked and closed with the last instance). Accepted
+ * sockets go at once to a free instance (no client yet, connect() pending or
+ * not), first come first served, preferring one whose connect() is pending.
+ *
+ * Clients get PIPE_BUSY when every instance is busy, as on Windows, without
+ * any help from the client: a non-blocking connect() to a Unix socket fails
+ * with EAGAIN when the listener's queue holds more than its backlog. So the
+ * backlog is kept at (free instances - 1), letting at most as many clients
+ * queue as there are free instances; with none free the backlog is 0, which
+ * still lets one through, so we queue a connection of our own (the plug,
+ * recognised by its autobound abstract address when it is accepted later).
+ * listen() may be called again on a listening socket to change the backlog
+ * (and wakes blocking connects, which simply wait: socat does that).
+ *
+ * Ownership across processes: beside the socket PATH the owner keeps
+ * PATH.lock, holding an OFD write lock on it (fcntl F_OFD_SETLK: like flock,
+ * released when the process dies, and others can test it with F_OFD_GETLK
+ * without taking it). The lock file also carries the pipe's description
+ * (type, max_instances, directions) for clients, which Windows gives them
+ * from the kernel. A socket file whose lock is free and that refuses
+ * connections was left by a dead server: it is removed. A live owner in
+ * another process (or another Lua state) makes create fail with
+ * ACCESS_DENIED (first_pipe_instance) or ADDRESS_IN_USE: on Unix all the
+ * instances of one name live in one process.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "unix.h"
+
+struct np_listener {
+  np_watch watch; /* first: epoll data.ptr */
+  np_loop *loop;
+  np_listener *next; /* the loop's registry */
+  char path[NP_SUN_PATH];
+  char *lock_path;
+  int fd, lock_fd, plug_fd;
+  dev_t dev; /* the socket file we made: unlink only that one */
+  ino_t ino;
+  struct sockaddr_un plug_addr;
+  socklen_t plug_len;
+  int backlog;
+  np_pipe_meta meta;
+  unsigned n_instances, n_free;
+  np_pipe *instances;
+  np_pipe *free_head, *free_tail;
+};
+
+static const char meta_format[] =
+    "namedpipe=1 type=%s max=%u inbound=%d outbound=%d\n";
+
+int np_listener_type(const np_listener *l) { return l->meta.sock_type; }
+int np_listener_fd(const np_listener *l) { return l->fd; }
+
+/* "0600", "600", "0660": the socket file's permission bits (connecting needs
+ * write permission on it). */
+int np_parse_file_mode(const char *s, unsigned *mode) {
+  size_t i, n = strlen(s);
+  unsigned v = 0;
+  if (n == 4 && s[0] == '0') {
+    s++;
+    n--;
+  }
+  if (n != 3) return 0;
+  for (i = 0; i < n; i++) {
+    if (s[i] < '0' || s[i] > '7') return 0;
+    v = v * 8 + (unsigned)(s[i] - '0');
+  }
+  *mode = v;
+  return 1;
+}
+
+static char *lock_path_of(const char *path) {
+  size_t n = strlen(path);
+  char *s = (char *)malloc(n + sizeof ".lock");
+  if (s) {
+    memcpy(s, path, n);
+    memcpy(s + n, ".lock", sizeof ".lock");
+  }
+  return s;
+}
+
+static void owned_elsewhere(int first, np_status *st) {
+  if (first)
+    np_status_errno(st, NP_ACCESS_DENIED, EACCES);
+  else
+    np_status_errno(st, NP_ADDRESS_IN_USE, EADDRINUSE);
+}
+
+/* ------------------------------------------------------ the owner's lock */
+
+static void whole_file_lock(struct flock *fl) {
+  memset(fl, 0, sizeof *fl);
+  fl->l_type = F_WRLCK;
+  fl->l_whence = SEEK_SET;
+}
+
+static int take_ownership(np_listener *l, int first, unsigned mode,
+                          np_status *st) {
+  /* Clients may read the description; only the owner writes it. */
+  mode_t lock_mode = (mode_t)((mode & 0444) | 0600);
+  int attempt;
+  for (attempt = 0; attempt < 8; attempt++) {
+    struct stat held, named;
+    struct flock fl;
+    int fd = open(l->lock_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW,
+                  lock_mode);
+    if (fd < 0) {
+      np_status_errno(st, np_errno_err(errno), errno);
+      return 0;
+    }
+    whole_file_lock(&fl);
+    if (fcntl(fd, F_OFD_SETLK, &fl) != 0) {
+      int e = errno;
+      close(fd);
+      if (e == EAGAIN || e == EACCES)
+        owned_elsewhere(first, st);
+      else
+        np_status_errno(st, np_errno_err(e), e);
+      return 0;
+    }
+    /* The previous owner unlinks the file before letting go of it: if that
+     * happened between our open and our lock, we hold an orphan. */
+    if (fstat(fd, &held) == 0 && stat(l->lock_path, &named) == 0 &&
+        held.st_dev == named.st_dev && held.st_ino == named.st_ino) {
+      l->lock_fd = fd;
+      return 1;
+    }
+    close(fd);
+  }
+  owned_elsewhere(first, st);
+  return 0;
+}
+
+static void publish_meta(np_listener *l, unsigned mode) {
+  char line[128];
+  int n = snprintf(line, sizeof line, meta_format,
+                   l->meta.sock_type == SOCK_SEQPACKET ? "message" : "byte",
+                   l->meta.max_instances, l->meta.inbound, l->meta.outbound);
+  /* A stale file may belong to us with other bits; ours wins. */
+  if (fchmod(l->lock_fd, (mode_t)((mode & 0444) | 0600)) != 0) { /* keep it */ }
+  if (ftruncate(l->lock_fd, 0) == 0 && n > 0)
+    if (pwrite(l->lock_fd, line, (size_t)n, 0) != n) { /* clients: defaults */ }
+}
+
+int np_read_meta(const char *path, np_pipe_meta *meta) {
+  char *lock_path = lock_path_of(path), line[128], type[16];
+  struct flock fl;
+  ssize_t n;
+  int fd, ok;
+  if (!lock_path) return 0;
+  fd = open(lock_path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+  free(lock_path);
+  if (fd < 0) return 0;
+  /* Nobody holding the lock: what the file says is a dead server's. */
+  whole_file_lock(&fl);
+  if (fcntl(fd, F_OFD_GETLK, &fl) != 0 || fl.l_type == F_UNLCK) {
+    close(fd);
+    return 0;
+  }
+  n = read(fd, line, sizeof line - 1);
+  close(fd);
+  if (n <= 0) return 0;
+  line[n] = '\0';
+  ok = sscanf(line, "namedpipe=1 type=%15s max=%u inbound=%d outbound=%d",
+              type, &meta->max_instances, &meta->inbound,
+              &meta->outbound) == 4;
+  meta->sock_type = strcmp(type, "message") == 0 ? SOCK_SEQPACKET : SOCK_STREAM;
+  return ok && meta->max_instances >= 1 &&
+         meta->max_instances <= NP_UNLIMITED_INSTANCES;
+}
+
+/* -------------------------------------------------------- the socket file */
+
+static void fill_addr(struct sockaddr_un *sa, const char *path) {
+  memset(sa, 0, sizeof *sa);
+  sa->sun_family = AF_UNIX;
+  memcpy(sa->sun_path, path, strlen(path) + 1);
+}
+
+/* Something at the path is ours to replace only if it is a socket nobody
+ * listens on: a server that died (its lock, now ours, was free). */
+static int clear_path(const char *path, int first, np_status *st) {
+  struct sockaddr_un sa;
+  struct stat sb;
+  int fd, rc, e;
+  if (lstat(path, &sb) != 0) {
+    if (errno == ENOENT) return 1;
+    np_status_errno(st, np_errno_err(errno), errno);
+    return 0;
+  }
+  if (!S_ISSOCK(sb.st_mode)) {
+    np_status_errno(st, NP_ADDRESS_IN_USE, EADDRINUSE);
+    return 0;
+  }
+  fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    np_status_errno(st, np_errno_err(errno), errno);
+    return 0;
+  }
+  fill_addr(&sa, path);
+  rc = connect(fd, (struct sockaddr *)&sa, sizeof sa);
+  e = errno;
+  close(fd);
+  if (rc != 0 && e == ENOENT) return 1;
+  if (rc != 0 && e == ECONNREFUSED) {
+    if (unlink(path) == 0 || errno == ENOENT) return 1;
+    np_status_errno(st, np_errno_err(errno), errno);
+    return 0;
+  }
+  /* Accepted, queue full, or a listener of the other type: alive, and not
+   * a namedpipe server of ours (no lock held) - someone else's socket. */
+  if (rc == 0 || e == EAGAIN || e == EPROTOTYPE) {
+    owned_elsewhere(first, st);
+    return 0;
+  }
+  np_status_errno(st, np_errno_err(e), e);
+  return 0;
+}
+
+static int bind_socket(np_listener *l, unsigned mode, np_status *st) {
+  struct sockaddr_un sa;
+  struct stat sb;
+  l->fd = socket(AF_UNIX, l->meta.sock_type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (l->fd < 0) goto fail;
+  /* Linux creates the file with the socket inode's mode minus the umask:
+   * set it first so the file is never more open than asked, then set it
+   * exactly (the umask may have removed bits that were asked for). */
+  if (fchmod(l->fd, (mode_t)mode) != 0) goto fail;
+  fill_addr(&sa, l->path);
+  if (bind(l->fd, (struct sockaddr *)&sa, sizeof sa) != 0) goto fail;
+  if (chmod(l->path, (mode_t)mode) != 0 || lstat(l->path, &sb) != 0) {
+    int e = errno;
+    unlink(l->path);
+    errno = e;
+    goto fail;
+  }
+  l->dev = sb.st_dev;
+  l->ino = sb.st_ino;
+  if (listen(l->fd, 0) != 0) {
+    int e = errno;
+    unlink(l->path);
+    errno = e;
+    goto fail;
+  }
+  l->backlog = 0;
+  return 1;
+fail:
+  np_status_errno(st, np_errno_err(errno), errno);
+  return 0;
+}
+
+static np_listener *listener_open(np_loop *loop, const char *path,
+                                  const np_server_options *o, int sock_type,
+                                  unsigned mode, np_status *st) {
+  np_listener *l = (np_listener *)calloc(1, sizeof *l);
+  if (!l || !(l->lock_path = lock_path_of(path))) {
+    free(l);
+    np_status_errno(st, NP_NO_MEMORY, ENOMEM);
+    return NULL;
+  }
+  l->watch = NP_WATCH_LISTENER;
+  l->loop = loop;
+  l->fd = l->lock_fd = l->plug_fd = -1;
+  strcpy(l->path, path);
+  l->meta.sock_type = sock_type;
+  l->meta.max_instances = o->max_instances;
+  l->meta.inbound = o->access_inbound != 0;
+  l->meta.outbound = o->access_outbound != 0;
+  if (!take_ownership(l, o->first_pipe_instance, mode, st)) goto fail;
+  publish_meta(l, mode);
+  if (!clear_path(path, o->first_pipe_instance, st) ||
+      !bind_socket(l, mode, st))
+    goto fail_owned;
+  if (np_watch_add(loop, l->fd, EPOLLIN | EPOLLET, l) != 0) {
+    np_status_errno(st, np_errno_err(errno), errno);
+    unlink(l->path);
+    goto fail_owned;
+  }
+  l->next = loop->listeners;
+  loop->listeners = l;
+  return l;
+fail_owned:
+  unlink(l->lock_path); /* still ours: we hold its lock */
+fail:
+  if (l->fd >= 0) close(l->fd);
+  if (l->lock_fd >= 0) close(l->lock_fd);
+  free(l->lock_path);
+  free(l);
+  return NULL;
+}
+
+static void listener_destroy(np_listener *l) {
+  np_listener **pp = &l->loop->listeners;
+  struct stat sb;
+  while (*pp != l) pp = &(*pp)->next;
+  *pp = l->next;
+  np_watch_del(l->loop, l->fd);
+  close(l->fd);
+  if (l->plug_fd >= 0) close(l->plug_fd);
+  /* Socket first, lock last: whoever takes the lock next finds no socket
+   * of ours to trip over. If someone replaced the file, it is theirs. */
+  if (lstat(l->path, &sb) == 0 && sb.st_dev == l->dev && sb.st_ino == l->ino)
+    unlink(l->path);
+  unlink(l->lock_path);
+  close(l->lock_fd);
+  free(l->lock_path);
+  free(l);
+}
+
+np_listener *np_listener_get(np_loop *loop, const char *path,
+                             const np_server_options *o, np_status *st) {
+  int sock_type = o->pipe_mode == NP_MODE_MESSAGE ? SOCK_SEQPACKET : SOCK_STREAM;
+  unsigned mode = 0600;
+  np_listener *l;
+  if (o->security && !np_parse_file_mode(o->security, &mode)) {
+    np_status_errno(st, NP_INVALID_ARGUMENT, EINVAL);
+    return NULL;
+  }
+  for (l = loop->listeners; l; l = l->next)
+    if (strcmp(l->path, path) == 0) break;
+  if (!l) return listener_open(loop, path, o, sock_type, mode, st);
+  if (o->first_pipe_instance) {
+    np_status_errno(st, NP_ACCESS_DENIED, EACCES);
+    return NULL;
+  }
+  /* Windows wants the same type, directions and max_instances for every
+   * instance of a name (ACCESS_DENIED otherwise). */
+  if (l->meta.sock_type != sock_type ||
+      l->meta.max_instances != o->max_instances ||
+      l->meta.inbound != (o->access_inbound != 0) ||
+      l->meta.outbound != (o->access_outbound != 0)) {
+    np_status_errno(st, NP_ACCESS_DENIED, EACCES);
+    return NULL;
+  }
+  if (o->max_instances != NP_UNLIMITED_INSTANCES &&
+      l->n_instances >= o->max_instances) {
+    np_status_errno(st, NP_PIPE_BUSY, EBUSY);
+    return NULL;
+  }
+  return l;
+}
+
+/* -------------------------------------------------------------- instances */
+
+void np_listener_add(np_listener *l, np_pipe *p) {
+  p->listener = l;
+  p->inst_prev = NULL;
+  p->inst_next = l->instances;
+  if (l->instances) l->instances->inst_prev = p;
+  l->instances = p;
+  l->n_instances++;
+}
+
+void np_listener_set_free(np_listener *l, np_pipe *p, int is_free) {
+  if (p->is_free == is_free) return;
+  p->is_free = is_free;
+  if (is_free) {
+    p->free_next = NULL;
+    p->free_prev = l->free_tail;
+    if (l->free_tail)
+      l->free_tail->free_next = p;
+    else
+      l->free_head = p;
+    l->free_tail = p;
+    l->n_free++;
+  } else {
+    if (p->free_prev)
+      p->free_prev->free_next = p->free_next;
+    else
+      l->free_head = p->free_next;
+    if (p->free_next)
+      p->free_next->free_prev = p->free_prev;
+    else
+      l->free_tail = p->free_prev;
+    p->free_prev = p->free_next = NULL;
+    l->n_free--;
+  }
+}
+
+void np_listener_remove(np_listener *l, np_pipe *p) {
+  np_listener_set_free(l, p, 0);
+  if (p->inst_prev)
+    p->inst_prev->inst_next = p->inst_next;
+  else
+    l->instances = p->inst_next;
+  if (p->inst_next) p->inst_next->inst_prev = p->inst_prev;
+  p->inst_prev = p->inst_next = NULL;
+  p->listener = NULL;
+  if (--l->n_instances == 0)
+    listener_destroy(l);
+  else
+    np_listener_service(l);
+}
+
+/* ------------------------------------------------------------ the backlog */
+
+/* Fill the (empty) queue with a connection of our own, so that the backlog
+ * of 0 is already used up. EAGAIN: a client got there first, same effect. */
+static void plug(np_listener *l) {
+  struct sockaddr_un sa;
+  socklen_t len = sizeof l->plug_addr;
+  int fd = socket(AF_UNIX, l->meta.sock_type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return;
+  memset(&sa, 0, sizeof sa);
+  sa.sun_family = AF_UNIX;
+  /* Autobind: a unique abstract name, which accept() will show us. */
+  if (bind(fd, (struct sockaddr *)&sa, sizeof(sa_family_t)) != 0 ||
+      getsockname(fd, (struct sockaddr *)&l->plug_addr, &len) != 0) {
+    close(fd);
+    return;
+  }
+  l->plug_len = len;
+  fill_addr(&sa, l->path);
+  if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+    close(fd);
+    return;
+  }
+  l->plug_fd = fd;
+}
+
+static void gate(np_listener *l) {
+  int want = l->n_free > 0 ? (int)l->n_free - 1 : 0;
+  if (want != l->backlog && listen(l->fd, want) == 0) l->backlog = want;
+  if (l->n_free == 0 && l->plug_fd < 0) plug(l);
+}
+
+static int is_plug(const np_listener *l, const struct sockaddr_un *peer,
+                   socklen_t len) {
+  return l->plug_fd >= 0 && len == l->plug_len &&
+         memcmp(peer, &l->plug_addr, len) == 0;
+}
+
+static np_pipe *pick_free(np_listener *l) {
+  np_pipe *p;
+  for (p = l->free_head; p; p = p->free_next)
+    if (p->pending_connect) return p;
+  return l->free_head;
+}
+
+void np_listener_service(np_listener *l) {
+  if (l->loop->closing) return;
+  while (l->n_free > 0) {
+    struct sockaddr_un peer;
+    socklen_t len = sizeof peer;
+    int fd = accept4(l->fd, (struct sockaddr *)&peer, &len,
+                     SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      /* EAGAIN: nobody waits. EMFILE and the like: the client stays queued
+       * and is tried again at the next service (an instance freed, created,
+       * or another client arriving). */
+      break;
+    }
+    if (is_plug(l, &peer, len)) {
+      close(fd);
+      close(l->plug_fd);
+      l->plug_fd = -1;
+      continue;
+    }
+    if (!np_instance_attach(pick_free(l), fd)) close(fd);
+  }
+  gate(l);
+}
+
+void np_listener_on_event(np_listener *l) { np_listener_service(l); }

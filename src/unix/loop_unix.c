@@ -1,0 +1,301 @@
+/*
+ * loop_unix.c - the loop over one epoll set: waiting, the FIFO of finished
+ * requests, their release, and the end of every block.
+ *
+ * Lifetime: a request counts in its pipe's `outstanding` from its start to
+ * np_completion_done(); a closed pipe's block is freed when that count
+ * reaches zero (by close itself when nothing is outstanding). Nothing is
+ * kernel-owned here (sockets copy on send and recv), so np_pipe_close can
+ * finish every pending request at once, as CLOSED, through the ready queue.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "unix.h"
+
+/* A completed read keeps its buffer for the next read of that pipe unless it
+ * grew beyond this (one huge message must not pin its memory forever). */
+#define KEEP_READ_BUFFER (1u << 20)
+
+/* ----------------------------------------------------------------- status */
+
+np_err np_errno_err(int code) {
+  switch (code) {
+    case 0: return NP_OK;
+    case ENOENT:
+    case ECONNREFUSED: return NP_NOT_FOUND; /* a socket file nobody serves */
+    case EAGAIN: return NP_PIPE_BUSY;       /* connect: the backlog is full */
+    case EPIPE:
+    case ECONNRESET: return NP_BROKEN_PIPE;
+    case ENOTCONN: return NP_NOT_CONNECTED;
+    case EACCES:
+    case EPERM: return NP_ACCESS_DENIED;
+    case ETIMEDOUT: return NP_TIMEOUT;
+    case ENAMETOOLONG:
+    case ENOTDIR:
+    case ELOOP: return NP_INVALID_NAME;
+    case EINVAL:
+    case EMSGSIZE:
+    case EPROTOTYPE: return NP_INVALID_ARGUMENT;
+    case EADDRINUSE: return NP_ADDRESS_IN_USE;
+    case ENOMEM:
+    case ENOBUFS: return NP_NO_MEMORY;
+    default: return NP_IO_ERROR;
+  }
+}
+
+void np_status_errno(np_status *st, np_err err, int code) {
+  st->err = err;
+  st->code = code;
+}
+
+/* The module's own outcomes read the same as on Windows (error_win.c); the
+ * OS's come from strerror. */
+const char *np_status_message(const np_status *st, char *buf, size_t size) {
+  switch (st->err) {
+    case NP_EOF: return "end of stream (the peer closed the pipe)";
+    case NP_CLOSED: return "pipe closed";
+    case NP_CANCELLED: return "operation cancelled";
+    case NP_WOULDBLOCK: return "operation would block";
+    case NP_TIMEOUT:
+      if (st->code == 0) return "timed out";
+      break;
+    case NP_PIPE_BUSY: /* EAGAIN or EBUSY would say less */
+      return "all pipe instances are busy";
+    default:
+      break;
+  }
+  if (st->code == 0) {
+    snprintf(buf, size, "%s", np_err_name(st->err));
+    return buf;
+  }
+  {
+    /* GNU strerror_r (we define _GNU_SOURCE): may return a static string
+     * instead of filling buf. */
+    const char *msg = strerror_r((int)st->code, buf, size);
+    if (msg != buf) snprintf(buf, size, "%s", msg);
+  }
+  return buf;
+}
+
+double np_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec * 1000.0 + (double)ts.tv_nsec / 1e6;
+}
+
+/* ---------------------------------------------------------------- buffers */
+
+int np_buf_reserve(np_buf *b, size_t n) {
+  char *d;
+  if (n == 0) n = 1; /* a zero-length read still hands out a valid pointer */
+  if (b->cap >= n) return 1;
+  d = (char *)realloc(b->data, n);
+  if (!d) return 0;
+  b->data = d;
+  b->cap = n;
+  return 1;
+}
+
+/* ------------------------------------------------------------------- loop */
+
+np_loop *np_loop_new(np_status *st) {
+  np_loop *loop = (np_loop *)calloc(1, sizeof *loop);
+  if (!loop) {
+    np_status_errno(st, NP_NO_MEMORY, ENOMEM);
+    return NULL;
+  }
+  loop->epfd = epoll_create1(EPOLL_CLOEXEC);
+  if (loop->epfd < 0) {
+    np_status_errno(st, np_errno_err(errno), errno);
+    free(loop);
+    return NULL;
+  }
+  return loop;
+}
+
+int np_watch_add(np_loop *loop, int fd, uint32_t events, void *ptr) {
+  struct epoll_event ev;
+  memset(&ev, 0, sizeof ev);
+  ev.events = events;
+  ev.data.ptr = ptr;
+  return epoll_ctl(loop->epfd, EPOLL_CTL_ADD, fd, &ev);
+}
+
+/* Before close(): epoll forgets a socket only when its last descriptor is
+ * closed, and a descriptor we do not know of (a fork) would keep it. */
+void np_watch_del(np_loop *loop, int fd) {
+  struct epoll_event ev;
+  memset(&ev, 0, sizeof ev);
+  epoll_ctl(loop->epfd, EPOLL_CTL_DEL, fd, &ev);
+}
+
+static void dispatch(const struct epoll_event *ev) {
+  np_watch *w = (np_watch *)ev->data.ptr;
+  if (*w == NP_WATCH_PIPE)
+    np_pipe_on_event((np_pipe *)w, ev->events);
+  else
+    np_listener_on_event((np_listener *)w);
+}
+
+int np_loop_wait(np_loop *loop, int timeout_ms, np_status *st) {
+  struct epoll_event evs[64];
+  double deadline = timeout_ms > 0 ? np_now_ms() + timeout_ms : 0;
+  for (;;) {
+    int i, n, t = loop->ready_count > 0 ? 0 : timeout_ms;
+    n = epoll_wait(loop->epfd, evs, (int)(sizeof evs / sizeof evs[0]), t);
+    if (n < 0) {
+      if (errno != EINTR) {
+        np_status_errno(st, np_errno_err(errno), errno);
+        return -1;
+      }
+      n = 0;
+    }
+    /* Dispatching runs no Lua and frees no block (that only happens in
+     * np_completion_done and np_pipe_close), so every ptr stays valid. */
+    for (i = 0; i < n; i++) dispatch(&evs[i]);
+    if (loop->ready_count > 0 || t == 0) break;
+    /* Readiness without a completion (a write edge nobody waits for, a
+     * client accepted before connect()): keep waiting out the timeout. */
+    if (timeout_ms > 0) {
+      double left = deadline - np_now_ms();
+      if (left <= 0) break;
+      timeout_ms = left >= INT_MAX ? INT_MAX : (int)left + 1;
+    }
+  }
+  return loop->ready_count > INT_MAX ? INT_MAX : (int)loop->ready_count;
+}
+
+int np_loop_next(np_loop *loop, np_completion *c) {
+  np_req *r = loop->ready_head;
+  if (!r) return 0;
+  loop->ready_head = r->next;
+  if (!loop->ready_head) loop->ready_tail = NULL;
+  loop->ready_count--;
+  r->next = NULL;
+  r->state = REQ_HANDED;
+  c->pipe = r->pipe;
+  /* Read now, not when the request finished: the binding clears it when
+   * the userdata is collected, and a stale pointer must not come out. */
+  c->user = r->pipe->user;
+  c->op = r->op;
+  c->status = r->status;
+  c->data = r->op == NP_OP_READ && r->status.err == NP_OK ? r->buf.data : NULL;
+  c->len = r->op == NP_OP_READ ? r->len : r->op == NP_OP_WRITE ? r->wdone : 0;
+  c->more = r->more;
+  c->ref_cb = r->ref_cb;
+  c->ref_data = r->ref_data;
+  c->req = r;
+  return 1;
+}
+
+size_t np_loop_outstanding(const np_loop *loop) { return loop->outstanding; }
+
+/* --------------------------------------------------------------- requests */
+
+void np_req_start(np_pipe *p, np_req *r, np_op op, int ref_cb, int ref_data) {
+  r->pipe = p;
+  r->op = op;
+  r->state = REQ_PENDING;
+  r->ref_cb = ref_cb;
+  r->ref_data = ref_data;
+  r->status.err = NP_OK;
+  r->status.code = 0;
+  r->next = NULL;
+  r->wdata = NULL;
+  r->wlen = r->wdone = 0;
+  r->max = 0;
+  r->len = 0;
+  r->more = 0;
+  p->busy[op]++;
+  p->outstanding++;
+  p->loop->outstanding++;
+}
+
+/* Finished: queue it for np_loop_next (FIFO). The caller has taken it out
+ * of the pipe's pending slot or write queue. */
+void np_req_ready(np_req *r, np_err err, long code) {
+  np_loop *loop = r->pipe->loop;
+  r->status.err = err;
+  r->status.code = code;
+  r->state = REQ_READY;
+  r->next = NULL;
+  if (loop->ready_tail)
+    loop->ready_tail->next = r;
+  else
+    loop->ready_head = r;
+  loop->ready_tail = r;
+  loop->ready_count++;
+}
+
+static void write_unlink(np_pipe *p, np_req *r) {
+  if (r->wprev)
+    r->wprev->wnext = r->wnext;
+  else
+    p->writes = r->wnext;
+  if (r->wnext) r->wnext->wprev = r->wprev;
+}
+
+void np_completion_done(np_loop *loop, np_completion *c) {
+  np_req *r = (np_req *)c->req;
+  np_pipe *p = r->pipe;
+  c->req = NULL;
+  p->busy[r->op]--;
+  p->outstanding--;
+  loop->outstanding--;
+  if (r->embedded) {
+    r->state = REQ_IDLE;
+    if (r->buf.cap > KEEP_READ_BUFFER || p->closed) {
+      free(r->buf.data);
+      r->buf.data = NULL;
+      r->buf.cap = 0;
+    }
+  } else {
+    write_unlink(p, r);
+    free(r);
+    if (p->busy[NP_OP_WRITE] == 0 && !p->closed) np_pipe_writes_released(p);
+  }
+  if (p->closed && p->outstanding == 0) np_pipe_free(p);
+}
+
+/* The block itself and everything it still holds; the socket is already
+ * closed (np_pipe_detach). */
+void np_pipe_free(np_pipe *p) {
+  np_loop *loop = p->loop;
+  while (p->writes) {
+    np_req *r = p->writes;
+    p->writes = r->wnext;
+    free(r);
+  }
+  if (p->prev)
+    p->prev->next = p->next;
+  else
+    loop->pipes = p->next;
+  if (p->next) p->next->prev = p->prev;
+  free(p->read_req.buf.data);
+  free(p->rest);
+  free(p->try_buf.data);
+  free(p->name);
+  free(p);
+}
+
+/* No Lua runs: completions not yet handed out are dropped with their
+ * blocks, and so is anything handed out and never released. */
+void np_loop_close(np_loop *loop) {
+  loop->closing = 1;
+  while (loop->pipes) {
+    np_pipe *p = loop->pipes;
+    p->closed = 1;
+    np_pipe_detach(p);
+    np_pipe_free(p);
+  }
+  close(loop->epfd);
+  free(loop);
+}

@@ -1,0 +1,834 @@
+/*
+ * pipe_unix.c - server instances and clients over Unix domain sockets:
+ * create/open, connect, read, write, their non-blocking twins, cancel,
+ * disconnect, info and close.
+ *
+ * A byte pipe is a SOCK_STREAM socket, a message pipe a SOCK_SEQPACKET one
+ * (boundaries kept, zero-length messages too). What Windows gives and
+ * SOCK_SEQPACKET does not, and how it is made up for:
+ *  - read(n) of a longer message: the socket would drop the rest, so the
+ *    whole message is received into the pipe's `rest` and handed out in
+ *    parts (`more` set while the message goes on).
+ *  - a byte-mode reader of a message pipe (a byte client of a message
+ *    server) reads a stream: messages are joined up to the read size.
+ *  - recv() returns 0 both for a zero-length message and for the end of the
+ *    stream. SO_PASSCRED tells them apart: with it, every message - empty
+ *    or not - comes with an SCM_CREDENTIALS record, the end of the stream
+ *    with none.
+ *  - message size: a message must fit in the sender's socket buffer whole.
+ *    A write that does not fit raises SO_SNDBUF (up to net.core.wmem_max,
+ *    which the kernel doubles), so the largest message is about
+ *    2 * wmem_max - 32 bytes (425952 with the common 212992 default);
+ *    beyond it the write fails with INVALID_ARGUMENT (code EMSGSIZE).
+ *  - directions: a client opened with read or write false, a server without
+ *    access_inbound / access_outbound, gets ACCESS_DENIED for that
+ *    direction; a client asking for a direction the server does not allow
+ *    is refused at open (the server's lock file says which it allows).
+ * Every send uses MSG_NOSIGNAL: a gone peer is EPIPE (BROKEN_PIPE), never
+ * SIGPIPE.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <limits.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "unix.h"
+
+/* What one attempt at a read or a write came to. */
+enum { IO_AGAIN = 0, IO_DONE = 1 };
+
+#define SOCKET_EVENTS (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
+
+/* ------------------------------------------------------------ pipe blocks */
+
+static np_pipe *pipe_new(np_loop *loop, const char *name, np_status *st) {
+  np_pipe *p = (np_pipe *)calloc(1, sizeof *p);
+  size_t len = strlen(name);
+  if (!p || !(p->name = (char *)malloc(len + 1))) {
+    free(p);
+    np_status_errno(st, NP_NO_MEMORY, ENOMEM);
+    return NULL;
+  }
+  memcpy(p->name, name, len + 1);
+  p->watch = NP_WATCH_PIPE;
+  p->loop = loop;
+  p->fd = -1;
+  p->read_size = NP_READ_SIZE;
+  p->max_instances = NP_UNLIMITED_INSTANCES;
+  p->connect_req.embedded = p->read_req.embedded = p->writable_req.embedded = 1;
+  p->connect_req.pipe = p->read_req.pipe = p->writable_req.pipe = p;
+  p->next = loop->pipes;
+  if (loop->pipes) loop->pipes->prev = p;
+  loop->pipes = p;
+  return p;
+}
+
+/* A block that never got to be a pipe (create/open failed). */
+static void pipe_discard(np_pipe *p) {
+  p->closed = 1;
+  np_pipe_free(p);
+}
+
+/* SO_PASSCRED: see the top of the file (empty message versus EOF). */
+static int watch_socket(np_pipe *p, int fd) {
+  int one = 1;
+  if (p->sock_type == SOCK_SEQPACKET &&
+      setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &one, sizeof one) != 0)
+    return 0;
+  return np_watch_add(p->loop, fd, SOCKET_EVENTS, p) == 0;
+}
+
+static void set_buffer(int fd, int opt, uint32_t size) {
+  int v = size > INT_MAX ? INT_MAX : (int)size;
+  if (size) setsockopt(fd, SOL_SOCKET, opt, &v, sizeof v); /* advisory */
+}
+
+int np_instance_attach(np_pipe *p, int fd) {
+  set_buffer(fd, SO_SNDBUF, p->sndbuf);
+  set_buffer(fd, SO_RCVBUF, p->rcvbuf);
+  if (!watch_socket(p, fd)) return 0;
+  p->fd = fd;
+  np_listener_set_free(p->listener, p, 0);
+  if (p->pending_connect) {
+    np_req *r = p->pending_connect;
+    p->pending_connect = NULL;
+    p->state = NP_STATE_CONNECTED;
+    np_req_ready(r, NP_OK, 0);
+  }
+  return 1;
+}
+
+static void drop_socket(np_pipe *p) {
+  if (p->fd >= 0) {
+    np_watch_del(p->loop, p->fd);
+    close(p->fd);
+    p->fd = -1;
+  }
+  free(p->rest);
+  p->rest = NULL;
+  p->rest_off = p->rest_len = 0;
+}
+
+void np_pipe_detach(np_pipe *p) {
+  drop_socket(p);
+  if (p->listener) np_listener_remove(p->listener, p);
+}
+
+/* Every pending operation of that kind finishes now, with err. Read and
+ * readable share a slot: either name cancels what is in it. */
+static void finish_pending(np_pipe *p, np_op op, np_err err, long code) {
+  np_req *r;
+  if (op == NP_OP_CONNECT && (r = p->pending_connect) != NULL) {
+    p->pending_connect = NULL;
+    np_req_ready(r, err, code);
+  } else if ((op == NP_OP_READ || op == NP_OP_READABLE) &&
+             (r = p->pending_read) != NULL) {
+    p->pending_read = NULL;
+    np_req_ready(r, err, code);
+  } else if (op == NP_OP_WRITABLE && (r = p->pending_writable) != NULL) {
+    p->pending_writable = NULL;
+    np_req_ready(r, err, code);
+  } else if (op == NP_OP_WRITE) {
+    /* A partly sent write says how much went (len), as on Windows. */
+    while ((r = p->wq_head) != NULL) {
+      p->wq_head = r->next;
+      np_req_ready(r, err, code);
+    }
+    p->wq_tail = NULL;
+  }
+}
+
+static void finish_all(np_pipe *p, np_err err, long code) {
+  finish_pending(p, NP_OP_CONNECT, err, code);
+  finish_pending(p, NP_OP_READ, err, code);
+  finish_pending(p, NP_OP_WRITE, err, code);
+  finish_pending(p, NP_OP_WRITABLE, err, code);
+}
+
+/* ---------------------------------------------------------------- create */
+
+np_pipe *np_server_create(np_loop *loop, const char *name,
+                          const np_server_options *o, np_status *st) {
+  char path[NP_SUN_PATH];
+  np_listener *l;
+  np_pipe *p;
+  /* As Windows: no direction at all is ERROR_INVALID_PARAMETER. */
+  if ((!o->access_inbound && !o->access_outbound) || o->max_instances < 1 ||
+      o->max_instances > NP_UNLIMITED_INSTANCES) {
+    np_status_errno(st, NP_INVALID_ARGUMENT, EINVAL);
+    return NULL;
+  }
+  if (!np_socket_path(name, 1, path, st)) return NULL;
+  if (!(p = pipe_new(loop, name, st))) return NULL;
+  if (!(l = np_listener_get(loop, path, o, st))) {
+    pipe_discard(p);
+    return NULL;
+  }
+  p->is_server = 1;
+  p->sock_type = np_listener_type(l);
+  p->read_message = o->pipe_mode == NP_MODE_MESSAGE;
+  p->may_read = o->access_inbound != 0;
+  p->may_write = o->access_outbound != 0;
+  p->max_instances = o->max_instances;
+  if (o->in_buffer_size) p->read_size = o->in_buffer_size;
+  p->sndbuf = o->out_buffer_size;
+  p->rcvbuf = o->in_buffer_size;
+  p->state = NP_STATE_LISTENING;
+  np_listener_add(l, p);
+  np_listener_set_free(l, p, 1);
+  np_listener_service(l); /* a client may already be waiting */
+  return p;
+}
+
+static int connect_socket(const char *path, int sock_type, int *err) {
+  struct sockaddr_un sa;
+  int fd = socket(AF_UNIX, sock_type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    *err = errno;
+    return -1;
+  }
+  memset(&sa, 0, sizeof sa);
+  sa.sun_family = AF_UNIX;
+  memcpy(sa.sun_path, path, strlen(path) + 1);
+  if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+    *err = errno;
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+np_pipe *np_client_open(np_loop *loop, const char *name,
+                        const np_client_options *o, np_status *st) {
+  char path[NP_SUN_PATH];
+  np_pipe_meta meta;
+  int have_meta, sock_type, fd, err = 0;
+  np_pipe *p;
+  if (!np_socket_path(name, 0, path, st)) return NULL;
+  have_meta = np_read_meta(path, &meta);
+  if (have_meta) {
+    /* Windows checks the client's access against the pipe's directions
+     * and a message read mode against the pipe's type, at open. */
+    if ((o->write && !meta.inbound) || (o->read && !meta.outbound)) {
+      np_status_errno(st, NP_ACCESS_DENIED, EACCES);
+      return NULL;
+    }
+    if (o->pipe_mode == NP_MODE_MESSAGE && meta.sock_type == SOCK_STREAM) {
+      np_status_errno(st, NP_INVALID_ARGUMENT, EPROTOTYPE);
+      return NULL;
+    }
+    sock_type = meta.sock_type;
+  } else {
+    /* Not one of ours (socat...), or no description: try our own type; a
+     * byte reader can read a message socket as a stream. */
+    sock_type = o->pipe_mode == NP_MODE_MESSAGE ? SOCK_SEQPACKET : SOCK_STREAM;
+  }
+  fd = connect_socket(path, sock_type, &err);
+  if (fd < 0 && err == EPROTOTYPE && !have_meta &&
+      o->pipe_mode == NP_MODE_BYTE) {
+    sock_type = SOCK_SEQPACKET;
+    fd = connect_socket(path, sock_type, &err);
+  }
+  if (fd < 0) {
+    np_status_errno(st, np_errno_err(err), err);
+    return NULL;
+  }
+  if (!(p = pipe_new(loop, name, st))) {
+    close(fd);
+    return NULL;
+  }
+  p->sock_type = sock_type;
+  p->read_message = o->pipe_mode == NP_MODE_MESSAGE;
+  p->may_read = o->read != 0;
+  p->may_write = o->write != 0;
+  if (have_meta) p->max_instances = meta.max_instances;
+  p->state = NP_STATE_CONNECTED;
+  if (!watch_socket(p, fd)) {
+    np_status_errno(st, np_errno_err(errno), errno);
+    close(fd);
+    pipe_discard(p);
+    return NULL;
+  }
+  p->fd = fd;
+  return p;
+}
+
+/* ------------------------------------------------------------ accessors */
+
+void np_pipe_set_user(np_pipe *p, void *user) { p->user = user; }
+int np_pipe_is_server(const np_pipe *p) { return p->is_server; }
+np_state np_pipe_state(const np_pipe *p) { return p->state; }
+const char *np_pipe_name(const np_pipe *p) { return p->name; }
+
+int np_pipe_busy(const np_pipe *p, np_op op) {
+  switch (op) {
+    case NP_OP_READ:
+    case NP_OP_READABLE: return p->busy[NP_OP_READ] + p->busy[NP_OP_READABLE];
+    case NP_OP_CONNECT:
+    case NP_OP_WRITE:
+    case NP_OP_WRITABLE: return p->busy[op];
+    default: return 0;
+  }
+}
+
+/* ------------------------------------------------------------------ reads */
+
+static int read_failed(np_status *st, int e) {
+  /* A reset is a peer that went with our data unread: its end of stream. */
+  if (e == ECONNRESET || e == ENOTCONN || e == EPIPE)
+    np_status_errno(st, NP_EOF, 0);
+  else
+    np_status_errno(st, np_errno_err(e), e);
+  return IO_DONE;
+}
+
+static ssize_t recv_some(int fd, char *buf, size_t len) {
+  ssize_t n;
+  do n = recv(fd, buf, len, MSG_DONTWAIT);
+  while (n < 0 && errno == EINTR);
+  return n;
+}
+
+/* Byte-mode read size: read(0) the pipe's buffer, read(n) n but capped. */
+static size_t byte_read_size(const np_pipe *p, size_t max) {
+  size_t cap = p->read_size > NP_READ_CAP ? p->read_size : NP_READ_CAP;
+  if (max == 0) return p->read_size;
+  return max < cap ? max : cap;
+}
+
+static int read_stream(np_pipe *p, size_t max, np_buf *dst, size_t *len,
+                       np_status *st) {
+  size_t cap = byte_read_size(p, max);
+  ssize_t n;
+  if (!np_buf_reserve(dst, cap)) {
+    np_status_errno(st, NP_NO_MEMORY, ENOMEM);
+    return IO_DONE;
+  }
+  n = recv_some(p->fd, dst->data, cap);
+  if (n > 0) {
+    *len = (size_t)n;
+    return IO_DONE;
+  }
+  if (n == 0) {
+    np_status_errno(st, NP_EOF, 0);
+    return IO_DONE;
+  }
+  if (errno == EAGAIN || errno == EWOULDBLOCK) return IO_AGAIN;
+  return read_failed(st, errno);
+}
+
+/* Descriptors a peer may have passed (SCM_RIGHTS) are not ours to keep. */
+static void close_passed_fds(struct cmsghdr *c) {
+  size_t i, n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+  for (i = 0; i < n; i++) {
+    int fd;
+    memcpy(&fd, CMSG_DATA(c) + i * sizeof fd, sizeof fd);
+    close(fd);
+  }
+}
+
+/* Size of the next message: >= 0; -1 none yet; -2 end of stream or error
+ * (in *st). Peeks without copying (MSG_TRUNC gives the real length). */
+static ssize_t next_message_size(np_pipe *p, np_status *st) {
+  union {
+    struct cmsghdr align;
+    char buf[CMSG_SPACE(sizeof(struct ucred)) + CMSG_SPACE(8 * sizeof(int))];
+  } ctl;
+  struct msghdr m;
+  struct cmsghdr *c;
+  int has_creds = 0;
+  ssize_t n;
+  do {
+    memset(&m, 0, sizeof m);
+    m.msg_control = ctl.buf;
+    m.msg_controllen = sizeof ctl.buf;
+    n = recvmsg(p->fd, &m, MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return -1;
+    read_failed(st, errno);
+    return -2;
+  }
+  for (c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
+    if (c->cmsg_level != SOL_SOCKET) continue;
+    if (c->cmsg_type == SCM_CREDENTIALS) has_creds = 1;
+    if (c->cmsg_type == SCM_RIGHTS) close_passed_fds(c);
+  }
+  if (n == 0 && !has_creds) {
+    np_status_errno(st, NP_EOF, 0);
+    return -2;
+  }
+  return n;
+}
+
+/* Receive the next message (n bytes) whole into the pipe's rest. */
+static int load_rest(np_pipe *p, size_t n, np_status *st) {
+  char *b = (char *)malloc(n ? n : 1);
+  ssize_t got;
+  if (!b) {
+    np_status_errno(st, NP_NO_MEMORY, ENOMEM);
+    return 0;
+  }
+  got = recv_some(p->fd, b, n);
+  if (got < 0) {
+    free(b);
+    read_failed(st, errno);
+    return 0;
+  }
+  free(p->rest);
+  p->rest = b;
+  p->rest_off = 0;
+  p->rest_len = (size_t)got;
+  return 1;
+}
+
+/* Up to `want` bytes of the rest, copied to `to`; returns how many. */
+static size_t take_rest(np_pipe *p, char *to, size_t want) {
+  size_t n = want < p->rest_len ? want : p->rest_len;
+  memcpy(to, p->rest + p->rest_off, n);
+  p->rest_off += n;
+  p->rest_len -= n;
+  if (p->rest_len == 0) {
+    free(p->rest);
+    p->rest = NULL;
+    p->rest_off = 0;
+  }
+  return n;
+}
+
+/* Message read mode: one message, or its next part (max > 0). */
+static int read_message(np_pipe *p, size_t max, np_buf *dst, size_t *len,
+                        int *more, np_status *st) {
+  size_t want;
+  if (p->rest_len == 0) {
+    ssize_t n = next_message_size(p, st), got;
+    if (n == -1) return IO_AGAIN;
+    if (n == -2) return IO_DONE;
+    if (max == 0 || (size_t)n <= max) {
+      if (!np_buf_reserve(dst, (size_t)n)) {
+        np_status_errno(st, NP_NO_MEMORY, ENOMEM);
+        return IO_DONE; /* the message stays queued for the next read */
+      }
+      if ((got = recv_some(p->fd, dst->data, (size_t)n)) < 0)
+        return read_failed(st, errno);
+      *len = (size_t)got;
+      return IO_DONE;
+    }
+    if (!load_rest(p, (size_t)n, st)) return IO_DONE;
+  }
+  want = max == 0 || max > p->rest_len ? p->rest_len : max;
+  if (!np_buf_reserve(dst, want)) {
+    np_status_errno(st, NP_NO_MEMORY, ENOMEM);
+    return IO_DONE;
+  }
+  *len = take_rest(p, dst->data, want);
+  *more = p->rest_len > 0;
+  return IO_DONE;
+}
+
+/* Byte read mode on a message socket: join messages up to the read size,
+ * as a byte-mode reader of a Windows message pipe sees them. */
+static int read_joined(np_pipe *p, size_t max, np_buf *dst, size_t *len,
+                       np_status *st) {
+  size_t cap = byte_read_size(p, max), got = 0;
+  np_status why;
+  if (!np_buf_reserve(dst, cap)) {
+    np_status_errno(st, NP_NO_MEMORY, ENOMEM);
+    return IO_DONE;
+  }
+  while (got < cap) {
+    ssize_t n, r;
+    if (p->rest_len > 0) {
+      got += take_rest(p, dst->data + got, cap - got);
+      continue;
+    }
+    n = next_message_size(p, &why);
+    if (n == -1) break;
+    if (n == -2) {
+      if (got > 0) break; /* the end (or the error) comes next time */
+      *st = why;
+      return IO_DONE;
+    }
+    if ((size_t)n <= cap - got) {
+      if ((r = recv_some(p->fd, dst->data + got, (size_t)n)) < 0) {
+        if (got > 0) break;
+        return read_failed(st, errno);
+      }
+      got += (size_t)r; /* an empty message adds nothing to a stream */
+    } else if (!load_rest(p, (size_t)n, &why)) {
+      if (got > 0) break;
+      *st = why;
+      return IO_DONE;
+    }
+  }
+  if (got == 0) return IO_AGAIN;
+  *len = got;
+  return IO_DONE;
+}
+
+static int read_attempt(np_pipe *p, size_t max, np_buf *dst, size_t *len,
+                        int *more, np_status *st) {
+  *len = 0;
+  *more = 0;
+  np_status_errno(st, NP_OK, 0);
+  if (p->sock_type == SOCK_STREAM) return read_stream(p, max, dst, len, st);
+  if (p->read_message) return read_message(p, max, dst, len, more, st);
+  return read_joined(p, max, dst, len, st);
+}
+
+/* Would a try_read not block now: data, the end of the stream or an error
+ * is there? Looks without consuming. (A byte-mode reader of a message pipe
+ * may be told so for an empty message, which try_read then skips.) */
+static int read_ready(np_pipe *p) {
+  np_status st;
+  char c;
+  ssize_t n;
+  if (p->rest_len > 0) return 1;
+  if (p->sock_type == SOCK_SEQPACKET) return next_message_size(p, &st) != -1;
+  do n = recv(p->fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+  while (n < 0 && errno == EINTR);
+  return n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK);
+}
+
+static void pump_read(np_pipe *p) {
+  np_req *r = p->pending_read;
+  np_status st;
+  if (!r) return;
+  if (r->op == NP_OP_READABLE) {
+    if (!read_ready(p)) return;
+    np_status_errno(&st, NP_OK, 0);
+  } else if (!read_attempt(p, r->max, &r->buf, &r->len, &r->more, &st)) {
+    return;
+  }
+  p->pending_read = NULL;
+  np_req_ready(r, st.err, st.code);
+}
+
+/* ----------------------------------------------------------------- writes */
+
+static void write_failed(np_status *st, int e) {
+  if (e == EPIPE || e == ECONNRESET || e == ENOTCONN)
+    np_status_errno(st, NP_BROKEN_PIPE, e);
+  else
+    np_status_errno(st, np_errno_err(e), e);
+}
+
+/* A message must fit in SO_SNDBUF whole (see the top of the file). Returns
+ * 1 when the buffer grew, so another try makes sense. */
+static int grow_sndbuf(np_pipe *p, size_t len) {
+  int before, after, want;
+  socklen_t sl = sizeof before;
+  if (getsockopt(p->fd, SOL_SOCKET, SO_SNDBUF, &before, &sl) != 0) return 0;
+  /* Linux doubles what it is given; ask for the message plus headroom. */
+  want = len > (size_t)INT_MAX - 65536 ? INT_MAX : (int)len + 65536;
+  if (setsockopt(p->fd, SOL_SOCKET, SO_SNDBUF, &want, sizeof want) != 0)
+    return 0;
+  sl = sizeof after;
+  if (getsockopt(p->fd, SOL_SOCKET, SO_SNDBUF, &after, &sl) != 0) return 0;
+  return after > before;
+}
+
+/* IO_DONE with *st (NP_OK when the whole message went), or IO_AGAIN. */
+static int send_message(np_pipe *p, const char *data, size_t len,
+                        np_status *st) {
+  for (;;) {
+    if (send(p->fd, data, len, MSG_NOSIGNAL | MSG_DONTWAIT) >= 0) {
+      np_status_errno(st, NP_OK, 0);
+      return IO_DONE;
+    }
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return IO_AGAIN;
+    if (errno == EMSGSIZE && grow_sndbuf(p, len)) continue;
+    write_failed(st, errno);
+    return IO_DONE;
+  }
+}
+
+static int write_attempt(np_pipe *p, np_req *r, np_status *st) {
+  if (p->sock_type == SOCK_SEQPACKET) {
+    if (!send_message(p, r->wdata, r->wlen, st)) return IO_AGAIN;
+    if (st->err == NP_OK) r->wdone = r->wlen;
+    return IO_DONE;
+  }
+  /* A stream takes what fits; the rest waits for the next EPOLLOUT. */
+  while (r->wdone < r->wlen) {
+    ssize_t n = send(p->fd, r->wdata + r->wdone, r->wlen - r->wdone,
+                     MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n >= 0) {
+      r->wdone += (size_t)n;
+      continue;
+    }
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return IO_AGAIN;
+    write_failed(st, errno);
+    return IO_DONE;
+  }
+  np_status_errno(st, NP_OK, 0);
+  return IO_DONE;
+}
+
+static void pump_writes(np_pipe *p) {
+  np_req *r;
+  while ((r = p->wq_head) != NULL) {
+    np_status st;
+    if (!write_attempt(p, r, &st)) return;
+    p->wq_head = r->next;
+    if (!p->wq_head) p->wq_tail = NULL;
+    np_req_ready(r, st.err, st.code);
+  }
+}
+
+/* Would a try_write be accepted now? Not while a write() is unreleased
+ * (try_write keeps the order), else when the socket has room - or has
+ * failed, which try_write will tell. */
+static int write_ready(np_pipe *p) {
+  struct pollfd pfd;
+  if (p->busy[NP_OP_WRITE] > 0) return 0;
+  pfd.fd = p->fd;
+  pfd.events = POLLOUT;
+  pfd.revents = 0;
+  return poll(&pfd, 1, 0) != 0;
+}
+
+static void pump_writable(np_pipe *p) {
+  np_req *r = p->pending_writable;
+  if (!r || !write_ready(p)) return;
+  p->pending_writable = NULL;
+  np_req_ready(r, NP_OK, 0);
+}
+
+void np_pipe_writes_released(np_pipe *p) {
+  if (p->fd >= 0) pump_writable(p);
+}
+
+void np_pipe_on_event(np_pipe *p, uint32_t events) {
+  if (p->fd < 0) return;
+  if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) pump_read(p);
+  if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) {
+    pump_writes(p);
+    pump_writable(p);
+  }
+}
+
+/* ------------------------------------------------------------- operations */
+
+/* Can this end do I/O in that direction now? Else why not, in *st. */
+static int io_allowed(const np_pipe *p, np_op op, np_status *st) {
+  if (p->closed)
+    np_status_errno(st, NP_CLOSED, 0);
+  else if (op == NP_OP_READ ? !p->may_read : !p->may_write)
+    np_status_errno(st, NP_ACCESS_DENIED, EACCES);
+  else if (p->fd < 0)
+    np_status_errno(st, NP_NOT_CONNECTED, ENOTCONN);
+  else
+    return 1;
+  return 0;
+}
+
+void np_connect_start(np_pipe *p, int ref_cb) {
+  np_req *r = &p->connect_req;
+  if (r->state != REQ_IDLE) return; /* the binding checks np_pipe_busy */
+  np_req_start(p, r, NP_OP_CONNECT, ref_cb, NP_NOREF);
+  if (p->closed || !p->is_server) {
+    np_req_ready(r, p->closed ? NP_CLOSED : NP_INVALID_ARGUMENT,
+                 p->closed ? 0 : EINVAL);
+    return;
+  }
+  if (p->fd >= 0) { /* the client came first (ERROR_PIPE_CONNECTED) */
+    p->state = NP_STATE_CONNECTED;
+    np_req_ready(r, NP_OK, 0);
+    return;
+  }
+  p->state = NP_STATE_LISTENING;
+  p->pending_connect = r;
+  np_listener_set_free(p->listener, p, 1);
+  np_listener_service(p->listener);
+}
+
+void np_read_start(np_pipe *p, size_t max, int ref_cb) {
+  np_req *r = &p->read_req;
+  np_status st;
+  if (r->state != REQ_IDLE) return; /* the binding checks np_pipe_busy */
+  np_req_start(p, r, NP_OP_READ, ref_cb, NP_NOREF);
+  r->max = max;
+  if (!io_allowed(p, NP_OP_READ, &st)) {
+    np_req_ready(r, st.err, st.code);
+    return;
+  }
+  p->pending_read = r;
+  pump_read(p);
+}
+
+/* Tokio's readable(): shares the read slot with read(). */
+void np_readable_start(np_pipe *p, int ref_cb) {
+  np_req *r = &p->read_req;
+  np_status st;
+  if (r->state != REQ_IDLE) return; /* the binding checks np_pipe_busy */
+  np_req_start(p, r, NP_OP_READABLE, ref_cb, NP_NOREF);
+  if (!io_allowed(p, NP_OP_READ, &st)) {
+    np_req_ready(r, st.err, st.code);
+    return;
+  }
+  p->pending_read = r;
+  pump_read(p);
+}
+
+void np_writable_start(np_pipe *p, int ref_cb) {
+  np_req *r = &p->writable_req;
+  np_status st;
+  if (r->state != REQ_IDLE) return; /* the binding checks np_pipe_busy */
+  np_req_start(p, r, NP_OP_WRITABLE, ref_cb, NP_NOREF);
+  if (!io_allowed(p, NP_OP_WRITE, &st)) {
+    np_req_ready(r, st.err, st.code);
+    return;
+  }
+  p->pending_writable = r;
+  pump_writable(p);
+}
+
+int np_write_start(np_pipe *p, const char *data, size_t len, int ref_cb,
+                   int ref_data) {
+  np_req *r = (np_req *)calloc(1, sizeof *r);
+  np_status st;
+  if (!r) return 0;
+  r->wnext = p->writes;
+  if (p->writes) p->writes->wprev = r;
+  p->writes = r;
+  np_req_start(p, r, NP_OP_WRITE, ref_cb, ref_data);
+  r->wdata = data;
+  r->wlen = len;
+  if (!io_allowed(p, NP_OP_WRITE, &st)) {
+    np_req_ready(r, st.err, st.code);
+    return 1;
+  }
+  if (p->wq_tail)
+    p->wq_tail->next = r;
+  else
+    p->wq_head = r;
+  p->wq_tail = r;
+  if (p->wq_head == r) pump_writes(p);
+  return 1;
+}
+
+int np_try_read(np_pipe *p, size_t max, const char **data, size_t *len,
+                int *more, np_status *st) {
+  if (!io_allowed(p, NP_OP_READ, st)) return 0;
+  if (p->pending_read ||
+      !read_attempt(p, max, &p->try_buf, len, more, st)) {
+    np_status_errno(st, NP_WOULDBLOCK, 0);
+    return 0;
+  }
+  if (st->err != NP_OK) return 0;
+  *data = p->try_buf.data;
+  return 1;
+}
+
+/* Nothing stays in flight: the socket copies what it takes, so ref_data is
+ * never kept and no completion follows. */
+int np_try_write(np_pipe *p, const char *data, size_t len, int ref_data,
+                 size_t *written, np_status *st) {
+  (void)ref_data;
+  if (!io_allowed(p, NP_OP_WRITE, st)) return 0;
+  /* Queued writes go first. Any write not yet released counts: the binding
+   * reads np_pipe_busy after a try_write to learn whether ref_data was
+   * kept, so no earlier write may be mistaken for this one. */
+  if (p->busy[NP_OP_WRITE] > 0) {
+    np_status_errno(st, NP_WOULDBLOCK, 0);
+    return 0;
+  }
+  if (p->sock_type == SOCK_SEQPACKET) {
+    if (!send_message(p, data, len, st)) {
+      np_status_errno(st, NP_WOULDBLOCK, 0);
+      return 0;
+    }
+    if (st->err != NP_OK) return 0;
+    *written = len;
+    return 1;
+  }
+  *written = 0;
+  while (len > 0) {
+    ssize_t n = send(p->fd, data, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n >= 0) {
+      *written = (size_t)n;
+      break;
+    }
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK)
+      np_status_errno(st, NP_WOULDBLOCK, 0);
+    else
+      write_failed(st, errno);
+    return 0;
+  }
+  np_status_errno(st, NP_OK, 0);
+  return 1;
+}
+
+void np_cancel(np_pipe *p, np_op op, np_err reason) {
+  /* A cancelled connect leaves the instance free: a client may still come
+   * and the next connect() completes at once, as on Windows. */
+  finish_pending(p, op, reason, 0);
+}
+
+int np_disconnect(np_pipe *p, np_status *st) {
+  if (!p->is_server || p->closed) {
+    np_status_errno(st, p->closed ? NP_CLOSED : NP_INVALID_ARGUMENT,
+                    p->closed ? 0 : EINVAL);
+    return 0;
+  }
+  finish_all(p, NP_NOT_CONNECTED, ENOTCONN);
+  drop_socket(p);
+  p->state = NP_STATE_DISCONNECTED;
+  np_listener_set_free(p->listener, p, 0);
+  np_listener_service(p->listener); /* maybe the last free one: plug */
+  return 1;
+}
+
+static int get_buffer(int fd, int opt, uint32_t *out) {
+  int v;
+  socklen_t len = sizeof v;
+  if (getsockopt(fd, SOL_SOCKET, opt, &v, &len) != 0) return 0;
+  *out = v < 0 ? 0 : (uint32_t)v;
+  return 1;
+}
+
+/* Buffer sizes are what the kernel says for the connected socket (Linux
+ * reports twice what was set: it counts its bookkeeping). An instance with
+ * no client reports what it will ask for, or the OS default. */
+int np_pipe_info(np_pipe *p, np_info *info, np_status *st) {
+  int fd = p->fd;
+  info->is_server = p->is_server;
+  info->mode = p->sock_type == SOCK_SEQPACKET ? NP_MODE_MESSAGE : NP_MODE_BYTE;
+  info->max_instances = p->max_instances;
+  if (fd < 0 && p->listener) fd = np_listener_fd(p->listener);
+  if (fd < 0) {
+    np_status_errno(st, p->closed ? NP_CLOSED : NP_NOT_CONNECTED,
+                    p->closed ? 0 : ENOTCONN);
+    return 0;
+  }
+  if (!get_buffer(fd, SO_SNDBUF, &info->out_buffer_size) ||
+      !get_buffer(fd, SO_RCVBUF, &info->in_buffer_size)) {
+    np_status_errno(st, np_errno_err(errno), errno);
+    return 0;
+  }
+  if (p->fd < 0) {
+    if (p->sndbuf) info->out_buffer_size = p->sndbuf;
+    if (p->rcvbuf) info->in_buffer_size = p->rcvbuf;
+  }
+  return 1;
+}
+
+void np_pipe_close(np_pipe *p) {
+  if (p->closed) return;
+  p->closed = 1;
+  p->state = NP_STATE_CLOSED;
+  /* Sockets copy on send: what went is the peer's to read; what did not
+   * is dropped, its write completing CLOSED. */
+  finish_all(p, NP_CLOSED, 0);
+  np_pipe_detach(p);
+  if (p->outstanding == 0) np_pipe_free(p);
+}

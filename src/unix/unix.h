@@ -1,0 +1,170 @@
+/*
+ * unix.h - what the Unix backend's files share: request, pipe, listener and
+ * loop blocks. Not part of np.h; nothing outside src/unix/ includes it.
+ *
+ *   names_unix.c     pipe name -> socket path (the mapping README documents)
+ *   listener_unix.c  one listening socket per name, shared by its instances;
+ *                    ownership across processes (lock file); PIPE_BUSY
+ *   loop_unix.c      epoll, the ready queue, request lifetime, messages
+ *   pipe_unix.c      instances and clients: connect, read, write, close...
+ *
+ * Completion policy: nothing is ever finished inside the call that started
+ * it. A start may do the system call at once (sockets are non-blocking); its
+ * outcome goes to the loop's ready queue and comes out of np_loop_next().
+ * Sockets sit in the epoll set edge-triggered, so a start always tries the
+ * call first and only then waits for an edge (no readiness is ever lost: an
+ * edge follows every EAGAIN).
+ */
+#ifndef NP_UNIX_H
+#define NP_UNIX_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/un.h>
+
+#include "../np.h"
+
+/* sizeof(sockaddr_un.sun_path): a socket path must fit with its NUL. */
+#define NP_SUN_PATH sizeof(((struct sockaddr_un *)0)->sun_path)
+
+/* Byte-mode read(0) size when no in_buffer_size says otherwise, and the cap
+ * of one byte-mode read(n) (a huge n must not allocate a huge buffer). */
+#define NP_READ_SIZE 65536u
+#define NP_READ_CAP (1u << 20)
+
+/* What an epoll_event's data.ptr points at: both blocks start with this. */
+typedef enum np_watch { NP_WATCH_PIPE = 1, NP_WATCH_LISTENER } np_watch;
+
+typedef struct np_listener np_listener;
+
+/* A growable byte buffer. */
+typedef struct np_buf {
+  char *data;
+  size_t cap;
+} np_buf;
+
+typedef enum req_state {
+  REQ_IDLE,    /* embedded request not in use */
+  REQ_PENDING, /* started, waiting for the socket */
+  REQ_READY,   /* finished, in the loop's ready queue */
+  REQ_HANDED   /* given out by np_loop_next, not yet released */
+} req_state;
+
+/* One operation. Connect, read (or readable: they share the read slot) and
+ * writable are embedded in the pipe block (one at a time each, the binding
+ * checks np_pipe_busy); writes are allocated, any number queue up. */
+typedef struct np_req {
+  np_pipe *pipe;
+  np_op op;
+  req_state state;
+  int embedded;
+  int ref_cb, ref_data;
+  np_status status;
+  struct np_req *next; /* write queue, or the loop's ready queue */
+  struct np_req *wprev, *wnext; /* the pipe's allocated writes (all states) */
+  /* write: the anchored Lua string and how much of it the socket took */
+  const char *wdata;
+  size_t wlen, wdone;
+  /* read: the caller's limit and the bytes read (owned by the request) */
+  size_t max;
+  np_buf buf;
+  size_t len;
+  int more;
+} np_req;
+
+struct np_pipe {
+  np_watch watch; /* first: epoll data.ptr */
+  np_loop *loop;
+  struct np_pipe *prev, *next; /* the loop's blocks, until freed */
+  void *user;
+  char *name;
+  int fd;        /* connected socket, -1 when none */
+  int sock_type; /* SOCK_STREAM (byte pipe) or SOCK_SEQPACKET (message) */
+  int is_server;
+  int read_message; /* this end reads whole messages (else a byte stream) */
+  int may_read, may_write;
+  np_state state;
+  int closed;
+  unsigned max_instances; /* as info() reports it */
+  size_t read_size;       /* byte-mode read(0): up to this much */
+  uint32_t sndbuf, rcvbuf; /* server: SO_SNDBUF/SO_RCVBUF to set, 0: keep */
+
+  np_req connect_req, read_req, writable_req;
+  /* the embedded ones, while PENDING */
+  np_req *pending_connect, *pending_read, *pending_writable;
+  np_req *wq_head, *wq_tail; /* writes not yet fully sent */
+  np_req *writes;            /* every allocated write */
+  int busy[NP_OP_WRITABLE + 1]; /* by np_op: started, not released */
+  size_t outstanding;           /* sum of busy[] */
+
+  /* message pipes: what is left of a message a read(n) took part of */
+  char *rest;
+  size_t rest_off, rest_len;
+  np_buf try_buf; /* try_read's result, valid until the next try_read */
+
+  /* server instances */
+  np_listener *listener;
+  struct np_pipe *inst_prev, *inst_next; /* the listener's instances */
+  struct np_pipe *free_prev, *free_next; /* its free ones (no client yet) */
+  int is_free;
+};
+
+struct np_loop {
+  int epfd;
+  np_req *ready_head, *ready_tail;
+  size_t ready_count;
+  size_t outstanding; /* requests started and not released, all pipes */
+  np_pipe *pipes;     /* every block not yet freed */
+  np_listener *listeners;
+  int closing; /* np_loop_close: take no new clients */
+};
+
+/* loop_unix.c */
+void np_status_errno(np_status *st, np_err err, int code);
+np_err np_errno_err(int code);
+int np_buf_reserve(np_buf *b, size_t n);
+void np_req_start(np_pipe *p, np_req *r, np_op op, int ref_cb, int ref_data);
+void np_req_ready(np_req *r, np_err err, long code);
+void np_pipe_free(np_pipe *p);
+int np_watch_add(np_loop *loop, int fd, uint32_t events, void *ptr);
+void np_watch_del(np_loop *loop, int fd);
+
+/* pipe_unix.c */
+void np_pipe_on_event(np_pipe *p, uint32_t events);
+/* The last write was released: a writable() wait may be over. */
+void np_pipe_writes_released(np_pipe *p);
+/* listener_unix.c hands an accepted socket to a free instance. */
+int np_instance_attach(np_pipe *p, int fd);
+/* Close the socket and forget the instance's listener (close, loop close). */
+void np_pipe_detach(np_pipe *p);
+
+/* names_unix.c */
+/* The socket path for a pipe name (checked by np_name_problem). A server
+ * (create_dir) makes the default directory when missing. */
+int np_socket_path(const char *name, int create_dir, char path[NP_SUN_PATH],
+                   np_status *st);
+
+/* listener_unix.c */
+/* What a server learns about a name's pipe from its owner's lock file. */
+typedef struct np_pipe_meta {
+  int sock_type;
+  unsigned max_instances;
+  int inbound, outbound;
+} np_pipe_meta;
+
+int np_parse_file_mode(const char *s, unsigned *mode);
+np_listener *np_listener_get(np_loop *loop, const char *path,
+                             const np_server_options *o, np_status *st);
+void np_listener_add(np_listener *l, np_pipe *p);
+void np_listener_remove(np_listener *l, np_pipe *p);
+void np_listener_set_free(np_listener *l, np_pipe *p, int is_free);
+void np_listener_service(np_listener *l);
+void np_listener_on_event(np_listener *l);
+int np_listener_type(const np_listener *l);
+int np_listener_fd(const np_listener *l);
+/* 1 when a live server of this path published its description. */
+int np_read_meta(const char *path, np_pipe_meta *meta);
+
+#endif
