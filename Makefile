@@ -58,7 +58,7 @@ $(file >$(WIN_STAMP),$(WIN_SIG))
 endif
 endif
 
-.PHONY: all deps linux windows test test-linux test-windows demo clean distclean
+.PHONY: all deps linux windows test test-linux test-windows demo clean distclean check check-asan check-valgrind
 
 all: linux windows
 
@@ -95,8 +95,32 @@ demo: linux windows
 	  lua5.4 examples/demo.lua
 	tools/wine-run.sh $(WIN_LUA) examples/demo.lua
 
+# The Linux suite under ASan+UBSan, then under valgrind: no reports allowed.
+ASAN_SO := build/asan/namedpipe/core.so
+SANITIZE := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+
+$(ASAN_SO): $(LINUX_SRC) $(LINUX_HDR) Makefile
+	@mkdir -p $(@D)
+	$(LINUX_CC) -O1 -g -Wall -Wextra -fPIC -shared $(SANITIZE) $(LUA_CFLAGS) -Isrc -o $@ $(LINUX_SRC)
+
+check: check-asan check-valgrind
+
+ASAN_LUA := build/asan/lua
+
+$(ASAN_LUA): tests/c/lua_host.c Makefile
+	@mkdir -p $(@D)
+	$(LINUX_CC) -O1 -g $(SANITIZE) $(LUA_CFLAGS) -o $@ $< $$(pkg-config --libs lua5.4 2>/dev/null || echo -llua5.4) -lm -ldl
+
+check-asan: $(ASAN_SO) $(ASAN_LUA)
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  NP_BUILD_DIR=build/asan $(ASAN_LUA) tests/run.lua --platform linux $(TESTARGS)
+
+check-valgrind: linux
+	valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect \
+	  --show-leak-kinds=definite,indirect lua5.4 tests/run.lua --platform linux $(TESTARGS)
+
 clean:
-	rm -rf build/linux build/win
+	rm -rf build/linux build/win build/asan
 
 distclean:
 	rm -rf build

@@ -255,19 +255,18 @@ static int m_try_write(lua_State *L) {
   pipe_ud *u = check_pipe(L);
   size_t len, written;
   const char *data = check_data(L, 2, &len);
-  int ref_data;
+  int ref_data, kept;
   np_status st;
   /* Anchored as for write(): the backend may keep the bytes in flight. A
    * completion with no callback releases it; it also counts as in flight so
    * that the pipe userdata outlives it. */
   lua_pushvalue(L, 2);
   ref_data = luaL_ref(L, ANCHORS_UPV);
-  if (!np_try_write(u->p, data, len, ref_data, &written, &st)) {
+  if (!np_try_write(u->p, data, len, ref_data, &written, &kept, &st)) {
     luaL_unref(L, ANCHORS_UPV, ref_data);
     return push_status(L, &st);
   }
-  if (np_pipe_busy(u->p, NP_OP_WRITE)) {
-    /* The backend kept ref_data with a write in flight (Windows). */
+  if (kept) {
     if (u->inflight++ == 0) {
       lua_pushvalue(L, 1);
       u->self_ref = luaL_ref(L, ANCHORS_UPV);
@@ -440,6 +439,16 @@ static int l_step(lua_State *L) {
   return 1;
 }
 
+/* np.path(name): the socket file on Unix, the name itself on Windows. */
+static int l_path(lua_State *L) {
+  const char *name = check_name(L, 1);
+  char buf[1024];
+  np_status st;
+  if (!np_pipe_path(name, buf, sizeof buf, &st)) return push_status(L, &st);
+  lua_pushstring(L, buf);
+  return 1;
+}
+
 static int l_pending(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)np_loop_outstanding(check_loop(L)));
   return 1;
@@ -477,6 +486,7 @@ static const luaL_Reg module_funcs[] = {{"create", l_create},
                                         {"open", l_open},
                                         {"step", l_step},
                                         {"pending", l_pending},
+                                        {"path", l_path},
                                         {"now", l_now},
                                         {NULL, NULL}};
 

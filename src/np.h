@@ -122,10 +122,11 @@ typedef enum np_state {
 } np_state;
 
 /* One finished operation, handed out by np_loop_next(). data/len stay valid
- * until np_completion_done(); the pipe block may be freed by that call. */
+ * until np_completion_done(); the pipe block may be freed by that call.
+ * user is the np_pipe_set_user() value when it is handed out. */
 typedef struct np_completion {
   np_pipe *pipe;
-  void *user;       /* np_pipe_set_user() value at the time it finished */
+  void *user;       /* np_pipe_set_user() value */
   np_op op;
   np_status status; /* NP_OK, or what went wrong (NP_EOF for end of stream) */
   const char *data; /* read: the bytes */
@@ -158,6 +159,9 @@ double np_now_ms(void);
  * for the binding's argument error. Windows: \\.\pipe\NAME or
  * \\server\pipe\NAME; Unix: also an absolute socket path. */
 const char *np_name_problem(const char *name, size_t len);
+/* What the OS sees for a checked name: the socket path on Unix (see
+ * README), the name itself on Windows. 1, or 0 with *st. */
+int np_pipe_path(const char *name, char *buf, size_t size, np_status *st);
 /* name is UTF-8, already checked by the binding (length, NULs, prefix). */
 np_pipe *np_server_create(np_loop *loop, const char *name,
                           const np_server_options *o, np_status *st);
@@ -195,17 +199,18 @@ void np_writable_start(np_pipe *p, int ref_cb);
  * on p), 0 with *st (NP_WOULDBLOCK, NP_EOF, ...). max as np_read_start. */
 int np_try_read(np_pipe *p, size_t max, const char **data, size_t *len,
                 int *more, np_status *st);
-/* try_write: 1 with *written (the bytes now belong to the pipe; they are
- * anchored by ref_data until a completion with ref_cb NP_NOREF comes back),
- * 0 with *st. An OS failure of an accepted write is reported by the next
- * write or try_write. */
+/* try_write: 1 with *written, 0 with *st. *kept says whether the backend
+ * keeps the bytes in flight (Windows: accepted whole, as mio does): then they
+ * stay anchored by ref_data until a completion with ref_cb NP_NOREF comes
+ * back, and an OS failure is reported by the next write or try_write. */
 int np_try_write(np_pipe *p, const char *data, size_t len, int ref_data,
-                 size_t *written, np_status *st);
+                 size_t *written, int *kept, np_status *st);
 
 /* Cancel the pending operations of one kind; they complete with `reason`
  * (NP_CANCELLED, NP_TIMEOUT, ...) unless they finished first. */
 void np_cancel(np_pipe *p, np_op op, np_err reason);
-/* Server only. Pending operations complete with NP_NOT_CONNECTED. */
+/* Server only. Pending operations complete with NP_NOT_CONNECTED.
+ * np_disconnect and np_pipe_info return 1, or 0 with *st. */
 int np_disconnect(np_pipe *p, np_status *st);
 int np_pipe_info(np_pipe *p, np_info *info, np_status *st);
 /* Pending operations complete with NP_CLOSED. Idempotent. */

@@ -78,23 +78,30 @@ local function interpreter()
   return exe
 end
 
---- Run `code` in a fresh Lua process with the same interpreter and module
---- paths; returns ok (clean exit), its output.
-function H.run_lua(code, ...)
+--- A shell command that runs `code` in a fresh Lua process with the same
+--- interpreter and module paths (the script stays in build/ until
+--- H.run_lua removes it, or the next clean).
+function H.lua_command(code, ...)
   counter = counter + 1
-  local base = ("build/tmp-child-%s-%d"):format(run_id, counter)
-  local script, out = base .. ".lua", base .. ".out"
+  local script = ("build/tmp-child-%s-%d.lua"):format(run_id, counter)
   local f = assert(io.open(script, "w"))
   f:write(("package.path = %q\npackage.cpath = %q\n"):format(package.path, package.cpath))
   f:write(code)
   f:close()
-  local args = {}
   -- cmd.exe takes double quotes; sh would eat the backslashes in them
   local q = PLATFORM == "windows" and '"%s"' or "'%s'"
+  local args = {}
   for i = 1, select("#", ...) do args[i] = q:format(select(i, ...)) end
-  local cmd = ('%s %s %s > %s 2>&1'):format(interpreter(), script, table.concat(args, " "), out)
-  if PLATFORM == "windows" then cmd = cmd:gsub("build/", "build\\") end
-  local ok = os.execute(cmd)
+  if PLATFORM == "windows" then script = script:gsub("/", "\\") end
+  return ("%s %s %s"):format(interpreter(), script, table.concat(args, " ")), script
+end
+
+--- Run `code` in a fresh Lua process, with `env` ("VAR=x ..." or "env -u
+--- VAR", Linux) before the command; returns ok (clean exit), its output.
+function H.run_lua_env(env, code, ...)
+  local cmd, script = H.lua_command(code, ...)
+  local out = script .. ".out"
+  local ok = os.execute(("%s%s > %s 2>&1"):format(env ~= "" and env .. " " or "", cmd, out))
   local rf = io.open(out, "r")
   local text = rf and rf:read("a") or ""
   if rf then rf:close() end
@@ -102,5 +109,7 @@ function H.run_lua(code, ...)
   os.remove(out)
   return ok == true, text
 end
+
+function H.run_lua(code, ...) return H.run_lua_env("", code, ...) end
 
 return H

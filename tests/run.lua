@@ -111,7 +111,9 @@ if WIN then
   -- Debian's luaunit, if LUA_PATH did not already point there
   package.path = package.path .. ";Z:\\usr\\share\\lua\\5.4\\?.lua"
 else
-  package.cpath = join(root, "build", "linux", "?.so") .. ";" .. package.cpath
+  -- NP_BUILD_DIR: another build of the module (make check: build/asan)
+  package.cpath = join(root, os.getenv("NP_BUILD_DIR") or join("build", "linux"), "?.so")
+    .. ";" .. package.cpath
 end
 
 local ok_lu, lu = pcall(require, "luaunit")
@@ -196,4 +198,4 @@ end
 
 print(string.format("%s: %d passed, %d failed, %d skipped", platform, passed, failed, skipped))
 io.stdout:flush()
-os.exit(failed == 0 and 0 or 1)
+os.exit(failed == 0 and 0 or 1, true) -- close the state: the loop drains and frees

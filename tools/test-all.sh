@@ -5,7 +5,9 @@
 # total "N passed, N failed, N skipped". Exit status is non-zero if anything
 # failed, a run exited non-zero, or a run printed no summary line (each such
 # run adds 1 to the failed total so the last line never looks clean).
-# Full outputs: build/test-linux.log, build/test-windows.log.
+# Then `make check` (the Linux suite again under ASan+UBSan and valgrind) is a
+# gate: any report fails the run (1 failed), its tests are not counted twice.
+# Full outputs: build/test-linux.log, build/test-windows.log, build/check.log.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -35,6 +37,15 @@ for plat in linux windows; do
     tp=$((tp + p)) tf=$((tf + f)) ts=$((ts + s))
     lines+=("$line")
 done
+
+echo "=== make check (Linux suite under ASan+UBSan and valgrind) ==="
+if $MAKE --no-print-directory check >build/check.log 2>&1; then
+    lines+=("check: ASan+UBSan and valgrind runs clean (see build/check.log)")
+else
+    lines+=("check: FAILED — counted as 1 failed; see build/check.log")
+    tail -n 40 build/check.log
+    tf=$((tf + 1)); status=1
+fi
 
 echo "=== summary ==="
 printf '%s\n' "${lines[@]}"

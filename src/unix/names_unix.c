@@ -82,6 +82,17 @@ static int check_private_dir(const char *dir, np_status *st) {
   return 1;
 }
 
+int np_pipe_path(const char *name, char *buf, size_t size, np_status *st) {
+  char path[NP_SUN_PATH];
+  if (!np_socket_path(name, 0, path, st)) return 0;
+  if (strlen(path) >= size) {
+    np_status_errno(st, NP_INVALID_NAME, ENAMETOOLONG);
+    return 0;
+  }
+  strcpy(buf, path);
+  return 1;
+}
+
 int np_socket_path(const char *name, int create_dir, char path[NP_SUN_PATH],
                    np_status *st) {
   char dir[4096];

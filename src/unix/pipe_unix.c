@@ -731,12 +731,11 @@ int np_try_read(np_pipe *p, size_t max, const char **data, size_t *len,
 /* Nothing stays in flight: the socket copies what it takes, so ref_data is
  * never kept and no completion follows. */
 int np_try_write(np_pipe *p, const char *data, size_t len, int ref_data,
-                 size_t *written, np_status *st) {
+                 size_t *written, int *kept, np_status *st) {
   (void)ref_data;
+  *kept = 0; /* nothing stays in flight: what fits is sent now */
   if (!io_allowed(p, NP_OP_WRITE, st)) return 0;
-  /* Queued writes go first. Any write not yet released counts: the binding
-   * reads np_pipe_busy after a try_write to learn whether ref_data was
-   * kept, so no earlier write may be mistaken for this one. */
+  /* Queued writes go first: a try_write must not overtake them. */
   if (p->busy[NP_OP_WRITE] > 0) {
     np_status_errno(st, NP_WOULDBLOCK, 0);
     return 0;

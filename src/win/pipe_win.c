@@ -30,6 +30,16 @@ const char *np_name_problem(const char *name, size_t len) {
   return NULL;
 }
 
+int np_pipe_path(const char *name, char *buf, size_t size, np_status *st) {
+  size_t len = strlen(name);
+  if (len >= size) {
+    np_win_status(st, ERROR_FILENAME_EXCED_RANGE, NP_OP_CONNECT);
+    return 0;
+  }
+  memcpy(buf, name, len + 1);
+  return 1;
+}
+
 static wchar_t *to_wide(const char *s, np_status *st) {
   int n = MultiByteToWideChar(CP_UTF8, MB_ERR_INVALID_CHARS, s, -1, NULL, 0);
   wchar_t *w;
@@ -419,8 +429,9 @@ int np_try_read(np_pipe *p, size_t max, const char **data, size_t *len,
 }
 
 int np_try_write(np_pipe *p, const char *data, size_t len, int ref_data,
-                 size_t *written, np_status *st) {
+                 size_t *written, int *kept, np_status *st) {
   np_req *req;
+  *kept = 0;
   if (p->write_error.err != NP_OK) {
     *st = p->write_error;
     p->write_error.err = NP_OK;
@@ -454,6 +465,7 @@ int np_try_write(np_pipe *p, const char *data, size_t len, int ref_data,
   }
   np_req_kernel(p->loop, req);
   *written = len;
+  *kept = 1;
   return 1;
 }
 
