@@ -21,10 +21,14 @@ build = {
    type = "builtin",
    modules = {
       namedpipe = "lua/namedpipe.lua",
+      ["namedpipe.task"] = "lua/namedpipe/task.lua",
+      ["namedpipe.serve"] = "lua/namedpipe/serve.lua",
+      ["namedpipe.framing"] = "lua/namedpipe/framing.lua",
       ["namedpipe.core"] = {
          sources = {
             "src/binding.c", "src/errors.c", "src/options.c",
-            "src/unix/pipe_unix.c",
+            "src/unix/listener_unix.c", "src/unix/loop_unix.c",
+            "src/unix/names_unix.c", "src/unix/pipe_unix.c",
          },
          incdirs = { "src" },
       },
