@@ -20,8 +20,8 @@ WIN_CC   ?= x86_64-w64-mingw32-gcc
 # evaluated when used (after deps installed pkg-config)
 LUA_CFLAGS = $(shell pkg-config --cflags lua5.4 2>/dev/null || echo -I/usr/include/lua5.4)
 
-LINUX_CFLAGS ?= -O2 -g -Wall -Wextra -fPIC -shared
-WIN_CFLAGS   ?= -O2 -Wall -Wextra -shared
+LINUX_CFLAGS ?= -O2 -g -Wall -Wextra -Werror -fPIC -shared
+WIN_CFLAGS   ?= -O2 -Wall -Wextra -Werror -shared
 EXTRA_CFLAGS ?=
 LINUX_LIBS   ?=
 WIN_LIBS     ?= -lkernel32 -ladvapi32 -lntdll

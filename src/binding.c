@@ -454,6 +454,20 @@ static int l_pending(lua_State *L) {
   return 1;
 }
 
+/* np.stats(): { pipes, outstanding, os_handles } for leak checks. */
+static int l_stats(lua_State *L) {
+  np_stats st;
+  np_loop_stats(check_loop(L), &st);
+  lua_createtable(L, 0, 3);
+  lua_pushinteger(L, (lua_Integer)st.pipes);
+  lua_setfield(L, -2, "pipes");
+  lua_pushinteger(L, (lua_Integer)st.outstanding);
+  lua_setfield(L, -2, "outstanding");
+  lua_pushinteger(L, st.os_handles);
+  lua_setfield(L, -2, "os_handles");
+  return 1;
+}
+
 static int l_now(lua_State *L) {
   lua_pushnumber(L, np_now_ms());
   return 1;
@@ -487,6 +501,7 @@ static const luaL_Reg module_funcs[] = {{"create", l_create},
                                         {"step", l_step},
                                         {"pending", l_pending},
                                         {"path", l_path},
+                                        {"stats", l_stats},
                                         {"now", l_now},
                                         {NULL, NULL}};
 

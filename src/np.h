@@ -151,6 +151,15 @@ int np_loop_next(np_loop *loop, np_completion *c);
 void np_completion_done(np_loop *loop, np_completion *c);
 /* Operations started and not yet released (kernel-owned or ready). */
 size_t np_loop_outstanding(const np_loop *loop);
+/* For leak checks and soak runs: blocks alive (open, or closed and still
+ * owed a completion), operations outstanding, and the process's OS handles
+ * (Windows handle count, open file descriptors on Unix; -1 if unknown). */
+typedef struct np_stats {
+  size_t pipes;
+  size_t outstanding;
+  long os_handles;
+} np_stats;
+void np_loop_stats(const np_loop *loop, np_stats *stats);
 /* Monotonic milliseconds. */
 double np_now_ms(void);
 

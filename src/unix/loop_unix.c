@@ -9,6 +9,7 @@
  * finish every pending request at once, as CLOSED, through the ready queue.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -217,6 +218,24 @@ void np_req_start(np_pipe *p, np_req *r, np_op op, int ref_cb, int ref_data) {
   p->busy[op]++;
   p->outstanding++;
   p->loop->outstanding++;
+}
+
+void np_loop_stats(const np_loop *loop, np_stats *stats) {
+  const np_pipe *p;
+  DIR *d = opendir("/proc/self/fd");
+  struct dirent *e;
+  long fds = 0;
+  stats->pipes = 0;
+  for (p = loop->pipes; p; p = p->next) stats->pipes++;
+  stats->outstanding = loop->outstanding;
+  if (!d) {
+    stats->os_handles = -1;
+    return;
+  }
+  while ((e = readdir(d)) != NULL)
+    if (e->d_name[0] != '.') fds++;
+  closedir(d);
+  stats->os_handles = fds - 1; /* not the one opendir holds */
 }
 
 /* Finished: queue it for np_loop_next (FIFO). The caller has taken it out

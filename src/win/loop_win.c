@@ -181,6 +181,16 @@ void np_completion_done(np_loop *loop, np_completion *c) {
 
 size_t np_loop_outstanding(const np_loop *loop) { return loop->outstanding; }
 
+void np_loop_stats(const np_loop *loop, np_stats *stats) {
+  const np_pipe *p;
+  DWORD handles = 0;
+  stats->pipes = 0;
+  for (p = loop->pipes; p; p = p->next) stats->pipes++;
+  stats->outstanding = loop->outstanding;
+  stats->os_handles =
+      GetProcessHandleCount(GetCurrentProcess(), &handles) ? (long)handles : -1;
+}
+
 double np_now_ms(void) {
   static LARGE_INTEGER freq;
   LARGE_INTEGER t;

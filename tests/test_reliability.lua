@@ -1,0 +1,191 @@
+-- Peers that vanish, nothing lost under pressure, handles and blocks that
+-- come back. (The long versions run in `make soak`: bench/soak.lua.)
+local lu = require "luaunit"
+local np = require "namedpipe"
+local H = require "tests.helpers"
+
+TestReliability = {}
+
+function TestReliability:tearDown() H.settle(2000) end
+
+-- A client process that dies abruptly (no lua_close: as if killed) while
+-- its write or its read is pending.
+local dying_client = [[
+  local np = require "namedpipe"
+  local name, what = ...
+  local c = assert(np.open(name, { timeout = 3000 }))
+  if what == "write" then
+    c:write(("d"):rep(8 * 1024 * 1024), function() end) -- far beyond the buffers
+  else
+    c:read(function() end)
+  end
+  np.step(20)
+  io.write("dying with a pending ", what, "\n")
+  io.stdout:flush()
+  os.exit(3, false)
+]]
+
+function TestReliability:test_client_killed_mid_write()
+  local name = H.name("killw")
+  local server = assert(np.create(name))
+  local cb, res = H.capture()
+  server:connect(cb)
+  local ok, out = H.run_lua(dying_client, name, "write")
+  lu.assertFalse(ok) -- it did die
+  lu.assertStrContains(out, "dying with a pending write")
+  H.pump(function() return res.done end)
+  -- What it managed to write arrives, then the end of the stream: no hang.
+  local total = 0
+  while true do
+    local d, _, errname = server:read(nil, 3000)
+    if not d then
+      lu.assertEquals(errname, "EOF")
+      break
+    end
+    lu.assertEquals(d, ("d"):rep(#d))
+    total = total + #d
+  end
+  -- Windows drops a dead writer's pending write whole; a socket keeps what
+  -- reached the buffer. Either way never more than was written, intact.
+  lu.assertTrue(total < 8 * 1024 * 1024, "got " .. total)
+  -- The instance can serve again after disconnect.
+  assert(server:disconnect())
+  local ccb, cres = H.capture()
+  server:connect(ccb)
+  local c2 = assert(np.open(name))
+  H.pump(function() return cres.done end)
+  lu.assertTrue(cres[1])
+  c2:write("next")
+  lu.assertEquals(server:read(nil, 2000), "next")
+  H.close_all(server, c2)
+end
+
+function TestReliability:test_client_killed_mid_read()
+  local name = H.name("killr")
+  local server = assert(np.create(name))
+  local cb, res = H.capture()
+  server:connect(cb)
+  local ok, out = H.run_lua(dying_client, name, "read")
+  lu.assertFalse(ok)
+  lu.assertStrContains(out, "dying with a pending read")
+  H.pump(function() return res.done end)
+  local n, _, errname = server:write("anyone there?", 2000)
+  lu.assertNil(n)
+  lu.assertEquals(errname, "BROKEN_PIPE")
+  local d, _, rname = server:read(nil, 2000)
+  lu.assertNil(d)
+  lu.assertEquals(rname, "EOF")
+  H.close_all(server)
+end
+
+function TestReliability:test_server_disconnects_while_client_writes()
+  local server, client = H.pair()
+  local cb, res = H.capture()
+  client:write(("q"):rep(4 * 1024 * 1024), cb)
+  np.step(0)
+  lu.assertFalse(res.done)
+  assert(server:disconnect())
+  H.pump(function() return res.done end)
+  lu.assertNil(res[1])
+  lu.assertEquals(res[3], "BROKEN_PIPE")
+  H.close_all(server, client)
+end
+
+function TestReliability:test_dropped_references_with_everything_pending()
+  local name = H.name("drop")
+  local got, connected
+  do
+    local s = assert(np.create(name))
+    local c = assert(np.open(name))
+    assert(s:connect(2000))
+    local total = 0
+    local function drain(d) -- re-arms itself until all of the write is in
+      total = total + #assert(d)
+      if total < 2 * 1024 * 1024 then s:read(drain) else got = total end
+    end
+    s:read(drain)
+    c:write(("b"):rep(2 * 1024 * 1024), function() end) -- pending for a while
+    local idle = assert(np.create(name))
+    idle:connect(function(ok) connected = ok end)
+  end
+  collectgarbage()
+  collectgarbage()
+  -- Nothing was collected under the kernel's feet: the reads still land...
+  H.pump(function() return got end)
+  lu.assertEquals(got, 2 * 1024 * 1024)
+  -- ... and the idle instance still takes a client.
+  local c2 = assert(np.open(name))
+  H.pump(function() return connected end)
+  lu.assertTrue(connected)
+  H.close_all(c2)
+end
+
+local function stream(total, chunk)
+  local server, client = H.pair()
+  local sent, sent_sum, done = 0, 0, 0
+  local pieces = {}
+  -- All writes issued at once, far faster than the reader takes them.
+  for i = 1, total // chunk do
+    local piece = string.char(i % 251):rep(chunk - 8) .. ("%08d"):format(i)
+    pieces[i] = piece
+    client:write(piece, function(n, err)
+      assert(n == #piece, err)
+      done = done + 1
+    end)
+    sent = sent + #piece
+  end
+  local a = H.checksum(table.concat(pieces))
+  pieces = nil
+  local got, n = {}, 0
+  while n < sent do
+    local d = assert(server:read(nil, 5000))
+    got[#got + 1] = d
+    n = n + #d
+  end
+  lu.assertEquals(n, sent)
+  lu.assertEquals(H.checksum(table.concat(got)), a)
+  H.pump(function() return done == total // chunk end)
+  H.close_all(server, client)
+end
+
+function TestReliability:test_stream_intact_with_writes_outpacing_reader()
+  stream(8 * 1024 * 1024, 64 * 1024)
+end
+
+function TestReliability:test_small_messages_keep_order_and_boundaries()
+  local server, client = H.pair({ pipe_mode = "message" }, { pipe_mode = "message" })
+  local count = 10000
+  local acked = 0
+  for i = 1, count do
+    client:write(tostring(i), function() acked = acked + 1 end)
+  end
+  for i = 1, count do
+    local m = server:read(nil, 5000)
+    if m ~= tostring(i) then lu.fail(("message %d arrived as %s"):format(i, tostring(m))) end
+  end
+  H.pump(function() return acked == count end)
+  H.close_all(server, client)
+end
+
+function TestReliability:test_handles_and_blocks_come_back()
+  H.settle()
+  local before = np.stats()
+  for _ = 1, 200 do
+    local server, client = H.pair()
+    client:write("x")
+    assert(server:read() == "x")
+    server:read(function() end) -- pending when closed
+    server:close()
+    client:close()
+  end
+  H.settle()
+  collectgarbage()
+  local after = np.stats()
+  -- (earlier tests may still own blocks that get released meanwhile)
+  lu.assertTrue(after.pipes <= before.pipes, ("blocks %d -> %d"):format(before.pipes, after.pipes))
+  lu.assertEquals(after.outstanding, 0)
+  if before.os_handles >= 0 then
+    lu.assertTrue(after.os_handles <= before.os_handles + 2,
+      ("OS handles %d -> %d"):format(before.os_handles, after.os_handles))
+  end
+end
