@@ -58,7 +58,7 @@ $(file >$(WIN_STAMP),$(WIN_SIG))
 endif
 endif
 
-.PHONY: all deps linux windows test test-linux test-windows demo clean distclean check check-asan check-valgrind
+.PHONY: all deps linux windows test test-linux test-windows demo clean distclean check check-asan check-valgrind soak
 
 all: linux windows
 
@@ -118,6 +118,14 @@ check-asan: $(ASAN_SO) $(ASAN_LUA)
 check-valgrind: linux
 	valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect \
 	  --show-leak-kinds=definite,indirect lua5.4 tests/run.lua --platform linux $(TESTARGS)
+
+# The long runs (tests/soak.lua), Linux then Windows under Wine; figures printed.
+SOAKARGS ?=
+soak: linux windows
+	ulimit -n 8192 2>/dev/null || true; \
+	LUA_PATH_5_4='lua/?.lua;lua/?/init.lua;;' LUA_CPATH_5_4='build/linux/?.so;;' \
+	  lua5.4 tests/soak.lua $(SOAKARGS)
+	NP_WINE_TIMEOUT=1800 tools/wine-run.sh $(WIN_LUA) tests/soak.lua $(SOAKARGS)
 
 clean:
 	rm -rf build/linux build/win build/asan

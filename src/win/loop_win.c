@@ -187,8 +187,12 @@ void np_loop_stats(const np_loop *loop, np_stats *stats) {
   stats->pipes = 0;
   for (p = loop->pipes; p; p = p->next) stats->pipes++;
   stats->outstanding = loop->outstanding;
+  /* A process always holds some handles: 0 means the call is a stub
+   * (Wine 8's is), so say "unknown" rather than a flat zero. */
   stats->os_handles =
-      GetProcessHandleCount(GetCurrentProcess(), &handles) ? (long)handles : -1;
+      GetProcessHandleCount(GetCurrentProcess(), &handles) && handles > 0
+          ? (long)handles
+          : -1;
 }
 
 double np_now_ms(void) {
