@@ -48,7 +48,7 @@ local function figures(label)
   local rss = rss_kb()
   print(("  %-7s lua %.0f KiB, rss %s, os handles %s, pipe blocks %d, outstanding %d")
     :format(label, collectgarbage("count"), rss and (rss .. " KiB") or "n/a",
-      st.os_handles >= 0 and tostring(st.os_handles) or "n/a (Wine stubs the count)",
+      st.os_handles >= 0 and tostring(st.os_handles) or "n/a",
       st.pipes, st.outstanding))
   return st, collectgarbage("count")
 end
