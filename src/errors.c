@@ -8,6 +8,19 @@ static const char *const err_names[NP_ERR_COUNT] = {
   "IO_ERROR",
 };
 
+/* The module's own outcomes read the same on every platform; NULL means
+ * the OS has the words (FormatMessage, strerror). */
+const char *np_own_message(const np_status *st) {
+  switch (st->err) {
+    case NP_EOF: return "end of stream (the peer closed the pipe)";
+    case NP_CLOSED: return "pipe closed";
+    case NP_CANCELLED: return "operation cancelled";
+    case NP_WOULDBLOCK: return "operation would block";
+    case NP_TIMEOUT: return st->code == 0 ? "timed out" : NULL;
+    default: return NULL;
+  }
+}
+
 const char *np_err_name(np_err e) {
   return (e >= 0 && e < NP_ERR_COUNT) ? err_names[e] : "IO_ERROR";
 }

@@ -60,6 +60,10 @@ typedef struct np_status {
   long code;
 } np_status;
 
+/* The message for the module's own outcomes (EOF, CLOSED, ...), or NULL
+ * (errors.c); backends use it before asking the OS. */
+const char *np_own_message(const np_status *st);
+
 /* Human-readable message for a status, written into buf (backend). */
 const char *np_status_message(const np_status *st, char *buf, size_t size);
 

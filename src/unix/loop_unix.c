@@ -57,22 +57,13 @@ void np_status_errno(np_status *st, np_err err, int code) {
   st->code = code;
 }
 
-/* The module's own outcomes read the same as on Windows (error_win.c); the
- * OS's come from strerror. */
+/* The module's own outcomes come from np_own_message (errors.c); the OS's
+ * from strerror. */
 const char *np_status_message(const np_status *st, char *buf, size_t size) {
-  switch (st->err) {
-    case NP_EOF: return "end of stream (the peer closed the pipe)";
-    case NP_CLOSED: return "pipe closed";
-    case NP_CANCELLED: return "operation cancelled";
-    case NP_WOULDBLOCK: return "operation would block";
-    case NP_TIMEOUT:
-      if (st->code == 0) return "timed out";
-      break;
-    case NP_PIPE_BUSY: /* EAGAIN or EBUSY would say less */
-      return "all pipe instances are busy";
-    default:
-      break;
-  }
+  const char *own = np_own_message(st);
+  if (own) return own;
+  if (st->err == NP_PIPE_BUSY) /* EAGAIN would say less */
+    return "all pipe instances are busy";
   if (st->code == 0) {
     snprintf(buf, size, "%s", np_err_name(st->err));
     return buf;

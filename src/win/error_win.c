@@ -37,21 +37,11 @@ void np_win_status(np_status *st, DWORD err, np_op op) {
   st->code = (long)err;
 }
 
-/* The module's own outcomes read the same on every platform; the OS's
- * come from FormatMessage. */
+/* The OS's words come from FormatMessage. */
 const char *np_status_message(const np_status *st, char *buf, size_t size) {
+  const char *own = np_own_message(st);
   DWORD n;
-  switch (st->err) {
-    case NP_EOF: return "end of stream (the peer closed the pipe)";
-    case NP_CLOSED: return "pipe closed";
-    case NP_CANCELLED: return "operation cancelled";
-    case NP_WOULDBLOCK: return "operation would block";
-    case NP_TIMEOUT:
-      if (st->code == 0) return "timed out";
-      break;
-    default:
-      break;
-  }
+  if (own) return own;
   n = FormatMessageA(FORMAT_MESSAGE_FROM_SYSTEM | FORMAT_MESSAGE_IGNORE_INSERTS,
                      NULL, (DWORD)st->code, MAKELANGID(LANG_NEUTRAL, SUBLANG_DEFAULT),
                      buf, (DWORD)size, NULL);
