@@ -111,6 +111,21 @@ M._await = await
 local readahead = setmetatable({}, { __mode = "k" })
 M._readahead = readahead
 
+-- The C methods check n themselves; data read ahead is handed out here, so
+-- check it the same way first.
+local function check_count(n, fname)
+  if n ~= nil and (math.type(n) ~= "integer" or n < 1) then
+    error(("bad argument #2 to '%s' (positive byte count expected, got %s)")
+      :format(fname, math.type(n) or type(n)), 3)
+  end
+end
+
+-- Read-ahead data, if the pipe is open (a closed pipe raises in the C
+-- method, as it would without any).
+local function has_readahead(pipe)
+  return readahead[pipe] ~= nil and pipe:state() ~= "closed"
+end
+
 local function take_readahead(pipe, n)
   local buf = readahead[pipe]
   if not buf then return nil end
@@ -139,10 +154,8 @@ end
 function methods.read(self, a, b)
   local cb = type(b) == "function" and b or type(a) == "function" and a or nil
   local n = type(a) ~= "function" and a or nil
-  if readahead[self] then
-    if n ~= nil and (math.type(n) ~= "integer" or n < 1) then
-      error("bad argument #2 to 'read' (positive byte count expected)", 2)
-    end
+  if has_readahead(self) then
+    check_count(n, "read")
     local data = take_readahead(self, n)
     if cb then return task.soon(cb, data) end
     return data
@@ -154,7 +167,10 @@ end
 
 --- pipe:try_read([n])
 function methods.try_read(self, n)
-  if readahead[self] then return take_readahead(self, n) end
+  if has_readahead(self) then
+    check_count(n, "try_read")
+    return take_readahead(self, n)
+  end
   return raw.try_read(self, n)
 end
 
@@ -167,7 +183,7 @@ end
 
 --- pipe:readable([cb | timeout]): true once try_read would not block.
 function methods.readable(self, a)
-  if readahead[self] then
+  if has_readahead(self) then
     if type(a) == "function" then return task.soon(a, true) end
     return true
   end
@@ -196,7 +212,7 @@ function methods.ready(self, interest, timeout)
     error("bad argument #2 to 'ready' (\"readable\", \"writable\" or \"both\" expected)", 2)
   end
   check_timeout(timeout, 3, "ready")
-  if readahead[self] then return { readable = true } end
+  if has_readahead(self) then return { readable = true } end
   local got, errs, outstanding = {}, {}, 2
   local waiter = task.current()
   local function on(which)

@@ -189,3 +189,36 @@ function TestReliability:test_handles_and_blocks_come_back()
       ("OS handles %d -> %d"):format(before.os_handles, after.os_handles))
   end
 end
+
+function TestReliability:test_many_queued_writes_each_complete_once_in_order()
+  -- Far more writes than the backend hands the kernel at once (16 on
+  -- Windows): cancelled or closed, each callback runs exactly once.
+  for _, how in ipairs { "cancel", "close" } do
+    local server, client = H.pair()
+    local seen, order = {}, {}
+    local chunk = ("c"):rep(64 * 1024)
+    for i = 1, 100 do
+      client:write(chunk, function(n, _, errname)
+        seen[i] = (seen[i] or 0) + 1
+        order[#order + 1] = { i = i, result = n and "ok" or errname }
+      end)
+    end
+    np.step(0)
+    if how == "cancel" then client:cancel("write") else client:close() end
+    H.pump(function() return #order == 100 end, 5000, "100 write callbacks")
+    H.settle()
+    for i = 1, 100 do lu.assertEquals(seen[i], 1, "write " .. i .. " after " .. how) end
+    local failed_from
+    for k, o in ipairs(order) do
+      lu.assertEquals(o.i, k) -- completions in the order the writes started
+      if o.result ~= "ok" then
+        lu.assertEquals(o.result, how == "cancel" and "CANCELLED" or "CLOSED")
+        failed_from = failed_from or k
+      else
+        lu.assertNil(failed_from, "a write succeeded after an earlier one was stopped")
+      end
+    end
+    lu.assertNotNil(failed_from) -- nobody read: most of them were stopped
+    H.close_all(server, client)
+  end
+end

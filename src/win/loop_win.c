@@ -44,6 +44,7 @@ void np_req_kernel(np_loop *loop, np_req *req) {
   }
   req->state = REQ_KERNEL;
   loop->kernel_owned++;
+  if (req->op == NP_OP_WRITE) req->pipe->kernel_writes++;
 }
 
 /* Not the kernel's, but outstanding: it will be made ready by us. */
@@ -80,6 +81,7 @@ static void take_packet(np_loop *loop, OVERLAPPED_ENTRY *e) {
   req = CONTAINING_RECORD(e->lpOverlapped, np_req, ov);
   status = (LONG)req->ov.Internal;
   loop->kernel_owned--;
+  if (req->op == NP_OP_WRITE) req->pipe->kernel_writes--;
   req->state = REQ_IDLE; /* np_req_finished decides what comes next */
   req->pipe->outstanding--;
   loop->outstanding--;
@@ -127,7 +129,8 @@ int np_loop_next(np_loop *loop, np_completion *c) {
 }
 
 /* Write requests come from the loop's free list: no malloc per write on
- * the hot path. A new one is on its pipe's list of writes. */
+ * the hot path. A new one goes to the end of its pipe's list of writes,
+ * which is in start order: completions are handed out in that order. */
 np_req *np_write_new(np_pipe *p) {
   np_loop *loop = p->loop;
   np_req *req = loop->free_writes;
@@ -140,9 +143,12 @@ np_req *np_write_new(np_pipe *p) {
   req->op = NP_OP_WRITE;
   req->state = REQ_IDLE;
   req->ref_cb = req->ref_data = NP_NOREF;
-  req->wnext = p->writes; /* order in this list does not matter */
-  if (p->writes) p->writes->wprev = req;
-  p->writes = req;
+  req->wprev = p->writes_tail;
+  if (p->writes_tail)
+    p->writes_tail->wnext = req;
+  else
+    p->writes = req;
+  p->writes_tail = req;
   p->nwrites++;
   return req;
 }
@@ -155,7 +161,10 @@ void np_write_drop(np_req *req) {
     req->wprev->wnext = req->wnext;
   else
     p->writes = req->wnext;
-  if (req->wnext) req->wnext->wprev = req->wprev;
+  if (req->wnext)
+    req->wnext->wprev = req->wprev;
+  else
+    p->writes_tail = req->wprev;
   p->nwrites--;
   req->next = loop->free_writes;
   loop->free_writes = req;
@@ -241,6 +250,21 @@ void np_loop_close(np_loop *loop) {
       if (!entries[i].lpOverlapped) continue;
       loop->kernel_owned--;
       release(loop, CONTAINING_RECORD(entries[i].lpOverlapped, np_req, ov));
+    }
+  }
+  /* Writes that finished but waited for an earlier one (REQ_DONE, or
+   * queued): let them go where nothing of the pipe is with the kernel. */
+  for (p = loop->pipes; p; p = next) {
+    np_req *w;
+    int kernel = p->connect_req.state == REQ_KERNEL ||
+                 p->read_req.state == REQ_KERNEL;
+    next = p->next;
+    for (w = p->writes; w; w = w->wnext) kernel |= w->state == REQ_KERNEL;
+    if (kernel) continue;
+    while (p->writes) {
+      int last = p->outstanding == 1;
+      release(loop, p->writes);
+      if (last) break; /* that freed the block */
     }
   }
   /* Blocks still in loop->pipes have requests the kernel never gave back:

@@ -218,9 +218,26 @@ static void submitted(np_req *req, BOOL ok) {
   np_req_finished(req, err, 0);
 }
 
+/* Hand out finished writes in start order: a write the kernel (or a
+ * cancel) finished before an earlier one waits for it. */
+static void deliver_writes(np_pipe *p) {
+  np_req *w;
+  for (w = p->writes; w; w = w->wnext) {
+    if (w->state == REQ_READY) continue;
+    if (w->state != REQ_DONE) break;
+    np_req_ready(p->loop, w);
+  }
+}
+
 static void complete_now(np_req *req, np_err err, long code) {
   req->status.err = err;
   req->status.code = code;
+  if (req->op == NP_OP_WRITE) {
+    if (req->state == REQ_IDLE) np_req_wait(req->pipe->loop, req);
+    req->state = REQ_DONE;
+    deliver_writes(req->pipe);
+    return;
+  }
   np_req_ready(req->pipe->loop, req);
 }
 
@@ -311,19 +328,63 @@ static int continue_message(np_pipe *p) {
   return 1;
 }
 
+static void submit_write(np_req *req) {
+  np_pipe *p = req->pipe;
+  submitted(req, WriteFile(p->h, req->wdata, req->wlen, NULL, &req->ov));
+}
+
+/* Hand queued writes to the kernel while there is room. A loop, not a
+ * recursion: a write that fails at once finishes through here again. */
+static void pump_writes(np_pipe *p) {
+  if (p->pumping) return;
+  p->pumping = 1;
+  while (p->wqueue_head && !p->closed &&
+         p->kernel_writes < MAX_WRITES_IN_FLIGHT) {
+    np_req *req = p->wqueue_head;
+    p->wqueue_head = req->next;
+    if (!p->wqueue_head) p->wqueue_tail = NULL;
+    req->state = REQ_IDLE; /* back from WAITING: submitted() counts it */
+    p->outstanding--;
+    p->loop->outstanding--;
+    submit_write(req);
+  }
+  p->pumping = 0;
+}
+
+/* Queued writes that will never reach the kernel finish with `reason`,
+ * after the earlier ones (deliver_writes keeps the order). */
+static void flush_write_queue(np_pipe *p, np_err reason) {
+  while (p->wqueue_head) {
+    np_req *req = p->wqueue_head;
+    p->wqueue_head = req->next;
+    if (!p->wqueue_head) p->wqueue_tail = NULL;
+    complete_now(req, reason, 0);
+  }
+}
+
 int np_write_start(np_pipe *p, const char *data, size_t len, int ref_cb,
                    int ref_data) {
   np_req *req = np_write_new(p);
   if (!req) return 0;
   arm(req, ref_cb);
   req->ref_data = ref_data;
+  req->wdata = data;
+  req->wlen = (DWORD)len;
   if (p->write_error.err != NP_OK) {
     complete_now(req, p->write_error.err, p->write_error.code);
     p->write_error.err = NP_OK;
   } else if (len > 0xFFFFFFFFu) {
     complete_now(req, NP_INVALID_ARGUMENT, ERROR_INVALID_PARAMETER);
+  } else if (p->wqueue_head || p->kernel_writes >= MAX_WRITES_IN_FLIGHT) {
+    np_req_wait(p->loop, req); /* in order, behind the others */
+    req->next = NULL;
+    if (p->wqueue_tail)
+      p->wqueue_tail->next = req;
+    else
+      p->wqueue_head = req;
+    p->wqueue_tail = req;
   } else {
-    submitted(req, WriteFile(p->h, data, (DWORD)len, NULL, &req->ov));
+    submit_write(req);
   }
   return 1;
 }
@@ -343,7 +404,7 @@ static void pipe_status(const np_pipe *p, np_status *st, DWORD err, np_op op) {
 
 /* What a finished request means: called for each dequeued packet, and for
  * calls that failed at once. May start the next part of a long message. */
-void np_req_finished(np_req *req, DWORD err, DWORD bytes) {
+static void finish(np_req *req, DWORD err, DWORD bytes) {
   np_pipe *p = req->pipe;
   req->bytes = bytes;
   if (req->op == NP_OP_READABLE && !p->closed &&
@@ -383,6 +444,12 @@ void np_req_finished(np_req *req, DWORD err, DWORD bytes) {
   if (req->op == NP_OP_WRITE && req->ref_cb == NP_NOREF &&
       req->status.err != NP_CLOSED)
     p->write_error = req->status; /* a try_write's failure, for later */
+}
+
+void np_req_finished(np_req *req, DWORD err, DWORD bytes) {
+  finish(req, err, bytes);
+  /* every finished write makes room for a queued one */
+  if (req->op == NP_OP_WRITE) pump_writes(req->pipe);
 }
 
 int np_try_read(np_pipe *p, size_t max, const char **data, size_t *len,
@@ -489,8 +556,10 @@ void np_cancel(np_pipe *p, np_op op, np_err reason) {
   if (op == NP_OP_READ || op == NP_OP_READABLE)
     cancel_req(p, &p->read_req, reason);
   if (op == NP_OP_WRITABLE) cancel_waiting(p, &p->writable_req, reason);
-  if (op == NP_OP_WRITE)
+  if (op == NP_OP_WRITE) {
+    flush_write_queue(p, reason);
     for (w = p->writes; w; w = w->wnext) cancel_req(p, w, reason);
+  }
 }
 
 int np_disconnect(np_pipe *p, np_status *st) {
@@ -538,5 +607,6 @@ void np_pipe_close(np_pipe *p) {
   CloseHandle(p->h);
   p->h = INVALID_HANDLE_VALUE;
   cancel_waiting(p, &p->writable_req, NP_CLOSED);
+  flush_write_queue(p, NP_CLOSED);
   if (p->outstanding == 0) np_pipe_free(p);
 }

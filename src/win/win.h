@@ -23,7 +23,9 @@ typedef enum req_state {
   REQ_IDLE,   /* free for the next operation */
   REQ_KERNEL, /* the kernel owns the OVERLAPPED and the buffer */
   REQ_READY,  /* finished, waiting in the ready queue for step() */
-  REQ_WAITING /* writable: waiting for the writes in flight to finish */
+  REQ_WAITING, /* ours to finish: a writable() wait, or a write queued
+                  behind MAX_WRITES_IN_FLIGHT others */
+  REQ_DONE     /* a write finished before an earlier one: waits its turn */
 } req_state;
 
 /* One operation. The OVERLAPPED is how a completion packet finds its way
@@ -61,8 +63,11 @@ struct np_pipe {
   size_t rcap;
   size_t rlen; /* bytes of the current read so far */
   size_t rmax; /* the caller's limit, 0 for none */
-  np_req *writes;        /* writes started, not yet released */
+  np_req *writes, *writes_tail; /* writes not yet released, oldest first */
   int nwrites;
+  int kernel_writes;             /* of those, how many the kernel owns */
+  np_req *wqueue_head, *wqueue_tail; /* queued behind them, in order */
+  int pumping;                   /* pump_writes is running (no recursion) */
   np_status write_error; /* a failed try_write, told to the next write */
   size_t outstanding;    /* requests KERNEL or READY */
   struct np_pipe *prev, *next; /* the loop's blocks */
@@ -93,5 +98,11 @@ void np_write_drop(np_req *req);
 
 /* pipe_win.c: what a dequeued packet means for its request. */
 void np_req_finished(np_req *req, DWORD err, DWORD bytes);
+
+/* At most this many writes of one pipe are with the kernel at once; later
+ * ones wait in order in the pipe's queue. Enough to keep the pipe busy, and
+ * it spares the kernel (and Wine's server, which walks its pending writes
+ * on every read) a queue as long as the caller's burst. */
+#define MAX_WRITES_IN_FLIGHT 16
 
 #endif
