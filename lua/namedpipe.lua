@@ -252,6 +252,50 @@ function methods.ready(self, interest, timeout)
   return unpack(errs[1], 1, 4)
 end
 
+--- np.event(): a one-shot event for tasks to hand each other results.
+--- ev:set(...) stores the values and wakes every waiter (false if it was
+--- set already); ev:wait([timeout]) returns them (at once if set),
+--- suspending only the calling task (elsewhere it drives the loop); on
+--- timeout nil, "timed out", "TIMEOUT", 0. ev:is_set().
+function M.event()
+  local ev, waiters, values = {}, {}, nil
+  function ev:set(...)
+    if values then return false end
+    values = pack(...)
+    -- woken from the next step, never inside set(): the setter may be in
+    -- the middle of something the waiter must not interrupt
+    for co in pairs(waiters) do task.wake(co) end
+    waiters = {}
+    return true
+  end
+  function ev:is_set() return values ~= nil end
+  function ev:wait(timeout)
+    check_timeout(timeout, 2, "wait")
+    if not values then
+      local co = task.current()
+      if co then
+        waiters[co] = true
+        local timer = timeout and task.add_timer(timeout, function()
+          waiters[co] = nil
+          task.resume(co)
+        end)
+        task.suspend()
+        if timer then task.cancel_timer(timer) end
+      else
+        local deadline = timeout and now() + timeout
+        while not values do
+          local left = deadline and deadline - now()
+          if left and left <= 0 then break end
+          step(left or 1000)
+        end
+      end
+    end
+    if not values then return nil, "timed out", "TIMEOUT", 0 end
+    return unpack(values, 1, values.n)
+  end
+  return ev
+end
+
 --- np.open(name [, opts]): opts may add `timeout` (ms: retry while every
 --- instance is busy, as Tokio's documented loop does) and `wait_for_server`
 --- (also retry while the name does not exist yet).
@@ -278,7 +322,7 @@ function M.open(name, opts)
     end
     local left = deadline - now()
     if left <= 0 then
-      return nil, "timed out waiting for the pipe (" .. msg .. ")", "TIMEOUT", code
+      return nil, "timed out waiting for the pipe (" .. msg .. ")", "TIMEOUT", 0
     end
     -- asyncio's back-off: 1 ms doubling to 50 ms; never blocks other tasks
     M.sleep(math.min(delay, left))

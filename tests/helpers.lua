@@ -96,6 +96,8 @@ function H.lua_command(code, ...)
   return ("%s %s %s"):format(interpreter(), script, table.concat(args, " ")), script
 end
 
+H.interpreter = interpreter
+
 --- Run `code` in a fresh Lua process, with `env` ("VAR=x ..." or "env -u
 --- VAR", Linux) before the command; returns ok (clean exit), its output.
 function H.run_lua_env(env, code, ...)

@@ -76,15 +76,17 @@ function TestInterop:test_other_process_server_and_stale_socket()
   linux_only()
   local name = H.name("xproc")
   -- A server in another process: our client reaches it...
-  local ok = os.execute(("%s >/dev/null 2>&1 &"):format(H.lua_command([[
+  local cmd, script = H.lua_command([[
     local np = require "namedpipe"
     np.serve(..., nil, function(p) p:write("from another process\n") end)
     np.sleep(1500)
-  ]], name)))
+  ]], name)
+  local ok = os.execute(("%s >/dev/null 2>&1 &"):format(cmd))
   lu.assertTrue(ok)
   local c = assert(np.open(name, { timeout = 3000, wait_for_server = true }))
   lu.assertEquals(c:read_line(2000), "from another process")
   c:close()
+  os.remove(script) -- the child has read it long ago
   -- ... and it owns the name while it lives.
   local s, _, errname = np.create(name, { first_pipe_instance = true })
   lu.assertNil(s)

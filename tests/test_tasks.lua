@@ -319,3 +319,59 @@ function TestFraming:test_read_line_timeout_keeps_partial_data()
   lu.assertEquals(server:read_line(2000), "no newline yet - now")
   H.close_all(server, client)
 end
+
+function TestTasks:test_readable_keeps_an_empty_message()
+  -- Windows' zero-byte read takes a zero-length message off a message
+  -- pipe: readable() must not lose it.
+  local server, client = H.pair({ pipe_mode = "message" }, { pipe_mode = "message" })
+  client:write("")
+  client:write("x")
+  lu.assertTrue(server:readable(2000))
+  lu.assertEquals(server:try_read(), "")
+  lu.assertTrue(server:readable(2000))
+  lu.assertEquals(server:try_read(), "x")
+  client:write("")
+  lu.assertTrue(server:readable(2000))
+  lu.assertTrue(server:readable(2000)) -- asking twice takes nothing more
+  lu.assertEquals(server:read(nil, 2000), "")
+  local d, _, name = server:read(nil, 30)
+  lu.assertNil(d)
+  lu.assertEquals(name, "TIMEOUT")
+  H.close_all(server, client)
+end
+
+function TestTasks:test_own_outcomes_carry_code_zero()
+  local server, client = H.pair()
+  local _, msg, name, code = server:read(nil, 20)
+  lu.assertEquals({ msg, name, code }, { "timed out", "TIMEOUT", 0 })
+  local cb, res = H.capture()
+  server:read(cb)
+  server:cancel("read")
+  H.pump(function() return res.done end)
+  lu.assertEquals({ res[2], res[3], res[4] }, { "operation cancelled", "CANCELLED", 0 })
+  H.close_all(server, client)
+end
+
+function TestTasks:test_event_hands_results_between_tasks()
+  local ev = np.event()
+  local got = {}
+  for i = 1, 3 do
+    np.spawn(function() got[i] = { ev:wait() } end)
+  end
+  np.spawn(function()
+    np.sleep(10)
+    lu.assertTrue(ev:set("answer", 42))
+    lu.assertFalse(ev:set("again"))
+  end)
+  np.run()
+  for i = 1, 3 do lu.assertEquals(got[i], { "answer", 42 }) end
+  lu.assertTrue(ev:is_set())
+  lu.assertEquals({ ev:wait() }, { "answer", 42 }) -- at once when set
+  -- a timeout, in a task and in the main thread
+  local other = np.event()
+  local r
+  np.spawn(function() r = { other:wait(20) } end)
+  np.run()
+  lu.assertEquals(r[3], "TIMEOUT")
+  lu.assertEquals(select(3, other:wait(10)), "TIMEOUT")
+end

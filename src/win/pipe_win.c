@@ -283,6 +283,12 @@ void np_read_start(np_pipe *p, size_t max, int ref_cb) {
   size_t want = READ_CHUNK;
   arm(&p->read_req, ref_cb);
   p->read_req.op = NP_OP_READ;
+  if (p->empty_message_taken) {
+    p->empty_message_taken = 0;
+    p->rlen = 0;
+    complete_now(&p->read_req, NP_OK, 0);
+    return;
+  }
   p->rlen = 0;
   p->rmax = max;
   if (max > 0 && max < want) want = max;
@@ -298,6 +304,10 @@ void np_readable_start(np_pipe *p, int ref_cb) {
   arm(req, ref_cb);
   req->op = NP_OP_READABLE;
   p->rlen = 0;
+  if (p->empty_message_taken) {
+    complete_now(req, NP_OK, 0);
+    return;
+  }
   submitted(req, ReadFile(p->h, &req->bytes, 0, NULL, &req->ov));
 }
 
@@ -411,6 +421,11 @@ static void finish(np_req *req, DWORD err, DWORD bytes) {
       (err == ERROR_MORE_DATA || err == ERROR_BROKEN_PIPE ||
        err == ERROR_NO_DATA))
     err = 0; /* a message, or the end of the stream: try_read will tell */
+  else if (req->op == NP_OP_READABLE && err == 0 &&
+           p->read_mode == NP_MODE_MESSAGE)
+    /* A zero-byte read succeeds on a message pipe only by taking a
+     * zero-length message: the next read must still return it. */
+    p->empty_message_taken = 1;
   if (req->op == NP_OP_READ && (err == 0 || err == ERROR_MORE_DATA)) {
     p->rlen += bytes;
     if (err == ERROR_MORE_DATA) {
@@ -435,7 +450,10 @@ static void finish(np_req *req, DWORD err, DWORD bytes) {
     return;
   }
   if (err == ERROR_OPERATION_ABORTED || p->closed) {
-    complete_now(req, p->closed ? NP_CLOSED : req->abort_reason, (long)err);
+    np_err why = p->closed ? NP_CLOSED : req->abort_reason;
+    /* our own outcomes read as on Linux: code 0, the module's message */
+    int own = why == NP_CLOSED || why == NP_CANCELLED || why == NP_TIMEOUT;
+    complete_now(req, why, own ? 0 : (long)err);
   } else {
     np_status st;
     pipe_status(p, &st, err, req->op);
@@ -458,6 +476,13 @@ int np_try_read(np_pipe *p, size_t max, const char **data, size_t *len,
   OVERLAPPED ov;
   BOOL ok;
   DWORD err = 0;
+  if (p->empty_message_taken) { /* see np_req_finished */
+    p->empty_message_taken = 0;
+    *data = p->rbuf ? p->rbuf : "";
+    *len = 0;
+    *more = 0;
+    return 1;
+  }
   if (!PeekNamedPipe(p->h, NULL, 0, NULL, &avail, &left)) {
     pipe_status(p, st, GetLastError(), NP_OP_READ);
     return 0;
@@ -577,6 +602,7 @@ int np_disconnect(np_pipe *p, np_status *st) {
     }
   }
   p->state = NP_STATE_DISCONNECTED;
+  p->empty_message_taken = 0; /* it was the old client's */
   return 1;
 }
 

@@ -68,6 +68,7 @@ struct np_pipe {
   int kernel_writes;             /* of those, how many the kernel owns */
   np_req *wqueue_head, *wqueue_tail; /* queued behind them, in order */
   int pumping;                   /* pump_writes is running (no recursion) */
+  int empty_message_taken; /* readable()'s zero-byte read ate a "" message */
   np_status write_error; /* a failed try_write, told to the next write */
   size_t outstanding;    /* requests KERNEL or READY */
   struct np_pipe *prev, *next; /* the loop's blocks */
