@@ -132,3 +132,97 @@ clean:
 
 distclean:
 	rm -rf build
+
+# Benchmarks (issue 6, bench/run.sh): namedpipe against plain C (and luv on
+# Linux), one table per platform. `make bench` takes a few minutes;
+# `make bench-quick` is the smoke run (tiny sizes, bytes checked, no timing
+# asserted). Options: BENCHARGS="--runs 3 --platform linux --only churn".
+BENCHARGS ?=
+.PHONY: bench bench-quick
+bench:
+	MAKE="$(MAKE)" bench/run.sh $(BENCHARGS)
+
+bench-quick:
+	MAKE="$(MAKE)" bench/run.sh --quick $(BENCHARGS)
+
+# ---------------------------------------------------------------- fuzzing
+# libFuzzer targets over the Linux sources (tests/fuzz/), built with clang:
+#   make fuzz                 each target for FUZZ_SECONDS (default 30)
+#   make fuzz FUZZ_SECONDS=600
+# New corpus entries go to build/fuzz/corpus-NAME (the seeds in
+# tests/fuzz/corpus/NAME are read, never written); a crash is saved as
+# build/fuzz/crash-* and fails the target. Replay one input:
+#   build/fuzz/fuzz_options build/fuzz/crash-...
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 30
+FUZZ_ARGS    ?=
+FUZZ_TARGETS := fuzz_options fuzz_names
+FUZZ_BINS    := $(addprefix build/fuzz/,$(FUZZ_TARGETS))
+FUZZ_FLAGS   := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+                -fno-omit-frame-pointer -Wall -Wextra
+
+.PHONY: fuzz fuzz-build
+
+fuzz-build: $(FUZZ_BINS)
+
+build/fuzz/%: tests/fuzz/%.c tests/fuzz/fuzz_common.h $(LINUX_SRC) $(LINUX_HDR) Makefile
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_FLAGS) $(LUA_CFLAGS) -Isrc -o $@ $< $(LINUX_SRC) \
+	  $$(pkg-config --libs lua5.4 2>/dev/null || echo -llua5.4) -lm -ldl
+
+fuzz: $(FUZZ_BINS)
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p build/fuzz/corpus-$$t; \
+	  echo "fuzz: $$t for $(FUZZ_SECONDS)s"; \
+	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  build/fuzz/$$t -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=4096 \
+	    -print_final_stats=1 -artifact_prefix=build/fuzz/ $(FUZZ_ARGS) \
+	    build/fuzz/corpus-$$t tests/fuzz/corpus/$$t 2>build/fuzz/$$t.log \
+	    || { tail -n 60 build/fuzz/$$t.log; echo "fuzz: $$t FAILED (log: build/fuzz/$$t.log)"; exit 1; }; \
+	  grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|#[0-9]+ +DONE)' build/fuzz/$$t.log | tr '\n' ' '; echo; \
+	  grep -m1 'KNOWN FINDING' build/fuzz/$$t.log || true; \
+	done; echo "fuzz: all targets clean"
+
+# ------------------------------------------------------ many Lua states
+# tests/c/multi_state.c: several Lua states in one process (round-robin and
+# one thread per state); tests/test_multistate.lua runs what is built here.
+#   make multistate        the native, ASan and mingw builds
+#   make multistate-run    run them: native, under valgrind, ASan, Wine
+MS_SRC  := tests/c/multi_state.c
+MS_BIN  := build/multistate/multi_state
+MS_ASAN := build/asan/multi_state
+MS_EXE  := build/multistate/multi_state.exe
+MS_DLL  := build/multistate/lua54.dll
+MS_LUALIBS = $$(pkg-config --libs lua5.4 2>/dev/null || echo -llua5.4) -lm -ldl
+
+.PHONY: multistate multistate-linux multistate-windows multistate-run
+
+multistate: multistate-linux multistate-windows
+
+multistate-linux: $(MS_BIN) $(MS_ASAN)
+
+multistate-windows: $(MS_EXE) $(MS_DLL)
+
+$(MS_BIN): $(MS_SRC) Makefile
+	@mkdir -p $(@D)
+	$(LINUX_CC) -O2 -g -Wall -Wextra -Werror -pthread $(LUA_CFLAGS) -o $@ $< $(MS_LUALIBS)
+
+$(MS_ASAN): $(MS_SRC) Makefile
+	@mkdir -p $(@D)
+	$(LINUX_CC) -O1 -g $(SANITIZE) -pthread $(LUA_CFLAGS) -o $@ $< $(MS_LUALIBS)
+
+$(MS_EXE): $(MS_SRC) $(WIN_LUA) Makefile
+	@mkdir -p $(@D)
+	$(WIN_CC) -O2 -Wall -Wextra -Werror -I $(WINLUA)/include -o $@ $< $(WIN_LUADLL)
+
+# the exe finds lua54.dll beside it; core.dll then binds to that same DLL
+$(MS_DLL): $(WIN_LUA)
+	@mkdir -p $(@D)
+	cp $(WIN_LUADLL) $@
+
+multistate-run: multistate linux windows $(ASAN_SO)
+	$(MS_BIN)
+	valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect \
+	  --show-leak-kinds=definite,indirect $(MS_BIN)
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 NP_BUILD_DIR=build/asan $(MS_ASAN)
+	tools/wine-run.sh $(MS_EXE)

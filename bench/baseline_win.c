@@ -17,16 +17,20 @@
  *   pingpong  64-byte messages over a message-mode pipe, server and client in
  *             this process, a read always pending on both ends:
  *             "pingpong rtt_per_s=..."
+ *   pingpong_byte  the same over a byte-mode pipe
  *   stream    64 KiB writes, 256 MiB one way (server -> client, byte mode),
  *             4 writes in flight, the reader's 64 KiB read always pending:
  *             "stream mib_per_s=..."
+ *   step0     an idle GetQueuedCompletionStatusEx(timeout 0), ns per call
+ *             (reference for namedpipe's step(0))
  *   churn     per connection: open a client, connect the listening instance,
  *             create the next instance (so the name never vanishes), one
  *             64-byte exchange (request + reply), close both:
  *             "churn conn_per_s=..."
  *
  * Options: --quick (tiny sizes, contents checked), --runs N (median, min-max),
- * --only w[,w], --pp N, --stream-mib N, --churn N, --inflight N, --skip.
+ * --only w[,w], --pp N, --stream-mib N, --churn N, --inflight N, --steps N,
+ * --skip; attribution variants (churn): --cancel-close, --extra-poll.
  *
  * Build: x86_64-w64-mingw32-gcc -O2 -o baseline_win.exe baseline_win.c
  */
@@ -43,6 +47,12 @@
 
 static HANDLE port;
 static int skip_mode;
+/* Attribution variants (churn; not part of the table): each adds one thing
+ * namedpipe's Windows backend does per connection, to measure its cost. */
+static int v_cancel_close; /* CancelIoEx(h, NULL) before every CloseHandle */
+static int v_extra_poll;   /* one more GetQueuedCompletionStatusEx(0) per
+                              connection (np_loop_wait polls the port even
+                              when its ready queue already holds the connect) */
 static int verify;
 static unsigned name_counter;
 
@@ -247,7 +257,10 @@ static void fill_msg(char *m, unsigned i) {
 
 enum { SRV = 1, CLI = 2 };
 
-static double pingpong(long n) {
+/* message: a message-mode pipe (one read, one message). Byte mode: a byte
+ * pipe; a 64-byte message could come in parts, so each end joins them (in
+ * practice one read has it whole). */
+static double pingpong(long n, int message) {
   wchar_t name[128];
   HANDLE srv, cli;
   op *sr, *cr;
@@ -256,10 +269,12 @@ static double pingpong(long n) {
   char *msg = msgs[0];
   unsigned rot = 0;
   long count = 0;
+  DWORD shave = 0, chave = 0;
+  static char sjoin[MSG], cjoin[MSG];
   double t0, t1;
   make_name(name, 128, "pp");
-  srv = create_instance(name, 1);
-  cli = open_client(name, 1);
+  srv = create_instance(name, message);
+  cli = open_client(name, message);
   connect_instance(srv);
   sr = op_new(K_READ, SRV, srv);
   sr->buf = (char *)malloc(BUF);
@@ -282,13 +297,36 @@ static double pingpong(long n) {
         op_free(o);
       } else if (o->who == SRV) {
         char *r = sreply[rot++ & 3];
-        check(d[i].bytes == MSG, "pingpong: server got a short message");
-        memcpy(r, o->buf, MSG);
-        post_read(o);
+        if (!message && (d[i].bytes != MSG || shave > 0)) {
+          check(shave + d[i].bytes <= MSG, "pingpong: too many bytes");
+          memcpy(sjoin + shave, o->buf, d[i].bytes);
+          shave += d[i].bytes;
+          post_read(o);
+          if (shave < MSG) continue;
+          shave = 0;
+          memcpy(r, sjoin, MSG);
+        } else {
+          check(d[i].bytes == MSG, "pingpong: server got a short message");
+          memcpy(r, o->buf, MSG);
+          post_read(o);
+        }
         post_write(srv, SRV, r, MSG);
       } else {
-        check(d[i].bytes == MSG && memcmp(o->buf, msg, MSG) == 0,
-              "pingpong: reply differs");
+        const char *got = o->buf;
+        if (!message && (d[i].bytes != MSG || chave > 0)) {
+          check(chave + d[i].bytes <= MSG, "pingpong: too many bytes");
+          memcpy(cjoin + chave, o->buf, d[i].bytes);
+          chave += d[i].bytes;
+          if (chave < MSG) {
+            post_read(o);
+            continue;
+          }
+          chave = 0;
+          got = cjoin;
+        } else {
+          check(d[i].bytes == MSG, "pingpong: short reply");
+        }
+        check(memcmp(got, msg, MSG) == 0, "pingpong: reply differs");
         count++;
         if (count < n) {
           post_read(o);
@@ -406,6 +444,12 @@ static double churn(long n) {
     int got_reply = 0;
     cli = open_client(name, 0);
     connect_instance(cur);
+    if (v_extra_poll) {
+      OVERLAPPED_ENTRY e[BATCH];
+      ULONG got = 0;
+      check(!GetQueuedCompletionStatusEx(port, e, BATCH, &got, 0, FALSE),
+            "churn: unexpected packet");
+    }
     next = create_instance(name, 0); /* the name never vanishes */
     sr = op_new(K_READ, SRV, cur);
     sr->buf = sbuf;
@@ -437,6 +481,10 @@ static double churn(long n) {
         }
       }
     }
+    if (v_cancel_close) {
+      CancelIoEx(cli, NULL);
+      CancelIoEx(cur, NULL);
+    }
     CloseHandle(cli);
     CloseHandle(cur);
     cur = next;
@@ -453,6 +501,19 @@ static double churn(long n) {
   free(sbuf);
   free(cbuf);
   return (double)n / ((t1 - t0) / 1000.0);
+}
+
+/* ---------------------------------------------------------------- step0 */
+
+/* An idle GetQueuedCompletionStatusEx(timeout 0): the floor under an idle
+ * np.step(0) (reference only). */
+static double step0(long n) {
+  OVERLAPPED_ENTRY e[BATCH];
+  ULONG got;
+  long i;
+  double t0 = now_ms();
+  for (i = 0; i < n; i++) GetQueuedCompletionStatusEx(port, e, BATCH, &got, 0, FALSE);
+  return (now_ms() - t0) * 1e6 / (double)n;
 }
 
 /* ----------------------------------------------------------------- main */
@@ -489,7 +550,7 @@ static int wanted(const char *only, const char *w) {
 
 int main(int argc, char **argv) {
   int quick = 0, runs = 5, inflight = 4, i, r;
-  long pp = 200000, ch = 20000;
+  long pp = 10000, ch = 5000, steps = 50000;
   long long mib = 256;
   const char *only = NULL;
   double v[64];
@@ -497,12 +558,15 @@ int main(int argc, char **argv) {
   for (i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--quick")) quick = 1;
     else if (!strcmp(argv[i], "--skip")) skip_mode = 1;
+    else if (!strcmp(argv[i], "--cancel-close")) v_cancel_close = 1;
+    else if (!strcmp(argv[i], "--extra-poll")) v_extra_poll = 1;
     else if (!strcmp(argv[i], "--runs") && i + 1 < argc) runs = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
     else if (!strcmp(argv[i], "--pp") && i + 1 < argc) pp = atol(argv[++i]);
     else if (!strcmp(argv[i], "--churn") && i + 1 < argc) ch = atol(argv[++i]);
     else if (!strcmp(argv[i], "--stream-mib") && i + 1 < argc) mib = atoll(argv[++i]);
     else if (!strcmp(argv[i], "--inflight") && i + 1 < argc) inflight = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--steps") && i + 1 < argc) steps = atol(argv[++i]);
     else {
       fprintf(stderr, "baseline_win: unknown option %s\n", argv[i]);
       return 2;
@@ -513,16 +577,23 @@ int main(int argc, char **argv) {
     pp = 300;
     ch = 50;
     mib = 2;
+    steps = 10000;
     if (runs > 1) runs = 1;
   }
   if (runs < 1 || runs > 64) runs = 5;
   port = CreateIoCompletionPort(INVALID_HANDLE_VALUE, NULL, 0, 1);
   if (!port) die("CreateIoCompletionPort");
   if (wanted(only, "pingpong")) {
-    pingpong(pp / 20 + 1); /* warm-up */
-    for (r = 0; r < runs; r++) v[r] = pingpong(pp);
+    pingpong(pp / 20 + 1, 1); /* warm-up */
+    for (r = 0; r < runs; r++) v[r] = pingpong(pp, 1);
     snprintf(extra, sizeof extra, "n=%ld msg=%d mode=message", pp, MSG);
     report("pingpong", "rtt_per_s", v, runs, extra);
+  }
+  if (wanted(only, "pingpong_byte")) {
+    pingpong(pp / 20 + 1, 0); /* warm-up */
+    for (r = 0; r < runs; r++) v[r] = pingpong(pp, 0);
+    snprintf(extra, sizeof extra, "n=%ld msg=%d mode=byte", pp, MSG);
+    report("pingpong_byte", "rtt_per_s", v, runs, extra);
   }
   if (wanted(only, "stream")) {
     stream(4LL * BUF * inflight, inflight); /* warm-up */
@@ -536,6 +607,12 @@ int main(int argc, char **argv) {
     for (r = 0; r < runs; r++) v[r] = churn(ch);
     snprintf(extra, sizeof extra, "n=%ld mode=byte", ch);
     report("churn", "conn_per_s", v, runs, extra);
+  }
+  if (wanted(only, "step0")) {
+    step0(steps / 10 + 1);
+    for (r = 0; r < runs; r++) v[r] = step0(steps);
+    snprintf(extra, sizeof extra, "n=%ld what=GetQueuedCompletionStatusEx(0)", steps);
+    report("step0", "ns_per_call", v, runs, extra);
   }
   if (quick) printf("quick ok\n");
   return 0;

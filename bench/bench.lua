@@ -1,0 +1,496 @@
+--[[
+bench/bench.lua - namedpipe's benchmarks (issue 6), run from the repo root:
+
+    LUA_PATH_5_4='lua/?.lua;lua/?/init.lua;;' LUA_CPATH_5_4='build/linux/?.so;;' \
+      lua5.4 bench/bench.lua [options]                               (Linux)
+    tools/wine-run.sh build/winlua/bin/lua.exe bench/bench.lua [options] (Wine)
+
+`make bench` (bench/run.sh) runs this beside the C baselines and luv and
+prints the tables; this script alone prints one line per workload:
+
+    pingpong rtt_per_s=<median> min=.. max=.. runs=N n=.. msg=64 mode=message
+    pingpong_byte rtt_per_s=<median> ...
+    stream mib_per_s=<median> ...
+    churn conn_per_s=<median> ...
+    memory lua_kib_per_pair=.. rss_kib_per_pair=.. lua_kib_per_pair_reading=.. rss_kib_per_pair_reading=.. pairs=1000
+    step0 ns_per_call=<median> ...
+
+Workloads (the same as bench/baseline_*.c and bench/bench_luv.lua do):
+  pingpong  64-byte messages over a message-mode pipe, server and client in
+            this process; a read is always pending on both ends; round trips/s
+  pingpong_byte  the same over a byte-mode pipe (luv has no message mode:
+            this is the row to compare luv with)
+  stream    server -> client, byte mode, 64 KiB writes (one anchored string,
+            so zero-copy), 4 in flight, 256 MiB; MiB/s
+  churn     per connection: open a client, connect the listening instance,
+            create the next instance first (the name never vanishes), one
+            64-byte request + reply, close both; connections/s
+  memory    1,000 idle connected pairs (one name): Lua heap
+            (collectgarbage "count") and process RSS per pair, first with
+            nothing pending, then with a read pending on every end
+  step0     an idle step(0) (nothing pending), ns per call
+
+Only the callback API is used in the timed parts: callbacks + step(), no
+synchronous wrappers.
+
+Options:
+  --quick            tiny sizes; asserts that every byte arrives intact
+                     (message contents, stream order); asserts no time
+  --runs N           timed runs per workload (default 5); median, min-max
+  --only w[,w]       pingpong, pingpong_byte, stream, churn, memory, step0
+  --api np|core      np (default): require "namedpipe", the public API (its
+                     Lua method wrappers and np.step with tasks/timers);
+                     core: require "namedpipe.core" alone (the C methods and
+                     the C step), the floor under the public API
+  --pp N --stream-mib N --churn N --pairs N --steps N --inflight N
+]]
+
+local WIN = package.config:sub(1, 1) == "\\"
+
+-- ------------------------------------------------------------- options
+local opt = {
+  runs = 5, api = "np", inflight = 4, pairs = 1000,
+  pp = WIN and 10000 or 100000,
+  stream_mib = 256,
+  churn = WIN and 5000 or 20000,
+  steps = WIN and 200000 or 2000000,
+}
+do
+  local a, i = arg or {}, 1
+  local num = { ["--runs"] = "runs", ["--pp"] = "pp", ["--stream-mib"] = "stream_mib",
+                ["--churn"] = "churn", ["--pairs"] = "pairs", ["--steps"] = "steps",
+                ["--inflight"] = "inflight" }
+  while i <= #a do
+    local k = a[i]
+    if k == "--quick" then opt.quick = true; i = i + 1
+    elseif k == "--only" then opt.only = a[i + 1]; i = i + 2
+    elseif k == "--api" then opt.api = a[i + 1]; i = i + 2
+    elseif num[k] then
+      opt[num[k]] = math.tointeger(tonumber(a[i + 1]))
+      if not opt[num[k]] or opt[num[k]] < 1 then
+        io.stderr:write("bench.lua: ", k, " needs a positive integer\n"); os.exit(2)
+      end
+      i = i + 2
+    else
+      io.stderr:write("bench.lua: unknown option ", tostring(k), "\n"); os.exit(2)
+    end
+  end
+  if opt.api ~= "np" and opt.api ~= "core" then
+    io.stderr:write("bench.lua: --api np|core\n"); os.exit(2)
+  end
+  if opt.quick then
+    opt.pp, opt.stream_mib, opt.churn, opt.pairs, opt.steps = 300, 2, 50, 20, 10000
+    opt.runs = 1
+  end
+end
+
+local function wanted(w)
+  if not opt.only then return true end
+  for x in opt.only:gmatch("[^,]+") do if x == w then return true end end
+  return false
+end
+
+local core = require "namedpipe.core"
+local np = opt.api == "core" and core or require "namedpipe"
+local step, now = np.step, np.now
+
+-- ------------------------------------------------------------- helpers
+math.randomseed(os.time())
+local run_id = ("%d-%d"):format(os.time() % 100000, math.random(1, 1e9))
+local name_n = 0
+local function pipe_name(tag)
+  name_n = name_n + 1
+  return ([[\\.\pipe\npbench-%s-%s-%d]]):format(tag, run_id, name_n)
+end
+
+local function fail(...)
+  error("bench: " .. table.concat({ ... }, " "), 2)
+end
+
+-- Step until cond() holds; a stall of more than `limit` ms is an error.
+local function pump(cond, what, limit)
+  local last = now()
+  limit = limit or 20000
+  while not cond() do
+    if step(1000) > 0 then
+      last = now()
+    elseif now() - last > limit then
+      fail("stalled waiting for", what)
+    end
+  end
+end
+
+local function drain()
+  local deadline = now() + 5000
+  while core.pending() > 0 do
+    step(10)
+    if now() > deadline then fail("operations still pending after close:", core.pending()) end
+  end
+end
+
+local function connected_pair(tag, sopts, copts)
+  local name = pipe_name(tag)
+  local server = assert(np.create(name, sopts))
+  local client = assert(np.open(name, copts))
+  local ok = false
+  server:connect(function(r, msg) if not r then fail("connect:", msg) end; ok = true end)
+  pump(function() return ok end, "connect")
+  return server, client
+end
+
+local function median(t)
+  local s = {}
+  for i = 1, #t do s[i] = t[i] end
+  table.sort(s)
+  local n = #s
+  local m = n % 2 == 1 and s[(n + 1) // 2] or (s[n // 2] + s[n // 2 + 1]) / 2
+  return m, s[1], s[n]
+end
+
+local function report(workload, metric, vals, extra)
+  local m, lo, hi = median(vals)
+  local line
+  if #vals == 1 then
+    line = ("%s %s=%.1f runs=1"):format(workload, metric, m)
+  else
+    line = ("%s %s=%.1f min=%.1f max=%.1f runs=%d"):format(workload, metric, m, lo, hi, #vals)
+  end
+  io.write(line, extra and (" " .. extra) or "", "\n")
+  io.stdout:flush()
+end
+
+local function noop() end
+
+local function msg_for(i)
+  local head = ("%010d:"):format(i)
+  return head .. string.rep(string.char(97 + i % 26), 64 - #head)
+end
+
+-- ------------------------------------------------------------ pingpong
+-- mode "message": one read is one message. mode "byte": a byte stream, so a
+-- 64-byte message could in principle come in parts; they are joined (the
+-- fast path is one whole read, as in practice).
+local function pingpong(n, verify, mode)
+  local mopts = { pipe_mode = mode }
+  local server, client = connected_pair("pp", mopts, mopts)
+  local msg = msg_for(0)
+  local count, done = 0, false
+  local sacc, cacc = nil, nil
+
+  local function on_write(nw, err)
+    if nw ~= 64 then fail("pingpong write:", tostring(nw), tostring(err)) end
+  end
+  local srv_read
+  srv_read = function(data, err, ename)
+    if not data then
+      if ename == "CLOSED" or ename == "EOF" then return end
+      fail("pingpong server read:", tostring(err))
+    end
+    server:read(srv_read)
+    if #data ~= 64 or sacc then -- byte mode, a message in parts
+      sacc = (sacc or "") .. data
+      while sacc and #sacc >= 64 do
+        server:write(sacc:sub(1, 64), on_write)
+        sacc = #sacc > 64 and sacc:sub(65) or nil
+      end
+      return
+    end
+    server:write(data, on_write)
+  end
+  local cli_read
+  cli_read = function(data, err)
+    if data and (#data ~= 64 or cacc) then
+      cacc = (cacc or "") .. data
+      if #cacc < 64 then client:read(cli_read); return end
+      data, cacc = cacc:sub(1, 64), #cacc > 64 and cacc:sub(65) or nil
+    end
+    if data ~= msg then fail("pingpong: reply differs:", tostring(data), tostring(err)) end
+    count = count + 1
+    if count >= n then done = true; return end
+    client:read(cli_read)
+    if verify then msg = msg_for(count) end
+    client:write(msg, on_write)
+  end
+
+  server:read(srv_read)
+  client:read(cli_read)
+  local t0 = now()
+  client:write(msg, on_write)
+  while not done do
+    if step(1000) == 0 and not done then fail("pingpong stalled at", count) end
+  end
+  local secs = (now() - t0) / 1000
+  client:close()
+  server:close()
+  drain()
+  return n / secs
+end
+
+-- -------------------------------------------------------------- stream
+local CHUNK = 65536
+
+local function make_blocks(k)
+  local blocks = {}
+  for b = 1, k do
+    local parts = {}
+    for j = 0, 255 do
+      -- 256 bytes per piece, differing by block and position
+      parts[#parts + 1] = string.char(
+        table.unpack((function()
+          local t = {}
+          for x = 0, 255 do t[#t + 1] = (x * 31 + j * 7 + b * 101) % 256 end
+          return t
+        end)()))
+    end
+    blocks[b] = table.concat(parts)
+    assert(#blocks[b] == CHUNK)
+  end
+  return blocks
+end
+local blocks_plain, blocks_verify
+
+local function stream(total, inflight, verify)
+  local server, client = connected_pair("st")
+  local blocks
+  if verify then
+    blocks_verify = blocks_verify or make_blocks(3)
+    blocks = blocks_verify
+  else
+    blocks_plain = blocks_plain or make_blocks(1)
+    blocks = blocks_plain
+  end
+  local nb = #blocks
+  local nwrites = total // CHUNK
+  local started, written, received = 0, 0, 0
+  local done_w, done_r = false, false
+
+  local on_write
+  local function start_write()
+    started = started + 1
+    server:write(blocks[(started - 1) % nb + 1], on_write)
+  end
+  on_write = function(n, err)
+    if n ~= CHUNK then fail("stream write:", tostring(n), tostring(err)) end
+    written = written + n
+    if started < nwrites then start_write()
+    elseif written >= total then done_w = true end
+  end
+
+  local function check(data, pos)
+    local c, len = 0, #data
+    while c < len do
+      local p = pos + c
+      local blk = blocks[(p // CHUNK) % nb + 1]
+      local off = p % CHUNK
+      local take = math.min(CHUNK - off, len - c)
+      if data:sub(c + 1, c + take) ~= blk:sub(off + 1, off + take) then
+        fail("stream: bytes differ at offset", tostring(p))
+      end
+      c = c + take
+    end
+  end
+
+  local on_read
+  on_read = function(data, err)
+    if not data then fail("stream read:", tostring(err)) end
+    if verify then check(data, received) end
+    received = received + #data
+    if received >= total then
+      if received > total then fail("stream: too many bytes") end
+      done_r = true
+    else
+      client:read(on_read)
+    end
+  end
+
+  client:read(on_read)
+  local t0 = now()
+  for _ = 1, math.min(inflight, nwrites) do start_write() end
+  while not (done_w and done_r) do
+    if step(1000) == 0 then fail("stream stalled at", received) end
+  end
+  local secs = (now() - t0) / 1000
+  client:close()
+  server:close()
+  drain()
+  return (total / 1048576) / secs
+end
+
+-- --------------------------------------------------------------- churn
+local function churn(n, verify)
+  local name = pipe_name("ch")
+  local cur = assert(np.create(name))
+  local i, done = 0, false
+  local iter
+
+  local function one()
+    local client = assert(np.open(name))
+    local srv = cur
+    local msg = verify and msg_for(i) or msg_for(0)
+    srv:connect(function(ok, err)
+      if not ok then fail("churn connect:", tostring(err)) end
+      cur = assert(np.create(name)) -- the next instance first
+      srv:read(function(data, rerr)
+        if not data then fail("churn server read:", tostring(rerr)) end
+        srv:write(data, noop)
+      end)
+      client:read(function(data, rerr)
+        if data ~= msg then fail("churn: reply differs:", tostring(data), tostring(rerr)) end
+        client:close()
+        srv:close()
+        i = i + 1
+        if i >= n then done = true else iter() end
+      end)
+      client:write(msg, noop)
+    end)
+  end
+  iter = one
+
+  local t0 = now()
+  one()
+  while not done do
+    if step(1000) == 0 then fail("churn stalled at", i) end
+  end
+  local secs = (now() - t0) / 1000
+  cur:close()
+  drain()
+  return n / secs
+end
+
+-- -------------------------------------------------------------- memory
+local function rss_kib()
+  local f = io.open("/proc/self/status", "r")
+  if not f and WIN then
+    -- Wine: drive Z: is the Unix root, so this is the Wine process's own
+    -- status (the Windows process is that Unix process)
+    f = io.open([[Z:\proc\self\status]], "r")
+  end
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  local v = s:match("VmRSS:%s*(%d+)%s*kB")
+  return v and tonumber(v)
+end
+
+local function gc_full()
+  collectgarbage("collect")
+  collectgarbage("collect")
+end
+
+local function memory(npairs)
+  local name = pipe_name("mem")
+  local servers, clients = table.create and table.create(npairs) or {}, {}
+  for k = 1, npairs do servers[k], clients[k] = false, false end
+  gc_full()
+  local lua0, rss0 = collectgarbage("count"), rss_kib()
+  local connected = 0
+  local function on_connect(ok, err)
+    if not ok then fail("memory connect:", tostring(err)) end
+    connected = connected + 1
+  end
+  for k = 1, npairs do
+    servers[k] = assert(np.create(name))
+    clients[k] = assert(np.open(name))
+    servers[k]:connect(on_connect)
+  end
+  pump(function() return connected == npairs end, "1000 connects")
+  gc_full()
+  local lua1, rss1 = collectgarbage("count"), rss_kib()
+  -- every end waiting for data, as an idle server and client usually are
+  local closed = 0
+  local function on_read(data, err, ename)
+    if data or (ename ~= "CLOSED" and ename ~= "EOF") then
+      fail("memory: idle read finished:", tostring(data), tostring(err))
+    end
+    closed = closed + 1
+  end
+  for k = 1, npairs do
+    servers[k]:read(on_read)
+    clients[k]:read(on_read)
+  end
+  step(0)
+  gc_full()
+  local lua2, rss2 = collectgarbage("count"), rss_kib()
+  for k = 1, npairs do
+    clients[k]:close()
+    servers[k]:close()
+  end
+  drain()
+  local r = {
+    lua = (lua1 - lua0) / npairs,
+    lua_reading = (lua2 - lua0) / npairs,
+  }
+  if rss0 then
+    r.rss = (rss1 - rss0) / npairs
+    r.rss_reading = (rss2 - rss0) / npairs
+  end
+  return r
+end
+
+-- --------------------------------------------------------------- step0
+local function step0(n, fn)
+  fn = fn or step
+  drain()
+  local t0 = now()
+  for _ = 1, n do fn(0) end
+  return (now() - t0) * 1e6 / n
+end
+
+-- ---------------------------------------------------------------- main
+local function timed(fn, ...)
+  local vals = {}
+  for r = 1, opt.runs do vals[r] = fn(...) end
+  return vals
+end
+
+local t_start = now()
+local verify = opt.quick
+
+if wanted("pingpong") then
+  pingpong(math.max(opt.pp // 20, 50), true, "message") -- warm-up, contents checked
+  local v = timed(pingpong, opt.pp, verify, "message")
+  report("pingpong", "rtt_per_s", v, ("n=%d msg=64 mode=message api=%s"):format(opt.pp, opt.api))
+end
+
+if wanted("pingpong_byte") then
+  pingpong(math.max(opt.pp // 20, 50), true, "byte")
+  local v = timed(pingpong, opt.pp, verify, "byte")
+  report("pingpong_byte", "rtt_per_s", v, ("n=%d msg=64 mode=byte api=%s"):format(opt.pp, opt.api))
+end
+
+if wanted("stream") then
+  stream(4 * CHUNK * opt.inflight, opt.inflight, true) -- warm-up, bytes checked
+  local v = timed(stream, opt.stream_mib * 1048576, opt.inflight, verify)
+  report("stream", "mib_per_s", v, ("mib=%d write=%d inflight=%d mode=byte api=%s")
+    :format(opt.stream_mib, CHUNK, opt.inflight, opt.api))
+end
+
+if wanted("churn") then
+  churn(math.max(opt.churn // 20, 20), true) -- warm-up, contents checked
+  local v = timed(churn, opt.churn, verify)
+  report("churn", "conn_per_s", v, ("n=%d mode=byte api=%s"):format(opt.churn, opt.api))
+end
+
+if wanted("memory") then
+  local r = memory(opt.pairs)
+  local rss_note = r.rss and "" or " rss=unavailable"
+  local function f(x) return x and ("%.2f"):format(x) or "na" end
+  io.write(("memory lua_kib_per_pair=%s rss_kib_per_pair=%s lua_kib_per_pair_reading=%s rss_kib_per_pair_reading=%s pairs=%d%s\n")
+    :format(f(r.lua), f(r.rss), f(r.lua_reading), f(r.rss_reading), opt.pairs, rss_note))
+  io.stdout:flush()
+end
+
+if wanted("step0") then
+  step0(math.max(opt.steps // 10, 100)) -- warm-up
+  local v = timed(step0, opt.steps)
+  local extra = ("n=%d api=%s"):format(opt.steps, opt.api)
+  if opt.api == "np" then
+    local c = timed(step0, opt.steps, core.step)
+    extra = extra .. (" core_ns_per_call=%.1f"):format((median(c)))
+  end
+  report("step0", "ns_per_call", v, extra)
+end
+
+if opt.quick then
+  io.write(("quick ok (%.1f s)\n"):format((now() - t_start) / 1000))
+end
