@@ -26,10 +26,13 @@ local pack, unpack = table.pack, table.unpack
 --- np.step([timeout_ms]): run due tasks and timers, dispatch completions
 --- (waiting up to timeout_ms, less if a timer is due sooner); returns how
 --- many things it ran.
+local task_idle = task.idle
 function M.step(timeout)
   if timeout ~= nil and (type(timeout) ~= "number" or not (timeout >= 0)) then
     error("bad argument #1 to 'step' (timeout in milliseconds >= 0 expected)", 2)
   end
+  -- the common case in a host's frame loop: no task work, straight to C
+  if task_idle() then return core_step(timeout) end
   local n = task.run_due()
   n = n + core_step(task.wait_budget(n > 0 and 0 or (timeout or 0)))
   return n + task.run_due()

@@ -114,6 +114,11 @@ function T.wait_budget(wait)
   return wait
 end
 
+--- Nothing queued and no timer: step can go straight to the core.
+function T.idle()
+  return soon[1] == nil and timers[1] == nil
+end
+
 --- Anything left that needs the loop: live tasks, timers or queued work.
 function T.busy()
   return live > 0 or #timers > 0 or #soon > 0

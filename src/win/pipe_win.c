@@ -629,7 +629,11 @@ void np_pipe_close(np_pipe *p) {
   if (p->closed) return;
   p->closed = 1;
   p->state = NP_STATE_CLOSED;
-  CancelIoEx(p->h, NULL);
+  /* Closing the handle cancels what is pending too; CancelIoEx first makes
+   * it explicit, and costs a kernel call only when something is pending. */
+  if (p->connect_req.state == REQ_KERNEL || p->read_req.state == REQ_KERNEL ||
+      p->kernel_writes > 0)
+    CancelIoEx(p->h, NULL);
   CloseHandle(p->h);
   p->h = INVALID_HANDLE_VALUE;
   cancel_waiting(p, &p->writable_req, NP_CLOSED);

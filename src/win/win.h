@@ -83,6 +83,7 @@ struct np_loop {
   size_t kernel_owned;   /* requests KERNEL */
   np_pipe *pipes;        /* every block not yet freed */
   np_req *free_writes;
+  int skipped_poll; /* the last wait served the ready queue alone */
 };
 
 /* error_win.c */
