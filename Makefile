@@ -81,10 +81,10 @@ $(WIN_DLL): $(WIN_SRC) $(WIN_HDR) $(WIN_LUA) $(WIN_STAMP) Makefile
 $(WIN_LUA):
 	tools/deps.sh
 
-test-linux: linux
+test-linux: linux multistate-linux
 	lua5.4 tests/run.lua --platform linux $(TESTARGS)
 
-test-windows: windows
+test-windows: windows multistate-windows
 	tools/wine-run.sh $(WIN_LUA) tests/run.lua --platform windows $(TESTARGS)
 
 test: deps
@@ -111,11 +111,11 @@ $(ASAN_LUA): tests/c/lua_host.c Makefile
 	@mkdir -p $(@D)
 	$(LINUX_CC) -O1 -g $(SANITIZE) $(LUA_CFLAGS) -o $@ $< $$(pkg-config --libs lua5.4 2>/dev/null || echo -llua5.4) -lm -ldl
 
-check-asan: $(ASAN_SO) $(ASAN_LUA)
+check-asan: $(ASAN_SO) $(ASAN_LUA) multistate-linux
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  NP_BUILD_DIR=build/asan $(ASAN_LUA) tests/run.lua --platform linux $(TESTARGS)
 
-check-valgrind: linux
+check-valgrind: linux multistate-linux
 	valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect \
 	  --show-leak-kinds=definite,indirect lua5.4 tests/run.lua --platform linux $(TESTARGS)
 
@@ -128,7 +128,7 @@ soak: linux windows
 	NP_WINE_TIMEOUT=1800 tools/wine-run.sh $(WIN_LUA) tests/soak.lua $(SOAKARGS)
 
 clean:
-	rm -rf build/linux build/win build/asan
+	rm -rf build/linux build/win build/asan build/multistate build/fuzz
 
 distclean:
 	rm -rf build
@@ -161,16 +161,21 @@ FUZZ_BINS    := $(addprefix build/fuzz/,$(FUZZ_TARGETS))
 FUZZ_FLAGS   := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
                 -fno-omit-frame-pointer -Wall -Wextra
 
-.PHONY: fuzz fuzz-build
+.PHONY: fuzz fuzz-build fuzz-deps
 
-fuzz-build: $(FUZZ_BINS)
+fuzz-build: fuzz-deps $(FUZZ_BINS)
+
+# clang and its fuzzer runtime are only needed here, not by make test
+fuzz-deps:
+	@command -v $(FUZZ_CC) >/dev/null && [ -n "$$(ls /usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a 2>/dev/null)" ] \
+	  || NP_EXTRA_PACKAGES="clang libclang-rt-14-dev" tools/deps.sh
 
 build/fuzz/%: tests/fuzz/%.c tests/fuzz/fuzz_common.h $(LINUX_SRC) $(LINUX_HDR) Makefile
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(FUZZ_FLAGS) $(LUA_CFLAGS) -Isrc -o $@ $< $(LINUX_SRC) \
 	  $$(pkg-config --libs lua5.4 2>/dev/null || echo -llua5.4) -lm -ldl
 
-fuzz: $(FUZZ_BINS)
+fuzz: fuzz-deps $(FUZZ_BINS)
 	@set -e; for t in $(FUZZ_TARGETS); do \
 	  mkdir -p build/fuzz/corpus-$$t; \
 	  echo "fuzz: $$t for $(FUZZ_SECONDS)s"; \
@@ -179,7 +184,7 @@ fuzz: $(FUZZ_BINS)
 	    -print_final_stats=1 -artifact_prefix=build/fuzz/ $(FUZZ_ARGS) \
 	    build/fuzz/corpus-$$t tests/fuzz/corpus/$$t 2>build/fuzz/$$t.log \
 	    || { tail -n 60 build/fuzz/$$t.log; echo "fuzz: $$t FAILED (log: build/fuzz/$$t.log)"; exit 1; }; \
-	  grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|#[0-9]+ +DONE)' build/fuzz/$$t.log | tr '\n' ' '; echo; \
+	  grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|#[0-9]+[[:space:]]+DONE)' build/fuzz/$$t.log | tr '\n' ' '; echo; \
 	  grep -m1 'KNOWN FINDING' build/fuzz/$$t.log || true; \
 	done; echo "fuzz: all targets clean"
 
@@ -223,6 +228,6 @@ $(MS_DLL): $(WIN_LUA)
 multistate-run: multistate linux windows $(ASAN_SO)
 	$(MS_BIN)
 	valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect \
-	  --show-leak-kinds=definite,indirect $(MS_BIN)
+	  --show-leak-kinds=definite,indirect $(MS_BIN) 4 50
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 NP_BUILD_DIR=build/asan $(MS_ASAN)
 	tools/wine-run.sh $(MS_EXE)

@@ -42,7 +42,7 @@ local step = M.step
 M.spawn = task.spawn
 
 function M.sleep(ms)
-  if math.type(ms) == nil or ms < 0 then
+  if math.type(ms) == nil or not (ms >= 0) then
     error("bad argument #1 to 'sleep' (milliseconds >= 0 expected)", 2)
   end
   task.sleep(ms, step)
@@ -56,7 +56,7 @@ function M.run(fn, ...)
 end
 
 local function check_timeout(t, arg, fname)
-  if t ~= nil and (math.type(t) == nil or t < 0) then
+  if t ~= nil and (math.type(t) == nil or not (t >= 0)) then -- NaN too
     error(("bad argument #%d to '%s' (timeout in milliseconds expected, got %s)")
       :format(arg, fname, type(t) == "number" and tostring(t) or type(t)), 3)
   end
@@ -310,7 +310,7 @@ function M.open(name, opts)
   for k, v in pairs(opts) do
     if k ~= "timeout" and k ~= "wait_for_server" then rest[k] = v end
   end
-  if timeout ~= nil and (math.type(timeout) == nil or timeout < 0) then
+  if timeout ~= nil and (math.type(timeout) == nil or not (timeout >= 0)) then
     error("bad argument #2 to 'open' (option 'timeout': milliseconds >= 0 expected)", 2)
   end
   if wait ~= nil and type(wait) ~= "boolean" then

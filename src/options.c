@@ -42,6 +42,16 @@ void np_client_options_default(np_client_options *o) {
   o->pipe_mode = NP_MODE_BYTE;
 }
 
+/* The value at the top of the stack is the Lua string `lit`, exactly: a
+ * C-string compare would take "message\0junk" for "message". */
+static int is_string(lua_State *L, const char *lit) {
+  size_t len;
+  const char *s;
+  if (lua_type(L, -1) != LUA_TSTRING) return 0;
+  s = lua_tolstring(L, -1, &len);
+  return len == strlen(lit) && memcmp(s, lit, len) == 0;
+}
+
 /* Raise "bad argument #arg to 'fn' (option 'key': why)". */
 static int option_error(lua_State *L, int arg, const char *key,
                         const char *why) {
@@ -58,9 +68,8 @@ static int opt_bool(lua_State *L, int arg, const char *key) {
 }
 
 static np_mode opt_mode(lua_State *L, int arg, const char *key) {
-  const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
-  if (s && strcmp(s, "byte") == 0) return NP_MODE_BYTE;
-  if (s && strcmp(s, "message") == 0) return NP_MODE_MESSAGE;
+  if (is_string(L, "byte")) return NP_MODE_BYTE;
+  if (is_string(L, "message")) return NP_MODE_MESSAGE;
   option_error(L, arg, key, "\"byte\" or \"message\" expected");
   return NP_MODE_BYTE;
 }
@@ -77,9 +86,7 @@ static uint32_t opt_u32(lua_State *L, int arg, const char *key) {
 
 static unsigned opt_max_instances(lua_State *L, int arg, const char *key) {
   lua_Integer n;
-  if (lua_type(L, -1) == LUA_TSTRING &&
-      strcmp(lua_tostring(L, -1), "unlimited") == 0)
-    return NP_UNLIMITED_INSTANCES;
+  if (is_string(L, "unlimited")) return NP_UNLIMITED_INSTANCES;
   if (!lua_isinteger(L, -1))
     option_error(L, arg, key, "integer 1..254 or \"unlimited\" expected");
   n = lua_tointeger(L, -1);
@@ -102,10 +109,9 @@ static const char *opt_string(lua_State *L, int arg, const char *key) {
 
 static uint32_t opt_qos(lua_State *L, int arg, const char *key) {
   if (lua_type(L, -1) == LUA_TSTRING) {
-    const char *s = lua_tostring(L, -1);
     int i;
     for (i = 0; qos_level_names[i]; i++)
-      if (strcmp(s, qos_level_names[i]) == 0) return (uint32_t)i << 16;
+      if (is_string(L, qos_level_names[i])) return (uint32_t)i << 16;
     option_error(L, arg, key,
                  "\"anonymous\", \"identification\", \"impersonation\", "
                  "\"delegation\" or integer flags expected");
@@ -123,9 +129,12 @@ static void parse_table(lua_State *L, int arg, set_option_fn set, void *opts) {
   lua_pushnil(L);
   while (lua_next(L, arg)) {
     const char *key;
+    size_t len;
     if (lua_type(L, -2) != LUA_TSTRING)
       luaL_argerror(L, arg, "option keys must be strings");
-    key = lua_tostring(L, -2);
+    key = lua_tolstring(L, -2, &len);
+    if (strlen(key) != len) /* "read\0" must not pass for "read" */
+      luaL_argerror(L, arg, "option key contains a NUL byte");
     if (!set(L, arg, key, opts))
       luaL_argerror(L, arg,
                     lua_pushfstring(L, "unknown option '%s'", key));

@@ -14,8 +14,16 @@ function F.install(M, methods)
     return left > 0 and left or 0
   end
 
+  local function check_pipe(self, fname)
+    if type(self) ~= "userdata" or getmetatable(self) == nil
+        or getmetatable(self).__index ~= methods then
+      error(("bad argument #1 to '%s' (namedpipe.pipe expected, got %s)")
+        :format(fname, type(self)), 3)
+    end
+  end
+
   local function check_timeout(t, fname)
-    if t ~= nil and (math.type(t) == nil or t < 0) then
+    if t ~= nil and (math.type(t) == nil or not (t >= 0)) then -- NaN too
       error(("bad argument #2 to '%s' (timeout in milliseconds expected)"):format(fname), 3)
     end
     return t and now() + t
@@ -45,6 +53,7 @@ function F.install(M, methods)
   --- "\r\n"); at the end of the stream a last unterminated line is
   --- returned, then nil, msg, "EOF".
   function methods.read_line(self, timeout)
+    check_pipe(self, "read_line")
     local deadline = check_timeout(timeout, "read_line")
     local line, msg, name, code = read_until(self, deadline, function(buf)
       local i = buf:find("\n", 1, true)
@@ -62,6 +71,7 @@ function F.install(M, methods)
   --- for line in pipe:lines() do ... end: ends at the end of the stream;
   --- any other failure raises.
   function methods.lines(self)
+    check_pipe(self, "lines")
     return function()
       local line, msg, name = methods.read_line(self)
       if line then return line end
@@ -73,6 +83,7 @@ function F.install(M, methods)
   --- pipe:read_exact(n [, timeout]): exactly n bytes, or nil, msg, name
   --- (what arrived stays readable).
   function methods.read_exact(self, n, timeout)
+    check_pipe(self, "read_exact")
     if math.type(n) ~= "integer" or n < 0 then
       error("bad argument #2 to 'read_exact' (byte count >= 0 expected)", 2)
     end
@@ -85,6 +96,7 @@ function F.install(M, methods)
   --- pipe:write_frame(data [, cb | timeout]): a 4-byte big-endian length,
   --- then data.
   function methods.write_frame(self, data, a)
+    check_pipe(self, "write_frame")
     if type(data) ~= "string" then
       error("bad argument #2 to 'write_frame' (string expected, got " .. type(data) .. ")", 2)
     end
@@ -93,6 +105,7 @@ function F.install(M, methods)
 
   --- pipe:read_frame([timeout]): the next frame written by write_frame.
   function methods.read_frame(self, timeout)
+    check_pipe(self, "read_frame")
     local deadline = check_timeout(timeout, "read_frame")
     local head, msg, name, code = read_until(self, deadline, function(buf)
       if #buf >= 4 then

@@ -69,6 +69,8 @@ function T.wake(co, ...)
 end
 
 function T.add_timer(ms, fn)
+  -- a NaN deadline would sit at the head of the list and stall every timer
+  assert(ms >= 0, "timer: milliseconds >= 0 expected")
   local t = { at = now() + ms, fn = fn }
   local i = #timers
   while i > 0 and timers[i].at > t.at do i = i - 1 end
@@ -91,6 +93,7 @@ function T.run_due()
   local n = 0
   for _ = 1, #soon do
     local item = tremove(soon, 1)
+    if not item then break end -- a queued item stepped the loop itself
     n = n + 1
     item[1](unpack(item, 2, item.n))
   end

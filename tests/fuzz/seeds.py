@@ -59,6 +59,8 @@ names = {
     "long_name": bytes([3 | 8]) + b"z" * 260,
     "utf8": bytes([3 | 8]) + "\u00e9\U0001F600".encode() * 60,
     "mixed_case": bytes([3 | 16]) + b"MiXeD",
+    # found by fuzz_names: "/a" made np_socket_path read past the name
+    "short_absolute": bytes([2 | 24]) + b"a",
 }
 
 for target, seeds in (("fuzz_options", options), ("fuzz_names", names)):
