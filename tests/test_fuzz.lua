@@ -27,7 +27,9 @@ out the same way (completions depend on timing, so it is close, not exact).
 
 Inputs that trigger bugs already reported are left out unless
 NP_FUZZ_KNOWN=1 (grep KNOWN below): then NaN timeouts and sleeps, 4 GiB
-in_buffer_size and nil/NaN self for the framing readers are generated too.
+in_buffer_size, nil/NaN self for the framing readers and short absolute
+names for path() are generated too, and KNOWN_ERRORS fail the test instead
+of being counted.
 ]]
 local lu = require "luaunit"
 local np = require "namedpipe"
@@ -37,7 +39,8 @@ local H = require "tests.helpers"
 local SECONDS = tonumber(os.getenv("NP_FUZZ_SECONDS") or "") or 3
 local SEED = math.tointeger(tonumber(os.getenv("NP_FUZZ_SEED") or ""))
   or (os.time() % 1000000) * 1000 + math.random(0, 999)
-local KNOWN = os.getenv("NP_FUZZ_KNOWN") == "1"
+-- The bugs these inputs found are fixed: they are on unless NP_FUZZ_KNOWN=0.
+local KNOWN = os.getenv("NP_FUZZ_KNOWN") ~= "0"
 local WATCHDOG_MS = 15000
 local SENTINEL = "FUZZ-INTENDED-ERROR"
 
@@ -119,10 +122,31 @@ local function acceptable(err)
   return false
 end
 
+-- KNOWN bugs whose errors are counted, not failed, unless NP_FUZZ_KNOWN=1:
+local KNOWN_ERRORS = {
+  -- lua/namedpipe/task.lua run_due is not re-entrant: an item of the soon
+  -- queue (a task, or a callback queued by read() from read-ahead) that
+  -- steps the loop empties the queue under the outer loop's feet
+  "task%.lua:%d+: attempt to index a nil value %(local 'item'%)",
+}
+
 local function check_error(err, ctx)
   F.raised = F.raised + 1
+  if not KNOWN and type(err) == "string" then
+    for _, pat in ipairs(KNOWN_ERRORS) do
+      if err:find(pat) then
+        F.known = F.known + 1
+        return
+      end
+    end
+  end
   if not acceptable(err) then
     fail(("%s raised an error that names no argument: %s"):format(ctx, tostring(err)))
+  elseif not ctx:find("step", 1, true) and not ctx:find("action", 1, true)
+    and err:find("to 'step'", 1, true) then
+    -- e.g. a NaN timeout let through to the loop: the caller's argument was
+    -- bad, but the error blames step() (and the operation was started)
+    fail(("%s raised an error about step()'s argument: %s"):format(ctx, err))
   end
 end
 
@@ -357,7 +381,7 @@ local FRAMING_READERS = { read_line = true, read_exact = true, read_frame = true
 
 local OPS = { "connect", "read", "write", "readable", "writable" }
 
---- Arguments for method m: `waits` says whether the caller may wait
+--- Arguments for method m on p: in_task says whether the caller may wait
 --- without a timeout (a task) or must always give one (main thread).
 local function args_for(m, p, in_task)
   local T = in_task and task_timeout or main_timeout
@@ -501,6 +525,10 @@ local ACTIONS = {
   end },
   { 3, function()
     local name = any_name()
+    -- KNOWN: np_socket_path reads past the end of an absolute name shorter
+    -- than the \\.\pipe\ prefix (ASan: heap-buffer-overflow); path() only,
+    -- nothing is created at such a path
+    if KNOWN and PLATFORM == "linux" and chance(4) then name = pick { "/a", "/tmp", "/ab/c" } end
     note("path(" .. describe(name) .. ")")
     try("path", "path", np.path, name)
   end },
@@ -596,7 +624,7 @@ function TestFuzz:test_random_api_calls()
   seed(SEED)
   F = {
     log = {}, logi = 0, failures = {}, actions = 0, calls = 0, raised = 0, callbacks = 0,
-    failed_ops = 0, errnames = {}, pool = {}, all = setmetatable({}, { __mode = "k" }),
+    failed_ops = 0, errnames = {}, known = 0, pool = {}, all = setmetatable({}, { __mode = "k" }),
     handles = {}, big_bytes = 0,
   }
   F.live_names = { H.name("fz"), H.name("fz"), H.name("fz"), H.name("fz") }
@@ -629,9 +657,9 @@ function TestFuzz:test_random_api_calls()
   local names = {}
   for k, v in pairs(F.errnames) do names[#names + 1] = k .. "=" .. v end
   table.sort(names)
-  print(("  test_fuzz: %d actions, %d calls, %d callbacks, %d raised, %d failed ops in %.1f s [%s]")
+  print(("  test_fuzz: %d actions, %d calls, %d callbacks, %d raised, %d failed ops in %.1f s [%s]%s")
     :format(F.actions, F.calls, F.callbacks, F.raised, F.failed_ops, (np.now() - t0) / 1000,
-      table.concat(names, " ")))
+      table.concat(names, " "), F.known > 0 and (" (%d hits of known bugs)"):format(F.known) or ""))
 
   if #F.failures > 0 then
     local heads = {}

@@ -17,6 +17,22 @@
  * recognised by its autobound abstract address when it is accepted later).
  * listen() may be called again on a listening socket to change the backlog
  * (and wakes blocking connects, which simply wait: socat does that).
+ * The plug costs seven system calls (socket, bind, getsockname, connect;
+ * later accept4 and two closes), and the last free instance is usually taken
+ * by a connect whose callback creates the next instance at once. So taking
+ * the last one only marks the listener (plug_wanted), and the plug is made
+ * by np_loop_wait once the completions queued so far have been handed out
+ * (their callbacks have run), if no instance came free meanwhile - or by an
+ * open() of this loop that is about to connect to it. Until then one client
+ * of another process may queue instead of getting PIPE_BUSY; it is accepted
+ * as soon as an instance comes free.
+ *
+ * Accepting: the listener sits in the epoll set edge-triggered; an edge
+ * comes with every connection queued. Between edges accept4 is only tried
+ * when something may be queued (maybe_queued): the last try did not end in
+ * EAGAIN (no free instance was left, EMFILE...), or a new instance or a
+ * connect() asks (a client that came first is taken at once, as before).
+ * A closed or disconnected instance thus costs no accept4 that must fail.
  *
  * Ownership across processes: beside the socket PATH the owner keeps
  * PATH.lock, holding an OFD write lock on it (fcntl F_OFD_SETLK: like flock,
@@ -32,6 +48,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,6 +70,8 @@ struct np_listener {
   struct sockaddr_un plug_addr;
   socklen_t plug_len;
   int backlog;
+  int maybe_queued; /* a client may be queued: accept4 may succeed */
+  int plug_wanted;  /* counted in loop->plugs_wanted */
   np_pipe_meta meta;
   unsigned n_instances, n_free;
   np_pipe *instances;
@@ -63,6 +82,7 @@ static const char meta_format[] =
     "namedpipe=1 type=%s max=%u inbound=%d outbound=%d\n";
 
 int np_listener_type(const np_listener *l) { return l->meta.sock_type; }
+const np_pipe_meta *np_listener_meta(const np_listener *l) { return &l->meta; }
 int np_listener_fd(const np_listener *l) { return l->fd; }
 
 /* "0600", "600", "0660": the socket file's permission bits (connecting needs
@@ -303,9 +323,19 @@ fail:
   return NULL;
 }
 
+static void want_plug(np_listener *l, int on) {
+  if (l->plug_wanted == on) return;
+  l->plug_wanted = on;
+  if (on)
+    l->loop->plugs_wanted++;
+  else
+    l->loop->plugs_wanted--;
+}
+
 static void listener_destroy(np_listener *l) {
   np_listener **pp = &l->loop->listeners;
   struct stat sb;
+  want_plug(l, 0);
   while (*pp != l) pp = &(*pp)->next;
   *pp = l->next;
   np_watch_del(l->loop, l->fd);
@@ -432,10 +462,35 @@ static void plug(np_listener *l) {
   l->plug_fd = fd;
 }
 
+/* The plug is deferred (see the top of the file): wanted now, made by
+ * np_listener_plug_deferred unless an instance comes free first. */
 static void gate(np_listener *l) {
   int want = l->n_free > 0 ? (int)l->n_free - 1 : 0;
   if (want != l->backlog && listen(l->fd, want) == 0) l->backlog = want;
-  if (l->n_free == 0 && l->plug_fd < 0) plug(l);
+  want_plug(l, l->n_free == 0 && l->plug_fd < 0);
+}
+
+static void plug_now(np_listener *l) {
+  want_plug(l, 0);
+  if (l->n_free == 0 && l->plug_fd < 0 && !l->loop->closing) plug(l);
+}
+
+void np_listener_plug_deferred(np_loop *loop) {
+  np_listener *l;
+  for (l = loop->listeners; l && loop->plugs_wanted > 0; l = l->next)
+    if (l->plug_wanted) plug_now(l);
+}
+
+np_listener *np_listener_find(np_loop *loop, const char *path) {
+  np_listener *l;
+  for (l = loop->listeners; l; l = l->next)
+    if (strcmp(l->path, path) == 0) {
+      /* A client of ours must see PIPE_BUSY as it did with the plug made
+       * at once. */
+      if (l->plug_wanted) plug_now(l);
+      return l;
+    }
+  return NULL;
 }
 
 static int is_plug(const np_listener *l, const struct sockaddr_un *peer,
@@ -453,16 +508,18 @@ static np_pipe *pick_free(np_listener *l) {
 
 void np_listener_service(np_listener *l) {
   if (l->loop->closing) return;
-  while (l->n_free > 0) {
+  while (l->n_free > 0 && l->maybe_queued) {
     struct sockaddr_un peer;
     socklen_t len = sizeof peer;
     int fd = accept4(l->fd, (struct sockaddr *)&peer, &len,
                      SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       if (errno == EINTR || errno == ECONNABORTED) continue;
-      /* EAGAIN: nobody waits. EMFILE and the like: the client stays queued
-       * and is tried again at the next service (an instance freed, created,
-       * or another client arriving). */
+      /* EAGAIN: nobody waits, and the next client brings an edge. EMFILE
+       * and the like: the client stays queued and is tried again at the
+       * next service (an instance freed, created, or another client
+       * arriving). */
+      if (errno == EAGAIN || errno == EWOULDBLOCK) l->maybe_queued = 0;
       break;
     }
     if (is_plug(l, &peer, len)) {
@@ -471,9 +528,23 @@ void np_listener_service(np_listener *l) {
       l->plug_fd = -1;
       continue;
     }
-    if (!np_instance_attach(pick_free(l), fd)) close(fd);
+    /* A client with an address (ours autobind, see connect_socket) sends
+     * messages that say who sent them: pipe_unix.c tells EOF by that. */
+    if (!np_instance_attach(pick_free(l), fd,
+                            len > offsetof(struct sockaddr_un, sun_path)))
+      close(fd);
   }
   gate(l);
 }
 
-void np_listener_on_event(np_listener *l) { np_listener_service(l); }
+void np_listener_on_event(np_listener *l) {
+  l->maybe_queued = 1;
+  np_listener_service(l);
+}
+
+/* A new instance or a connect(): a client that came before it is taken at
+ * once (its connect completes at once, reads may start), as before. */
+void np_listener_service_now(np_listener *l) {
+  l->maybe_queued = 1;
+  np_listener_service(l);
+}

@@ -16,14 +16,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "unix.h"
 
-/* A completed read keeps its buffer for the next read of that pipe unless it
- * grew beyond this (one huge message must not pin its memory forever). */
-#define KEEP_READ_BUFFER (1u << 20)
+/* Released write requests kept for the next writes, at most this many per
+ * loop (one malloc and free a write otherwise). */
+#define KEEP_WRITE_REQS 64
 
 /* ----------------------------------------------------------------- status */
 
@@ -121,6 +122,14 @@ int np_watch_add(np_loop *loop, int fd, uint32_t events, void *ptr) {
   return epoll_ctl(loop->epfd, EPOLL_CTL_ADD, fd, &ev);
 }
 
+int np_watch_mod(np_loop *loop, int fd, uint32_t events, void *ptr) {
+  struct epoll_event ev;
+  memset(&ev, 0, sizeof ev);
+  ev.events = events;
+  ev.data.ptr = ptr;
+  return epoll_ctl(loop->epfd, EPOLL_CTL_MOD, fd, &ev);
+}
+
 /* Before close(): epoll forgets a socket only when its last descriptor is
  * closed, and a descriptor we do not know of (a fork) would keep it. */
 void np_watch_del(np_loop *loop, int fd) {
@@ -142,6 +151,12 @@ int np_loop_wait(np_loop *loop, int timeout_ms, np_status *st) {
   double deadline = timeout_ms > 0 ? np_now_ms() + timeout_ms : 0;
   for (;;) {
     int i, n, t = loop->ready_count > 0 ? 0 : timeout_ms;
+    /* A listener whose last free instance was taken plugs its queue only
+     * now, if no instance came free meanwhile (listener_unix.c, gate) - and
+     * only once the completions queued so far have been handed out: their
+     * callbacks (a connect's, say) usually create the next instance. */
+    if (loop->plugs_wanted && loop->ready_count == 0)
+      np_listener_plug_deferred(loop);
     n = epoll_wait(loop->epfd, evs, (int)(sizeof evs / sizeof evs[0]), t);
     if (n < 0) {
       if (errno != EINTR) {
@@ -229,6 +244,27 @@ void np_loop_stats(const np_loop *loop, np_stats *stats) {
   stats->os_handles = fds - 1; /* not the one opendir holds */
 }
 
+/* A write request: one kept from an earlier write, else a new one; zeroed
+ * either way. NULL when out of memory. */
+np_req *np_write_req_new(np_loop *loop) {
+  np_req *r = loop->free_writes;
+  if (!r) return (np_req *)calloc(1, sizeof *r);
+  loop->free_writes = r->next;
+  loop->n_free_writes--;
+  memset(r, 0, sizeof *r);
+  return r;
+}
+
+static void write_req_release(np_loop *loop, np_req *r) {
+  if (loop->n_free_writes >= KEEP_WRITE_REQS) {
+    free(r);
+    return;
+  }
+  r->next = loop->free_writes;
+  loop->free_writes = r;
+  loop->n_free_writes++;
+}
+
 /* Finished: queue it for np_loop_next (FIFO). The caller has taken it out
  * of the pipe's pending slot or write queue. */
 void np_req_ready(np_req *r, np_err err, long code) {
@@ -262,14 +298,14 @@ void np_completion_done(np_loop *loop, np_completion *c) {
   loop->outstanding--;
   if (r->embedded) {
     r->state = REQ_IDLE;
-    if (r->buf.cap > KEEP_READ_BUFFER || p->closed) {
+    if (r->buf.cap > NP_KEEP_READ_BUFFER || p->closed) {
       free(r->buf.data);
       r->buf.data = NULL;
       r->buf.cap = 0;
     }
   } else {
     write_unlink(p, r);
-    free(r);
+    write_req_release(loop, r);
     if (p->busy[NP_OP_WRITE] == 0 && !p->closed) np_pipe_writes_released(p);
   }
   if (p->closed && p->outstanding == 0) np_pipe_free(p);
@@ -282,7 +318,7 @@ void np_pipe_free(np_pipe *p) {
   while (p->writes) {
     np_req *r = p->writes;
     p->writes = r->wnext;
-    free(r);
+    write_req_release(loop, r);
   }
   if (p->prev)
     p->prev->next = p->next;
@@ -306,6 +342,13 @@ void np_loop_close(np_loop *loop) {
     np_pipe_detach(p);
     np_pipe_free(p);
   }
+  while (loop->free_writes) {
+    np_req *r = loop->free_writes;
+    loop->free_writes = r->next;
+    free(r);
+  }
+  if (loop->spill) munmap(loop->spill, loop->spill_size);
+  np_dir_cache_free(loop);
   close(loop->epfd);
   free(loop);
 }

@@ -26,6 +26,9 @@
  * a longer one gives INVALID_NAME.
  *
  * Beside the socket the server keeps PATH.lock (see listener_unix.c).
+ *
+ * create and open go through np_socket_path_cached: the loop remembers the
+ * directory and the checks it passed (see "the loop's cache" below).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -93,41 +96,154 @@ int np_pipe_path(const char *name, char *buf, size_t size, np_status *st) {
   return 1;
 }
 
-int np_socket_path(const char *name, int create_dir, char path[NP_SUN_PATH],
-                   np_status *st) {
-  char dir[4096];
-  const char *env, *leaf = name + PIPE_PREFIX_LEN;
-  size_t leaf_len = strlen(leaf);
-  int is_tmp = 0, n;
-  if (name[0] == '/') {
-    if (strlen(name) >= NP_SUN_PATH) {
-      np_status_errno(st, NP_INVALID_NAME, ENAMETOOLONG);
-      return 0;
-    }
-    strcpy(path, name);
-    return 1;
-  }
-  if ((env = env_value("NAMEDPIPE_DIR")) != NULL)
-    n = snprintf(dir, sizeof dir, "%s", env);
-  else if ((env = env_value("XDG_RUNTIME_DIR")) != NULL)
-    n = snprintf(dir, sizeof dir, "%s/namedpipe", env);
+/* The directory for \\.\pipe\ names (README), into dir; *is_tmp for
+ * /tmp/namedpipe-UID. Returns its length, or -1 when it cannot be a prefix
+ * of a socket path with a leaf of leaf_len bytes (INVALID_NAME). */
+static int socket_dir(const char *env_dir, const char *env_xdg, size_t leaf_len,
+                      char *dir, size_t size, int *is_tmp) {
+  int n;
+  *is_tmp = 0;
+  if (env_dir)
+    n = snprintf(dir, size, "%s", env_dir);
+  else if (env_xdg)
+    n = snprintf(dir, size, "%s/namedpipe", env_xdg);
   else {
-    n = snprintf(dir, sizeof dir, "/tmp/namedpipe-%lu",
-                 (unsigned long)geteuid());
-    is_tmp = 1;
+    n = snprintf(dir, size, "/tmp/namedpipe-%lu", (unsigned long)geteuid());
+    *is_tmp = 1;
   }
-  if (n < 0 || (size_t)n >= sizeof dir ||
-      (size_t)n + 1 + leaf_len >= NP_SUN_PATH) {
-    np_status_errno(st, NP_INVALID_NAME, ENAMETOOLONG);
-    return 0;
-  }
-  if (create_dir && mkdir(dir, 0700) != 0 && errno != EEXIST) {
+  if (n < 0 || (size_t)n >= size || (size_t)n + 1 + leaf_len >= NP_SUN_PATH)
+    return -1;
+  return n;
+}
+
+static int make_dir(const char *dir, np_status *st) {
+  if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
     np_status_errno(st, np_errno_err(errno), errno);
     return 0;
   }
-  if (is_tmp && !check_private_dir(dir, st)) return 0;
-  memcpy(path, dir, (size_t)n);
+  return 1;
+}
+
+static void join_path(char path[NP_SUN_PATH], const char *dir, size_t n,
+                      const char *leaf, size_t leaf_len) {
+  memcpy(path, dir, n);
   path[n] = '/';
   memcpy(path + n + 1, leaf, leaf_len + 1);
+}
+
+static int absolute_path(const char *name, char path[NP_SUN_PATH],
+                         np_status *st) {
+  if (strlen(name) >= NP_SUN_PATH) {
+    np_status_errno(st, NP_INVALID_NAME, ENAMETOOLONG);
+    return 0;
+  }
+  strcpy(path, name);
+  return 1;
+}
+
+int np_socket_path(const char *name, int create_dir, char path[NP_SUN_PATH],
+                   np_status *st) {
+  char dir[4096];
+  const char *leaf, *env_dir;
+  size_t leaf_len;
+  int is_tmp, n;
+  if (name[0] == '/') return absolute_path(name, path, st);
+  leaf = name + PIPE_PREFIX_LEN;
+  leaf_len = strlen(leaf);
+  env_dir = env_value("NAMEDPIPE_DIR");
+  n = socket_dir(env_dir, env_dir ? NULL : env_value("XDG_RUNTIME_DIR"),
+                 leaf_len, dir, sizeof dir, &is_tmp);
+  if (n < 0) {
+    np_status_errno(st, NP_INVALID_NAME, ENAMETOOLONG);
+    return 0;
+  }
+  if (create_dir && !make_dir(dir, st)) return 0;
+  if (is_tmp && !check_private_dir(dir, st)) return 0;
+  join_path(path, dir, (size_t)n, leaf, leaf_len);
+  return 1;
+}
+
+/* ------------------------------------------------------- the loop's cache */
+
+/* np_socket_path costs up to four system calls (geteuid, mkdir, lstat,
+ * geteuid) on every create and open, for an answer that does not change:
+ * the loop keeps the directory it worked out, with the environment values
+ * it came from, and which checks it passed. Every call still reads the
+ * environment (getenv, no system call), so a changed NAMEDPIPE_DIR or
+ * XDG_RUNTIME_DIR is honoured at once. Kept per loop:
+ *  - the effective uid of /tmp/namedpipe-UID, read when the directory is
+ *    worked out (a process that changes its euid keeps using the directory
+ *    of the uid it had, until the environment changes);
+ *  - check_private_dir passed: the directory is ours, and in a sticky /tmp
+ *    nobody else can remove or rename it, so it stays ours;
+ *  - a server's mkdir: should the directory be removed after all, the
+ *    server's create finds it gone (ENOENT), forgets the cache
+ *    (np_dir_forget) and tries once more. */
+
+static int same_value(const char *cached, const char *now) {
+  if (!cached || !now) return cached == now;
+  return strcmp(cached, now) == 0;
+}
+
+static char *copy_value(const char *v, int *ok) {
+  char *c;
+  if (!v) return NULL;
+  c = strdup(v);
+  if (!c) *ok = 0;
+  return c;
+}
+
+void np_dir_cache_free(np_loop *loop) {
+  np_dir_cache *c = &loop->dir;
+  free(c->env_dir);
+  free(c->env_xdg);
+  free(c->dir);
+  memset(c, 0, sizeof *c);
+}
+
+void np_dir_forget(np_loop *loop) { np_dir_cache_free(loop); }
+
+int np_socket_path_cached(np_loop *loop, const char *name, int create_dir,
+                          char path[NP_SUN_PATH], np_status *st) {
+  np_dir_cache *c = &loop->dir;
+  const char *leaf, *env_dir, *env_xdg;
+  size_t leaf_len;
+  if (name[0] == '/') return absolute_path(name, path, st);
+  leaf = name + PIPE_PREFIX_LEN;
+  leaf_len = strlen(leaf);
+  env_dir = env_value("NAMEDPIPE_DIR");
+  env_xdg = env_dir ? NULL : env_value("XDG_RUNTIME_DIR");
+  if (!c->valid || !same_value(c->env_dir, env_dir) ||
+      !same_value(c->env_xdg, env_xdg)) {
+    char dir[4096];
+    int is_tmp, ok = 1, n;
+    np_dir_cache_free(loop);
+    n = socket_dir(env_dir, env_xdg, 0, dir, sizeof dir, &is_tmp);
+    if (n < 0) /* too long for any leaf: not worth keeping */
+      return np_socket_path(name, create_dir, path, st);
+    c->env_dir = copy_value(env_dir, &ok);
+    c->env_xdg = copy_value(env_xdg, &ok);
+    c->dir = copy_value(dir, &ok);
+    if (!ok) {
+      np_dir_cache_free(loop);
+      return np_socket_path(name, create_dir, path, st);
+    }
+    c->dir_len = (size_t)n;
+    c->is_tmp = is_tmp;
+    c->valid = 1;
+  }
+  if (c->dir_len + 1 + leaf_len >= NP_SUN_PATH) {
+    np_status_errno(st, NP_INVALID_NAME, ENAMETOOLONG);
+    return 0;
+  }
+  if (create_dir && !c->made) {
+    if (!make_dir(c->dir, st)) return 0;
+    c->made = 1;
+  }
+  if (c->is_tmp && !c->checked) {
+    if (!check_private_dir(c->dir, st)) return 0;
+    c->checked = 1;
+  }
+  join_path(path, c->dir, c->dir_len, leaf, leaf_len);
   return 1;
 }

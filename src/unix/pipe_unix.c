@@ -7,19 +7,37 @@
  * (boundaries kept, zero-length messages too). What Windows gives and
  * SOCK_SEQPACKET does not, and how it is made up for:
  *  - read(n) of a longer message: the socket would drop the rest, so the
- *    whole message is received into the pipe's `rest` and handed out in
- *    parts (`more` set while the message goes on).
+ *    whole message is received, its first n bytes handed out and the rest
+ *    kept in the pipe's `rest` for the next reads (`more` set while the
+ *    message goes on).
  *  - a byte-mode reader of a message pipe (a byte client of a message
  *    server) reads a stream: messages are joined up to the read size.
  *  - recv() returns 0 both for a zero-length message and for the end of the
- *    stream. SO_PASSCRED tells them apart: with it, every message - empty
- *    or not - comes with an SCM_CREDENTIALS record, the end of the stream
- *    with none.
+ *    stream. The sender's address tells them apart: every message carries
+ *    the address of the socket that sent it (msg_name), the end of the
+ *    stream none. A server's socket has its listener's path; our clients
+ *    autobind (an abstract name, connect_socket). A client that is not
+ *    ours may be unbound (accept4 says so): then SO_PASSCRED does it, as it
+ *    did for every socket before (each message comes with an SCM_CREDENTIALS
+ *    record, the end of the stream with none) - at a price on every message
+ *    on both sides (credentials taken and passed), which the address avoids.
+ *  - one message, one system call (recv_message): received into a
+ *    loop-wide spill area as large as the largest message a socket can send
+ *    (the bound below), so no size probe is needed first, then copied into
+ *    the read's buffer; after a large message the next goes straight into
+ *    the read's buffer and spills over only if it must.
  *  - message size: a message must fit in the sender's socket buffer whole.
  *    A write that does not fit raises SO_SNDBUF (up to net.core.wmem_max,
  *    which the kernel doubles), so the largest message is about
  *    2 * wmem_max - 32 bytes (425952 with the common 212992 default);
  *    beyond it the write fails with INVALID_ARGUMENT (code EMSGSIZE).
+ *    Readers size their spill area by the same bound (2 * wmem_max, or
+ *    wmem_default if larger, read once per loop). Only a sender with
+ *    CAP_NET_ADMIN (SO_SNDBUFFORCE), one in a network namespace with a
+ *    larger wmem_max, or a wmem_max raised after the loop read it can send
+ *    more: such a message is cut by the kernel; its read fails with
+ *    INVALID_ARGUMENT (EMSGSIZE) and the loop goes back to probing each
+ *    message's size first (two calls a message, no limit).
  *  - directions: a client opened with read or write false, a server without
  *    access_inbound / access_outbound, gets ACCESS_DENIED for that
  *    direction; a client asking for a direction the server does not allow
@@ -31,9 +49,12 @@
 #include <errno.h>
 #include <limits.h>
 #include <poll.h>
+#include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -42,7 +63,26 @@
 /* What one attempt at a read or a write came to. */
 enum { IO_AGAIN = 0, IO_DONE = 1 };
 
-#define SOCKET_EVENTS (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
+/* EPOLLPRI: urgent (MSG_OOB) data on a stream, where a read stops short
+ * (see drained). EPOLLOUT is added when a write first finds the socket full
+ * (want_writable): until then every read of the peer would queue a
+ * write-space edge for nobody, and a fresh socket would be reported
+ * writable at the next wait for nothing. (EPOLLHUP and EPOLLERR come
+ * whatever the mask.) */
+#define SOCKET_EVENTS (EPOLLIN | EPOLLPRI | EPOLLRDHUP | EPOLLET)
+
+/* recv_message: a message up to this size is received into the spill area
+ * and copied (recvfrom: cheaper in the kernel than recvmsg, by ~8% of a
+ * plain C ping-pong); after a larger one the next goes straight into the
+ * read's buffer (recvmsg: the buffer, at least MSG_MIN_BUF, then the spill
+ * area), saving the copy. */
+#define MSG_COPY_MAX 16384u
+#define MSG_MIN_BUF 65536u
+/* Give back spill pages after a message used more than this of them. */
+#define SPILL_KEEP (256u * 1024u)
+/* A larger bound (net.core.wmem_max raised far) is not mapped: such a loop
+ * probes every message's size first. */
+#define SPILL_LIMIT (64u * 1024u * 1024u)
 
 /* ------------------------------------------------------------ pipe blocks */
 
@@ -74,13 +114,31 @@ static void pipe_discard(np_pipe *p) {
   np_pipe_free(p);
 }
 
-/* SO_PASSCRED: see the top of the file (empty message versus EOF). */
-static int watch_socket(np_pipe *p, int fd) {
+/* A new socket for the pipe: SO_PASSCRED only for an unbound peer (see the
+ * top of the file: empty message versus EOF). The socket starts idle: if it
+ * is readable already, epoll says so at the next wait (ep_insert polls it). */
+static int watch_socket(np_pipe *p, int fd, int passcred) {
   int one = 1;
-  if (p->sock_type == SOCK_SEQPACKET &&
+  p->passcred = p->sock_type == SOCK_SEQPACKET && passcred;
+  if (p->passcred &&
       setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &one, sizeof one) != 0)
     return 0;
+  p->rd_idle = 1;
+  p->rd_sticky = 0;
+  p->out_armed = 0;
   return np_watch_add(p->loop, fd, SOCKET_EVENTS, p) == 0;
+}
+
+/* A write or writable() waits for room: from now on this socket reports
+ * EPOLLOUT. The change polls the socket (ep_modify), so room made before it
+ * is reported too. Should it fail (it cannot for a registered socket), a
+ * write ends with the error and writable() at once (try_write tells). */
+static int want_writable(np_pipe *p) {
+  if (p->out_armed) return 1;
+  if (np_watch_mod(p->loop, p->fd, SOCKET_EVENTS | EPOLLOUT, p) != 0)
+    return 0;
+  p->out_armed = 1;
+  return 1;
 }
 
 static void set_buffer(int fd, int opt, uint32_t size) {
@@ -88,10 +146,11 @@ static void set_buffer(int fd, int opt, uint32_t size) {
   if (size) setsockopt(fd, SOL_SOCKET, opt, &v, sizeof v); /* advisory */
 }
 
-int np_instance_attach(np_pipe *p, int fd) {
+int np_instance_attach(np_pipe *p, int fd, int peer_named) {
   set_buffer(fd, SO_SNDBUF, p->sndbuf);
-  set_buffer(fd, SO_RCVBUF, p->rcvbuf);
-  if (!watch_socket(p, fd)) return 0;
+  /* SO_RCVBUF waits for info() (rcvbuf_unset in unix.h) */
+  if (!watch_socket(p, fd, !peer_named)) return 0;
+  p->rcvbuf_unset = p->rcvbuf != 0;
   p->fd = fd;
   np_listener_set_free(p->listener, p, 0);
   if (p->pending_connect) {
@@ -112,6 +171,8 @@ static void drop_socket(np_pipe *p) {
   free(p->rest);
   p->rest = NULL;
   p->rest_off = p->rest_len = 0;
+  p->msg_large = 0;
+  p->rcvbuf_unset = 0;
 }
 
 void np_pipe_detach(np_pipe *p) {
@@ -163,9 +224,16 @@ np_pipe *np_server_create(np_loop *loop, const char *name,
     np_status_errno(st, NP_INVALID_ARGUMENT, EINVAL);
     return NULL;
   }
-  if (!np_socket_path(name, 1, path, st)) return NULL;
+  if (!np_socket_path_cached(loop, name, 1, path, st)) return NULL;
   if (!(p = pipe_new(loop, name, st))) return NULL;
-  if (!(l = np_listener_get(loop, path, o, st))) {
+  l = np_listener_get(loop, path, o, st);
+  if (!l && st->err == NP_NOT_FOUND && name[0] != '/') {
+    /* The directory the loop made or checked is gone: once more, afresh. */
+    np_dir_forget(loop);
+    if (np_socket_path_cached(loop, name, 1, path, st))
+      l = np_listener_get(loop, path, o, st);
+  }
+  if (!l) {
     pipe_discard(p);
     return NULL;
   }
@@ -175,13 +243,18 @@ np_pipe *np_server_create(np_loop *loop, const char *name,
   p->may_read = o->access_inbound != 0;
   p->may_write = o->access_outbound != 0;
   p->max_instances = o->max_instances;
-  if (o->in_buffer_size) p->read_size = o->in_buffer_size;
+  /* A byte-mode read(0) takes up to the pipe's buffer, as on Windows, but
+   * never more than NP_READ_CAP: in_buffer_size = 4 GiB must not make
+   * every read allocate 4 GiB (found by the Lua fuzz test). */
+  if (o->in_buffer_size)
+    p->read_size = o->in_buffer_size < NP_READ_CAP ? o->in_buffer_size
+                                                   : NP_READ_CAP;
   p->sndbuf = o->out_buffer_size;
   p->rcvbuf = o->in_buffer_size;
   p->state = NP_STATE_LISTENING;
   np_listener_add(l, p);
   np_listener_set_free(l, p, 1);
-  np_listener_service(l); /* a client may already be waiting */
+  np_listener_service_now(l); /* a client may already be waiting */
   return p;
 }
 
@@ -194,6 +267,11 @@ static int connect_socket(const char *path, int sock_type, int *err) {
   }
   memset(&sa, 0, sizeof sa);
   sa.sun_family = AF_UNIX;
+  /* Autobind (a unique abstract name): our messages then carry an address,
+   * which is how the server tells them from EOF (top of the file). Should
+   * it fail, the server sees an unbound client and uses SO_PASSCRED. */
+  if (sock_type == SOCK_SEQPACKET &&
+      bind(fd, (struct sockaddr *)&sa, sizeof(sa_family_t)) != 0) { /* ok */ }
   memcpy(sa.sun_path, path, strlen(path) + 1);
   if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
     *err = errno;
@@ -207,10 +285,18 @@ np_pipe *np_client_open(np_loop *loop, const char *name,
                         const np_client_options *o, np_status *st) {
   char path[NP_SUN_PATH];
   np_pipe_meta meta;
+  np_listener *own;
   int have_meta, sock_type, fd, err = 0;
   np_pipe *p;
-  if (!np_socket_path(name, 0, path, st)) return NULL;
-  have_meta = np_read_meta(path, &meta);
+  if (!np_socket_path_cached(loop, name, 0, path, st)) return NULL;
+  /* A server of this loop: its description is at hand, no need to read
+   * the lock file (open, lock test, read, close). */
+  if ((own = np_listener_find(loop, path)) != NULL) {
+    meta = *np_listener_meta(own);
+    have_meta = 1;
+  } else {
+    have_meta = np_read_meta(path, &meta);
+  }
   if (have_meta) {
     /* Windows checks the client's access against the pipe's directions
      * and a message read mode against the pipe's type, at open. */
@@ -248,7 +334,8 @@ np_pipe *np_client_open(np_loop *loop, const char *name,
   p->may_write = o->write != 0;
   if (have_meta) p->max_instances = meta.max_instances;
   p->state = NP_STATE_CONNECTED;
-  if (!watch_socket(p, fd)) {
+  /* The server's socket has its listener's address: never SO_PASSCRED. */
+  if (!watch_socket(p, fd, 0)) {
     np_status_errno(st, np_errno_err(errno), errno);
     close(fd);
     pipe_discard(p);
@@ -276,6 +363,29 @@ int np_pipe_busy(const np_pipe *p, np_op op) {
   }
 }
 
+/* -------------------------------------------------------------- readiness */
+
+/* rd_idle (unix.h) saves the recv that a read started right after the last
+ * one would try in vain (EAGAIN), and the first one on a fresh socket: the
+ * read waits for epoll instead. A socket is idle after
+ *  - a recv (or peek) that failed with EAGAIN;
+ *  - a byte-stream recv that returned less than it asked for: the kernel
+ *    copies until the queue is empty or the buffer is full (Tokio relies on
+ *    the same on epoll), except that it stops before urgent data (EPOLLPRI
+ *    makes the socket sticky) and after an skb that passed descriptors
+ *    (MSG_CTRUNC says so).
+ * A message recv cannot tell whether another message follows, so the next
+ * read tries. Whatever arrives after the drain brings an edge (epoll queues
+ * the socket on every wakeup), which clears rd_idle: nothing is missed.
+ * try_read always tries (it must not say WOULDBLOCK while data is there). */
+static void drained(np_pipe *p) {
+  if (!p->rd_sticky) p->rd_idle = 1;
+}
+
+static int read_may_succeed(const np_pipe *p) {
+  return !p->rd_idle || p->rest_len > 0;
+}
+
 /* ------------------------------------------------------------------ reads */
 
 static int read_failed(np_status *st, int e) {
@@ -296,7 +406,7 @@ static ssize_t recv_some(int fd, char *buf, size_t len) {
 
 /* Byte-mode read size: read(0) the pipe's buffer, read(n) n but capped. */
 static size_t byte_read_size(const np_pipe *p, size_t max) {
-  size_t cap = p->read_size > NP_READ_CAP ? p->read_size : NP_READ_CAP;
+  size_t cap = NP_READ_CAP; /* read_size is never above it */
   if (max == 0) return p->read_size;
   return max < cap ? max : cap;
 }
@@ -304,13 +414,23 @@ static size_t byte_read_size(const np_pipe *p, size_t max) {
 static int read_stream(np_pipe *p, size_t max, np_buf *dst, size_t *len,
                        np_status *st) {
   size_t cap = byte_read_size(p, max);
+  struct msghdr m;
+  struct iovec iov;
   ssize_t n;
   if (!np_buf_reserve(dst, cap)) {
     np_status_errno(st, NP_NO_MEMORY, ENOMEM);
     return IO_DONE;
   }
-  n = recv_some(p->fd, dst->data, cap);
+  /* recvmsg rather than recv for msg_flags (MSG_CTRUNC, see drained) */
+  memset(&m, 0, sizeof m);
+  iov.iov_base = dst->data;
+  iov.iov_len = cap;
+  m.msg_iov = &iov;
+  m.msg_iovlen = 1;
+  do n = recvmsg(p->fd, &m, MSG_DONTWAIT);
+  while (n < 0 && errno == EINTR);
   if (n > 0) {
+    if ((size_t)n < cap && !(m.msg_flags & MSG_CTRUNC)) drained(p);
     *len = (size_t)n;
     return IO_DONE;
   }
@@ -318,11 +438,15 @@ static int read_stream(np_pipe *p, size_t max, np_buf *dst, size_t *len,
     np_status_errno(st, NP_EOF, 0);
     return IO_DONE;
   }
-  if (errno == EAGAIN || errno == EWOULDBLOCK) return IO_AGAIN;
+  if (errno == EAGAIN || errno == EWOULDBLOCK) {
+    drained(p);
+    return IO_AGAIN;
+  }
   return read_failed(st, errno);
 }
 
-/* Descriptors a peer may have passed (SCM_RIGHTS) are not ours to keep. */
+/* Descriptors a peer may have passed (SCM_RIGHTS) are not ours to keep.
+ * (Without a control buffer the kernel drops them itself.) */
 static void close_passed_fds(struct cmsghdr *c) {
   size_t i, n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
   for (i = 0; i < n; i++) {
@@ -332,59 +456,203 @@ static void close_passed_fds(struct cmsghdr *c) {
   }
 }
 
+/* Room for what a message may bring: SCM_CREDENTIALS (SO_PASSCRED) and a
+ * few passed descriptors (closed at once). */
+typedef union msg_control {
+  struct cmsghdr align;
+  char buf[CMSG_SPACE(sizeof(struct ucred)) + CMSG_SPACE(8 * sizeof(int))];
+} msg_control;
+
+/* Did recvmsg return a message (possibly empty) rather than the end of the
+ * stream? A message has its sender's address, or from an unbound peer its
+ * SCM_CREDENTIALS record (top of the file). */
+static int got_message(struct msghdr *m) {
+  struct cmsghdr *c;
+  int creds = 0;
+  if (m->msg_control && m->msg_controllen >= sizeof(struct cmsghdr))
+    for (c = CMSG_FIRSTHDR(m); c; c = CMSG_NXTHDR(m, c)) {
+      if (c->cmsg_level != SOL_SOCKET) continue;
+      if (c->cmsg_type == SCM_CREDENTIALS) creds = 1;
+      if (c->cmsg_type == SCM_RIGHTS) close_passed_fds(c);
+    }
+  return m->msg_namelen > 0 || creds;
+}
+
+static void set_msg_name(np_pipe *p, struct msghdr *m, struct sockaddr_un *from,
+                         msg_control *ctl) {
+  m->msg_name = from;
+  m->msg_namelen = sizeof *from;
+  if (p->passcred) {
+    m->msg_control = ctl->buf;
+    m->msg_controllen = sizeof ctl->buf;
+  }
+}
+
 /* Size of the next message: >= 0; -1 none yet; -2 end of stream or error
  * (in *st). Peeks without copying (MSG_TRUNC gives the real length). */
 static ssize_t next_message_size(np_pipe *p, np_status *st) {
-  union {
-    struct cmsghdr align;
-    char buf[CMSG_SPACE(sizeof(struct ucred)) + CMSG_SPACE(8 * sizeof(int))];
-  } ctl;
+  msg_control ctl;
+  struct sockaddr_un from;
   struct msghdr m;
-  struct cmsghdr *c;
-  int has_creds = 0;
   ssize_t n;
   do {
     memset(&m, 0, sizeof m);
-    m.msg_control = ctl.buf;
-    m.msg_controllen = sizeof ctl.buf;
+    set_msg_name(p, &m, &from, &ctl);
     n = recvmsg(p->fd, &m, MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
   } while (n < 0 && errno == EINTR);
   if (n < 0) {
-    if (errno == EAGAIN || errno == EWOULDBLOCK) return -1;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      drained(p);
+      return -1;
+    }
     read_failed(st, errno);
     return -2;
   }
-  for (c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
-    if (c->cmsg_level != SOL_SOCKET) continue;
-    if (c->cmsg_type == SCM_CREDENTIALS) has_creds = 1;
-    if (c->cmsg_type == SCM_RIGHTS) close_passed_fds(c);
-  }
-  if (n == 0 && !has_creds) {
+  if (n == 0 && !got_message(&m)) {
     np_status_errno(st, NP_EOF, 0);
     return -2;
   }
+  if (n > 0) got_message(&m); /* only to close passed descriptors */
   return n;
 }
 
-/* Receive the next message (n bytes) whole into the pipe's rest. */
-static int load_rest(np_pipe *p, size_t n, np_status *st) {
-  char *b = (char *)malloc(n ? n : 1);
-  ssize_t got;
-  if (!b) {
-    np_status_errno(st, NP_NO_MEMORY, ENOMEM);
+/* The largest message a socket can send (top of the file), for the spill
+ * area; 0 when unknown. */
+static long read_sysctl(const char *path) {
+  char line[32];
+  long v = -1;
+  FILE *f = fopen(path, "re");
+  if (!f) return -1;
+  if (fgets(line, sizeof line, f)) v = strtol(line, NULL, 10);
+  fclose(f);
+  return v;
+}
+
+static size_t message_bound(void) {
+  long wmax = read_sysctl("/proc/sys/net/core/wmem_max");
+  long wdef = read_sysctl("/proc/sys/net/core/wmem_default");
+  size_t b, page = (size_t)sysconf(_SC_PAGESIZE);
+  if (wmax <= 0 || wdef <= 0 || wmax > (long)SPILL_LIMIT ||
+      wdef > (long)SPILL_LIMIT)
+    return 0;
+  b = 2 * (size_t)wmax > (size_t)wdef ? 2 * (size_t)wmax : (size_t)wdef;
+  if (b > SPILL_LIMIT) return 0;
+  return (b + page - 1) / page * page;
+}
+
+/* The loop's spill area (mmap'ed without reserving swap: only what
+ * messages touch is ever backed). 0: this loop probes sizes instead. */
+static int spill_ready(np_loop *loop) {
+  size_t size;
+  void *mem;
+  if (loop->msg_peek) return 0;
+  if (loop->spill) return 1;
+  size = message_bound();
+  mem = size ? mmap(NULL, size, PROT_READ | PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+             : MAP_FAILED;
+  if (mem == MAP_FAILED) {
+    loop->msg_peek = 1;
     return 0;
   }
-  got = recv_some(p->fd, b, n);
-  if (got < 0) {
-    free(b);
-    read_failed(st, errno);
-    return 0;
-  }
-  free(p->rest);
-  p->rest = b;
-  p->rest_off = 0;
-  p->rest_len = (size_t)got;
+  loop->spill = (char *)mem;
+  loop->spill_size = size;
   return 1;
+}
+
+/* The kernel cut a message larger than the bound (top of the file). */
+static void message_too_big(np_pipe *p, np_status *st) {
+  p->loop->msg_peek = 1;
+  np_status_errno(st, np_errno_err(EMSGSIZE), EMSGSIZE);
+}
+
+/* One whole message into dst (*len bytes), in one system call (top of the
+ * file). The message's first cap bytes are in dst already (0 after
+ * recvfrom), the others in the spill area. */
+static int recv_message(np_pipe *p, np_buf *dst, size_t *len, np_status *st) {
+  np_loop *loop = p->loop;
+  struct sockaddr_un from;
+  size_t cap = 0, n, spilled;
+  ssize_t got;
+  int is_message, cut;
+  if (p->msg_large || p->passcred) { /* SO_PASSCRED: the record is needed */
+    msg_control ctl;
+    struct msghdr m;
+    struct iovec iov[2];
+    if (!np_buf_reserve(dst, MSG_MIN_BUF)) {
+      np_status_errno(st, NP_NO_MEMORY, ENOMEM);
+      return IO_DONE;
+    }
+    cap = dst->cap;
+    memset(&m, 0, sizeof m);
+    iov[0].iov_base = dst->data;
+    iov[0].iov_len = cap;
+    iov[1].iov_base = loop->spill;
+    iov[1].iov_len = loop->spill_size;
+    m.msg_iov = iov;
+    m.msg_iovlen = 2;
+    set_msg_name(p, &m, &from, &ctl);
+    do got = recvmsg(p->fd, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    while (got < 0 && errno == EINTR);
+    is_message = got >= 0 && got_message(&m);
+    cut = (m.msg_flags & MSG_TRUNC) != 0;
+  } else {
+    socklen_t from_len;
+    do {
+      from_len = sizeof from;
+      /* MSG_TRUNC: the real length, which tells a cut message */
+      got = recvfrom(p->fd, loop->spill, loop->spill_size,
+                     MSG_DONTWAIT | MSG_TRUNC, (struct sockaddr *)&from,
+                     &from_len);
+    } while (got < 0 && errno == EINTR);
+    is_message = got >= 0 && from_len > 0;
+    cut = got > 0 && (size_t)got > loop->spill_size;
+  }
+  if (got < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      drained(p);
+      return IO_AGAIN;
+    }
+    return read_failed(st, errno);
+  }
+  if (!is_message) {
+    np_status_errno(st, NP_EOF, 0);
+    return IO_DONE;
+  }
+  if (cut) {
+    message_too_big(p, st);
+    return IO_DONE;
+  }
+  n = (size_t)got;
+  p->msg_large = n > MSG_COPY_MAX;
+  /* (also a valid pointer for an empty message) */
+  if (!np_buf_reserve(dst, n)) {
+    np_status_errno(st, NP_NO_MEMORY, ENOMEM); /* the message is lost */
+    return IO_DONE;
+  }
+  if (n > cap) { /* the first cap bytes stayed where they are */
+    spilled = n - cap;
+    memcpy(dst->data + cap, loop->spill, spilled);
+    if (spilled > SPILL_KEEP) madvise(loop->spill, spilled, MADV_DONTNEED);
+  }
+  *len = n;
+  return IO_DONE;
+}
+
+/* The old way, when the loop has no spill area: probe the size, then
+ * receive exactly that. */
+static int recv_probed(np_pipe *p, np_buf *dst, size_t *len, np_status *st) {
+  ssize_t n = next_message_size(p, st), got;
+  if (n == -1) return IO_AGAIN;
+  if (n == -2) return IO_DONE;
+  if (!np_buf_reserve(dst, (size_t)n)) {
+    np_status_errno(st, NP_NO_MEMORY, ENOMEM);
+    return IO_DONE; /* the message stays queued for the next read */
+  }
+  if ((got = recv_some(p->fd, dst->data, (size_t)n)) < 0)
+    return read_failed(st, errno);
+  *len = (size_t)got;
+  return IO_DONE;
 }
 
 /* Up to `want` bytes of the rest, copied to `to`; returns how many. */
@@ -406,20 +674,24 @@ static int read_message(np_pipe *p, size_t max, np_buf *dst, size_t *len,
                         int *more, np_status *st) {
   size_t want;
   if (p->rest_len == 0) {
-    ssize_t n = next_message_size(p, st), got;
-    if (n == -1) return IO_AGAIN;
-    if (n == -2) return IO_DONE;
-    if (max == 0 || (size_t)n <= max) {
-      if (!np_buf_reserve(dst, (size_t)n)) {
-        np_status_errno(st, NP_NO_MEMORY, ENOMEM);
-        return IO_DONE; /* the message stays queued for the next read */
-      }
-      if ((got = recv_some(p->fd, dst->data, (size_t)n)) < 0)
-        return read_failed(st, errno);
-      *len = (size_t)got;
+    if (spill_ready(p->loop)) {
+      if (!recv_message(p, dst, len, st)) return IO_AGAIN;
+    } else if (!recv_probed(p, dst, len, st)) {
+      return IO_AGAIN;
+    }
+    if (st->err != NP_OK || max == 0 || *len <= max) return IO_DONE;
+    /* read(n) of a longer message: the rest waits for the next reads */
+    if (!(p->rest = (char *)malloc(*len - max))) {
+      np_status_errno(st, NP_NO_MEMORY, ENOMEM);
+      *len = 0;
       return IO_DONE;
     }
-    if (!load_rest(p, (size_t)n, st)) return IO_DONE;
+    memcpy(p->rest, dst->data + max, *len - max);
+    p->rest_off = 0;
+    p->rest_len = *len - max;
+    *len = max;
+    *more = 1;
+    return IO_DONE;
   }
   want = max == 0 || max > p->rest_len ? p->rest_len : max;
   if (!np_buf_reserve(dst, want)) {
@@ -429,6 +701,27 @@ static int read_message(np_pipe *p, size_t max, np_buf *dst, size_t *len,
   *len = take_rest(p, dst->data, want);
   *more = p->rest_len > 0;
   return IO_DONE;
+}
+
+/* Receive the next message (n bytes) whole into the pipe's rest. */
+static int load_rest(np_pipe *p, size_t n, np_status *st) {
+  char *b = (char *)malloc(n ? n : 1);
+  ssize_t got;
+  if (!b) {
+    np_status_errno(st, NP_NO_MEMORY, ENOMEM);
+    return 0;
+  }
+  got = recv_some(p->fd, b, n);
+  if (got < 0) {
+    free(b);
+    read_failed(st, errno);
+    return 0;
+  }
+  free(p->rest);
+  p->rest = b;
+  p->rest_off = 0;
+  p->rest_len = (size_t)got;
+  return 1;
 }
 
 /* Byte read mode on a message socket: join messages up to the read size,
@@ -492,7 +785,11 @@ static int read_ready(np_pipe *p) {
   if (p->sock_type == SOCK_SEQPACKET) return next_message_size(p, &st) != -1;
   do n = recv(p->fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
   while (n < 0 && errno == EINTR);
-  return n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK);
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+    drained(p);
+    return 0;
+  }
+  return 1;
 }
 
 static void pump_read(np_pipe *p) {
@@ -576,7 +873,10 @@ static void pump_writes(np_pipe *p) {
   np_req *r;
   while ((r = p->wq_head) != NULL) {
     np_status st;
-    if (!write_attempt(p, r, &st)) return;
+    if (!write_attempt(p, r, &st)) {
+      if (want_writable(p)) return;
+      np_status_errno(&st, np_errno_err(errno), errno);
+    }
     p->wq_head = r->next;
     if (!p->wq_head) p->wq_tail = NULL;
     np_req_ready(r, st.err, st.code);
@@ -597,7 +897,11 @@ static int write_ready(np_pipe *p) {
 
 static void pump_writable(np_pipe *p) {
   np_req *r = p->pending_writable;
-  if (!r || !write_ready(p)) return;
+  if (!r) return;
+  if (!write_ready(p)) {
+    /* (unreleased writes: np_pipe_writes_released pumps again) */
+    if (p->busy[NP_OP_WRITE] > 0 || want_writable(p)) return;
+  }
   p->pending_writable = NULL;
   np_req_ready(r, NP_OK, 0);
 }
@@ -608,7 +912,11 @@ void np_pipe_writes_released(np_pipe *p) {
 
 void np_pipe_on_event(np_pipe *p, uint32_t events) {
   if (p->fd < 0) return;
-  if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) pump_read(p);
+  if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLPRI)) p->rd_sticky = 1;
+  if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLPRI)) {
+    p->rd_idle = 0;
+    pump_read(p);
+  }
   if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) {
     pump_writes(p);
     pump_writable(p);
@@ -647,7 +955,7 @@ void np_connect_start(np_pipe *p, int ref_cb) {
   p->state = NP_STATE_LISTENING;
   p->pending_connect = r;
   np_listener_set_free(p->listener, p, 1);
-  np_listener_service(p->listener);
+  np_listener_service_now(p->listener);
 }
 
 void np_read_start(np_pipe *p, size_t max, int ref_cb) {
@@ -661,7 +969,7 @@ void np_read_start(np_pipe *p, size_t max, int ref_cb) {
     return;
   }
   p->pending_read = r;
-  pump_read(p);
+  if (read_may_succeed(p)) pump_read(p); /* else epoll will tell */
 }
 
 /* Tokio's readable(): shares the read slot with read(). */
@@ -675,7 +983,7 @@ void np_readable_start(np_pipe *p, int ref_cb) {
     return;
   }
   p->pending_read = r;
-  pump_read(p);
+  if (read_may_succeed(p)) pump_read(p); /* else epoll will tell */
 }
 
 void np_writable_start(np_pipe *p, int ref_cb) {
@@ -693,7 +1001,7 @@ void np_writable_start(np_pipe *p, int ref_cb) {
 
 int np_write_start(np_pipe *p, const char *data, size_t len, int ref_cb,
                    int ref_data) {
-  np_req *r = (np_req *)calloc(1, sizeof *r);
+  np_req *r = np_write_req_new(p->loop);
   np_status st;
   if (!r) return 0;
   r->wnext = p->writes;
@@ -803,6 +1111,10 @@ int np_pipe_info(np_pipe *p, np_info *info, np_status *st) {
   info->is_server = p->is_server;
   info->mode = p->sock_type == SOCK_SEQPACKET ? NP_MODE_MESSAGE : NP_MODE_BYTE;
   info->max_instances = p->max_instances;
+  if (fd >= 0 && p->rcvbuf_unset) { /* deferred since the accept */
+    set_buffer(fd, SO_RCVBUF, p->rcvbuf);
+    p->rcvbuf_unset = 0;
+  }
   if (fd < 0 && p->listener) fd = np_listener_fd(p->listener);
   if (fd < 0) {
     np_status_errno(st, p->closed ? NP_CLOSED : NP_NOT_CONNECTED,

@@ -11,9 +11,12 @@
  * Completion policy: nothing is ever finished inside the call that started
  * it. A start may do the system call at once (sockets are non-blocking); its
  * outcome goes to the loop's ready queue and comes out of np_loop_next().
- * Sockets sit in the epoll set edge-triggered, so a start always tries the
- * call first and only then waits for an edge (no readiness is ever lost: an
- * edge follows every EAGAIN).
+ * Sockets sit in the epoll set edge-triggered. A start tries the call first
+ * unless the pipe knows the call would fail with EAGAIN (the socket was seen
+ * drained and epoll has reported nothing since: see rd_idle); then it waits
+ * for the edge. No readiness is ever lost: an edge follows every arrival
+ * after a drain, and registering a socket that is already readable reports
+ * it at the next epoll_wait (edge-triggered or not, ep_insert polls it).
  */
 #ifndef NP_UNIX_H
 #define NP_UNIX_H
@@ -33,6 +36,10 @@
  * of one byte-mode read(n) (a huge n must not allocate a huge buffer). */
 #define NP_READ_SIZE 65536u
 #define NP_READ_CAP (1u << 20)
+
+/* A completed read keeps its buffer for the next read of that pipe unless it
+ * grew beyond this (one huge message must not pin its memory forever). */
+#define NP_KEEP_READ_BUFFER (1u << 20)
 
 /* What an epoll_event's data.ptr points at: both blocks start with this. */
 typedef enum np_watch { NP_WATCH_PIPE = 1, NP_WATCH_LISTENER } np_watch;
@@ -90,6 +97,24 @@ struct np_pipe {
   unsigned max_instances; /* as info() reports it */
   size_t read_size;       /* byte-mode read(0): up to this much */
   uint32_t sndbuf, rcvbuf; /* server: SO_SNDBUF/SO_RCVBUF to set, 0: keep */
+  /* SO_RCVBUF not set yet on this socket: AF_UNIX ignores it (unix(7), and
+   * checked: the amount a peer can queue does not change), so it is only
+   * set when info() is about to read it back. */
+  int rcvbuf_unset;
+
+  /* Read readiness, kept so that a read need not try a recv that must fail
+   * (pipe_unix.c, "readiness"). rd_idle: the socket was seen drained and
+   * epoll has reported nothing since. rd_sticky: epoll reported the peer's
+   * shutdown, an error or urgent data: never idle again (EOF and errors
+   * repeat, and no further edge would announce them). */
+  int rd_idle, rd_sticky;
+  int out_armed; /* EPOLLOUT in this socket's epoll mask (want_writable) */
+  /* Message sockets: the peer is unbound, so its messages carry no sender
+   * address and SO_PASSCRED tells an empty message from EOF (pipe_unix.c). */
+  int passcred;
+  /* Message reads: the last message was large, so the next is received
+   * straight into the read's buffer rather than copied (recv_message). */
+  int msg_large;
 
   np_req connect_req, read_req, writable_req;
   /* the embedded ones, while PENDING */
@@ -111,6 +136,18 @@ struct np_pipe {
   int is_free;
 };
 
+/* names_unix.c: the socket directory, worked out and checked once per loop
+ * for the environment values it came from (see np_socket_path_cached). */
+typedef struct np_dir_cache {
+  int valid;
+  char *env_dir, *env_xdg; /* NAMEDPIPE_DIR, XDG_RUNTIME_DIR (NULL: unset/empty) */
+  char *dir;
+  size_t dir_len;
+  int is_tmp;
+  int checked; /* /tmp/namedpipe-UID passed check_private_dir */
+  int made;    /* a server's mkdir was done (or found it there) */
+} np_dir_cache;
+
 struct np_loop {
   int epfd;
   np_req *ready_head, *ready_tail;
@@ -119,6 +156,16 @@ struct np_loop {
   np_pipe *pipes;     /* every block not yet freed */
   np_listener *listeners;
   int closing; /* np_loop_close: take no new clients */
+  unsigned plugs_wanted; /* listeners whose plug waits for np_loop_wait */
+  np_dir_cache dir;
+  /* Message reads (pipe_unix.c, recv_message): a spill area of spill_size
+   * bytes (mmap'ed on first use), as large as any message can be. */
+  char *spill;
+  size_t spill_size;
+  int msg_peek; /* 1: read messages the old way (size probe first) */
+  /* Write requests kept for reuse (np_write_start allocates one a write). */
+  np_req *free_writes;
+  size_t n_free_writes;
 };
 
 /* loop_unix.c */
@@ -128,15 +175,18 @@ int np_buf_reserve(np_buf *b, size_t n);
 void np_req_start(np_pipe *p, np_req *r, np_op op, int ref_cb, int ref_data);
 void np_req_ready(np_req *r, np_err err, long code);
 void np_pipe_free(np_pipe *p);
+np_req *np_write_req_new(np_loop *loop);
 int np_watch_add(np_loop *loop, int fd, uint32_t events, void *ptr);
+int np_watch_mod(np_loop *loop, int fd, uint32_t events, void *ptr);
 void np_watch_del(np_loop *loop, int fd);
 
 /* pipe_unix.c */
 void np_pipe_on_event(np_pipe *p, uint32_t events);
 /* The last write was released: a writable() wait may be over. */
 void np_pipe_writes_released(np_pipe *p);
-/* listener_unix.c hands an accepted socket to a free instance. */
-int np_instance_attach(np_pipe *p, int fd);
+/* listener_unix.c hands an accepted socket to a free instance; peer_named:
+ * accept4 gave the client's address (it is bound). */
+int np_instance_attach(np_pipe *p, int fd, int peer_named);
 /* Close the socket and forget the instance's listener (close, loop close). */
 void np_pipe_detach(np_pipe *p);
 
@@ -145,6 +195,12 @@ void np_pipe_detach(np_pipe *p);
  * (create_dir) makes the default directory when missing. */
 int np_socket_path(const char *name, int create_dir, char path[NP_SUN_PATH],
                    np_status *st);
+/* The same with the directory's checks remembered by the loop (create and
+ * open). np_dir_forget: a server found the directory gone, check again. */
+int np_socket_path_cached(np_loop *loop, const char *name, int create_dir,
+                          char path[NP_SUN_PATH], np_status *st);
+void np_dir_forget(np_loop *loop);
+void np_dir_cache_free(np_loop *loop);
 
 /* listener_unix.c */
 /* What a server learns about a name's pipe from its owner's lock file. */
@@ -161,10 +217,17 @@ void np_listener_add(np_listener *l, np_pipe *p);
 void np_listener_remove(np_listener *l, np_pipe *p);
 void np_listener_set_free(np_listener *l, np_pipe *p, int is_free);
 void np_listener_service(np_listener *l);
+void np_listener_service_now(np_listener *l);
 void np_listener_on_event(np_listener *l);
 int np_listener_type(const np_listener *l);
 int np_listener_fd(const np_listener *l);
 /* 1 when a live server of this path published its description. */
 int np_read_meta(const char *path, np_pipe_meta *meta);
+/* This loop's listener of that path, or NULL. Before a client of this loop
+ * connects to it, its deferred plug (if any) is put in place. */
+np_listener *np_listener_find(np_loop *loop, const char *path);
+const np_pipe_meta *np_listener_meta(const np_listener *l);
+/* np_loop_wait, before epoll_wait: the plugs deferred by the listeners. */
+void np_listener_plug_deferred(np_loop *loop);
 
 #endif

@@ -2,7 +2,9 @@
  * fuzz_names.c - libFuzzer target for pipe names on Linux: np_name_problem,
  * np_socket_path / np_pipe_path (the name -> socket path mapping, which
  * must never overflow sockaddr_un.sun_path or the caller's buffer) and the
- * binding's check_name through the module's path(), create() and open().
+ * binding's check_name through the module's path(), create() and open(),
+ * and the loop's cached mapping (np_socket_path_cached) against the plain
+ * one, on one loop kept across inputs.
  *
  * Input: byte 0 picks the environment the mapping sees and a prefix for the
  * name; byte 1 the size of the buffer np_pipe_path writes into (allocated
@@ -78,7 +80,35 @@ static const char *model_dir(char *buf, size_t size, int *tmp) {
 
 static char big[16384];
 
-static void check_mapping(const char *name, size_t len) {
+/* One loop kept across inputs: its directory cache (np_socket_path_cached)
+ * sees the environment change between calls, or stay the same. */
+static np_loop *cache_loop;
+
+/* The cached mapping must agree with np_socket_path. create_dir only where
+ * the directory is the private one (or below it). */
+static void check_cached(const char *name, int ok, const char *path,
+                         const np_status *st, int create_dir) {
+  char *p2 = (char *)malloc(NP_SUN_PATH);
+  np_status st2;
+  int ok2;
+  if (!p2) abort();
+  memset(&st2, 0x5A, sizeof st2);
+  ok2 = np_socket_path_cached(cache_loop, name, create_dir, p2, &st2);
+  if (ok2 && strlen(p2) >= NP_SUN_PATH)
+    FZ_FAIL("np_socket_path_cached wrote %zu bytes", strlen(p2));
+  if (!create_dir && ok2 != ok)
+    FZ_FAIL("np_socket_path_cached %s, np_socket_path %s (%s)",
+            ok2 ? "accepted" : "refused", ok ? "accepted" : "refused",
+            np_err_name(ok2 ? st->err : st2.err));
+  if (ok && ok2 && strcmp(path, p2) != 0)
+    FZ_FAIL("np_socket_path_cached gave \"%s\", np_socket_path \"%s\"", p2, path);
+  if (!create_dir && !ok && !ok2 && st->err != st2.err)
+    FZ_FAIL("np_socket_path_cached failed with %s, np_socket_path with %s",
+            np_err_name(st2.err), np_err_name(st->err));
+  free(p2);
+}
+
+static void check_mapping(const char *name, size_t len, int safe_dir) {
   char dirbuf[8192], *expect = NULL;
   const char *dir = NULL;
   int tmp = 0, ok, want_ok;
@@ -119,6 +149,9 @@ static void check_mapping(const char *name, size_t len) {
         st.err != NP_IO_ERROR)
       FZ_FAIL("/tmp directory check gave %s", np_err_name(st.err));
   }
+
+  check_cached(name, ok, path, &st, 0);
+  if (safe_dir && name[0] != '/') check_cached(name, ok, path, &st, 1);
 
   /* np_pipe_path into a buffer of every size around the path's length. */
   {
@@ -202,6 +235,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
   (void)argc;
   (void)argv;
   fz_setup_dir();
+  {
+    np_status st;
+    if (!(cache_loop = np_loop_new(&st))) abort();
+  }
   return 0;
 }
 
@@ -284,7 +321,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (problem && (!*problem || strlen(problem) > 200))
       FZ_FAIL("np_name_problem's message is unusable");
   }
-  if (model_name_ok(name, len)) check_mapping(name, len);
+  if (model_name_ok(name, len)) check_mapping(name, len, really_create);
 
   L = fz_state();
   /* Absolute socket paths are never created or connected to for real:
