@@ -222,3 +222,21 @@ function TestBasic:test_close_variable_closes()
   end
   lu.assertEquals(captured:state(), "closed")
 end
+
+function TestBasic:test_empty_message_then_close_both_queued()
+  -- A zero-length message and the end of the stream must stay two things
+  -- even when both are waiting before the first read.
+  local server, client = H.pair({ pipe_mode = "message" }, { pipe_mode = "message" })
+  client:write("")
+  client:write("last")
+  client:write("")
+  client:close()
+  H.settle()
+  lu.assertEquals(server:read(nil, 2000), "")
+  lu.assertEquals(server:read(nil, 2000), "last")
+  lu.assertEquals(server:read(nil, 2000), "")
+  local d, _, name = server:read(nil, 2000)
+  lu.assertNil(d)
+  lu.assertEquals(name, "EOF")
+  H.close_all(server)
+end
