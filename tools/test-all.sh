@@ -6,7 +6,8 @@
 # failed, a run exited non-zero, or a run printed no summary line (each such
 # run adds 1 to the failed total so the last line never looks clean).
 # Then `make check` (the Linux suite again under ASan+UBSan and valgrind) is a
-# gate: any report fails the run (1 failed), its tests are not counted twice.
+# gate: any report fails the run (1 failed), its tests are not counted twice;
+# so is `make bench-quick` (the benchmarks run, bytes intact, no time asserted).
 # Full outputs: build/test-linux.log, build/test-windows.log, build/check.log.
 set -uo pipefail
 
@@ -44,6 +45,15 @@ if $MAKE --no-print-directory check >build/check.log 2>&1; then
 else
     lines+=("check: FAILED — counted as 1 failed; see build/check.log")
     tail -n 40 build/check.log
+    tf=$((tf + 1)); status=1
+fi
+
+echo "=== make bench-quick (benchmarks' smoke run: they run and bytes arrive intact) ==="
+if $MAKE --no-print-directory bench-quick >build/bench-quick.log 2>&1; then
+    lines+=("bench-quick: every workload ran, contents checked (see build/bench-quick.log)")
+else
+    lines+=("bench-quick: FAILED — counted as 1 failed; see build/bench-quick.log")
+    tail -n 40 build/bench-quick.log
     tf=$((tf + 1)); status=1
 fi
 
