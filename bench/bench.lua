@@ -48,47 +48,23 @@ Options:
 local WIN = package.config:sub(1, 1) == "\\"
 
 -- ------------------------------------------------------------- options
-local opt = {
+local common = dofile((arg[0]:match("^(.*[/\\])") or "") .. "common.lua")
+local opt_api
+local opt = common.parse_options("bench.lua", {
   runs = 5, api = "np", inflight = 4, pairs = 1000,
   pp = WIN and 10000 or 100000,
   stream_mib = 256,
   churn = WIN and 5000 or 20000,
   steps = WIN and 200000 or 2000000,
-}
-do
-  local a, i = arg or {}, 1
-  local num = { ["--runs"] = "runs", ["--pp"] = "pp", ["--stream-mib"] = "stream_mib",
-                ["--churn"] = "churn", ["--pairs"] = "pairs", ["--steps"] = "steps",
-                ["--inflight"] = "inflight" }
-  while i <= #a do
-    local k = a[i]
-    if k == "--quick" then opt.quick = true; i = i + 1
-    elseif k == "--only" then opt.only = a[i + 1]; i = i + 2
-    elseif k == "--api" then opt.api = a[i + 1]; i = i + 2
-    elseif num[k] then
-      opt[num[k]] = math.tointeger(tonumber(a[i + 1]))
-      if not opt[num[k]] or opt[num[k]] < 1 then
-        io.stderr:write("bench.lua: ", k, " needs a positive integer\n"); os.exit(2)
-      end
-      i = i + 2
-    else
-      io.stderr:write("bench.lua: unknown option ", tostring(k), "\n"); os.exit(2)
-    end
-  end
-  if opt.api ~= "np" and opt.api ~= "core" then
-    io.stderr:write("bench.lua: --api np|core\n"); os.exit(2)
-  end
-  if opt.quick then
-    opt.pp, opt.stream_mib, opt.churn, opt.pairs, opt.steps = 300, 2, 50, 20, 10000
-    opt.runs = 1
-  end
+}, function(v) opt_api = v end)
+if opt_api then opt.api = opt_api end
+if opt.api ~= "np" and opt.api ~= "core" then
+  io.stderr:write("bench.lua: --api np|core\n"); os.exit(2)
 end
 
-local function wanted(w)
-  if not opt.only then return true end
-  for x in opt.only:gmatch("[^,]+") do if x == w then return true end end
-  return false
-end
+local function wanted(w) return common.wanted(opt, w) end
+local make_blocks, median, report, msg_for =
+  common.make_blocks, common.median, common.report, common.msg_for
 
 local core = require "namedpipe.core"
 local np = opt.api == "core" and core or require "namedpipe"
@@ -138,33 +114,10 @@ local function connected_pair(tag, sopts, copts)
   return server, client
 end
 
-local function median(t)
-  local s = {}
-  for i = 1, #t do s[i] = t[i] end
-  table.sort(s)
-  local n = #s
-  local m = n % 2 == 1 and s[(n + 1) // 2] or (s[n // 2] + s[n // 2 + 1]) / 2
-  return m, s[1], s[n]
-end
 
-local function report(workload, metric, vals, extra)
-  local m, lo, hi = median(vals)
-  local line
-  if #vals == 1 then
-    line = ("%s %s=%.1f runs=1"):format(workload, metric, m)
-  else
-    line = ("%s %s=%.1f min=%.1f max=%.1f runs=%d"):format(workload, metric, m, lo, hi, #vals)
-  end
-  io.write(line, extra and (" " .. extra) or "", "\n")
-  io.stdout:flush()
-end
 
 local function noop() end
 
-local function msg_for(i)
-  local head = ("%010d:"):format(i)
-  return head .. string.rep(string.char(97 + i % 26), 64 - #head)
-end
 
 -- ------------------------------------------------------------ pingpong
 -- mode "message": one read is one message. mode "byte": a byte stream, so a
@@ -227,26 +180,8 @@ local function pingpong(n, verify, mode)
 end
 
 -- -------------------------------------------------------------- stream
-local CHUNK = 65536
+local CHUNK = common.CHUNK
 
-local function make_blocks(k)
-  local blocks = {}
-  for b = 1, k do
-    local parts = {}
-    for j = 0, 255 do
-      -- 256 bytes per piece, differing by block and position
-      parts[#parts + 1] = string.char(
-        table.unpack((function()
-          local t = {}
-          for x = 0, 255 do t[#t + 1] = (x * 31 + j * 7 + b * 101) % 256 end
-          return t
-        end)()))
-    end
-    blocks[b] = table.concat(parts)
-    assert(#blocks[b] == CHUNK)
-  end
-  return blocks
-end
 local blocks_plain, blocks_verify
 
 local function stream(total, inflight, verify)

@@ -30,30 +30,14 @@ if not ok then
   os.exit(0)
 end
 
-local opt = { runs = 5, pp = 100000, stream_mib = 256, churn = 20000, steps = 2000000, inflight = 4 }
-do
-  local a, i = arg or {}, 1
-  local num = { ["--runs"] = "runs", ["--pp"] = "pp", ["--stream-mib"] = "stream_mib",
-                ["--churn"] = "churn", ["--steps"] = "steps", ["--inflight"] = "inflight",
-                ["--pairs"] = "pairs" }
-  while i <= #a do
-    local k = a[i]
-    if k == "--quick" then opt.quick = true; i = i + 1
-    elseif k == "--only" then opt.only = a[i + 1]; i = i + 2
-    elseif k == "--api" then i = i + 2 -- bench.lua's option; nothing to choose here
-    elseif num[k] then opt[num[k]] = math.tointeger(tonumber(a[i + 1])); i = i + 2
-    else io.stderr:write("bench_luv.lua: unknown option ", tostring(k), "\n"); os.exit(2) end
-  end
-  if opt.quick then
-    opt.pp, opt.stream_mib, opt.churn, opt.steps, opt.runs = 300, 2, 50, 10000, 1
-  end
-end
+local common = dofile((arg[0]:match("^(.*[/\\])") or "") .. "common.lua")
+-- --api is bench.lua's option: nothing to choose here
+local opt = common.parse_options("bench_luv.lua",
+  { runs = 5, pp = 100000, stream_mib = 256, churn = 20000, steps = 2000000, inflight = 4 })
 
-local function wanted(w)
-  if not opt.only then return true end
-  for x in opt.only:gmatch("[^,]+") do if x == w then return true end end
-  return false
-end
+local function wanted(w) return common.wanted(opt, w) end
+local make_blocks, median, report, msg_for =
+  common.make_blocks, common.median, common.report, common.msg_for
 
 local function now() return uv.hrtime() / 1e6 end
 
@@ -103,30 +87,8 @@ local function pair(tag)
   return srv, cli
 end
 
-local function msg_for(i)
-  local head = ("%010d:"):format(i)
-  return head .. string.rep(string.char(97 + i % 26), 64 - #head)
-end
 
-local function median(t)
-  local s = {}
-  for i = 1, #t do s[i] = t[i] end
-  table.sort(s)
-  local n = #s
-  return n % 2 == 1 and s[(n + 1) // 2] or (s[n // 2] + s[n // 2 + 1]) / 2, s[1], s[n]
-end
 
-local function report(workload, metric, vals, extra)
-  local m, lo, hi = median(vals)
-  local line
-  if #vals == 1 then
-    line = ("%s %s=%.1f runs=1"):format(workload, metric, m)
-  else
-    line = ("%s %s=%.1f min=%.1f max=%.1f runs=%d"):format(workload, metric, m, lo, hi, #vals)
-  end
-  io.write(line, " ", extra, "\n")
-  io.stdout:flush()
-end
 
 local function on_write_check(err) if err then fail("write:", err) end end
 
@@ -171,20 +133,7 @@ local function pingpong(n, verify)
 end
 
 -- -------------------------------------------------------------- stream
-local CHUNK = 65536
-local function make_blocks(k)
-  local blocks = {}
-  for b = 1, k do
-    local parts = {}
-    for j = 0, 255 do
-      local t = {}
-      for x = 0, 255 do t[#t + 1] = (x * 31 + j * 7 + b * 101) % 256 end
-      parts[#parts + 1] = string.char(table.unpack(t))
-    end
-    blocks[b] = table.concat(parts)
-  end
-  return blocks
-end
+local CHUNK = common.CHUNK
 local blocks_plain, blocks_verify
 
 local function stream(total, inflight, verify)
