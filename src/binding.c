@@ -85,16 +85,30 @@ static void check_callback(lua_State *L, int arg) {
   luaL_checktype(L, arg, LUA_TFUNCTION);
 }
 
-/* Anchor the callback at `arg` (and the pipe, on its first operation in
- * flight) before the backend sees the operation. */
-static int anchor_operation(lua_State *L, pipe_ud *u, int arg) {
-  int ref;
-  lua_pushvalue(L, arg);
-  ref = luaL_ref(L, ANCHORS_UPV);
+/* One more operation in flight for the pipe at index 1: the first one
+ * anchors the userdata, so it outlives every completion still to come. */
+static void pin_pipe(lua_State *L, pipe_ud *u) {
   if (u->inflight++ == 0) {
     lua_pushvalue(L, 1);
     u->self_ref = luaL_ref(L, ANCHORS_UPV);
   }
+}
+
+/* One operation fewer; the last one lets the userdata go. */
+static void unpin_pipe(lua_State *L, pipe_ud *u) {
+  if (--u->inflight == 0) {
+    luaL_unref(L, ANCHORS_UPV, u->self_ref);
+    u->self_ref = LUA_NOREF;
+  }
+}
+
+/* Anchor the callback at `arg` (and the pipe) before the backend sees the
+ * operation. */
+static int anchor_operation(lua_State *L, pipe_ud *u, int arg) {
+  int ref;
+  lua_pushvalue(L, arg);
+  ref = luaL_ref(L, ANCHORS_UPV);
+  pin_pipe(L, u);
   return ref;
 }
 
@@ -228,10 +242,7 @@ static int m_write(lua_State *L) {
   if (!np_write_start(u->p, data, len, ref_cb, ref_data)) {
     luaL_unref(L, ANCHORS_UPV, ref_data);
     luaL_unref(L, ANCHORS_UPV, ref_cb);
-    if (--u->inflight == 0) {
-      luaL_unref(L, ANCHORS_UPV, u->self_ref);
-      u->self_ref = LUA_NOREF;
-    }
+    unpin_pipe(L, u);
     return luaL_error(L, "not enough memory");
   }
   return 0;
@@ -267,10 +278,7 @@ static int m_try_write(lua_State *L) {
     return push_status(L, &st);
   }
   if (kept) {
-    if (u->inflight++ == 0) {
-      lua_pushvalue(L, 1);
-      u->self_ref = luaL_ref(L, ANCHORS_UPV);
-    }
+    pin_pipe(L, u);
   } else {
     luaL_unref(L, ANCHORS_UPV, ref_data);
   }
@@ -426,10 +434,7 @@ static int l_step(lua_State *L) {
     nargs = push_completion(L, &c);
     if (c.ref_data != LUA_NOREF) luaL_unref(L, ANCHORS_UPV, c.ref_data);
     np_completion_done(loop, &c); /* may free the pipe block */
-    if (u && --u->inflight == 0) {
-      luaL_unref(L, ANCHORS_UPV, u->self_ref);
-      u->self_ref = LUA_NOREF;
-    }
+    if (u) unpin_pipe(L, u);
     if (has_cb)
       lua_call(L, nargs, 0); /* an error propagates; the queue stays sound */
     else
