@@ -62,6 +62,7 @@ local function check_timeout(t, arg, fname)
   end
   return t
 end
+M._check_timeout = check_timeout
 
 local function cancel_for_timeout(pipe, op)
   if pipe:state() ~= "closed" then pipe:cancel(op, "TIMEOUT") end

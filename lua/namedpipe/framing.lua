@@ -22,12 +22,9 @@ function F.install(M, methods)
     end
   end
 
-  local function check_timeout(t, fname)
-    if t ~= nil and (math.type(t) == nil or not (t >= 0)) then -- NaN too
-      error(("bad argument #2 to '%s' (timeout in milliseconds expected)"):format(fname), 3)
-    end
-    return t and now() + t
-  end
+  -- the same check as every other waiting call (called from each method
+  -- itself, so the error points at the caller)
+  local check_timeout = M._check_timeout
 
   -- Read until `enough(buf)` says where to cut; keeps the rest.
   local function read_until(self, deadline, enough)
@@ -54,7 +51,7 @@ function F.install(M, methods)
   --- returned, then nil, msg, "EOF".
   function methods.read_line(self, timeout)
     check_pipe(self, "read_line")
-    local deadline = check_timeout(timeout, "read_line")
+    local deadline = check_timeout(timeout, 2, "read_line") and now() + timeout
     local line, msg, name, code = read_until(self, deadline, function(buf)
       local i = buf:find("\n", 1, true)
       if i then return i - 1, i end
@@ -87,7 +84,7 @@ function F.install(M, methods)
     if math.type(n) ~= "integer" or n < 0 then
       error("bad argument #2 to 'read_exact' (byte count >= 0 expected)", 2)
     end
-    local deadline = check_timeout(timeout, "read_exact")
+    local deadline = check_timeout(timeout, 3, "read_exact") and now() + timeout
     return read_until(self, deadline, function(buf)
       if #buf >= n then return n, n end
     end)
@@ -106,7 +103,7 @@ function F.install(M, methods)
   --- pipe:read_frame([timeout]): the next frame written by write_frame.
   function methods.read_frame(self, timeout)
     check_pipe(self, "read_frame")
-    local deadline = check_timeout(timeout, "read_frame")
+    local deadline = check_timeout(timeout, 2, "read_frame") and now() + timeout
     local head, msg, name, code = read_until(self, deadline, function(buf)
       if #buf >= 4 then
         local len = string.unpack(">I4", buf)
