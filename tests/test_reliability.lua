@@ -222,3 +222,101 @@ function TestReliability:test_many_queued_writes_each_complete_once_in_order()
     H.close_all(server, client)
   end
 end
+
+-- Readiness nobody waits for must not keep the loop busy: unread data, a
+-- peer that hung up, with no read pending. (The Linux backend switches a
+-- message socket between level- and edge-triggered epoll; a level-
+-- triggered socket nobody reads would make every wait return at once.)
+-- Then reads started later still get everything, in order, and the EOF.
+local function idle_cpu_ms(wait_ms)
+  local c0 = os.clock()
+  local t0 = np.now()
+  while np.now() - t0 < wait_ms do np.step(wait_ms) end
+  return (os.clock() - c0) * 1000
+end
+
+local function unread_readiness_stays_quiet(mode)
+  if PLATFORM == "windows" then
+    lu.skip("os.clock is wall-clock time in the Windows C runtime: CPU time cannot be told here")
+  end
+  local opts = { pipe_mode = mode }
+  local server, client = H.pair(opts, opts)
+  -- a read that completes, then none pending while more arrives
+  assert(client:write("one", 2000))
+  lu.assertEquals(server:read(nil, 2000), "one")
+  assert(client:write("two", 2000))
+  assert(client:write("three", 2000))
+  local busy = idle_cpu_ms(300)
+  lu.assertTrue(busy < 150, ("300 ms of steps with unread data took %.0f ms of CPU"):format(busy))
+  client:close()
+  busy = idle_cpu_ms(300)
+  lu.assertTrue(busy < 150, ("300 ms of steps after a hang-up took %.0f ms of CPU"):format(busy))
+  if mode == "message" then
+    lu.assertEquals(server:read(nil, 2000), "two")
+    lu.assertEquals(server:read(nil, 2000), "three")
+  else
+    local got = ""
+    while #got < 8 do got = got .. assert(server:read(nil, 2000)) end
+    lu.assertEquals(got, "twothree")
+  end
+  local data, _, name = server:read(nil, 2000)
+  lu.assertNil(data)
+  lu.assertEquals(name, "EOF")
+  -- a read started after the EOF was seen reports it again, at once
+  data, _, name = server:read(nil, 2000)
+  lu.assertEquals(name, "EOF")
+  server:close()
+end
+
+function TestReliability:test_unread_message_readiness_does_not_spin()
+  unread_readiness_stays_quiet("message")
+end
+
+function TestReliability:test_unread_byte_readiness_does_not_spin()
+  unread_readiness_stays_quiet("byte")
+end
+
+-- Reads that wait and reads that find a message queued, mixed: a message
+-- socket goes level-triggered while a read waits and back when epoll
+-- reports it with nobody reading; nothing is lost or reordered either way.
+function TestReliability:test_message_reads_mixing_waiting_and_queued()
+  local opts = { pipe_mode = "message" }
+  local server, client = H.pair(opts, opts)
+  local got = {}
+  local function want(n) H.pump(function() return #got >= n end, 3000, "message " .. n) end
+  local function read_one() server:read(function(d, e) got[#got + 1] = d or e end) end
+  for round = 1, 20 do
+    local base = #got
+    local second = "b" .. round
+    if round % 3 == 0 then
+      -- queued first, then read one at a time with steps in between
+      client:write("a" .. round, function() end)
+      client:write("b" .. round, function() end)
+      H.settle(20)
+      read_one(); want(base + 1)
+      H.settle(5)
+      read_one(); want(base + 2)
+    elseif round % 3 == 1 then
+      -- the read waits, the message comes
+      read_one()
+      H.settle(5)
+      client:write("a" .. round, function() end)
+      want(base + 1)
+      client:write("b" .. round, function() end)
+      read_one(); want(base + 2)
+    else
+      -- a message and an empty one, the second read started from inside
+      -- the first one's callback
+      second = ""
+      client:write("a" .. round, function() end)
+      client:write("", function() end)
+      server:read(function(d, e)
+        got[#got + 1] = d or e
+        read_one()
+      end)
+      want(base + 2)
+    end
+    lu.assertEquals({ got[base + 1], got[base + 2] }, { "a" .. round, second })
+  end
+  H.close_all(server, client)
+end

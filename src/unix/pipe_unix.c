@@ -70,6 +70,11 @@ enum { IO_AGAIN = 0, IO_DONE = 1 };
  * writable at the next wait for nothing. (EPOLLHUP and EPOLLERR come
  * whatever the mask.) */
 #define SOCKET_EVENTS (EPOLLIN | EPOLLPRI | EPOLLRDHUP | EPOLLET)
+/* A message socket while a read waits on it: level-triggered (see
+ * "readiness"). */
+#define LEVEL_EVENTS (EPOLLIN | EPOLLPRI | EPOLLRDHUP)
+#define READ_EVENTS (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLPRI)
+#define WRITE_EVENTS (EPOLLOUT | EPOLLHUP | EPOLLERR)
 
 /* recv_message: a message up to this size is received into the spill area
  * and copied (recvfrom: cheaper in the kernel than recvmsg, by ~8% of a
@@ -114,9 +119,31 @@ static void pipe_discard(np_pipe *p) {
   np_pipe_free(p);
 }
 
+/* The socket's epoll mask for its mode (level) and out_armed. */
+static uint32_t socket_mask(const np_pipe *p) {
+  return (p->level ? LEVEL_EVENTS : SOCKET_EVENTS) |
+         (p->out_armed ? EPOLLOUT : 0);
+}
+
+/* Change the mode and EPOLLOUT together, one epoll_ctl. The change polls
+ * the socket (ep_modify): readiness from before it is reported too. On
+ * failure (it cannot fail for a registered socket) nothing changes. */
+static int set_mask(np_pipe *p, int level, int out_armed) {
+  int old_level = p->level, old_out = p->out_armed;
+  if (level == old_level && out_armed == old_out) return 1;
+  p->level = level;
+  p->out_armed = out_armed;
+  if (np_watch_mod(p->loop, p->fd, socket_mask(p), p) == 0) return 1;
+  p->level = old_level;
+  p->out_armed = old_out;
+  return 0;
+}
+
 /* A new socket for the pipe: SO_PASSCRED only for an unbound peer (see the
  * top of the file: empty message versus EOF). The socket starts idle: if it
- * is readable already, epoll says so at the next wait (ep_insert polls it). */
+ * is readable already, epoll says so at the next wait (ep_insert polls it).
+ * A message socket starts level-triggered: its first read usually comes
+ * before its first message ("readiness"). */
 static int watch_socket(np_pipe *p, int fd, int passcred) {
   int one = 1;
   p->passcred = p->sock_type == SOCK_SEQPACKET && passcred;
@@ -126,7 +153,8 @@ static int watch_socket(np_pipe *p, int fd, int passcred) {
   p->rd_idle = 1;
   p->rd_sticky = 0;
   p->out_armed = 0;
-  return np_watch_add(p->loop, fd, SOCKET_EVENTS, p) == 0;
+  p->level = p->sock_type == SOCK_SEQPACKET;
+  return np_watch_add(p->loop, fd, socket_mask(p), p) == 0;
 }
 
 /* A write or writable() waits for room: from now on this socket reports
@@ -134,11 +162,7 @@ static int watch_socket(np_pipe *p, int fd, int passcred) {
  * is reported too. Should it fail (it cannot for a registered socket), a
  * write ends with the error and writable() at once (try_write tells). */
 static int want_writable(np_pipe *p) {
-  if (p->out_armed) return 1;
-  if (np_watch_mod(p->loop, p->fd, SOCKET_EVENTS | EPOLLOUT, p) != 0)
-    return 0;
-  p->out_armed = 1;
-  return 1;
+  return p->out_armed || set_mask(p, p->level, 1);
 }
 
 static void set_buffer(int fd, int opt, uint32_t size) {
@@ -374,16 +398,49 @@ int np_pipe_busy(const np_pipe *p, np_op op) {
  *    the same on epoll), except that it stops before urgent data (EPOLLPRI
  *    makes the socket sticky) and after an skb that passed descriptors
  *    (MSG_CTRUNC says so).
- * A message recv cannot tell whether another message follows, so the next
- * read tries. Whatever arrives after the drain brings an edge (epoll queues
- * the socket on every wakeup), which clears rd_idle: nothing is missed.
- * try_read always tries (it must not say WOULDBLOCK while data is there). */
+ * Whatever arrives after the drain brings an edge (epoll queues the socket
+ * on every wakeup), which clears rd_idle: nothing is missed. try_read
+ * always tries (it must not say WOULDBLOCK while data is there).
+ *
+ * A message recv cannot tell whether another message follows, so edge-
+ * triggered, every read after a message would try a recv, and in a
+ * request/reply exchange that recv fails (EAGAIN): a third more system
+ * calls per round trip. So a message socket is level-triggered (`level`)
+ * while a read waits on it: a read then never tries at its start, epoll
+ * says when a message is there, one recv per message. Level-triggered
+ * readiness must not be reported with nobody to take it (every wait would
+ * return at once: a hung-up socket reports EPOLLHUP whatever its mask), so
+ * when epoll reports the socket and no read was waiting, it goes back to
+ * edge-triggered (settle_level), and to level-triggered again when a read
+ * has to wait (wait_level). A read started from the read callback, the
+ * usual pattern, keeps it level-triggered: one epoll_ctl per switch, none
+ * while reads follow each other. */
 static void drained(np_pipe *p) {
   if (!p->rd_sticky) p->rd_idle = 1;
 }
 
 static int read_may_succeed(const np_pipe *p) {
-  return !p->rd_idle || p->rest_len > 0;
+  if (p->rest_len > 0) return 1; /* ours, not the socket's */
+  return !p->level && !p->rd_idle;
+}
+
+/* A read waits on a message socket: level-triggered from now on. (Should
+ * the change fail, edge-triggered is correct too, only slower.) */
+static void wait_level(np_pipe *p) {
+  if (!p->level && p->sock_type == SOCK_SEQPACKET && p->pending_read)
+    set_mask(p, 1, p->out_armed);
+}
+
+/* After epoll reported a level-triggered socket: readiness nobody waited
+ * for is not reported again and again. Readable with no read waiting: back
+ * to edge-triggered (rd_idle is clear, the next read tries at once).
+ * Writable with nothing to write: EPOLLOUT off. */
+static void settle_level(np_pipe *p, uint32_t events, int had_reader,
+                         int had_writer) {
+  if ((events & READ_EVENTS) && !had_reader)
+    set_mask(p, 0, p->out_armed);
+  else if ((events & EPOLLOUT) && !had_writer && p->out_armed)
+    set_mask(p, 1, 0);
 }
 
 /* ------------------------------------------------------------------ reads */
@@ -911,16 +968,20 @@ void np_pipe_writes_released(np_pipe *p) {
 }
 
 void np_pipe_on_event(np_pipe *p, uint32_t events) {
+  int had_reader, had_writer;
   if (p->fd < 0) return;
+  had_reader = p->pending_read != NULL;
+  had_writer = p->wq_head != NULL || p->pending_writable != NULL;
   if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLPRI)) p->rd_sticky = 1;
-  if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLPRI)) {
+  if (events & READ_EVENTS) {
     p->rd_idle = 0;
     pump_read(p);
   }
-  if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) {
+  if (events & WRITE_EVENTS) {
     pump_writes(p);
     pump_writable(p);
   }
+  if (p->level && p->fd >= 0) settle_level(p, events, had_reader, had_writer);
 }
 
 /* ------------------------------------------------------------- operations */
@@ -970,6 +1031,7 @@ void np_read_start(np_pipe *p, size_t max, int ref_cb) {
   }
   p->pending_read = r;
   if (read_may_succeed(p)) pump_read(p); /* else epoll will tell */
+  wait_level(p);
 }
 
 /* Tokio's readable(): shares the read slot with read(). */
@@ -984,6 +1046,7 @@ void np_readable_start(np_pipe *p, int ref_cb) {
   }
   p->pending_read = r;
   if (read_may_succeed(p)) pump_read(p); /* else epoll will tell */
+  wait_level(p);
 }
 
 void np_writable_start(np_pipe *p, int ref_cb) {

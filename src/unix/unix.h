@@ -11,10 +11,11 @@
  * Completion policy: nothing is ever finished inside the call that started
  * it. A start may do the system call at once (sockets are non-blocking); its
  * outcome goes to the loop's ready queue and comes out of np_loop_next().
- * Sockets sit in the epoll set edge-triggered. A start tries the call first
- * unless the pipe knows the call would fail with EAGAIN (the socket was seen
- * drained and epoll has reported nothing since: see rd_idle); then it waits
- * for the edge. No readiness is ever lost: an edge follows every arrival
+ * Sockets sit in the epoll set edge-triggered (message sockets level-
+ * triggered while a read waits: pipe_unix.c, "readiness"). A start tries the
+ * call first unless the pipe knows the call would fail with EAGAIN (the
+ * socket was seen drained and epoll has reported nothing since: see
+ * rd_idle) or a level-triggered socket will be reported; then it waits. No readiness is ever lost: an edge follows every arrival
  * after a drain, and registering a socket that is already readable reports
  * it at the next epoll_wait (edge-triggered or not, ep_insert polls it).
  */
@@ -109,6 +110,9 @@ struct np_pipe {
    * repeat, and no further edge would announce them). */
   int rd_idle, rd_sticky;
   int out_armed; /* EPOLLOUT in this socket's epoll mask (want_writable) */
+  /* Registered level-triggered (message sockets while a read waits: see
+   * pipe_unix.c, "readiness"); else edge-triggered. */
+  int level;
   /* Message sockets: the peer is unbound, so its messages carry no sender
    * address and SO_PASSCRED tells an empty message from EOF (pipe_unix.c). */
   int passcred;
