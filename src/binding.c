@@ -17,6 +17,7 @@
  *    that started the operation.
  */
 #include <limits.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "lauxlib.h"
@@ -32,15 +33,61 @@
 #error "NP_NOREF must equal LUA_NOREF"
 #endif
 
-/* Every function of the module and every method share two upvalues: the
- * loop userdata and the anchor table (callbacks, write strings, pipes in
- * flight), so the hot path never looks anything up by name. */
+/* Every function of the module and every method share three upvalues: the
+ * loop userdata, the anchor table (callbacks, write strings, pipes in
+ * flight) and the pipe metatable, so the hot path never looks anything up
+ * by name. */
 #define LOOP_UPV lua_upvalueindex(1)
 #define ANCHORS_UPV lua_upvalueindex(2)
+#define PIPE_MT_UPV lua_upvalueindex(3)
+#define N_UPVALUES 3
 
 typedef struct loop_ud {
   np_loop *loop; /* NULL once closed (lua_close) */
+  /* The anchor table's free slots (anchor/release below): indices
+   * 1..anchors_top have been handed out, free_slots[0..n_free) are free
+   * again; free_slots has room for anchors_top entries, so releasing never
+   * allocates. */
+  int *free_slots;
+  int n_free, anchors_top, free_cap;
 } loop_ud;
+
+/* ---------------------------------------------------------------- anchors */
+
+/* Anchor the value on top of the stack (popped) in the anchor table; its
+ * slot number goes with the operation to the backend and comes back in
+ * the completion. What luaL_ref does, without its free list kept in the
+ * table itself: luaL_ref/luaL_unref cost five table accesses a pair, and
+ * were a third of the binding's instructions in a ping-pong (callgrind);
+ * this is one access each way. */
+static int anchor(lua_State *L) {
+  loop_ud *lu = (loop_ud *)lua_touserdata(L, LOOP_UPV);
+  int slot;
+  if (lu->n_free > 0) {
+    slot = lu->free_slots[--lu->n_free];
+  } else {
+    if (lu->anchors_top == INT_MAX - 1) luaL_error(L, "namedpipe: too many operations in flight");
+    if (lu->anchors_top >= lu->free_cap) {
+      int cap = lu->free_cap ? lu->free_cap * 2 : 64;
+      int *fs = (int *)realloc(lu->free_slots, (size_t)cap * sizeof *fs);
+      if (!fs) luaL_error(L, "not enough memory");
+      lu->free_slots = fs;
+      lu->free_cap = cap;
+    }
+    slot = ++lu->anchors_top;
+  }
+  lua_rawseti(L, ANCHORS_UPV, slot);
+  return slot;
+}
+
+/* Let an anchored value go (NP_NOREF: nothing). */
+static void release(lua_State *L, int slot) {
+  loop_ud *lu = (loop_ud *)lua_touserdata(L, LOOP_UPV);
+  if (slot == NP_NOREF) return;
+  lua_pushnil(L);
+  lua_rawseti(L, ANCHORS_UPV, slot);
+  lu->free_slots[lu->n_free++] = slot;
+}
 
 typedef struct pipe_ud {
   np_pipe *p;   /* NULL once closed */
@@ -69,8 +116,21 @@ static int push_status(lua_State *L, const np_status *st) {
 
 /* ------------------------------------------------------------------ pipes */
 
+/* luaL_checkudata(L, 1, PIPE_MT), with the metatable at hand instead of
+ * looked up by name (a string hash and compare on every method call). */
+static pipe_ud *to_pipe(lua_State *L) {
+  pipe_ud *u = (pipe_ud *)lua_touserdata(L, 1);
+  if (u && lua_getmetatable(L, 1)) {
+    int same = lua_rawequal(L, -1, PIPE_MT_UPV);
+    lua_pop(L, 1);
+    if (same) return u;
+  }
+  luaL_typeerror(L, 1, PIPE_MT);
+  return NULL;
+}
+
 static pipe_ud *check_pipe(lua_State *L) {
-  pipe_ud *u = (pipe_ud *)luaL_checkudata(L, 1, PIPE_MT);
+  pipe_ud *u = to_pipe(L);
   if (!u->p) luaL_argerror(L, 1, "pipe is closed");
   return u;
 }
@@ -90,14 +150,14 @@ static void check_callback(lua_State *L, int arg) {
 static void pin_pipe(lua_State *L, pipe_ud *u) {
   if (u->inflight++ == 0) {
     lua_pushvalue(L, 1);
-    u->self_ref = luaL_ref(L, ANCHORS_UPV);
+    u->self_ref = anchor(L);
   }
 }
 
 /* One operation fewer; the last one lets the userdata go. */
 static void unpin_pipe(lua_State *L, pipe_ud *u) {
   if (--u->inflight == 0) {
-    luaL_unref(L, ANCHORS_UPV, u->self_ref);
+    release(L, u->self_ref);
     u->self_ref = LUA_NOREF;
   }
 }
@@ -107,7 +167,7 @@ static void unpin_pipe(lua_State *L, pipe_ud *u) {
 static int anchor_operation(lua_State *L, pipe_ud *u, int arg) {
   int ref;
   lua_pushvalue(L, arg);
-  ref = luaL_ref(L, ANCHORS_UPV);
+  ref = anchor(L);
   pin_pipe(L, u);
   return ref;
 }
@@ -238,10 +298,10 @@ static int m_write(lua_State *L) {
   /* The kernel reads straight from the Lua string (no copy): anchor it
    * until the completion has been released. */
   lua_pushvalue(L, 2);
-  ref_data = luaL_ref(L, ANCHORS_UPV);
+  ref_data = anchor(L);
   if (!np_write_start(u->p, data, len, ref_cb, ref_data)) {
-    luaL_unref(L, ANCHORS_UPV, ref_data);
-    luaL_unref(L, ANCHORS_UPV, ref_cb);
+    release(L, ref_data);
+    release(L, ref_cb);
     unpin_pipe(L, u);
     return luaL_error(L, "not enough memory");
   }
@@ -272,15 +332,15 @@ static int m_try_write(lua_State *L) {
    * completion with no callback releases it; it also counts as in flight so
    * that the pipe userdata outlives it. */
   lua_pushvalue(L, 2);
-  ref_data = luaL_ref(L, ANCHORS_UPV);
+  ref_data = anchor(L);
   if (!np_try_write(u->p, data, len, ref_data, &written, &kept, &st)) {
-    luaL_unref(L, ANCHORS_UPV, ref_data);
+    release(L, ref_data);
     return push_status(L, &st);
   }
   if (kept) {
     pin_pipe(L, u);
   } else {
-    luaL_unref(L, ANCHORS_UPV, ref_data);
+    release(L, ref_data);
   }
   lua_pushinteger(L, (lua_Integer)written);
   return 1;
@@ -351,14 +411,14 @@ static const char *const state_names[] = {"listening", "connected",
                                           "disconnected", "closed"};
 
 static int m_state(lua_State *L) {
-  pipe_ud *u = (pipe_ud *)luaL_checkudata(L, 1, PIPE_MT);
+  pipe_ud *u = to_pipe(L);
   lua_pushstring(L, u->p ? state_names[np_pipe_state(u->p)] : "closed");
   return 1;
 }
 
 /* close, __close and __gc share this path; closing twice is harmless. */
 static int m_close(lua_State *L) {
-  pipe_ud *u = (pipe_ud *)luaL_checkudata(L, 1, PIPE_MT);
+  pipe_ud *u = to_pipe(L);
   if (u->p) {
     np_pipe *p = u->p;
     u->p = NULL;
@@ -371,7 +431,7 @@ static int m_close(lua_State *L) {
 }
 
 static int m_gc(lua_State *L) {
-  pipe_ud *u = (pipe_ud *)luaL_checkudata(L, 1, PIPE_MT);
+  pipe_ud *u = to_pipe(L);
   if (u->p) {
     np_pipe_set_user(u->p, NULL); /* the userdata memory is going away */
     np_pipe_close(u->p);
@@ -381,7 +441,7 @@ static int m_gc(lua_State *L) {
 }
 
 static int m_tostring(lua_State *L) {
-  pipe_ud *u = (pipe_ud *)luaL_checkudata(L, 1, PIPE_MT);
+  pipe_ud *u = to_pipe(L);
   if (u->p)
     lua_pushfstring(L, "namedpipe %s %s (%s)", u->is_server ? "server" : "client",
                     np_pipe_name(u->p), state_names[np_pipe_state(u->p)]);
@@ -429,10 +489,10 @@ static int l_step(lua_State *L) {
     dispatched++;
     if (has_cb) {
       lua_rawgeti(L, ANCHORS_UPV, c.ref_cb);
-      luaL_unref(L, ANCHORS_UPV, c.ref_cb);
+      release(L, c.ref_cb);
     }
     nargs = push_completion(L, &c);
-    if (c.ref_data != LUA_NOREF) luaL_unref(L, ANCHORS_UPV, c.ref_data);
+    release(L, c.ref_data);
     np_completion_done(loop, &c); /* may free the pipe block */
     if (u) unpin_pipe(L, u);
     if (has_cb)
@@ -484,6 +544,9 @@ static int loop_gc(lua_State *L) {
     np_loop_close(lu->loop);
     lu->loop = NULL;
   }
+  free(lu->free_slots);
+  lu->free_slots = NULL;
+  lu->n_free = lu->free_cap = 0;
   return 0;
 }
 
@@ -520,7 +583,7 @@ static void push_loop(lua_State *L) {
     np_status st;
     char buf[256];
     loop_ud *lu = (loop_ud *)lua_newuserdatauv(L, sizeof *lu, 1);
-    lu->loop = NULL;
+    memset(lu, 0, sizeof *lu);
     lua_createtable(L, 0, 1);
     lua_pushcfunction(L, loop_gc);
     lua_setfield(L, -2, "__gc");
@@ -548,18 +611,21 @@ int luaopen_namedpipe_core(lua_State *L) {
   if (luaL_newmetatable(L, PIPE_MT)) {
     lua_pushvalue(L, -3);
     lua_pushvalue(L, -3);
-    luaL_setfuncs(L, pipe_meta, 2);
+    lua_pushvalue(L, -3);
+    luaL_setfuncs(L, pipe_meta, N_UPVALUES);
     luaL_newlibtable(L, pipe_methods);
     lua_pushvalue(L, -4);
     lua_pushvalue(L, -4);
-    luaL_setfuncs(L, pipe_methods, 2);
+    lua_pushvalue(L, -4);
+    luaL_setfuncs(L, pipe_methods, N_UPVALUES);
     lua_setfield(L, -2, "__index");
   }
   /* loop anchors mt */
   luaL_newlibtable(L, module_funcs);
   lua_pushvalue(L, -4);
   lua_pushvalue(L, -4);
-  luaL_setfuncs(L, module_funcs, 2);
+  lua_pushvalue(L, -4);
+  luaL_setfuncs(L, module_funcs, N_UPVALUES);
   lua_getfield(L, -2, "__index");
   lua_setfield(L, -2, "methods"); /* for the pure-Lua layer to extend */
   lua_pushliteral(L, "0.1.0");
