@@ -20,21 +20,27 @@ local M = {}
 for k, v in pairs(core) do M[k] = v end
 
 local methods = core.methods
-local core_step, now = core.step, core.now
+local now = core.now
 local pack, unpack = table.pack, table.unpack
+
+-- The C methods and core.step handle the callback form themselves and hand
+-- everything else to the functions in core._waiting (binding.c, divert):
+-- the waiting form, reads of a pipe with bytes read ahead, and a step with
+-- tasks or timers due. raw: the C entry points that never hand over.
+local raw, waiting = core._raw, core._waiting
+M._raw = raw
 
 --- np.step([timeout_ms]): run due tasks and timers, dispatch completions
 --- (waiting up to timeout_ms, less if a timer is due sooner); returns how
---- many things it ran.
-local task_idle = task.idle
-function M.step(timeout)
+--- many things it ran. It is core.step: straight to C while no task work
+--- is queued (task.lua tells the core), else this.
+local raw_step = raw.step
+function waiting.step(timeout)
   if timeout ~= nil and (type(timeout) ~= "number" or not (timeout >= 0)) then
-    error("bad argument #1 to 'step' (timeout in milliseconds >= 0 expected)", 2)
+    error("bad argument #1 to 'step' (timeout in milliseconds >= 0 expected)", 3)
   end
-  -- the common case in a host's frame loop: no task work, straight to C
-  if task_idle() then return core_step(timeout) end
   local n = task.run_due()
-  n = n + core_step(task.wait_budget(n > 0 and 0 or (timeout or 0)))
+  n = n + raw_step(task.wait_budget(n > 0 and 0 or (timeout or 0)))
   return n + task.run_due()
 end
 local step = M.step
@@ -55,10 +61,13 @@ function M.run(fn, ...)
   while task.busy() or core.pending() > 0 do step(1000) end
 end
 
-local function check_timeout(t, arg, fname)
+-- level: where the error points, from the caller of check_timeout's
+-- caller (3, a method called from Lua; 4, one reached through the C
+-- method's hand-over, binding.c divert).
+local function check_timeout(t, arg, fname, level)
   if t ~= nil and (math.type(t) == nil or not (t >= 0)) then -- NaN too
     error(("bad argument #%d to '%s' (timeout in milliseconds expected, got %s)")
-      :format(arg, fname, type(t) == "number" and tostring(t) or type(t)), 3)
+      :format(arg, fname, type(t) == "number" and tostring(t) or type(t)), level or 3)
   end
   return t
 end
@@ -112,15 +121,23 @@ end
 M._await = await
 
 -- Data read ahead by the framing helpers, handed out before the pipe's.
+-- Set only through set_readahead: the C methods hand a pipe's reads over
+-- to this layer while it has some.
 local readahead = setmetatable({}, { __mode = "k" })
 M._readahead = readahead
+local raw_set_readahead = raw.set_readahead
+local function set_readahead(pipe, buf)
+  readahead[pipe] = buf
+  raw_set_readahead(pipe, buf ~= nil)
+end
+M._set_readahead = set_readahead
 
 -- The C methods check n themselves; data read ahead is handed out here, so
 -- check it the same way first.
 local function check_count(n, fname)
   if n ~= nil and (math.type(n) ~= "integer" or n < 1) then
     error(("bad argument #2 to '%s' (positive byte count expected, got %s)")
-      :format(fname, math.type(n) or type(n)), 3)
+      :format(fname, math.type(n) or type(n)), 4)
   end
 end
 
@@ -134,28 +151,25 @@ local function take_readahead(pipe, n)
   local buf = readahead[pipe]
   if not buf then return nil end
   if n and n < #buf then
-    readahead[pipe] = buf:sub(n + 1)
+    set_readahead(pipe, buf:sub(n + 1))
     return buf:sub(1, n)
   end
-  readahead[pipe] = nil
+  set_readahead(pipe, nil)
   return buf
 end
 
-local raw = {}
-for _, k in ipairs { "connect", "read", "write", "readable", "writable", "try_read" } do
-  raw[k] = methods[k]
-end
-M._raw = raw
+-- The functions below get the calls the C methods hand over (binding.c,
+-- divert); errors they raise point at level 4, the method's caller.
 
 --- server:connect([cb | timeout])
-function methods.connect(self, a)
+function waiting.connect(self, a)
   if type(a) == "function" then return raw.connect(self, a) end
-  check_timeout(a, 2, "connect")
+  check_timeout(a, 2, "connect", 4)
   return await(self, "connect", function(cb) raw.connect(self, cb) end, a)
 end
 
 --- pipe:read([n] [, cb | timeout])
-function methods.read(self, a, b)
+function waiting.read(self, a, b)
   local cb = type(b) == "function" and b or type(a) == "function" and a or nil
   local n = type(a) ~= "function" and a or nil
   if has_readahead(self) then
@@ -165,12 +179,12 @@ function methods.read(self, a, b)
     return data
   end
   if cb then return raw.read(self, n, cb) end
-  check_timeout(b, 3, "read")
+  check_timeout(b, 3, "read", 4)
   return await(self, "read", function(c) raw.read(self, n, c) end, b)
 end
 
 --- pipe:try_read([n])
-function methods.try_read(self, n)
+function waiting.try_read(self, n)
   if has_readahead(self) then
     check_count(n, "try_read")
     return take_readahead(self, n)
@@ -179,27 +193,27 @@ function methods.try_read(self, n)
 end
 
 --- pipe:write(data [, cb | timeout])
-function methods.write(self, data, a)
+function waiting.write(self, data, a)
   if type(a) == "function" then return raw.write(self, data, a) end
-  check_timeout(a, 3, "write")
+  check_timeout(a, 3, "write", 4)
   return await(self, "write", function(cb) raw.write(self, data, cb) end, a)
 end
 
 --- pipe:readable([cb | timeout]): true once try_read would not block.
-function methods.readable(self, a)
+function waiting.readable(self, a)
   if has_readahead(self) then
     if type(a) == "function" then return task.soon(a, true) end
     return true
   end
   if type(a) == "function" then return raw.readable(self, a) end
-  check_timeout(a, 2, "readable")
+  check_timeout(a, 2, "readable", 4)
   return await(self, "readable", function(cb) raw.readable(self, cb) end, a)
 end
 
 --- pipe:writable([cb | timeout]): true once try_write would be accepted.
-function methods.writable(self, a)
+function waiting.writable(self, a)
   if type(a) == "function" then return raw.writable(self, a) end
-  check_timeout(a, 2, "writable")
+  check_timeout(a, 2, "writable", 4)
   return await(self, "writable", function(cb) raw.writable(self, cb) end, a)
 end
 

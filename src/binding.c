@@ -33,14 +33,15 @@
 #error "NP_NOREF must equal LUA_NOREF"
 #endif
 
-/* Every function of the module and every method share three upvalues: the
+/* Every function of the module and every method share four upvalues: the
  * loop userdata, the anchor table (callbacks, write strings, pipes in
- * flight) and the pipe metatable, so the hot path never looks anything up
- * by name. */
+ * flight), the pipe metatable and the waiting table (see divert), so the
+ * hot path never looks anything up by name. */
 #define LOOP_UPV lua_upvalueindex(1)
 #define ANCHORS_UPV lua_upvalueindex(2)
 #define PIPE_MT_UPV lua_upvalueindex(3)
-#define N_UPVALUES 3
+#define WAITING_UPV lua_upvalueindex(4)
+#define N_UPVALUES 4
 
 typedef struct loop_ud {
   np_loop *loop; /* NULL once closed (lua_close) */
@@ -50,6 +51,9 @@ typedef struct loop_ud {
    * allocates. */
   int *free_slots;
   int n_free, anchors_top, free_cap;
+  /* The pure-Lua layer has tasks or timers due: step() goes through it
+   * (divert). Set by core._raw.set_task_work. */
+  int task_work;
 } loop_ud;
 
 /* ---------------------------------------------------------------- anchors */
@@ -94,6 +98,9 @@ typedef struct pipe_ud {
   int inflight; /* operations started from Lua, not yet dispatched */
   int self_ref; /* anchor of this userdata while inflight > 0 */
   int is_server;
+  /* The pure-Lua layer holds bytes read ahead for this pipe (framing):
+   * reads go through it (divert). Set by core._raw.set_readahead. */
+  int readahead;
 } pipe_ud;
 
 static np_loop *check_loop(lua_State *L) {
@@ -115,6 +122,35 @@ static int push_status(lua_State *L, const np_status *st) {
 }
 
 /* ------------------------------------------------------------------ pipes */
+
+/* ------------------------------------------------------ the waiting form */
+
+/* A method called without a callback (the waiting form), a read of a pipe
+ * with bytes read ahead, or a step with tasks due, is the pure-Lua layer's
+ * (lua/namedpipe.lua): it registers a function under the method's name in
+ * the table core._waiting, and such a call is handed to it with the same
+ * arguments; its results are the call's. Every other call stays in C: the
+ * callback form never runs a line of Lua before its callback. Without a
+ * registered function (namedpipe.core alone) the call goes on here and
+ * fails as a missing callback. Returns the number of results, or -1 when
+ * nothing is registered. */
+static int waiting_done(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  return lua_gettop(L);
+}
+
+static int divert(lua_State *L, const char *method) {
+  int nargs = lua_gettop(L);
+  if (lua_getfield(L, WAITING_UPV, method) != LUA_TFUNCTION) {
+    lua_pop(L, 1);
+    return -1;
+  }
+  lua_insert(L, 1);
+  /* with a continuation: a waiting call suspends its task (yields) */
+  lua_callk(L, nargs, LUA_MULTRET, 0, waiting_done);
+  return lua_gettop(L);
+}
 
 /* luaL_checkudata(L, 1, PIPE_MT), with the metatable at hand instead of
  * looked up by name (a string hash and compare on every method call). */
@@ -178,6 +214,7 @@ static void pipe_new(lua_State *L, np_pipe *p, int is_server) {
   u->inflight = 0;
   u->self_ref = LUA_NOREF;
   u->is_server = is_server;
+  u->readahead = 0;
   np_pipe_set_user(p, u);
   luaL_setmetatable(L, PIPE_MT);
 }
@@ -233,7 +270,7 @@ static int l_open(lua_State *L) {
   return 1;
 }
 
-static int m_connect(lua_State *L) {
+static int raw_connect(lua_State *L) {
   pipe_ud *u = check_server(L);
   check_callback(L, 2);
   if (np_pipe_busy(u->p, NP_OP_CONNECT))
@@ -251,7 +288,7 @@ static size_t opt_read_size(lua_State *L, int arg) {
   return (size_t)n;
 }
 
-static int m_read(lua_State *L) {
+static int raw_read(lua_State *L) {
   pipe_ud *u = check_pipe(L);
   int top = lua_gettop(L);
   size_t max;
@@ -265,7 +302,7 @@ static int m_read(lua_State *L) {
 }
 
 /* readable(cb) / writable(cb): Tokio's readiness, nothing consumed. */
-static int m_readable(lua_State *L) {
+static int raw_readable(lua_State *L) {
   pipe_ud *u = check_pipe(L);
   check_callback(L, 2);
   if (np_pipe_busy(u->p, NP_OP_READ))
@@ -274,7 +311,7 @@ static int m_readable(lua_State *L) {
   return 0;
 }
 
-static int m_writable(lua_State *L) {
+static int raw_writable(lua_State *L) {
   pipe_ud *u = check_pipe(L);
   check_callback(L, 2);
   if (np_pipe_busy(u->p, NP_OP_WRITABLE))
@@ -288,7 +325,7 @@ static const char *check_data(lua_State *L, int arg, size_t *len) {
   return lua_tolstring(L, arg, len);
 }
 
-static int m_write(lua_State *L) {
+static int raw_write(lua_State *L) {
   pipe_ud *u = check_pipe(L);
   size_t len;
   const char *data = check_data(L, 2, &len);
@@ -308,7 +345,7 @@ static int m_write(lua_State *L) {
   return 0;
 }
 
-static int m_try_read(lua_State *L) {
+static int raw_try_read(lua_State *L) {
   pipe_ud *u = check_pipe(L);
   size_t max = opt_read_size(L, 2), len;
   const char *data;
@@ -344,6 +381,65 @@ static int m_try_write(lua_State *L) {
   }
   lua_pushinteger(L, (lua_Integer)written);
   return 1;
+}
+
+/* The methods: the callback form here, the rest diverted (see divert). */
+static int m_connect(lua_State *L) {
+  int n;
+  if (lua_type(L, 2) != LUA_TFUNCTION && (n = divert(L, "connect")) >= 0) return n;
+  return raw_connect(L);
+}
+
+static int m_read(lua_State *L) {
+  pipe_ud *u = check_pipe(L);
+  int n;
+  if ((u->readahead || lua_type(L, lua_gettop(L)) != LUA_TFUNCTION) &&
+      (n = divert(L, "read")) >= 0)
+    return n;
+  return raw_read(L);
+}
+
+static int m_readable(lua_State *L) {
+  pipe_ud *u = check_pipe(L);
+  int n;
+  if ((u->readahead || lua_type(L, 2) != LUA_TFUNCTION) &&
+      (n = divert(L, "readable")) >= 0)
+    return n;
+  return raw_readable(L);
+}
+
+static int m_writable(lua_State *L) {
+  int n;
+  if (lua_type(L, 2) != LUA_TFUNCTION && (n = divert(L, "writable")) >= 0) return n;
+  return raw_writable(L);
+}
+
+static int m_write(lua_State *L) {
+  int n;
+  if (lua_type(L, 3) != LUA_TFUNCTION && (n = divert(L, "write")) >= 0) return n;
+  return raw_write(L);
+}
+
+static int m_try_read(lua_State *L) {
+  pipe_ud *u = check_pipe(L);
+  int n;
+  if (u->readahead && (n = divert(L, "try_read")) >= 0) return n;
+  return raw_try_read(L);
+}
+
+/* core._raw.set_readahead(pipe, has): the Lua layer holds (or no longer
+ * holds) bytes read ahead for this pipe. */
+static int raw_set_readahead(lua_State *L) {
+  pipe_ud *u = to_pipe(L);
+  u->readahead = lua_toboolean(L, 2);
+  return 0;
+}
+
+/* core._raw.set_task_work(has): tasks or timers are due or pending. */
+static int raw_set_task_work(lua_State *L) {
+  loop_ud *lu = (loop_ud *)lua_touserdata(L, LOOP_UPV);
+  lu->task_work = lua_toboolean(L, 1);
+  return 0;
 }
 
 static np_op check_op(lua_State *L, int arg, const char *def) {
@@ -471,12 +567,17 @@ static int push_completion(lua_State *L, const np_completion *c) {
   }
 }
 
-static int l_step(lua_State *L) {
+static int raw_step(lua_State *L) {
   np_loop *loop = check_loop(L);
-  lua_Number t = luaL_optnumber(L, 1, 0);
+  lua_Number t = 0;
   int timeout, ready, dispatched = 0;
   np_status st;
   np_completion c;
+  if (!lua_isnoneornil(L, 1)) {
+    int isnum;
+    t = lua_tonumberx(L, 1, &isnum);
+    if (!isnum || lua_type(L, 1) != LUA_TNUMBER) t = -1;
+  }
   if (!(t >= 0)) luaL_argerror(L, 1, "timeout in milliseconds >= 0 expected");
   timeout = t >= (lua_Number)INT_MAX ? INT_MAX : (int)(t + 0.999);
   ready = np_loop_wait(loop, timeout, &st);
@@ -502,6 +603,15 @@ static int l_step(lua_State *L) {
   }
   lua_pushinteger(L, dispatched);
   return 1;
+}
+
+/* step([timeout]): with tasks or timers due, the Lua layer's step (it runs
+ * them around raw_step). */
+static int l_step(lua_State *L) {
+  loop_ud *lu = (loop_ud *)lua_touserdata(L, LOOP_UPV);
+  int n;
+  if (lu->task_work && (n = divert(L, "step")) >= 0) return n;
+  return raw_step(L);
 }
 
 /* np.path(name): the socket file on Unix, the name itself on Windows. */
@@ -564,6 +674,18 @@ static const luaL_Reg pipe_meta[] = {{"__gc", m_gc},
                                      {"__tostring", m_tostring},
                                      {NULL, NULL}};
 
+/* core._raw: the C entry points without divert, for the Lua layer. */
+static const luaL_Reg raw_funcs[] = {{"connect", raw_connect},
+                                     {"read", raw_read},
+                                     {"write", raw_write},
+                                     {"readable", raw_readable},
+                                     {"writable", raw_writable},
+                                     {"try_read", raw_try_read},
+                                     {"step", raw_step},
+                                     {"set_readahead", raw_set_readahead},
+                                     {"set_task_work", raw_set_task_work},
+                                     {NULL, NULL}};
+
 static const luaL_Reg module_funcs[] = {{"create", l_create},
                                         {"open", l_open},
                                         {"step", l_step},
@@ -582,7 +704,7 @@ static void push_loop(lua_State *L) {
   {
     np_status st;
     char buf[256];
-    loop_ud *lu = (loop_ud *)lua_newuserdatauv(L, sizeof *lu, 1);
+    loop_ud *lu = (loop_ud *)lua_newuserdatauv(L, sizeof *lu, 2);
     memset(lu, 0, sizeof *lu);
     lua_createtable(L, 0, 1);
     lua_pushcfunction(L, loop_gc);
@@ -594,6 +716,8 @@ static void push_loop(lua_State *L) {
                  np_status_message(&st, buf, sizeof buf));
     lua_newtable(L); /* anchors */
     lua_setiuservalue(L, -2, 1);
+    lua_newtable(L); /* waiting (divert) */
+    lua_setiuservalue(L, -2, 2);
     lua_pushvalue(L, -1);
     lua_setfield(L, LUA_REGISTRYINDEX, LOOP_KEY);
   }
@@ -605,29 +729,40 @@ int luaopen_namedpipe_core(lua_State *L);
 __declspec(dllexport)
 #endif
 int luaopen_namedpipe_core(lua_State *L) {
+  int i;
   push_loop(L);                 /* loop */
   lua_getiuservalue(L, -1, 1);  /* loop anchors */
+  luaL_newmetatable(L, PIPE_MT); /* loop anchors mt (may exist already) */
+  lua_getiuservalue(L, -3, 2);  /* loop anchors mt waiting */
+  /* Pushes the four upvalues, in order. */
+#define PUSH_UPVALUES(top_offset)                             \
+  for (i = 0; i < N_UPVALUES; i++) lua_pushvalue(L, (top_offset))
 
-  if (luaL_newmetatable(L, PIPE_MT)) {
-    lua_pushvalue(L, -3);
-    lua_pushvalue(L, -3);
-    lua_pushvalue(L, -3);
+  if (lua_getfield(L, -2, "__index") != LUA_TTABLE) { /* a first require */
+    lua_pop(L, 1);
+    lua_pushvalue(L, -2); /* mt */
+    PUSH_UPVALUES(-5);
     luaL_setfuncs(L, pipe_meta, N_UPVALUES);
+    lua_pop(L, 1);
     luaL_newlibtable(L, pipe_methods);
-    lua_pushvalue(L, -4);
-    lua_pushvalue(L, -4);
-    lua_pushvalue(L, -4);
+    PUSH_UPVALUES(-5);
     luaL_setfuncs(L, pipe_methods, N_UPVALUES);
-    lua_setfield(L, -2, "__index");
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -4, "__index");
   }
-  /* loop anchors mt */
+  /* loop anchors mt waiting methods */
   luaL_newlibtable(L, module_funcs);
-  lua_pushvalue(L, -4);
-  lua_pushvalue(L, -4);
-  lua_pushvalue(L, -4);
+  PUSH_UPVALUES(-6);
   luaL_setfuncs(L, module_funcs, N_UPVALUES);
-  lua_getfield(L, -2, "__index");
+  lua_insert(L, -2);
   lua_setfield(L, -2, "methods"); /* for the pure-Lua layer to extend */
+  luaL_newlibtable(L, raw_funcs);
+  PUSH_UPVALUES(-6);
+  luaL_setfuncs(L, raw_funcs, N_UPVALUES);
+  lua_setfield(L, -2, "_raw");
+  lua_pushvalue(L, -2);
+  lua_setfield(L, -2, "_waiting");
+#undef PUSH_UPVALUES
   lua_pushliteral(L, "0.1.0");
   lua_setfield(L, -2, "_VERSION");
   return 1;

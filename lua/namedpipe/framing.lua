@@ -6,7 +6,7 @@ are kept (np._readahead) and handed out first by every later read.
 local F = {}
 
 function F.install(M, methods)
-  local readahead, now = M._readahead, M.now
+  local readahead, set_readahead, now = M._readahead, M._set_readahead, M.now
 
   local function deadline_left(deadline)
     if not deadline then return nil end
@@ -29,17 +29,17 @@ function F.install(M, methods)
   -- Read until `enough(buf)` says where to cut; keeps the rest.
   local function read_until(self, deadline, enough)
     local buf = readahead[self] or ""
-    readahead[self] = nil
+    set_readahead(self, nil)
     while true do
       local cut, skip = enough(buf)
       if cut then
-        if skip < #buf then readahead[self] = buf:sub(skip + 1) end
+        if skip < #buf then set_readahead(self, buf:sub(skip + 1)) end
         return buf:sub(1, cut)
       end
       local data, msg, name, code = M._await(self, "read", function(cb) M._raw.read(self, nil, cb) end,
         deadline_left(deadline))
       if not data then
-        if #buf > 0 then readahead[self] = buf end
+        if #buf > 0 then set_readahead(self, buf) end
         return nil, msg, name, code
       end
       buf = buf .. data
@@ -59,7 +59,7 @@ function F.install(M, methods)
     if line then return (line:gsub("\r$", "")) end
     if name == "EOF" and readahead[self] then
       local last = readahead[self]
-      readahead[self] = nil
+      set_readahead(self, nil)
       return last
     end
     return nil, msg, name, code

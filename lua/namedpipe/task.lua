@@ -10,6 +10,9 @@ calls block as in the main thread.
 local core = require "namedpipe.core"
 
 local now = core.now
+-- core.step goes straight to C unless told that tasks or timers need it
+-- (binding.c, divert): told after every change below.
+local set_task_work = core._raw.set_task_work
 local co_create, co_resume, co_running, co_status, co_yield =
   coroutine.create, coroutine.resume, coroutine.running, coroutine.status, coroutine.yield
 local pack, unpack, tremove = table.pack, table.unpack, table.remove
@@ -47,6 +50,7 @@ end
 --- Run fn(...) at the next step.
 function T.soon(fn, ...)
   soon[#soon + 1] = pack(fn, ...)
+  set_task_work(true)
 end
 
 function T.spawn(fn, ...)
@@ -75,6 +79,7 @@ function T.add_timer(ms, fn)
   local i = #timers
   while i > 0 and timers[i].at > t.at do i = i - 1 end
   table.insert(timers, i + 1, t)
+  set_task_work(true)
   return t
 end
 
@@ -82,6 +87,7 @@ function T.cancel_timer(t)
   for i = 1, #timers do
     if timers[i] == t then
       tremove(timers, i)
+      set_task_work(soon[1] ~= nil or timers[1] ~= nil)
       return
     end
   end
@@ -103,6 +109,7 @@ function T.run_due()
     n = n + 1
     timer.fn()
   end
+  set_task_work(soon[1] ~= nil or timers[1] ~= nil)
   return n
 end
 
@@ -115,11 +122,6 @@ function T.wait_budget(wait)
     if left < wait then return left end
   end
   return wait
-end
-
---- Nothing queued and no timer: step can go straight to the core.
-function T.idle()
-  return soon[1] == nil and timers[1] == nil
 end
 
 --- Anything left that needs the loop: live tasks, timers or queued work.
