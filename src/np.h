@@ -82,10 +82,13 @@ typedef struct np_server_options {
   np_mode pipe_mode;          /* byte */
   int reject_remote_clients;  /* true */
   unsigned max_instances;     /* NP_UNLIMITED_INSTANCES, else 1..254 */
-  uint32_t out_buffer_size;   /* 65536 */
-  uint32_t in_buffer_size;    /* 65536 */
+  uint32_t out_buffer_size;   /* NP_DEFAULT_BUFFER_SIZE */
+  uint32_t in_buffer_size;    /* NP_DEFAULT_BUFFER_SIZE */
   const char *security;       /* NULL, or an SDDL string (Windows) / file mode (Unix) */
 } np_server_options;
+
+/* Tokio's default in_buffer_size and out_buffer_size. */
+#define NP_DEFAULT_BUFFER_SIZE 65536u
 
 /* Tokio's ClientOptions, with Tokio's defaults (options.c). */
 typedef struct np_client_options {

@@ -30,8 +30,8 @@ void np_server_options_default(np_server_options *o) {
   o->pipe_mode = NP_MODE_BYTE;
   o->reject_remote_clients = 1;
   o->max_instances = NP_UNLIMITED_INSTANCES;
-  o->out_buffer_size = 65536;
-  o->in_buffer_size = 65536;
+  o->out_buffer_size = NP_DEFAULT_BUFFER_SIZE;
+  o->in_buffer_size = NP_DEFAULT_BUFFER_SIZE;
   o->security = NULL;
 }
 

@@ -30,9 +30,12 @@
  * Accepting: the listener sits in the epoll set edge-triggered; an edge
  * comes with every connection queued. Between edges accept4 is only tried
  * when something may be queued (maybe_queued): the last try did not end in
- * EAGAIN (no free instance was left, EMFILE...), or a new instance or a
- * connect() asks (a client that came first is taken at once, as before).
- * A closed or disconnected instance thus costs no accept4 that must fail.
+ * EAGAIN (no free instance was left, EMFILE...), or a connect() asks (a
+ * client that opened first is taken at once: on Windows the open connects
+ * the instance). A new instance, a closed or disconnected one thus cost no
+ * accept4 that must fail (one per connection in a create/connect/close
+ * cycle, before); a client that queued after the last EAGAIN brought an
+ * edge, and is accepted when the next wait reports it.
  *
  * Ownership across processes: beside the socket PATH the owner keeps
  * PATH.lock, holding an OFD write lock on it (fcntl F_OFD_SETLK: like flock,
@@ -542,8 +545,9 @@ void np_listener_on_event(np_listener *l) {
   np_listener_service(l);
 }
 
-/* A new instance or a connect(): a client that came before it is taken at
- * once (its connect completes at once, reads may start), as before. */
+/* A connect(): a client that opened before it is taken at once, so the
+ * connect completes and reads may start, as on Windows (where the open
+ * itself connects the instance). */
 void np_listener_service_now(np_listener *l) {
   l->maybe_queued = 1;
   np_listener_service(l);

@@ -221,8 +221,8 @@ void np_listener_add(np_listener *l, np_pipe *p);
 void np_listener_remove(np_listener *l, np_pipe *p);
 void np_listener_set_free(np_listener *l, np_pipe *p, int is_free);
 void np_listener_service(np_listener *l);
-void np_listener_service_now(np_listener *l);
 void np_listener_on_event(np_listener *l);
+void np_listener_service_now(np_listener *l);
 int np_listener_type(const np_listener *l);
 int np_listener_fd(const np_listener *l);
 /* 1 when a live server of this path published its description. */
