@@ -320,3 +320,29 @@ function TestReliability:test_message_reads_mixing_waiting_and_queued()
   end
   H.close_all(server, client)
 end
+
+-- The same for a name whose every instance is taken: on Linux the listener
+-- then holds a queued connection nobody can accept (the PIPE_BUSY plug),
+-- which must not keep the loop busy either; a new instance serves the
+-- next client as usual.
+function TestReliability:test_all_instances_busy_does_not_spin()
+  if PLATFORM == "windows" then
+    lu.skip("os.clock is wall-clock time in the Windows C runtime: CPU time cannot be told here")
+  end
+  local name = H.name("busyidle")
+  local server = assert(np.create(name))
+  local client = assert(np.open(name))
+  assert(server:connect(2000))
+  local busy = idle_cpu_ms(300)
+  lu.assertTrue(busy < 150, ("300 ms of steps with every instance busy took %.0f ms of CPU"):format(busy))
+  local _, _, errname = np.open(name)
+  lu.assertEquals(errname, "PIPE_BUSY")
+  local second = assert(np.create(name))
+  local client2 = assert(np.open(name))
+  assert(second:connect(2000))
+  assert(client2:write("x", 2000))
+  lu.assertEquals(second:read(nil, 2000), "x")
+  busy = idle_cpu_ms(300)
+  lu.assertTrue(busy < 150, ("300 ms of idle steps took %.0f ms of CPU"):format(busy))
+  H.close_all(server, client, second, client2)
+end

@@ -27,15 +27,18 @@
  * of another process may queue instead of getting PIPE_BUSY; it is accepted
  * as soon as an instance comes free.
  *
- * Accepting: the listener sits in the epoll set edge-triggered; an edge
- * comes with every connection queued. Between edges accept4 is only tried
- * when something may be queued (maybe_queued): the last try did not end in
- * EAGAIN (no free instance was left, EMFILE...), or a connect() asks (a
- * client that opened first is taken at once: on Windows the open connects
- * the instance). A new instance, a closed or disconnected one thus cost no
- * accept4 that must fail (one per connection in a create/connect/close
- * cycle, before); a client that queued after the last EAGAIN brought an
- * edge, and is accepted when the next wait reports it.
+ * Accepting: accept4 is tried when epoll reports the listener, and when a
+ * connect() starts (a client that opened first is taken at once: on
+ * Windows the open itself connects the instance). The listener is
+ * level-triggered while it can take what is queued: every wait reports a
+ * queued client, so a new instance, a closed or disconnected one need no
+ * accept4 of their own (one that must fail, once per connection in a
+ * create/connect/close cycle). When epoll reports clients that no instance
+ * can take (none free: the plug, clients of another process, EMFILE), it
+ * goes edge-triggered, or every wait would return at once; then accept4 is
+ * tried whenever something may be queued (maybe_queued: the last try did
+ * not end in EAGAIN) and an instance is free, and once a try ends in
+ * EAGAIN (the queue is empty) it goes back to level-triggered.
  *
  * Ownership across processes: beside the socket PATH the owner keeps
  * PATH.lock, holding an OFD write lock on it (fcntl F_OFD_SETLK: like flock,
@@ -74,6 +77,7 @@ struct np_listener {
   socklen_t plug_len;
   int backlog;
   int maybe_queued; /* a client may be queued: accept4 may succeed */
+  int level;        /* registered level-triggered (see Accepting) */
   int plug_wanted;  /* counted in loop->plugs_wanted */
   np_pipe_meta meta;
   unsigned n_instances, n_free;
@@ -308,7 +312,8 @@ static np_listener *listener_open(np_loop *loop, const char *path,
   if (!clear_path(path, o->first_pipe_instance, st) ||
       !bind_socket(l, mode, st))
     goto fail_owned;
-  if (np_watch_add(loop, l->fd, EPOLLIN | EPOLLET, l) != 0) {
+  l->level = 1;
+  if (np_watch_add(loop, l->fd, EPOLLIN, l) != 0) {
     np_status_errno(st, np_errno_err(errno), errno);
     unlink(l->path);
     goto fail_owned;
@@ -509,7 +514,15 @@ static np_pipe *pick_free(np_listener *l) {
   return l->free_head;
 }
 
-void np_listener_service(np_listener *l) {
+/* Level- or edge-triggered (see Accepting); on failure nothing changes. */
+static void set_level(np_listener *l, int level) {
+  if (np_watch_mod(l->loop, l->fd, level ? EPOLLIN : EPOLLIN | EPOLLET, l) == 0)
+    l->level = level;
+}
+
+/* Accept while something may be queued and an instance is free. reported:
+ * epoll has just reported the listener. */
+static void service(np_listener *l, int reported) {
   if (l->loop->closing) return;
   while (l->n_free > 0 && l->maybe_queued) {
     struct sockaddr_un peer;
@@ -537,12 +550,25 @@ void np_listener_service(np_listener *l) {
                             len > offsetof(struct sockaddr_un, sun_path)))
       close(fd);
   }
+  if (l->level) {
+    /* Stopped with something maybe queued (no instance free, EMFILE...):
+     * reported again at every wait unless edge-triggered. Not reported
+     * (a connect took the last free instance): the next wait tells. */
+    if (l->maybe_queued && reported)
+      set_level(l, 0);
+    else
+      l->maybe_queued = 0;
+  } else if (!l->maybe_queued) {
+    set_level(l, 1); /* the queue is empty */
+  }
   gate(l);
 }
 
+void np_listener_service(np_listener *l) { service(l, 0); }
+
 void np_listener_on_event(np_listener *l) {
   l->maybe_queued = 1;
-  np_listener_service(l);
+  service(l, 1);
 }
 
 /* A connect(): a client that opened before it is taken at once, so the
@@ -550,5 +576,5 @@ void np_listener_on_event(np_listener *l) {
  * itself connects the instance). */
 void np_listener_service_now(np_listener *l) {
   l->maybe_queued = 1;
-  np_listener_service(l);
+  service(l, 0);
 }
