@@ -26,8 +26,8 @@
  *
  * Options: --quick (tiny sizes, contents checked), --runs N (median, min-max),
  * --only w[,w], --pp N, --stream-mib N, --churn N, --steps N.
- * Attribution variants (ping-pong and stream only; not in the table): --passcred,
- * --peek, --tryfirst, --bufsize N, --copy (see the flags below).
+ * Attribution variants (not in the table): --passcred, --peek, --tryfirst,
+ * --bufsize N, --copy, --del (see the flags below).
  *
  * Build: gcc -O2 -o baseline_unix bench/baseline_unix.c
  */
@@ -58,6 +58,7 @@ static int v_tryfirst; /* one more recv (EAGAIN) after each message: a read
 static int v_bufsize;  /* SO_SNDBUF/SO_RCVBUF on the server end */
 static int v_copy;     /* stream: each read copied once more into a fresh
                           malloc block (what pushing a Lua string costs) */
+static int v_del;      /* churn: EPOLL_CTL_DEL before each close */
 static unsigned name_counter;
 static char sockdir[96];
 
@@ -366,6 +367,12 @@ static double churn(long n) {
         }
       }
     }
+    if (v_del) {
+      struct epoll_event none;
+      memset(&none, 0, sizeof none);
+      epoll_ctl(ep, EPOLL_CTL_DEL, cli, &none);
+      epoll_ctl(ep, EPOLL_CTL_DEL, srv, &none);
+    }
     close(cli);
     close(srv);
   }
@@ -435,6 +442,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--peek")) v_peek = 1;
     else if (!strcmp(argv[i], "--copy")) v_copy = 1;
     else if (!strcmp(argv[i], "--tryfirst")) v_tryfirst = 1;
+    else if (!strcmp(argv[i], "--del")) v_del = 1;
     else if (!strcmp(argv[i], "--bufsize") && i + 1 < argc) v_bufsize = atoi(argv[++i]);
     else {
       fprintf(stderr, "baseline_unix: unknown option %s\n", argv[i]);
