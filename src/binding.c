@@ -58,14 +58,16 @@ typedef struct loop_ud {
 
 /* ---------------------------------------------------------------- anchors */
 
-/* Anchor the value on top of the stack (popped) in the anchor table; its
- * slot number goes with the operation to the backend and comes back in
- * the completion. What luaL_ref does, without its free list kept in the
- * table itself: luaL_ref/luaL_unref cost five table accesses a pair, and
- * were a third of the binding's instructions in a ping-pong (callgrind);
- * this is one access each way. */
-static int anchor(lua_State *L) {
-  loop_ud *lu = (loop_ud *)lua_touserdata(L, LOOP_UPV);
+/* Anchor the value on top of the stack (popped) in the anchor table (at
+ * index t: ANCHORS_UPV, or a copy on the stack); its slot number goes with
+ * the operation to the backend and comes back in the completion. What
+ * luaL_ref does, without its free list kept in the table itself:
+ * luaL_ref/luaL_unref cost five table accesses a pair, and were a third of
+ * the binding's instructions in a ping-pong (callgrind); this is one
+ * access each way. The loop_ud comes from the caller (a pipe_ud has it):
+ * looking an upvalue up through the API costs as much as the table access
+ * (lua_touserdata was 8% of a ping-pong's instructions). */
+static int anchor(lua_State *L, loop_ud *lu, int t) {
   int slot;
   if (lu->n_free > 0) {
     slot = lu->free_slots[--lu->n_free];
@@ -80,21 +82,21 @@ static int anchor(lua_State *L) {
     }
     slot = ++lu->anchors_top;
   }
-  lua_rawseti(L, ANCHORS_UPV, slot);
+  lua_rawseti(L, t, slot);
   return slot;
 }
 
 /* Let an anchored value go (NP_NOREF: nothing). */
-static void release(lua_State *L, int slot) {
-  loop_ud *lu = (loop_ud *)lua_touserdata(L, LOOP_UPV);
+static void release(lua_State *L, loop_ud *lu, int t, int slot) {
   if (slot == NP_NOREF) return;
   lua_pushnil(L);
-  lua_rawseti(L, ANCHORS_UPV, slot);
+  lua_rawseti(L, t, slot);
   lu->free_slots[lu->n_free++] = slot;
 }
 
 typedef struct pipe_ud {
   np_pipe *p;   /* NULL once closed */
+  loop_ud *lu;  /* its loop's (the loop userdata outlives every pipe's) */
   int inflight; /* operations started from Lua, not yet dispatched */
   int self_ref; /* anchor of this userdata while inflight > 0 */
   int is_server;
@@ -186,14 +188,15 @@ static void check_callback(lua_State *L, int arg) {
 static void pin_pipe(lua_State *L, pipe_ud *u) {
   if (u->inflight++ == 0) {
     lua_pushvalue(L, 1);
-    u->self_ref = anchor(L);
+    u->self_ref = anchor(L, u->lu, ANCHORS_UPV);
   }
 }
 
-/* One operation fewer; the last one lets the userdata go. */
-static void unpin_pipe(lua_State *L, pipe_ud *u) {
+/* One operation fewer; the last one lets the userdata go. t: the anchor
+ * table's index. */
+static void unpin_pipe(lua_State *L, pipe_ud *u, int t) {
   if (--u->inflight == 0) {
-    release(L, u->self_ref);
+    release(L, u->lu, t, u->self_ref);
     u->self_ref = LUA_NOREF;
   }
 }
@@ -203,7 +206,7 @@ static void unpin_pipe(lua_State *L, pipe_ud *u) {
 static int anchor_operation(lua_State *L, pipe_ud *u, int arg) {
   int ref;
   lua_pushvalue(L, arg);
-  ref = anchor(L);
+  ref = anchor(L, u->lu, ANCHORS_UPV);
   pin_pipe(L, u);
   return ref;
 }
@@ -211,6 +214,7 @@ static int anchor_operation(lua_State *L, pipe_ud *u, int arg) {
 static void pipe_new(lua_State *L, np_pipe *p, int is_server) {
   pipe_ud *u = (pipe_ud *)lua_newuserdatauv(L, sizeof *u, 0);
   u->p = p;
+  u->lu = (loop_ud *)lua_touserdata(L, LOOP_UPV);
   u->inflight = 0;
   u->self_ref = LUA_NOREF;
   u->is_server = is_server;
@@ -335,11 +339,11 @@ static int raw_write(lua_State *L) {
   /* The kernel reads straight from the Lua string (no copy): anchor it
    * until the completion has been released. */
   lua_pushvalue(L, 2);
-  ref_data = anchor(L);
+  ref_data = anchor(L, u->lu, ANCHORS_UPV);
   if (!np_write_start(u->p, data, len, ref_cb, ref_data)) {
-    release(L, ref_data);
-    release(L, ref_cb);
-    unpin_pipe(L, u);
+    release(L, u->lu, ANCHORS_UPV, ref_data);
+    release(L, u->lu, ANCHORS_UPV, ref_cb);
+    unpin_pipe(L, u, ANCHORS_UPV);
     return luaL_error(L, "not enough memory");
   }
   return 0;
@@ -369,15 +373,15 @@ static int m_try_write(lua_State *L) {
    * completion with no callback releases it; it also counts as in flight so
    * that the pipe userdata outlives it. */
   lua_pushvalue(L, 2);
-  ref_data = anchor(L);
+  ref_data = anchor(L, u->lu, ANCHORS_UPV);
   if (!np_try_write(u->p, data, len, ref_data, &written, &kept, &st)) {
-    release(L, ref_data);
+    release(L, u->lu, ANCHORS_UPV, ref_data);
     return push_status(L, &st);
   }
   if (kept) {
     pin_pipe(L, u);
   } else {
-    release(L, ref_data);
+    release(L, u->lu, ANCHORS_UPV, ref_data);
   }
   lua_pushinteger(L, (lua_Integer)written);
   return 1;
@@ -567,10 +571,10 @@ static int push_completion(lua_State *L, const np_completion *c) {
   }
 }
 
-static int raw_step(lua_State *L) {
-  np_loop *loop = check_loop(L);
+static int step_loop(lua_State *L, loop_ud *lu) {
+  np_loop *loop = lu->loop;
   lua_Number t = 0;
-  int timeout, ready, dispatched = 0;
+  int timeout, ready, dispatched = 0, anchors;
   np_status st;
   np_completion c;
   if (!lua_isnoneornil(L, 1)) {
@@ -579,9 +583,12 @@ static int raw_step(lua_State *L) {
     if (!isnum || lua_type(L, 1) != LUA_TNUMBER) t = -1;
   }
   if (!(t >= 0)) luaL_argerror(L, 1, "timeout in milliseconds >= 0 expected");
+  if (!loop) luaL_error(L, "namedpipe: the loop is closed");
   timeout = t >= (lua_Number)INT_MAX ? INT_MAX : (int)(t + 0.999);
   ready = np_loop_wait(loop, timeout, &st);
   if (ready < 0) return push_status(L, &st);
+  lua_pushvalue(L, ANCHORS_UPV); /* on the stack: cheaper to index */
+  anchors = lua_gettop(L);
   /* Only what was ready when we looked: callbacks that start operations
    * which finish at once must not keep this step running forever. */
   while (dispatched < ready && np_loop_next(loop, &c)) {
@@ -589,13 +596,13 @@ static int raw_step(lua_State *L) {
     int nargs, has_cb = c.ref_cb != LUA_NOREF;
     dispatched++;
     if (has_cb) {
-      lua_rawgeti(L, ANCHORS_UPV, c.ref_cb);
-      release(L, c.ref_cb);
+      lua_rawgeti(L, anchors, c.ref_cb);
+      release(L, lu, anchors, c.ref_cb);
     }
     nargs = push_completion(L, &c);
-    release(L, c.ref_data);
+    release(L, lu, anchors, c.ref_data);
     np_completion_done(loop, &c); /* may free the pipe block */
-    if (u) unpin_pipe(L, u);
+    if (u) unpin_pipe(L, u, anchors);
     if (has_cb)
       lua_call(L, nargs, 0); /* an error propagates; the queue stays sound */
     else
@@ -611,7 +618,11 @@ static int l_step(lua_State *L) {
   loop_ud *lu = (loop_ud *)lua_touserdata(L, LOOP_UPV);
   int n;
   if (lu->task_work && (n = divert(L, "step")) >= 0) return n;
-  return raw_step(L);
+  return step_loop(L, lu);
+}
+
+static int raw_step(lua_State *L) {
+  return step_loop(L, (loop_ud *)lua_touserdata(L, LOOP_UPV));
 }
 
 /* np.path(name): the socket file on Unix, the name itself on Windows. */
