@@ -220,7 +220,8 @@ static void pipe_new(lua_State *L, np_pipe *p, int is_server) {
   u->is_server = is_server;
   u->readahead = 0;
   np_pipe_set_user(p, u);
-  luaL_setmetatable(L, PIPE_MT);
+  lua_pushvalue(L, PIPE_MT_UPV); /* luaL_setmetatable looks it up by name */
+  lua_setmetatable(L, -2);
 }
 
 /* Count a name's length as Windows does, in UTF-16 units. */

@@ -284,6 +284,7 @@ void np_loop_close(np_loop *loop) {
     loop->free_writes = w->next;
     free(w);
   }
+  while (loop->n_free_rbufs > 0) free(loop->free_rbufs[--loop->n_free_rbufs]);
   CloseHandle(loop->try_event);
   CloseHandle(loop->port);
   free(loop);

@@ -11,7 +11,7 @@
 
 /* Byte-mode reads and the first chunk of a message: the default pipe
  * buffer size. A larger read(n) is capped here per call (byte mode). */
-#define READ_CHUNK 65536u
+#define READ_CHUNK NP_READ_CHUNK
 #define READ_CAP (1u << 20)
 
 /* ------------------------------------------------------------------ names */
@@ -40,14 +40,19 @@ int np_pipe_path(const char *name, char *buf, size_t size, np_status *st) {
   return 1;
 }
 
-static wchar_t *to_wide(const char *s, np_status *st) {
+/* UTF-16 of s: in buf (cap characters) when it fits, else malloc'ed (free
+ * it when it is not buf). A pipe name always fits a name-sized buf: the
+ * binding refuses names over 256 characters. */
+#define WNAME_CAP 300
+
+static wchar_t *to_wide(const char *s, wchar_t *buf, int cap, np_status *st) {
   int n = MultiByteToWideChar(CP_UTF8, MB_ERR_INVALID_CHARS, s, -1, NULL, 0);
   wchar_t *w;
   if (n <= 0) {
     np_win_status(st, GetLastError(), NP_OP_CONNECT);
     return NULL;
   }
-  w = (wchar_t *)malloc((size_t)n * sizeof *w);
+  w = n <= cap ? buf : (wchar_t *)malloc((size_t)n * sizeof *w);
   if (!w) {
     np_win_status(st, ERROR_NOT_ENOUGH_MEMORY, NP_OP_CONNECT);
     return NULL;
@@ -69,12 +74,11 @@ static void init_req(np_req *req, np_pipe *p, np_op op) {
 /* Takes ownership of h: on failure it is closed. */
 static np_pipe *adopt_handle(np_loop *loop, HANDLE h, const char *name,
                              int is_server, np_mode read_mode, np_status *st) {
-  np_pipe *p = (np_pipe *)calloc(1, sizeof *p);
   size_t len = strlen(name);
-  char *copy = (char *)malloc(len + 1);
-  if (!p || !copy) {
-    free(p);
-    free(copy);
+  /* the name lives after the block: one heap block, not two */
+  np_pipe *p = (np_pipe *)calloc(1, sizeof *p + len + 1);
+  char *copy = p ? (char *)(p + 1) : NULL;
+  if (!p) {
     CloseHandle(h);
     np_win_status(st, ERROR_NOT_ENOUGH_MEMORY, NP_OP_CONNECT);
     return NULL;
@@ -82,7 +86,6 @@ static np_pipe *adopt_handle(np_loop *loop, HANDLE h, const char *name,
   if (!CreateIoCompletionPort(h, loop->port, 0, 0)) {
     np_win_status(st, GetLastError(), NP_OP_CONNECT);
     free(p);
-    free(copy);
     CloseHandle(h);
     return NULL;
   }
@@ -109,8 +112,10 @@ void np_pipe_free(np_pipe *p) {
   else
     loop->pipes = p->next;
   if (p->next) p->next->prev = p->prev;
-  free(p->rbuf);
-  free(p->name);
+  if (p->rbuf && p->rcap == READ_CHUNK && loop->n_free_rbufs < NP_KEEP_RBUFS)
+    loop->free_rbufs[loop->n_free_rbufs++] = p->rbuf;
+  else
+    free(p->rbuf);
   free(p);
 }
 
@@ -120,7 +125,8 @@ np_pipe *np_server_create(np_loop *loop, const char *name,
   SECURITY_ATTRIBUTES sa;
   PSECURITY_DESCRIPTOR sd = NULL;
   HANDLE h;
-  wchar_t *wname = to_wide(name, st);
+  wchar_t wbuf[WNAME_CAP];
+  wchar_t *wname = to_wide(name, wbuf, WNAME_CAP, st);
   if (!wname) return NULL;
   if (o->access_inbound) open_mode |= PIPE_ACCESS_INBOUND;
   if (o->access_outbound) open_mode |= PIPE_ACCESS_OUTBOUND;
@@ -133,10 +139,10 @@ np_pipe *np_server_create(np_loop *loop, const char *name,
                   : PIPE_TYPE_BYTE | PIPE_READMODE_BYTE;
   if (o->reject_remote_clients) pipe_mode |= PIPE_REJECT_REMOTE_CLIENTS;
   if (o->security) {
-    wchar_t *wsddl = to_wide(o->security, st);
+    wchar_t *wsddl = to_wide(o->security, NULL, 0, st);
     BOOL ok;
     if (!wsddl) {
-      free(wname);
+      if (wname != wbuf) free(wname);
       return NULL;
     }
     ok = ConvertStringSecurityDescriptorToSecurityDescriptorW(
@@ -145,7 +151,7 @@ np_pipe *np_server_create(np_loop *loop, const char *name,
     if (!ok) {
       np_win_status(st, GetLastError(), NP_OP_CONNECT);
       st->err = NP_INVALID_ARGUMENT; /* the SDDL text was refused */
-      free(wname);
+      if (wname != wbuf) free(wname);
       return NULL;
     }
     sa.nLength = sizeof sa;
@@ -157,7 +163,7 @@ np_pipe *np_server_create(np_loop *loop, const char *name,
                        sd ? &sa : NULL);
   if (h == INVALID_HANDLE_VALUE) np_win_status(st, GetLastError(), NP_OP_CONNECT);
   if (sd) LocalFree(sd);
-  free(wname);
+  if (wname != wbuf) free(wname);
   if (h == INVALID_HANDLE_VALUE) return NULL;
   return adopt_handle(loop, h, name, 1, o->pipe_mode, st);
 }
@@ -166,7 +172,8 @@ np_pipe *np_client_open(np_loop *loop, const char *name,
                         const np_client_options *o, np_status *st) {
   DWORD access = 0, mode = PIPE_READMODE_MESSAGE;
   HANDLE h;
-  wchar_t *wname = to_wide(name, st);
+  wchar_t wbuf[WNAME_CAP];
+  wchar_t *wname = to_wide(name, wbuf, WNAME_CAP, st);
   if (!wname) return NULL;
   if (o->read) access |= GENERIC_READ;
   if (o->write) access |= GENERIC_WRITE;
@@ -178,7 +185,7 @@ np_pipe *np_client_open(np_loop *loop, const char *name,
                       o->security_qos_flags,
                   NULL);
   if (h == INVALID_HANDLE_VALUE) np_win_status(st, GetLastError(), NP_OP_CONNECT);
-  free(wname);
+  if (wname != wbuf) free(wname);
   if (h == INVALID_HANDLE_VALUE) return NULL;
   if (o->pipe_mode == NP_MODE_MESSAGE &&
       !SetNamedPipeHandleState(h, &mode, NULL, NULL)) {
@@ -259,8 +266,14 @@ void np_connect_start(np_pipe *p, int ref_cb) {
 }
 
 static int reserve(np_pipe *p, size_t need) {
+  np_loop *loop = p->loop;
   char *b;
   if (need <= p->rcap) return 1;
+  if (!p->rbuf && need <= READ_CHUNK && loop->n_free_rbufs > 0) {
+    p->rbuf = loop->free_rbufs[--loop->n_free_rbufs];
+    p->rcap = READ_CHUNK;
+    return 1;
+  }
   b = (char *)realloc(p->rbuf, need);
   if (!b) return 0;
   p->rbuf = b;

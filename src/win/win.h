@@ -55,7 +55,7 @@ struct np_pipe {
   np_state state;
   int closed;
   void *user;
-  char *name; /* UTF-8, for tostring */
+  char *name; /* UTF-8, for tostring (stored after the block) */
   np_req connect_req;
   np_req read_req; /* read or readable */
   np_req writable_req;
@@ -74,6 +74,11 @@ struct np_pipe {
   struct np_pipe *prev, *next; /* the loop's blocks */
 };
 
+/* Read buffers: the default pipe buffer size (a byte read(0), the first
+ * chunk of a message); how many a loop keeps for reuse. */
+#define NP_READ_CHUNK 65536u
+#define NP_KEEP_RBUFS 8
+
 struct np_loop {
   HANDLE port;
   HANDLE try_event; /* for try_read's one synchronous read */
@@ -84,6 +89,10 @@ struct np_loop {
   np_pipe *pipes;        /* every block not yet freed */
   np_req *free_writes;
   int skipped_poll; /* the last wait served the ready queue alone */
+  /* Read buffers of freed pipes, kept for the next pipes' first reads (a
+   * 64 KiB heap block per pipe otherwise: Wine's heap is slow). */
+  char *free_rbufs[NP_KEEP_RBUFS];
+  int n_free_rbufs;
 };
 
 /* error_win.c */
