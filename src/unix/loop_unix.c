@@ -97,6 +97,23 @@ int np_buf_reserve(np_buf *b, size_t n) {
   return 1;
 }
 
+/* A kept read buffer for an empty one, if any. */
+void np_read_buf_take(np_loop *loop, np_buf *b) {
+  if (b->data || loop->n_free_rbufs == 0) return;
+  b->data = loop->free_rbufs[--loop->n_free_rbufs];
+  b->cap = NP_READ_SIZE;
+}
+
+/* Give a read buffer up: kept when of the usual size, else freed. */
+static void read_buf_give(np_loop *loop, np_buf *b) {
+  if (b->data && b->cap == NP_READ_SIZE && loop->n_free_rbufs < NP_KEEP_READ_BUFS)
+    loop->free_rbufs[loop->n_free_rbufs++] = b->data;
+  else
+    free(b->data);
+  b->data = NULL;
+  b->cap = 0;
+}
+
 /* ------------------------------------------------------------------- loop */
 
 np_loop *np_loop_new(np_status *st) {
@@ -298,11 +315,8 @@ void np_completion_done(np_loop *loop, np_completion *c) {
   loop->outstanding--;
   if (r->embedded) {
     r->state = REQ_IDLE;
-    if (r->buf.cap > NP_KEEP_READ_BUFFER || p->closed) {
-      free(r->buf.data);
-      r->buf.data = NULL;
-      r->buf.cap = 0;
-    }
+    if (r->buf.cap > NP_KEEP_READ_BUFFER || p->closed)
+      read_buf_give(loop, &r->buf);
   } else {
     write_unlink(p, r);
     write_req_release(loop, r);
@@ -325,10 +339,9 @@ void np_pipe_free(np_pipe *p) {
   else
     loop->pipes = p->next;
   if (p->next) p->next->prev = p->prev;
-  free(p->read_req.buf.data);
+  read_buf_give(loop, &p->read_req.buf);
   free(p->rest);
   free(p->try_buf.data);
-  free(p->name);
   free(p);
 }
 
@@ -347,6 +360,7 @@ void np_loop_close(np_loop *loop) {
     loop->free_writes = r->next;
     free(r);
   }
+  while (loop->n_free_rbufs > 0) free(loop->free_rbufs[--loop->n_free_rbufs]);
   if (loop->spill) munmap(loop->spill, loop->spill_size);
   np_dir_cache_free(loop);
   close(loop->epfd);

@@ -92,13 +92,14 @@ enum { IO_AGAIN = 0, IO_DONE = 1 };
 /* ------------------------------------------------------------ pipe blocks */
 
 static np_pipe *pipe_new(np_loop *loop, const char *name, np_status *st) {
-  np_pipe *p = (np_pipe *)calloc(1, sizeof *p);
   size_t len = strlen(name);
-  if (!p || !(p->name = (char *)malloc(len + 1))) {
-    free(p);
+  /* the name lives after the block: one heap block, not two */
+  np_pipe *p = (np_pipe *)calloc(1, sizeof *p + len + 1);
+  if (!p) {
     np_status_errno(st, NP_NO_MEMORY, ENOMEM);
     return NULL;
   }
+  p->name = (char *)(p + 1);
   memcpy(p->name, name, len + 1);
   p->watch = NP_WATCH_PIPE;
   p->loop = loop;
@@ -859,6 +860,7 @@ static void pump_read(np_pipe *p) {
   np_req *r = p->pending_read;
   np_status st;
   if (!r) return;
+  if (!r->buf.data) np_read_buf_take(p->loop, &r->buf);
   if (r->op == NP_OP_READABLE) {
     if (!read_ready(p)) return;
     np_status_errno(&st, NP_OK, 0);

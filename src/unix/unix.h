@@ -38,6 +38,12 @@
 #define NP_READ_SIZE 65536u
 #define NP_READ_CAP (1u << 20)
 
+/* Read buffers of the usual size (NP_READ_SIZE) a loop keeps from closed
+ * pipes for the next pipes' reads: a 64 KiB malloc and free per pipe
+ * otherwise, and glibc consolidates its small free chunks before every
+ * such malloc. */
+#define NP_KEEP_READ_BUFS 8
+
 /* A completed read keeps its buffer for the next read of that pipe unless it
  * grew beyond this (one huge message must not pin its memory forever). */
 #define NP_KEEP_READ_BUFFER (1u << 20)
@@ -87,7 +93,7 @@ struct np_pipe {
   np_loop *loop;
   struct np_pipe *prev, *next; /* the loop's blocks, until freed */
   void *user;
-  char *name;
+  char *name; /* stored after the block */
   int fd;        /* connected socket, -1 when none */
   int sock_type; /* SOCK_STREAM (byte pipe) or SOCK_SEQPACKET (message) */
   int is_server;
@@ -170,12 +176,16 @@ struct np_loop {
   /* Write requests kept for reuse (np_write_start allocates one a write). */
   np_req *free_writes;
   size_t n_free_writes;
+  /* Read buffers kept for reuse (NP_KEEP_READ_BUFS). */
+  char *free_rbufs[NP_KEEP_READ_BUFS];
+  int n_free_rbufs;
 };
 
 /* loop_unix.c */
 void np_status_errno(np_status *st, np_err err, int code);
 np_err np_errno_err(int code);
 int np_buf_reserve(np_buf *b, size_t n);
+void np_read_buf_take(np_loop *loop, np_buf *b);
 void np_req_start(np_pipe *p, np_req *r, np_op op, int ref_cb, int ref_data);
 void np_req_ready(np_req *r, np_err err, long code);
 void np_pipe_free(np_pipe *p);
