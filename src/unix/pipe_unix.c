@@ -70,9 +70,10 @@ enum { IO_AGAIN = 0, IO_DONE = 1 };
  * writable at the next wait for nothing. (EPOLLHUP and EPOLLERR come
  * whatever the mask.) */
 #define SOCKET_EVENTS (EPOLLIN | EPOLLPRI | EPOLLRDHUP | EPOLLET)
-/* A message socket while a read waits on it: level-triggered (see
- * "readiness"). */
-#define LEVEL_EVENTS (EPOLLIN | EPOLLPRI | EPOLLRDHUP)
+/* A socket while a read waits on it: level-triggered (see "readiness").
+ * Without EPOLLPRI: urgent data (a byte sent MSG_OOB) is also in the
+ * queue, so EPOLLIN covers it, and a normal recv steps over it. */
+#define LEVEL_EVENTS (EPOLLIN | EPOLLRDHUP)
 #define READ_EVENTS (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLPRI)
 #define WRITE_EVENTS (EPOLLOUT | EPOLLHUP | EPOLLERR)
 
@@ -143,8 +144,8 @@ static int set_mask(np_pipe *p, int level, int out_armed) {
 /* A new socket for the pipe: SO_PASSCRED only for an unbound peer (see the
  * top of the file: empty message versus EOF). The socket starts idle: if it
  * is readable already, epoll says so at the next wait (ep_insert polls it).
- * A message socket starts level-triggered: its first read usually comes
- * before its first message ("readiness"). */
+ * It starts level-triggered: its first read usually comes before its first
+ * data ("readiness"). */
 static int watch_socket(np_pipe *p, int fd, int passcred) {
   int one = 1;
   p->passcred = p->sock_type == SOCK_SEQPACKET && passcred;
@@ -154,7 +155,7 @@ static int watch_socket(np_pipe *p, int fd, int passcred) {
   p->rd_idle = 1;
   p->rd_sticky = 0;
   p->out_armed = 0;
-  p->level = p->sock_type == SOCK_SEQPACKET;
+  p->level = 1;
   return np_watch_add(p->loop, fd, socket_mask(p), p) == 0;
 }
 
@@ -396,32 +397,28 @@ int np_pipe_busy(const np_pipe *p, np_op op) {
 
 /* -------------------------------------------------------------- readiness */
 
-/* rd_idle (unix.h) saves the recv that a read started right after the last
- * one would try in vain (EAGAIN), and the first one on a fresh socket: the
- * read waits for epoll instead. A socket is idle after
- *  - a recv (or peek) that failed with EAGAIN;
- *  - a byte-stream recv that returned less than it asked for: the kernel
- *    copies until the queue is empty or the buffer is full (Tokio relies on
- *    the same on epoll), except that it stops before urgent data (EPOLLPRI
- *    makes the socket sticky) and after an skb that passed descriptors
- *    (MSG_CTRUNC says so).
- * Whatever arrives after the drain brings an edge (epoll queues the socket
- * on every wakeup), which clears rd_idle: nothing is missed. try_read
- * always tries (it must not say WOULDBLOCK while data is there).
- *
- * A message recv cannot tell whether another message follows, so edge-
- * triggered, every read after a message would try a recv, and in a
- * request/reply exchange that recv fails (EAGAIN): a third more system
- * calls per round trip. So a message socket is level-triggered (`level`)
+/* A recv cannot tell whether more data follows it: a message recv never,
+ * and a byte-stream recv that returned less than it asked for does not
+ * mean the queue is empty either (the kernel stops between the data of
+ * two writer processes, before urgent data, after descriptors passed).
+ * Edge-triggered, every read after the last would then have to try a recv,
+ * and in a request/reply exchange that recv fails (EAGAIN): a third more
+ * system calls per round trip. So a socket is level-triggered (`level`)
  * while a read waits on it: a read then never tries at its start, epoll
- * says when a message is there, one recv per message. Level-triggered
+ * says when there is something, one recv per read. Level-triggered
  * readiness must not be reported with nobody to take it (every wait would
  * return at once: a hung-up socket reports EPOLLHUP whatever its mask), so
- * when epoll reports the socket and no read was waiting, it goes back to
- * edge-triggered (settle_level), and to level-triggered again when a read
- * has to wait (wait_level). A read started from the read callback, the
- * usual pattern, keeps it level-triggered: one epoll_ctl per switch, none
- * while reads follow each other. */
+ * when epoll reports the socket and nobody waited for what it reports, it
+ * goes back to edge-triggered (settle_level), and to level-triggered again
+ * when a read has to wait (wait_level). A read started from the read
+ * callback, the usual pattern, keeps it level-triggered: one epoll_ctl per
+ * switch, none while reads follow each other.
+ *
+ * Edge-triggered, rd_idle (unix.h) saves the recv that a read would try
+ * in vain: the socket is idle after a recv (or peek) failed with EAGAIN,
+ * and whatever arrives after that brings an edge (epoll queues the socket
+ * on every wakeup), which clears rd_idle: nothing is missed. try_read
+ * always tries (it must not say WOULDBLOCK while data is there). */
 static void drained(np_pipe *p) {
   if (!p->rd_sticky) p->rd_idle = 1;
 }
@@ -431,23 +428,24 @@ static int read_may_succeed(const np_pipe *p) {
   return !p->level && !p->rd_idle;
 }
 
-/* A read waits on a message socket: level-triggered from now on. (Should
- * the change fail, edge-triggered is correct too, only slower.) */
+/* A read waits: level-triggered from now on. (Should the change fail,
+ * edge-triggered is correct too, only slower.) */
 static void wait_level(np_pipe *p) {
-  if (!p->level && p->sock_type == SOCK_SEQPACKET && p->pending_read)
-    set_mask(p, 1, p->out_armed);
+  if (!p->level && p->pending_read) set_mask(p, 1, p->out_armed);
 }
 
 /* After epoll reported a level-triggered socket: readiness nobody waited
  * for is not reported again and again. Readable with no read waiting: back
  * to edge-triggered (rd_idle is clear, the next read tries at once).
- * Writable with nothing to write: EPOLLOUT off. */
+ * Writable with nothing to write: EPOLLOUT off while a read waits (level-
+ * triggered stays useful), else back to edge-triggered with EPOLLOUT kept
+ * (a writer that fills the socket again needs no epoll_ctl). */
 static void settle_level(np_pipe *p, uint32_t events, int had_reader,
                          int had_writer) {
   if ((events & READ_EVENTS) && !had_reader)
     set_mask(p, 0, p->out_armed);
   else if ((events & EPOLLOUT) && !had_writer && p->out_armed)
-    set_mask(p, 1, 0);
+    set_mask(p, p->pending_read != NULL, p->pending_read == NULL);
 }
 
 /* ------------------------------------------------------------------ reads */
@@ -478,23 +476,15 @@ static size_t byte_read_size(const np_pipe *p, size_t max) {
 static int read_stream(np_pipe *p, size_t max, np_buf *dst, size_t *len,
                        np_status *st) {
   size_t cap = byte_read_size(p, max);
-  struct msghdr m;
-  struct iovec iov;
   ssize_t n;
   if (!np_buf_reserve(dst, cap)) {
     np_status_errno(st, NP_NO_MEMORY, ENOMEM);
     return IO_DONE;
   }
-  /* recvmsg rather than recv for msg_flags (MSG_CTRUNC, see drained) */
-  memset(&m, 0, sizeof m);
-  iov.iov_base = dst->data;
-  iov.iov_len = cap;
-  m.msg_iov = &iov;
-  m.msg_iovlen = 1;
-  do n = recvmsg(p->fd, &m, MSG_DONTWAIT);
-  while (n < 0 && errno == EINTR);
+  /* (descriptors a peer passed are closed by the kernel: no control
+   * buffer) */
+  n = recv_some(p->fd, dst->data, cap);
   if (n > 0) {
-    if ((size_t)n < cap && !(m.msg_flags & MSG_CTRUNC)) drained(p);
     *len = (size_t)n;
     return IO_DONE;
   }
