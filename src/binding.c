@@ -45,12 +45,11 @@
 
 typedef struct loop_ud {
   np_loop *loop; /* NULL once closed (lua_close) */
-  /* The anchor table's free slots (anchor/release below): indices
-   * 1..anchors_top have been handed out, free_slots[0..n_free) are free
-   * again; free_slots has room for anchors_top entries, so releasing never
-   * allocates. */
+  /* The anchor table's free slots (anchor/release below): the table has
+   * keys 1..anchors_top, free_slots[0..n_free) are free; free_slots has
+   * room for anchors_top entries, so releasing never allocates. */
   int *free_slots;
-  int n_free, anchors_top, free_cap;
+  int n_free, anchors_top;
   /* The pure-Lua layer has tasks or timers due: step() goes through it
    * (divert). Set by core._raw.set_task_work. */
   int task_work;
@@ -67,29 +66,42 @@ typedef struct loop_ud {
  * access each way. The loop_ud comes from the caller (a pipe_ud has it):
  * looking an upvalue up through the API costs as much as the table access
  * (lua_touserdata was 8% of a ping-pong's instructions). */
+/*
+ * A free slot holds false, never nil: the table's keys are 1..anchors_top,
+ * all present, so they stay in its array part, and storing into one never
+ * allocates and so never raises. That lets an anchor be taken after the
+ * backend has started an operation (a write's bytes, only when the backend
+ * keeps them: np_write_start's *keeps), provided reserve_anchors made room
+ * first, before anything was started. */
 static int anchor(lua_State *L, loop_ud *lu, int t) {
-  int slot;
-  if (lu->n_free > 0) {
-    slot = lu->free_slots[--lu->n_free];
-  } else {
-    if (lu->anchors_top == INT_MAX - 1) luaL_error(L, "namedpipe: too many operations in flight");
-    if (lu->anchors_top >= lu->free_cap) {
-      int cap = lu->free_cap ? lu->free_cap * 2 : 64;
-      int *fs = (int *)realloc(lu->free_slots, (size_t)cap * sizeof *fs);
-      if (!fs) luaL_error(L, "not enough memory");
-      lu->free_slots = fs;
-      lu->free_cap = cap;
-    }
-    slot = ++lu->anchors_top;
-  }
+  int slot = lu->free_slots[--lu->n_free]; /* reserve_anchors: one is free */
   lua_rawseti(L, t, slot);
   return slot;
+}
+
+/* At least n free slots (may raise: call before starting anything). */
+static void reserve_anchors(lua_State *L, loop_ud *lu, int n) {
+  int top, i;
+  int *fs;
+  if (lu->n_free >= n) return;
+  if (lu->anchors_top > INT_MAX / 2 - 64)
+    luaL_error(L, "namedpipe: too many operations in flight");
+  top = lu->anchors_top * 2 + 64;
+  fs = (int *)realloc(lu->free_slots, (size_t)top * sizeof *fs);
+  if (!fs) luaL_error(L, "not enough memory");
+  lu->free_slots = fs;
+  for (i = top; i > lu->anchors_top; i--) {
+    lua_pushboolean(L, 0);
+    lua_rawseti(L, ANCHORS_UPV, i); /* grows the table (may raise) */
+    lu->free_slots[lu->n_free++] = i;  /* lowest slots handed out first */
+  }
+  lu->anchors_top = top;
 }
 
 /* Let an anchored value go (NP_NOREF: nothing). */
 static void release(lua_State *L, loop_ud *lu, int t, int slot) {
   if (slot == NP_NOREF) return;
-  lua_pushnil(L);
+  lua_pushboolean(L, 0);
   lua_rawseti(L, t, slot);
   lu->free_slots[lu->n_free++] = slot;
 }
@@ -206,9 +218,10 @@ static void unpin_pipe(lua_State *L, pipe_ud *u, int t) {
 }
 
 /* Anchor the callback at `arg` (and the pipe) before the backend sees the
- * operation. */
+ * operation; room is left for one more anchor (a write's bytes). */
 static int anchor_operation(lua_State *L, pipe_ud *u, int arg) {
   int ref;
+  reserve_anchors(L, u->lu, 3);
   lua_pushvalue(L, arg);
   ref = anchor(L, u->lu, ANCHORS_UPV);
   pin_pipe(L, u);
@@ -344,18 +357,22 @@ static int raw_write(lua_State *L) {
   pipe_ud *u = check_pipe(L);
   size_t len;
   const char *data = check_data(L, 2, &len);
-  int ref_cb, ref_data;
+  int ref_cb, keeps;
   check_callback(L, 3);
   ref_cb = anchor_operation(L, u, 3);
-  /* The kernel reads straight from the Lua string (no copy): anchor it
-   * until the completion has been released. */
-  lua_pushvalue(L, 2);
-  ref_data = anchor(L, u->lu, ANCHORS_UPV);
-  if (!np_write_start(u->p, data, len, ref_cb, ref_data)) {
-    release(L, u->lu, ANCHORS_UPV, ref_data);
+  if (!np_write_start(u->p, data, len, ref_cb, &keeps)) {
     release(L, u->lu, ANCHORS_UPV, ref_cb);
     unpin_pipe(L, u, ANCHORS_UPV);
     return luaL_error(L, "not enough memory");
+  }
+  /* The backend reads straight from the Lua string (no copy); if it still
+   * does after the call (a write the socket did not take at once, every
+   * write on Windows), the string is anchored until the completion has
+   * been released. (It is on the stack until then: nothing ran between.
+   * anchor_operation left room: this cannot raise.) */
+  if (keeps) {
+    lua_pushvalue(L, 2);
+    np_write_keep(u->p, anchor(L, u->lu, ANCHORS_UPV));
   }
   return 0;
 }
@@ -384,6 +401,7 @@ static int m_try_write(lua_State *L) {
   /* Anchored as for write(): the backend may keep the bytes in flight. A
    * completion with no callback releases it; it also counts as in flight so
    * that the pipe userdata outlives it. */
+  reserve_anchors(L, u->lu, 2);
   lua_pushvalue(L, 2);
   ref_data = anchor(L, u->lu, ANCHORS_UPV);
   if (!np_try_write(u->p, data, len, ref_data, &written, &kept, &st)) {
@@ -679,7 +697,7 @@ static int loop_gc(lua_State *L) {
   }
   free(lu->free_slots);
   lu->free_slots = NULL;
-  lu->n_free = lu->free_cap = 0;
+  lu->n_free = 0;
   return 0;
 }
 

@@ -199,11 +199,18 @@ void np_connect_start(np_pipe *p, int ref_cb);
 /* max 0: byte mode, whatever is available (up to the read buffer);
  * message mode, one whole message however large. max > 0: at most max. */
 void np_read_start(np_pipe *p, size_t max, int ref_cb);
-/* data must stay valid until the completion is released (ref_data anchors
- * it). Writes complete in the order they were started. Returns 0 only when
- * no memory was left to track the write (nothing started, nothing kept). */
+/* Writes complete in the order they were started. Returns 0 only when no
+ * memory was left to track the write (nothing started, nothing kept).
+ * *keeps: the backend still points at data after the call (a socket that
+ * did not take it all at once; always on Windows, where the kernel reads
+ * it later): data must then stay valid until the completion is released,
+ * and the caller hands its anchor over with np_write_keep before anything
+ * else is done with p. Else data may go at once. */
 int np_write_start(np_pipe *p, const char *data, size_t len, int ref_cb,
-                    int ref_data);
+                   int *keeps);
+/* The anchor of the data of the write p started last (see np_write_start);
+ * it comes back as the completion's ref_data. */
+void np_write_keep(np_pipe *p, int ref_data);
 
 /* Readiness, as Tokio's readable()/writable(): complete (NP_OK, nothing
  * consumed) once a try_read would not block (data, end of stream or an

@@ -1061,14 +1061,15 @@ void np_writable_start(np_pipe *p, int ref_cb) {
 }
 
 int np_write_start(np_pipe *p, const char *data, size_t len, int ref_cb,
-                   int ref_data) {
+                   int *keeps) {
   np_req *r = np_write_req_new(p->loop);
   np_status st;
+  *keeps = 0;
   if (!r) return 0;
   r->wnext = p->writes;
   if (p->writes) p->writes->wprev = r;
   p->writes = r;
-  np_req_start(p, r, NP_OP_WRITE, ref_cb, ref_data);
+  np_req_start(p, r, NP_OP_WRITE, ref_cb, NP_NOREF);
   r->wdata = data;
   r->wlen = len;
   if (!io_allowed(p, NP_OP_WRITE, &st)) {
@@ -1081,8 +1082,13 @@ int np_write_start(np_pipe *p, const char *data, size_t len, int ref_cb,
     p->wq_head = r;
   p->wq_tail = r;
   if (p->wq_head == r) pump_writes(p);
+  /* Sent whole (or failed) at once: finished, data no longer needed. */
+  *keeps = r->state == REQ_PENDING;
   return 1;
 }
+
+/* The write started last is the newest of p->writes. */
+void np_write_keep(np_pipe *p, int ref_data) { p->writes->ref_data = ref_data; }
 
 int np_try_read(np_pipe *p, size_t max, const char **data, size_t *len,
                 int *more, np_status *st) {

@@ -386,11 +386,12 @@ static void flush_write_queue(np_pipe *p, np_err reason) {
 }
 
 int np_write_start(np_pipe *p, const char *data, size_t len, int ref_cb,
-                   int ref_data) {
+                   int *keeps) {
   np_req *req = np_write_new(p);
+  *keeps = 0;
   if (!req) return 0;
+  *keeps = 1; /* the kernel reads data when it gets to it */
   arm(req, ref_cb);
-  req->ref_data = ref_data;
   req->wdata = data;
   req->wlen = (DWORD)len;
   if (p->write_error.err != NP_OK) {
@@ -410,6 +411,11 @@ int np_write_start(np_pipe *p, const char *data, size_t len, int ref_cb,
     submit_write(req);
   }
   return 1;
+}
+
+/* The write started last is the newest of p->writes (np_write_new). */
+void np_write_keep(np_pipe *p, int ref_data) {
+  p->writes_tail->ref_data = ref_data;
 }
 
 /* A client end is connected from birth: ERROR_PIPE_NOT_CONNECTED there
