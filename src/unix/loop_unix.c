@@ -165,7 +165,18 @@ static void dispatch(const struct epoll_event *ev) {
 
 int np_loop_wait(np_loop *loop, int timeout_ms, np_status *st) {
   struct epoll_event evs[64];
-  double deadline = timeout_ms > 0 ? np_now_ms() + timeout_ms : 0;
+  double deadline;
+  /* A step(0) with nothing started and nothing finished has nothing to
+   * learn from epoll: what it would report (a socket nobody reads turning
+   * readable, a client queued for an instance nobody connects) stays
+   * reported until a step that has something waiting (edge-triggered
+   * events stay queued; a connect() accepts at once). As the Windows
+   * backend skips its port. */
+  if (timeout_ms == 0 && loop->outstanding == 0 && loop->ready_count == 0) {
+    if (loop->plugs_wanted) np_listener_plug_deferred(loop);
+    return 0;
+  }
+  deadline = timeout_ms > 0 ? np_now_ms() + timeout_ms : 0;
   for (;;) {
     int i, n, t = loop->ready_count > 0 ? 0 : timeout_ms;
     /* A listener whose last free instance was taken plugs its queue only
