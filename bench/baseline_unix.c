@@ -27,7 +27,7 @@
  * Options: --quick (tiny sizes, contents checked), --runs N (median, min-max),
  * --only w[,w], --pp N, --stream-mib N, --churn N, --steps N.
  * Attribution variants (not in the table): --passcred, --peek, --tryfirst,
- * --bufsize N, --copy, --del (see the flags below).
+ * --bufsize N, --copy, --del, --src-offset N (see the flags below).
  *
  * Build: gcc -O2 -o baseline_unix bench/baseline_unix.c
  */
@@ -59,6 +59,8 @@ static int v_bufsize;  /* SO_SNDBUF/SO_RCVBUF on the server end */
 static int v_copy;     /* stream: each read copied once more into a fresh
                           malloc block (what pushing a Lua string costs) */
 static int v_del;      /* churn: EPOLL_CTL_DEL before each close */
+static int v_src_offset; /* stream: the written blocks start this many bytes
+                            into a page (0..4095) */
 static unsigned name_counter;
 static char sockdir[96];
 
@@ -262,9 +264,23 @@ static double pingpong(long n, int message) {
 
 /* --------------------------------------------------------------- stream */
 
+/* The blocks written, at page offset v_src_offset: 64-byte aligned in a
+ * page-aligned area by default (the stream's first sends start at a page
+ * boundary). */
+static char (*stream_blocks(void))[BUF] {
+  static char *area;
+  if (!area) {
+    void *m;
+    if (posix_memalign(&m, 4096, 3 * (size_t)BUF + 8192) != 0) die("posix_memalign");
+    area = (char *)m;
+  }
+  return (char (*)[BUF])(area + v_src_offset);
+}
+
 static double stream(long long total) {
   int srv, cli;
-  static char blocks[3][BUF], rbuf[BUF];
+  static char rbuf[BUF];
+  char (*blocks)[BUF] = stream_blocks();
   int nb = verify ? 3 : 1, b, j;
   long long sent = 0, received = 0;
   double t0, t1;
@@ -443,6 +459,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--copy")) v_copy = 1;
     else if (!strcmp(argv[i], "--tryfirst")) v_tryfirst = 1;
     else if (!strcmp(argv[i], "--del")) v_del = 1;
+    else if (!strcmp(argv[i], "--src-offset") && i + 1 < argc) v_src_offset = atoi(argv[++i]) & 4095;
     else if (!strcmp(argv[i], "--bufsize") && i + 1 < argc) v_bufsize = atoi(argv[++i]);
     else {
       fprintf(stderr, "baseline_unix: unknown option %s\n", argv[i]);
