@@ -221,10 +221,22 @@ void np_loop_stats(const np_loop *loop, np_stats *stats) {
   }
 }
 
+/* The counter's frequency, read once per process: loops of several Lua
+ * states may ask from several threads at once (InitOnce, not a lazily set
+ * static that every first caller writes). */
+static INIT_ONCE freq_once = INIT_ONCE_STATIC_INIT;
+static LARGE_INTEGER freq;
+
+static BOOL CALLBACK read_frequency(PINIT_ONCE once, PVOID arg, PVOID *ctx) {
+  (void)once;
+  (void)arg;
+  (void)ctx;
+  return QueryPerformanceFrequency(&freq);
+}
+
 double np_now_ms(void) {
-  static LARGE_INTEGER freq;
   LARGE_INTEGER t;
-  if (!freq.QuadPart) QueryPerformanceFrequency(&freq);
+  InitOnceExecuteOnce(&freq_once, read_frequency, NULL, NULL);
   QueryPerformanceCounter(&t);
   return (double)t.QuadPart * 1000.0 / (double)freq.QuadPart;
 }
