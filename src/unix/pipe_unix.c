@@ -63,8 +63,8 @@
 /* What one attempt at a read or a write came to. */
 enum { IO_AGAIN = 0, IO_DONE = 1 };
 
-/* EPOLLPRI: urgent (MSG_OOB) data on a stream, where a read stops short
- * (see drained). EPOLLOUT is added when a write first finds the socket full
+/* Edge-triggered (no read waiting). EPOLLPRI: urgent (MSG_OOB) data on a
+ * stream, where a read stops short (rd_sticky). EPOLLOUT is added when a write first finds the socket full
  * (want_writable): until then every read of the peer would queue a
  * write-space edge for nobody, and a fresh socket would be reported
  * writable at the next wait for nothing. (EPOLLHUP and EPOLLERR come

@@ -11,13 +11,15 @@
  * Completion policy: nothing is ever finished inside the call that started
  * it. A start may do the system call at once (sockets are non-blocking); its
  * outcome goes to the loop's ready queue and comes out of np_loop_next().
- * Sockets sit in the epoll set edge-triggered (message sockets level-
- * triggered while a read waits: pipe_unix.c, "readiness"). A start tries the
- * call first unless the pipe knows the call would fail with EAGAIN (the
- * socket was seen drained and epoll has reported nothing since: see
- * rd_idle) or a level-triggered socket will be reported; then it waits. No readiness is ever lost: an edge follows every arrival
- * after a drain, and registering a socket that is already readable reports
- * it at the next epoll_wait (edge-triggered or not, ep_insert polls it).
+ * A socket sits in the epoll set level-triggered while a read waits on it,
+ * edge-triggered otherwise (pipe_unix.c, "readiness"). A read on a level-
+ * triggered socket waits for epoll; on an edge-triggered one it tries the
+ * call first unless the pipe knows it would fail with EAGAIN (the socket
+ * was seen drained and epoll has reported nothing since: see rd_idle).
+ * Writes try at once. No readiness is ever lost: an edge follows every
+ * arrival after a drain, and registering or re-registering a socket that
+ * is already readable reports it at the next epoll_wait (ep_insert and
+ * ep_modify poll it).
  */
 #ifndef NP_UNIX_H
 #define NP_UNIX_H
