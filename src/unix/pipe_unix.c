@@ -398,12 +398,13 @@ int np_pipe_busy(const np_pipe *p, np_op op) {
 /* -------------------------------------------------------------- readiness */
 
 /* A recv cannot tell whether more data follows it: a message recv never,
- * and a byte-stream recv that returned less than it asked for does not
- * mean the queue is empty either (the kernel stops between the data of
- * two writer processes, before urgent data, after descriptors passed).
- * Edge-triggered, every read after the last would then have to try a recv,
- * and in a request/reply exchange that recv fails (EAGAIN): a third more
- * system calls per round trip. So a socket is level-triggered (`level`)
+ * and a byte-stream recv that returned less than it asked for means an
+ * empty queue only if it did not stop before urgent data or after an skb
+ * that passed descriptors (which only recvmsg's MSG_CTRUNC tells, at a
+ * price on every read). Edge-triggered, every read after the last would
+ * then have to try a recv, and in a request/reply exchange that recv
+ * fails (EAGAIN): a third more system calls per round trip. So a socket is
+ * level-triggered (`level`)
  * while a read waits on it: a read then never tries at its start, epoll
  * says when there is something, one recv per read. Level-triggered
  * readiness must not be reported with nobody to take it (every wait would
