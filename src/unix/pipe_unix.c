@@ -397,16 +397,15 @@ int np_pipe_busy(const np_pipe *p, np_op op) {
 
 /* -------------------------------------------------------------- readiness */
 
-/* A recv cannot tell whether more data follows it: a message recv never,
- * and a byte-stream recv that returned less than it asked for means an
- * empty queue only if it did not stop before urgent data or after an skb
- * that passed descriptors (which only recvmsg's MSG_CTRUNC tells, at a
- * price on every read). Edge-triggered, every read after the last would
- * then have to try a recv, and in a request/reply exchange that recv
- * fails (EAGAIN): a third more system calls per round trip. So a socket is
- * level-triggered (`level`) while a read waits on it: a read then never
- * tries at its start, epoll says when there is something, one recv per
- * read. Level-triggered
+/* A recv cannot tell whether more data follows it: a message recv never, and
+ * a byte-stream recv that returned less than it asked for means an empty
+ * queue only if it did not stop before urgent data or after an skb that
+ * passed descriptors (which only recvmsg's MSG_CTRUNC tells, at a price on
+ * every read). Edge-triggered, every read after the last would then have to
+ * try a recv, and in a request/reply exchange that recv fails (EAGAIN): a
+ * third more system calls per round trip. So a socket is level-triggered
+ * (`level`) while a read waits on it: a read then never tries at its start,
+ * epoll says when there is something, one recv per read. Level-triggered
  * readiness must not be reported with nobody to take it (every wait would
  * return at once: a hung-up socket reports EPOLLHUP whatever its mask), so
  * when epoll reports the socket and nobody waited for what it reports, it
