@@ -109,3 +109,41 @@ function TestInterop:test_other_process_server_and_stale_socket()
   local client = assert(np.open(stale))
   H.close_all(fresh, client)
 end
+
+-- A foreign client sends an urgent byte (MSG_OOB), which Windows pipes do
+-- not have. A readable() wait must neither spin the loop on it nor miss
+-- the ordinary data that follows; a read gets that data.
+function TestInterop:test_urgent_byte_from_a_foreign_client()
+  linux_only()
+  if not have("perl") then lu.skip("perl is not installed") end
+  local path = os.tmpname()
+  os.remove(path)
+  local server = assert(np.create(path))
+  local connected
+  server:connect(function(ok) connected = ok end)
+  local script = path .. ".pl"
+  local f = assert(io.open(script, "w"))
+  f:write([[
+use IO::Socket::UNIX; use Socket;
+my $s = IO::Socket::UNIX->new(Type => SOCK_STREAM, Peer => $ARGV[0]) or die "connect: $!";
+send($s, "!", MSG_OOB) or die "send: $!";
+select(undef, undef, undef, 0.6);
+send($s, "after", 0) or die "send: $!";
+select(undef, undef, undef, 0.6);
+]])
+  f:close()
+  local child = io.popen("perl " .. script .. " " .. path .. " 2>&1", "r")
+  H.pump(function() return connected end, 3000, "the perl client")
+  local became_readable
+  server:readable(function(ok, _, name) became_readable = ok or name end)
+  local c0, t0 = os.clock(), np.now()
+  while np.now() - t0 < 300 do np.step(50) end
+  local busy = (os.clock() - c0) * 1000
+  lu.assertTrue(busy < 150, ("300 ms of steps with an urgent byte queued took %.0f ms of CPU"):format(busy))
+  H.pump(function() return became_readable ~= nil end, 3000, "readable after ordinary data")
+  lu.assertEquals(became_readable, true)
+  lu.assertEquals(server:read(nil, 2000), "after")
+  child:close()
+  server:close()
+  os.remove(script)
+end

@@ -429,9 +429,14 @@ static int read_may_succeed(const np_pipe *p) {
 }
 
 /* A read waits: level-triggered from now on. (Should the change fail,
- * edge-triggered is correct too, only slower.) */
+ * edge-triggered is correct too, only slower.) Not for readable(): its
+ * test is a MSG_PEEK, which does not step over an urgent byte (MSG_OOB)
+ * at the head of a stream as a recv does, so a level-triggered socket
+ * holding one would be reported at every wait and never found readable
+ * (a busy loop); readable() waits edge-triggered (np_readable_start). */
 static void wait_level(np_pipe *p) {
-  if (!p->level && p->pending_read) set_mask(p, 1, p->out_armed);
+  if (!p->level && p->pending_read && p->pending_read->op == NP_OP_READ)
+    set_mask(p, 1, p->out_armed);
 }
 
 /* After epoll reported a level-triggered socket: readiness nobody waited
@@ -1043,8 +1048,9 @@ void np_readable_start(np_pipe *p, int ref_cb) {
     return;
   }
   p->pending_read = r;
+  /* edge-triggered (wait_level); what is there is reported once more */
+  if (p->level) set_mask(p, 0, p->out_armed);
   if (read_may_succeed(p)) pump_read(p); /* else epoll will tell */
-  wait_level(p);
 }
 
 void np_writable_start(np_pipe *p, int ref_cb) {
