@@ -79,9 +79,12 @@ static int anchor(lua_State *L, loop_ud *lu, int t) {
   return slot;
 }
 
-/* At least n free slots (may raise: call before starting anything). */
+/* At least n free slots (may raise: call before starting anything). The
+ * bookkeeping is sound at every step: should growing the table raise (out
+ * of memory) half way, the keys added so far are counted and free, and
+ * the next call goes on from there. */
 static void reserve_anchors(lua_State *L, loop_ud *lu, int n) {
-  int top, i;
+  int top;
   int *fs;
   if (lu->n_free >= n) return;
   if (lu->anchors_top > INT_MAX / 2 - 64)
@@ -89,13 +92,12 @@ static void reserve_anchors(lua_State *L, loop_ud *lu, int n) {
   top = lu->anchors_top * 2 + 64;
   fs = (int *)realloc(lu->free_slots, (size_t)top * sizeof *fs);
   if (!fs) luaL_error(L, "not enough memory");
-  lu->free_slots = fs;
-  for (i = top; i > lu->anchors_top; i--) {
+  lu->free_slots = fs; /* room for top entries: releasing never allocates */
+  while (lu->anchors_top < top) {
     lua_pushboolean(L, 0);
-    lua_rawseti(L, ANCHORS_UPV, i); /* grows the table (may raise) */
-    lu->free_slots[lu->n_free++] = i;  /* lowest slots handed out first */
+    lua_rawseti(L, ANCHORS_UPV, lu->anchors_top + 1); /* may raise */
+    lu->free_slots[lu->n_free++] = ++lu->anchors_top;
   }
-  lu->anchors_top = top;
 }
 
 /* Let an anchored value go (NP_NOREF: nothing). */
