@@ -53,6 +53,11 @@ typedef struct loop_ud {
   /* The pure-Lua layer has tasks or timers due: step() goes through it
    * (divert). Set by core._raw.set_task_work. */
   int task_work;
+  /* A completion taken from the backend whose callback's arguments could
+   * not be made (out of memory): delivered first by the next step, so it
+   * is neither lost nor delivered twice (step_loop). */
+  np_completion in_hand;
+  int has_in_hand;
 } loop_ud;
 
 /* ---------------------------------------------------------------- anchors */
@@ -230,18 +235,27 @@ static int anchor_operation(lua_State *L, pipe_ud *u, int arg) {
   return ref;
 }
 
-static void pipe_new(lua_State *L, np_pipe *p, int is_server) {
+/* The userdata for a pipe, made before the backend makes the pipe: a
+ * memory error raised after it would leave an open pipe (and its socket or
+ * handle) that nothing refers to. Until pipe_attach, p is NULL (closed, to
+ * every method and to __gc). */
+static pipe_ud *pipe_new(lua_State *L, int is_server) {
   pipe_ud *u = (pipe_ud *)lua_newuserdatauv(L, sizeof *u, 0);
   u->tag = &pipe_tag;
-  u->p = p;
+  u->p = NULL;
   u->lu = (loop_ud *)lua_touserdata(L, LOOP_UPV);
   u->inflight = 0;
   u->self_ref = LUA_NOREF;
   u->is_server = is_server;
   u->readahead = 0;
-  np_pipe_set_user(p, u);
   lua_pushvalue(L, PIPE_MT_UPV); /* luaL_setmetatable looks it up by name */
   lua_setmetatable(L, -2);
+  return u;
+}
+
+static void pipe_attach(pipe_ud *u, np_pipe *p) {
+  u->p = p;
+  np_pipe_set_user(p, u);
 }
 
 /* Count a name's length as Windows does, in UTF-16 units. */
@@ -275,10 +289,12 @@ static int l_create(lua_State *L) {
   np_server_options o;
   np_status st;
   np_pipe *p;
+  pipe_ud *u;
   np_check_server_options(L, 2, &o);
+  u = pipe_new(L, 1);
   p = np_server_create(loop, name, &o, &st);
   if (!p) return push_status(L, &st);
-  pipe_new(L, p, 1);
+  pipe_attach(u, p);
   return 1;
 }
 
@@ -288,10 +304,12 @@ static int l_open(lua_State *L) {
   np_client_options o;
   np_status st;
   np_pipe *p;
+  pipe_ud *u;
   np_check_client_options(L, 2, &o);
+  u = pipe_new(L, 0);
   p = np_client_open(loop, name, &o, &st);
   if (!p) return push_status(L, &st);
-  pipe_new(L, p, 0);
+  pipe_attach(u, p);
   return 1;
 }
 
@@ -603,12 +621,16 @@ static int push_completion(lua_State *L, const np_completion *c) {
   }
 }
 
+static int nothing(lua_State *L) {
+  (void)L;
+  return 0;
+}
+
 static int step_loop(lua_State *L, loop_ud *lu) {
   np_loop *loop = lu->loop;
   lua_Number t = 0;
   int timeout, ready, dispatched = 0, anchors;
   np_status st;
-  np_completion c;
   if (!lua_isnoneornil(L, 1)) {
     int isnum;
     t = lua_tonumberx(L, 1, &isnum);
@@ -621,19 +643,31 @@ static int step_loop(lua_State *L, loop_ud *lu) {
   if (ready < 0) return push_status(L, &st);
   lua_pushvalue(L, ANCHORS_UPV); /* on the stack: cheaper to index */
   anchors = lua_gettop(L);
+  /* Room to call a callback, made before any completion is taken, so that
+   * running out of memory cannot strike between taking one and running
+   * its callback (after which it would be lost): stack for the largest
+   * Lua function's frame, and a CallInfo, which a call leaves behind and
+   * the collector never frees while it is the first spare one. */
+  if (!lua_checkstack(L, 256)) luaL_error(L, "not enough memory");
+  lua_pushcfunction(L, nothing);
+  lua_call(L, 0, 0);
   /* Only what was ready when we looked: callbacks that start operations
    * which finish at once must not keep this step running forever. */
-  while (dispatched < ready && np_loop_next(loop, &c)) {
-    pipe_ud *u = (pipe_ud *)c.user;
-    int nargs, has_cb = c.ref_cb != LUA_NOREF;
+  while (lu->has_in_hand ||
+         (dispatched < ready && np_loop_next(loop, &lu->in_hand))) {
+    np_completion *c = &lu->in_hand;
+    pipe_ud *u = (pipe_ud *)c->user;
+    int nargs, has_cb = c->ref_cb != LUA_NOREF;
+    lu->has_in_hand = 1;
     dispatched++;
-    if (has_cb) {
-      lua_rawgeti(L, anchors, c.ref_cb);
-      release(L, lu, anchors, c.ref_cb);
-    }
-    nargs = push_completion(L, &c);
-    release(L, lu, anchors, c.ref_data);
-    np_completion_done(loop, &c); /* may free the pipe block */
+    if (has_cb) lua_rawgeti(L, anchors, c->ref_cb);
+    /* The arguments may need memory (a string): should that raise, the
+     * completion stays in hand, its anchors kept, for the next step. */
+    nargs = push_completion(L, c);
+    lu->has_in_hand = 0;
+    release(L, lu, anchors, c->ref_cb);
+    release(L, lu, anchors, c->ref_data);
+    np_completion_done(loop, c); /* may free the pipe block */
     if (u) unpin_pipe(L, u, anchors);
     if (has_cb)
       lua_call(L, nargs, 0); /* an error propagates; the queue stays sound */

@@ -381,3 +381,96 @@ function TestReliability:test_dropped_write_strings_survive_collection()
   end
   H.close_all(server, client)
 end
+
+-- Out of memory in the middle of a call (a host that caps Lua's memory):
+-- the call raises "not enough memory", nothing is left half started, and
+-- everything works as before once memory is back. Each call is tried
+-- under a cap that grows until it succeeds, so every allocation it makes
+-- fails once. Needs the capped allocator of the make check host
+-- (tests/c/lua_host.c); make check runs it under ASan and valgrind.
+function TestReliability:test_out_of_memory_inside_calls()
+  local limit = rawget(_G, "np_test_memory_limit")
+  if not limit then
+    lu.skip("needs the capped allocator of the make check host (tests/c/lua_host.c)")
+  end
+  -- (a full collection first: Lua collects before it reports a failed
+  -- allocation, and garbage left over would make room under the cap)
+  local function until_ok(what, f)
+    for extra = 0, 1 << 20, 32 do
+      collectgarbage()
+      limit(extra)
+      local ok, err = pcall(f)
+      limit(-1)
+      if ok then return end
+      if not tostring(err):find("not enough memory", 1, true) then
+        lu.fail(what .. " under a memory cap: " .. tostring(err))
+      end
+    end
+    lu.fail(what .. " never succeeded")
+  end
+  local server, client = H.pair()
+  local noop = function() end
+  -- writes (their anchors grow the anchor table: it must stay sound)
+  local writes = 0
+  for i = 1, 200 do
+    until_ok("write", function() client:write(("%04d"):format(i), noop) end)
+    writes = writes + 1
+  end
+  local got = {}
+  local n = 0
+  while n < writes * 4 do
+    local d = assert(server:read(nil, 5000))
+    got[#got + 1] = d
+    n = n + #d
+  end
+  local want = {}
+  for i = 1, writes do want[i] = ("%04d"):format(i) end
+  lu.assertEquals(table.concat(got), table.concat(want))
+  -- a read, a readable wait, create and open, info
+  local data
+  until_ok("read", function() server:read(function(d) data = d end) end)
+  assert(client:write("z", 2000))
+  H.pump(function() return data ~= nil end)
+  lu.assertEquals(data, "z")
+  local name = H.name("oom")
+  local p
+  until_ok("create", function() p = assert(np.create(name)) end)
+  local c
+  until_ok("open", function() c = assert(np.open(name)) end)
+  local connected
+  until_ok("connect", function() p:connect(function(ok) connected = ok end) end)
+  H.pump(function() return connected ~= nil end)
+  lu.assertTrue(connected)
+  until_ok("info", function() assert(p:info()) end)
+  local ready
+  until_ok("readable", function() p:readable(function(ok) ready = ok end) end)
+  assert(c:write("r", 2000))
+  H.pump(function() return ready ~= nil end)
+  lu.assertTrue(ready)
+  lu.assertEquals(p:read(nil, 2000), "r")
+  -- a step that cannot make the string a read returns: the read is
+  -- delivered by a later step, once, with its data
+  local calls, seen = 0, nil
+  server:read(function(d) calls = calls + 1; seen = d end)
+  local sent = ("s"):rep(60000) -- larger than what a step needs besides
+  client:write(sent, noop) -- no step before the capped ones
+  local failed = 0
+  for extra = 0, 1 << 20, 1024 do
+    collectgarbage()
+    limit(extra)
+    local ok, err = pcall(np.step, 0)
+    if not ok then failed = failed + 1 end
+    limit(-1)
+    if not ok and not tostring(err):find("not enough memory", 1, true) then
+      lu.fail("step under a memory cap: " .. tostring(err))
+    end
+    if calls > 0 then break end
+  end
+  H.settle(50)
+  lu.assertTrue(failed > 0, "no step ran out of memory: the cap did not bite")
+  lu.assertEquals(calls, 1)
+  lu.assertEquals(seen, sent)
+  H.close_all(server, client, p, c)
+  H.settle(2000)
+  lu.assertEquals(np.stats().outstanding, 0)
+end
