@@ -125,6 +125,60 @@ typedef struct pipe_ud {
   int readahead;
 } pipe_ud;
 
+/* ------------------------------------------------------- argument errors */
+
+/* "bad argument #n to 'f' (msg)", counting self as argument #1 in a method
+ * call too (luaL_argerror does not count it there): the numbering of the
+ * Lua layer's own checks (lua/namedpipe.lua), so that an argument has the
+ * same number whichever form of a method was called. */
+static int arg_error(lua_State *L, int arg, const char *msg) {
+  lua_Debug ar;
+  const char *name = NULL;
+  if (lua_getstack(L, 0, &ar) && lua_getinfo(L, "n", &ar)) name = ar.name;
+  return luaL_error(L, "bad argument #%d to '%s' (%s)", arg, name ? name : "?",
+                    msg);
+}
+
+static int type_error(lua_State *L, int arg, const char *expected) {
+  const char *got;
+  if (luaL_getmetafield(L, arg, "__name") == LUA_TSTRING)
+    got = lua_tostring(L, -1);
+  else if (lua_type(L, arg) == LUA_TLIGHTUSERDATA)
+    got = "light userdata";
+  else
+    got = luaL_typename(L, arg);
+  return arg_error(L, arg,
+                   lua_pushfstring(L, "%s expected, got %s", expected, got));
+}
+
+static lua_Integer check_integer(lua_State *L, int arg) {
+  int isnum;
+  lua_Integer n = lua_tointegerx(L, arg, &isnum);
+  if (!isnum) {
+    if (lua_isnumber(L, arg))
+      arg_error(L, arg, "number has no integer representation");
+    else
+      type_error(L, arg, "number");
+  }
+  return n;
+}
+
+/* The index of the string at arg in list (def when arg is absent); the
+ * whole string is compared, embedded NULs included. */
+static int check_option(lua_State *L, int arg, const char *def,
+                        const char *const list[]) {
+  const char *name = def;
+  size_t len = def ? strlen(def) : 0;
+  int i;
+  if (!def || !lua_isnoneornil(L, arg)) {
+    if (!lua_isstring(L, arg)) type_error(L, arg, "string");
+    name = lua_tolstring(L, arg, &len);
+  }
+  for (i = 0; list[i]; i++)
+    if (strlen(list[i]) == len && memcmp(list[i], name, len) == 0) return i;
+  return arg_error(L, arg, lua_pushfstring(L, "invalid option '%s'", name));
+}
+
 static np_loop *check_loop(lua_State *L) {
   loop_ud *lu = (loop_ud *)lua_touserdata(L, LOOP_UPV);
   if (!lu->loop) luaL_error(L, "namedpipe: the loop is closed");
@@ -186,24 +240,24 @@ static const char pipe_tag = 0;
 static pipe_ud *to_pipe(lua_State *L) {
   pipe_ud *u = (pipe_ud *)lua_touserdata(L, 1);
   if (u && lua_rawlen(L, 1) == sizeof *u && u->tag == &pipe_tag) return u;
-  luaL_typeerror(L, 1, PIPE_MT);
+  type_error(L, 1, PIPE_MT);
   return NULL;
 }
 
 static pipe_ud *check_pipe(lua_State *L) {
   pipe_ud *u = to_pipe(L);
-  if (!u->p) luaL_argerror(L, 1, "pipe is closed");
+  if (!u->p) arg_error(L, 1, "pipe is closed");
   return u;
 }
 
 static pipe_ud *check_server(lua_State *L) {
   pipe_ud *u = check_pipe(L);
-  if (!u->is_server) luaL_argerror(L, 1, "server pipe expected, got a client");
+  if (!u->is_server) arg_error(L, 1, "server pipe expected, got a client");
   return u;
 }
 
 static void check_callback(lua_State *L, int arg) {
-  luaL_checktype(L, arg, LUA_TFUNCTION);
+  if (lua_type(L, arg) != LUA_TFUNCTION) type_error(L, arg, "function");
 }
 
 /* One more operation in flight for the pipe at index 1: the first one
@@ -272,14 +326,14 @@ static const char *check_name(lua_State *L, int arg) {
   size_t len;
   const char *name, *problem;
   if (lua_type(L, arg) != LUA_TSTRING)
-    luaL_typeerror(L, arg, "string (pipe name)");
+    type_error(L, arg, "string (pipe name)");
   name = lua_tolstring(L, arg, &len);
-  if (len == 0) luaL_argerror(L, arg, "pipe name is empty");
-  if (strlen(name) != len) luaL_argerror(L, arg, "pipe name contains a NUL byte");
+  if (len == 0) arg_error(L, arg, "pipe name is empty");
+  if (strlen(name) != len) arg_error(L, arg, "pipe name contains a NUL byte");
   if (utf16_length(name, len) > NP_MAX_NAME)
-    luaL_argerror(L, arg, "pipe name is longer than 256 characters");
+    arg_error(L, arg, "pipe name is longer than 256 characters");
   problem = np_name_problem(name, len);
-  if (problem) luaL_argerror(L, arg, problem);
+  if (problem) arg_error(L, arg, problem);
   return name;
 }
 
@@ -317,7 +371,7 @@ static int raw_connect(lua_State *L) {
   pipe_ud *u = check_server(L);
   check_callback(L, 2);
   if (np_pipe_busy(u->p, NP_OP_CONNECT))
-    luaL_argerror(L, 1, "a connect is already pending on this pipe");
+    arg_error(L, 1, "a connect is already pending on this pipe");
   np_connect_start(u->p, anchor_operation(L, u, 2));
   return 0;
 }
@@ -326,8 +380,8 @@ static int raw_connect(lua_State *L) {
 static size_t opt_read_size(lua_State *L, int arg) {
   lua_Integer n;
   if (lua_isnoneornil(L, arg)) return 0;
-  n = luaL_checkinteger(L, arg);
-  if (n < 1) luaL_argerror(L, arg, "positive byte count expected");
+  n = check_integer(L, arg);
+  if (n < 1) arg_error(L, arg, "positive byte count expected");
   return (size_t)n;
 }
 
@@ -339,7 +393,7 @@ static int start_read(lua_State *L, pipe_ud *u) {
   check_callback(L, top < 2 ? 2 : top);
   max = top >= 3 ? opt_read_size(L, 2) : 0;
   if (np_pipe_busy(u->p, NP_OP_READ))
-    luaL_argerror(L, 1, "a read is already pending on this pipe");
+    arg_error(L, 1, "a read is already pending on this pipe");
   np_read_start(u->p, max, anchor_operation(L, u, top < 2 ? 2 : top));
   return 0;
 }
@@ -350,7 +404,7 @@ static int raw_read(lua_State *L) { return start_read(L, check_pipe(L)); }
 static int start_readable(lua_State *L, pipe_ud *u) {
   check_callback(L, 2);
   if (np_pipe_busy(u->p, NP_OP_READ))
-    luaL_argerror(L, 1, "a read is already pending on this pipe");
+    arg_error(L, 1, "a read is already pending on this pipe");
   np_readable_start(u->p, anchor_operation(L, u, 2));
   return 0;
 }
@@ -363,13 +417,13 @@ static int raw_writable(lua_State *L) {
   pipe_ud *u = check_pipe(L);
   check_callback(L, 2);
   if (np_pipe_busy(u->p, NP_OP_WRITABLE))
-    luaL_argerror(L, 1, "a writable() wait is already pending on this pipe");
+    arg_error(L, 1, "a writable() wait is already pending on this pipe");
   np_writable_start(u->p, anchor_operation(L, u, 2));
   return 0;
 }
 
 static const char *check_data(lua_State *L, int arg, size_t *len) {
-  if (lua_type(L, arg) != LUA_TSTRING) luaL_typeerror(L, arg, "string");
+  if (lua_type(L, arg) != LUA_TSTRING) type_error(L, arg, "string");
   return lua_tolstring(L, arg, len);
 }
 
@@ -403,7 +457,7 @@ static int try_read(lua_State *L, pipe_ud *u) {
   int more;
   np_status st;
   if (np_pipe_busy(u->p, NP_OP_READ))
-    luaL_argerror(L, 1, "a read is already pending on this pipe");
+    arg_error(L, 1, "a read is already pending on this pipe");
   if (!np_try_read(u->p, max, &data, &len, &more, &st))
     return push_status(L, &st);
   lua_pushlstring(L, data, len);
@@ -499,7 +553,7 @@ static int raw_set_task_work(lua_State *L) {
 static np_op check_op(lua_State *L, int arg, const char *def) {
   static const char *const names[] = {"connect", "read", "write",
                                       "readable", "writable", NULL};
-  return (np_op)(luaL_checkoption(L, arg, def, names) + 1);
+  return (np_op)(check_option(L, arg, def, names) + 1);
 }
 
 /* cancel([what] [, reason]): what is "connect", "read", "write",
@@ -507,7 +561,7 @@ static np_op check_op(lua_State *L, int arg, const char *def) {
 static int m_cancel(lua_State *L) {
   pipe_ud *u = check_pipe(L);
   static const char *const reasons[] = {"CANCELLED", "TIMEOUT", NULL};
-  np_err reason = luaL_checkoption(L, 3, "CANCELLED", reasons) == 0
+  np_err reason = check_option(L, 3, "CANCELLED", reasons) == 0
                       ? NP_CANCELLED
                       : NP_TIMEOUT;
   if (lua_isnoneornil(L, 2)) {
@@ -636,7 +690,7 @@ static int step_loop(lua_State *L, loop_ud *lu) {
     t = lua_tonumberx(L, 1, &isnum);
     if (!isnum || lua_type(L, 1) != LUA_TNUMBER) t = -1;
   }
-  if (!(t >= 0)) luaL_argerror(L, 1, "timeout in milliseconds >= 0 expected");
+  if (!(t >= 0)) arg_error(L, 1, "timeout in milliseconds >= 0 expected");
   if (!loop) luaL_error(L, "namedpipe: the loop is closed");
   timeout = t >= (lua_Number)INT_MAX ? INT_MAX : (int)(t + 0.999);
   ready = np_loop_wait(loop, timeout, &st);

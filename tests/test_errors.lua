@@ -239,6 +239,33 @@ function TestMisuse:test_methods_on_closed_pipe_raise()
   assert_raises("closed", server.disconnect, server)
 end
 
+-- An argument has the same number in every form of a call: with a callback
+-- (handled in C) or without (the waiting form, in Lua), called as a method
+-- or as a function; self is argument #1.
+function TestMisuse:test_argument_numbers_count_self_in_every_form()
+  local server, client = H.pair()
+  local cb = function() end
+  local function msg(f)
+    local ok, err = pcall(f)
+    lu.assertFalse(ok)
+    return tostring(err)
+  end
+  lu.assertStrContains(msg(function() return client:write({}, cb) end), "bad argument #2 to 'write' (string expected, got table)")
+  lu.assertStrContains(msg(function() return client:write({}) end), "bad argument #2 to 'write'")
+  lu.assertStrContains(msg(function() return client.write(client, {}, cb) end), "bad argument #2 to 'write'")
+  lu.assertStrContains(msg(function() return server:read(0, cb) end), "bad argument #2 to 'read' (positive byte count expected")
+  lu.assertStrContains(msg(function() return server:read(0) end), "bad argument #2 to 'read'")
+  lu.assertStrContains(msg(function() return server:read(nil, "soon") end), "bad argument #3 to 'read'")
+  lu.assertStrContains(msg(function() return client:connect(cb) end), "bad argument #1 to 'connect' (server pipe expected")
+  lu.assertStrContains(msg(function() return server:cancel("everything") end), "bad argument #2 to 'cancel' (invalid option 'everything')")
+  lu.assertStrContains(msg(function() return server:cancel("read\0x") end), "invalid option")
+  lu.assertStrContains(msg(function() return server:readable({}) end), "bad argument #2 to 'readable'")
+  H.close_all(server, client)
+  lu.assertStrContains(msg(function() return server:read(cb) end), "bad argument #1 to 'read' (pipe is closed)")
+  lu.assertStrContains(msg(function() return server:info() end), "bad argument #1 to 'info' (pipe is closed)")
+  lu.assertStrContains(msg(function() return server.info({}) end), "bad argument #1 to 'info' (namedpipe.pipe expected, got table)")
+end
+
 function TestMisuse:test_server_methods_on_client_raise()
   local server, client = H.pair()
   assert_raises("server pipe expected", client.connect, client, function() end)
