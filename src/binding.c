@@ -695,6 +695,10 @@ static int step_loop(lua_State *L, loop_ud *lu) {
   timeout = t >= (lua_Number)INT_MAX ? INT_MAX : (int)(t + 0.999);
   ready = np_loop_wait(loop, timeout, &st);
   if (ready < 0) return push_status(L, &st);
+  if (ready == 0 && !lu->has_in_hand) {
+    lua_pushinteger(L, 0);
+    return 1;
+  }
   lua_pushvalue(L, ANCHORS_UPV); /* on the stack: cheaper to index */
   anchors = lua_gettop(L);
   /* Room to call a callback, made before any completion is taken, so that
