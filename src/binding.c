@@ -330,7 +330,9 @@ static const char *check_name(lua_State *L, int arg) {
   name = lua_tolstring(L, arg, &len);
   if (len == 0) arg_error(L, arg, "pipe name is empty");
   if (strlen(name) != len) arg_error(L, arg, "pipe name contains a NUL byte");
-  if (utf16_length(name, len) > NP_MAX_NAME)
+  /* (utf16_length counts at most two units a byte: a short name needs
+   * no counting) */
+  if (len * 2 > NP_MAX_NAME && utf16_length(name, len) > NP_MAX_NAME)
     arg_error(L, arg, "pipe name is longer than 256 characters");
   problem = np_name_problem(name, len);
   if (problem) arg_error(L, arg, problem);
