@@ -70,8 +70,8 @@ typedef struct loop_ud {
  * the binding's instructions in a ping-pong (callgrind); this is one
  * access each way. The loop_ud comes from the caller (a pipe_ud has it):
  * looking an upvalue up through the API costs as much as the table access
- * (lua_touserdata was 8% of a ping-pong's instructions). */
-/*
+ * (lua_touserdata was 8% of a ping-pong's instructions).
+ *
  * A free slot holds false, never nil: the table's keys are 1..anchors_top,
  * all present, so they stay in its array part, and storing into one never
  * allocates and so never raises. That lets an anchor be taken after the
@@ -197,8 +197,6 @@ static int push_status(lua_State *L, const np_status *st) {
   return 4;
 }
 
-/* ------------------------------------------------------------------ pipes */
-
 /* ------------------------------------------------------ the waiting form */
 
 /* A method called without a callback (the waiting form), a read of a pipe
@@ -227,6 +225,8 @@ static int divert(lua_State *L, const char *method) {
   lua_callk(L, nargs, LUA_MULTRET, 0, waiting_done);
   return lua_gettop(L);
 }
+
+/* ------------------------------------------------------------------ pipes */
 
 /* The pipe at index 1, or a type error (luaL_checkudata's). A pipe
  * userdata is recognised by its size and its first field, the address of
