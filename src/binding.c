@@ -53,11 +53,9 @@ typedef struct loop_ud {
   /* The pure-Lua layer has tasks or timers due: step() goes through it
    * (divert). Set by core._raw.set_task_work. */
   int task_work;
-  /* A completion taken from the backend whose callback's arguments could
-   * not be made (out of memory): delivered first by the next step, so it
-   * is neither lost nor delivered twice (step_loop). */
-  np_completion in_hand;
-  int has_in_hand;
+  /* Completions handed out so far (step_loop: did a nested step take one
+   * while this one prepared?). */
+  unsigned long taken;
 } loop_ud;
 
 /* ---------------------------------------------------------------- anchors */
@@ -697,37 +695,49 @@ static int step_loop(lua_State *L, loop_ud *lu) {
   timeout = t >= (lua_Number)INT_MAX ? INT_MAX : (int)(t + 0.999);
   ready = np_loop_wait(loop, timeout, &st);
   if (ready < 0) return push_status(L, &st);
-  if (ready == 0 && !lu->has_in_hand) {
+  if (ready == 0) {
     lua_pushinteger(L, 0);
     return 1;
   }
   lua_pushvalue(L, ANCHORS_UPV); /* on the stack: cheaper to index */
   anchors = lua_gettop(L);
-  /* Room to call a callback, made before any completion is taken, so that
-   * running out of memory cannot strike between taking one and running
-   * its callback (after which it would be lost): stack for the largest
-   * Lua function's frame, and a CallInfo, which a call leaves behind and
-   * the collector never frees while it is the first spare one. */
-  if (!lua_checkstack(L, 256)) luaL_error(L, "not enough memory");
+  /* Nothing that can raise (run out of memory) comes between taking a
+   * completion and running its callback: a completion taken and not
+   * delivered would be lost. So, first, room to call a callback: stack for
+   * the largest Lua function's frame (255 registers, the function, its
+   * arguments), and a CallInfo, which a call leaves behind and the
+   * collector never frees while it is the first spare one. Then, for each
+   * completion, its callback's arguments (a string may need memory) are
+   * made while it is still queued, and only then is it taken: should they
+   * raise, it is there for the next step, which does not wait for it. */
+  if (!lua_checkstack(L, 300)) luaL_error(L, "not enough memory");
   lua_pushcfunction(L, nothing);
   lua_call(L, 0, 0);
   /* Only what was ready when we looked: callbacks that start operations
    * which finish at once must not keep this step running forever. */
-  while (lu->has_in_hand ||
-         (dispatched < ready && np_loop_next(loop, &lu->in_hand))) {
-    np_completion *c = &lu->in_hand;
-    pipe_ud *u = (pipe_ud *)c->user;
-    int nargs, has_cb = c->ref_cb != LUA_NOREF;
-    lu->has_in_hand = 1;
+  while (dispatched < ready) {
+    np_completion c;
+    pipe_ud *u;
+    int nargs, has_cb;
+    unsigned long taken = lu->taken;
+    if (!np_loop_peek(loop, &c)) break;
+    has_cb = c.ref_cb != LUA_NOREF;
+    if (has_cb) lua_rawgeti(L, anchors, c.ref_cb);
+    nargs = push_completion(L, &c);
+    /* Making the string may have run finalizers, which may have stepped
+     * (a nested step) and taken this very completion: then these are
+     * stale, and the next one is looked at afresh. */
+    if (lu->taken != taken) {
+      lua_pop(L, nargs + has_cb);
+      continue;
+    }
+    np_loop_take(loop, &c);
+    lu->taken++;
     dispatched++;
-    if (has_cb) lua_rawgeti(L, anchors, c->ref_cb);
-    /* The arguments may need memory (a string): should that raise, the
-     * completion stays in hand, its anchors kept, for the next step. */
-    nargs = push_completion(L, c);
-    lu->has_in_hand = 0;
-    release(L, lu, anchors, c->ref_cb);
-    release(L, lu, anchors, c->ref_data);
-    np_completion_done(loop, c); /* may free the pipe block */
+    u = (pipe_ud *)c.user;
+    release(L, lu, anchors, c.ref_cb);
+    release(L, lu, anchors, c.ref_data);
+    np_completion_done(loop, &c); /* may free the pipe block */
     if (u) unpin_pipe(L, u, anchors);
     if (has_cb)
       lua_call(L, nargs, 0); /* an error propagates; the queue stays sound */

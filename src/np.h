@@ -128,9 +128,10 @@ typedef enum np_state {
   NP_STATE_CLOSED
 } np_state;
 
-/* One finished operation, handed out by np_loop_next(). data/len stay valid
- * until np_completion_done(); the pipe block may be freed by that call.
- * user is the np_pipe_set_user() value when it is handed out. */
+/* One finished operation, shown by np_loop_peek() and handed out by
+ * np_loop_take(). data/len stay valid until np_completion_done(); the pipe
+ * block may be freed by that call. user is the np_pipe_set_user() value
+ * when it is handed out. */
 typedef struct np_completion {
   np_pipe *pipe;
   void *user;       /* np_pipe_set_user() value */
@@ -153,8 +154,13 @@ void np_loop_close(np_loop *loop);
 /* Wait up to timeout_ms (0: just look; <0: forever) for operations to finish
  * and queue them; returns how many completions are ready, or -1 with *st. */
 int np_loop_wait(np_loop *loop, int timeout_ms, np_status *st);
-/* Pop the oldest ready completion into *c; 0 when none is ready. */
-int np_loop_next(np_loop *loop, np_completion *c);
+/* The oldest ready completion into *c, left in the queue; 0 when none is
+ * ready. The caller may prepare for it (and fail doing so, or run code
+ * that takes it meanwhile) before np_loop_take hands it out. */
+int np_loop_peek(np_loop *loop, np_completion *c);
+/* Hand out the oldest ready completion, which np_loop_peek just showed in
+ * *c: it leaves the queue and is the caller's until np_completion_done. */
+void np_loop_take(np_loop *loop, np_completion *c);
 void np_completion_done(np_loop *loop, np_completion *c);
 /* Operations started and not yet released (kernel-owned or ready). */
 size_t np_loop_outstanding(const np_loop *loop);

@@ -470,7 +470,61 @@ function TestReliability:test_out_of_memory_inside_calls()
   lu.assertTrue(failed > 0, "no step ran out of memory: the cap did not bite")
   lu.assertEquals(calls, 1)
   lu.assertEquals(seen, sent)
+  -- and the step after one that ran out of memory does not wait for what
+  -- is already there
+  server:read(function(d) calls = calls + 1; seen = d end)
+  client:write(sent, noop)
+  collectgarbage()
+  limit(0)
+  local ok = pcall(np.step, 0)
+  limit(-1)
+  lu.assertFalse(ok)
+  local t0 = np.now()
+  H.pump(function() return calls == 2 end, 5000, "the read after an out-of-memory step")
+  lu.assertTrue(np.now() - t0 < 1000, "the next steps waited for a completion already there")
+  lu.assertEquals(seen, sent)
   H.close_all(server, client, p, c)
   H.settle(2000)
   lu.assertEquals(np.stats().outstanding, 0)
+end
+
+-- A finalizer that steps, run by the collector while a step makes a
+-- callback's arguments (a read's string): the completion is delivered
+-- once, by whichever step takes it (the outer step, left with arguments
+-- for a completion it no longer has, crashed when it did not notice).
+function TestReliability:test_finalizer_stepping_inside_a_step()
+  local server, client = H.pair()
+  local noop = function() end
+  -- a step with callbacks first: the stack and a CallInfo for a callback
+  -- exist, so nothing grows (and collects) in the step before the string
+  local warm
+  server:read(function() warm = true end)
+  client:write("w", noop)
+  H.pump(function() return warm end)
+  np.step(0)
+  local calls = 0
+  server:read(function() calls = calls + 1 end)
+  local armed, ran = false, 0
+  local mt = { __gc = function()
+    ran = ran + 1
+    if armed then armed = false; np.step(0) end
+  end }
+  -- many finalizers pending, run a few per small collector step
+  collectgarbage("incremental", 100, 100, 10)
+  collectgarbage("stop")
+  for _ = 1, 200000 do setmetatable({}, mt) end
+  collectgarbage("restart")
+  while ran == 0 do collectgarbage("step", 0) end
+  local big = ("x"):rep(60000)
+  client:write(big, noop)
+  armed = true -- nothing allocates from here to the read's string
+  np.step(1000)
+  local stepped_inside = not armed
+  collectgarbage("incremental", 200, 100, 13) -- Lua 5.4's defaults
+  collectgarbage()
+  lu.assertTrue(stepped_inside, "no finalizer stepped inside the step")
+  H.pump(function() return calls > 0 end, 5000, "the read")
+  H.settle(50)
+  lu.assertEquals(calls, 1)
+  H.close_all(server, client)
 end

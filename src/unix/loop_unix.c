@@ -208,14 +208,9 @@ int np_loop_wait(np_loop *loop, int timeout_ms, np_status *st) {
   return loop->ready_count > INT_MAX ? INT_MAX : (int)loop->ready_count;
 }
 
-int np_loop_next(np_loop *loop, np_completion *c) {
+int np_loop_peek(np_loop *loop, np_completion *c) {
   np_req *r = loop->ready_head;
   if (!r) return 0;
-  loop->ready_head = r->next;
-  if (!loop->ready_head) loop->ready_tail = NULL;
-  loop->ready_count--;
-  r->next = NULL;
-  r->state = REQ_HANDED;
   c->pipe = r->pipe;
   /* Read now, not when the request finished: the binding clears it when
    * the userdata is collected, and a stale pointer must not come out. */
@@ -229,6 +224,16 @@ int np_loop_next(np_loop *loop, np_completion *c) {
   c->ref_data = r->ref_data;
   c->req = r;
   return 1;
+}
+
+void np_loop_take(np_loop *loop, np_completion *c) {
+  np_req *r = loop->ready_head;
+  loop->ready_head = r->next;
+  if (!loop->ready_head) loop->ready_tail = NULL;
+  loop->ready_count--;
+  r->next = NULL;
+  r->state = REQ_HANDED;
+  c->user = r->pipe->user;
 }
 
 size_t np_loop_outstanding(const np_loop *loop) { return loop->outstanding; }
@@ -293,7 +298,7 @@ static void write_req_release(np_loop *loop, np_req *r) {
   loop->n_free_writes++;
 }
 
-/* Finished: queue it for np_loop_next (FIFO). The caller has taken it out
+/* Finished: queue it for np_loop_take (FIFO). The caller has taken it out
  * of the pipe's pending slot or write queue. */
 void np_req_ready(np_req *r, np_err err, long code) {
   np_loop *loop = r->pipe->loop;

@@ -10,7 +10,7 @@
  *
  * Completion policy: nothing is ever finished inside the call that started
  * it. A start may do the system call at once (sockets are non-blocking); its
- * outcome goes to the loop's ready queue and comes out of np_loop_next().
+ * outcome goes to the loop's ready queue and comes out of np_loop_take().
  * A socket sits in the epoll set level-triggered while a read waits on it,
  * edge-triggered otherwise (pipe_unix.c, "readiness"). A read on a level-
  * triggered socket waits for epoll; on an edge-triggered one it tries the
@@ -65,7 +65,7 @@ typedef enum req_state {
   REQ_IDLE,    /* embedded request not in use */
   REQ_PENDING, /* started, waiting for the socket */
   REQ_READY,   /* finished, in the loop's ready queue */
-  REQ_HANDED   /* given out by np_loop_next, not yet released */
+  REQ_HANDED   /* given out by np_loop_take, not yet released */
 } req_state;
 
 /* One operation. Connect, read (or readable: they share the read slot) and

@@ -119,12 +119,9 @@ int np_loop_wait(np_loop *loop, int timeout_ms, np_status *st) {
   return loop->ready_count;
 }
 
-int np_loop_next(np_loop *loop, np_completion *c) {
+int np_loop_peek(np_loop *loop, np_completion *c) {
   np_req *req = loop->ready_head;
   if (!req) return 0;
-  loop->ready_head = req->next;
-  if (!loop->ready_head) loop->ready_tail = NULL;
-  loop->ready_count--;
   c->pipe = req->pipe;
   c->user = req->pipe->user;
   c->op = req->op;
@@ -136,6 +133,14 @@ int np_loop_next(np_loop *loop, np_completion *c) {
   c->ref_data = req->ref_data;
   c->req = req;
   return 1;
+}
+
+void np_loop_take(np_loop *loop, np_completion *c) {
+  np_req *req = loop->ready_head;
+  loop->ready_head = req->next;
+  if (!loop->ready_head) loop->ready_tail = NULL;
+  loop->ready_count--;
+  c->user = req->pipe->user;
 }
 
 /* Write requests come from the loop's free list: no malloc per write on
