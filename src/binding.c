@@ -131,10 +131,11 @@ typedef struct pipe_ud {
  * same number whichever form of a method was called. */
 static int arg_error(lua_State *L, int arg, const char *msg) {
   lua_Debug ar;
-  const char *name = NULL;
-  if (lua_getstack(L, 0, &ar) && lua_getinfo(L, "n", &ar)) name = ar.name;
-  return luaL_error(L, "bad argument #%d to '%s' (%s)", arg, name ? name : "?",
-                    msg);
+  if (!lua_getstack(L, 0, &ar) || !lua_getinfo(L, "n", &ar) || !ar.name)
+    /* no name at the call site (pcall(np.step, ...)): not a method call
+     * either, so luaL_argerror numbers alike, and finds the global name */
+    return luaL_argerror(L, arg, msg);
+  return luaL_error(L, "bad argument #%d to '%s' (%s)", arg, ar.name, msg);
 }
 
 static int type_error(lua_State *L, int arg, const char *expected) {
@@ -174,6 +175,8 @@ static int check_option(lua_State *L, int arg, const char *def,
   }
   for (i = 0; list[i]; i++)
     if (strlen(list[i]) == len && memcmp(list[i], name, len) == 0) return i;
+  if (strlen(name) != len) /* say where the NUL is, not just what precedes it */
+    return arg_error(L, arg, lua_pushfstring(L, "invalid option '%s\\0...'", name));
   return arg_error(L, arg, lua_pushfstring(L, "invalid option '%s'", name));
 }
 
