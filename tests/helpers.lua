@@ -30,6 +30,22 @@ function H.settle(timeout)
   np.step(0)
 end
 
+--- Skip the test where os.clock is not the process's CPU time.
+function H.need_cpu_time()
+  if PLATFORM == "windows" then
+    require("luaunit").skip("os.clock is wall-clock time in the Windows C runtime: CPU time cannot be told here")
+  end
+end
+
+--- Milliseconds of CPU the process spent stepping the loop for wait_ms of
+--- wall-clock time: far below wait_ms unless something keeps it busy.
+function H.cpu_ms_stepping(wait_ms)
+  H.need_cpu_time()
+  local c0, t0 = os.clock(), np.now()
+  while np.now() - t0 < wait_ms do np.step(wait_ms) end
+  return (os.clock() - c0) * 1000
+end
+
 --- A connected server/client pair on a fresh name.
 function H.pair(sopts, copts)
   local name = H.name("pair")

@@ -228,17 +228,8 @@ end
 -- message socket between level- and edge-triggered epoll; a level-
 -- triggered socket nobody reads would make every wait return at once.)
 -- Then reads started later still get everything, in order, and the EOF.
-local function idle_cpu_ms(wait_ms)
-  local c0 = os.clock()
-  local t0 = np.now()
-  while np.now() - t0 < wait_ms do np.step(wait_ms) end
-  return (os.clock() - c0) * 1000
-end
-
 local function unread_readiness_stays_quiet(mode)
-  if PLATFORM == "windows" then
-    lu.skip("os.clock is wall-clock time in the Windows C runtime: CPU time cannot be told here")
-  end
+  H.need_cpu_time()
   local opts = { pipe_mode = mode }
   local server, client = H.pair(opts, opts)
   -- a read that completes, then none pending while more arrives
@@ -246,10 +237,10 @@ local function unread_readiness_stays_quiet(mode)
   lu.assertEquals(server:read(nil, 2000), "one")
   assert(client:write("two", 2000))
   assert(client:write("three", 2000))
-  local busy = idle_cpu_ms(300)
+  local busy = H.cpu_ms_stepping(300)
   lu.assertTrue(busy < 150, ("300 ms of steps with unread data took %.0f ms of CPU"):format(busy))
   client:close()
-  busy = idle_cpu_ms(300)
+  busy = H.cpu_ms_stepping(300)
   lu.assertTrue(busy < 150, ("300 ms of steps after a hang-up took %.0f ms of CPU"):format(busy))
   if mode == "message" then
     lu.assertEquals(server:read(nil, 2000), "two")
@@ -326,14 +317,12 @@ end
 -- which must not keep the loop busy either; a new instance serves the
 -- next client as usual.
 function TestReliability:test_all_instances_busy_does_not_spin()
-  if PLATFORM == "windows" then
-    lu.skip("os.clock is wall-clock time in the Windows C runtime: CPU time cannot be told here")
-  end
+  H.need_cpu_time()
   local name = H.name("busyidle")
   local server = assert(np.create(name))
   local client = assert(np.open(name))
   assert(server:connect(2000))
-  local busy = idle_cpu_ms(300)
+  local busy = H.cpu_ms_stepping(300)
   lu.assertTrue(busy < 150, ("300 ms of steps with every instance busy took %.0f ms of CPU"):format(busy))
   local _, _, errname = np.open(name)
   lu.assertEquals(errname, "PIPE_BUSY")
@@ -342,7 +331,7 @@ function TestReliability:test_all_instances_busy_does_not_spin()
   assert(second:connect(2000))
   assert(client2:write("x", 2000))
   lu.assertEquals(second:read(nil, 2000), "x")
-  busy = idle_cpu_ms(300)
+  busy = H.cpu_ms_stepping(300)
   lu.assertTrue(busy < 150, ("300 ms of idle steps took %.0f ms of CPU"):format(busy))
   H.close_all(server, client, second, client2)
 end
