@@ -26,6 +26,7 @@
  * loop (one malloc and free a write otherwise). */
 #define KEEP_WRITE_REQS 64
 
+
 /* ----------------------------------------------------------------- status */
 
 np_err np_errno_err(int code) {

@@ -425,6 +425,7 @@ static void drained(np_pipe *p) {
 
 static int read_may_succeed(const np_pipe *p) {
   if (p->rest_len > 0) return 1; /* ours, not the socket's */
+  if (p->rd_full) return 1;
   return !p->level && !p->rd_idle;
 }
 
@@ -489,6 +490,7 @@ static int read_stream(np_pipe *p, size_t max, np_buf *dst, size_t *len,
   /* (descriptors a peer passed are closed by the kernel: no control
    * buffer) */
   n = recv_some(p->fd, dst->data, cap);
+  p->rd_full = n == (ssize_t)cap;
   if (n > 0) {
     *len = (size_t)n;
     return IO_DONE;

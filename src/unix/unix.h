@@ -117,6 +117,10 @@ struct np_pipe {
    * shutdown, an error or urgent data: never idle again (EOF and errors
    * repeat, and no further edge would announce them). */
   int rd_idle, rd_sticky;
+  /* The last byte-stream recv filled all it asked for: more is likely
+   * queued, so the next read tries at once even level-triggered (libuv's
+   * read loop goes on while a read fills its buffer, for the same reason). */
+  int rd_full;
   int out_armed; /* EPOLLOUT in this socket's epoll mask (want_writable) */
   /* Registered level-triggered (message sockets while a read waits: see
    * pipe_unix.c, "readiness"); else edge-triggered. */
