@@ -183,6 +183,19 @@ function waiting.read(self, a, b)
   return await(self, "read", function(c) raw.read(self, n, c) end, b)
 end
 
+--- pipe:read_into(buf [, cb | timeout]): bytes read into buf (from its
+--- first byte), a count. (The C method has checked buf.)
+function waiting.read_into(self, buf, a)
+  if type(a) ~= "function" then check_timeout(a, 3, "read_into", 4) end
+  if has_readahead(self) then
+    local n = raw.buffer_put(buf, take_readahead(self, #buf))
+    if type(a) == "function" then return task.soon(a, n) end
+    return n
+  end
+  if type(a) == "function" then return raw.read_into(self, buf, a) end
+  return await(self, "read", function(c) raw.read_into(self, buf, c) end, a)
+end
+
 --- pipe:try_read([n])
 function waiting.try_read(self, n)
   if has_readahead(self) then

@@ -26,7 +26,7 @@ build = {
       ["namedpipe.framing"] = "lua/namedpipe/framing.lua",
       ["namedpipe.core"] = {
          sources = {
-            "src/binding.c", "src/errors.c", "src/options.c",
+            "src/binding.c", "src/buffer.c", "src/errors.c", "src/options.c",
             "src/unix/listener_unix.c", "src/unix/loop_unix.c",
             "src/unix/names_unix.c", "src/unix/pipe_unix.c",
          },
@@ -38,7 +38,7 @@ build = {
          modules = {
             ["namedpipe.core"] = {
                sources = {
-                  "src/binding.c", "src/errors.c", "src/options.c",
+                  "src/binding.c", "src/buffer.c", "src/errors.c", "src/options.c",
                   "src/win/error_win.c", "src/win/loop_win.c", "src/win/pipe_win.c",
                },
                incdirs = { "src" },

@@ -23,6 +23,7 @@
 #include "lauxlib.h"
 #include "lua.h"
 
+#include "buffer.h"
 #include "np.h"
 #include "options.h"
 
@@ -56,6 +57,8 @@ typedef struct loop_ud {
   /* Completions handed out so far (step_loop: did a nested step take one
    * while this one prepared?). */
   unsigned long taken;
+  /* Buffers collected while being filled (buffer.c). */
+  np_orphans orphans;
 } loop_ud;
 
 /* ---------------------------------------------------------------- anchors */
@@ -129,7 +132,7 @@ typedef struct pipe_ud {
  * call too (luaL_argerror does not count it there): the numbering of the
  * Lua layer's own checks (lua/namedpipe.lua), so that an argument has the
  * same number whichever form of a method was called. */
-static int arg_error(lua_State *L, int arg, const char *msg) {
+int np_arg_error(lua_State *L, int arg, const char *msg) {
   lua_Debug ar;
   if (!lua_getstack(L, 0, &ar) || !lua_getinfo(L, "n", &ar) || !ar.name)
     /* no name at the call site (pcall(np.step, ...)): not a method call
@@ -138,7 +141,7 @@ static int arg_error(lua_State *L, int arg, const char *msg) {
   return luaL_error(L, "bad argument #%d to '%s' (%s)", arg, ar.name, msg);
 }
 
-static int type_error(lua_State *L, int arg, const char *expected) {
+int np_type_error(lua_State *L, int arg, const char *expected) {
   const char *got;
   if (luaL_getmetafield(L, arg, "__name") == LUA_TSTRING)
     got = lua_tostring(L, -1);
@@ -146,18 +149,18 @@ static int type_error(lua_State *L, int arg, const char *expected) {
     got = "light userdata";
   else
     got = luaL_typename(L, arg);
-  return arg_error(L, arg,
+  return np_arg_error(L, arg,
                    lua_pushfstring(L, "%s expected, got %s", expected, got));
 }
 
-static lua_Integer check_integer(lua_State *L, int arg) {
+lua_Integer np_check_integer(lua_State *L, int arg) {
   int isnum;
   lua_Integer n = lua_tointegerx(L, arg, &isnum);
   if (!isnum) {
     if (lua_isnumber(L, arg))
-      arg_error(L, arg, "number has no integer representation");
+      np_arg_error(L, arg, "number has no integer representation");
     else
-      type_error(L, arg, "number");
+      np_type_error(L, arg, "number");
   }
   return n;
 }
@@ -170,14 +173,14 @@ static int check_option(lua_State *L, int arg, const char *def,
   size_t len = def ? strlen(def) : 0;
   int i;
   if (!def || !lua_isnoneornil(L, arg)) {
-    if (!lua_isstring(L, arg)) type_error(L, arg, "string");
+    if (!lua_isstring(L, arg)) np_type_error(L, arg, "string");
     name = lua_tolstring(L, arg, &len);
   }
   for (i = 0; list[i]; i++)
     if (strlen(list[i]) == len && memcmp(list[i], name, len) == 0) return i;
   if (strlen(name) != len) /* say where the NUL is, not just what precedes it */
-    return arg_error(L, arg, lua_pushfstring(L, "invalid option '%s\\0...'", name));
-  return arg_error(L, arg, lua_pushfstring(L, "invalid option '%s'", name));
+    return np_arg_error(L, arg, lua_pushfstring(L, "invalid option '%s\\0...'", name));
+  return np_arg_error(L, arg, lua_pushfstring(L, "invalid option '%s'", name));
 }
 
 static np_loop *check_loop(lua_State *L) {
@@ -241,24 +244,24 @@ static const char pipe_tag = 0;
 static pipe_ud *to_pipe(lua_State *L) {
   pipe_ud *u = (pipe_ud *)lua_touserdata(L, 1);
   if (u && lua_rawlen(L, 1) == sizeof *u && u->tag == &pipe_tag) return u;
-  type_error(L, 1, PIPE_MT);
+  np_type_error(L, 1, PIPE_MT);
   return NULL;
 }
 
 static pipe_ud *check_pipe(lua_State *L) {
   pipe_ud *u = to_pipe(L);
-  if (!u->p) arg_error(L, 1, "pipe is closed");
+  if (!u->p) np_arg_error(L, 1, "pipe is closed");
   return u;
 }
 
 static pipe_ud *check_server(lua_State *L) {
   pipe_ud *u = check_pipe(L);
-  if (!u->is_server) arg_error(L, 1, "server pipe expected, got a client");
+  if (!u->is_server) np_arg_error(L, 1, "server pipe expected, got a client");
   return u;
 }
 
 static void check_callback(lua_State *L, int arg) {
-  if (lua_type(L, arg) != LUA_TFUNCTION) type_error(L, arg, "function");
+  if (lua_type(L, arg) != LUA_TFUNCTION) np_type_error(L, arg, "function");
 }
 
 /* One more operation in flight for the pipe at index 1: the first one
@@ -327,16 +330,16 @@ static const char *check_name(lua_State *L, int arg) {
   size_t len;
   const char *name, *problem;
   if (lua_type(L, arg) != LUA_TSTRING)
-    type_error(L, arg, "string (pipe name)");
+    np_type_error(L, arg, "string (pipe name)");
   name = lua_tolstring(L, arg, &len);
-  if (len == 0) arg_error(L, arg, "pipe name is empty");
-  if (strlen(name) != len) arg_error(L, arg, "pipe name contains a NUL byte");
+  if (len == 0) np_arg_error(L, arg, "pipe name is empty");
+  if (strlen(name) != len) np_arg_error(L, arg, "pipe name contains a NUL byte");
   /* (utf16_length counts at most two units a byte: a short name needs
    * no counting) */
   if (len * 2 > NP_MAX_NAME && utf16_length(name, len) > NP_MAX_NAME)
-    arg_error(L, arg, "pipe name is longer than 256 characters");
+    np_arg_error(L, arg, "pipe name is longer than 256 characters");
   problem = np_name_problem(name, len);
-  if (problem) arg_error(L, arg, problem);
+  if (problem) np_arg_error(L, arg, problem);
   return name;
 }
 
@@ -374,7 +377,7 @@ static int raw_connect(lua_State *L) {
   pipe_ud *u = check_server(L);
   check_callback(L, 2);
   if (np_pipe_busy(u->p, NP_OP_CONNECT))
-    arg_error(L, 1, "a connect is already pending on this pipe");
+    np_arg_error(L, 1, "a connect is already pending on this pipe");
   np_connect_start(u->p, anchor_operation(L, u, 2));
   return 0;
 }
@@ -383,8 +386,8 @@ static int raw_connect(lua_State *L) {
 static size_t opt_read_size(lua_State *L, int arg) {
   lua_Integer n;
   if (lua_isnoneornil(L, arg)) return 0;
-  n = check_integer(L, arg);
-  if (n < 1) arg_error(L, arg, "positive byte count expected");
+  n = np_check_integer(L, arg);
+  if (n < 1) np_arg_error(L, arg, "positive byte count expected");
   return (size_t)n;
 }
 
@@ -396,18 +399,57 @@ static int start_read(lua_State *L, pipe_ud *u) {
   check_callback(L, top < 2 ? 2 : top);
   max = top >= 3 ? opt_read_size(L, 2) : 0;
   if (np_pipe_busy(u->p, NP_OP_READ))
-    arg_error(L, 1, "a read is already pending on this pipe");
+    np_arg_error(L, 1, "a read is already pending on this pipe");
   np_read_start(u->p, max, anchor_operation(L, u, top < 2 ? 2 : top));
   return 0;
 }
 
 static int raw_read(lua_State *L) { return start_read(L, check_pipe(L)); }
 
+/* read_into(buf, cb): the buffer is anchored (as a write's string is) and
+ * marked busy until the completion is dispatched: the backend, and under
+ * Windows the kernel, writes into its bytes meanwhile. */
+static int start_read_into(lua_State *L, pipe_ud *u) {
+  np_buffer *b = np_buffer_check(L, 2, 1);
+  int ref_cb, ref_data;
+  check_callback(L, 3);
+  if (np_pipe_busy(u->p, NP_OP_READ))
+    np_arg_error(L, 1, "a read is already pending on this pipe");
+  ref_cb = anchor_operation(L, u, 3);
+  lua_pushvalue(L, 2);
+  ref_data = anchor(L, u->lu, ANCHORS_UPV); /* room left by anchor_operation */
+  b->busy = 1;
+  np_read_into_start(u->p, b->bytes, b->size, ref_cb, ref_data);
+  return 0;
+}
+
+static int raw_read_into(lua_State *L) {
+  return start_read_into(L, check_pipe(L));
+}
+
+/* core._raw.buffer_put(buf, s): the Lua layer hands bytes read ahead
+ * (framing) to a read_into: s (at most #buf bytes) goes to the start of
+ * buf; returns #s. */
+static int raw_buffer_put(lua_State *L) {
+  np_buffer *b = np_buffer_check(L, 1, 1);
+  size_t len;
+  const char *s = luaL_checklstring(L, 2, &len);
+  luaL_argcheck(L, len <= b->size, 2, "longer than the buffer");
+  memcpy(b->bytes, s, len);
+  lua_pushinteger(L, (lua_Integer)len);
+  return 1;
+}
+
+static int l_buffer(lua_State *L) {
+  loop_ud *lu = (loop_ud *)lua_touserdata(L, LOOP_UPV);
+  return np_buffer_new(L, &lu->orphans);
+}
+
 /* readable(cb) / writable(cb): Tokio's readiness, nothing consumed. */
 static int start_readable(lua_State *L, pipe_ud *u) {
   check_callback(L, 2);
   if (np_pipe_busy(u->p, NP_OP_READ))
-    arg_error(L, 1, "a read is already pending on this pipe");
+    np_arg_error(L, 1, "a read is already pending on this pipe");
   np_readable_start(u->p, anchor_operation(L, u, 2));
   return 0;
 }
@@ -420,13 +462,13 @@ static int raw_writable(lua_State *L) {
   pipe_ud *u = check_pipe(L);
   check_callback(L, 2);
   if (np_pipe_busy(u->p, NP_OP_WRITABLE))
-    arg_error(L, 1, "a writable() wait is already pending on this pipe");
+    np_arg_error(L, 1, "a writable() wait is already pending on this pipe");
   np_writable_start(u->p, anchor_operation(L, u, 2));
   return 0;
 }
 
 static const char *check_data(lua_State *L, int arg, size_t *len) {
-  if (lua_type(L, arg) != LUA_TSTRING) type_error(L, arg, "string");
+  if (lua_type(L, arg) != LUA_TSTRING) np_type_error(L, arg, "string");
   return lua_tolstring(L, arg, len);
 }
 
@@ -460,7 +502,7 @@ static int try_read(lua_State *L, pipe_ud *u) {
   int more;
   np_status st;
   if (np_pipe_busy(u->p, NP_OP_READ))
-    arg_error(L, 1, "a read is already pending on this pipe");
+    np_arg_error(L, 1, "a read is already pending on this pipe");
   if (!np_try_read(u->p, max, &data, &len, &more, &st))
     return push_status(L, &st);
   lua_pushlstring(L, data, len);
@@ -508,6 +550,16 @@ static int m_read(lua_State *L) {
       (n = divert(L, "read")) >= 0)
     return n;
   return start_read(L, u);
+}
+
+static int m_read_into(lua_State *L) {
+  pipe_ud *u = check_pipe(L);
+  int n;
+  if (u->readahead || lua_type(L, 3) != LUA_TFUNCTION) {
+    np_buffer_check(L, 2, 1); /* before the Lua layer uses it */
+    if ((n = divert(L, "read_into")) >= 0) return n;
+  }
+  return start_read_into(L, u);
 }
 
 static int m_readable(lua_State *L) {
@@ -670,7 +722,10 @@ static int push_completion(lua_State *L, const np_completion *c) {
       lua_pushboolean(L, 1);
       return 1;
     case NP_OP_READ:
-      lua_pushlstring(L, c->data, c->len);
+      if (c->ref_data != LUA_NOREF) /* read_into: the bytes are in place */
+        lua_pushinteger(L, (lua_Integer)c->len);
+      else
+        lua_pushlstring(L, c->data, c->len);
       return 1;
     default:
       lua_pushinteger(L, (lua_Integer)c->len);
@@ -693,7 +748,7 @@ static int step_loop(lua_State *L, loop_ud *lu) {
     t = lua_tonumberx(L, 1, &isnum);
     if (!isnum || lua_type(L, 1) != LUA_TNUMBER) t = -1;
   }
-  if (!(t >= 0)) arg_error(L, 1, "timeout in milliseconds >= 0 expected");
+  if (!(t >= 0)) np_arg_error(L, 1, "timeout in milliseconds >= 0 expected");
   if (!loop) luaL_error(L, "namedpipe: the loop is closed");
   timeout = t >= (lua_Number)INT_MAX ? INT_MAX : (int)(t + 0.999);
   ready = np_loop_wait(loop, timeout, &st);
@@ -738,6 +793,11 @@ static int step_loop(lua_State *L, loop_ud *lu) {
     lu->taken++;
     dispatched++;
     u = (pipe_ud *)c.user;
+    if (c.op == NP_OP_READ && c.ref_data != LUA_NOREF) { /* read_into */
+      lua_rawgeti(L, anchors, c.ref_data);
+      ((np_buffer *)lua_touserdata(L, -1))->busy = 0;
+      lua_pop(L, 1);
+    }
     release(L, lu, anchors, c.ref_cb);
     release(L, lu, anchors, c.ref_data);
     np_completion_done(loop, &c); /* may free the pipe block */
@@ -801,7 +861,7 @@ static int l_now(lua_State *L) {
 static int loop_gc(lua_State *L) {
   loop_ud *lu = (loop_ud *)lua_touserdata(L, 1);
   if (lu->loop) {
-    np_loop_close(lu->loop);
+    np_orphans_close(&lu->orphans, np_loop_close(lu->loop));
     lu->loop = NULL;
   }
   free(lu->free_slots);
@@ -811,7 +871,7 @@ static int loop_gc(lua_State *L) {
 }
 
 static const luaL_Reg pipe_methods[] = {
-    {"connect", m_connect}, {"read", m_read},
+    {"connect", m_connect}, {"read", m_read}, {"read_into", m_read_into},
     {"write", m_write},     {"try_read", m_try_read},
     {"readable", m_readable}, {"writable", m_writable},
     {"try_write", m_try_write}, {"cancel", m_cancel},
@@ -827,6 +887,8 @@ static const luaL_Reg pipe_meta[] = {{"__gc", m_gc},
 /* core._raw: the C entry points without divert, for the Lua layer. */
 static const luaL_Reg raw_funcs[] = {{"connect", raw_connect},
                                      {"read", raw_read},
+                                     {"read_into", raw_read_into},
+                                     {"buffer_put", raw_buffer_put},
                                      {"write", raw_write},
                                      {"readable", raw_readable},
                                      {"writable", raw_writable},
@@ -839,6 +901,7 @@ static const luaL_Reg raw_funcs[] = {{"connect", raw_connect},
 static const luaL_Reg module_funcs[] = {{"create", l_create},
                                         {"open", l_open},
                                         {"step", l_step},
+                                        {"buffer", l_buffer},
                                         {"pending", l_pending},
                                         {"path", l_path},
                                         {"stats", l_stats},

@@ -218,7 +218,9 @@ int np_loop_peek(np_loop *loop, np_completion *c) {
   c->user = r->pipe->user;
   c->op = r->op;
   c->status = r->status;
-  c->data = r->op == NP_OP_READ && r->status.err == NP_OK ? r->buf.data : NULL;
+  c->data = r->op != NP_OP_READ || r->status.err != NP_OK ? NULL
+            : r->ext                                       ? r->ext
+                                                           : r->buf.data;
   c->len = r->op == NP_OP_READ ? r->len : r->op == NP_OP_WRITE ? r->wdone : 0;
   c->more = r->more;
   c->ref_cb = r->ref_cb;
@@ -255,6 +257,7 @@ void np_req_start(np_pipe *p, np_req *r, np_op op, int ref_cb, int ref_data) {
   r->max = 0;
   r->len = 0;
   r->more = 0;
+  r->ext = NULL;
   p->busy[op]++;
   p->outstanding++;
   p->loop->outstanding++;
@@ -364,7 +367,7 @@ void np_pipe_free(np_pipe *p) {
 
 /* No Lua runs: completions not yet handed out are dropped with their
  * blocks, and so is anything handed out and never released. */
-void np_loop_close(np_loop *loop) {
+int np_loop_close(np_loop *loop) {
   loop->closing = 1;
   while (loop->pipes) {
     np_pipe *p = loop->pipes;
@@ -382,4 +385,5 @@ void np_loop_close(np_loop *loop) {
   np_dir_cache_free(loop);
   close(loop->epfd);
   free(loop);
+  return 1; /* sockets copy: the kernel never holds our memory */
 }

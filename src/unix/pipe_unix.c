@@ -853,17 +853,30 @@ static int read_ready(np_pipe *p) {
   return 1;
 }
 
+/* A read_into a stream goes straight into the caller's memory. A message
+ * socket's reads need room for a whole message (recv_message), so there
+ * it lands in the request's buffer and is copied (at most max bytes: the
+ * rest of a longer message waits in p->rest, as for read(n)). */
 static void pump_read(np_pipe *p) {
   np_req *r = p->pending_read;
+  np_buf into, *dst;
   np_status st;
   if (!r) return;
-  if (!r->buf.data) np_read_buf_take(p->loop, &r->buf);
+  dst = &r->buf;
+  if (r->ext && p->sock_type == SOCK_STREAM) {
+    into.data = r->ext;
+    into.cap = r->max; /* read_stream asks for at most max: never grown */
+    dst = &into;
+  } else if (!r->buf.data) {
+    np_read_buf_take(p->loop, &r->buf);
+  }
   if (r->op == NP_OP_READABLE) {
     if (!read_ready(p)) return;
     np_status_errno(&st, NP_OK, 0);
-  } else if (!read_attempt(p, r->max, &r->buf, &r->len, &r->more, &st)) {
+  } else if (!read_attempt(p, r->max, dst, &r->len, &r->more, &st)) {
     return;
   }
+  if (r->ext && dst != &into && st.err == NP_OK) memcpy(r->ext, r->buf.data, r->len);
   p->pending_read = NULL;
   np_req_ready(r, st.err, st.code);
 }
@@ -1024,12 +1037,14 @@ void np_connect_start(np_pipe *p, int ref_cb) {
   np_listener_service_now(p->listener);
 }
 
-void np_read_start(np_pipe *p, size_t max, int ref_cb) {
+static void read_start(np_pipe *p, size_t max, char *ext, int ref_cb,
+                       int ref_data) {
   np_req *r = &p->read_req;
   np_status st;
   if (r->state != REQ_IDLE) return; /* the binding checks np_pipe_busy */
-  np_req_start(p, r, NP_OP_READ, ref_cb, NP_NOREF);
+  np_req_start(p, r, NP_OP_READ, ref_cb, ref_data);
   r->max = max;
+  r->ext = ext;
   if (!io_allowed(p, NP_OP_READ, &st)) {
     np_req_ready(r, st.err, st.code);
     return;
@@ -1037,6 +1052,15 @@ void np_read_start(np_pipe *p, size_t max, int ref_cb) {
   p->pending_read = r;
   if (read_may_succeed(p)) pump_read(p); /* else epoll will tell */
   wait_level(p);
+}
+
+void np_read_start(np_pipe *p, size_t max, int ref_cb) {
+  read_start(p, max, NULL, ref_cb, NP_NOREF);
+}
+
+void np_read_into_start(np_pipe *p, char *dst, size_t cap, int ref_cb,
+                        int ref_data) {
+  read_start(p, cap, dst, ref_cb, ref_data);
 }
 
 /* Tokio's readable(): shares the read slot with read(). */

@@ -88,6 +88,8 @@ typedef struct np_req {
   np_buf buf;
   size_t len;
   int more;
+  /* np_read_into_start: the caller's memory (max bytes), else NULL */
+  char *ext;
 } np_req;
 
 struct np_pipe {

@@ -126,7 +126,9 @@ int np_loop_peek(np_loop *loop, np_completion *c) {
   c->user = req->pipe->user;
   c->op = req->op;
   c->status = req->status;
-  c->data = req->op == NP_OP_READ ? req->pipe->rbuf : NULL;
+  c->data = req->op != NP_OP_READ ? NULL
+            : req->pipe->rext       ? req->pipe->rext
+                                    : req->pipe->rbuf;
   c->len = req->op == NP_OP_READ ? req->pipe->rlen : req->bytes;
   c->more = req->more;
   c->ref_cb = req->ref_cb;
@@ -250,9 +252,10 @@ double np_now_ms(void) {
  * OVERLAPPED back before freeing it; what it has not given back after
  * CLOSE_DRAIN_MS is leaked, never freed under its feet. No Lua runs: the
  * ready queue is simply released. */
-void np_loop_close(np_loop *loop) {
+int np_loop_close(np_loop *loop) {
   np_pipe *p, *next;
   DWORD start = GetTickCount();
+  int gave_back;
   for (p = loop->pipes; p; p = next) {
     next = p->next;
     p->user = NULL;
@@ -296,6 +299,7 @@ void np_loop_close(np_loop *loop) {
   }
   /* Blocks still in loop->pipes have requests the kernel never gave back:
    * leave them allocated (leaked) rather than free memory it may write. */
+  gave_back = loop->kernel_owned == 0;
   while (loop->free_writes) {
     np_req *w = loop->free_writes;
     loop->free_writes = w->next;
@@ -305,4 +309,5 @@ void np_loop_close(np_loop *loop) {
   CloseHandle(loop->try_event);
   CloseHandle(loop->port);
   free(loop);
+  return gave_back;
 }

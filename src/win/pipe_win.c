@@ -281,21 +281,29 @@ static int reserve(np_pipe *p, size_t need) {
   return 1;
 }
 
-/* Issue (or continue) the read: `want` more bytes after p->rlen. */
+/* Issue (or continue) the read: `want` more bytes after p->rlen, into the
+ * caller's memory (rext: never more than rmax in all) or rbuf. */
 static void issue_read(np_pipe *p, size_t want) {
   np_req *req = &p->read_req;
+  char *base = p->rext;
   memset(&req->ov, 0, sizeof req->ov);
-  if (!reserve(p, p->rlen + want)) {
-    complete_now(req, NP_NO_MEMORY, ERROR_NOT_ENOUGH_MEMORY);
-    return;
+  if (!base) {
+    if (!reserve(p, p->rlen + want)) {
+      complete_now(req, NP_NO_MEMORY, ERROR_NOT_ENOUGH_MEMORY);
+      return;
+    }
+    base = p->rbuf;
   }
-  submitted(req, ReadFile(p->h, p->rbuf + p->rlen, (DWORD)want, NULL, &req->ov));
+  submitted(req, ReadFile(p->h, base + p->rlen, (DWORD)want, NULL, &req->ov));
 }
 
-void np_read_start(np_pipe *p, size_t max, int ref_cb) {
+static void read_start(np_pipe *p, size_t max, char *ext, int ref_cb,
+                       int ref_data) {
   size_t want = READ_CHUNK;
   arm(&p->read_req, ref_cb);
   p->read_req.op = NP_OP_READ;
+  p->read_req.ref_data = ref_data;
+  p->rext = ext;
   if (p->empty_message_taken) {
     p->empty_message_taken = 0;
     p->rlen = 0;
@@ -308,6 +316,15 @@ void np_read_start(np_pipe *p, size_t max, int ref_cb) {
   if (max > want && p->read_mode == NP_MODE_BYTE)
     want = max < READ_CAP ? max : READ_CAP;
   issue_read(p, want);
+}
+
+void np_read_start(np_pipe *p, size_t max, int ref_cb) {
+  read_start(p, max, NULL, ref_cb, NP_NOREF);
+}
+
+void np_read_into_start(np_pipe *p, char *dst, size_t cap, int ref_cb,
+                        int ref_data) {
+  read_start(p, cap, dst, ref_cb, ref_data);
 }
 
 /* A zero-byte read completes when data arrives without consuming any

@@ -63,6 +63,9 @@ struct np_pipe {
   size_t rcap;
   size_t rlen; /* bytes of the current read so far */
   size_t rmax; /* the caller's limit, 0 for none */
+  /* np_read_into_start: the caller's memory (rmax bytes), read into instead
+   * of rbuf; NULL for read() */
+  char *rext;
   np_req *writes, *writes_tail; /* writes not yet released, oldest first */
   int nwrites;
   int kernel_writes;             /* of those, how many the kernel owns */
