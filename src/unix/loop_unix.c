@@ -26,6 +26,9 @@
  * loop (one malloc and free a write otherwise). */
 #define KEEP_WRITE_REQS 64
 
+/* np_loop_wait: waits in a row that may skip epoll (see there). */
+#define NP_WAIT_SKIPS 16
+
 
 /* ----------------------------------------------------------------- status */
 
@@ -177,6 +180,20 @@ int np_loop_wait(np_loop *loop, int timeout_ms, np_status *st) {
     if (loop->plugs_wanted) np_listener_plug_deferred(loop);
     return 0;
   }
+  /* Only reads that finished as they started are ready (a stream read
+   * whose predecessor filled its buffer, read again from its callback):
+   * hand them out without asking epoll, which would cost a system call per
+   * read, as the C programs that recv until EAGAIN do not pay. At most
+   * NP_WAIT_SKIPS times in a row, so that such a stream cannot keep the
+   * other pipes' events waiting (as Tokio polls its I/O driver every 61
+   * tasks). Anything else ready (a write that finished at once, say) means
+   * the peer may have something for us: epoll is asked. */
+  if (loop->ready_count > 0 && loop->ready_count == loop->eager_ready &&
+      loop->skipped_waits < NP_WAIT_SKIPS) {
+    loop->skipped_waits++;
+    return loop->ready_count > INT_MAX ? INT_MAX : (int)loop->ready_count;
+  }
+  loop->skipped_waits = 0;
   deadline = timeout_ms > 0 ? np_now_ms() + timeout_ms : 0;
   for (;;) {
     int i, n, t = loop->ready_count > 0 ? 0 : timeout_ms;
@@ -234,6 +251,10 @@ void np_loop_take(np_loop *loop, np_completion *c) {
   loop->ready_head = r->next;
   if (!loop->ready_head) loop->ready_tail = NULL;
   loop->ready_count--;
+  if (r->eager) {
+    r->eager = 0;
+    loop->eager_ready--;
+  }
   r->next = NULL;
   r->state = REQ_HANDED;
   c->user = r->pipe->user;
@@ -258,6 +279,7 @@ void np_req_start(np_pipe *p, np_req *r, np_op op, int ref_cb, int ref_data) {
   r->len = 0;
   r->more = 0;
   r->ext = NULL;
+  r->eager = 0;
   p->busy[op]++;
   p->outstanding++;
   p->loop->outstanding++;

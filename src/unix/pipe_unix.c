@@ -1050,7 +1050,13 @@ static void read_start(np_pipe *p, size_t max, char *ext, int ref_cb,
     return;
   }
   p->pending_read = r;
-  if (read_may_succeed(p)) pump_read(p); /* else epoll will tell */
+  if (read_may_succeed(p)) {
+    pump_read(p); /* else epoll will tell */
+    if (r->state == REQ_READY) {
+      r->eager = 1;
+      p->loop->eager_ready++;
+    }
+  }
   wait_level(p);
 }
 

@@ -90,6 +90,8 @@ typedef struct np_req {
   int more;
   /* np_read_into_start: the caller's memory (max bytes), else NULL */
   char *ext;
+  /* a read that finished at its start (counted in loop->eager_ready) */
+  int eager;
 } np_req;
 
 struct np_pipe {
@@ -187,6 +189,11 @@ struct np_loop {
   /* Read buffers kept for reuse (NP_KEEP_READ_BUFS). */
   char *free_rbufs[NP_KEEP_READ_BUFS];
   int n_free_rbufs;
+  /* Of the ready requests, the reads that finished as they started (a
+   * stream read after one that filled its buffer: rd_full), and how many
+   * waits in a row returned them without asking epoll (np_loop_wait). */
+  size_t eager_ready;
+  int skipped_waits;
 };
 
 /* loop_unix.c */
