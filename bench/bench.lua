@@ -11,6 +11,7 @@ prints the tables; this script alone prints one line per workload:
     pingpong rtt_per_s=<median> min=.. max=.. runs=N n=.. msg=64 mode=message
     pingpong_byte rtt_per_s=<median> ...
     stream mib_per_s=<median> ...
+    stream_string mib_per_s=<median> ...
     churn conn_per_s=<median> ...
     memory lua_kib_per_pair=.. rss_kib_per_pair=.. lua_kib_per_pair_reading=.. rss_kib_per_pair_reading=.. pairs=1000
     step0 ns_per_call=<median> ...
@@ -21,7 +22,11 @@ Workloads (the same as bench/baseline_*.c and bench/bench_luv.lua do):
   pingpong_byte  the same over a byte-mode pipe (luv has no message mode:
             this is the row to compare luv with)
   stream    server -> client, byte mode, 64 KiB writes (one anchored string,
-            so zero-copy), 4 in flight, 256 MiB; MiB/s
+            so zero-copy), 4 in flight, 256 MiB, read with read_into into
+            one 64 KiB np.buffer (as the C program reads into one buffer);
+            MiB/s
+  stream_string  the same read with read(): a new string per read (as luv
+            reads: the row to compare luv with)
   churn     per connection: open a client, connect the listening instance,
             create the next instance first (the name never vanishes), one
             64-byte request + reply, close both; connections/s
@@ -37,7 +42,8 @@ Options:
   --quick            tiny sizes; asserts that every byte arrives intact
                      (message contents, stream order); asserts no time
   --runs N           timed runs per workload (default 5); median, min-max
-  --only w[,w]       pingpong, pingpong_byte, stream, churn, memory, step0
+  --only w[,w]       pingpong, pingpong_byte, stream, stream_string, churn,
+                     memory, step0
   --api np|core      np (default): require "namedpipe", the public API (its
                      Lua method wrappers and np.step with tasks/timers);
                      core: require "namedpipe.core" alone (the C methods and
@@ -184,7 +190,8 @@ local CHUNK = common.CHUNK
 
 local blocks_plain, blocks_verify
 
-local function stream(total, inflight, verify)
+-- into: read with read_into into one buffer, else with read() (strings).
+local function stream(total, inflight, verify, into)
   local server, client = connected_pair("st")
   local blocks
   if verify then
@@ -226,19 +233,31 @@ local function stream(total, inflight, verify)
   end
 
   local on_read
-  on_read = function(data, err)
-    if not data then fail("stream read:", tostring(err)) end
-    if verify then check(data, received) end
-    received = received + #data
+  local function got(n)
+    received = received + n
     if received >= total then
       if received > total then fail("stream: too many bytes") end
       done_r = true
-    else
-      client:read(on_read)
+      return false
     end
+    return true
   end
-
-  client:read(on_read)
+  if into then
+    local buf = np.buffer(CHUNK)
+    on_read = function(n, err)
+      if not n then fail("stream read_into:", tostring(err)) end
+      if verify then check(buf:sub(1, n), received) end
+      if got(n) then client:read_into(buf, on_read) end
+    end
+    client:read_into(buf, on_read)
+  else
+    on_read = function(data, err)
+      if not data then fail("stream read:", tostring(err)) end
+      if verify then check(data, received) end
+      if got(#data) then client:read(on_read) end
+    end
+    client:read(on_read)
+  end
   local t0 = now()
   for _ = 1, math.min(inflight, nwrites) do start_write() end
   while not (done_w and done_r) do
@@ -393,11 +412,14 @@ if wanted("pingpong_byte") then
   report("pingpong_byte", "rtt_per_s", v, ("n=%d msg=64 mode=byte api=%s"):format(opt.pp, opt.api))
 end
 
-if wanted("stream") then
-  stream(4 * CHUNK * opt.inflight, opt.inflight, true) -- warm-up, bytes checked
-  local v = timed(stream, opt.stream_mib * 1048576, opt.inflight, verify)
-  report("stream", "mib_per_s", v, ("mib=%d write=%d inflight=%d mode=byte api=%s")
-    :format(opt.stream_mib, CHUNK, opt.inflight, opt.api))
+for _, wl in ipairs { "stream", "stream_string" } do
+  if wanted(wl) then
+    local into = wl == "stream"
+    stream(4 * CHUNK * opt.inflight, opt.inflight, true, into) -- warm-up, bytes checked
+    local v = timed(stream, opt.stream_mib * 1048576, opt.inflight, verify, into)
+    report(wl, "mib_per_s", v, ("mib=%d write=%d inflight=%d mode=byte api=%s read=%s")
+      :format(opt.stream_mib, CHUNK, opt.inflight, opt.api, into and "read_into" or "read"))
+  end
 end
 
 if wanted("churn") then

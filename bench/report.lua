@@ -123,7 +123,8 @@ end
 local labels = {
   pingpong = "ping-pong 64 B, message mode (round trips/s)",
   pingpong_byte = "ping-pong 64 B, byte mode (round trips/s)",
-  stream = "stream 64 KiB (MiB/s)",
+  stream = "stream 64 KiB, read_into a buffer (MiB/s)",
+  stream_string = "stream 64 KiB, read() strings (MiB/s)",
   churn = "churn (connections/s)",
   step0 = "idle step(0) (ns/call; lower is better)",
 }
@@ -161,12 +162,15 @@ for _, platform in ipairs(order) do
   end
   header[#header + 1] = "target np/C"
   local rows = {}
-  for _, wl in ipairs { "pingpong", "pingpong_byte", "stream", "churn", "step0" } do
-    local function get(impl)
-      local w = impl and impl[wl]
+  for _, wl in ipairs { "pingpong", "pingpong_byte", "stream", "stream_string", "churn", "step0" } do
+    -- The C program has one stream (into a buffer), luv one (strings).
+    local function get(impl, as)
+      local w = impl and impl[as or wl]
       return w and w._first and w[w._first]
     end
-    local a, c, b, l = get(np), get(core), get(base), get(luv)
+    local a, c = get(np), get(core)
+    local b = get(base, wl == "stream_string" and "stream" or nil)
+    local l = wl ~= "stream" and get(luv, wl == "stream_string" and "stream" or nil) or nil
     if a or b or l then
       local row = { labels[wl], cell(a), cell(c), cell(b), ratio(a, b), ratio(c, b) }
       if luv then
