@@ -189,7 +189,15 @@ function waiting.read_into(self, buf, a)
   if type(a) ~= "function" then check_timeout(a, 3, "read_into", 4) end
   if has_readahead(self) then
     local n = raw.buffer_put(buf, take_readahead(self, #buf))
-    if type(a) == "function" then return task.soon(a, n) end
+    if type(a) == "function" then
+      -- the bytes are the callback's until it runs: busy, as a pending
+      -- read's buffer is (buf:sub and another read_into into it raise)
+      raw.buffer_busy(buf, true)
+      return task.soon(function()
+        raw.buffer_busy(buf, false)
+        return a(n)
+      end)
+    end
     return n
   end
   if type(a) == "function" then return raw.read_into(self, buf, a) end

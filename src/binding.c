@@ -440,6 +440,14 @@ static int raw_buffer_put(lua_State *L) {
   return 1;
 }
 
+/* core._raw.buffer_busy(buf, busy): the Lua layer holds buf for a
+ * read_into's callback still to come (bytes read ahead, copied at once). */
+static int raw_buffer_busy(lua_State *L) {
+  np_buffer *b = np_buffer_check(L, 1, 0);
+  b->busy = lua_toboolean(L, 2);
+  return 0;
+}
+
 static int l_buffer(lua_State *L) {
   loop_ud *lu = (loop_ud *)lua_touserdata(L, LOOP_UPV);
   return np_buffer_new(L, &lu->orphans);
@@ -889,6 +897,7 @@ static const luaL_Reg raw_funcs[] = {{"connect", raw_connect},
                                      {"read", raw_read},
                                      {"read_into", raw_read_into},
                                      {"buffer_put", raw_buffer_put},
+                                     {"buffer_busy", raw_buffer_busy},
                                      {"write", raw_write},
                                      {"readable", raw_readable},
                                      {"writable", raw_writable},

@@ -64,16 +64,23 @@ static int buffer_sub(lua_State *L) {
   return 1;
 }
 
+/* (#buf and tostring(buf) work on a buffer whose __gc was called by hand,
+ * as tostring() of a closed pipe does) */
+static np_buffer *to_buffer(lua_State *L) {
+  np_buffer *b = np_buffer_to(L, 1);
+  if (!b) np_type_error(L, 1, BUFFER_MT);
+  return b;
+}
+
 static int buffer_len(lua_State *L) {
-  np_buffer *b = np_buffer_check(L, 1, 0);
-  lua_pushinteger(L, (lua_Integer)b->size);
+  lua_pushinteger(L, (lua_Integer)to_buffer(L)->size);
   return 1;
 }
 
 static int buffer_tostring(lua_State *L) {
-  np_buffer *b = np_buffer_check(L, 1, 0);
+  np_buffer *b = to_buffer(L);
   lua_pushfstring(L, "namedpipe buffer (%I bytes%s)", (lua_Integer)b->size,
-                  b->busy ? ", being filled" : "");
+                  !b->bytes ? ", freed" : b->busy ? ", being filled" : "");
   return 1;
 }
 

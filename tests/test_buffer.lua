@@ -131,6 +131,26 @@ function TestBuffer:test_bytes_read_ahead_come_first()
   H.close_all(server, client)
 end
 
+function TestBuffer:test_bytes_read_ahead_are_the_callbacks_until_it_runs()
+  -- read_into's callback form takes bytes read ahead at once, but its
+  -- callback runs from a later step: till then nobody else may use buf
+  local server, client = H.pair()
+  local s2, c2 = H.pair()
+  client:write("line\nabcd")
+  lu.assertEquals(server:read_line(2000), "line")
+  c2:write("WXYZ")
+  local buf, seen = np.buffer(4), nil
+  server:read_into(buf, function(n) seen = buf:sub(1, n) end)
+  lu.assertErrorMsgContains("being filled", buf.sub, buf)
+  lu.assertErrorMsgContains("bad argument #2 to 'read_into' (buffer is being filled",
+    function() s2:read_into(buf, function() end) end)
+  H.pump(function() return seen end, 2000, "read-ahead callback")
+  lu.assertEquals(seen, "abcd")
+  lu.assertEquals(s2:read_into(buf, 2000), 4) -- free again
+  lu.assertEquals(buf:sub(), "WXYZ")
+  H.close_all(server, client, s2, c2)
+end
+
 function TestBuffer:test_unreferenced_buffer_survives_collection_while_filled()
   local server, client = H.pair()
   local got
