@@ -720,6 +720,12 @@ static int m_tostring(lua_State *L) {
 
 /* ------------------------------------------------------------------- loop */
 
+/* A read_into's completion: its bytes are in the buffer anchored as its
+ * ref_data (a read() has none). */
+static int is_read_into(const np_completion *c) {
+  return c->op == NP_OP_READ && c->ref_data != LUA_NOREF;
+}
+
 /* Push the callback's arguments for completion c; returns how many. */
 static int push_completion(lua_State *L, const np_completion *c) {
   if (c->status.err != NP_OK) return push_status(L, &c->status);
@@ -730,7 +736,7 @@ static int push_completion(lua_State *L, const np_completion *c) {
       lua_pushboolean(L, 1);
       return 1;
     case NP_OP_READ:
-      if (c->ref_data != LUA_NOREF) /* read_into: the bytes are in place */
+      if (is_read_into(c)) /* the bytes are in place */
         lua_pushinteger(L, (lua_Integer)c->len);
       else
         lua_pushlstring(L, c->data, c->len);
@@ -801,7 +807,7 @@ static int step_loop(lua_State *L, loop_ud *lu) {
     lu->taken++;
     dispatched++;
     u = (pipe_ud *)c.user;
-    if (c.op == NP_OP_READ && c.ref_data != LUA_NOREF) { /* read_into */
+    if (is_read_into(&c)) {
       lua_rawgeti(L, anchors, c.ref_data);
       ((np_buffer *)lua_touserdata(L, -1))->busy = 0;
       lua_pop(L, 1);

@@ -29,7 +29,6 @@
 /* np_loop_wait: waits in a row that may skip epoll (see there). */
 #define NP_WAIT_SKIPS 16
 
-
 /* ----------------------------------------------------------------- status */
 
 np_err np_errno_err(int code) {
@@ -180,8 +179,9 @@ int np_loop_wait(np_loop *loop, int timeout_ms, np_status *st) {
     if (loop->plugs_wanted) np_listener_plug_deferred(loop);
     return 0;
   }
-  /* Only reads that finished as they started are ready (a stream read
-   * whose predecessor filled its buffer, read again from its callback):
+  /* Only reads that finished as they started are ready (typically a
+   * stream read whose predecessor filled its buffer, read again from its
+   * callback):
    * hand them out without asking epoll, which would cost a system call per
    * read, as the C programs that recv until EAGAIN do not pay. At most
    * NP_WAIT_SKIPS times in a row, so that such a stream cannot keep the

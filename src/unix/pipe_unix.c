@@ -1050,8 +1050,8 @@ static void read_start(np_pipe *p, size_t max, char *ext, int ref_cb,
     return;
   }
   p->pending_read = r;
-  if (read_may_succeed(p)) {
-    pump_read(p); /* else epoll will tell */
+  if (read_may_succeed(p)) { /* else epoll will tell */
+    pump_read(p);
     if (r->state == REQ_READY) {
       r->eager = 1;
       p->loop->eager_ready++;

@@ -189,8 +189,9 @@ struct np_loop {
   /* Read buffers kept for reuse (NP_KEEP_READ_BUFS). */
   char *free_rbufs[NP_KEEP_READ_BUFS];
   int n_free_rbufs;
-  /* Of the ready requests, the reads that finished as they started (a
-   * stream read after one that filled its buffer: rd_full), and how many
+  /* Of the ready requests, the reads that finished as they started
+   * (read_may_succeed: typically a stream read after one that filled its
+   * buffer, rd_full), and how many
    * waits in a row returned them without asking epoll (np_loop_wait). */
   size_t eager_ready;
   int skipped_waits;
