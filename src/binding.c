@@ -44,6 +44,11 @@
 #define WAITING_UPV lua_upvalueindex(4)
 #define N_UPVALUES 4
 
+/* step_loop: completions one step hands out before it stops starting new
+ * rounds (Tokio's coop budget is 128 per task, libuv's read loop 32 reads
+ * per stream and event). A step(0) in a host's frame stays short. */
+#define STEP_BUDGET 64
+
 typedef struct loop_ud {
   np_loop *loop; /* NULL once closed (lua_close) */
   /* The anchor table's free slots (anchor/release below): the table has
@@ -785,14 +790,30 @@ static int step_loop(lua_State *L, loop_ud *lu) {
   if (!lua_checkstack(L, 300)) luaL_error(L, "not enough memory");
   lua_pushcfunction(L, nothing);
   lua_call(L, 0, 0);
-  /* Only what was ready when we looked: callbacks that start operations
-   * which finish at once must not keep this step running forever. */
-  while (dispatched < ready) {
+  /* In rounds: each hands out only what was ready when it looked, so
+   * callbacks that start operations which finish at once cannot keep this
+   * step running forever. Another round follows while the callbacks left
+   * completions ready (a read that found its bytes at once, a write sent
+   * whole) and fewer than STEP_BUDGET were handed out: a stream read from
+   * its callback goes on in this step, without a return to Lua and a new
+   * step() per read (as libuv reads a stream up to 32 times per event).
+   * A round never waits, and one with an empty queue is not begun: a step
+   * asks the kernel no more often than before. Tasks or timers due (set by
+   * a callback) end the rounds: the Lua layer's step runs them. */
+  for (;;) {
     np_completion c;
     pipe_ud *u;
     int nargs, has_cb;
     unsigned long taken = lu->taken;
     if (!np_loop_peek(loop, &c)) break;
+    if (dispatched >= ready) { /* this round is done: another? */
+      int more;
+      if (dispatched >= STEP_BUDGET || lu->task_work) break;
+      more = np_loop_wait(loop, 0, &st);
+      if (more <= 0) break; /* an error is the next step's to report */
+      ready = dispatched + more;
+      if (!np_loop_peek(loop, &c)) break;
+    }
     has_cb = c.ref_cb != LUA_NOREF;
     if (has_cb) lua_rawgeti(L, anchors, c.ref_cb);
     nargs = push_completion(L, &c);
