@@ -927,12 +927,20 @@ static int write_attempt(np_pipe *p, np_req *r, np_status *st) {
     if (st->err == NP_OK) r->wdone = r->wlen;
     return IO_DONE;
   }
-  /* A stream takes what fits; the rest waits for the next EPOLLOUT. */
+  /* A stream takes what fits; the rest waits for the next EPOLLOUT. A
+   * short send means the socket's buffer is full (the kernel stops only
+   * when it cannot allocate within SO_SNDBUF): another send now would fail
+   * with EAGAIN, a system call for nothing (as Tokio clears write
+   * readiness after a short write, and libuv waits for POLLOUT). The
+   * reader freeing room wakes epoll (unix_write_space), and arming
+   * EPOLLOUT later polls the socket afresh: no wakeup is missed. */
   while (r->wdone < r->wlen) {
-    ssize_t n = send(p->fd, r->wdata + r->wdone, r->wlen - r->wdone,
+    size_t want = r->wlen - r->wdone;
+    ssize_t n = send(p->fd, r->wdata + r->wdone, want,
                      MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n >= 0) {
       r->wdone += (size_t)n;
+      if ((size_t)n < want) return IO_AGAIN;
       continue;
     }
     if (errno == EINTR) continue;
