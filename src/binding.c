@@ -549,9 +549,22 @@ static int m_try_write(lua_State *L) {
   return 1;
 }
 
+/* An asynchronous method ends with one optional callback or timeout, at
+ * index last: anything but nil after it is refused. Dropped without a
+ * word, a callback given after a timeout (read(n, 5, cb)) would never run,
+ * or a timeout after a callback never fire. */
+static void check_nothing_after(lua_State *L, int last) {
+  int i, top = lua_gettop(L);
+  for (i = last + 1; i <= top; i++)
+    if (!lua_isnil(L, i))
+      np_arg_error(L, i, "nothing expected after the callback or timeout: "
+                         "give one of them, last");
+}
+
 /* The methods: the callback form here, the rest diverted (see divert). */
 static int m_connect(lua_State *L) {
   int n;
+  check_nothing_after(L, 2);
   if (lua_type(L, 2) != LUA_TFUNCTION && (n = divert(L, "connect")) >= 0) return n;
   return raw_connect(L);
 }
@@ -559,6 +572,7 @@ static int m_connect(lua_State *L) {
 static int m_read(lua_State *L) {
   pipe_ud *u = check_pipe(L);
   int n;
+  check_nothing_after(L, 3);
   if ((u->readahead || lua_type(L, lua_gettop(L)) != LUA_TFUNCTION) &&
       (n = divert(L, "read")) >= 0)
     return n;
@@ -568,6 +582,7 @@ static int m_read(lua_State *L) {
 static int m_read_into(lua_State *L) {
   pipe_ud *u = check_pipe(L);
   int n;
+  check_nothing_after(L, 3);
   if (u->readahead || lua_type(L, 3) != LUA_TFUNCTION) {
     np_buffer_check(L, 2, 1); /* before the Lua layer uses it */
     if ((n = divert(L, "read_into")) >= 0) return n;
@@ -578,6 +593,7 @@ static int m_read_into(lua_State *L) {
 static int m_readable(lua_State *L) {
   pipe_ud *u = check_pipe(L);
   int n;
+  check_nothing_after(L, 2);
   if ((u->readahead || lua_type(L, 2) != LUA_TFUNCTION) &&
       (n = divert(L, "readable")) >= 0)
     return n;
@@ -586,12 +602,14 @@ static int m_readable(lua_State *L) {
 
 static int m_writable(lua_State *L) {
   int n;
+  check_nothing_after(L, 2);
   if (lua_type(L, 2) != LUA_TFUNCTION && (n = divert(L, "writable")) >= 0) return n;
   return raw_writable(L);
 }
 
 static int m_write(lua_State *L) {
   int n;
+  check_nothing_after(L, 3);
   if (lua_type(L, 3) != LUA_TFUNCTION && (n = divert(L, "write")) >= 0) return n;
   return raw_write(L);
 }

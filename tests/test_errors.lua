@@ -266,6 +266,36 @@ function TestMisuse:test_argument_numbers_count_self_in_every_form()
   lu.assertStrContains(msg(function() return server.info({}) end), "bad argument #1 to 'info' (namedpipe.pipe expected, got table)")
 end
 
+-- The callback or the timeout comes last, one of them: a callback after a
+-- timeout (or the reverse) is refused, not dropped; nothing is started.
+function TestMisuse:test_callback_and_timeout_together_raise()
+  local server, client = H.pair()
+  local buf = np.buffer(8)
+  local ran = false
+  local cb = function() ran = true end
+  local function msg(f)
+    local ok, err = pcall(f)
+    lu.assertFalse(ok)
+    return tostring(err)
+  end
+  local after = "nothing expected after the callback or timeout"
+  lu.assertStrContains(msg(function() return server:read(64, 5, cb) end), "bad argument #4 to 'read' (" .. after)
+  lu.assertStrContains(msg(function() return server:read(64, cb, 5) end), "bad argument #4 to 'read' (" .. after)
+  lu.assertStrContains(msg(function() return server:read_into(buf, 5, cb) end), "bad argument #4 to 'read_into' (" .. after)
+  lu.assertStrContains(msg(function() return client:write("x", 5, cb) end), "bad argument #4 to 'write' (" .. after)
+  lu.assertStrContains(msg(function() return client:write_frame("x", cb, 5) end), "bad argument #4 to 'write_frame' (" .. after)
+  lu.assertStrContains(msg(function() return server:connect(5, cb) end), "bad argument #3 to 'connect' (" .. after)
+  lu.assertStrContains(msg(function() return server:readable(5, cb) end), "bad argument #3 to 'readable' (" .. after)
+  lu.assertStrContains(msg(function() return client:writable(cb, 5) end), "bad argument #3 to 'writable' (" .. after)
+  -- trailing nils (a wrapper passing ... on) are fine
+  client:write("ok", cb, nil)
+  lu.assertEquals(server:read(nil, 2000, nil), "ok")
+  H.pump(function() return ran end, 2000, "the write's callback")
+  lu.assertEquals(np.pending(), 0) -- none of the refused calls started anything
+  lu.assertEquals(buf:sub(1, 1), "\0") -- not busy: sub would raise
+  H.close_all(server, client)
+end
+
 function TestMisuse:test_server_methods_on_client_raise()
   local server, client = H.pair()
   assert_raises("server pipe expected", client.connect, client, function() end)

@@ -92,10 +92,16 @@ function F.install(M, methods)
 
   --- pipe:write_frame(data [, cb | timeout]): a 4-byte big-endian length,
   --- then data.
-  function methods.write_frame(self, data, a)
+  function methods.write_frame(self, data, a, ...)
     check_pipe(self, "write_frame")
     if type(data) ~= "string" then
       error("bad argument #2 to 'write_frame' (string expected, got " .. type(data) .. ")", 2)
+    end
+    for i = 1, select("#", ...) do -- as the C methods refuse them
+      if (select(i, ...)) ~= nil then
+        error(("bad argument #%d to 'write_frame' (nothing expected after the callback or timeout: give one of them, last)")
+          :format(3 + i), 2)
+      end
     end
     return methods.write(self, string.pack(">s4", data), a)
   end
