@@ -812,12 +812,17 @@ static int step_loop(lua_State *L, loop_ud *lu) {
    * callbacks that start operations which finish at once cannot keep this
    * step running forever. Another round follows while the callbacks left
    * completions ready (a read that found its bytes at once, a write sent
-   * whole) and fewer than STEP_BUDGET were handed out: a stream read from
-   * its callback goes on in this step, without a return to Lua and a new
-   * step() per read (as libuv reads a stream up to 32 times per event).
-   * A round never waits, and one with an empty queue is not begun: a step
-   * asks the kernel no more often than before. Tasks or timers due (set by
-   * a callback) end the rounds: the Lua layer's step runs them. */
+   * whole) and fewer than STEP_BUDGET were handed out; it hands out no
+   * more than the budget's rest. A stream read from its callback goes on
+   * in this step, without a return to Lua and a new step() per read (as
+   * libuv reads a stream up to 32 times per event). The first round is
+   * what was ready when the step began, however many. A round never
+   * waits, and one with an empty queue is not begun: a step asks the
+   * kernel no more often than before. While the Lua layer has task work
+   * (a task to resume, or any timer at all: task.lua sets it for every
+   * pending timer, due or not) there are no further rounds: its step runs
+   * tasks and timers between steps, and they must not wait behind 64
+   * completions. */
   for (;;) {
     np_completion c;
     pipe_ud *u;
@@ -829,6 +834,7 @@ static int step_loop(lua_State *L, loop_ud *lu) {
       if (dispatched >= STEP_BUDGET || lu->task_work) break;
       more = np_loop_wait(loop, 0, &st);
       if (more <= 0) break; /* an error is the next step's to report */
+      if (more > STEP_BUDGET - dispatched) more = STEP_BUDGET - dispatched;
       ready = dispatched + more;
       if (!np_loop_peek(loop, &c)) break;
     }

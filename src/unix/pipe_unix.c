@@ -928,12 +928,18 @@ static int write_attempt(np_pipe *p, np_req *r, np_status *st) {
     return IO_DONE;
   }
   /* A stream takes what fits; the rest waits for the next EPOLLOUT. A
-   * short send means the socket's buffer is full (the kernel stops only
-   * when it cannot allocate within SO_SNDBUF): another send now would fail
-   * with EAGAIN, a system call for nothing (as Tokio clears write
-   * readiness after a short write, and libuv waits for POLLOUT). The
-   * reader freeing room wakes epoll (unix_write_space), and arming
-   * EPOLLOUT later polls the socket afresh: no wakeup is missed. */
+   * short send almost always means the socket's buffer is full (the kernel
+   * stops when it cannot allocate within SO_SNDBUF): another send now
+   * would fail with EAGAIN, a system call for nothing (as Tokio clears
+   * write readiness after a short write, and libuv waits for POLLOUT).
+   * The reader freeing room wakes epoll (unix_write_space), and arming
+   * EPOLLOUT later polls the socket afresh: no wakeup is missed. The other
+   * short sends (the peer closed, an error set on the socket, ENOBUFS
+   * after some bytes went) end the same way: the peer's close wakes epoll
+   * with EPOLLHUP and the next send fails, and after ENOBUFS the bytes
+   * already sent make room when read. (A peer that only shuts its reading
+   * side is reported by Linux with neither HUP nor OUT until it closes,
+   * whether or not we try again now.) */
   while (r->wdone < r->wlen) {
     size_t want = r->wlen - r->wdone;
     ssize_t n = send(p->fd, r->wdata + r->wdone, want,
