@@ -619,7 +619,12 @@ void np_cancel(np_pipe *p, np_op op, np_err reason) {
   if (op == NP_OP_WRITABLE) cancel_waiting(p, &p->writable_req, reason);
   if (op == NP_OP_WRITE) {
     flush_write_queue(p, reason);
-    for (w = p->writes; w; w = w->wnext) cancel_req(p, w, reason);
+    /* Newest first: once an older write is cancelled, the pipe would take
+     * the next one in its place, and a write that went whole after one
+     * that was cut would leave a hole in the stream (seen under Wine).
+     * Cancelled newest first, no write is left behind the one being
+     * cancelled, so what went is a prefix of what was written. */
+    for (w = p->writes_tail; w; w = w->wprev) cancel_req(p, w, reason);
   }
 }
 
@@ -667,6 +672,11 @@ void np_pipe_close(np_pipe *p) {
   p->state = NP_STATE_CLOSED;
   /* Closing the handle cancels what is pending too; CancelIoEx first makes
    * it explicit, and costs a kernel call only when something is pending. */
+  if (p->kernel_writes > 0) { /* newest first: see np_cancel */
+    np_req *w;
+    for (w = p->writes_tail; w; w = w->wprev)
+      if (w->state == REQ_KERNEL) CancelIoEx(p->h, &w->ov);
+  }
   if (p->connect_req.state == REQ_KERNEL || p->read_req.state == REQ_KERNEL ||
       p->kernel_writes > 0)
     CancelIoEx(p->h, NULL);
