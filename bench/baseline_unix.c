@@ -27,7 +27,7 @@
  * Options: --quick (tiny sizes, contents checked), --runs N (median, min-max),
  * --only w[,w], --pp N, --stream-mib N, --churn N, --steps N.
  * Attribution variants (not in the table): --passcred, --peek, --tryfirst,
- * --bufsize N, --copy, --del, --src-offset N (see the flags below).
+ * --bufsize N, --copy, --del, --src-offset N, --gather (see the flags below).
  *
  * Build: gcc -O2 -o baseline_unix bench/baseline_unix.c
  */
@@ -39,6 +39,7 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -61,6 +62,10 @@ static int v_copy;     /* stream: each read copied once more into a fresh
 static int v_del;      /* churn: EPOLL_CTL_DEL before each close */
 static int v_src_offset; /* stream: the written blocks start this many bytes
                             into a page (0..4095) */
+static int v_gather;   /* stream: each send offers the next GATHER blocks in
+                          one sendmsg (namedpipe gathers its queued writes
+                          on Linux: this is the C program doing the same) */
+#define GATHER 4 /* the blocks bench.lua keeps in flight (--inflight) */
 static unsigned name_counter;
 static char sockdir[96];
 
@@ -295,7 +300,23 @@ static double stream(long long total) {
     int wblocked = 0;
     while (sent < total && !wblocked) {
       long long off = sent % BUF;
-      ssize_t w = xsend(srv, blocks[(sent / BUF) % nb] + off, (size_t)(BUF - off));
+      ssize_t w;
+      if (v_gather) {
+        struct iovec iov[GATHER];
+        struct msghdr mh;
+        int q;
+        memset(&mh, 0, sizeof mh);
+        for (q = 0; q < GATHER && sent + (long long)q * BUF < total; q++) {
+          iov[q].iov_base = blocks[(sent / BUF + q) % nb] + (q ? 0 : off);
+          iov[q].iov_len = (size_t)(q ? BUF : BUF - off);
+        }
+        mh.msg_iov = iov;
+        mh.msg_iovlen = (size_t)q;
+        do w = sendmsg(srv, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+        while (w < 0 && errno == EINTR);
+      } else {
+        w = xsend(srv, blocks[(sent / BUF) % nb] + off, (size_t)(BUF - off));
+      }
       if (w < 0) {
         check(errno == EAGAIN, "stream: send");
         wblocked = 1;
@@ -459,6 +480,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--copy")) v_copy = 1;
     else if (!strcmp(argv[i], "--tryfirst")) v_tryfirst = 1;
     else if (!strcmp(argv[i], "--del")) v_del = 1;
+    else if (!strcmp(argv[i], "--gather")) v_gather = 1;
     else if (!strcmp(argv[i], "--src-offset") && i + 1 < argc) v_src_offset = atoi(argv[++i]) & 4095;
     else if (!strcmp(argv[i], "--bufsize") && i + 1 < argc) v_bufsize = atoi(argv[++i]);
     else {

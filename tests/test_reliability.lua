@@ -191,7 +191,7 @@ function TestReliability:test_handles_and_blocks_come_back()
 end
 
 -- Writes queued behind a full pipe go out together (Linux: one sendmsg
--- for up to 64 of them, the kernel taking what fits): each still
+-- for up to 64 of them, the kernel taking what fits; here 142): each still
 -- completes once, in order, with its own whole length, and the reader
 -- gets exactly the bytes written, in order - empty writes and writes
 -- split across two sends included.
@@ -203,6 +203,9 @@ local function mixed_pieces()
     local stamp = ("<%d>"):format(i)
     pieces[i] = size >= #stamp and stamp .. string.char(i % 251):rep(size - #stamp)
       or ("."):rep(size)
+  end
+  for i = 1, 100 do -- more than one sendmsg takes: tiny ones, empty ones
+    pieces[#pieces + 1] = string.char(65 + i % 26):rep(i % 6)
   end
   return pieces
 end

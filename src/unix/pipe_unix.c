@@ -56,6 +56,7 @@
 #include <sys/epoll.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "unix.h"
@@ -958,11 +959,72 @@ static int write_attempt(np_pipe *p, np_req *r, np_status *st) {
   return IO_DONE;
 }
 
+/* send_gathered: progress made, everything it offered went; go on. */
+#define IO_MORE 2
+/* At most this many writes in one sendmsg. */
+#define GATHER_MAX 64
+
+/* Several writes queued on a stream: one sendmsg offers them all (up to
+ * GATHER_MAX), and the kernel takes what fits (a gathering write, as
+ * Node's sockets flush queued writes with writev, and as libuv sends a
+ * write's several buffers). Fewer, larger sends cost the kernel less per
+ * byte: the C stream baseline moves 6,550 MiB/s with a send per 64 KiB
+ * block and 7,900 with four blocks per sendmsg (bench/README.md). The writes it took whole
+ * are finished here, in order; a write it took part of stays at the head
+ * with wdone saying how much went, so only the head is ever partly sent,
+ * as with one send per write. Returns IO_AGAIN when the socket is full,
+ * IO_MORE when all that was offered went, and IO_DONE with *st when the
+ * sendmsg failed (the head's error, as write_attempt). */
+static int send_gathered(np_pipe *p, np_status *st) {
+  struct iovec iov[GATHER_MAX];
+  struct msghdr mh;
+  size_t offered = 0, left;
+  ssize_t n;
+  np_req *r;
+  int k = 0;
+  for (r = p->wq_head; r && k < GATHER_MAX; r = r->next, k++) {
+    iov[k].iov_base = (void *)(r->wdata + r->wdone);
+    iov[k].iov_len = r->wlen - r->wdone;
+    offered += iov[k].iov_len;
+  }
+  memset(&mh, 0, sizeof mh);
+  mh.msg_iov = iov;
+  mh.msg_iovlen = (size_t)k;
+  n = 0; /* only empty writes: done without a call, as write_attempt */
+  if (offered > 0) {
+    do n = sendmsg(p->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+    while (n < 0 && errno == EINTR);
+  }
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return IO_AGAIN;
+    write_failed(st, errno);
+    return IO_DONE;
+  }
+  left = (size_t)n;
+  while ((r = p->wq_head) != NULL && k-- > 0 && left >= r->wlen - r->wdone) {
+    left -= r->wlen - r->wdone;
+    r->wdone = r->wlen;
+    p->wq_head = r->next;
+    if (!p->wq_head) p->wq_tail = NULL;
+    np_req_ready(r, NP_OK, 0);
+  }
+  if (r && left) r->wdone += left;
+  return (size_t)n < offered ? IO_AGAIN : IO_MORE;
+}
+
 static void pump_writes(np_pipe *p) {
   np_req *r;
   while ((r = p->wq_head) != NULL) {
     np_status st;
-    if (!write_attempt(p, r, &st)) {
+    if (r->next && p->sock_type == SOCK_STREAM) {
+      int io = send_gathered(p, &st);
+      if (io == IO_MORE) continue;
+      r = p->wq_head; /* what went whole is finished */
+      if (io == IO_AGAIN) {
+        if (want_writable(p)) return;
+        np_status_errno(&st, np_errno_err(errno), errno);
+      }
+    } else if (!write_attempt(p, r, &st)) {
       if (want_writable(p)) return;
       np_status_errno(&st, np_errno_err(errno), errno);
     }
