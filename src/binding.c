@@ -64,6 +64,9 @@ typedef struct loop_ud {
   unsigned long taken;
   /* Buffers collected while being filled (buffer.c). */
   np_orphans orphans;
+  /* The pipe whose completion's callback runs (step_loop): it keeps its
+   * anchor until settle_held, after the callback. */
+  struct pipe_ud *held;
 } loop_ud;
 
 /* ---------------------------------------------------------------- anchors */
@@ -269,20 +272,42 @@ static void check_callback(lua_State *L, int arg) {
   if (lua_type(L, arg) != LUA_TFUNCTION) np_type_error(L, arg, "function");
 }
 
-/* One more operation in flight for the pipe at index 1: the first one
- * anchors the userdata, so it outlives every completion still to come. */
+/* One more operation in flight for the pipe at index 1: it anchors the
+ * userdata, unless already anchored, so it outlives every completion still
+ * to come. */
 static void pin_pipe(lua_State *L, pipe_ud *u) {
-  if (u->inflight++ == 0) {
+  u->inflight++;
+  if (u->self_ref == LUA_NOREF) {
     lua_pushvalue(L, 1);
     u->self_ref = anchor(L, u->lu, ANCHORS_UPV);
   }
 }
 
-/* One operation fewer; the last one lets the userdata go. t: the anchor
- * table's index. */
+/* One operation fewer, at once (an operation that could not start): the
+ * last one lets the userdata go, unless its callback is running
+ * (settle_held lets it go then). t: the anchor table's index. */
 static void unpin_pipe(lua_State *L, pipe_ud *u, int t) {
-  if (--u->inflight == 0) {
+  if (--u->inflight == 0 && u->lu->held != u) {
     release(L, u->lu, t, u->self_ref);
+    u->self_ref = LUA_NOREF;
+  }
+}
+
+/* step_loop takes one operation off the pipe before running its callback
+ * but lets the anchor go only after it (here), if nothing is in flight by
+ * then: a callback that starts the next operation (a read re-armed, a
+ * reply written) finds the pipe anchored, where letting it go first cost a
+ * table store to release and one to anchor again for each such callback.
+ * A callback that raises leaves lu->held set: the next step settles it.
+ * The held pipe is anchored, so the pointer is good until settled; a
+ * nested step settles it early, and the outer one then finds held NULL or
+ * another pipe, anchored too. t: the anchor table's index. */
+static void settle_held(lua_State *L, loop_ud *lu, int t) {
+  pipe_ud *u = lu->held;
+  if (!u) return;
+  lu->held = NULL;
+  if (u->inflight == 0 && u->self_ref != LUA_NOREF) {
+    release(L, lu, t, u->self_ref);
     u->self_ref = LUA_NOREF;
   }
 }
@@ -788,6 +813,7 @@ static int step_loop(lua_State *L, loop_ud *lu) {
   if (!(t >= 0)) np_arg_error(L, 1, "timeout in milliseconds >= 0 expected");
   if (!loop) luaL_error(L, "namedpipe: the loop is closed");
   timeout = t >= (lua_Number)INT_MAX ? INT_MAX : (int)(t + 0.999);
+  settle_held(L, lu, ANCHORS_UPV); /* a callback raised in an earlier step */
   ready = np_loop_wait(loop, timeout, &st);
   if (ready < 0) return push_status(L, &st);
   if (ready == 0) {
@@ -860,11 +886,15 @@ static int step_loop(lua_State *L, loop_ud *lu) {
     release(L, lu, anchors, c.ref_cb);
     release(L, lu, anchors, c.ref_data);
     np_completion_done(loop, &c); /* may free the pipe block */
-    if (u) unpin_pipe(L, u, anchors);
+    if (u) {
+      u->inflight--;
+      lu->held = u; /* anchored until settled, after the callback */
+    }
     if (has_cb)
       lua_call(L, nargs, 0); /* an error propagates; the queue stays sound */
     else
       lua_pop(L, nargs);
+    settle_held(L, lu, anchors);
   }
   lua_pushinteger(L, dispatched);
   return 1;

@@ -42,6 +42,40 @@ function TestLifetime:test_unreferenced_idle_pipe_is_closed_by_gc()
   H.close_all(again)
 end
 
+-- A pipe is anchored while an operation of it is in flight, and through
+-- the callback of its last one; after that it is garbage like any other
+-- value - also when that callback raised (the next step lets it go).
+function TestLifetime:test_pipe_let_go_after_its_last_callback()
+  for _, raises in ipairs { false, true } do
+    local name = H.name("last")
+    local client, got
+    do
+      local server = assert(np.create(name, { max_instances = 1 }))
+      client = assert(np.open(name))
+      assert(server:connect(2000))
+      server:read(function(data)
+        got = data
+        if raises then error("raised by the read callback") end
+      end)
+    end
+    client:write("x", function() end)
+    local deadline = np.now() + 5000
+    while not got and np.now() < deadline do
+      local ok, err = pcall(np.step, 10)
+      if not ok then lu.assertStrContains(tostring(err), "raised by the read callback") end
+    end
+    lu.assertEquals(got, "x")
+    np.step(0)
+    collectgarbage()
+    collectgarbage()
+    -- collected, so closed: the client reads the end of the stream
+    local data, _, errname = client:read(nil, 2000)
+    lu.assertNil(data)
+    lu.assertEquals(errname, "EOF", raises and "after a callback that raised" or "")
+    H.close_all(client)
+  end
+end
+
 function TestLifetime:test_close_inside_own_callback()
   local server, client = H.pair()
   local results = {}
