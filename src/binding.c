@@ -886,6 +886,11 @@ static int step_loop(lua_State *L, loop_ud *lu) {
     release(L, lu, anchors, c.ref_cb);
     release(L, lu, anchors, c.ref_data);
     np_completion_done(loop, &c); /* may free the pipe block */
+    /* A nested step run before this one's first callback (from a
+     * finalizer or a hook) may have left a pipe held (its callback
+     * raised): settle it before holding another, while u still counts
+     * this completion (so u keeps its anchor if it is that pipe). */
+    settle_held(L, lu, anchors);
     if (u) {
       u->inflight--;
       lu->held = u; /* anchored until settled, after the callback */

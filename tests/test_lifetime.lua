@@ -76,6 +76,43 @@ function TestLifetime:test_pipe_let_go_after_its_last_callback()
   end
 end
 
+-- A nested step run before an outer step's first callback (here from a
+-- call hook; a finalizer does the same) whose callback raises leaves its
+-- pipe held: the outer step must let it go, not overwrite it.
+function TestLifetime:test_pipe_held_by_a_nested_step_is_let_go()
+  local weak = setmetatable({}, { __mode = "v" })
+  local bc, cc
+  do
+    local bs, cs
+    bs, bc = H.pair()
+    cs, cc = H.pair()
+    weak.b = bs
+    bs:read(function() error("raised in a nested step") end)
+    cs:read(function() end)
+    weak.c = cs
+  end
+  lu.assertEquals(bc:try_write("b"), 1)
+  lu.assertEquals(cc:try_write("c"), 1)
+  local calls, nested = 0, nil
+  debug.sethook(function()
+    calls = calls + 1
+    if calls == 3 then -- pcall, step, then step's first internal call
+      debug.sethook()
+      nested = table.pack(pcall(np.step, 0))
+    end
+  end, "c")
+  pcall(np.step, 1000)
+  debug.sethook()
+  lu.assertNotNil(nested)
+  for _ = 1, 3 do pcall(np.step, 10) end
+  collectgarbage()
+  collectgarbage()
+  local data, _, errname = bc:read(nil, 2000)
+  lu.assertNil(data)
+  lu.assertEquals(errname, "EOF")
+  H.close_all(bc, cc)
+end
+
 function TestLifetime:test_close_inside_own_callback()
   local server, client = H.pair()
   local results = {}
