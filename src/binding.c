@@ -57,8 +57,12 @@ typedef struct loop_ud {
   int *free_slots;
   int n_free, anchors_top;
   /* The pure-Lua layer has tasks or timers due: step() goes through it
-   * (divert). Set by core._raw.set_task_work. */
-  int task_work;
+   * (divert). Set by core._raw.set_task_work, with what it is made of:
+   * something to run at the next step (soon_work; a task to resume, say),
+   * and the earliest timer's deadline (has_timer, timer_at: np_now_ms
+   * time), which step_loop's rounds watch. */
+  int task_work, soon_work, has_timer;
+  double timer_at;
   /* Completions handed out so far (step_loop: did a nested step take one
    * while this one prepared?). */
   unsigned long taken;
@@ -654,10 +658,15 @@ static int raw_set_readahead(lua_State *L) {
   return 0;
 }
 
-/* core._raw.set_task_work(has): tasks or timers are due or pending. */
+/* core._raw.set_task_work(soon [, timer_at]): something is queued for the
+ * next step (soon), the earliest pending timer is due at timer_at (np.now
+ * time; nil: no timer). */
 static int raw_set_task_work(lua_State *L) {
   loop_ud *lu = (loop_ud *)lua_touserdata(L, LOOP_UPV);
-  lu->task_work = lua_toboolean(L, 1);
+  lu->soon_work = lua_toboolean(L, 1);
+  lu->has_timer = lua_type(L, 2) == LUA_TNUMBER;
+  lu->timer_at = lu->has_timer ? lua_tonumber(L, 2) : 0;
+  lu->task_work = lu->soon_work || lu->has_timer;
   return 0;
 }
 
@@ -844,11 +853,13 @@ static int step_loop(lua_State *L, loop_ud *lu) {
    * libuv reads a stream up to 32 times per event). The first round is
    * what was ready when the step began, however many. A round never
    * waits, and one with an empty queue is not begun: a step asks the
-   * kernel no more often than before. While the Lua layer has task work
-   * (a task to resume, or any timer at all: task.lua sets it for every
-   * pending timer, due or not) there are no further rounds: its step runs
-   * tasks and timers between steps, and they must not wait behind 64
-   * completions. */
+   * kernel no more often than before. While the Lua layer has something
+   * to run at the next step (a task woken, a spawned one) or a timer has
+   * come due, there are no further rounds: its step runs tasks and timers
+   * between steps, and they must not wait behind 64 completions. A timer
+   * still pending does not stop them (a task's call with a timeout has
+   * one; its callback resumes the task, whose next call may finish at
+   * once): one clock read per round tells. */
   for (;;) {
     np_completion c;
     pipe_ud *u;
@@ -857,7 +868,9 @@ static int step_loop(lua_State *L, loop_ud *lu) {
     if (!np_loop_peek(loop, &c)) break;
     if (dispatched >= ready) { /* this round is done: another? */
       int more;
-      if (dispatched >= STEP_BUDGET || lu->task_work) break;
+      if (dispatched >= STEP_BUDGET || lu->soon_work ||
+          (lu->has_timer && np_now_ms() >= lu->timer_at))
+        break;
       more = np_loop_wait(loop, 0, &st);
       if (more <= 0) break; /* an error is the next step's to report */
       if (more > STEP_BUDGET - dispatched) more = STEP_BUDGET - dispatched;

@@ -88,6 +88,66 @@ function TestBasic:test_step_goes_on_with_reads_that_finish_at_once_up_to_64()
   H.close_all(server, client)
 end
 
+-- A pending timer does not end a step's rounds (a task's call with a
+-- timeout has one); one that comes due does, so it runs before the
+-- remaining completions.
+local function queued_messages(server, client, n)
+  local written = 0
+  for i = 1, n do
+    client:write("m" .. i, function(k) if k then written = written + 1 end end)
+  end
+  H.pump(function() return written == n end, 5000, "the writes")
+end
+
+function TestBasic:test_rounds_go_on_while_a_timer_is_pending()
+  local server, client = H.pair({ pipe_mode = "message" }, { pipe_mode = "message" })
+  local idle_s, idle_c = H.pair()
+  local waited
+  np.spawn(function() waited = table.pack(idle_s:read(nil, 60000)) end)
+  np.step(0) -- the task waits: its timer is pending, due in a minute
+  local N = 150
+  queued_messages(server, client, N)
+  local got = {}
+  local function on_read(data, err)
+    got[#got + 1] = data or err
+    if #got < N then server:read(on_read) end
+  end
+  server:read(on_read)
+  local per_step = steps_until(function() return #got == N end, "the reads")
+  for i = 1, N do lu.assertEquals(got[i], "m" .. i) end
+  if PLATFORM ~= "windows" then -- (see the test above)
+    lu.assertEquals(per_step, { 64, 64, 22 })
+  end
+  idle_c:close()
+  H.pump(function() return waited end, 5000, "the waiting task")
+  lu.assertEquals(waited[3], "EOF")
+  H.close_all(server, client, idle_s)
+end
+
+function TestBasic:test_a_timer_come_due_ends_the_rounds()
+  local server, client = H.pair({ pipe_mode = "message" }, { pipe_mode = "message" })
+  local N = 150
+  queued_messages(server, client, N)
+  local got, read_when_fired = {}, nil
+  np.spawn(function()
+    np.sleep(30)
+    read_when_fired = #got
+  end)
+  np.step(0) -- the task sleeps: its timer is due in 30 ms
+  local function on_read(data, err)
+    got[#got + 1] = data or err
+    local t = np.now()
+    repeat until np.now() - t >= 1 -- 1 ms a read: the timer comes due at ~30
+    if #got < N then server:read(on_read) end
+  end
+  server:read(on_read)
+  steps_until(function() return #got == N end, "the reads")
+  lu.assertNotNil(read_when_fired)
+  -- without the clock check the step would go on to its budget of 64
+  lu.assertTrue(read_when_fired < 60, ("the timer ran after %d reads"):format(read_when_fired))
+  H.close_all(server, client)
+end
+
 -- The budget holds when one callback leaves many completions ready at once
 -- (writes sent whole, on Unix): no round hands out more than its rest.
 function TestBasic:test_step_hands_out_at_most_64_when_a_callback_starts_many()

@@ -11,7 +11,9 @@ local core = require "namedpipe.core"
 
 local now = core.now
 -- core.step goes straight to C unless told that tasks or timers need it
--- (binding.c, divert): told after every change below.
+-- (binding.c, divert): told after every change below, with what is queued
+-- for the next step and when the earliest timer is due (a step's rounds go
+-- on until then).
 local set_task_work = core._raw.set_task_work
 local co_create, co_resume, co_running, co_status, co_yield =
   coroutine.create, coroutine.resume, coroutine.running, coroutine.status, coroutine.yield
@@ -23,6 +25,11 @@ local tasks = setmetatable({}, { __mode = "k" }) -- coroutine -> true while aliv
 local live = 0
 local soon = {}   -- { fn, args } to run at the next step, in order
 local timers = {} -- sorted by .at
+
+local function tell_core()
+  local first = timers[1]
+  set_task_work(soon[1] ~= nil, first and first.at)
+end
 
 --- The task running now, or nil (main thread or a user coroutine).
 function T.current()
@@ -50,7 +57,7 @@ end
 --- Run fn(...) at the next step.
 function T.soon(fn, ...)
   soon[#soon + 1] = pack(fn, ...)
-  set_task_work(true)
+  tell_core()
 end
 
 function T.spawn(fn, ...)
@@ -79,7 +86,7 @@ function T.add_timer(ms, fn)
   local i = #timers
   while i > 0 and timers[i].at > t.at do i = i - 1 end
   table.insert(timers, i + 1, t)
-  set_task_work(true)
+  tell_core()
   return t
 end
 
@@ -87,7 +94,7 @@ function T.cancel_timer(t)
   for i = 1, #timers do
     if timers[i] == t then
       tremove(timers, i)
-      set_task_work(soon[1] ~= nil or timers[1] ~= nil)
+      tell_core()
       return
     end
   end
@@ -109,7 +116,7 @@ function T.run_due()
     n = n + 1
     timer.fn()
   end
-  set_task_work(soon[1] ~= nil or timers[1] ~= nil)
+  tell_core()
   return n
 end
 
