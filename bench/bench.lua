@@ -10,6 +10,7 @@ prints the tables; this script alone prints one line per workload:
 
     pingpong rtt_per_s=<median> min=.. max=.. runs=N n=.. msg=64 mode=message
     pingpong_byte rtt_per_s=<median> ...
+    pingpong_tasks rtt_per_s=<median> ...
     stream mib_per_s=<median> ...
     stream_string mib_per_s=<median> ...
     churn conn_per_s=<median> ...
@@ -21,6 +22,10 @@ Workloads (the same as bench/baseline_*.c and bench/bench_luv.lua do):
             this process; a read is always pending on both ends; round trips/s
   pingpong_byte  the same over a byte-mode pipe (luv has no message mode:
             this is the row to compare luv with)
+  pingpong_tasks  namedpipe only (not with --api core): the message
+            ping-pong written as a script would write it with tasks, two
+            coroutines calling write and read, each call with a 5 s
+            timeout (so each has a timer); compared with the C ping-pong
   stream    server -> client, byte mode, 64 KiB writes (one anchored string,
             so zero-copy), 4 in flight, 256 MiB, read with read_into into
             one 64 KiB np.buffer (as the C program reads into one buffer);
@@ -35,15 +40,15 @@ Workloads (the same as bench/baseline_*.c and bench/bench_luv.lua do):
             nothing pending, then with a read pending on every end
   step0     an idle step(0) (nothing pending), ns per call
 
-Only the callback API is used in the timed parts: callbacks + step(), no
-synchronous wrappers.
+The timed parts use the callback API (callbacks + step()), except
+pingpong_tasks, which is there to measure the tasks' waiting calls.
 
 Options:
   --quick            tiny sizes; asserts that every byte arrives intact
                      (message contents, stream order); asserts no time
   --runs N           timed runs per workload (default 5); median, min-max
-  --only w[,w]       pingpong, pingpong_byte, stream, stream_string, churn,
-                     memory, step0
+  --only w[,w]       pingpong, pingpong_byte, pingpong_tasks, stream,
+                     stream_string, churn, memory, step0
   --api np|core      np (default): require "namedpipe", the public API (its
                      Lua method wrappers and np.step with tasks/timers);
                      core: require "namedpipe.core" alone (the C methods and
@@ -178,6 +183,44 @@ local function pingpong(n, verify, mode)
   while not done do
     if step(1000) == 0 and not done then fail("pingpong stalled at", count) end
   end
+  local secs = (now() - t0) / 1000
+  client:close()
+  server:close()
+  drain()
+  return n / secs
+end
+
+-- ------------------------------------------------------- pingpong_tasks
+-- The message ping-pong as a script with tasks would write it: each call
+-- waits in its coroutine, with a timeout (each call has a timer).
+local function pingpong_tasks(n, verify)
+  local mopts = { pipe_mode = "message" }
+  local server, client = connected_pair("pt", mopts, mopts)
+  local msg = msg_for(0)
+  local done, t0 = false, nil
+  np.spawn(function()
+    while true do
+      local data, err, ename = server:read(nil, 5000)
+      if not data then
+        if ename == "CLOSED" or ename == "EOF" then return end
+        fail("pingpong_tasks server read:", tostring(err))
+      end
+      local nw, werr = server:write(data, 5000)
+      if nw ~= #data then fail("pingpong_tasks server write:", tostring(werr)) end
+    end
+  end)
+  np.spawn(function()
+    t0 = now()
+    for i = 1, n do
+      local nw, err = client:write(msg, 5000)
+      if nw ~= 64 then fail("pingpong_tasks write:", tostring(nw), tostring(err)) end
+      local reply, rerr = client:read(nil, 5000)
+      if reply ~= msg then fail("pingpong_tasks: reply differs:", tostring(reply), tostring(rerr)) end
+      if verify then msg = msg_for(i) end
+    end
+    done = true
+  end)
+  pump(function() return done end, "pingpong_tasks")
   local secs = (now() - t0) / 1000
   client:close()
   server:close()
@@ -410,6 +453,12 @@ if wanted("pingpong_byte") then
   pingpong(math.max(opt.pp // 20, 50), true, "byte")
   local v = timed(pingpong, opt.pp, verify, "byte")
   report("pingpong_byte", "rtt_per_s", v, ("n=%d msg=64 mode=byte api=%s"):format(opt.pp, opt.api))
+end
+
+if wanted("pingpong_tasks") and opt.api == "np" then
+  pingpong_tasks(math.max(opt.pp // 20, 50), true) -- warm-up, contents checked
+  local v = timed(pingpong_tasks, opt.pp, verify)
+  report("pingpong_tasks", "rtt_per_s", v, ("n=%d msg=64 mode=message api=np tasks timeout=5000"):format(opt.pp))
 end
 
 for _, wl in ipairs { "stream", "stream_string" } do

@@ -123,6 +123,7 @@ end
 local labels = {
   pingpong = "ping-pong 64 B, message mode (round trips/s)",
   pingpong_byte = "ping-pong 64 B, byte mode (round trips/s)",
+  pingpong_tasks = "ping-pong 64 B, message mode, in tasks with timeouts (round trips/s)",
   stream = "stream 64 KiB, read_into a buffer (MiB/s)",
   stream_string = "stream 64 KiB, read() strings (MiB/s)",
   churn = "churn (connections/s)",
@@ -162,15 +163,16 @@ for _, platform in ipairs(order) do
   end
   header[#header + 1] = "target np/C"
   local rows = {}
-  for _, wl in ipairs { "pingpong", "pingpong_byte", "stream", "stream_string", "churn", "step0" } do
-    -- The C program has one stream (into a buffer), luv one (strings).
+  for _, wl in ipairs { "pingpong", "pingpong_byte", "pingpong_tasks", "stream", "stream_string", "churn", "step0" } do
+    -- The C program has one stream (into a buffer), luv one (strings);
+    -- the tasks' ping-pong is compared with the C ping-pong.
     local function get(impl, as)
       local w = impl and impl[as or wl]
       return w and w._first and w[w._first]
     end
     local a, c = get(np), get(core)
-    local b = get(base, wl == "stream_string" and "stream" or nil)
-    local l = wl ~= "stream" and get(luv, wl == "stream_string" and "stream" or nil) or nil
+    local b = get(base, wl == "stream_string" and "stream" or wl == "pingpong_tasks" and "pingpong" or nil)
+    local l = wl ~= "stream" and wl ~= "pingpong_tasks" and get(luv, wl == "stream_string" and "stream" or nil) or nil
     if a or b or l then
       local row = { labels[wl], cell(a), cell(c), cell(b), ratio(a, b), ratio(c, b) }
       if luv then

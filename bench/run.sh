@@ -74,8 +74,10 @@ else
     LINUX_ARGS=(--runs 1 --pp 100000 --stream-mib 256 --churn 20000 --steps 2000000)
     WIN_ARGS=(--runs 1 --pp 10000 --stream-mib 256 --churn 5000 --steps 50000)
 fi
-# stream_string is compared with the C program's and luv's one stream
+# stream_string is compared with the C program's and luv's one stream,
+# pingpong_tasks with the C ping-pong
 case ",$ONLY," in *,stream_string,*) case ",$ONLY," in *,stream,*) ;; *) ONLY="$ONLY,stream" ;; esac ;; esac
+case ",$ONLY," in *,pingpong_tasks,*) case ",$ONLY," in *,pingpong,*) ;; *) ONLY="$ONLY,pingpong" ;; esac ;; esac
 if [ -n "$ONLY" ]; then
     LINUX_ARGS+=(--only "$ONLY")
     WIN_ARGS+=(--only "$ONLY")
@@ -100,7 +102,7 @@ run_impl() {
     local log="$OUT/last-$platform-$impl.log" rc
     "$@" >"$log" 2>&1
     rc=$?
-    tr -d '\r' <"$log" | grep -E "^(pingpong|pingpong_byte|stream|stream_string|churn|memory|step0) " |
+    tr -d '\r' <"$log" | grep -E "^(pingpong|pingpong_byte|pingpong_tasks|stream|stream_string|churn|memory|step0) " |
         sed "s/^/$platform $impl /" >>"$RESULTS"
     if [ "$rc" -ne 0 ] || { [ "$QUICK" = 1 ] && ! tr -d '\r' <"$log" | grep -q '^quick ok'; }; then
         echo "bench: $platform $impl FAILED (exit $rc); output:" >&2
