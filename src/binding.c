@@ -56,8 +56,9 @@ typedef struct loop_ud {
    * room for anchors_top entries, so releasing never allocates. */
   int *free_slots;
   int n_free, anchors_top;
-  /* The pure-Lua layer has tasks or timers due: step() goes through it
-   * (divert). Set by core._raw.set_task_work, with what it is made of:
+  /* The pure-Lua layer has work queued or a timer pending: step() goes
+   * through it (divert). Set by core._raw.set_task_work, with what it is
+   * made of:
    * something to run at the next step (soon_work; a task to resume, say),
    * and the earliest timer's deadline (has_timer, timer_at: np_now_ms
    * time), which step_loop's rounds watch. */
@@ -804,6 +805,13 @@ static int push_completion(lua_State *L, const np_completion *c) {
   }
 }
 
+/* Does the Lua layer have something to run before more completions: work
+ * queued for the next step (a task spawned or woken), or a timer come due?
+ * (A timer still pending does not count.) */
+static int lua_layer_waits(const loop_ud *lu) {
+  return lu->soon_work || (lu->has_timer && np_now_ms() >= lu->timer_at);
+}
+
 static int nothing(lua_State *L) {
   (void)L;
   return 0;
@@ -812,7 +820,7 @@ static int nothing(lua_State *L) {
 static int step_loop(lua_State *L, loop_ud *lu) {
   np_loop *loop = lu->loop;
   lua_Number t = 0;
-  int timeout, ready, dispatched = 0, anchors;
+  int timeout, ready, first_round, dispatched = 0, anchors;
   np_status st;
   if (!lua_isnoneornil(L, 1)) {
     int isnum;
@@ -829,6 +837,7 @@ static int step_loop(lua_State *L, loop_ud *lu) {
     lua_pushinteger(L, 0);
     return 1;
   }
+  first_round = ready;
   lua_pushvalue(L, ANCHORS_UPV); /* on the stack: cheaper to index */
   anchors = lua_gettop(L);
   /* Nothing that can raise (run out of memory) comes between taking a
@@ -853,24 +862,26 @@ static int step_loop(lua_State *L, loop_ud *lu) {
    * libuv reads a stream up to 32 times per event). The first round is
    * what was ready when the step began, however many. A round never
    * waits, and one with an empty queue is not begun: a step asks the
-   * kernel no more often than before. While the Lua layer has something
-   * to run at the next step (a task woken, a spawned one) or a timer has
-   * come due, there are no further rounds: its step runs tasks and timers
-   * between steps, and they must not wait behind 64 completions. A timer
-   * still pending does not stop them (a task's call with a timeout has
-   * one; its callback resumes the task, whose next call may finish at
-   * once): one clock read per round tells. */
+   * kernel no more often than before. Once the Lua layer has something
+   * to run at the next step (a task spawned or woken) or a timer has come
+   * due, the step ends after the completion being handed out, in whatever
+   * round after the first: its step runs tasks and timers between steps,
+   * and they must not wait behind 64 completions. A timer still pending
+   * does not stop the rounds (a task's call with a timeout has one; its
+   * callback resumes the task, whose next call may finish at once): a
+   * clock read per completion after the first round tells, only while a
+   * timer exists. */
   for (;;) {
     np_completion c;
     pipe_ud *u;
     int nargs, has_cb;
     unsigned long taken = lu->taken;
     if (!np_loop_peek(loop, &c)) break;
+    if (dispatched >= first_round && lua_layer_waits(lu))
+      break; /* (checked per completion: a round's callbacks may be long) */
     if (dispatched >= ready) { /* this round is done: another? */
       int more;
-      if (dispatched >= STEP_BUDGET || lu->soon_work ||
-          (lu->has_timer && np_now_ms() >= lu->timer_at))
-        break;
+      if (dispatched >= STEP_BUDGET) break;
       more = np_loop_wait(loop, 0, &st);
       if (more <= 0) break; /* an error is the next step's to report */
       if (more > STEP_BUDGET - dispatched) more = STEP_BUDGET - dispatched;
