@@ -27,7 +27,8 @@
  * Options: --quick (tiny sizes, contents checked), --runs N (median, min-max),
  * --only w[,w], --pp N, --stream-mib N, --churn N, --steps N.
  * Attribution variants (not in the table): --passcred, --peek, --tryfirst,
- * --bufsize N, --copy, --del, --src-offset N, --gather (see the flags below).
+ * --bufsize N, --copy, --del, --src-offset N, --gather, --from (see the flags
+ * below).
  *
  * Build: gcc -O2 -o baseline_unix bench/baseline_unix.c
  */
@@ -62,6 +63,9 @@ static int v_copy;     /* stream: each read copied once more into a fresh
 static int v_del;      /* churn: EPOLL_CTL_DEL before each close */
 static int v_src_offset; /* stream: the written blocks start this many bytes
                             into a page (0..4095) */
+static int v_from;     /* message recv with the sender's address (recvfrom):
+                          how namedpipe tells an empty message from the end
+                          when epoll has not said a message is queued */
 static int v_gather;   /* stream: each send offers the next GATHER blocks in
                           one sendmsg (namedpipe gathers its queued writes
                           on Linux: this is the C program doing the same) */
@@ -197,6 +201,13 @@ static ssize_t recv_message(int fd, char *buf, size_t cap) {
     m.msg_controllen = sizeof ctl.b;
     do n = recvmsg(fd, &m, MSG_DONTWAIT);
     while (n < 0 && errno == EINTR);
+  } else if (v_from) {
+    struct sockaddr_un from;
+    socklen_t from_len;
+    do {
+      from_len = sizeof from;
+      n = recvfrom(fd, buf, cap, MSG_DONTWAIT, (struct sockaddr *)&from, &from_len);
+    } while (n < 0 && errno == EINTR);
   } else {
     n = xrecv(fd, buf, cap);
   }
@@ -481,6 +492,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--tryfirst")) v_tryfirst = 1;
     else if (!strcmp(argv[i], "--del")) v_del = 1;
     else if (!strcmp(argv[i], "--gather")) v_gather = 1;
+    else if (!strcmp(argv[i], "--from")) v_from = 1;
     else if (!strcmp(argv[i], "--src-offset") && i + 1 < argc) v_src_offset = atoi(argv[++i]) & 4095;
     else if (!strcmp(argv[i], "--bufsize") && i + 1 < argc) v_bufsize = atoi(argv[++i]);
     else {

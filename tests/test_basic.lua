@@ -348,6 +348,28 @@ function TestBasic:test_close_variable_closes()
   lu.assertEquals(captured:state(), "closed")
 end
 
+function TestBasic:test_empty_message_seen_before_the_close()
+  -- The empty message is seen by a step (on Linux: epoll reports it) while
+  -- the client is still there, which then closes: the reads give "", then
+  -- the end - with a read pending when it came, and with none.
+  local mopts = { pipe_mode = "message" }
+  for _, pending in ipairs { true, false } do
+    local server, client = H.pair(mopts, mopts)
+    local first
+    if pending then server:read(function(d, _, e) first = d or e end) end
+    client:write("", function() end)
+    np.step(50)
+    client:close()
+    if not pending then first = server:read(nil, 2000) end
+    H.pump(function() return first ~= nil end, 2000, "the first read")
+    lu.assertEquals(first, "", pending and "read pending" or "no read pending")
+    local d, _, name = server:read(nil, 2000)
+    lu.assertNil(d)
+    lu.assertEquals(name, "EOF")
+    H.close_all(server)
+  end
+end
+
 function TestBasic:test_empty_message_then_close_both_queued()
   -- A zero-length message and the end of the stream must stay two things
   -- even when both are waiting before the first read.

@@ -135,6 +135,11 @@ struct np_pipe {
   /* Message reads: the last message was large, so the next is received
    * straight into the read's buffer rather than copied (recv_message). */
   int msg_large;
+  /* Message sockets: epoll reported this one readable with no hang-up,
+   * shutdown or error, and nothing was received since, so a message is
+   * queued: the next recv's 0 is an empty message, not the end, and needs
+   * no sender address (recv_message). */
+  int msg_queued;
 
   np_req connect_req, read_req, writable_req;
   /* the embedded ones, while PENDING */
