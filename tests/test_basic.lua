@@ -370,6 +370,33 @@ function TestBasic:test_empty_message_seen_before_the_close()
   end
 end
 
+function TestBasic:test_an_old_clients_message_says_nothing_of_the_next()
+  -- The server saw an empty message queued by its first client (on Linux
+  -- epoll said so), then disconnected it unread; the next client sends
+  -- nothing and closes: the server reads the end, not an empty message.
+  local mopts = { pipe_mode = "message" }
+  local server, c1, name = H.pair(mopts, mopts)
+  c1:write("", function() end)
+  np.step(50)
+  assert(server:disconnect())
+  c1:close()
+  local connected
+  server:connect(function(ok) connected = ok end)
+  assert(np.open(name, mopts)):close()
+  H.pump(function() return connected end, 2000, "the second client")
+  np.step(0)
+  -- (try_read: a read would wait for an event, which would tell afresh)
+  local d, errname
+  H.pump(function()
+    local _
+    d, _, errname = server:try_read()
+    return errname ~= "WOULDBLOCK"
+  end, 2000, "the end of the stream")
+  lu.assertNil(d)
+  lu.assertEquals(errname, "EOF")
+  H.close_all(server)
+end
+
 function TestBasic:test_empty_message_then_close_both_queued()
   -- A zero-length message and the end of the stream must stay two things
   -- even when both are waiting before the first read.

@@ -155,6 +155,7 @@ static int watch_socket(np_pipe *p, int fd, int passcred) {
     return 0;
   p->rd_idle = 1;
   p->rd_sticky = 0;
+  p->msg_queued = 0; /* (drop_socket cleared it too: it was the old one's) */
   p->out_armed = 0;
   p->level = 1;
   return np_watch_add(p->loop, fd, socket_mask(p), p) == 0;
