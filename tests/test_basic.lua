@@ -397,6 +397,24 @@ function TestBasic:test_an_old_clients_message_says_nothing_of_the_next()
   H.close_all(server)
 end
 
+function TestBasic:test_a_peer_that_closes_with_our_data_unread_still_delivers_its_own()
+  -- The client never reads what the server wrote, writes, and closes: the
+  -- server gets the client's message first, then the end (Linux reports
+  -- a reset for the unread data; it must not come first).
+  for _, mode in ipairs { "message", "byte" } do
+    local m = { pipe_mode = mode }
+    local server, client = H.pair(m, m)
+    assert(server:write("never read", 2000))
+    assert(client:write("last words", 2000))
+    client:close()
+    lu.assertEquals(server:read(nil, 2000), "last words", mode)
+    local d, _, errname = server:read(nil, 2000)
+    lu.assertNil(d, mode)
+    lu.assertEquals(errname, "EOF", mode)
+    H.close_all(server)
+  end
+end
+
 function TestBasic:test_empty_message_then_close_both_queued()
   -- A zero-length message and the end of the stream must stay two things
   -- even when both are waiting before the first read.

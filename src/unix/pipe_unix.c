@@ -468,10 +468,24 @@ static int read_failed(np_status *st, int e) {
   return IO_DONE;
 }
 
-static ssize_t recv_some(int fd, char *buf, size_t len) {
+/* After a failed recv: try again? On EINTR, and once on a message
+ * socket's ECONNRESET. A peer that closed with messages we sent it unread
+ * leaves that error on our socket, and the datagram receive path (which
+ * SOCK_SEQPACKET uses) reports it before the messages the peer sent us,
+ * still queued - and clears it. The stream path gives the data first, and
+ * so does Windows: so a message recv that meets the reset goes on, and the
+ * reader gets the queued messages, then the end, in order. */
+static int recv_again(const np_pipe *p, int *resets) {
+  if (errno == EINTR) return 1;
+  return errno == ECONNRESET && p->sock_type == SOCK_SEQPACKET &&
+         (*resets)++ == 0;
+}
+
+static ssize_t recv_some(const np_pipe *p, char *buf, size_t len) {
   ssize_t n;
-  do n = recv(fd, buf, len, MSG_DONTWAIT);
-  while (n < 0 && errno == EINTR);
+  int resets = 0;
+  do n = recv(p->fd, buf, len, MSG_DONTWAIT);
+  while (n < 0 && recv_again(p, &resets));
   return n;
 }
 
@@ -492,7 +506,7 @@ static int read_stream(np_pipe *p, size_t max, np_buf *dst, size_t *len,
   }
   /* (descriptors a peer passed are closed by the kernel: no control
    * buffer) */
-  n = recv_some(p->fd, dst->data, cap);
+  n = recv_some(p, dst->data, cap);
   p->rd_full = n == (ssize_t)cap;
   if (n > 0) {
     *len = (size_t)n;
@@ -559,11 +573,12 @@ static ssize_t next_message_size(np_pipe *p, np_status *st) {
   struct sockaddr_un from;
   struct msghdr m;
   ssize_t n;
+  int resets = 0;
   do {
     memset(&m, 0, sizeof m);
     set_msg_name(p, &m, &from, &ctl);
     n = recvmsg(p->fd, &m, MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-  } while (n < 0 && errno == EINTR);
+  } while (n < 0 && recv_again(p, &resets));
   if (n < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK) {
       drained(p);
@@ -638,7 +653,7 @@ static int recv_message(np_pipe *p, np_buf *dst, size_t *len, np_status *st) {
   struct sockaddr_un from;
   size_t cap = 0, n, spilled;
   ssize_t got;
-  int is_message, cut, queued = p->msg_queued;
+  int is_message, cut, queued = p->msg_queued, resets = 0;
   p->msg_queued = 0; /* what epoll said holds for one recv */
   if (p->msg_large || p->passcred) { /* SO_PASSCRED: the record is needed */
     msg_control ctl;
@@ -658,7 +673,7 @@ static int recv_message(np_pipe *p, np_buf *dst, size_t *len, np_status *st) {
     m.msg_iovlen = 2;
     set_msg_name(p, &m, &from, &ctl);
     do got = recvmsg(p->fd, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-    while (got < 0 && errno == EINTR);
+    while (got < 0 && recv_again(p, &resets));
     is_message = got >= 0 && got_message(&m);
     cut = (m.msg_flags & MSG_TRUNC) != 0;
   } else if (queued) {
@@ -667,7 +682,7 @@ static int recv_message(np_pipe *p, np_buf *dst, size_t *len, np_status *st) {
      * a copy per message (2-3.5% of a C message ping-pong:
      * bench/README.md). */
     do got = recv(p->fd, loop->spill, loop->spill_size, MSG_DONTWAIT | MSG_TRUNC);
-    while (got < 0 && errno == EINTR);
+    while (got < 0 && recv_again(p, &resets));
     is_message = got >= 0;
     cut = got > 0 && (size_t)got > loop->spill_size;
   } else {
@@ -678,7 +693,7 @@ static int recv_message(np_pipe *p, np_buf *dst, size_t *len, np_status *st) {
       got = recvfrom(p->fd, loop->spill, loop->spill_size,
                      MSG_DONTWAIT | MSG_TRUNC, (struct sockaddr *)&from,
                      &from_len);
-    } while (got < 0 && errno == EINTR);
+    } while (got < 0 && recv_again(p, &resets));
     is_message = got >= 0 && from_len > 0;
     cut = got > 0 && (size_t)got > loop->spill_size;
   }
@@ -724,7 +739,7 @@ static int recv_probed(np_pipe *p, np_buf *dst, size_t *len, np_status *st) {
     np_status_errno(st, NP_NO_MEMORY, ENOMEM);
     return IO_DONE; /* the message stays queued for the next read */
   }
-  if ((got = recv_some(p->fd, dst->data, (size_t)n)) < 0)
+  if ((got = recv_some(p, dst->data, (size_t)n)) < 0)
     return read_failed(st, errno);
   *len = (size_t)got;
   return IO_DONE;
@@ -786,7 +801,7 @@ static int load_rest(np_pipe *p, size_t n, np_status *st) {
     np_status_errno(st, NP_NO_MEMORY, ENOMEM);
     return 0;
   }
-  got = recv_some(p->fd, b, n);
+  got = recv_some(p, b, n);
   if (got < 0) {
     free(b);
     read_failed(st, errno);
@@ -823,7 +838,7 @@ static int read_joined(np_pipe *p, size_t max, np_buf *dst, size_t *len,
       return IO_DONE;
     }
     if ((size_t)n <= cap - got) {
-      if ((r = recv_some(p->fd, dst->data + got, (size_t)n)) < 0) {
+      if ((r = recv_some(p, dst->data + got, (size_t)n)) < 0) {
         if (got > 0) break;
         return read_failed(st, errno);
       }
