@@ -173,7 +173,9 @@ for _, platform in ipairs(order) do
     local a, c = get(np), get(core)
     local b = get(base, wl == "stream_string" and "stream" or wl == "pingpong_tasks" and "pingpong" or nil)
     local l = wl ~= "stream" and wl ~= "pingpong_tasks" and get(luv, wl == "stream_string" and "stream" or nil) or nil
-    if a or b or l then
+    -- (a row that borrows the C program's figure shows only with its own)
+    local borrows = wl == "stream_string" or wl == "pingpong_tasks"
+    if a or c or l or (b and not borrows) then
       local row = { labels[wl], cell(a), cell(c), cell(b), ratio(a, b), ratio(c, b) }
       if luv then
         row[#row + 1] = cell(l)
