@@ -115,6 +115,16 @@ local function drain()
   end
 end
 
+-- The seconds since t0, taken before the pair is closed and its
+-- operations drained.
+local function stop_clock(t0, server, client)
+  local secs = (now() - t0) / 1000
+  client:close()
+  server:close()
+  drain()
+  return secs
+end
+
 local function connected_pair(tag, sopts, copts)
   local name = pipe_name(tag)
   local server = assert(np.create(name, sopts))
@@ -183,11 +193,7 @@ local function pingpong(n, verify, mode)
   while not done do
     if step(1000) == 0 and not done then fail("pingpong stalled at", count) end
   end
-  local secs = (now() - t0) / 1000
-  client:close()
-  server:close()
-  drain()
-  return n / secs
+  return n / stop_clock(t0, server, client)
 end
 
 -- ------------------------------------------------------- pingpong_tasks
@@ -221,11 +227,7 @@ local function pingpong_tasks(n, verify)
     done = true
   end)
   pump(function() return done end, "pingpong_tasks")
-  local secs = (now() - t0) / 1000
-  client:close()
-  server:close()
-  drain()
-  return n / secs
+  return n / stop_clock(t0, server, client)
 end
 
 -- -------------------------------------------------------------- stream
@@ -306,11 +308,7 @@ local function stream(total, inflight, verify, into)
   while not (done_w and done_r) do
     if step(1000) == 0 then fail("stream stalled at", received) end
   end
-  local secs = (now() - t0) / 1000
-  client:close()
-  server:close()
-  drain()
-  return (total / 1048576) / secs
+  return (total / 1048576) / stop_clock(t0, server, client)
 end
 
 -- --------------------------------------------------------------- churn

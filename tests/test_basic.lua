@@ -57,23 +57,36 @@ local function steps_until(cond, what)
   return per_step
 end
 
+-- n messages "m1".."mn" written and sent, nobody reading them yet.
+local function queued_messages(server, client, n)
+  local written = 0
+  for i = 1, n do
+    client:write("m" .. i, function(k) if k then written = written + 1 end end)
+  end
+  H.pump(function() return written == n end, 5000, "the writes")
+end
+
+-- A chain of n reads, each started from the callback of the one before;
+-- returns the table their results go to.
+local function chain_reads(server, n)
+  local got = {}
+  local function on_read(data, err)
+    got[#got + 1] = data or err
+    if #got < n then server:read(on_read) end
+  end
+  server:read(on_read)
+  return got
+end
+
 -- Reads that finish as the callback starts them (their bytes were already
 -- there) are handed out in the same step, up to 64 completions per step;
 -- then the step returns, so a callback chain cannot keep it running.
 function TestBasic:test_step_goes_on_with_reads_that_finish_at_once_up_to_64()
   local server, client = H.pair({ pipe_mode = "message" }, { pipe_mode = "message" })
   -- 150 small messages fit in the socket buffer with nobody reading
-  local N, written = 150, 0
-  for i = 1, N do
-    client:write("m" .. i, function(n) if n then written = written + 1 end end)
-  end
-  H.pump(function() return written == N end, 5000, "the writes")
-  local got = {}
-  local function on_read(data, err)
-    got[#got + 1] = data or err
-    if #got < N then server:read(on_read) end
-  end
-  server:read(on_read)
+  local N = 150
+  queued_messages(server, client, N)
+  local got = chain_reads(server, N)
   local per_step = steps_until(function() return #got == N end, "the reads")
   for i = 1, N do lu.assertEquals(got[i], "m" .. i) end
   local most = math.max(table.unpack(per_step))
@@ -91,13 +104,6 @@ end
 -- A pending timer does not end a step's rounds (a task's call with a
 -- timeout has one); one that comes due does, so it runs before the
 -- remaining completions.
-local function queued_messages(server, client, n)
-  local written = 0
-  for i = 1, n do
-    client:write("m" .. i, function(k) if k then written = written + 1 end end)
-  end
-  H.pump(function() return written == n end, 5000, "the writes")
-end
 
 function TestBasic:test_rounds_go_on_while_a_timer_is_pending()
   local server, client = H.pair({ pipe_mode = "message" }, { pipe_mode = "message" })
@@ -107,12 +113,7 @@ function TestBasic:test_rounds_go_on_while_a_timer_is_pending()
   np.step(0) -- the task waits: its timer is pending, due in a minute
   local N = 150
   queued_messages(server, client, N)
-  local got = {}
-  local function on_read(data, err)
-    got[#got + 1] = data or err
-    if #got < N then server:read(on_read) end
-  end
-  server:read(on_read)
+  local got = chain_reads(server, N)
   lu.assertNil(waited) -- the task still waits
   local per_step = steps_until(function() return #got == N end, "the reads")
   -- (the task and its timer go first: a failure below leaves nothing behind)
