@@ -58,10 +58,9 @@ typedef struct loop_ud {
   int n_free, anchors_top;
   /* The pure-Lua layer has work queued or a timer pending: step() goes
    * through it (divert). Set by core._raw.set_task_work, with what it is
-   * made of:
-   * something to run at the next step (soon_work; a task to resume, say),
-   * and the earliest timer's deadline (has_timer, timer_at: np_now_ms
-   * time), which step_loop's rounds watch. */
+   * made of: something to run at the next step (soon_work: a task spawned
+   * or woken, say) and the earliest timer's deadline (has_timer, timer_at,
+   * in np_now_ms time), which step_loop's rounds watch. */
   int task_work, soon_work, has_timer;
   double timer_at;
   /* Completions handed out so far (step_loop: did a nested step take one
