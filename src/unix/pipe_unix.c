@@ -803,8 +803,8 @@ static int load_rest(np_pipe *p, size_t n, np_status *st) {
   }
   got = recv_some(p, b, n);
   if (got < 0) {
+    read_failed(st, errno); /* (before free, which may set errno) */
     free(b);
-    read_failed(st, errno);
     return 0;
   }
   free(p->rest);
@@ -1099,7 +1099,8 @@ void np_pipe_on_event(np_pipe *p, uint32_t events) {
   /* Readable with none of those: the socket's poll (unix_dgram_poll, at
    * this wait) found a message in its queue, and only this pipe takes
    * from it. (A peer's shutdown since does not take it back; a reset shows
-   * as an error from recv, not as 0.) */
+   * as an error from recv, not as 0, and recv_again goes on to the
+   * message.) */
   p->msg_queued = p->sock_type == SOCK_SEQPACKET && (events & EPOLLIN) &&
                   !(events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR));
   if (events & READ_EVENTS) {
