@@ -402,17 +402,24 @@ function TestBasic:test_a_peer_that_closes_with_our_data_unread_still_delivers_i
   -- The client never reads what the server wrote, writes, and closes: the
   -- server gets the client's message first, then the end (Linux reports
   -- a reset for the unread data; it must not come first).
-  for _, mode in ipairs { "message", "byte" } do
-    local m = { pipe_mode = mode }
-    local server, client = H.pair(m, m)
-    assert(server:write("never read", 2000))
-    assert(client:write("last words", 2000))
-    client:close()
-    lu.assertEquals(server:read(nil, 2000), "last words", mode)
-    local d, _, errname = server:read(nil, 2000)
-    lu.assertNil(d, mode)
-    lu.assertEquals(errname, "EOF", mode)
-    H.close_all(server)
+  for _, how in ipairs { "read", "try_read" } do
+    for _, mode in ipairs { "message", "byte" } do
+      local m, what = { pipe_mode = mode }, mode .. ", " .. how
+      local server, client = H.pair(m, m)
+      assert(server:write("never read", 2000))
+      assert(client:write("last words", 2000))
+      client:close()
+      local function next_read()
+        if how == "read" then return server:read(nil, 2000) end
+        assert(server:readable(2000))
+        return server:try_read()
+      end
+      lu.assertEquals(next_read(), "last words", what)
+      local d, _, errname = next_read()
+      lu.assertNil(d, what)
+      lu.assertEquals(errname, "EOF", what)
+      H.close_all(server)
+    end
   end
 end
 
