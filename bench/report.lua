@@ -130,6 +130,8 @@ local labels = {
   step0 = "idle step(0) (ns/call; lower is better)",
 }
 
+local borrowed_baseline = { stream_string = "stream", pingpong_tasks = "pingpong" }
+
 local machine = ("%s, %s CPUs, Linux %s"):format(cpu_model(), sh("nproc"), sh("uname -r"))
 
 for _, platform in ipairs(order) do
@@ -164,17 +166,18 @@ for _, platform in ipairs(order) do
   header[#header + 1] = "target np/C"
   local rows = {}
   for _, wl in ipairs { "pingpong", "pingpong_byte", "pingpong_tasks", "stream", "stream_string", "churn", "step0" } do
-    -- The C program has one stream (into a buffer), luv one (strings);
-    -- the tasks' ping-pong is compared with the C ping-pong.
     local function get(impl, as)
       local w = impl and impl[as or wl]
       return w and w._first and w[w._first]
     end
     local a, c = get(np), get(core)
-    local b = get(base, wl == "stream_string" and "stream" or wl == "pingpong_tasks" and "pingpong" or nil)
-    local l = wl ~= "stream" and wl ~= "pingpong_tasks" and get(luv, wl == "stream_string" and "stream" or nil) or nil
-    -- (a row that borrows the C program's figure shows only with its own)
-    local borrows = wl == "stream_string" or wl == "pingpong_tasks"
+    -- A row measured by namedpipe alone borrows the C program's figure
+    -- (the C program has one stream, into a buffer; the tasks' ping-pong
+    -- is compared with the C ping-pong), and shows only with its own.
+    local borrows = borrowed_baseline[wl]
+    local b = get(base, borrows)
+    -- luv's stream reads strings: its row is stream_string
+    local l = wl ~= "stream" and wl ~= "pingpong_tasks" and get(luv, borrows) or nil
     if a or c or l or (b and not borrows) then
       local row = { labels[wl], cell(a), cell(c), cell(b), ratio(a, b), ratio(c, b) }
       if luv then

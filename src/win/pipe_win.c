@@ -603,6 +603,16 @@ static void cancel_req(np_pipe *p, np_req *req, np_err reason) {
   CancelIoEx(p->h, &req->ov); /* ERROR_NOT_FOUND: it just finished */
 }
 
+/* The writes the kernel holds, newest first: once an older write is
+ * cancelled, the pipe would take the next one in its place, and a write
+ * that went whole after one that was cut would leave a hole in the stream
+ * (seen under Wine). Cancelled newest first, no write is left behind the
+ * one being cancelled, so what went is a prefix of what was written. */
+static void cancel_kernel_writes(np_pipe *p, np_err reason) {
+  np_req *w;
+  for (w = p->writes_tail; w; w = w->wprev) cancel_req(p, w, reason);
+}
+
 static void cancel_waiting(np_pipe *p, np_req *req, np_err reason) {
   if (req->state != REQ_WAITING) return;
   req->status.err = reason;
@@ -611,7 +621,6 @@ static void cancel_waiting(np_pipe *p, np_req *req, np_err reason) {
 }
 
 void np_cancel(np_pipe *p, np_op op, np_err reason) {
-  np_req *w;
   if (p->closed) return;
   if (op == NP_OP_CONNECT) cancel_req(p, &p->connect_req, reason);
   if (op == NP_OP_READ || op == NP_OP_READABLE)
@@ -619,12 +628,7 @@ void np_cancel(np_pipe *p, np_op op, np_err reason) {
   if (op == NP_OP_WRITABLE) cancel_waiting(p, &p->writable_req, reason);
   if (op == NP_OP_WRITE) {
     flush_write_queue(p, reason);
-    /* Newest first: once an older write is cancelled, the pipe would take
-     * the next one in its place, and a write that went whole after one
-     * that was cut would leave a hole in the stream (seen under Wine).
-     * Cancelled newest first, no write is left behind the one being
-     * cancelled, so what went is a prefix of what was written. */
-    for (w = p->writes_tail; w; w = w->wprev) cancel_req(p, w, reason);
+    cancel_kernel_writes(p, reason);
   }
 }
 
@@ -672,11 +676,8 @@ void np_pipe_close(np_pipe *p) {
   p->state = NP_STATE_CLOSED;
   /* Closing the handle cancels what is pending too; CancelIoEx first makes
    * it explicit, and costs a kernel call only when something is pending. */
-  if (p->kernel_writes > 0) { /* newest first: see np_cancel */
-    np_req *w;
-    for (w = p->writes_tail; w; w = w->wprev)
-      if (w->state == REQ_KERNEL) CancelIoEx(p->h, &w->ov);
-  }
+  /* (their reason is CLOSED whatever it says: p->closed decides) */
+  if (p->kernel_writes > 0) cancel_kernel_writes(p, NP_CLOSED);
   if (p->connect_req.state == REQ_KERNEL || p->read_req.state == REQ_KERNEL ||
       p->kernel_writes > 0)
     CancelIoEx(p->h, NULL);
