@@ -754,8 +754,13 @@ static int m_close(lua_State *L) {
   return 1;
 }
 
+/* The collector never finalizes a pipe while it is anchored (an operation
+ * in flight, or its callback running): an anchored pipe here is a call by
+ * hand, and its completions must still find the userdata, so it only
+ * closes. */
 static int m_gc(lua_State *L) {
   pipe_ud *u = to_pipe(L);
+  if (u->self_ref != LUA_NOREF) return m_close(L);
   if (u->p) {
     np_pipe_set_user(u->p, NULL); /* the userdata memory is going away */
     np_pipe_close(u->p);

@@ -44,7 +44,10 @@ void np_req_kernel(np_loop *loop, np_req *req) {
   }
   req->state = REQ_KERNEL;
   loop->kernel_owned++;
-  if (req->op == NP_OP_WRITE) req->pipe->kernel_writes++;
+  if (req->op == NP_OP_WRITE) {
+    req->pipe->kernel_writes++;
+    if (req->session == req->pipe->session) req->pipe->session_writes++;
+  }
 }
 
 /* Not the kernel's, but outstanding: it will be made ready by us. */
@@ -81,7 +84,10 @@ static void take_packet(np_loop *loop, OVERLAPPED_ENTRY *e) {
   req = CONTAINING_RECORD(e->lpOverlapped, np_req, ov);
   status = (LONG)req->ov.Internal;
   loop->kernel_owned--;
-  if (req->op == NP_OP_WRITE) req->pipe->kernel_writes--;
+  if (req->op == NP_OP_WRITE) {
+    req->pipe->kernel_writes--;
+    if (req->session == req->pipe->session) req->pipe->session_writes--;
+  }
   req->state = REQ_IDLE; /* np_req_finished decides what comes next */
   req->pipe->outstanding--;
   loop->outstanding--;

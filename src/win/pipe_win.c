@@ -141,6 +141,8 @@ np_pipe *np_server_create(np_loop *loop, const char *name,
   if (o->security) {
     wchar_t *wsddl = to_wide(o->security, NULL, 0, st);
     BOOL ok;
+    if (!wsddl && st->err != NP_NO_MEMORY)
+      st->err = NP_INVALID_ARGUMENT; /* not UTF-8: refused as SDDL text */
     if (!wsddl) {
       if (wname != wbuf) free(wname);
       return NULL;
@@ -170,16 +172,19 @@ np_pipe *np_server_create(np_loop *loop, const char *name,
 
 np_pipe *np_client_open(np_loop *loop, const char *name,
                         const np_client_options *o, np_status *st) {
-  DWORD access = 0, mode = PIPE_READMODE_MESSAGE;
   HANDLE h;
   wchar_t wbuf[WNAME_CAP];
-  wchar_t *wname = to_wide(name, wbuf, WNAME_CAP, st);
-  if (!wname) return NULL;
+  wchar_t *wname;
+  /* info() (GetNamedPipeInfo) needs FILE_READ_ATTRIBUTES, which a
+   * write-only open would otherwise lack (Wine does not check it; Windows
+   * does); SetNamedPipeHandleState needs FILE_WRITE_ATTRIBUTES, which a
+   * read-only open would lack (HAZARDS.md 12). */
+  DWORD access = FILE_READ_ATTRIBUTES, mode = PIPE_READMODE_MESSAGE;
   if (o->read) access |= GENERIC_READ;
   if (o->write) access |= GENERIC_WRITE;
-  /* SetNamedPipeHandleState needs FILE_WRITE_ATTRIBUTES, which a read-only
-   * open would otherwise lack (HAZARDS.md 12). */
   if (o->pipe_mode == NP_MODE_MESSAGE) access |= FILE_WRITE_ATTRIBUTES;
+  wname = to_wide(name, wbuf, WNAME_CAP, st);
+  if (!wname) return NULL;
   h = CreateFileW(wname, access, 0, NULL, OPEN_EXISTING,
                   FILE_FLAG_OVERLAPPED | SECURITY_SQOS_PRESENT |
                       o->security_qos_flags,
@@ -257,6 +262,7 @@ static void arm(np_req *req, int ref_cb) {
   req->bytes = 0;
   req->more = 0;
   req->abort_reason = NP_CANCELLED;
+  req->session = req->pipe->session;
 }
 
 void np_connect_start(np_pipe *p, int ref_cb) {
@@ -357,7 +363,8 @@ void np_writable_start(np_pipe *p, int ref_cb) {
 static int continue_message(np_pipe *p) {
   DWORD left = 0;
   size_t want;
-  if (p->closed || !PeekNamedPipe(p->h, NULL, 0, NULL, NULL, &left) || left == 0)
+  if (p->closed || p->read_req.session != p->session ||
+      !PeekNamedPipe(p->h, NULL, 0, NULL, NULL, &left) || left == 0)
     return 0;
   want = left;
   if (p->rmax > 0) {
@@ -379,14 +386,17 @@ static void pump_writes(np_pipe *p) {
   if (p->pumping) return;
   p->pumping = 1;
   while (p->wqueue_head && !p->closed &&
-         p->kernel_writes < MAX_WRITES_IN_FLIGHT) {
+         p->session_writes < MAX_WRITES_IN_FLIGHT) {
     np_req *req = p->wqueue_head;
     p->wqueue_head = req->next;
     if (!p->wqueue_head) p->wqueue_tail = NULL;
     req->state = REQ_IDLE; /* back from WAITING: submitted() counts it */
     p->outstanding--;
     p->loop->outstanding--;
-    submit_write(req);
+    if (req->session != p->session) /* np_disconnect flushes: never */
+      complete_now(req, NP_NOT_CONNECTED, 0);
+    else
+      submit_write(req);
   }
   p->pumping = 0;
 }
@@ -416,7 +426,7 @@ int np_write_start(np_pipe *p, const char *data, size_t len, int ref_cb,
     p->write_error.err = NP_OK;
   } else if (len > 0xFFFFFFFFu) {
     complete_now(req, NP_INVALID_ARGUMENT, ERROR_INVALID_PARAMETER);
-  } else if (p->wqueue_head || p->kernel_writes >= MAX_WRITES_IN_FLIGHT) {
+  } else if (p->wqueue_head || p->session_writes >= MAX_WRITES_IN_FLIGHT) {
     np_req_wait(p->loop, req); /* in order, behind the others */
     req->next = NULL;
     if (p->wqueue_tail)
@@ -452,7 +462,19 @@ static void pipe_status(const np_pipe *p, np_status *st, DWORD err, np_op op) {
  * calls that failed at once. May start the next part of a long message. */
 static void finish(np_req *req, DWORD err, DWORD bytes) {
   np_pipe *p = req->pipe;
+  int own = 0; /* the outcome is ours (a cancel, a close), not the OS's */
   req->bytes = bytes;
+  if (req->op == NP_OP_READ && req->session != p->session && !p->closed &&
+      !(err == 0 || (err == ERROR_MORE_DATA && p->rmax > 0 &&
+                     p->rlen + bytes >= p->rmax))) {
+    /* The server disconnected while this read was with the kernel, in the
+     * middle of a message: the rest of it went with that client, so this
+     * read ends there; what follows in the pipe is the next client's. (A
+     * read that finished first keeps its bytes.) */
+    p->rlen = 0;
+    bytes = 0;
+    err = ERROR_PIPE_NOT_CONNECTED;
+  }
   if (req->op == NP_OP_READABLE && !p->closed &&
       (err == ERROR_MORE_DATA || err == ERROR_BROKEN_PIPE ||
        err == ERROR_NO_DATA))
@@ -487,17 +509,23 @@ static void finish(np_req *req, DWORD err, DWORD bytes) {
   }
   if (err == ERROR_OPERATION_ABORTED || p->closed) {
     np_err why = p->closed ? NP_CLOSED : req->abort_reason;
+    own = 1;
     /* our own outcomes read as on Linux: code 0, the module's message */
-    int own = why == NP_CLOSED || why == NP_CANCELLED || why == NP_TIMEOUT;
-    complete_now(req, why, own ? 0 : (long)err);
+    complete_now(req, why,
+                 why == NP_CLOSED || why == NP_CANCELLED || why == NP_TIMEOUT
+                     ? 0
+                     : (long)err);
   } else {
     np_status st;
     pipe_status(p, &st, err, req->op);
     complete_now(req, st.err, st.code);
   }
-  if (req->op == NP_OP_WRITE && req->ref_cb == NP_NOREF &&
-      req->status.err != NP_CLOSED)
-    p->write_error = req->status; /* a try_write's failure, for later */
+  /* A try_write's failure is told to the next write: one the OS gave in
+   * this session. A cancel or timeout the caller aimed at later writes, or
+   * a disconnect, would fail a write that has nothing to do with it. */
+  if (req->op == NP_OP_WRITE && req->ref_cb == NP_NOREF && !own &&
+      req->session == p->session)
+    p->write_error = req->status;
 }
 
 void np_req_finished(np_req *req, DWORD err, DWORD bytes) {
@@ -632,13 +660,13 @@ void np_cancel(np_pipe *p, np_op op, np_err reason) {
   }
 }
 
+/* The client's connection ends: everything started for it ends with
+ * NOT_CONNECTED, and nothing of it may reach the next client. The kernel
+ * fails the reads and writes it holds, but their packets are dequeued
+ * later, maybe after the next client came: so the writes queued behind
+ * them end here, never to be handed to the kernel, and the new session
+ * tells the old operations' late completions from the new ones'. */
 int np_disconnect(np_pipe *p, np_status *st) {
-  np_req *w;
-  /* Wine leaves a pending connect pending across DisconnectNamedPipe
-   * (WINE.md): cancel it first, on every platform. */
-  cancel_req(p, &p->connect_req, NP_NOT_CONNECTED);
-  p->read_req.abort_reason = NP_NOT_CONNECTED;
-  for (w = p->writes; w; w = w->wnext) w->abort_reason = NP_NOT_CONNECTED;
   if (!DisconnectNamedPipe(p->h)) {
     DWORD err = GetLastError();
     if (err != ERROR_PIPE_LISTENING && err != ERROR_PIPE_NOT_CONNECTED) {
@@ -646,8 +674,19 @@ int np_disconnect(np_pipe *p, np_status *st) {
       return 0;
     }
   }
+  p->session++;
+  p->session_writes = 0;
+  p->write_error.err = NP_OK;
   p->state = NP_STATE_DISCONNECTED;
   p->empty_message_taken = 0; /* it was the old client's */
+  /* Wine leaves a pending connect pending across DisconnectNamedPipe
+   * (WINE.md); the kernel ends the rest, which costs nothing to make
+   * sure of (a cancel of what has finished is refused). */
+  cancel_req(p, &p->connect_req, NP_NOT_CONNECTED);
+  cancel_req(p, &p->read_req, NP_NOT_CONNECTED);
+  flush_write_queue(p, NP_NOT_CONNECTED);
+  cancel_kernel_writes(p, NP_NOT_CONNECTED);
+  cancel_waiting(p, &p->writable_req, NP_NOT_CONNECTED);
   return 1;
 }
 

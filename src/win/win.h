@@ -37,6 +37,7 @@ typedef struct np_req {
   np_op op;
   req_state state;
   np_err abort_reason; /* what ERROR_OPERATION_ABORTED means for us */
+  unsigned session;    /* the pipe's session when it started */
   np_status status;
   DWORD bytes;
   int more;
@@ -69,10 +70,16 @@ struct np_pipe {
   np_req *writes, *writes_tail; /* writes not yet released, oldest first */
   int nwrites;
   int kernel_writes;             /* of those, how many the kernel owns */
+  int session_writes;            /* ... and were started in this session */
   np_req *wqueue_head, *wqueue_tail; /* queued behind them, in order */
   int pumping;                   /* pump_writes is running (no recursion) */
   int empty_message_taken; /* readable()'s zero-byte read ate a "" message */
   np_status write_error; /* a failed try_write, told to the next write */
+  /* One client's connection: disconnect() starts the next session. What
+   * an operation of an older session does must never touch the current
+   * one: a write is never handed to the kernel, a message never read on,
+   * an error never told, once its client is gone. */
+  unsigned session;
   size_t outstanding;    /* requests KERNEL or READY */
   struct np_pipe *prev, *next; /* the loop's blocks */
 };
