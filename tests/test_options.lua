@@ -140,6 +140,10 @@ function TestOptions:test_security_descriptor()
     lu.assertNil(bad)
     lu.assertEquals(errname, "INVALID_ARGUMENT")
   end
+  -- text that is not UTF-8 is refused as the option's value, not as a name
+  local bad, _, errname = np.create(H.name("notutf8"), { security = "D:(A;;GA;;;WD)\xff" })
+  lu.assertNil(bad)
+  lu.assertEquals(errname, "INVALID_ARGUMENT")
 end
 
 function TestOptions:test_empty_dacl_denies_clients()
