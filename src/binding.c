@@ -980,11 +980,63 @@ static int l_now(lua_State *L) {
   return 1;
 }
 
+/* When lua_close's drain ran out with operations still with the kernel,
+ * the Lua strings their writes point at must outlive the state (the kernel
+ * may still read them), yet lua_close frees every object after the last
+ * finalizer. So from then on the state's allocator is wrapped: a block
+ * holding the bytes of a string that was still anchored for an operation
+ * is never freed (leaked, as the backend leaks the requests themselves).
+ * Only this failure path pays for it; the wrapper and its list are leaked
+ * too, since the state's own last block is freed through them. */
+typedef struct kept_strings {
+  lua_Alloc alloc;
+  void *ud;
+  size_t n;
+  const char *bytes[1]; /* n of them */
+} kept_strings;
+
+static void *keeping_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  kept_strings *k = (kept_strings *)ud;
+  size_t i;
+  if (ptr && nsize == 0)
+    for (i = 0; i < k->n; i++)
+      if (k->bytes[i] >= (const char *)ptr &&
+          k->bytes[i] < (const char *)ptr + osize)
+        return NULL;
+  return k->alloc(k->ud, ptr, osize, nsize);
+}
+
+static void keep_anchored_strings(lua_State *L, int loop_index) {
+  kept_strings *k;
+  size_t n = 0;
+  lua_getiuservalue(L, loop_index, 1); /* the anchor table */
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    n += lua_type(L, -1) == LUA_TSTRING;
+    lua_pop(L, 1);
+  }
+  k = n ? (kept_strings *)malloc(sizeof *k + n * sizeof k->bytes[0]) : NULL;
+  if (k) {
+    k->n = 0;
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+      if (lua_type(L, -1) == LUA_TSTRING && k->n < n)
+        k->bytes[k->n++] = lua_tostring(L, -1);
+      lua_pop(L, 1);
+    }
+    k->alloc = lua_getallocf(L, &k->ud);
+    lua_setallocf(L, keeping_alloc, k);
+  }
+  lua_pop(L, 1);
+}
+
 static int loop_gc(lua_State *L) {
   loop_ud *lu = (loop_ud *)lua_touserdata(L, 1);
   if (lu->loop) {
-    np_orphans_close(&lu->orphans, np_loop_close(lu->loop));
+    int gave_back = np_loop_close(lu->loop);
+    np_orphans_close(&lu->orphans, gave_back);
     lu->loop = NULL;
+    if (!gave_back) keep_anchored_strings(L, 1);
   }
   free(lu->free_slots);
   lu->free_slots = NULL;
