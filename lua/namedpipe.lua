@@ -220,6 +220,25 @@ function waiting.write(self, data, a)
   return await(self, "write", function(cb) raw.write(self, data, cb) end, a)
 end
 
+--- client:transact(request [, cb | timeout]): the reply to one message.
+function waiting.transact(self, data, a)
+  if type(a) == "function" then return raw.transact(self, data, a) end
+  check_timeout(a, 3, "transact", 4)
+  return await(self, "transact", function(cb) raw.transact(self, data, cb) end, a)
+end
+
+--- pipe:peek(): what is waiting, bytes read ahead included.
+function waiting.peek(self)
+  local t, msg, name, code = raw.peek(self)
+  if not t then return nil, msg, name, code end
+  local ahead = readahead[self]
+  if ahead then
+    t.available = t.available + #ahead
+    if t.message then t.message = #ahead end
+  end
+  return t
+end
+
 --- pipe:readable([cb | timeout]): true once try_read would not block.
 function waiting.readable(self, a)
   if has_readahead(self) then

@@ -514,6 +514,26 @@ static const char *check_data(lua_State *L, int arg, size_t *len) {
   return lua_tolstring(L, arg, len);
 }
 
+/* transact(request, cb): one message out, its reply back, in the read
+ * slot; the request string is anchored until the completion. */
+static int raw_transact(lua_State *L) {
+  pipe_ud *u = check_pipe(L);
+  size_t len;
+  const char *data = check_data(L, 2, &len);
+  int ref_cb, ref_data;
+  check_callback(L, 3);
+  if (np_pipe_read_mode(u->p) != NP_MODE_MESSAGE)
+    np_arg_error(L, 1, "transact needs a pipe that reads messages "
+                       "(pipe_mode = \"message\")");
+  if (np_pipe_busy(u->p, NP_OP_READ))
+    np_arg_error(L, 1, "a read is already pending on this pipe");
+  ref_cb = anchor_operation(L, u, 3);
+  lua_pushvalue(L, 2);
+  ref_data = anchor(L, u->lu, ANCHORS_UPV); /* room left by anchor_operation */
+  np_transact_start(u->p, data, len, ref_cb, ref_data);
+  return 0;
+}
+
 static int raw_write(lua_State *L) {
   pipe_ud *u = check_pipe(L);
   size_t len;
@@ -643,6 +663,14 @@ static int m_write(lua_State *L) {
   return raw_write(L);
 }
 
+static int m_transact(lua_State *L) {
+  int n;
+  check_nothing_after(L, 3);
+  if (lua_type(L, 3) != LUA_TFUNCTION && (n = divert(L, "transact")) >= 0)
+    return n;
+  return raw_transact(L);
+}
+
 static int m_try_read(lua_State *L) {
   pipe_ud *u = check_pipe(L);
   int n;
@@ -671,8 +699,9 @@ static int raw_set_task_work(lua_State *L) {
 }
 
 static np_op check_op(lua_State *L, int arg, const char *def) {
-  static const char *const names[] = {"connect", "read", "write",
-                                      "readable", "writable", NULL};
+  static const char *const names[] = {"connect",  "read",     "write",
+                                      "readable", "writable", "transact",
+                                      NULL};
   return (np_op)(check_option(L, arg, def, names) + 1);
 }
 
@@ -729,6 +758,65 @@ static int m_info(lua_State *L) {
   lua_pushinteger(L, info.in_buffer_size);
   lua_setfield(L, -2, "in_buffer_size");
   return 1;
+}
+
+/* peer(): { pid, session | uid, gid } of the other end's process. */
+static int m_peer(lua_State *L) {
+  pipe_ud *u = check_pipe(L);
+  np_peer peer;
+  np_status st;
+  if (!np_pipe_peer(u->p, &peer, &st)) return push_status(L, &st);
+  lua_createtable(L, 0, 3);
+  lua_pushinteger(L, peer.pid);
+  lua_setfield(L, -2, "pid");
+  if (peer.session >= 0) {
+    lua_pushinteger(L, peer.session);
+    lua_setfield(L, -2, "session");
+  }
+  if (peer.uid >= 0) {
+    lua_pushinteger(L, peer.uid);
+    lua_setfield(L, -2, "uid");
+    lua_pushinteger(L, peer.gid);
+    lua_setfield(L, -2, "gid");
+  }
+  return 1;
+}
+
+/* server:peer_user(): user, id of the connected client's account. */
+static int m_peer_user(lua_State *L) {
+  pipe_ud *u = check_server(L);
+  char user[1024], id[256];
+  np_status st;
+  if (!np_pipe_peer_user(u->p, user, sizeof user, id, sizeof id, &st))
+    return push_status(L, &st);
+  lua_pushstring(L, user);
+  lua_pushstring(L, id);
+  return 2;
+}
+
+/* peek(): { available = n, message = n | nil }, nothing consumed. */
+static int peek(lua_State *L, pipe_ud *u) {
+  np_peek pk;
+  np_status st;
+  if (!np_pipe_peek(u->p, &pk, &st)) return push_status(L, &st);
+  lua_createtable(L, 0, 2);
+  lua_pushinteger(L, (lua_Integer)pk.available);
+  lua_setfield(L, -2, "available");
+  if (pk.message >= 0) {
+    lua_pushinteger(L, (lua_Integer)pk.message);
+    lua_setfield(L, -2, "message");
+  }
+  return 1;
+}
+
+static int raw_peek(lua_State *L) { return peek(L, check_pipe(L)); }
+
+static int m_peek(lua_State *L) {
+  pipe_ud *u = check_pipe(L);
+  int n;
+  /* bytes the Lua layer read ahead come first: it counts them in */
+  if (u->readahead && (n = divert(L, "peek")) >= 0) return n;
+  return peek(L, u);
 }
 
 static const char *const state_names[] = {"listening", "connected",
@@ -796,6 +884,9 @@ static int push_completion(lua_State *L, const np_completion *c) {
     case NP_OP_READABLE:
     case NP_OP_WRITABLE:
       lua_pushboolean(L, 1);
+      return 1;
+    case NP_OP_TRANSACT:
+      lua_pushlstring(L, c->data, c->len);
       return 1;
     case NP_OP_READ:
       if (is_read_into(c)) /* the bytes are in place */
@@ -1051,6 +1142,8 @@ static const luaL_Reg pipe_methods[] = {
     {"try_write", m_try_write}, {"cancel", m_cancel},
     {"disconnect", m_disconnect}, {"info", m_info},
     {"state", m_state},     {"close", m_close},
+    {"transact", m_transact}, {"peer", m_peer},
+    {"peer_user", m_peer_user}, {"peek", m_peek},
     {"_busy", m_busy},      {NULL, NULL}};
 
 static const luaL_Reg pipe_meta[] = {{"__gc", m_gc},
@@ -1065,6 +1158,8 @@ static const luaL_Reg raw_funcs[] = {{"connect", raw_connect},
                                      {"buffer_put", raw_buffer_put},
                                      {"buffer_busy", raw_buffer_busy},
                                      {"write", raw_write},
+                                     {"transact", raw_transact},
+                                     {"peek", raw_peek},
                                      {"readable", raw_readable},
                                      {"writable", raw_writable},
                                      {"try_read", raw_try_read},

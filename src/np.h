@@ -110,15 +110,33 @@ typedef struct np_info {
   uint32_t in_buffer_size;
 } np_info;
 
-/* READABLE shares the read slot (one of read/readable at a time);
- * WRITABLE has a slot of its own. */
+/* READABLE and TRANSACT share the read slot (one of read/readable/
+ * transact at a time); WRITABLE has a slot of its own. */
 typedef enum np_op {
   NP_OP_CONNECT = 1,
   NP_OP_READ = 2,
   NP_OP_WRITE = 3,
   NP_OP_READABLE = 4,
-  NP_OP_WRITABLE = 5
+  NP_OP_WRITABLE = 5,
+  NP_OP_TRANSACT = 6
 } np_op;
+
+/* Who is on the other end (np_pipe_peer): -1 where the platform does not
+ * say (session on Linux, uid/gid on Windows). */
+typedef struct np_peer {
+  long pid;
+  long session;
+  long uid;
+  long gid;
+} np_peer;
+
+/* What is waiting to be read (np_pipe_peek), nothing consumed: bytes in
+ * all, and in message read mode the size of the next message (-1: none,
+ * or byte mode). */
+typedef struct np_peek {
+  size_t available;
+  long long message;
+} np_peek;
 
 /* Observable state, for tostring() and for the binding's misuse checks. */
 typedef enum np_state {
@@ -253,5 +271,24 @@ int np_disconnect(np_pipe *p, np_status *st);
 int np_pipe_info(np_pipe *p, np_info *info, np_status *st);
 /* Pending operations complete with NP_CLOSED. Idempotent. */
 void np_pipe_close(np_pipe *p);
+
+/* The other end's process (server: the client's; client: the server's).
+ * 1, or 0 with *st. */
+int np_pipe_peer(np_pipe *p, np_peer *peer, np_status *st);
+/* Server only: the connected client's account, as a name (Windows
+ * DOMAIN\user, Unix the user name) into user and an id (Windows the SID
+ * string, Unix the numeric uid) into id. 1, or 0 with *st. */
+int np_pipe_peer_user(np_pipe *p, char *user, size_t user_size, char *id,
+                      size_t id_size, np_status *st);
+/* 1 with *peek, or 0 with *st. */
+int np_pipe_peek(np_pipe *p, np_peek *peek, np_status *st);
+/* Message read mode only (the binding checks): write one message and read
+ * one reply as a single operation, which completes as a read
+ * (NP_OP_TRANSACT, its data the reply). data must stay valid until the
+ * completion has been released; ref_data (its anchor) comes back in it. */
+void np_transact_start(np_pipe *p, const char *data, size_t len, int ref_cb,
+                       int ref_data);
+/* The pipe's read mode (what the binding checks for transact). */
+np_mode np_pipe_read_mode(const np_pipe *p);
 
 #endif

@@ -132,10 +132,10 @@ int np_loop_peek(np_loop *loop, np_completion *c) {
   c->user = req->pipe->user;
   c->op = req->op;
   c->status = req->status;
-  c->data = req->op != NP_OP_READ ? NULL
-            : req->pipe->rext       ? req->pipe->rext
-                                    : req->pipe->rbuf;
-  c->len = req->op == NP_OP_READ ? req->pipe->rlen : req->bytes;
+  c->data = !NP_READS_DATA(req->op) ? NULL
+            : req->pipe->rext         ? req->pipe->rext
+                                      : req->pipe->rbuf;
+  c->len = NP_READS_DATA(req->op) ? req->pipe->rlen : req->bytes;
   c->more = req->more;
   c->ref_cb = req->ref_cb;
   c->ref_data = req->ref_data;

@@ -210,7 +210,8 @@ int np_pipe_busy(const np_pipe *p, np_op op) {
   switch (op) {
     case NP_OP_CONNECT: return p->connect_req.state != REQ_IDLE;
     case NP_OP_READ:
-    case NP_OP_READABLE: return p->read_req.state != REQ_IDLE;
+    case NP_OP_READABLE:
+    case NP_OP_TRANSACT: return p->read_req.state != REQ_IDLE;
     case NP_OP_WRITABLE: return p->writable_req.state != REQ_IDLE;
     default: return p->nwrites;
   }
@@ -358,6 +359,31 @@ void np_writable_start(np_pipe *p, int ref_cb) {
     np_req_wait(p->loop, req);
 }
 
+/* One message written and one read back, in one kernel call; a reply
+ * longer than the buffer comes in parts as a long message's read does.
+ * The kernel refuses it (PIPE_BUSY) while unread data is in the pipe. */
+void np_transact_start(np_pipe *p, const char *data, size_t len, int ref_cb,
+                       int ref_data) {
+  np_req *req = &p->read_req;
+  arm(req, ref_cb);
+  req->op = NP_OP_TRANSACT;
+  req->ref_data = ref_data;
+  p->rext = NULL;
+  p->rlen = 0;
+  p->rmax = 0;
+  if (p->empty_message_taken) /* an unread (empty) message: as the kernel */
+    complete_now(req, NP_PIPE_BUSY, ERROR_PIPE_BUSY);
+  else if (len > 0xFFFFFFFFu)
+    complete_now(req, NP_INVALID_ARGUMENT, ERROR_INVALID_PARAMETER);
+  else if (!reserve(p, READ_CHUNK))
+    complete_now(req, NP_NO_MEMORY, ERROR_NOT_ENOUGH_MEMORY);
+  else
+    submitted(req, TransactNamedPipe(p->h, (void *)data, (DWORD)len, p->rbuf,
+                                     READ_CHUNK, NULL, &req->ov));
+}
+
+np_mode np_pipe_read_mode(const np_pipe *p) { return p->read_mode; }
+
 /* HAZARDS.md 8: ERROR_MORE_DATA carries the first part of a longer message.
  * Ask how much of it is left and read on, into the same buffer. */
 static int continue_message(np_pipe *p) {
@@ -454,6 +480,10 @@ static void pipe_status(const np_pipe *p, np_status *st, DWORD err, np_op op) {
   if (!p->is_server && err == ERROR_PIPE_NOT_CONNECTED) as = ERROR_BROKEN_PIPE;
   /* PeekNamedPipe on an instance no client has reached yet. */
   if (p->is_server && err == ERROR_BAD_PIPE) as = ERROR_PIPE_NOT_CONNECTED;
+  /* A transact on a client whose server is gone (Wine: the pipe's state
+   * is not one a transact can run in). */
+  if (!p->is_server && err == ERROR_BAD_PIPE && op == NP_OP_TRANSACT)
+    as = ERROR_BROKEN_PIPE;
   st->err = np_win_error(as, op);
   st->code = (long)err; /* the real Win32 code */
 }
@@ -464,7 +494,7 @@ static void finish(np_req *req, DWORD err, DWORD bytes) {
   np_pipe *p = req->pipe;
   int own = 0; /* the outcome is ours (a cancel, a close), not the OS's */
   req->bytes = bytes;
-  if (req->op == NP_OP_READ && req->session != p->session && !p->closed &&
+  if (NP_READS_DATA(req->op) && req->session != p->session && !p->closed &&
       !(err == 0 || (err == ERROR_MORE_DATA && p->rmax > 0 &&
                      p->rlen + bytes >= p->rmax))) {
     /* The server disconnected while this read was with the kernel, in the
@@ -484,7 +514,7 @@ static void finish(np_req *req, DWORD err, DWORD bytes) {
     /* A zero-byte read succeeds on a message pipe only by taking a
      * zero-length message: the next read must still return it. */
     p->empty_message_taken = 1;
-  if (req->op == NP_OP_READ && (err == 0 || err == ERROR_MORE_DATA)) {
+  if (NP_READS_DATA(req->op) && (err == 0 || err == ERROR_MORE_DATA)) {
     p->rlen += bytes;
     if (err == ERROR_MORE_DATA) {
       if (continue_message(p)) return;
@@ -492,7 +522,7 @@ static void finish(np_req *req, DWORD err, DWORD bytes) {
     }
     err = 0;
   }
-  if (req->op == NP_OP_READ && err != 0 && p->rlen > 0 && !p->closed) {
+  if (NP_READS_DATA(req->op) && err != 0 && p->rlen > 0 && !p->closed) {
     /* Stopped (cancelled, timed out) in the middle of a long message: what
      * was read is real and the rest is still in the pipe, so deliver this
      * part as read(n) would, never drop it. */
@@ -651,7 +681,7 @@ static void cancel_waiting(np_pipe *p, np_req *req, np_err reason) {
 void np_cancel(np_pipe *p, np_op op, np_err reason) {
   if (p->closed) return;
   if (op == NP_OP_CONNECT) cancel_req(p, &p->connect_req, reason);
-  if (op == NP_OP_READ || op == NP_OP_READABLE)
+  if (op == NP_OP_READ || op == NP_OP_READABLE || op == NP_OP_TRANSACT)
     cancel_req(p, &p->read_req, reason);
   if (op == NP_OP_WRITABLE) cancel_waiting(p, &p->writable_req, reason);
   if (op == NP_OP_WRITE) {
@@ -725,4 +755,129 @@ void np_pipe_close(np_pipe *p) {
   cancel_waiting(p, &p->writable_req, NP_CLOSED);
   flush_write_queue(p, NP_CLOSED);
   if (p->outstanding == 0) np_pipe_free(p);
+}
+
+/* ----------------------------------------------------- the other end */
+
+int np_pipe_peer(np_pipe *p, np_peer *peer, np_status *st) {
+  ULONG pid = 0, session = 0;
+  BOOL ok;
+  /* An instance with no client has no peer to ask about (Wine's calls
+   * would succeed anyway): the peek says whether one is there. */
+  if (p->is_server && !PeekNamedPipe(p->h, NULL, 0, NULL, NULL, NULL)) {
+    pipe_status(p, st, GetLastError(), NP_OP_CONNECT);
+    return 0;
+  }
+  ok = p->is_server ? GetNamedPipeClientProcessId(p->h, &pid) &&
+                               GetNamedPipeClientSessionId(p->h, &session)
+                         : GetNamedPipeServerProcessId(p->h, &pid) &&
+                               GetNamedPipeServerSessionId(p->h, &session);
+  if (!ok) {
+    pipe_status(p, st, GetLastError(), NP_OP_CONNECT);
+    return 0;
+  }
+  peer->pid = (long)pid;
+  peer->session = (long)session;
+  peer->uid = peer->gid = -1;
+  return 1;
+}
+
+/* UTF-8 of a UTF-16 string into buf; 0 if it does not fit. */
+static int to_utf8(const wchar_t *w, char *buf, size_t size) {
+  int n = WideCharToMultiByte(CP_UTF8, 0, w, -1, buf,
+                              size > 0x7FFFFFFF ? 0x7FFFFFFF : (int)size,
+                              NULL, NULL);
+  return n > 0;
+}
+
+/* The impersonation token's user, from the token alone: the thread
+ * impersonates only between the two calls below, whatever fails. */
+static HANDLE client_token(np_pipe *p, np_status *st) {
+  HANDLE tok = NULL;
+  DWORD err = 0;
+  if (!ImpersonateNamedPipeClient(p->h)) {
+    pipe_status(p, st, GetLastError(), NP_OP_CONNECT);
+    return NULL;
+  }
+  if (!OpenThreadToken(GetCurrentThread(), TOKEN_QUERY, TRUE, &tok))
+    err = GetLastError();
+  if (!RevertToSelf()) {
+    /* The thread would go on as the client: nothing safe is left to do
+     * (Microsoft's advice for a failed RevertToSelf). */
+    FatalAppExitA(0, "namedpipe: RevertToSelf failed after impersonating a client");
+  }
+  if (err) {
+    /* an anonymous client (security_qos_flags) has no token to open */
+    np_win_status(st, err, NP_OP_CONNECT);
+    if (err == ERROR_CANT_OPEN_ANONYMOUS || err == ERROR_BAD_IMPERSONATION_LEVEL)
+      st->err = NP_ACCESS_DENIED;
+    return NULL;
+  }
+  return tok;
+}
+
+int np_pipe_peer_user(np_pipe *p, char *user, size_t user_size, char *id,
+                      size_t id_size, np_status *st) {
+  union {
+    TOKEN_USER tu;
+    char bytes[sizeof(TOKEN_USER) + SECURITY_MAX_SID_SIZE];
+  } info;
+  DWORD got = 0, nname = 256, ndomain = 256;
+  wchar_t name[256], domain[256], whole[514];
+  wchar_t *sid_text = NULL;
+  SID_NAME_USE use;
+  HANDLE tok = client_token(p, st);
+  BOOL ok;
+  if (!tok) return 0;
+  ok = GetTokenInformation(tok, TokenUser, &info, sizeof info, &got);
+  CloseHandle(tok);
+  if (!ok || !ConvertSidToStringSidW(info.tu.User.Sid, &sid_text)) {
+    np_win_status(st, GetLastError(), NP_OP_CONNECT);
+    return 0;
+  }
+  ok = to_utf8(sid_text, id, id_size);
+  LocalFree(sid_text);
+  if (!ok) {
+    np_win_status(st, ERROR_INSUFFICIENT_BUFFER, NP_OP_CONNECT);
+    return 0;
+  }
+  if (!LookupAccountSidW(NULL, info.tu.User.Sid, name, &nname, domain,
+                         &ndomain, &use)) {
+    /* a SID with no account name here: the SID string says who */
+    if (strlen(id) >= user_size) {
+      np_win_status(st, ERROR_INSUFFICIENT_BUFFER, NP_OP_CONNECT);
+      return 0;
+    }
+    memcpy(user, id, strlen(id) + 1);
+    return 1;
+  }
+  /* DOMAIN\user (both fit: each was at most 255 characters) */
+  nname = (DWORD)wcslen(name);
+  ndomain = (DWORD)wcslen(domain);
+  memcpy(whole, domain, ndomain * sizeof whole[0]);
+  if (ndomain) whole[ndomain++] = L'\\';
+  memcpy(whole + ndomain, name, (nname + 1) * sizeof whole[0]);
+  if (!to_utf8(whole, user, user_size)) {
+    np_win_status(st, ERROR_INSUFFICIENT_BUFFER, NP_OP_CONNECT);
+    return 0;
+  }
+  return 1;
+}
+
+/* PeekNamedPipe with no buffer: what is there, and what is left of the
+ * next message (its whole size, as nothing of it was read). */
+int np_pipe_peek(np_pipe *p, np_peek *peek, np_status *st) {
+  DWORD avail = 0, left = 0;
+  if (p->empty_message_taken) { /* the zero-byte read took an empty one */
+    peek->available = 0;
+    peek->message = 0;
+    return 1;
+  }
+  if (!PeekNamedPipe(p->h, NULL, 0, NULL, &avail, &left)) {
+    pipe_status(p, st, GetLastError(), NP_OP_READ);
+    return 0;
+  }
+  peek->available = avail;
+  peek->message = p->read_mode == NP_MODE_MESSAGE && avail > 0 ? (long long)left : -1;
+  return 1;
 }

@@ -105,6 +105,10 @@ struct np_loop {
   int n_free_rbufs;
 };
 
+/* A read or a transact: the read slot's operations that bring bytes
+ * (into rbuf, or rext), in parts for a long message. */
+#define NP_READS_DATA(op) ((op) == NP_OP_READ || (op) == NP_OP_TRANSACT)
+
 /* error_win.c */
 np_err np_win_error(DWORD err, np_op op);
 void np_win_status(np_status *st, DWORD err, np_op op);

@@ -1,0 +1,196 @@
+-- Beyond reading and writing: who is on the other end (peer, peer_user),
+-- looking before reading (peek), request and reply in one call (transact).
+local lu = require "luaunit"
+local np = require "namedpipe"
+local H = require "tests.helpers"
+
+TestPeer = {}
+
+function TestPeer:tearDown() H.settle(2000) end
+
+-- This process's id, as the pipes see it: a pipe of our own to ourselves.
+local function own_pid()
+  local server, client = H.pair()
+  local pid = assert(client:peer()).pid
+  H.close_all(server, client)
+  return pid
+end
+
+local function skip_if_wine_pids()
+  if UNDER_WINE then
+    lu.skip("Wine's GetNamedPipeClientProcessId/ServerProcessId succeed but report 0 (stubs)")
+  end
+end
+
+function TestPeer:test_peer_of_a_pair_in_this_process()
+  local server, client = H.pair()
+  local a, b = assert(server:peer()), assert(client:peer())
+  lu.assertEquals(math.type(a.pid), "integer")
+  if PLATFORM == "windows" then
+    lu.assertEquals(math.type(a.session), "integer")
+    lu.assertNil(a.uid)
+  else
+    lu.assertNil(a.session)
+    lu.assertEquals(math.type(a.uid), "integer")
+    lu.assertEquals(math.type(a.gid), "integer")
+    lu.assertEquals(a.uid, b.uid)
+  end
+  H.close_all(server, client)
+  skip_if_wine_pids()
+  lu.assertTrue(a.pid > 0)
+  lu.assertEquals(a.pid, b.pid) -- both ends are this process
+end
+
+function TestPeer:test_peer_of_an_instance_with_no_client()
+  local server = assert(np.create(H.name("nopeer")))
+  local t, _, errname = server:peer()
+  lu.assertNil(t)
+  lu.assertEquals(errname, "NOT_CONNECTED")
+  H.close_all(server)
+end
+
+-- A client in another process: the server's peer().pid is the child's
+-- (which the child learns the same way, from a pipe to itself).
+function TestPeer:test_peer_pid_of_a_child_process()
+  skip_if_wine_pids()
+  local name = H.name("childpeer")
+  local server = assert(np.create(name))
+  local cmd, script = H.lua_command([[
+    local np = require "namedpipe"
+    local name = ...
+    local own = name .. "-self"
+    local s = assert(np.create(own))
+    local c = assert(np.open(own))
+    local pid = assert(c:peer()).pid
+    local p = assert(np.open(name, { timeout = 5000 }))
+    assert(p:write(tostring(pid), 5000))
+    p:read(nil, 5000) -- until the parent closes
+  ]], name)
+  local proc = assert(io.popen(cmd .. " 2>&1", "r"))
+  local ok = server:connect(10000)
+  lu.assertTrue(ok)
+  local said = server:read(nil, 10000)
+  local peer = assert(server:peer())
+  server:close()
+  local out = proc:read("a")
+  proc:close()
+  os.remove(script)
+  lu.assertEquals(tostring(peer.pid), said, out)
+  lu.assertNotEquals(peer.pid, own_pid())
+end
+
+function TestPeer:test_peer_user_names_the_user_we_run_as()
+  local server, client = H.pair()
+  local user, id = server:peer_user()
+  lu.assertNotNil(user, id)
+  if PLATFORM == "windows" then
+    lu.assertStrMatches(id, "S%-1%-[%d%-]+")
+    local me = os.getenv("USERNAME")
+    if me then
+      lu.assertEquals(user:lower():match("[^\\]+$"), me:lower())
+    end
+  else
+    local p = io.popen("id -u; id -un")
+    local uid, uname = p:read("l"), p:read("l")
+    p:close()
+    lu.assertEquals(id, uid)
+    lu.assertEquals(user, uname)
+  end
+  lu.assertError(client.peer_user, client) -- a server method
+  H.close_all(server, client)
+end
+
+function TestPeer:test_peer_user_of_an_anonymous_client()
+  if PLATFORM ~= "windows" then
+    lu.skip("security_qos_flags do nothing on Linux: the uid is the kernel's")
+  end
+  local server, client = H.pair(nil, { security_qos_flags = "anonymous" })
+  local user, msg, errname = server:peer_user()
+  if UNDER_WINE and user then
+    H.close_all(server, client)
+    lu.skip("Wine ignores SECURITY_ANONYMOUS: the client is impersonated as itself")
+  end
+  lu.assertNil(user)
+  lu.assertEquals(errname, "ACCESS_DENIED", msg)
+  H.close_all(server, client)
+end
+
+function TestPeer:test_peek_byte_mode_consumes_nothing()
+  local server, client = H.pair()
+  lu.assertEquals(server:peek(), { available = 0 })
+  assert(client:write("hello", 2000))
+  H.pump(function() return server:peek().available == 5 end, 5000, "the bytes")
+  lu.assertNil(server:peek().message)
+  lu.assertEquals(server:read(nil, 2000), "hello")
+  lu.assertEquals(server:peek().available, 0)
+  H.close_all(server, client)
+end
+
+function TestPeer:test_peek_message_mode_tells_the_next_message()
+  local server, client = H.pair({ pipe_mode = "message" }, { pipe_mode = "message" })
+  assert(client:write("abc", 2000))
+  assert(client:write("defgh", 2000))
+  H.pump(function() return server:peek().available == 8 end, 5000, "both messages")
+  lu.assertEquals(server:peek(), { available = 8, message = 3 })
+  lu.assertEquals(server:read(nil, 2000), "abc")
+  lu.assertEquals(server:peek(), { available = 5, message = 5 })
+  lu.assertEquals(server:read(nil, 2000), "defgh")
+  H.close_all(server, client)
+end
+
+-- A message server answering each request with "re:" .. request, in a task.
+local function replier(server, count)
+  np.spawn(function()
+    for _ = 1, count do
+      local req = server:read(nil, 5000)
+      if not req then return end
+      server:write("re:" .. req, 5000)
+    end
+  end)
+end
+
+function TestPeer:test_transact_in_three_forms()
+  local server, client = H.pair({ pipe_mode = "message" }, { pipe_mode = "message" })
+  replier(server, 3)
+  lu.assertEquals(client:transact("one", 5000), "re:one")      -- waiting
+  local got
+  client:transact("two", function(...) got = table.pack(...) end) -- callback
+  H.pump(function() return got ~= nil end, 5000, "the callback")
+  lu.assertEquals(got[1], "re:two")
+  local in_task
+  np.run(function() in_task = client:transact("three") end)    -- in a task
+  lu.assertEquals(in_task, "re:three")
+  -- a reply longer than one read buffer comes whole
+  replier(server, 1)
+  local big = string.rep("x", 200000)
+  lu.assertEquals(client:transact(big, 5000), "re:" .. big)
+  H.close_all(server, client)
+end
+
+function TestPeer:test_transact_on_a_byte_pipe_raises()
+  local server, client = H.pair()
+  lu.assertErrorMsgContains("message", client.transact, client, "x", function() end)
+  lu.assertErrorMsgContains("message", client.transact, client, "x")
+  H.close_all(server, client)
+end
+
+function TestPeer:test_transact_times_out_and_the_pipe_goes_on()
+  local server, client = H.pair({ pipe_mode = "message" }, { pipe_mode = "message" })
+  local r, _, errname = client:transact("nobody answers", 50)
+  lu.assertNil(r)
+  lu.assertEquals(errname, "TIMEOUT")
+  -- the request went; a reply that comes now is read as the next message
+  lu.assertEquals(server:read(nil, 2000), "nobody answers")
+  assert(server:write("late", 2000))
+  lu.assertEquals(client:read(nil, 2000), "late")
+  H.close_all(server, client)
+end
+
+function TestPeer:test_transact_when_the_server_is_gone()
+  local server, client = H.pair({ pipe_mode = "message" }, { pipe_mode = "message" })
+  server:close()
+  local r, _, errname = client:transact("anyone?", 2000)
+  lu.assertNil(r)
+  lu.assertTrue(errname == "BROKEN_PIPE" or errname == "EOF", errname)
+  H.close_all(client)
+end
