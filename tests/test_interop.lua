@@ -34,6 +34,11 @@ function TestInterop:test_path_mapping()
   -- the prefix in any case; backslashes stay part of the leaf
   lu.assertEquals(np.path([[\\.\PIPE\a\b]]):match("[^/]+$"), [[a\b]])
   lu.assertErrorMsgContains("pipe name", np.create, "relative.sock")
+  -- either separator in the prefix, as Windows takes it; another machine's
+  -- pipe is refused however it is spelled, never taken for a file path
+  lu.assertEquals(np.path("//./pipe/x"), np.path([[\\.\pipe\x]]))
+  lu.assertErrorMsgContains("only local pipes", np.create, "//server/pipe/x")
+  lu.assertErrorMsgContains("only local pipes", np.path, [[\\host/PIPE\x]])
 end
 
 function TestInterop:test_socat_client_talks_to_our_server()

@@ -138,3 +138,30 @@ function TestParity:test_a_disconnected_instance_takes_no_client_before_connect(
   lu.assertEquals(b:read(nil, 2000), "for b")
   H.close_all(a, b, c1, c2)
 end
+
+-- Windows takes either separator in the \\.\pipe\ prefix: //./pipe/NAME
+-- (or any mix) is the same pipe as \\.\pipe\NAME, never a file path.
+function TestParity:test_the_pipe_prefix_with_either_separator()
+  local name = H.name("sep")
+  local leaf = name:sub(#[[\\.\pipe\]] + 1)
+  local spellings = { "//./pipe/", [[/\.\PIPE/]], [[\/./Pipe\]] }
+  for _, prefix in ipairs(spellings) do
+    local other = prefix .. leaf
+    local server = assert(np.create(other, { first_pipe_instance = true }))
+    local client = assert(np.open(name))
+    assert(server:connect(2000))
+    client:write("via " .. prefix, function() end)
+    lu.assertEquals(server:read(nil, 2000), "via " .. prefix)
+    H.close_all(server, client)
+    -- and the other way round
+    server = assert(np.create(name, { first_pipe_instance = true }))
+    client = assert(np.open(other))
+    assert(server:connect(2000))
+    server:write("back", function() end)
+    lu.assertEquals(client:read(nil, 2000), "back")
+    if PLATFORM == "linux" then -- (Windows hands the name to the OS as given)
+      lu.assertEquals(np.path(other), np.path(name))
+    end
+    H.close_all(server, client)
+  end
+end
