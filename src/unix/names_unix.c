@@ -22,8 +22,9 @@
  *
  * A server creates DIR (mode 0700, the last component only) when it is
  * missing. /tmp/namedpipe-UID must be a directory (not a symlink) owned by
- * the user, else servers and clients get ACCESS_DENIED: in a shared /tmp
- * another user could have made it to receive or impersonate the pipes.
+ * the user that neither group nor others may write to, else servers and
+ * clients get ACCESS_DENIED: in a shared /tmp another user could have made
+ * it, or put files in it, to receive or impersonate the pipes.
  *
  * The whole path must fit in sockaddr_un.sun_path (107 bytes on Linux):
  * a longer one gives INVALID_NAME.
@@ -97,14 +98,17 @@ static const char *env_value(const char *var) {
   return v && *v ? v : NULL;
 }
 
-/* /tmp is shared: a directory someone else made there is not ours to use. */
+/* /tmp is shared: a directory someone else made there is not ours to use,
+ * nor one of ours that others may write to (they could put their own
+ * socket, or lock file, in place of a server's). */
 static int check_private_dir(const char *dir, np_status *st) {
   struct stat sb;
   if (lstat(dir, &sb) != 0) {
     np_status_errno(st, np_errno_err(errno), errno);
     return 0;
   }
-  if (!S_ISDIR(sb.st_mode) || sb.st_uid != geteuid()) {
+  if (!S_ISDIR(sb.st_mode) || sb.st_uid != geteuid() ||
+      (sb.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
     np_status_errno(st, NP_ACCESS_DENIED, EACCES);
     return 0;
   }
