@@ -87,3 +87,70 @@ function TestUnix:test_tmp_directory_others_can_write_to_is_refused()
   lu.assertEquals(as_user("0770"), "create ACCESS_DENIED, open ACCESS_DENIED")
   lu.assertEquals(as_user("1733"), "create ACCESS_DENIED, open ACCESS_DENIED")
 end
+
+-- PATH.lock is opened, locked and written by the server: in a directory
+-- others can write to (an absolute socket path in /tmp, say) it may have
+-- been put there beforehand. Only a plain file of the user's own, with
+-- one name and that nobody else may write to, is taken.
+local function refused_lock(prepare)
+  local dir = scratch_dir()
+  local path = dir .. "/s.sock"
+  prepare(path .. ".lock", dir)
+  local s, msg, errname = np.create(path)
+  if s then s:close() end
+  lu.assertNil(s, "the server took the lock file")
+  lu.assertEquals(errname, "ACCESS_DENIED", msg)
+  lu.assertFalse(exists(path), "a socket was left behind")
+  return path
+end
+
+function TestUnix:test_lock_file_that_is_a_hard_link_is_refused()
+  linux_only()
+  local victim
+  refused_lock(function(lock, dir)
+    victim = dir .. "/precious"
+    write_file(victim, "precious data")
+    assert(sh(("ln %s %s"):format(q(victim), q(lock))))
+  end)
+  lu.assertEquals(read_file(victim), "precious data")
+end
+
+function TestUnix:test_lock_file_that_is_not_a_regular_file_is_refused()
+  linux_only()
+  refused_lock(function(lock) assert(sh("mkfifo -m 0600 " .. q(lock))) end)
+  refused_lock(function(lock) assert(sh("mkdir -m 0700 " .. q(lock))) end)
+end
+
+function TestUnix:test_lock_file_others_may_write_to_is_refused()
+  linux_only()
+  for _, mode in ipairs { "0666", "0620" } do
+    refused_lock(function(lock)
+      write_file(lock, "")
+      assert(sh(("chmod %s %s"):format(mode, q(lock))))
+    end)
+  end
+end
+
+function TestUnix:test_lock_file_of_another_user_is_refused()
+  linux_only()
+  local uid = other_user()
+  refused_lock(function(lock)
+    write_file(lock, "")
+    assert(sh(("chmod 0644 %s && chown %d %s"):format(q(lock), uid, q(lock))))
+  end)
+end
+
+-- A lock file a dead server of this user left (mode as a server makes it)
+-- is taken over as before.
+function TestUnix:test_stale_lock_file_of_our_own_is_taken()
+  linux_only()
+  local dir = scratch_dir()
+  local path = dir .. "/s.sock"
+  write_file(path .. ".lock", "namedpipe=1 type=byte max=255 inbound=1 outbound=1\n")
+  assert(sh("chmod 0600 " .. q(path .. ".lock")))
+  local s = assert(np.create(path, { first_pipe_instance = true }))
+  local c = assert(np.open(path))
+  assert(s:connect(2000))
+  H.close_all(s, c)
+  lu.assertFalse(exists(path .. ".lock"))
+end

@@ -135,6 +135,21 @@ static void whole_file_lock(struct flock *fl) {
   fl->l_whence = SEEK_SET;
 }
 
+/* The lock file is written (truncated, chmod'ed, its description put in),
+ * and in a directory others can write to (an absolute socket path in /tmp)
+ * someone may have put a file there first. O_NOFOLLOW stops a symlink, not a
+ * hard link to a file of ours elsewhere, nor a FIFO, nor a file another user
+ * keeps open to rewrite the description clients read. So the file must be a
+ * plain one of our own, with no other name, that nobody else may write to:
+ * as a server makes it ((mode & 0444) | 0600). A stale one of a dead
+ * server of ours passes. */
+static int lock_file_ours(int fd) {
+  struct stat sb;
+  return fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) &&
+         sb.st_uid == geteuid() && sb.st_nlink <= 1 &&
+         (sb.st_mode & (S_IWGRP | S_IWOTH)) == 0;
+}
+
 static int take_ownership(np_listener *l, int first, unsigned mode,
                           np_status *st) {
   /* Clients may read the description; only the owner writes it. */
@@ -143,10 +158,21 @@ static int take_ownership(np_listener *l, int first, unsigned mode,
   for (attempt = 0; attempt < 8; attempt++) {
     struct stat held, named;
     struct flock fl;
-    int fd = open(l->lock_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW,
+    int fd = open(l->lock_path,
+                  O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY |
+                      O_NONBLOCK,
                   lock_mode);
     if (fd < 0) {
-      np_status_errno(st, np_errno_err(errno), errno);
+      /* (a directory in its place: EISDIR, someone else's doing too) */
+      if (errno == EISDIR)
+        np_status_errno(st, NP_ACCESS_DENIED, EISDIR);
+      else
+        np_status_errno(st, np_errno_err(errno), errno);
+      return 0;
+    }
+    if (!lock_file_ours(fd)) {
+      close(fd);
+      np_status_errno(st, NP_ACCESS_DENIED, EACCES);
       return 0;
     }
     whole_file_lock(&fl);
