@@ -154,3 +154,111 @@ function TestUnix:test_stale_lock_file_of_our_own_is_taken()
   H.close_all(s, c)
   lu.assertFalse(exists(path .. ".lock"))
 end
+
+-- Windows removes a pipe with the process that made it, however it ends.
+-- Here the socket and its lock file are files: a process that ends without
+-- closing its Lua state (os.exit) removes them on its way out all the same.
+local function files_left(dir)
+  local p = io.popen("ls -A " .. q(dir))
+  local names = {}
+  for line in p:lines() do names[#names + 1] = line end
+  p:close()
+  return table.concat(names, " ")
+end
+
+local ENDINGS = {
+  { "os.exit(0)", "os.exit(0)" },
+  { "os.exit(false)", "os.exit(false)" },
+  { "os.exit(3)", "os.exit(3)" },
+  { "an uncaught error", "error('the script dies')" },
+  { "os.exit(true, true)", "os.exit(true, true)" },
+  { "the end of the script", "" },
+}
+
+function TestUnix:test_files_go_with_the_process_however_it_exits()
+  linux_only()
+  local left = {}
+  for _, e in ipairs(ENDINGS) do
+    local what, ending = e[1], e[2]
+    local dir = scratch_dir()
+    local ok, out = H.run_lua(([[
+      local np = require "namedpipe"
+      local dir = ...
+      S1 = assert(np.create(dir .. "/byte.sock"))
+      S2 = assert(np.create(dir .. "/byte.sock"))
+      S3 = assert(np.create(dir .. "/msg.sock", { pipe_mode = "message" }))
+      C = assert(np.open(dir .. "/msg.sock"))
+      assert(S3:connect(2000))
+      io.write(#io.popen("ls -A '" .. dir .. "'"):read("a") > 0 and "made " or "none ")
+      %s
+    ]]):format(ending), dir)
+    lu.assertStrContains(out, "made", false, what .. ": " .. out)
+    if files_left(dir) ~= "" then
+      left[#left + 1] = ("%s left %s (%s)"):format(what, files_left(dir), out)
+    end
+  end
+  lu.assertEquals(left, {})
+end
+
+-- \\.\pipe\ names too (their directory stays: it is shared by the user's
+-- pipes).
+function TestUnix:test_pipe_name_files_go_with_the_process()
+  linux_only()
+  local dir = scratch_dir()
+  local ok, out = H.run_lua_env("NAMEDPIPE_DIR=" .. q(dir), [==[
+    local np = require "namedpipe"
+    S = assert(np.create([[\\.\pipe\one]]))
+    os.exit(0)
+  ]==])
+  lu.assertTrue(ok, out)
+  lu.assertEquals(files_left(dir), "")
+end
+
+-- A process killed outright (SIGKILL) runs nothing on its way out: its
+-- files stay until the next server of that name, which takes them over.
+function TestUnix:test_files_of_a_killed_server_are_taken_over()
+  linux_only()
+  local dir = scratch_dir()
+  local path = dir .. "/killed.sock"
+  H.run_lua([[
+    local np = require "namedpipe"
+    S = assert(np.create(...))
+    os.execute("kill -KILL $PPID") -- the shell's parent: this interpreter
+    os.exit(0)
+  ]], path)
+  lu.assertEquals(files_left(dir), "killed.sock killed.sock.lock")
+  local s = assert(np.create(path, { first_pipe_instance = true }))
+  local c = assert(np.open(path))
+  assert(s:connect(2000))
+  H.close_all(s, c)
+  lu.assertEquals(files_left(dir), "")
+end
+
+-- Several Lua states on several threads, and fork()ed children: the C host
+-- of tests/c/multi_state.c (built by make test-linux), see its header.
+local function multi_state(mode)
+  local build = os.getenv("NP_BUILD_DIR")
+  local exe = (REPO_ROOT or ".") .. "/" ..
+    (build and build:match("asan") and "build/asan/multi_state" or "build/multistate/multi_state")
+  if not sh("test -x " .. q(exe)) then lu.skip(exe .. " is not built (make multistate)") end
+  local dir = scratch_dir()
+  local out = dir .. ".out"
+  made[#made + 1] = out
+  local ok = sh(("timeout -k 5 60 %s %s %s > %s 2>&1"):format(q(exe), mode, q(dir), q(out)))
+  return ok, read_file(out) or "", dir
+end
+
+function TestUnix:test_exit_with_states_stepping_on_threads_removes_every_file()
+  linux_only()
+  local ok, out, dir = multi_state("exit")
+  lu.assertTrue(ok, out)
+  lu.assertEquals(files_left(dir), "")
+end
+
+function TestUnix:test_a_forked_child_leaves_its_parents_files()
+  linux_only()
+  local ok, out, dir = multi_state("fork")
+  lu.assertTrue(ok, out)
+  lu.assertStrContains(out, "fork: ok")
+  lu.assertEquals(files_left(dir), "")
+end
