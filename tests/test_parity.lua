@@ -165,3 +165,37 @@ function TestParity:test_the_pipe_prefix_with_either_separator()
     H.close_all(server, client)
   end
 end
+
+-- disconnect() and what was still in the pipe. Windows throws away what
+-- the old client had not read yet. A Unix socket cannot: a send puts the
+-- bytes straight into the receiving socket's queue, and closing the
+-- sending socket takes nothing back from it, so on Linux the old client
+-- reads them, then the end (README, Linux notes). Both ways the old
+-- client's reads end, and the instance's next client sees nothing of the
+-- old one's (what the server had not read of it is gone on both).
+function TestParity:test_disconnect_and_what_the_old_client_had_not_read()
+  local name = H.name("unread")
+  local server = assert(np.create(name, { max_instances = 1 }))
+  local old = assert(np.open(name))
+  assert(server:connect(2000))
+  lu.assertEquals(server:write("for the old client", 2000), 18)
+  lu.assertEquals(old:write("never read by the server", 2000), 24)
+  assert(server:disconnect())
+  local data, _, errname = old:read(nil, 2000)
+  if PLATFORM == "windows" then
+    lu.assertNil(data, "Windows discards what the old client had not read")
+  else
+    lu.assertEquals(data, "for the old client")
+    data, _, errname = old:read(nil, 2000)
+    lu.assertNil(data)
+  end
+  lu.assertEquals(errname, "EOF")
+  local cb, res = H.capture()
+  server:connect(cb)
+  local new = assert(np.open(name))
+  H.pump(function() return res.done end, 2000, "the next client")
+  lu.assertTrue(res[1])
+  new:write("from the new client", function() end)
+  lu.assertEquals(server:read(nil, 2000), "from the new client")
+  H.close_all(server, old, new)
+end
