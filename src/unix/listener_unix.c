@@ -28,8 +28,10 @@
  * as soon as an instance comes free.
  *
  * Accepting: accept4 is tried when epoll reports the listener, and when a
- * connect() starts (a client that opened first is taken at once: on
- * Windows the open itself connects the instance). The listener is
+ * connect() or any other operation starts on an instance with no client
+ * yet (a client that opened first is taken at once: on Windows the open
+ * itself connects the instance, so a read right after it has its data;
+ * pipe_unix.c, take_queued). The listener is
  * level-triggered while it can take what is queued: every wait reports a
  * queued client, so a new instance, a closed or disconnected one need no
  * accept4 of their own (one that must fail, once per connection in a
