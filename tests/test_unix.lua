@@ -6,12 +6,14 @@ local H = require "tests.helpers"
 
 TestUnix = {}
 
+local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+
 -- What a test made outside the build directory, removed however it ends.
 local made = {}
 
 function TestUnix:tearDown()
   for i = #made, 1, -1 do
-    os.execute("rm -rf '" .. made[i]:gsub("'", "'\\''") .. "'")
+    os.execute("rm -rf " .. q(made[i]))
     made[i] = nil
   end
   H.settle(2000)
@@ -22,8 +24,6 @@ local function linux_only()
 end
 
 local function sh(cmd) return os.execute(cmd) == true end
-
-local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 
 local function exists(path) return sh("test -e " .. q(path) .. " || test -L " .. q(path)) end
 
@@ -41,7 +41,7 @@ local function write_file(path, s)
   f:close()
 end
 
--- A private directory for absolute socket paths (removed by the caller).
+-- A private directory for absolute socket paths (tearDown removes it).
 local function scratch_dir()
   local dir = os.tmpname()
   os.remove(dir)
