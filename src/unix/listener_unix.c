@@ -28,8 +28,10 @@
  * as soon as an instance comes free.
  *
  * Accepting: accept4 is tried when epoll reports the listener, and when a
- * connect() starts (a client that opened first is taken at once: on
- * Windows the open itself connects the instance). The listener is
+ * connect() or any other operation starts on an instance with no client
+ * yet (a client that opened first is taken at once: on Windows the open
+ * itself connects the instance, so a read right after it has its data;
+ * pipe_unix.c, take_queued). The listener is
  * level-triggered while it can take what is queued: every wait reports a
  * queued client, so a new instance, a closed or disconnected one need no
  * accept4 of their own (one that must fail, once per connection in a
@@ -50,10 +52,14 @@
  * another process (or another Lua state) makes create fail with
  * ACCESS_DENIED (first_pipe_instance) or ADDRESS_IN_USE: on Unix all the
  * instances of one name live in one process.
+ *
+ * The files go with the process, as a Windows pipe does (see "files removed
+ * at exit" below).
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -73,6 +79,11 @@ struct np_listener {
   int fd, lock_fd, plug_fd;
   dev_t dev; /* the socket file we made: unlink only that one */
   ino_t ino;
+  dev_t lock_dev; /* the lock file we hold: the same */
+  ino_t lock_ino;
+  pid_t pid; /* the process that made them (not a fork()ed child) */
+  np_listener *exit_prev, *exit_next; /* the process's registry */
+  int files_gone; /* removed (at exit): never again */
   struct sockaddr_un plug_addr;
   socklen_t plug_len;
   int backlog;
@@ -135,6 +146,21 @@ static void whole_file_lock(struct flock *fl) {
   fl->l_whence = SEEK_SET;
 }
 
+/* The lock file is written (truncated, chmod'ed, its description put in),
+ * and in a directory others can write to (an absolute socket path in /tmp)
+ * someone may have put a file there first. O_NOFOLLOW stops a symlink, not a
+ * hard link to a file of ours elsewhere, nor a FIFO, nor a file another user
+ * keeps open to rewrite the description clients read. So the file must be a
+ * plain one of our own, with no other name, that nobody else may write to:
+ * as a server makes it ((mode & 0444) | 0600). A stale one of a dead
+ * server of ours passes. */
+static int lock_file_ours(int fd) {
+  struct stat sb;
+  return fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) &&
+         sb.st_uid == geteuid() && sb.st_nlink <= 1 &&
+         (sb.st_mode & (S_IWGRP | S_IWOTH)) == 0;
+}
+
 static int take_ownership(np_listener *l, int first, unsigned mode,
                           np_status *st) {
   /* Clients may read the description; only the owner writes it. */
@@ -143,10 +169,21 @@ static int take_ownership(np_listener *l, int first, unsigned mode,
   for (attempt = 0; attempt < 8; attempt++) {
     struct stat held, named;
     struct flock fl;
-    int fd = open(l->lock_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW,
+    int fd = open(l->lock_path,
+                  O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY |
+                      O_NONBLOCK,
                   lock_mode);
     if (fd < 0) {
-      np_status_errno(st, np_errno_err(errno), errno);
+      /* (a directory in its place: EISDIR, someone else's doing too) */
+      if (errno == EISDIR)
+        np_status_errno(st, NP_ACCESS_DENIED, EISDIR);
+      else
+        np_status_errno(st, np_errno_err(errno), errno);
+      return 0;
+    }
+    if (!lock_file_ours(fd)) {
+      close(fd);
+      np_status_errno(st, NP_ACCESS_DENIED, EACCES);
       return 0;
     }
     whole_file_lock(&fl);
@@ -164,6 +201,8 @@ static int take_ownership(np_listener *l, int first, unsigned mode,
     if (fstat(fd, &held) == 0 && stat(l->lock_path, &named) == 0 &&
         held.st_dev == named.st_dev && held.st_ino == named.st_ino) {
       l->lock_fd = fd;
+      l->lock_dev = held.st_dev;
+      l->lock_ino = held.st_ino;
       return 1;
     }
     close(fd);
@@ -208,6 +247,82 @@ int np_read_meta(const char *path, np_pipe_meta *meta) {
   meta->sock_type = strcmp(type, "message") == 0 ? SOCK_SEQPACKET : SOCK_STREAM;
   return ok && meta->max_instances >= 1 &&
          meta->max_instances <= NP_UNLIMITED_INSTANCES;
+}
+
+/* ------------------------------------------------- files removed at exit */
+
+/* A Windows pipe goes with its process. The socket and lock files would
+ * stay whenever the Lua state is not closed: os.exit(code) without close
+ * (C exit()), a host that never calls lua_close. So every listener is in a
+ * process-wide registry, and an atexit handler removes the files of those
+ * still open. Several Lua states on several threads share it, hence the
+ * mutex (held across fork(), so that a child never inherits it locked).
+ * A fork()ed child has copies of its parent's listeners: neither its exit
+ * nor its lua_close may remove its parent's files, so they are removed
+ * only by the process that made them (pid). A process killed outright
+ * (SIGKILL, or any signal whose default action ends it) runs no handler:
+ * its files stay until the next server of the name, which finds the lock
+ * free and takes them over (clear_path).
+ *
+ * In a module loaded with dlopen (as Lua loads it), glibc runs the
+ * handler when the module is unloaded (lua_close of the last state that
+ * loaded it), with nothing left registered then, and forgets it: no
+ * handler outlives the code. */
+
+static pthread_mutex_t exit_mutex = PTHREAD_MUTEX_INITIALIZER;
+static np_listener *exit_list;
+static int exit_hooked;
+
+static void exit_lock(void) { pthread_mutex_lock(&exit_mutex); }
+static void exit_unlock(void) { pthread_mutex_unlock(&exit_mutex); }
+
+/* Socket first, lock last: whoever takes the lock next finds no socket of
+ * ours to trip over. A file someone replaced is theirs: left alone.
+ * Called with the mutex held. */
+static void remove_files(np_listener *l) {
+  struct stat sb;
+  if (l->files_gone || l->pid != getpid()) return;
+  l->files_gone = 1;
+  if (lstat(l->path, &sb) == 0 && sb.st_dev == l->dev && sb.st_ino == l->ino)
+    unlink(l->path);
+  if (lstat(l->lock_path, &sb) == 0 && sb.st_dev == l->lock_dev &&
+      sb.st_ino == l->lock_ino)
+    unlink(l->lock_path);
+}
+
+static void remove_all_at_exit(void) {
+  np_listener *l;
+  exit_lock();
+  for (l = exit_list; l; l = l->exit_next) remove_files(l);
+  exit_unlock();
+}
+
+static void exit_register(np_listener *l) {
+  exit_lock();
+  if (!exit_hooked) {
+    exit_hooked = 1;
+    /* (should either fail, files stay behind as before: no worse) */
+    if (atexit(remove_all_at_exit) != 0) { /* nothing else to do */ }
+    if (pthread_atfork(exit_lock, exit_unlock, exit_unlock) != 0) { /* idem */ }
+  }
+  l->pid = getpid();
+  l->exit_prev = NULL;
+  l->exit_next = exit_list;
+  if (exit_list) exit_list->exit_prev = l;
+  exit_list = l;
+  exit_unlock();
+}
+
+/* Out of the registry, its files removed (if this process made them). */
+static void exit_unregister(np_listener *l) {
+  exit_lock();
+  if (l->exit_prev)
+    l->exit_prev->exit_next = l->exit_next;
+  else
+    exit_list = l->exit_next;
+  if (l->exit_next) l->exit_next->exit_prev = l->exit_prev;
+  remove_files(l);
+  exit_unlock();
 }
 
 /* -------------------------------------------------------- the socket file */
@@ -320,6 +435,7 @@ static np_listener *listener_open(np_loop *loop, const char *path,
   }
   l->next = loop->listeners;
   loop->listeners = l;
+  exit_register(l);
   return l;
 fail_owned:
   unlink(l->lock_path); /* still ours: we hold its lock */
@@ -342,18 +458,13 @@ static void want_plug(np_listener *l, int on) {
 
 static void listener_destroy(np_listener *l) {
   np_listener **pp = &l->loop->listeners;
-  struct stat sb;
   want_plug(l, 0);
   while (*pp != l) pp = &(*pp)->next;
   *pp = l->next;
   np_watch_del(l->loop, l->fd);
   close(l->fd);
   if (l->plug_fd >= 0) close(l->plug_fd);
-  /* Socket first, lock last: whoever takes the lock next finds no socket
-   * of ours to trip over. If someone replaced the file, it is theirs. */
-  if (lstat(l->path, &sb) == 0 && sb.st_dev == l->dev && sb.st_ino == l->ino)
-    unlink(l->path);
-  unlink(l->lock_path);
+  exit_unregister(l);
   close(l->lock_fd);
   free(l->lock_path);
   free(l);

@@ -3,8 +3,10 @@
  *
  * Pipe names on Unix
  * ------------------
- * A name is either \\.\pipe\NAME (the prefix in any letter case, NAME not
- * empty) or an absolute socket path /... used exactly as given.
+ * A name is either \\.\pipe\NAME (the prefix in any letter case and with
+ * either separator in any of its four places, //./pipe/NAME too, as Windows
+ * takes it; NAME not empty) or an absolute socket path /... used exactly as
+ * given.
  *
  * \\.\pipe\NAME is the socket DIR/NAME, where DIR is
  *   1. $NAMEDPIPE_DIR, when set and not empty;
@@ -15,12 +17,14 @@
  * (\\.\pipe\a\b is the file "a\b"), and letter case is kept, so unlike on
  * Windows two names differing only in case are two pipes. NAME may not
  * contain '/' and may not be "." or "..". \\server\pipe\NAME with a server
- * other than "." is refused: Unix sockets are local.
+ * other than "." is refused (//server/pipe/NAME as well, which Windows also
+ * takes for a remote pipe): Unix sockets are local.
  *
  * A server creates DIR (mode 0700, the last component only) when it is
  * missing. /tmp/namedpipe-UID must be a directory (not a symlink) owned by
- * the user, else servers and clients get ACCESS_DENIED: in a shared /tmp
- * another user could have made it to receive or impersonate the pipes.
+ * the user that neither group nor others may write to, else servers and
+ * clients get ACCESS_DENIED: in a shared /tmp another user could have made
+ * it, or put files in it, to receive or impersonate the pipes.
  *
  * The whole path must fit in sockaddr_un.sun_path (107 bytes on Linux):
  * a longer one gives INVALID_NAME.
@@ -41,17 +45,35 @@
 
 #include "unix.h"
 
-static const char pipe_prefix[] = "\\\\.\\pipe\\";
-#define PIPE_PREFIX_LEN (sizeof pipe_prefix - 1)
+#define PIPE_PREFIX_LEN (sizeof "\\\\.\\pipe\\" - 1)
+
+static int is_sep(char c) { return c == '/' || c == '\\'; }
+
+/* \\.\pipe\ as Windows reads it: either separator in each of the four
+ * places, "pipe" in any letter case. */
+static int has_pipe_prefix(const char *name, size_t len) {
+  return len >= PIPE_PREFIX_LEN && is_sep(name[0]) && is_sep(name[1]) &&
+         name[2] == '.' && is_sep(name[3]) &&
+         strncasecmp(name + 4, "pipe", 4) == 0 && is_sep(name[8]);
+}
+
+/* \\server\pipe\... (either separator) naming another machine. */
+static int is_remote_pipe(const char *name, size_t len) {
+  size_t i = 2;
+  if (len < 3 || !is_sep(name[0]) || !is_sep(name[1])) return 0;
+  while (i < len && !is_sep(name[i])) i++;
+  return i > 2 && len - i >= 6 && strncasecmp(name + i + 1, "pipe", 4) == 0 &&
+         is_sep(name[i + 5]);
+}
+
+/* The NAME of a checked \\.\pipe\NAME, or NULL for a socket path. */
+static const char *pipe_leaf(const char *name) {
+  return has_pipe_prefix(name, strlen(name)) ? name + PIPE_PREFIX_LEN : NULL;
+}
 
 const char *np_name_problem(const char *name, size_t len) {
   if (memchr(name, '\0', len)) return "pipe name contains a NUL byte";
-  if (len >= 1 && name[0] == '/') {
-    if (len == 1) return "pipe name: a socket path needs a file name after '/'";
-    return NULL;
-  }
-  if (len >= PIPE_PREFIX_LEN &&
-      strncasecmp(name, pipe_prefix, PIPE_PREFIX_LEN) == 0) {
+  if (has_pipe_prefix(name, len)) {
     const char *leaf = name + PIPE_PREFIX_LEN;
     size_t n = len - PIPE_PREFIX_LEN;
     if (n == 0) return "pipe name is empty after \\\\.\\pipe\\";
@@ -61,8 +83,13 @@ const char *np_name_problem(const char *name, size_t len) {
       return "pipe name may not be \".\" or \"..\" on Unix";
     return NULL;
   }
-  if (len >= 2 && name[0] == '\\' && name[1] == '\\')
+  if (is_remote_pipe(name, len) ||
+      (len >= 2 && name[0] == '\\' && name[1] == '\\'))
     return "pipe name: only local pipes (\\\\.\\pipe\\NAME) exist on Unix";
+  if (name[0] == '/') {
+    if (len == 1) return "pipe name: a socket path needs a file name after '/'";
+    return NULL;
+  }
   return "pipe name like \\\\.\\pipe\\NAME or an absolute socket path expected";
 }
 
@@ -71,14 +98,17 @@ static const char *env_value(const char *var) {
   return v && *v ? v : NULL;
 }
 
-/* /tmp is shared: a directory someone else made there is not ours to use. */
+/* /tmp is shared: a directory someone else made there is not ours to use,
+ * nor one of ours that others may write to (they could put their own
+ * socket, or lock file, in place of a server's). */
 static int check_private_dir(const char *dir, np_status *st) {
   struct stat sb;
   if (lstat(dir, &sb) != 0) {
     np_status_errno(st, np_errno_err(errno), errno);
     return 0;
   }
-  if (!S_ISDIR(sb.st_mode) || sb.st_uid != geteuid()) {
+  if (!S_ISDIR(sb.st_mode) || sb.st_uid != geteuid() ||
+      (sb.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
     np_status_errno(st, NP_ACCESS_DENIED, EACCES);
     return 0;
   }
@@ -147,8 +177,7 @@ int np_socket_path(const char *name, int create_dir, char path[NP_SUN_PATH],
   const char *leaf, *env_dir;
   size_t leaf_len;
   int is_tmp, n;
-  if (name[0] == '/') return absolute_path(name, path, st);
-  leaf = name + PIPE_PREFIX_LEN;
+  if (!(leaf = pipe_leaf(name))) return absolute_path(name, path, st);
   leaf_len = strlen(leaf);
   env_dir = env_value("NAMEDPIPE_DIR");
   n = socket_dir(env_dir, env_dir ? NULL : env_value("XDG_RUNTIME_DIR"),
@@ -208,8 +237,7 @@ int np_socket_path_cached(np_loop *loop, const char *name, int create_dir,
   np_dir_cache *c = &loop->dir;
   const char *leaf, *env_dir, *env_xdg;
   size_t leaf_len;
-  if (name[0] == '/') return absolute_path(name, path, st);
-  leaf = name + PIPE_PREFIX_LEN;
+  if (!(leaf = pipe_leaf(name))) return absolute_path(name, path, st);
   leaf_len = strlen(leaf);
   env_dir = env_value("NAMEDPIPE_DIR");
   env_xdg = env_dir ? NULL : env_value("XDG_RUNTIME_DIR");

@@ -1116,8 +1116,19 @@ void np_pipe_on_event(np_pipe *p, uint32_t events) {
 
 /* ------------------------------------------------------------- operations */
 
+/* A server instance with no client yet (listening, not disconnected) first
+ * takes a client that is already queued: on Windows the client's open
+ * connected the instance, so whatever the server does next has it, connect()
+ * or not. Which queued client goes to which free instance is the listener's
+ * choice (pick_free), as on Windows it was the open's. */
+static void take_queued(np_pipe *p) {
+  if (p->fd < 0 && p->is_free && !p->closed && p->listener)
+    np_listener_service_now(p->listener);
+}
+
 /* Can this end do I/O in that direction now? Else why not, in *st. */
-static int io_allowed(const np_pipe *p, np_op op, np_status *st) {
+static int io_allowed(np_pipe *p, np_op op, np_status *st) {
+  take_queued(p);
   if (p->closed)
     np_status_errno(st, NP_CLOSED, 0);
   else if (op == NP_OP_READ ? !p->may_read : !p->may_write)
@@ -1328,6 +1339,10 @@ int np_pipe_info(np_pipe *p, np_info *info, np_status *st) {
   info->is_server = p->is_server;
   info->mode = p->sock_type == SOCK_SEQPACKET ? NP_MODE_MESSAGE : NP_MODE_BYTE;
   info->max_instances = p->max_instances;
+  if (fd < 0) {
+    take_queued(p);
+    fd = p->fd;
+  }
   if (fd >= 0 && p->rcvbuf_unset) { /* deferred since the accept */
     set_buffer(fd, SO_RCVBUF, p->rcvbuf);
     p->rcvbuf_unset = 0;

@@ -30,6 +30,17 @@
  * At the end the process's file descriptors (Linux) or handles (Windows)
  * must be back where they started. Last line: "multi_state: ... OK" or
  * "multi_state: FAILED (...)"; exit status 0 only when everything held.
+ *
+ * Linux only, for tests/test_unix.lua (which checks the directory after):
+ *   multi_state exit DIR   N states on N threads each make servers (socket
+ *                          files in DIR) and keep stepping while the main
+ *                          thread calls exit(0) with no state closed: the
+ *                          files must be gone afterwards.
+ *   multi_state fork DIR   a state makes a server in DIR, then fork()ed
+ *                          children end (exit(0); lua_close and _exit; a new
+ *                          state with a server of its own, then exit(0)):
+ *                          the parent's files must stay, usable, the last
+ *                          child's must go; then the parent calls exit(0).
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -73,6 +84,8 @@ static int proc_id(void) { return (int)GetCurrentProcessId(); }
 #else
 #include <dirent.h>
 #include <pthread.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 typedef pthread_t thread_t;
 #define THREAD_FN void *
@@ -591,6 +604,150 @@ static THREAD_FN closing_thread(void *arg) {
   return THREAD_RET;
 }
 
+/* ------------------------------------------ the files of exiting processes */
+
+#ifndef _WIN32
+/* Run a chunk in L with (DIR, ME); 0 on error (reported). */
+static int run_chunk(lua_State *L, int id, const char *chunk, const char *dir) {
+  lua_pushcfunction(L, traceback);
+  if (luaL_loadstring(L, chunk) != LUA_OK) {
+    failf("state %d: chunk: %s", id, lua_tostring(L, -1));
+    lua_pop(L, 2);
+    return 0;
+  }
+  lua_pushstring(L, dir);
+  lua_pushinteger(L, id);
+  if (lua_pcall(L, 2, 0, -4) != LUA_OK) {
+    failf("state %d: %s", id, lua_tostring(L, -1));
+    lua_pop(L, 2);
+    return 0;
+  }
+  lua_pop(L, 1);
+  return 1;
+}
+
+static const char make_servers[] =
+    "local dir, me = ...\n"
+    "local np = require 'namedpipe'\n"
+    "local name = ('%s/s%d.sock'):format(dir, me)\n"
+    "B1 = assert(np.create(name))\n"
+    "B2 = assert(np.create(name))\n"
+    "M = assert(np.create(('%s/m%d.sock'):format(dir, me), { pipe_mode = 'message' }))\n"
+    "C = assert(np.open(name))\n"
+    "assert(B1:connect(2000))\n";
+
+typedef struct exit_worker {
+  int id;
+  const char *dir;
+  barrier *bar;
+} exit_worker;
+
+static void *exit_thread(void *arg) {
+  exit_worker *w = (exit_worker *)arg;
+  lua_State *L = new_state(w->id);
+  if (L) run_chunk(L, w->id, make_servers, w->dir);
+  barrier_wait(w->bar);
+  if (!L) return NULL;
+  for (;;) { /* until the process exits under it */
+    lua_getglobal(L, "tick");
+    lua_pushinteger(L, 1);
+    lua_pcall(L, 1, 1, 0);
+    lua_pop(L, 1);
+  }
+  return NULL;
+}
+
+static int mode_exit(const char *dir) {
+  pthread_t t[MAX_STATES];
+  exit_worker w[MAX_STATES];
+  barrier bar;
+  int i;
+  bar.n = n_states + 1;
+  bar.arrived = bar.generation = 0;
+  new_tag("exit");
+  for (i = 0; i < n_states; i++) {
+    w[i].id = i;
+    w[i].dir = dir;
+    w[i].bar = &bar;
+    if (pthread_create(&t[i], NULL, exit_thread, &w[i]) != 0) {
+      failf("cannot start thread %d", i);
+      return 1;
+    }
+  }
+  barrier_wait(&bar);
+  sleep_ms(30);
+  printf("multi_state: exit with %d states stepping: %s\n", n_states,
+         failures ? "FAILED" : "ok");
+  exit(failures ? 1 : 0);
+}
+
+static int file_exists(const char *dir, const char *leaf) {
+  char path[1024];
+  struct stat sb;
+  snprintf(path, sizeof path, "%s/%s", dir, leaf);
+  return lstat(path, &sb) == 0;
+}
+
+/* fork(); the child runs `child`, the parent waits for it. */
+static void in_child(void (*child)(lua_State *, const char *), lua_State *L,
+                     const char *dir) {
+  pid_t pid = fork();
+  int status;
+  if (pid < 0) {
+    failf("fork: failed");
+    return;
+  }
+  if (pid == 0) child(L, dir); /* never returns */
+  if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) ||
+      WEXITSTATUS(status) != 0)
+    failf("fork: a child did not exit cleanly");
+}
+
+static void child_exits(lua_State *L, const char *dir) {
+  (void)L;
+  (void)dir;
+  exit(0);
+}
+
+static void child_closes_then_exits(lua_State *L, const char *dir) {
+  (void)dir;
+  lua_close(L);
+  _exit(0);
+}
+
+static void child_serves_then_exits(lua_State *L, const char *dir) {
+  lua_State *own = new_state(9);
+  (void)L;
+  if (!own || !run_chunk(own, 9, make_servers, dir)) _exit(1);
+  if (!file_exists(dir, "s9.sock")) _exit(1);
+  exit(0);
+}
+
+static int mode_fork(const char *dir) {
+  lua_State *L;
+  new_tag("fork");
+  if (!(L = new_state(0)) || !run_chunk(L, 0, make_servers, dir)) return 1;
+  in_child(child_exits, L, dir);
+  in_child(child_closes_then_exits, L, dir);
+  in_child(child_serves_then_exits, L, dir);
+  if (!file_exists(dir, "s0.sock") || !file_exists(dir, "s0.sock.lock") ||
+      !file_exists(dir, "m0.sock") || !file_exists(dir, "m0.sock.lock"))
+    failf("fork: a child's end removed its parent's files");
+  if (file_exists(dir, "s9.sock") || file_exists(dir, "s9.sock.lock"))
+    failf("fork: a child's own files stayed after its exit");
+  run_chunk(L, 0,
+            "local dir = ...\n"
+            "local np = require 'namedpipe'\n"
+            "local c = assert(np.open(dir .. '/m0.sock', { pipe_mode = 'message' }))\n"
+            "assert(M:connect(2000))\n"
+            "c:write('still here')\n"
+            "assert(M:read(nil, 2000) == 'still here')\n",
+            dir);
+  printf("multi_state: fork: %s\n", failures ? "FAILED" : "ok");
+  exit(failures ? 1 : 0);
+}
+#endif
+
 /* ------------------------------------------------------------------ main */
 
 int main(int argc, char **argv) {
@@ -598,6 +755,21 @@ int main(int argc, char **argv) {
   long handles_before, handles_after;
   double t0 = now_ms();
   int i, rr_orders = 0;
+  if (argc == 3 && (strcmp(argv[1], "exit") == 0 || strcmp(argv[1], "fork") == 0)) {
+#ifdef _WIN32
+    fprintf(stderr, "%s: %s is for Linux\n", argv[0], argv[1]);
+    return 2;
+#else
+    if ((env = getenv("NP_ROOT")) != NULL && *env)
+      snprintf(root, sizeof root, "%s", env);
+    if ((env = getenv("NP_BUILD_DIR")) != NULL && *env)
+      snprintf(build_dir, sizeof build_dir, "%s", env);
+    else
+      snprintf(build_dir, sizeof build_dir, "build/linux");
+    setvbuf(stdout, NULL, _IONBF, 0);
+    return argv[1][0] == 'e' ? mode_exit(argv[2]) : mode_fork(argv[2]);
+#endif
+  }
   if (argc > 1) n_states = atoi(argv[1]);
   if (argc > 2) count = atoi(argv[2]);
   if (argc > 3) snprintf(root, sizeof root, "%s", argv[3]);

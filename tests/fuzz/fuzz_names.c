@@ -28,14 +28,36 @@
 
 /* ----------------------------------------------------------- the model */
 
-/* np_name_problem's contract (README, Linux): NULL when accepted. */
-static int model_name_ok(const char *s, size_t len) {
+static int model_sep(char c) { return c == '/' || c == '\\'; }
+
+/* The \\.\pipe\ prefix: any letter case, either separator. */
+static int model_prefix(const char *s, size_t len) {
   size_t i;
-  if (memchr(s, '\0', len)) return 0;
-  if (len >= 1 && s[0] == '/') return len > 1;
   if (len < PREFIX_LEN) return 0;
   for (i = 0; i < PREFIX_LEN; i++)
-    if (tolower((unsigned char)s[i]) != PREFIX[i]) return 0;
+    if (PREFIX[i] == '\\' ? !model_sep(s[i])
+                           : tolower((unsigned char)s[i]) != PREFIX[i])
+      return 0;
+  return 1;
+}
+
+/* \\server\pipe\ with either separator and a server other than ".". */
+static int model_remote(const char *s, size_t len) {
+  size_t i = 2;
+  if (len < 2 || !model_sep(s[0]) || !model_sep(s[1])) return 0;
+  if (s[0] == '\\' && s[1] == '\\') return 1; /* any \\ name but \\.\pipe\ */
+  while (i < len && !model_sep(s[i])) i++;
+  return i > 2 && i + 6 <= len && strncasecmp(s + i + 1, "pipe", 4) == 0 &&
+         model_sep(s[i + 5]);
+}
+
+/* np_name_problem's contract (README, Linux): NULL when accepted. */
+static int model_name_ok(const char *s, size_t len) {
+  if (memchr(s, '\0', len)) return 0;
+  if (!model_prefix(s, len)) {
+    if (model_remote(s, len)) return 0;
+    return len > 1 && s[0] == '/';
+  }
   s += PREFIX_LEN;
   len -= PREFIX_LEN;
   if (len == 0 || memchr(s, '/', len)) return 0;
@@ -117,7 +139,7 @@ static void check_mapping(const char *name, size_t len, int safe_dir) {
   char *path = (char *)malloc(NP_SUN_PATH); /* exactly: ASan sees overflows */
   if (!path) abort();
 
-  if (name[0] == '/') {
+  if (!model_prefix(name, len)) {
     want_ok = len < NP_SUN_PATH;
     if (want_ok) expect = strdup(name);
   } else {
@@ -151,7 +173,7 @@ static void check_mapping(const char *name, size_t len, int safe_dir) {
   }
 
   check_cached(name, ok, path, &st, 0);
-  if (safe_dir && name[0] != '/') check_cached(name, ok, path, &st, 1);
+  if (safe_dir && model_prefix(name, len)) check_cached(name, ok, path, &st, 1);
 
   /* np_pipe_path into a buffer of every size around the path's length. */
   {
@@ -299,7 +321,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 
   rlen = fz_take(&f, f.n, &rest);
   {
-    static const char *const prefixes[] = {"", PREFIX, "\\\\.\\PiPe\\", "/"};
+    /* (the third: Windows takes either separator, any letter case) */
+    static const char *const prefixes[] = {"", PREFIX, "/\\./PiPe\\", "/"};
     size_t pl = strlen(prefixes[prefix]);
     if (pl + rlen >= sizeof big) rlen = sizeof big - pl - 1;
     memcpy(big, prefixes[prefix], pl);
@@ -326,7 +349,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   L = fz_state();
   /* Absolute socket paths are never created or connected to for real:
    * they could be anywhere in the file system. */
-  if (really_create && model_binding_ok(name, len) && name[0] == '/')
+  if (really_create && model_binding_ok(name, len) && !model_prefix(name, len))
     really_create = 0;
   check_binding(L, lua_gettop(L), name, len, really_create);
   lua_close(L);

@@ -1,0 +1,201 @@
+-- One script, one behaviour: cases where the Linux backend has to work to
+-- do what Windows does by nature.
+local lu = require "luaunit"
+local np = require "namedpipe"
+local H = require "tests.helpers"
+
+TestParity = {}
+
+function TestParity:tearDown() H.settle(2000) end
+
+-- A client that opened before the server's connect(): on Windows its open
+-- connected the instance, so whatever the server does next (no step in
+-- between) already has that client.
+local function client_first(mode)
+  local name = H.name("early")
+  local opts = mode and { pipe_mode = mode } or nil
+  local server = assert(np.create(name, opts))
+  local client = assert(np.open(name, opts))
+  return server, client
+end
+
+function TestParity:test_read_takes_a_client_that_came_before_connect()
+  for _, mode in ipairs { "byte", "message" } do
+    local server, client = client_first(mode)
+    client:write("hi", function() end)
+    local cb, res = H.capture()
+    server:read(cb)
+    H.pump(function() return res.done end, 2000, "the read")
+    lu.assertEquals(res[1], "hi", mode .. ": " .. tostring(res[3]))
+    H.close_all(server, client)
+  end
+end
+
+function TestParity:test_read_into_takes_a_client_that_came_before_connect()
+  local server, client = client_first()
+  client:write("hello", function() end)
+  local buf = np.buffer(16)
+  local cb, res = H.capture()
+  server:read_into(buf, cb)
+  H.pump(function() return res.done end, 2000, "the read_into")
+  lu.assertEquals(res[1], 5, tostring(res[3]))
+  lu.assertEquals(buf:sub(1, 5), "hello")
+  H.close_all(server, client)
+end
+
+function TestParity:test_readable_takes_a_client_that_came_before_connect()
+  local server, client = client_first()
+  client:write("x", function() end)
+  local cb, res = H.capture()
+  server:readable(cb)
+  H.pump(function() return res.done end, 2000, "readable")
+  lu.assertEquals(res[1], true, tostring(res[3]))
+  lu.assertEquals(server:read(nil, 2000), "x")
+  H.close_all(server, client)
+end
+
+function TestParity:test_write_takes_a_client_that_came_before_connect()
+  local server, client = client_first()
+  local cb, res = H.capture()
+  server:write("to you", cb)
+  H.pump(function() return res.done end, 2000, "the write")
+  lu.assertEquals(res[1], 6, tostring(res[3]))
+  lu.assertEquals(client:read(nil, 2000), "to you")
+  H.close_all(server, client)
+end
+
+function TestParity:test_writable_takes_a_client_that_came_before_connect()
+  local server, client = client_first()
+  local cb, res = H.capture()
+  server:writable(cb)
+  H.pump(function() return res.done end, 2000, "writable")
+  lu.assertEquals(res[1], true, tostring(res[3]))
+  H.close_all(server, client)
+end
+
+function TestParity:test_try_read_takes_a_client_that_came_before_connect()
+  local server, client = client_first()
+  client:write("now", function() end)
+  local data, msg = server:try_read()
+  lu.assertEquals(data, "now", msg)
+  H.close_all(server, client)
+end
+
+function TestParity:test_try_write_takes_a_client_that_came_before_connect()
+  local server, client = client_first()
+  local n, msg = server:try_write("now")
+  lu.assertEquals(n, 3, msg)
+  lu.assertEquals(client:read(nil, 2000), "now")
+  H.close_all(server, client)
+end
+
+-- info() reads the instance back: with a client there, the connected
+-- instance, so it says then what it says once connect() has completed.
+function TestParity:test_info_takes_a_client_that_came_before_connect()
+  local name = H.name("early-info")
+  local opts = { out_buffer_size = 8192, in_buffer_size = 8192 }
+  local server = assert(np.create(name, opts))
+  local client = assert(np.open(name))
+  local early = assert(server:info())
+  lu.assertTrue(server:connect(2000))
+  lu.assertEquals(early, assert(server:info()))
+  H.close_all(server, client)
+end
+
+-- The instance still completes its connect() at once afterwards, and a
+-- client that opened before the call is not lost for the next one.
+function TestParity:test_connect_after_an_early_read_completes_at_once()
+  local server, client = client_first()
+  client:write("a", function() end)
+  lu.assertEquals(server:read(nil, 2000), "a")
+  lu.assertEquals(server:state(), "listening")
+  lu.assertTrue(server:connect(2000))
+  lu.assertEquals(server:state(), "connected")
+  H.close_all(server, client)
+end
+
+-- After disconnect() Windows lets no client in until connect() is called
+-- again: a client that arrives meanwhile goes to another instance, and the
+-- disconnected one has none.
+function TestParity:test_a_disconnected_instance_takes_no_client_before_connect()
+  local name = H.name("disc")
+  local a = assert(np.create(name))
+  local c1 = assert(np.open(name))
+  assert(a:connect(2000))
+  assert(a:disconnect())
+  local b = assert(np.create(name))
+  local c2 = assert(np.open(name))
+  c2:write("for b", function() end)
+  local data, _, errname = a:try_read()
+  lu.assertNil(data)
+  lu.assertEquals(errname, "NOT_CONNECTED")
+  local cb, res = H.capture()
+  a:read(cb)
+  H.pump(function() return res.done end, 2000, "a's read")
+  lu.assertNil(res[1])
+  lu.assertEquals(res[3], "NOT_CONNECTED")
+  lu.assertEquals(a:state(), "disconnected")
+  lu.assertEquals(b:read(nil, 2000), "for b")
+  H.close_all(a, b, c1, c2)
+end
+
+-- Windows takes either separator in the \\.\pipe\ prefix: //./pipe/NAME
+-- (or any mix) is the same pipe as \\.\pipe\NAME, never a file path.
+function TestParity:test_the_pipe_prefix_with_either_separator()
+  local name = H.name("sep")
+  local leaf = name:sub(#[[\\.\pipe\]] + 1)
+  local spellings = { "//./pipe/", [[/\.\PIPE/]], [[\/./Pipe\]] }
+  for _, prefix in ipairs(spellings) do
+    local other = prefix .. leaf
+    local server = assert(np.create(other, { first_pipe_instance = true }))
+    local client = assert(np.open(name))
+    assert(server:connect(2000))
+    client:write("via " .. prefix, function() end)
+    lu.assertEquals(server:read(nil, 2000), "via " .. prefix)
+    H.close_all(server, client)
+    -- and the other way round
+    server = assert(np.create(name, { first_pipe_instance = true }))
+    client = assert(np.open(other))
+    assert(server:connect(2000))
+    server:write("back", function() end)
+    lu.assertEquals(client:read(nil, 2000), "back")
+    if PLATFORM == "linux" then -- (Windows hands the name to the OS as given)
+      lu.assertEquals(np.path(other), np.path(name))
+    end
+    H.close_all(server, client)
+  end
+end
+
+-- disconnect() and what was still in the pipe. Windows throws away what
+-- the old client had not read yet. A Unix socket cannot: a send puts the
+-- bytes straight into the receiving socket's queue, and closing the
+-- sending socket takes nothing back from it, so on Linux the old client
+-- reads them, then the end (README, Linux notes). Both ways the old
+-- client's reads end, and the instance's next client sees nothing of the
+-- old one's (what the server had not read of it is gone on both).
+function TestParity:test_disconnect_and_what_the_old_client_had_not_read()
+  local name = H.name("unread")
+  local server = assert(np.create(name, { max_instances = 1 }))
+  local old = assert(np.open(name))
+  assert(server:connect(2000))
+  lu.assertEquals(server:write("for the old client", 2000), 18)
+  lu.assertEquals(old:write("never read by the server", 2000), 24)
+  assert(server:disconnect())
+  local data, _, errname = old:read(nil, 2000)
+  if PLATFORM == "windows" then
+    lu.assertNil(data, "Windows discards what the old client had not read")
+  else
+    lu.assertEquals(data, "for the old client")
+    data, _, errname = old:read(nil, 2000)
+    lu.assertNil(data)
+  end
+  lu.assertEquals(errname, "EOF")
+  local cb, res = H.capture()
+  server:connect(cb)
+  local new = assert(np.open(name))
+  H.pump(function() return res.done end, 2000, "the next client")
+  lu.assertTrue(res[1])
+  new:write("from the new client", function() end)
+  lu.assertEquals(server:read(nil, 2000), "from the new client")
+  H.close_all(server, old, new)
+end

@@ -1,0 +1,264 @@
+-- Linux only: the files a server keeps beside its socket, and the checks
+-- that stop another user from planting them.
+local lu = require "luaunit"
+local np = require "namedpipe"
+local H = require "tests.helpers"
+
+TestUnix = {}
+
+local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+
+-- What a test made outside the build directory, removed however it ends.
+local made = {}
+
+function TestUnix:tearDown()
+  for i = #made, 1, -1 do
+    os.execute("rm -rf " .. q(made[i]))
+    made[i] = nil
+  end
+  H.settle(2000)
+end
+
+local function linux_only()
+  if PLATFORM ~= "linux" then lu.skip("socket and lock files: Linux backend only") end
+end
+
+local function sh(cmd) return os.execute(cmd) == true end
+
+local function exists(path) return sh("test -e " .. q(path) .. " || test -L " .. q(path)) end
+
+local function read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+local function write_file(path, s)
+  local f = assert(io.open(path, "wb"))
+  f:write(s)
+  f:close()
+end
+
+-- A private directory for absolute socket paths (tearDown removes it).
+local function scratch_dir()
+  local dir = os.tmpname()
+  os.remove(dir)
+  assert(sh("mkdir -m 0700 " .. q(dir)))
+  made[#made + 1] = dir
+  return dir
+end
+
+-- /tmp/namedpipe-UID is the user's own: a test may change it only for a
+-- user id nobody else runs as, which takes root (setpriv).
+local function other_user()
+  local p = io.popen("id -u")
+  local uid = p and p:read("l")
+  if p then p:close() end
+  if uid ~= "0" or not sh("command -v setpriv >/dev/null 2>&1") then
+    lu.skip("changes /tmp/namedpipe-UID of a user id of its own: needs root and setpriv")
+  end
+  return 4000000 + math.random(0, 999999)
+end
+
+function TestUnix:test_tmp_directory_others_can_write_to_is_refused()
+  linux_only()
+  local uid = other_user()
+  local dir = "/tmp/namedpipe-" .. uid
+  made[#made + 1] = dir
+  local code = [[
+    local np = require "namedpipe"
+    local s, _, err = np.create(...)
+    local c, _, cerr = np.open(...)
+    print(("create %s, open %s"):format(s and "ok" or err, c and "ok" or cerr))
+  ]]
+  local env = ("env -u NAMEDPIPE_DIR -u XDG_RUNTIME_DIR setpriv --reuid=%d --regid=%d --clear-groups")
+    :format(uid, uid)
+  local function as_user(mode)
+    assert(sh(("rm -rf %s && mkdir -m %s %s && chown %d:%d %s"):format(dir, mode, dir, uid, uid, dir)))
+    local ok, out = H.run_lua_env(env, code, [[\\.\pipe\p]])
+    lu.assertTrue(ok, out)
+    return out:gsub("%s+$", "")
+  end
+  lu.assertEquals(as_user("0700"), "create ok, open ok")
+  lu.assertEquals(as_user("0755"), "create ok, open ok")
+  lu.assertEquals(as_user("0777"), "create ACCESS_DENIED, open ACCESS_DENIED")
+  lu.assertEquals(as_user("0770"), "create ACCESS_DENIED, open ACCESS_DENIED")
+  lu.assertEquals(as_user("1733"), "create ACCESS_DENIED, open ACCESS_DENIED")
+end
+
+-- PATH.lock is opened, locked and written by the server: in a directory
+-- others can write to (an absolute socket path in /tmp, say) it may have
+-- been put there beforehand. Only a plain file of the user's own, with
+-- one name and that nobody else may write to, is taken.
+local function refused_lock(prepare)
+  local dir = scratch_dir()
+  local path = dir .. "/s.sock"
+  prepare(path .. ".lock", dir)
+  local s, msg, errname = np.create(path)
+  if s then s:close() end
+  lu.assertNil(s, "the server took the lock file")
+  lu.assertEquals(errname, "ACCESS_DENIED", msg)
+  lu.assertFalse(exists(path), "a socket was left behind")
+  return path
+end
+
+function TestUnix:test_lock_file_that_is_a_hard_link_is_refused()
+  linux_only()
+  local victim
+  refused_lock(function(lock, dir)
+    victim = dir .. "/precious"
+    write_file(victim, "precious data")
+    assert(sh(("ln %s %s"):format(q(victim), q(lock))))
+  end)
+  lu.assertEquals(read_file(victim), "precious data")
+end
+
+function TestUnix:test_lock_file_that_is_not_a_regular_file_is_refused()
+  linux_only()
+  refused_lock(function(lock) assert(sh("mkfifo -m 0600 " .. q(lock))) end)
+  refused_lock(function(lock) assert(sh("mkdir -m 0700 " .. q(lock))) end)
+end
+
+function TestUnix:test_lock_file_others_may_write_to_is_refused()
+  linux_only()
+  for _, mode in ipairs { "0666", "0620" } do
+    refused_lock(function(lock)
+      write_file(lock, "")
+      assert(sh(("chmod %s %s"):format(mode, q(lock))))
+    end)
+  end
+end
+
+function TestUnix:test_lock_file_of_another_user_is_refused()
+  linux_only()
+  local uid = other_user()
+  refused_lock(function(lock)
+    write_file(lock, "")
+    assert(sh(("chmod 0644 %s && chown %d %s"):format(q(lock), uid, q(lock))))
+  end)
+end
+
+-- A lock file a dead server of this user left (mode as a server makes it)
+-- is taken over as before.
+function TestUnix:test_stale_lock_file_of_our_own_is_taken()
+  linux_only()
+  local dir = scratch_dir()
+  local path = dir .. "/s.sock"
+  write_file(path .. ".lock", "namedpipe=1 type=byte max=255 inbound=1 outbound=1\n")
+  assert(sh("chmod 0600 " .. q(path .. ".lock")))
+  local s = assert(np.create(path, { first_pipe_instance = true }))
+  local c = assert(np.open(path))
+  assert(s:connect(2000))
+  H.close_all(s, c)
+  lu.assertFalse(exists(path .. ".lock"))
+end
+
+-- Windows removes a pipe with the process that made it, however it ends.
+-- Here the socket and its lock file are files: a process that ends without
+-- closing its Lua state (os.exit) removes them on its way out all the same.
+local function files_left(dir)
+  local p = io.popen("ls -A " .. q(dir))
+  local names = {}
+  for line in p:lines() do names[#names + 1] = line end
+  p:close()
+  return table.concat(names, " ")
+end
+
+local ENDINGS = {
+  { "os.exit(0)", "os.exit(0)" },
+  { "os.exit(false)", "os.exit(false)" },
+  { "os.exit(3)", "os.exit(3)" },
+  { "an uncaught error", "error('the script dies')" },
+  { "os.exit(true, true)", "os.exit(true, true)" },
+  { "the end of the script", "" },
+}
+
+function TestUnix:test_files_go_with_the_process_however_it_exits()
+  linux_only()
+  local left = {}
+  for _, e in ipairs(ENDINGS) do
+    local what, ending = e[1], e[2]
+    local dir = scratch_dir()
+    local ok, out = H.run_lua(([[
+      local np = require "namedpipe"
+      local dir = ...
+      S1 = assert(np.create(dir .. "/byte.sock"))
+      S2 = assert(np.create(dir .. "/byte.sock"))
+      S3 = assert(np.create(dir .. "/msg.sock", { pipe_mode = "message" }))
+      C = assert(np.open(dir .. "/msg.sock"))
+      assert(S3:connect(2000))
+      io.write(#io.popen("ls -A '" .. dir .. "'"):read("a") > 0 and "made " or "none ")
+      %s
+    ]]):format(ending), dir)
+    lu.assertStrContains(out, "made", false, what .. ": " .. out)
+    if files_left(dir) ~= "" then
+      left[#left + 1] = ("%s left %s (%s)"):format(what, files_left(dir), out)
+    end
+  end
+  lu.assertEquals(left, {})
+end
+
+-- \\.\pipe\ names too (their directory stays: it is shared by the user's
+-- pipes).
+function TestUnix:test_pipe_name_files_go_with_the_process()
+  linux_only()
+  local dir = scratch_dir()
+  local ok, out = H.run_lua_env("NAMEDPIPE_DIR=" .. q(dir), [==[
+    local np = require "namedpipe"
+    S = assert(np.create([[\\.\pipe\one]]))
+    os.exit(0)
+  ]==])
+  lu.assertTrue(ok, out)
+  lu.assertEquals(files_left(dir), "")
+end
+
+-- A process killed outright (SIGKILL) runs nothing on its way out: its
+-- files stay until the next server of that name, which takes them over.
+function TestUnix:test_files_of_a_killed_server_are_taken_over()
+  linux_only()
+  local dir = scratch_dir()
+  local path = dir .. "/killed.sock"
+  H.run_lua([[
+    local np = require "namedpipe"
+    S = assert(np.create(...))
+    os.execute("kill -KILL $PPID") -- the shell's parent: this interpreter
+    os.exit(0)
+  ]], path)
+  lu.assertEquals(files_left(dir), "killed.sock killed.sock.lock")
+  local s = assert(np.create(path, { first_pipe_instance = true }))
+  local c = assert(np.open(path))
+  assert(s:connect(2000))
+  H.close_all(s, c)
+  lu.assertEquals(files_left(dir), "")
+end
+
+-- Several Lua states on several threads, and fork()ed children: the C host
+-- of tests/c/multi_state.c (built by make test-linux), see its header.
+local function multi_state(mode)
+  local build = os.getenv("NP_BUILD_DIR")
+  local exe = (REPO_ROOT or ".") .. "/" ..
+    (build and build:match("asan") and "build/asan/multi_state" or "build/multistate/multi_state")
+  if not sh("test -x " .. q(exe)) then lu.skip(exe .. " is not built (make multistate)") end
+  local dir = scratch_dir()
+  local out = dir .. ".out"
+  made[#made + 1] = out
+  local ok = sh(("timeout -k 5 60 %s %s %s > %s 2>&1"):format(q(exe), mode, q(dir), q(out)))
+  return ok, read_file(out) or "", dir
+end
+
+function TestUnix:test_exit_with_states_stepping_on_threads_removes_every_file()
+  linux_only()
+  local ok, out, dir = multi_state("exit")
+  lu.assertTrue(ok, out)
+  lu.assertEquals(files_left(dir), "")
+end
+
+function TestUnix:test_a_forked_child_leaves_its_parents_files()
+  linux_only()
+  local ok, out, dir = multi_state("fork")
+  lu.assertTrue(ok, out)
+  lu.assertStrContains(out, "fork: ok")
+  lu.assertEquals(files_left(dir), "")
+end
