@@ -47,6 +47,10 @@ local step = M.step
 
 M.spawn = task.spawn
 
+--- np.timeout(): milliseconds until the next timer is due, or nil (for a
+--- host loop's own timer; np.fd() is the descriptor to poll).
+M.timeout = task.next_timer
+
 function M.sleep(ms)
   if math.type(ms) == nil or not (ms >= 0) then
     error("bad argument #1 to 'sleep' (milliseconds >= 0 expected)", 2)

@@ -695,6 +695,8 @@ static int raw_set_task_work(lua_State *L) {
   lu->has_timer = lua_type(L, 2) == LUA_TNUMBER;
   lu->timer_at = lu->has_timer ? lua_tonumber(L, 2) : 0;
   lu->task_work = lu->soon_work || lu->has_timer;
+  if (lu->loop)
+    np_loop_host_sync(lu->loop, lu->soon_work, lu->has_timer, lu->timer_at);
   return 0;
 }
 
@@ -929,6 +931,7 @@ static int step_loop(lua_State *L, loop_ud *lu) {
   ready = np_loop_wait(loop, timeout, &st);
   if (ready < 0) return push_status(L, &st);
   if (ready == 0) {
+    np_loop_host_sync(loop, lu->soon_work, lu->has_timer, lu->timer_at);
     lua_pushinteger(L, 0);
     return 1;
   }
@@ -1020,6 +1023,7 @@ static int step_loop(lua_State *L, loop_ud *lu) {
       lua_pop(L, nargs);
     settle_held(L, lu, anchors);
   }
+  np_loop_host_sync(loop, lu->soon_work, lu->has_timer, lu->timer_at);
   lua_pushinteger(L, dispatched);
   return 1;
 }
@@ -1063,6 +1067,20 @@ static int l_stats(lua_State *L) {
   lua_setfield(L, -2, "outstanding");
   lua_pushinteger(L, st.os_handles);
   lua_setfield(L, -2, "os_handles");
+  return 1;
+}
+
+/* np.fd(): the descriptor a host polls (np.h, np_loop_host_fd), or nil
+ * where there is none (Windows). */
+static int l_fd(lua_State *L) {
+  np_status st;
+  int fd = np_loop_host_fd(check_loop(L), &st);
+  if (fd == -2) {
+    lua_pushnil(L);
+    return 1;
+  }
+  if (fd < 0) return push_status(L, &st);
+  lua_pushinteger(L, fd);
   return 1;
 }
 
@@ -1176,6 +1194,7 @@ static const luaL_Reg module_funcs[] = {{"create", l_create},
                                         {"path", l_path},
                                         {"stats", l_stats},
                                         {"now", l_now},
+                                        {"fd", l_fd},
                                         {NULL, NULL}};
 
 /* The loop is created once per Lua state and kept in the registry; its __gc

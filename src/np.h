@@ -196,6 +196,19 @@ void np_loop_stats(const np_loop *loop, np_stats *stats);
 /* Monotonic milliseconds. */
 double np_now_ms(void);
 
+/* Host loops (np.fd): a descriptor that polls readable whenever a step
+ * has work (a completion ready, the Lua layer's work, a timer due) and
+ * stops once a step has done it; made on the first call. -1 with *st on
+ * failure; -2 where the platform has none (Windows: a completion port
+ * cannot be waited on with the host's own waits). */
+int np_loop_host_fd(np_loop *loop, np_status *st);
+/* The binding tells the host descriptor after each step and whenever the
+ * Lua layer's work changes: work (something queued for the next step) and
+ * the next timer's deadline (np_now_ms time), if has_timer. Nothing until
+ * np_loop_host_fd was called. */
+void np_loop_host_sync(np_loop *loop, int work, int has_timer,
+                       double timer_at);
+
 /* ---- pipes ---- */
 /* NULL if the platform accepts this pipe name, else what is wrong with it,
  * for the binding's argument error. Windows: \\.\pipe\NAME or

@@ -194,3 +194,51 @@ function TestPeer:test_transact_when_the_server_is_gone()
   lu.assertTrue(errname == "BROKEN_PIPE" or errname == "EOF", errname)
   H.close_all(client)
 end
+
+function TestPeer:test_transact_with_a_message_waiting_is_busy()
+  local server, client = H.pair({ pipe_mode = "message" }, { pipe_mode = "message" })
+  assert(server:write("unasked", 2000))
+  H.pump(function() return client:peek().available > 0 end, 5000, "the message")
+  local r, _, errname = client:transact("question", 2000)
+  lu.assertNil(r)
+  lu.assertEquals(errname, "PIPE_BUSY")
+  lu.assertEquals(client:read(nil, 2000), "unasked")
+  H.close_all(server, client)
+end
+
+-- A transact cancelled while its request waits behind a full pipe ends
+-- CANCELLED; its request string may be collected at once, and the pipe
+-- goes on (under ASan this would catch a request still pointed at).
+function TestPeer:test_transact_cancelled_while_its_request_waits()
+  local server, client = H.pair({ pipe_mode = "message", in_buffer_size = 4096, out_buffer_size = 4096 },
+                                { pipe_mode = "message" })
+  local block, queued = string.rep("q", 3000), 0
+  for _ = 1, 400 do -- more than any send buffer holds: the last ones wait
+    client:write(block, function() end)
+    queued = queued + 1
+  end
+  local got
+  do
+    client:transact(string.rep("r", 5000), function(...) got = table.pack(...) end)
+  end
+  np.step(0)
+  client:cancel("transact")
+  collectgarbage()
+  collectgarbage()
+  H.pump(function() return got ~= nil end, 5000, "the transact's end")
+  lu.assertEquals(got[3], "CANCELLED")
+  -- the server drains; every block is whole, and the pipe still works
+  local seen = 0
+  while seen < queued do
+    local m = server:read(nil, 5000)
+    lu.assertNotNil(m)
+    if m == block then seen = seen + 1 else lu.assertEquals(m, string.rep("r", 5000)) end
+  end
+  assert(client:write("after", 2000))
+  local m = server:read(nil, 2000)
+  if m ~= "after" then -- Windows may have sent the request before the cancel
+    lu.assertEquals(m, string.rep("r", 5000))
+    lu.assertEquals(server:read(nil, 2000), "after")
+  end
+  H.close_all(server, client)
+end

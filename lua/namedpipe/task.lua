@@ -131,6 +131,14 @@ function T.wait_budget(wait)
   return wait
 end
 
+--- Milliseconds until the earliest timer is due (0 if it is), or nil.
+function T.next_timer()
+  local first = timers[1]
+  if not first then return nil end
+  local left = first.at - now()
+  return left > 0 and left or 0
+end
+
 --- Anything left that needs the loop: live tasks, timers or queued work.
 function T.busy()
   return live > 0 or #timers > 0 or #soon > 0

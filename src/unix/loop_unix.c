@@ -125,6 +125,8 @@ np_loop *np_loop_new(np_status *st) {
     np_status_errno(st, NP_NO_MEMORY, ENOMEM);
     return NULL;
   }
+  loop->host_efd = loop->host_tfd = -1;
+  loop->host_timer_at = -1;
   loop->epfd = epoll_create1(EPOLL_CLOEXEC);
   if (loop->epfd < 0) {
     np_status_errno(st, np_errno_err(errno), errno);
@@ -162,8 +164,17 @@ static void dispatch(const struct epoll_event *ev) {
   np_watch *w = (np_watch *)ev->data.ptr;
   if (*w == NP_WATCH_PIPE)
     np_pipe_on_event((np_pipe *)w, ev->events);
-  else
+  else if (*w == NP_WATCH_LISTENER)
     np_listener_on_event((np_listener *)w);
+  /* NP_WATCH_HOST: the step itself is what it announced */
+}
+
+/* Take what epoll holds now, without waiting: how many events. */
+int np_loop_poll_now(np_loop *loop) {
+  struct epoll_event evs[64];
+  int i, n = epoll_wait(loop->epfd, evs, (int)(sizeof evs / sizeof evs[0]), 0);
+  for (i = 0; i < n; i++) dispatch(&evs[i]);
+  return n < 0 ? 0 : n;
 }
 
 int np_loop_wait(np_loop *loop, int timeout_ms, np_status *st) {
@@ -175,7 +186,10 @@ int np_loop_wait(np_loop *loop, int timeout_ms, np_status *st) {
    * reported until a step that has something waiting (edge-triggered
    * events stay queued; a connect() accepts at once). As the Windows
    * backend skips its port. */
-  if (timeout_ms == 0 && loop->outstanding == 0 && loop->ready_count == 0) {
+  if (loop->hosted) np_host_wait_begins(loop);
+  /* (A host polls the epoll descriptor: what it holds must be taken.) */
+  if (timeout_ms == 0 && loop->outstanding == 0 && loop->ready_count == 0 &&
+      !loop->hosted) {
     if (loop->plugs_wanted) np_listener_plug_deferred(loop);
     return 0;
   }
@@ -235,10 +249,14 @@ int np_loop_peek(np_loop *loop, np_completion *c) {
   c->user = r->pipe->user;
   c->op = r->op;
   c->status = r->status;
-  c->data = r->op != NP_OP_READ || r->status.err != NP_OK ? NULL
-            : r->ext                                       ? r->ext
-                                                           : r->buf.data;
-  c->len = r->op == NP_OP_READ ? r->len : r->op == NP_OP_WRITE ? r->wdone : 0;
+  c->data = (r->op != NP_OP_READ && r->op != NP_OP_TRANSACT) ||
+                    r->status.err != NP_OK
+                ? NULL
+            : r->ext ? r->ext
+                     : r->buf.data;
+  c->len = r->op == NP_OP_READ || r->op == NP_OP_TRANSACT ? r->len
+           : r->op == NP_OP_WRITE                         ? r->wdone
+                                                          : 0;
   c->more = r->more;
   c->ref_cb = r->ref_cb;
   c->ref_data = r->ref_data;
@@ -328,10 +346,15 @@ static void write_req_release(np_loop *loop, np_req *r) {
  * of the pipe's pending slot or write queue. */
 void np_req_ready(np_req *r, np_err err, long code) {
   np_loop *loop = r->pipe->loop;
+  if (r->transact) { /* not the caller's: its transact is told instead */
+    np_transact_sent(r, err, code);
+    return;
+  }
   r->status.err = err;
   r->status.code = code;
   r->state = REQ_READY;
   r->next = NULL;
+  if (loop->hosted) np_host_ready(loop);
   if (loop->ready_tail)
     loop->ready_tail->next = r;
   else
@@ -346,6 +369,15 @@ static void write_unlink(np_pipe *p, np_req *r) {
   else
     p->writes = r->wnext;
   if (r->wnext) r->wnext->wprev = r->wprev;
+}
+
+void np_write_req_drop(np_pipe *p, np_req *r) {
+  p->busy[NP_OP_WRITE]--;
+  p->outstanding--;
+  p->loop->outstanding--;
+  write_unlink(p, r);
+  write_req_release(p->loop, r);
+  if (p->busy[NP_OP_WRITE] == 0 && !p->closed) np_pipe_writes_released(p);
 }
 
 void np_completion_done(np_loop *loop, np_completion *c) {
@@ -405,6 +437,7 @@ int np_loop_close(np_loop *loop) {
   while (loop->n_free_rbufs > 0) free(loop->free_rbufs[--loop->n_free_rbufs]);
   if (loop->spill) munmap(loop->spill, loop->spill_size);
   np_dir_cache_free(loop);
+  np_host_close(loop);
   close(loop->epfd);
   free(loop);
   return 1; /* sockets copy: the kernel never holds our memory */

@@ -53,7 +53,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pwd.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -216,10 +218,27 @@ static void finish_pending(np_pipe *p, np_op op, np_err err, long code) {
   if (op == NP_OP_CONNECT && (r = p->pending_connect) != NULL) {
     p->pending_connect = NULL;
     np_req_ready(r, err, code);
-  } else if ((op == NP_OP_READ || op == NP_OP_READABLE) &&
+  } else if ((op == NP_OP_READ || op == NP_OP_READABLE ||
+              op == NP_OP_TRANSACT) &&
              (r = p->pending_read) != NULL) {
     p->pending_read = NULL;
     np_req_ready(r, err, code);
+  } else if ((op == NP_OP_READ || op == NP_OP_READABLE ||
+              op == NP_OP_TRANSACT) &&
+             p->transact_write) {
+    /* its request has not gone: it never will (a message goes whole or
+     * not at all), and the caller may let its bytes go */
+    np_req **pp = &p->wq_head, *w = p->transact_write;
+    while (*pp != w) pp = &(*pp)->next;
+    *pp = w->next;
+    if (p->wq_tail == w) {
+      np_req *t = p->wq_head;
+      while (t && t->next) t = t->next;
+      p->wq_tail = t;
+    }
+    p->transact_write = NULL;
+    np_write_req_drop(p, w);
+    np_req_ready(&p->read_req, err, code);
   } else if (op == NP_OP_WRITABLE && (r = p->pending_writable) != NULL) {
     p->pending_writable = NULL;
     np_req_ready(r, err, code);
@@ -383,6 +402,9 @@ np_pipe *np_client_open(np_loop *loop, const char *name,
 /* ------------------------------------------------------------ accessors */
 
 void np_pipe_set_user(np_pipe *p, void *user) { p->user = user; }
+np_mode np_pipe_read_mode(const np_pipe *p) {
+  return p->read_message ? NP_MODE_MESSAGE : NP_MODE_BYTE;
+}
 int np_pipe_is_server(const np_pipe *p) { return p->is_server; }
 np_state np_pipe_state(const np_pipe *p) { return p->state; }
 const char *np_pipe_name(const np_pipe *p) { return p->name; }
@@ -390,7 +412,10 @@ const char *np_pipe_name(const np_pipe *p) { return p->name; }
 int np_pipe_busy(const np_pipe *p, np_op op) {
   switch (op) {
     case NP_OP_READ:
-    case NP_OP_READABLE: return p->busy[NP_OP_READ] + p->busy[NP_OP_READABLE];
+    case NP_OP_READABLE:
+    case NP_OP_TRANSACT:
+      return p->busy[NP_OP_READ] + p->busy[NP_OP_READABLE] +
+             p->busy[NP_OP_TRANSACT];
     case NP_OP_CONNECT:
     case NP_OP_WRITE:
     case NP_OP_WRITABLE: return p->busy[op];
@@ -439,7 +464,7 @@ static int read_may_succeed(const np_pipe *p) {
  * holding one would be reported at every wait and never found readable
  * (a busy loop); readable() waits edge-triggered (np_readable_start). */
 static void wait_level(np_pipe *p) {
-  if (!p->level && p->pending_read && p->pending_read->op == NP_OP_READ)
+  if (!p->level && p->pending_read && p->pending_read->op != NP_OP_READABLE)
     set_mask(p, 1, p->out_armed);
 }
 
@@ -1374,4 +1399,124 @@ void np_pipe_close(np_pipe *p) {
   finish_all(p, NP_CLOSED, 0);
   np_pipe_detach(p);
   if (p->outstanding == 0) np_pipe_free(p);
+}
+
+/* ------------------------------------------------------------- transact */
+
+/* A write of the request, then a read of one message, as one operation.
+ * The read waits until the request went (a message goes whole or not at
+ * all), so the reply is what the peer sent after it, and the request's
+ * bytes are never pointed at once the transact has ended. As on Windows,
+ * a message already waiting to be read makes it fail (PIPE_BUSY). */
+void np_transact_start(np_pipe *p, const char *data, size_t len, int ref_cb,
+                       int ref_data) {
+  np_req *r = &p->read_req, *w;
+  np_status st;
+  if (r->state != REQ_IDLE) return; /* the binding checks np_pipe_busy */
+  np_req_start(p, r, NP_OP_TRANSACT, ref_cb, ref_data);
+  if (!io_allowed(p, NP_OP_READ, &st) || !io_allowed(p, NP_OP_WRITE, &st)) {
+    np_req_ready(r, st.err, st.code);
+    return;
+  }
+  if (p->sock_type != SOCK_SEQPACKET) { /* the binding checks the mode */
+    np_req_ready(r, NP_INVALID_ARGUMENT, EINVAL);
+    return;
+  }
+  if (p->rest_len > 0 || next_message_size(p, &st) >= 0) {
+    np_req_ready(r, NP_PIPE_BUSY, EBUSY);
+    return;
+  }
+  if (!(w = np_write_req_new(p->loop))) {
+    np_req_ready(r, NP_NO_MEMORY, ENOMEM);
+    return;
+  }
+  w->wnext = p->writes;
+  if (p->writes) p->writes->wprev = w;
+  p->writes = w;
+  np_req_start(p, w, NP_OP_WRITE, NP_NOREF, NP_NOREF);
+  w->transact = 1;
+  w->wdata = data;
+  w->wlen = len;
+  p->transact_write = w;
+  if (p->wq_tail)
+    p->wq_tail->next = w;
+  else
+    p->wq_head = w;
+  p->wq_tail = w;
+  if (p->wq_head == w) pump_writes(p);
+}
+
+void np_transact_sent(np_req *w, np_err err, long code) {
+  np_pipe *p = w->pipe;
+  np_req *r = &p->read_req;
+  p->transact_write = NULL;
+  np_write_req_drop(p, w);
+  if (err != NP_OK) {
+    np_req_ready(r, err, code);
+    return;
+  }
+  p->pending_read = r;
+  if (read_may_succeed(p)) pump_read(p); /* else epoll will tell */
+  wait_level(p);
+}
+
+/* ------------------------------------------------------- the other end */
+
+static int peer_cred(np_pipe *p, struct ucred *cred, np_status *st) {
+  socklen_t len = sizeof *cred;
+  if (!io_allowed(p, NP_OP_CONNECT, st)) return 0;
+  if (getsockopt(p->fd, SOL_SOCKET, SO_PEERCRED, cred, &len) != 0) {
+    np_status_errno(st, np_errno_err(errno), errno);
+    return 0;
+  }
+  return 1;
+}
+
+int np_pipe_peer(np_pipe *p, np_peer *peer, np_status *st) {
+  struct ucred cred;
+  if (!peer_cred(p, &cred, st)) return 0;
+  peer->pid = (long)cred.pid;
+  peer->session = -1;
+  peer->uid = (long)cred.uid;
+  peer->gid = (long)cred.gid;
+  return 1;
+}
+
+int np_pipe_peer_user(np_pipe *p, char *user, size_t user_size, char *id,
+                      size_t id_size, np_status *st) {
+  struct ucred cred;
+  struct passwd pw, *found = NULL;
+  char buf[4096];
+  if (!peer_cred(p, &cred, st)) return 0;
+  snprintf(id, id_size, "%lu", (unsigned long)cred.uid);
+  /* an account with no name (a container's uid): the number says who */
+  if (getpwuid_r(cred.uid, &pw, buf, sizeof buf, &found) != 0 || !found)
+    snprintf(user, user_size, "%s", id);
+  else
+    snprintf(user, user_size, "%s", pw.pw_name);
+  return 1;
+}
+
+/* Bytes queued (FIONREAD counts every queued message of a message socket
+ * too) and what a read(n) left of a message; the next message's size from
+ * a peek that takes nothing. */
+int np_pipe_peek(np_pipe *p, np_peek *peek, np_status *st) {
+  int queued = 0;
+  if (!io_allowed(p, NP_OP_READ, st)) return 0;
+  if (ioctl(p->fd, FIONREAD, &queued) != 0) {
+    np_status_errno(st, np_errno_err(errno), errno);
+    return 0;
+  }
+  peek->available = (size_t)(queued > 0 ? queued : 0) + p->rest_len;
+  peek->message = -1;
+  if (p->read_message) {
+    if (p->rest_len > 0) {
+      peek->message = (long long)p->rest_len;
+    } else {
+      np_status ignored;
+      ssize_t n = next_message_size(p, &ignored);
+      if (n >= 0) peek->message = n;
+    }
+  }
+  return 1;
 }

@@ -51,7 +51,11 @@
 #define NP_KEEP_READ_BUFFER (1u << 20)
 
 /* What an epoll_event's data.ptr points at: both blocks start with this. */
-typedef enum np_watch { NP_WATCH_PIPE = 1, NP_WATCH_LISTENER } np_watch;
+typedef enum np_watch {
+  NP_WATCH_PIPE = 1,
+  NP_WATCH_LISTENER,
+  NP_WATCH_HOST /* host_unix.c: the descriptors behind np.fd() */
+} np_watch;
 
 typedef struct np_listener np_listener;
 
@@ -92,6 +96,9 @@ typedef struct np_req {
   char *ext;
   /* a read that finished at its start (counted in loop->eager_ready) */
   int eager;
+  /* a transact's request (np_transact_start): finished by np_transact_sent,
+   * never handed out */
+  int transact;
 } np_req;
 
 struct np_pipe {
@@ -146,7 +153,10 @@ struct np_pipe {
   np_req *pending_connect, *pending_read, *pending_writable;
   np_req *wq_head, *wq_tail; /* writes not yet fully sent */
   np_req *writes;            /* every allocated write */
-  int busy[NP_OP_WRITABLE + 1]; /* by np_op: started, not released */
+  int busy[NP_OP_TRANSACT + 1]; /* by np_op: started, not released */
+  /* transact: its request, a write of ours that no completion tells of,
+   * while it waits in the write queue (the reply is read once it went) */
+  np_req *transact_write;
   size_t outstanding;           /* sum of busy[] */
 
   /* message pipes: what is left of a message a read(n) took part of */
@@ -175,6 +185,11 @@ typedef struct np_dir_cache {
 
 struct np_loop {
   int epfd;
+  /* np.fd() (host_unix.c): an eventfd for work ready and a timerfd for the
+   * next timer, both in the epoll set; -1 (and hosted 0) until asked for. */
+  int hosted, host_efd, host_tfd;
+  int host_signalled;     /* host_efd holds a count */
+  double host_timer_at;   /* what host_tfd is armed for (np_now_ms), or -1 */
   np_req *ready_head, *ready_tail;
   size_t ready_count;
   size_t outstanding; /* requests started and not released, all pipes */
@@ -209,8 +224,21 @@ int np_buf_reserve(np_buf *b, size_t n);
 void np_read_buf_take(np_loop *loop, np_buf *b);
 void np_req_start(np_pipe *p, np_req *r, np_op op, int ref_cb, int ref_data);
 void np_req_ready(np_req *r, np_err err, long code);
+/* host_unix.c: a completion is ready outside a step's wait (tell the
+ * host), a step's wait begins (its count is taken), the loop closes. */
+void np_host_ready(np_loop *loop);
+void np_host_wait_begins(np_loop *loop);
+void np_host_close(np_loop *loop);
+/* loop_unix.c: one epoll_wait that does not wait, its events dispatched. */
+int np_loop_poll_now(np_loop *loop);
 void np_pipe_free(np_pipe *p);
 np_req *np_write_req_new(np_loop *loop);
+/* A write request that never reaches the ready queue, let go (a
+ * transact's request). */
+void np_write_req_drop(np_pipe *p, np_req *r);
+/* pipe_unix.c: a transact's request went (NP_OK: read the reply) or
+ * failed (the transact ends so). */
+void np_transact_sent(np_req *w, np_err err, long code);
 int np_watch_add(np_loop *loop, int fd, uint32_t events, void *ptr);
 int np_watch_mod(np_loop *loop, int fd, uint32_t events, void *ptr);
 void np_watch_del(np_loop *loop, int fd);
