@@ -7,6 +7,9 @@
 #   make test-windows  run tests/run.lua with lua.exe under Wine (tools/wine-run.sh)
 #   make test          deps + both suites; last line: total "N passed, N failed, N skipped"
 #   make demo          examples/demo.lua on Linux and under Wine
+#   make rock          build/rock/namedpipe-V-R.src.rock from this checkout (tools/rock.sh)
+#   make rock-check    LuaRocks installs that rock natively and cross-built for
+#                      Windows, and both trees are run (tools/rock-check.sh)
 #   make clean         remove the module builds (keeps build/winlua, the wine prefix)
 #   make distclean     remove all of build/
 #
@@ -58,7 +61,8 @@ $(file >$(WIN_STAMP),$(WIN_SIG))
 endif
 endif
 
-.PHONY: all deps linux windows test test-linux test-windows demo clean distclean check check-asan check-valgrind soak
+.PHONY: all deps linux windows test test-linux test-windows demo clean distclean check check-asan check-valgrind soak \
+        rock rock-check
 
 all: linux windows
 
@@ -144,6 +148,16 @@ bench:
 
 bench-quick:
 	MAKE="$(MAKE)" bench/run.sh --quick $(BENCHARGS)
+
+# ---------------------------------------------------------------- packaging
+# The source rock from this checkout, and the proof that LuaRocks builds it:
+# natively into a new tree, and cross-built for Windows with mingw-w64 (run
+# under Wine). `make test` runs rock-check as a gate.
+rock:
+	tools/rock.sh
+
+rock-check: deps
+	tools/rock-check.sh
 
 # ---------------------------------------------------------------- fuzzing
 # libFuzzer targets over the Linux sources (tests/fuzz/), built with clang:
