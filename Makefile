@@ -24,7 +24,10 @@ WIN_CC   ?= x86_64-w64-mingw32-gcc
 LUA_CFLAGS = $(shell pkg-config --cflags lua5.4 2>/dev/null || echo -I/usr/include/lua5.4)
 
 LINUX_CFLAGS ?= -O2 -g -Wall -Wextra -Werror -fPIC -shared
-WIN_CFLAGS   ?= -O2 -Wall -Wextra -Werror -shared
+# The Windows sources are strict C99 (no GCC extensions), as MSVC builds
+# them too; _WIN32_WINNT as the rockspec sets it (Vista: CancelIoEx,
+# GetQueuedCompletionStatusEx).
+WIN_CFLAGS   ?= -O2 -std=c99 -pedantic -Wall -Wextra -Werror -D_WIN32_WINNT=0x0600 -shared
 EXTRA_CFLAGS ?=
 LINUX_LIBS   ?=
 WIN_LIBS     ?= -lkernel32 -ladvapi32 -lntdll
