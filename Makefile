@@ -6,7 +6,7 @@
 #   make test-linux    run tests/run.lua with lua5.4
 #   make test-windows  run tests/run.lua with lua.exe under Wine (tools/wine-run.sh)
 #   make test          deps + both suites; last line: total "N passed, N failed, N skipped"
-#   make demo          examples/demo.lua on Linux and under Wine
+#   make demo          deps, then examples/demo.lua on Linux and under Wine
 #   make rock          build/rock/namedpipe-V-R.src.rock from this checkout (tools/rock.sh)
 #   make rock-check    LuaRocks installs that rock natively and cross-built for
 #                      Windows, and both trees are run (tools/rock-check.sh)
@@ -97,7 +97,9 @@ test-windows: windows multistate-windows
 test: deps
 	MAKE="$(MAKE)" tools/test-all.sh
 
-demo: linux windows
+# deps first (a fresh machine has no compiler yet), then the builds
+demo: deps
+	$(MAKE) --no-print-directory linux windows
 	LUA_PATH_5_4='lua/?.lua;lua/?/init.lua;;' LUA_CPATH_5_4='build/linux/?.so;;' \
 	  lua5.4 examples/demo.lua
 	tools/wine-run.sh $(WIN_LUA) examples/demo.lua
