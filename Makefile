@@ -10,6 +10,8 @@
 #   make rock          build/rock/namedpipe-V-R.src.rock from this checkout (tools/rock.sh)
 #   make rock-check    LuaRocks installs that rock natively and cross-built for
 #                      Windows, and both trees are run (tools/rock-check.sh)
+#   make lint          luacheck (.luacheckrc) over examples/ bench/ tools/ library/
+#                      and the packaging tests; LINT_PATHS=... for others
 #   make clean         remove the module builds (keeps build/winlua, the wine prefix)
 #   make distclean     remove all of build/
 #
@@ -65,7 +67,7 @@ endif
 endif
 
 .PHONY: all deps linux windows test test-linux test-windows demo clean distclean check check-asan check-valgrind soak \
-        rock rock-check
+        rock rock-check lint lint-deps
 
 all: linux windows
 
@@ -142,8 +144,8 @@ clean:
 distclean:
 	rm -rf build
 
-# Benchmarks (issue 6, bench/run.sh): namedpipe against plain C (and luv on
-# Linux), one table per platform. `make bench` takes a few minutes;
+# Benchmarks (bench/run.sh, bench/README.md): namedpipe against plain C (and
+# luv on Linux), one table per platform. `make bench` takes a few minutes;
 # `make bench-quick` is the smoke run (tiny sizes, bytes checked, no timing
 # asserted). Options: BENCHARGS="--runs 3 --platform linux --only churn".
 BENCHARGS ?=
@@ -163,6 +165,15 @@ rock:
 
 rock-check: deps
 	tools/rock-check.sh
+
+# luacheck (Debian lua-check) with .luacheckrc. lua/ and tests/ are not in
+# the default set yet: `make lint LINT_PATHS="lua tests"` shows theirs.
+LINT_PATHS ?= examples bench tools library tests/test_meta.lua tests/test_version.lua .luacheckrc
+lint: lint-deps
+	luacheck $(LINT_PATHS)
+
+lint-deps:
+	@command -v luacheck >/dev/null || NP_EXTRA_PACKAGES="lua-check" tools/deps.sh
 
 # ---------------------------------------------------------------- fuzzing
 # libFuzzer targets over the Linux sources (tests/fuzz/), built with clang:
