@@ -6,7 +6,12 @@
 #   make test-linux    run tests/run.lua with lua5.4
 #   make test-windows  run tests/run.lua with lua.exe under Wine (tools/wine-run.sh)
 #   make test          deps + both suites; last line: total "N passed, N failed, N skipped"
-#   make demo          examples/demo.lua on Linux and under Wine
+#   make demo          deps, then examples/demo.lua on Linux and under Wine
+#   make rock          build/rock/namedpipe-V-R.src.rock from this checkout (tools/rock.sh)
+#   make rock-check    LuaRocks installs that rock natively and cross-built for
+#                      Windows, and both trees are run (tools/rock-check.sh)
+#   make lint          luacheck (.luacheckrc) over examples/ bench/ tools/ library/
+#                      and the packaging tests; LINT_PATHS=... for others
 #   make clean         remove the module builds (keeps build/winlua, the wine prefix)
 #   make distclean     remove all of build/
 #
@@ -21,7 +26,10 @@ WIN_CC   ?= x86_64-w64-mingw32-gcc
 LUA_CFLAGS = $(shell pkg-config --cflags lua5.4 2>/dev/null || echo -I/usr/include/lua5.4)
 
 LINUX_CFLAGS ?= -O2 -g -Wall -Wextra -Werror -fPIC -shared
-WIN_CFLAGS   ?= -O2 -Wall -Wextra -Werror -shared
+# The Windows sources are strict C99 (no GCC extensions), as MSVC builds
+# them too; _WIN32_WINNT as the rockspec sets it (Vista: CancelIoEx,
+# GetQueuedCompletionStatusEx).
+WIN_CFLAGS   ?= -O2 -std=c99 -pedantic -Wall -Wextra -Werror -D_WIN32_WINNT=0x0600 -shared
 EXTRA_CFLAGS ?=
 LINUX_LIBS   ?=
 WIN_LIBS     ?= -lkernel32 -ladvapi32 -lntdll
@@ -58,7 +66,8 @@ $(file >$(WIN_STAMP),$(WIN_SIG))
 endif
 endif
 
-.PHONY: all deps linux windows test test-linux test-windows demo clean distclean check check-asan check-valgrind soak
+.PHONY: all deps linux windows test test-linux test-windows demo clean distclean check check-asan check-valgrind soak \
+        rock rock-check lint lint-deps
 
 all: linux windows
 
@@ -90,7 +99,9 @@ test-windows: windows multistate-windows
 test: deps
 	MAKE="$(MAKE)" tools/test-all.sh
 
-demo: linux windows
+# deps first (a fresh machine has no compiler yet), then the builds
+demo: deps
+	$(MAKE) --no-print-directory linux windows
 	LUA_PATH_5_4='lua/?.lua;lua/?/init.lua;;' LUA_CPATH_5_4='build/linux/?.so;;' \
 	  lua5.4 examples/demo.lua
 	tools/wine-run.sh $(WIN_LUA) examples/demo.lua
@@ -133,8 +144,8 @@ clean:
 distclean:
 	rm -rf build
 
-# Benchmarks (issue 6, bench/run.sh): namedpipe against plain C (and luv on
-# Linux), one table per platform. `make bench` takes a few minutes;
+# Benchmarks (bench/run.sh, bench/README.md): namedpipe against plain C (and
+# luv on Linux), one table per platform. `make bench` takes a few minutes;
 # `make bench-quick` is the smoke run (tiny sizes, bytes checked, no timing
 # asserted). Options: BENCHARGS="--runs 3 --platform linux --only churn".
 BENCHARGS ?=
@@ -144,6 +155,25 @@ bench:
 
 bench-quick:
 	MAKE="$(MAKE)" bench/run.sh --quick $(BENCHARGS)
+
+# ---------------------------------------------------------------- packaging
+# The source rock from this checkout, and the proof that LuaRocks builds it:
+# natively into a new tree, and cross-built for Windows with mingw-w64 (run
+# under Wine). `make test` runs rock-check as a gate.
+rock:
+	tools/rock.sh
+
+rock-check: deps
+	tools/rock-check.sh
+
+# luacheck (Debian lua-check) with .luacheckrc. lua/ and tests/ are not in
+# the default set yet: `make lint LINT_PATHS="lua tests"` shows theirs.
+LINT_PATHS ?= examples bench tools library tests/test_meta.lua tests/test_version.lua .luacheckrc
+lint: lint-deps
+	luacheck $(LINT_PATHS)
+
+lint-deps:
+	@command -v luacheck >/dev/null || NP_EXTRA_PACKAGES="lua-check" tools/deps.sh
 
 # ---------------------------------------------------------------- fuzzing
 # libFuzzer targets over the Linux sources (tests/fuzz/), built with clang:

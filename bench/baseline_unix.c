@@ -1,7 +1,7 @@
 /*
  * bench/baseline_unix.c - the "limit" for bench/bench.lua on Linux: the same
  * three workloads in plain C with the best plain technique for local IPC
- * (issue 6): one thread, non-blocking AF_UNIX sockets, one epoll set.
+ * (bench/README.md): one thread, non-blocking AF_UNIX sockets, one epoll set.
  *
  *   pingpong  64-byte messages over SOCK_SEQPACKET (namedpipe's message mode
  *             is SOCK_SEQPACKET on Linux), server and client in this process.

@@ -1,7 +1,7 @@
 /*
  * bench/baseline_win.c - the "limit" for bench/bench.lua on Windows: the same
  * three workloads written in plain C with the best plain technique for named
- * pipes (issue 6):
+ * pipes (bench/README.md):
  *
  *   one thread, one I/O completion port, overlapped ConnectNamedPipe /
  *   ReadFile / WriteFile, reads straight into a real 64 KiB buffer (never a

@@ -1,5 +1,5 @@
 --[[
-bench/bench.lua - namedpipe's benchmarks (issue 6), run from the repo root:
+bench/bench.lua - namedpipe's benchmarks (bench/README.md), run from the repo root:
 
     LUA_PATH_5_4='lua/?.lua;lua/?/init.lua;;' LUA_CPATH_5_4='build/linux/?.so;;' \
       lua5.4 bench/bench.lua [options]                               (Linux)
@@ -374,7 +374,8 @@ end
 
 local function memory(npairs)
   local name = pipe_name("mem")
-  local servers, clients = table.create and table.create(npairs) or {}, {}
+  -- table.create: Lua 5.5 (presized); plain {} on 5.4
+  local servers, clients = table.create and table.create(npairs) or {}, {} -- luacheck: ignore 143
   for k = 1, npairs do servers[k], clients[k] = false, false end
   gc_full()
   local lua0, rss0 = collectgarbage("count"), rss_kib()
@@ -479,7 +480,8 @@ if wanted("memory") then
   local r = memory(opt.pairs)
   local rss_note = r.rss and "" or " rss=unavailable"
   local function f(x) return x and ("%.2f"):format(x) or "na" end
-  io.write(("memory lua_kib_per_pair=%s rss_kib_per_pair=%s lua_kib_per_pair_reading=%s rss_kib_per_pair_reading=%s pairs=%d%s\n")
+  io.write(("memory lua_kib_per_pair=%s rss_kib_per_pair=%s lua_kib_per_pair_reading=%s"
+    .. " rss_kib_per_pair_reading=%s pairs=%d%s\n")
     :format(f(r.lua), f(r.rss), f(r.lua_reading), f(r.rss_reading), opt.pairs, rss_note))
   io.stdout:flush()
 end

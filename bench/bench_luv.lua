@@ -36,8 +36,7 @@ local opt = common.parse_options("bench_luv.lua",
   { runs = 5, pp = 100000, stream_mib = 256, churn = 20000, steps = 2000000, inflight = 4 })
 
 local function wanted(w) return common.wanted(opt, w) end
-local make_blocks, median, report, msg_for =
-  common.make_blocks, common.median, common.report, common.msg_for
+local make_blocks, report, msg_for = common.make_blocks, common.report, common.msg_for
 
 local function now() return uv.hrtime() / 1e6 end
 

@@ -7,7 +7,7 @@ bench/run.sh collects:
 Each raw line: "<platform> <impl> <workload> <metric>=<value> [key=value ...]"
 (one run of one implementation). Per platform, per workload: the median of
 the runs, their min-max, and ratios of the medians against the baseline (and
-luv on Linux), with the issue 6 targets.
+luv on Linux), with the targets of bench/README.md.
 ]]
 
 local path, pinfile, quick = arg[1], arg[2], arg[3] == "1"
@@ -67,7 +67,7 @@ local function cell(t)
   return ("%s (%s–%s)"):format(group(m), group(lo), group(hi))
 end
 
-local function ratio(a, b, lower_better)
+local function ratio(a, b, _lower_better)
   local ma, mb = stats(a), stats(b)
   if not ma or not mb or mb == 0 then return "-" end
   return ("%.2f"):format(ma / mb)
@@ -187,9 +187,11 @@ for _, platform in ipairs(order) do
       local t = not quick and targets[platform] and targets[platform][wl]
       if t and a and b then
         local r = stats(a) / stats(b)
-        row[#row + 1] = ("≥ %.2f %s"):format(t, r >= t and "met" or ("MISSED by " .. ("%.0f%%"):format((t - r) / t * 100)))
+        local verdict = r >= t and "met" or ("MISSED by " .. ("%.0f%%"):format((t - r) / t * 100))
+        row[#row + 1] = ("≥ %.2f %s"):format(t, verdict)
       elseif wl == "step0" then
-        row[#row + 1] = "(C: " .. (platform == "windows" and "GQCSEx(0)" or "epoll_wait(0)") .. (luv and "; luv: uv.run nowait)" or ")")
+        row[#row + 1] = "(C: " .. (platform == "windows" and "GQCSEx(0)" or "epoll_wait(0)")
+          .. (luv and "; luv: uv.run nowait)" or ")")
       else
         row[#row + 1] = ""
       end
@@ -207,10 +209,12 @@ for _, platform in ipairs(order) do
       local v = stats(m[k])
       return v and ("%.2f KiB"):format(v) or "n/a"
     end
-    print(("memory per idle connected pair (%s pairs, namedpipe): Lua heap %s, process RSS %s; with a read pending on both ends: Lua heap %s, RSS %s%s")
+    print(("memory per idle connected pair (%s pairs, namedpipe): Lua heap %s, process RSS %s;"
+      .. " with a read pending on both ends: Lua heap %s, RSS %s%s")
       :format(m.pairs or "?", mv("lua_kib_per_pair"), mv("rss_kib_per_pair"),
         mv("lua_kib_per_pair_reading"), mv("rss_kib_per_pair_reading"),
-        platform == "windows" and " (RSS of the Wine process, read from Z:\\proc\\self\\status; the pipes themselves live in the wineserver and are not counted)" or ""))
+        platform == "windows" and (" (RSS of the Wine process, read from Z:\\proc\\self\\status;"
+          .. " the pipes themselves live in the wineserver and are not counted)") or ""))
   end
   if platform == "windows" and pinfile then
     local f = io.open(pinfile)
@@ -231,7 +235,8 @@ for _, platform in ipairs(order) do
     if seen == 0 then
       print("pinning check: no run was seen (affinity unknown)")
     elseif #bad == 0 then
-      print(("pinning check: program and wineserver on one and the same CPU in all %d checked runs (of %d)"):format(seen, total))
+      print(("pinning check: program and wineserver on one and the same CPU in all %d checked runs (of %d)")
+        :format(seen, total))
     else
       print(("pinning check: %d of %d checked runs NOT pinned as wanted:"):format(#bad, seen))
       for _, l in ipairs(bad) do print("  " .. l) end

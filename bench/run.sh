@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # bench/run.sh — `make bench`: namedpipe against the plain-C limit (and luv on
-# Linux), one table per platform (issue 6).
+# Linux), one table per platform (bench/README.md).
 #
 #   bench/run.sh [--quick] [--runs N] [--platform linux|windows|all] [--only w[,w]]
 #
@@ -20,7 +20,7 @@
 #   busy); BENCH_LINUX_CPU=N pins them.
 # - Windows runs go through tools/wine-run.sh under `taskset -c $BENCH_CPU`
 #   (default 0), so wine and the wineserver it starts (wine-run.sh ends it
-#   after each run) share that CPU (WINE.md: unpinned, figures swing
+#   after each run) share that CPU (docs/wine.md §11: unpinned, figures swing
 #   tenfold); the affinity of the program and of the prefix's wineserver is
 #   read during every run and summarised under the table. Runs on one prefix
 #   are serialised by wine-run.sh (flock): a test run on the same prefix

@@ -14,7 +14,7 @@ local questions = { "ping", "how big is a message?", "bye" }
 server:connect(function(ok, err)
   assert(ok, err)
   local function serve()
-    server:read(function(msg, err, errname)
+    server:read(function(msg, _, errname)
       if not msg then
         print("server: " .. errname)
         return
@@ -28,7 +28,7 @@ server:connect(function(ok, err)
 end)
 
 for _, q in ipairs(questions) do
-  client:write(q, function(n) end)
+  client:write(q, function() end)
 end
 local answers = 0
 local function listen()

@@ -6,10 +6,17 @@ message-mode pipe, each answer handed to the task that asked for it by id.
   lua examples/jsonrpc_client.lua NAME
 
 It asks "sleep" first and the quick ones after; the answers are printed as
-they come, so the sleep's comes last.
+they come, so the sleep's comes last. JSON is dkjson's (Debian:
+lua-dkjson; LuaRocks: dkjson).
 ]]
 local np = require "namedpipe"
-local json = dofile((arg[0]:match("^(.*[/\\])") or "") .. "json.lua")
+local has_json, json = pcall(require, "dkjson")
+if not has_json then
+  io.stderr:write("jsonrpc_client: needs the dkjson module (Debian: lua-dkjson; LuaRocks: dkjson)\n")
+  os.exit(1)
+end
+local KEYS = { "jsonrpc", "id", "method", "params", "result", "error", "code", "message", "data" }
+local function encode(v) return json.encode(v, { keyorder = KEYS }) end
 
 local name = arg[1]
 if not name then
@@ -34,7 +41,7 @@ local function call(method, params)
   local id = last_id
   local response = np.event()
   calls[id] = response
-  local ok, err = pipe:write(json.encode { jsonrpc = "2.0", id = id, method = method, params = params })
+  local ok, err = pipe:write(encode { jsonrpc = "2.0", id = id, method = method, params = params })
   if not ok then
     calls[id] = nil
     return nil, { code = -32000, message = "write failed: " .. err }
@@ -52,8 +59,9 @@ local function reader()
   while true do
     local text, err = pipe:read()
     if not text then why = err; break end
-    local ok, r = pcall(json.decode, text)
-    local response = ok and json.is_object(r) and calls[r.id]
+    -- JSON null as json.null: a null in a result keeps its place
+    local r = json.decode(text, 1, json.null)
+    local response = type(r) == "table" and calls[r.id]
     if response then
       calls[r.id] = nil
       response:set(r)
@@ -71,7 +79,9 @@ end
 local requests = {
   { "sleep", { 200 } }, -- asked first, answered last
   { "add", { 2, 3 } },
-  { "echo", json.object { text = 'tab\t "quotes" \\ café', list = { 1, 2.5, true, false, json.null } } },
+  -- an empty table is an array to dkjson unless its metatable says object
+  { "echo", { 'tab\t "quotes" \\ café', { 1, 2.5, true, false, json.null }, { ok = true },
+              setmetatable({}, { __jsontype = "object" }) } },
   { "add", { "two", 3 } },
   { "no_such_method", {} },
 }
@@ -83,12 +93,12 @@ for i, r in ipairs(requests) do
   np.spawn(function()
     local method, params = r[1], r[2]
     local result, err = call(method, params)
-    local shown = ("#%d %s %s -> "):format(i, method, json.encode(params))
+    local shown = ("#%d %s %s -> "):format(i, method, encode(params))
     if err then
       print(shown .. ("error %d %s%s"):format(err.code, err.message,
-        err.data and (" (" .. json.encode(err.data) .. ")") or ""))
+        err.data and (" (" .. encode(err.data) .. ")") or ""))
     else
-      print(shown .. json.encode(result))
+      print(shown .. encode(result))
     end
     done = done + 1
     -- the last one closes the pipe: the reader's read ends with CLOSED

@@ -13,10 +13,34 @@ A request without "id" is a notification: it runs, nothing is sent back.
 --count N: exit after N clients have gone (the tests use it).
 Try it by hand:  lua examples/pipecat.lua --message NAME
   {"jsonrpc":"2.0","method":"add","params":[1,2],"id":1}
+JSON is dkjson's (Debian: lua-dkjson; LuaRocks: dkjson).
 ]]
 local np = require "namedpipe"
--- the codec lives next to this file (plain dofile: no module path needed)
-local json = dofile((arg[0]:match("^(.*[/\\])") or "") .. "json.lua")
+local has_json, json = pcall(require, "dkjson")
+if not has_json then
+  io.stderr:write("jsonrpc_server: needs the dkjson module (Debian: lua-dkjson; LuaRocks: dkjson)\n")
+  os.exit(1)
+end
+
+-- Responses list their members in this order (dkjson writes the keys of
+-- a table in this order, any others after them).
+local KEYS = { "jsonrpc", "id", "method", "params", "result", "error", "code", "message", "data" }
+
+--- One JSON value and nothing after it; JSON null as json.null, so arrays
+--- keep their length and an echo gives back what came. Decoded objects and
+--- arrays carry dkjson's metatable that says which they are ({} stays {}).
+local function decode(text)
+  local value, pos, err = json.decode(text, 1, json.null)
+  if err then return nil, err end
+  local extra = text:find("%S", pos)
+  if extra then return nil, "trailing characters at byte " .. extra end
+  return value
+end
+
+local function is_object(v)
+  local mt = type(v) == "table" and getmetatable(v)
+  return mt and mt.__jsontype == "object" or false
+end
 
 local name, count
 do
@@ -67,12 +91,12 @@ end
 
 --- One request text in, one response table out (nil for a notification).
 local function handle(text)
-  local ok, req = pcall(json.decode, text)
-  if not ok then
-    return { jsonrpc = "2.0", id = json.null, error = rpc_error(-32700, "Parse error", req) }
+  local req, why = decode(text)
+  if why then
+    return { jsonrpc = "2.0", id = json.null, error = rpc_error(-32700, "Parse error", why) }
   end
-  local id = json.is_object(req) and req.id
-  if not json.is_object(req) or req.jsonrpc ~= "2.0" or type(req.method) ~= "string"
+  local id = is_object(req) and req.id
+  if not is_object(req) or req.jsonrpc ~= "2.0" or type(req.method) ~= "string"
       or (req.params ~= nil and type(req.params) ~= "table") then
     return { jsonrpc = "2.0", id = id or json.null, error = rpc_error(-32600, "Invalid Request") }
   end
@@ -108,7 +132,7 @@ server = assert(np.serve(name, { pipe_mode = "message" }, function(pipe)
       -- the client may have gone (and np.serve closed the pipe) while the
       -- method ran; writing to a closed pipe would raise
       if response and pipe:state() ~= "closed" then
-        pipe:write(json.encode(response)) -- one message per response
+        pipe:write(json.encode(response, { keyorder = KEYS })) -- one message per response
       end
     end)
   end

@@ -1,48 +1,94 @@
--- Build from a checkout:  luarocks make rockspec/namedpipe-0.1.0-1.rockspec
+-- From a checkout:        luarocks --lua-version 5.4 make rockspec/namedpipe-0.1.0-1.rockspec
+-- The source rock:        make rock    (build/rock/namedpipe-0.1.0-1.src.rock)
+-- The test suite:         luarocks --lua-version 5.4 test rockspec/namedpipe-0.1.0-1.rockspec
+rockspec_format = "3.0"
 package = "namedpipe"
 version = "0.1.0-1"
+-- The release archive is made from the repository by `make rock`
+-- (tools/rock.sh: the tracked files as checked out, under namedpipe-0.1.0/)
+-- and travels inside the .src.rock. `luarocks pack` of this rockspec run
+-- where that archive lies (build/rock/) packs it; a rockspec published
+-- beside the archive at a web address would name that address here.
 source = {
-   url = "git+file:///namedpipe", -- replaced by the release URL when published
-   tag = "v0.1.0",
+   url = "namedpipe-0.1.0.tar.gz",
+   dir = "namedpipe-0.1.0",
 }
 description = {
-   summary = "Asynchronous Windows named pipes for Lua 5.4 (Unix domain sockets elsewhere)",
+   summary = "Asynchronous Windows named pipes for Lua 5.4 (Unix domain sockets on Linux)",
    detailed = [[
 Server and client pipes with connect/read/write/try_read/try_write/disconnect,
 option tables mirroring Tokio's ServerOptions/ClientOptions, driven by a
-polling namedpipe.step(timeout) over one I/O completion port (epoll on Linux).
+polling namedpipe.step(timeout) over one I/O completion port (epoll on Linux);
+tasks (coroutines) that wait without blocking each other, a server loop that
+never leaves the name missing, line and frame helpers.
 ]],
    license = "MIT",
+   labels = { "windows", "ipc", "pipes", "async" },
 }
+-- Windows: the IOCP backend. Linux: Unix domain sockets over epoll and OFD
+-- locks; the BSDs and macOS have neither, so LuaRocks refuses them up front
+-- instead of failing in the compiler.
+supported_platforms = { "linux", "windows" }
 dependencies = {
    "lua >= 5.4, < 5.5",
 }
+-- tests/run.lua takes the modules from the rocks trees on LUA_PATH/LUA_CPATH
+-- (`luarocks path`) when the checkout has no build/ of its own.
+test_dependencies = {
+   "luaunit >= 3.4",
+}
+test = {
+   type = "command",
+   script = "tests/run.lua",
+}
+
+-- Each platform gets a complete module table. LuaRocks merges a platform's
+-- entries into the base table key by key (and list entry by list entry), so
+-- a shared base would leave Unix sources in the Windows module: there is no
+-- base `modules` at all. (A rockspec is data: no helper functions, so the
+-- Lua modules are listed twice.)
 build = {
    type = "builtin",
-   modules = {
-      namedpipe = "lua/namedpipe.lua",
-      ["namedpipe.task"] = "lua/namedpipe/task.lua",
-      ["namedpipe.serve"] = "lua/namedpipe/serve.lua",
-      ["namedpipe.framing"] = "lua/namedpipe/framing.lua",
-      ["namedpipe.core"] = {
-         sources = {
-            "src/binding.c", "src/buffer.c", "src/errors.c", "src/options.c",
-            "src/unix/listener_unix.c", "src/unix/loop_unix.c",
-            "src/unix/names_unix.c", "src/unix/pipe_unix.c",
-         },
-         incdirs = { "src" },
-      },
-   },
+   -- the LuaLS annotations (library/namedpipe.lua) and the docs go into the
+   -- rock's directory: `luarocks show --rock-dir namedpipe`
+   copy_directories = { "library", "docs" },
    platforms = {
+      linux = {
+         modules = {
+            namedpipe = "lua/namedpipe.lua",
+            ["namedpipe.task"] = "lua/namedpipe/task.lua",
+            ["namedpipe.serve"] = "lua/namedpipe/serve.lua",
+            ["namedpipe.framing"] = "lua/namedpipe/framing.lua",
+            ["namedpipe.core"] = {
+               sources = {
+                  "src/binding.c", "src/buffer.c", "src/errors.c", "src/options.c",
+                  "src/unix/listener_unix.c", "src/unix/loop_unix.c",
+                  "src/unix/names_unix.c", "src/unix/pipe_unix.c",
+               },
+               incdirs = { "src" },
+            },
+         },
+      },
       windows = {
          modules = {
+            namedpipe = "lua/namedpipe.lua",
+            ["namedpipe.task"] = "lua/namedpipe/task.lua",
+            ["namedpipe.serve"] = "lua/namedpipe/serve.lua",
+            ["namedpipe.framing"] = "lua/namedpipe/framing.lua",
             ["namedpipe.core"] = {
                sources = {
                   "src/binding.c", "src/buffer.c", "src/errors.c", "src/options.c",
                   "src/win/error_win.c", "src/win/loop_win.c", "src/win/pipe_win.c",
                },
+               -- Vista and later: GetQueuedCompletionStatusEx, CancelIoEx
+               defines = { "_WIN32_WINNT=0x0600" },
                incdirs = { "src" },
+               -- a bare name, which both toolchains complete: MSVC links
+               -- advapi32.lib, MinGW -ladvapi32
                libraries = { "advapi32" },
+               -- each toolchain's own import library (LuaRocks would
+               -- otherwise add the directory its search found the DLL in)
+               libdirs = {},
             },
          },
       },

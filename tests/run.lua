@@ -86,6 +86,19 @@ testsdir = testsdir or os.getenv("NP_TESTS_DIR") or scriptdir
 
 local function join(...) return table.concat({ ... }, SEP) end
 
+-- The tests write their child scripts under <root>/build, which a fresh
+-- checkout or an unpacked source rock (`luarocks test`) does not have yet.
+do
+  local probe = join(root, "build", ".run-probe")
+  local f = io.open(probe, "w")
+  if f then
+    f:close()
+    os.remove(probe)
+  else
+    os.execute((WIN and 'mkdir "%s"' or "mkdir -p '%s'"):format(join(root, "build")))
+  end
+end
+
 -- ------------------------------------------------------------ globals
 PLATFORM = platform
 REPO_ROOT = root

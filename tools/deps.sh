@@ -19,9 +19,12 @@ mkdir -p "$BUILD"
 
 PACKAGES=(wine wine64 gcc-mingw-w64-x86-64 lua5.4 liblua5.4-dev luarocks lua-unit
           socat netcat-openbsd dpkg-dev valgrind
-          # not in the brief's list, but a bare Debian 12 (git + make) lacks them:
-          # native compiler + libc headers for `make linux`, pkg-config for the
-          # Lua cflags, binutils for `strip` used by Lua's mingw target.
+          # the JSON library of the JSON-RPC examples (pure Lua: the Windows
+          # lua.exe loads it from Z:\usr\share\lua\5.4 under Wine)
+          lua-dkjson
+          # a bare Debian 12 (git + make) lacks these too: native compiler +
+          # libc headers for `make linux`, pkg-config for the Lua cflags,
+          # binutils for `strip` used by Lua's mingw target.
           gcc libc6-dev pkg-config binutils)
 # more packages to ensure, space separated (e.g. NP_EXTRA_PACKAGES="gdb strace")
 read -r -a extra <<<"${NP_EXTRA_PACKAGES:-}"

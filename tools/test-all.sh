@@ -7,8 +7,11 @@
 # run adds 1 to the failed total so the last line never looks clean).
 # Then `make check` (the Linux suite again under ASan+UBSan and valgrind) is a
 # gate: any report fails the run (1 failed), its tests are not counted twice;
-# so is `make bench-quick` (the benchmarks run, bytes intact, no time asserted).
-# Full outputs: build/test-linux.log, build/test-windows.log, build/check.log.
+# so is `make bench-quick` (the benchmarks run, bytes intact, no time asserted),
+# and `make rock-check` (LuaRocks builds and installs the source rock natively
+# and cross-built for Windows; both installed trees run a round trip).
+# Full outputs: build/test-linux.log, build/test-windows.log, build/check.log,
+# build/bench-quick.log, build/rock-check.log.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -54,6 +57,15 @@ if $MAKE --no-print-directory bench-quick >build/bench-quick.log 2>&1; then
 else
     lines+=("bench-quick: FAILED — counted as 1 failed; see build/bench-quick.log")
     tail -n 40 build/bench-quick.log
+    tf=$((tf + 1)); status=1
+fi
+
+echo "=== make rock-check (LuaRocks installs the rock on Linux and, cross-built, for Windows) ==="
+if $MAKE --no-print-directory rock-check >build/rock-check.log 2>&1; then
+    lines+=("rock-check: LuaRocks-installed trees ran on Linux and under Wine (see build/rock-check.log)")
+else
+    lines+=("rock-check: FAILED — counted as 1 failed; see build/rock-check.log")
+    tail -n 40 build/rock-check.log
     tf=$((tf + 1)); status=1
 fi
 
