@@ -63,6 +63,16 @@
 ---@field outstanding integer operations outstanding
 ---@field os_handles integer the process's handles (Windows) or open fds (Linux); -1 if unknown
 
+---@class namedpipe.Peer
+---@field pid integer the other end's process id
+---@field session? integer its Windows session (Windows only)
+---@field uid? integer its user id (Linux only)
+---@field gid? integer its group id (Linux only)
+
+---@class namedpipe.Peek
+---@field available integer bytes waiting to be read
+---@field message? integer message read mode: the size of the next message
+
 ---@class namedpipe.Ready
 ---@field readable? true
 ---@field writable? true
@@ -215,6 +225,39 @@ function Pipe:info() end
 ---@return namedpipe.State
 function Pipe:state() end
 
+--- Who is on the other end (a server: its client; a client: its server).
+---@return namedpipe.Peer? peer
+---@return string? msg
+---@return namedpipe.ErrorName? name
+---@return integer? code
+function Pipe:peer() end
+
+--- Server only: the connected client's account: the name (Windows
+--- `DOMAIN\user`, Linux the user name) and an id (the SID string, or the
+--- numeric uid).
+---@return string? user
+---@return string? id_or_msg
+---@return namedpipe.ErrorName? name
+---@return integer? code
+function Pipe:peer_user() end
+
+--- What is waiting to be read, consuming nothing.
+---@return namedpipe.Peek? peek
+---@return string? msg
+---@return namedpipe.ErrorName? name
+---@return integer? code
+function Pipe:peek() end
+
+--- Message read mode only: write `request` and read the one reply, as one
+--- operation (TransactNamedPipe on Windows).
+---@param request string
+---@param cb_or_timeout? fun(reply: string?, msg: string?, name: namedpipe.ErrorName?, code: integer?)|integer
+---@return string? reply
+---@return string? msg
+---@return namedpipe.ErrorName? name
+---@return integer? code
+function Pipe:transact(request, cb_or_timeout) end
+
 --- Idempotent; pending operations complete with CLOSED.
 ---@return true
 function Pipe:close() end
@@ -309,6 +352,16 @@ function np.path(name) end
 
 ---@return namedpipe.Stats
 function np.stats() end
+
+--- A descriptor a host's event loop polls: readable whenever `np.step(0)`
+--- has work, quiet once it has done it (Linux); nil on Windows.
+---@return integer?
+function np.fd() end
+
+--- Milliseconds until the next timer (a sleep, a task's timeout) is due,
+--- or nil when there is none.
+---@return number?
+function np.timeout() end
 
 --- Run `fn(...)` as a task from the next `np.step`.
 ---@param fn fun(...)

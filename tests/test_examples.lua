@@ -237,6 +237,23 @@ function TestExamples:test_pipecat_listen_serves_one_client()
   lu.assertEquals(errname, "NOT_FOUND")
 end
 
+function TestExamples:test_game_loop()
+  local ok, out = run("game_loop.lua", nil, "--frame-ms", "2")
+  lu.assertTrue(ok, out)
+  lu.assertStrContains(out, "acks: ack jump, ack duck, ack fire\n")
+end
+
+function TestExamples:test_host_luv()
+  if PLATFORM == "windows" then lu.skip("np.fd() is nil on Windows (and luv is not there)") end
+  if not pcall(require, "luv") then lu.skip("luv is not installed (Debian: lua-luv)") end
+  local ok, out = run("host_luv.lua")
+  lu.assertTrue(ok, out)
+  lu.assertStrContains(out, "HELLO\nFROM\nLUV\n")
+  local wakes = tonumber(out:match("luv woke namedpipe (%d+) times"))
+  lu.assertNotNil(wakes, out)
+  lu.assertTrue(wakes < 100, out) -- a handful per exchange, never a spin
+end
+
 function TestExamples:test_usage_errors()
   for _, file in ipairs { "echo_server.lua", "echo_client.lua", "chat_server.lua",
     "jsonrpc_server.lua", "jsonrpc_client.lua", "pipecat.lua" } do

@@ -21,7 +21,7 @@ PACKAGES=(wine wine64 gcc-mingw-w64-x86-64 lua5.4 liblua5.4-dev luarocks lua-uni
           socat netcat-openbsd dpkg-dev valgrind
           # the JSON library of the JSON-RPC examples (pure Lua: the Windows
           # lua.exe loads it from Z:\usr\share\lua\5.4 under Wine)
-          lua-dkjson
+          lua-dkjson lua-luv
           # a bare Debian 12 (git + make) lacks these too: native compiler +
           # libc headers for `make linux`, pkg-config for the Lua cflags,
           # binutils for `strip` used by Lua's mingw target.
