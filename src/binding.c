@@ -1073,6 +1073,7 @@ static int l_stats(lua_State *L) {
 /* np.fd(): the descriptor a host polls (np.h, np_loop_host_fd), or nil
  * where there is none (Windows). */
 static int l_fd(lua_State *L) {
+  loop_ud *lu = (loop_ud *)lua_touserdata(L, LOOP_UPV);
   np_status st;
   int fd = np_loop_host_fd(check_loop(L), &st);
   if (fd == -2) {
@@ -1080,6 +1081,8 @@ static int l_fd(lua_State *L) {
     return 1;
   }
   if (fd < 0) return push_status(L, &st);
+  /* what the Lua layer had queued before it was asked for counts too */
+  np_loop_host_sync(lu->loop, lu->soon_work, lu->has_timer, lu->timer_at);
   lua_pushinteger(L, fd);
   return 1;
 }

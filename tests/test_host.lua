@@ -23,6 +23,7 @@ end
 -- the timers. Returns how many times the poll woke.
 local function run_luv(uv, ms, done)
   local wakes = 0
+  uv.update_time() -- luv's clock is the last run's: timers count from now
   local poll = uv.new_poll(np.fd())
   local timer, stop = uv.new_timer(), uv.new_timer()
   local function rearm()
@@ -56,6 +57,7 @@ end
 function TestHost:test_idle_loop_does_not_wake()
   local uv = need_luv()
   local server, client = H.pair()
+  np.fd() -- hosted from here: the step below takes what came before
   H.settle()
   lu.assertEquals(run_luv(uv, 200), 0)
   H.close_all(server, client)
@@ -76,6 +78,17 @@ function TestHost:test_unread_data_does_not_spin()
   lu.assertEquals(server:read(nil, 2000), "nobody reads this")
   lu.assertEquals(bserver:read(nil, 2000), "nor this")
   H.close_all(server, client, bserver, bclient)
+end
+
+-- Work queued before the host asked for the descriptor counts: a task
+-- spawned first, with nothing else going on, still runs.
+function TestHost:test_a_task_queued_before_hosting_runs()
+  local uv = need_luv()
+  H.settle()
+  local slept
+  np.spawn(function() np.sleep(30); slept = true end)
+  run_luv(uv, 3000, function() return slept end)
+  lu.assertTrue(slept)
 end
 
 function TestHost:test_callbacks_and_tasks_run_from_the_host()
