@@ -5,7 +5,7 @@
  * lifetime and callback dispatch. The platform work is behind np.h; the
  * coroutine/synchronous sugar is pure Lua (lua/namedpipe.lua).
  *
- * Lifetime rules (HAZARDS.md 1, 5):
+ * Lifetime rules (docs/windows-internals.md #1, #5):
  *  - The userdata only points at the backend's C-heap block; kernel-owned
  *    memory lives there, never in Lua memory (except write strings, which are
  *    anchored until their completion has been released).

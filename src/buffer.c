@@ -11,7 +11,7 @@
  * buffer being filled is anchored (binding.c), so it is only ever
  * collected while busy at lua_close; its bytes then wait in the loop's
  * orphan list until the loop has taken every operation back from the
- * kernel (np_loop_close), and are freed only if it did (HAZARDS.md 2).
+ * kernel (np_loop_close), and are freed only if it did (docs/windows-internals.md #2).
  */
 #include <stdlib.h>
 #include <string.h>

@@ -32,7 +32,7 @@ end
 
 function TestErrors:test_first_pipe_instance_collision()
   if UNDER_WINE then
-    lu.skip("Wine 8 ignores FILE_FLAG_FIRST_PIPE_INSTANCE (WINE.md); Windows gives ACCESS_DENIED")
+    lu.skip("Wine 8 ignores FILE_FLAG_FIRST_PIPE_INSTANCE (docs/wine.md #5); Windows gives ACCESS_DENIED")
   end
   local name = H.name("first")
   local a = assert(np.create(name, { first_pipe_instance = true }))

@@ -148,7 +148,7 @@ end
 
 function TestOptions:test_empty_dacl_denies_clients()
   if PLATFORM ~= "windows" then lu.skip("SDDL security descriptors are Windows-only") end
-  if UNDER_WINE then lu.skip("Wine 8 does not enforce pipe DACLs (WINE.md)") end
+  if UNDER_WINE then lu.skip("Wine 8 does not enforce pipe DACLs (docs/wine.md #6)") end
   local name = H.name("nodacl")
   local server = assert(np.create(name, { security = "D:" }))
   local c, _, errname = np.open(name)

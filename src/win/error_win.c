@@ -10,7 +10,8 @@ np_err np_win_error(DWORD err, np_op op) {
     case ERROR_FILE_NOT_FOUND:
     case ERROR_PATH_NOT_FOUND: return NP_NOT_FOUND;
     case ERROR_PIPE_BUSY: return NP_PIPE_BUSY;
-    /* HAZARDS.md 7: a broken pipe on a read is the end of the stream. */
+    /* A broken pipe on a read is the end of the stream
+     * (docs/windows-internals.md #7). */
     case ERROR_BROKEN_PIPE:
     case ERROR_NO_DATA: return op == NP_OP_READ ? NP_EOF : NP_BROKEN_PIPE;
     case ERROR_PIPE_NOT_CONNECTED:

@@ -76,7 +76,7 @@ void np_req_ready(np_loop *loop, np_req *req) {
 
 /* A packet's OVERLAPPED holds the NTSTATUS; Wine and Windows differ in what
  * GetQueuedCompletionStatus reports for STATUS_BUFFER_OVERFLOW, so read the
- * status itself (WINE.md). */
+ * status itself (docs/wine.md #3). */
 static void take_packet(np_loop *loop, OVERLAPPED_ENTRY *e) {
   np_req *req;
   LONG status;
@@ -114,7 +114,7 @@ int np_loop_wait(np_loop *loop, int timeout_ms, np_status *st) {
   if (!GetQueuedCompletionStatusEx(loop->port, entries, BATCH, &n, timeout,
                                    FALSE)) {
     DWORD err = GetLastError();
-    /* On a timeout Wine may still set n to 1: ignore n (WINE.md). */
+    /* On a timeout Wine may still set n to 1: ignore n (docs/wine.md #3). */
     if (err != WAIT_TIMEOUT) {
       np_win_status(st, err, NP_OP_READ);
       return -1;
@@ -254,8 +254,8 @@ double np_now_ms(void) {
   return (double)t.QuadPart * 1000.0 / (double)freq.QuadPart;
 }
 
-/* HAZARDS.md 2: cancel everything, then wait for the kernel to hand every
- * OVERLAPPED back before freeing it; what it has not given back after
+/* docs/windows-internals.md #2: cancel everything, then wait for the
+ * kernel to hand every OVERLAPPED back before freeing it; what it has not given back after
  * CLOSE_DRAIN_MS is leaked, never freed under its feet. No Lua runs: the
  * ready queue is simply released. */
 int np_loop_close(np_loop *loop) {

@@ -178,7 +178,7 @@ np_pipe *np_client_open(np_loop *loop, const char *name,
   /* info() (GetNamedPipeInfo) needs FILE_READ_ATTRIBUTES, which a
    * write-only open would otherwise lack (Wine does not check it; Windows
    * does); SetNamedPipeHandleState needs FILE_WRITE_ATTRIBUTES, which a
-   * read-only open would lack (HAZARDS.md 12). */
+   * read-only open would lack (docs/windows-internals.md #12). */
   DWORD access = FILE_READ_ATTRIBUTES, mode = PIPE_READMODE_MESSAGE;
   if (o->read) access |= GENERIC_READ;
   if (o->write) access |= GENERIC_WRITE;
@@ -335,7 +335,7 @@ void np_read_into_start(np_pipe *p, char *dst, size_t cap, int ref_cb,
 }
 
 /* A zero-byte read completes when data arrives without consuming any
- * (WINE.md); the way to wait for readability without a buffer. */
+ * (docs/wine.md #4); the way to wait for readability without a buffer. */
 void np_readable_start(np_pipe *p, int ref_cb) {
   np_req *req = &p->read_req;
   arm(req, ref_cb);
@@ -384,8 +384,9 @@ void np_transact_start(np_pipe *p, const char *data, size_t len, int ref_cb,
 
 np_mode np_pipe_read_mode(const np_pipe *p) { return p->read_mode; }
 
-/* HAZARDS.md 8: ERROR_MORE_DATA carries the first part of a longer message.
- * Ask how much of it is left and read on, into the same buffer. */
+/* docs/windows-internals.md #8: ERROR_MORE_DATA carries the first part of
+ * a longer message. Ask how much of it is left and read on, into the same
+ * buffer. */
 static int continue_message(np_pipe *p) {
   DWORD left = 0;
   size_t want;
@@ -531,7 +532,8 @@ static void finish(np_req *req, DWORD err, DWORD bytes) {
   }
   if (req->op == NP_OP_CONNECT &&
       (err == ERROR_PIPE_CONNECTED || err == ERROR_NO_DATA))
-    err = 0; /* HAZARDS.md 6: the client came first (and maybe went) */
+    /* the client came first (and maybe went): docs/windows-internals.md #6 */
+    err = 0;
   if (err == 0) {
     if (req->op == NP_OP_CONNECT && !p->closed) p->state = NP_STATE_CONNECTED;
     complete_now(req, NP_OK, 0);
@@ -710,7 +712,7 @@ int np_disconnect(np_pipe *p, np_status *st) {
   p->state = NP_STATE_DISCONNECTED;
   p->empty_message_taken = 0; /* it was the old client's */
   /* Wine leaves a pending connect pending across DisconnectNamedPipe
-   * (WINE.md); the kernel ends the rest, which costs nothing to make
+   * (docs/wine.md #8); the kernel ends the rest, which costs nothing to make
    * sure of (a cancel of what has finished is refused). */
   cancel_req(p, &p->connect_req, NP_NOT_CONNECTED);
   cancel_req(p, &p->read_req, NP_NOT_CONNECTED);
@@ -728,7 +730,7 @@ int np_pipe_info(np_pipe *p, np_info *info, np_status *st) {
   }
   info->is_server = (flags & PIPE_SERVER_END) != 0;
   info->mode = (flags & PIPE_TYPE_MESSAGE) ? NP_MODE_MESSAGE : NP_MODE_BYTE;
-  /* Windows reports unlimited as 255, Wine as 0xFFFFFFFF (WINE.md). */
+  /* Windows reports unlimited as 255, Wine as 0xFFFFFFFF (docs/wine.md #7). */
   info->max_instances = (max >= PIPE_UNLIMITED_INSTANCES)
                             ? NP_UNLIMITED_INSTANCES
                             : (unsigned)max;
@@ -737,8 +739,8 @@ int np_pipe_info(np_pipe *p, np_info *info, np_status *st) {
   return 1;
 }
 
-/* HAZARDS.md 2: cancel, close, and let the packets come home; the block is
- * freed by whoever releases its last request. */
+/* docs/windows-internals.md #2: cancel, close, and let the packets come
+ * home; the block is freed by whoever releases its last request. */
 void np_pipe_close(np_pipe *p) {
   if (p->closed) return;
   p->closed = 1;

@@ -2,9 +2,10 @@
  * win.h - what the Windows backend's files share: the request and pipe
  * blocks the kernel writes into, and the loop around one completion port.
  *
- * Completion policy (HAZARDS.md 3): FILE_SKIP_COMPLETION_PORT_ON_SUCCESS is
- * NOT used. Every ReadFile/WriteFile/ConnectNamedPipe that returns TRUE, or
- * FALSE with ERROR_IO_PENDING or ERROR_MORE_DATA, queues exactly one packet
+ * Completion policy (docs/windows-internals.md #3):
+ * FILE_SKIP_COMPLETION_PORT_ON_SUCCESS is NOT used. Every ReadFile,
+ * WriteFile or ConnectNamedPipe that returns TRUE, or FALSE with
+ * ERROR_IO_PENDING or ERROR_MORE_DATA, queues exactly one packet
  * (as mio, asyncio and libuv rely on); any other failure queues none and is
  * completed by us through the ready queue. So each request is finished by
  * exactly one of the two paths, never both, never neither.
@@ -29,7 +30,8 @@ typedef enum req_state {
 } req_state;
 
 /* One operation. The OVERLAPPED is how a completion packet finds its way
- * back (container-of, HAZARDS.md 4); connect and read are embedded in the
+ * back (container-of, docs/windows-internals.md #4); connect and read
+ * are embedded in the
  * pipe block, writes come from the loop's free list (several in flight). */
 typedef struct np_req {
   OVERLAPPED ov;
