@@ -255,9 +255,9 @@ double np_now_ms(void) {
 }
 
 /* docs/windows-internals.md #2: cancel everything, then wait for the
- * kernel to hand every OVERLAPPED back before freeing it; what it has not given back after
- * CLOSE_DRAIN_MS is leaked, never freed under its feet. No Lua runs: the
- * ready queue is simply released. */
+ * kernel to hand every OVERLAPPED back before freeing it; what it has not
+ * given back after CLOSE_DRAIN_MS is leaked, never freed under its feet.
+ * No Lua runs: the ready queue is simply released. */
 int np_loop_close(np_loop *loop) {
   np_pipe *p, *next;
   DWORD start = GetTickCount();
