@@ -1228,12 +1228,9 @@ static void push_loop(lua_State *L) {
   }
 }
 
-int luaopen_namedpipe_core(lua_State *L);
+NP_EXPORT int luaopen_namedpipe_core(lua_State *L);
 
-#if defined(_WIN32)
-__declspec(dllexport)
-#endif
-int luaopen_namedpipe_core(lua_State *L) {
+NP_EXPORT int luaopen_namedpipe_core(lua_State *L) {
   int i;
   push_loop(L);                 /* loop */
   lua_getiuservalue(L, -1, 1);  /* loop anchors */

@@ -5,6 +5,9 @@
 #include <stddef.h>
 
 #include "lua.h"
+#include "np.h"
+
+NP_INTERNAL_BEGIN
 
 /* Buffers collected while a read_into still fills them (only possible at
  * lua_close, when every object is finalized, the anchored ones too): their
@@ -39,5 +42,7 @@ void np_orphans_close(np_orphans *o, int may_free);
 int np_arg_error(lua_State *L, int arg, const char *msg);
 int np_type_error(lua_State *L, int arg, const char *expected);
 lua_Integer np_check_integer(lua_State *L, int arg);
+
+NP_INTERNAL_END
 
 #endif

@@ -21,6 +21,27 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Everything the module's files declare for each other stays inside the
+ * module: the shared object exports luaopen_namedpipe_core alone (NP_EXPORT),
+ * so no other library's symbol of the same name binds in place of ours.
+ * Each internal header wraps its declarations in these, after its own
+ * includes (a system or Lua header inside them would be hidden too). */
+#if defined(__GNUC__) && !defined(_WIN32)
+#define NP_INTERNAL_BEGIN _Pragma("GCC visibility push(hidden)")
+#define NP_INTERNAL_END _Pragma("GCC visibility pop")
+#define NP_EXPORT __attribute__((visibility("default")))
+#elif defined(_WIN32)
+#define NP_INTERNAL_BEGIN
+#define NP_INTERNAL_END
+#define NP_EXPORT __declspec(dllexport)
+#else
+#define NP_INTERNAL_BEGIN
+#define NP_INTERNAL_END
+#define NP_EXPORT
+#endif
+
+NP_INTERNAL_BEGIN
+
 typedef struct np_loop np_loop;
 typedef struct np_pipe np_pipe;
 
@@ -303,5 +324,7 @@ void np_transact_start(np_pipe *p, const char *data, size_t len, int ref_cb,
                        int ref_data);
 /* The pipe's read mode (what the binding checks for transact). */
 np_mode np_pipe_read_mode(const np_pipe *p);
+
+NP_INTERNAL_END
 
 #endif

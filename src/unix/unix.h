@@ -32,6 +32,8 @@
 
 #include "../np.h"
 
+NP_INTERNAL_BEGIN
+
 /* sizeof(sockaddr_un.sun_path): a socket path must fit with its NUL. */
 #define NP_SUN_PATH sizeof(((struct sockaddr_un *)0)->sun_path)
 
@@ -292,5 +294,7 @@ np_listener *np_listener_find(np_loop *loop, const char *path);
 const np_pipe_meta *np_listener_meta(const np_listener *l);
 /* np_loop_wait, before epoll_wait: the plugs deferred by the listeners. */
 void np_listener_plug_deferred(np_loop *loop);
+
+NP_INTERNAL_END
 
 #endif

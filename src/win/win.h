@@ -20,6 +20,8 @@
 
 #include "../np.h"
 
+NP_INTERNAL_BEGIN
+
 typedef enum req_state {
   REQ_IDLE,   /* free for the next operation */
   REQ_KERNEL, /* the kernel owns the OVERLAPPED and the buffer */
@@ -131,5 +133,7 @@ void np_req_finished(np_req *req, DWORD err, DWORD bytes);
  * it spares the kernel (and Wine's server, which walks its pending writes
  * on every read) a queue as long as the caller's burst. */
 #define MAX_WRITES_IN_FLIGHT 16
+
+NP_INTERNAL_END
 
 #endif
