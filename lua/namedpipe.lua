@@ -81,21 +81,24 @@ end
 -- timeout the operation is cancelled and we still wait for its completion:
 -- if it finished in the meantime its real result wins (nothing read or
 -- written is ever dropped on the floor).
+local arm, resume_once, suspend = task.arm, task.resume_once, task.suspend
+local add_timer, cancel_timer = task.add_timer, task.cancel_timer
+
 local function await(pipe, op, start, timeout)
-  local co = task.current()
+  local co, ticket = arm()
   if co then
     local timer
     start(function(...)
-      if timer then task.cancel_timer(timer) end
-      task.resume(co, ...)
+      if timer then cancel_timer(timer) end
+      resume_once(co, ticket, ...)
     end)
     if timeout then
-      timer = task.add_timer(timeout, function()
+      timer = add_timer(timeout, function()
         timer = nil
         cancel_for_timeout(pipe, op)
       end)
     end
-    return task.suspend()
+    return suspend()
   end
   local done, results = false, nil
   start(function(...)
@@ -253,7 +256,7 @@ function methods.ready(self, interest, timeout)
   check_timeout(timeout, 3, "ready")
   if has_readahead(self) then return { readable = true } end
   local got, errs, outstanding = {}, {}, 2
-  local waiter = task.current()
+  local resume = task.current() and task.waiter()
   local function on(which)
     return function(ok, msg, name, code)
       outstanding = outstanding - 1
@@ -265,13 +268,13 @@ function methods.ready(self, interest, timeout)
       else
         errs[#errs + 1] = pack(nil, msg, name, code)
       end
-      if outstanding == 0 and waiter then task.wake(waiter) end
+      if outstanding == 0 and resume then resume() end
     end
   end
   raw.readable(self, on("readable"))
   raw.writable(self, on("writable"))
   local deadline = timeout and now() + timeout
-  if waiter then
+  if resume then
     local timer = timeout and task.add_timer(timeout, function()
       if self:state() ~= "closed" then self:cancel("readable", "TIMEOUT"); self:cancel("writable", "TIMEOUT") end
     end)
@@ -303,7 +306,7 @@ function M.event()
     values = pack(...)
     -- woken from the next step, never inside set(): the setter may be in
     -- the middle of something the waiter must not interrupt
-    for co in pairs(waiters) do task.wake(co) end
+    for i = 1, #waiters do task.soon(waiters[i]) end
     waiters = {}
     return true
   end
@@ -311,15 +314,17 @@ function M.event()
   function ev:wait(timeout)
     check_timeout(timeout, 2, "wait")
     if not values then
-      local co = task.current()
-      if co then
-        waiters[co] = true
-        local timer = timeout and task.add_timer(timeout, function()
-          waiters[co] = nil
-          task.resume(co)
-        end)
+      if task.current() then
+        -- set() and the timer share one resume: whichever comes first
+        -- wakes the task, the other does nothing
+        local resume = task.waiter()
+        waiters[#waiters + 1] = resume
+        local timer = timeout and task.add_timer(timeout, resume)
         task.suspend()
         if timer then task.cancel_timer(timer) end
+        for i = #waiters, 1, -1 do
+          if waiters[i] == resume then table.remove(waiters, i) end
+        end
       else
         local deadline = timeout and now() + timeout
         while not values do

@@ -43,7 +43,7 @@ function S.install(M)
       if slot_waiter then
         local w = slot_waiter
         slot_waiter = nil
-        task.wake(w)
+        task.soon(w)
       end
       if not ok then error(err, 0) end
     end
@@ -58,7 +58,7 @@ function S.install(M)
           error(("serve: cannot create the next instance of %s: %s (%s, %s)")
             :format(name, m, ename, tostring(c)), 0)
         end
-        slot_waiter = task.current()
+        slot_waiter = task.waiter()
         task.suspend()
       end
     end
@@ -95,7 +95,7 @@ function S.install(M)
       if slot_waiter then
         local w = slot_waiter
         slot_waiter = nil
-        task.wake(w)
+        task.soon(w)
       end
     end
 

@@ -1,0 +1,131 @@
+-- The pure-Lua layer's lifecycle: a task is resumed once per wait, an error
+-- that unwinds a waiting call loses nothing and leaves the pipe usable,
+-- np.serve keeps its name, the framing helpers stay bounded and linear.
+local lu = require "luaunit"
+local np = require "namedpipe"
+local H = require "tests.helpers"
+
+-- Step with a busy pause before each step, so that every timer due in the
+-- pause fires in the same pass; until done() or timeout_ms.
+local function step_in_bursts(done, pause_ms, timeout_ms, each)
+  local t0 = np.now()
+  while not done() do
+    if np.now() - t0 > timeout_ms then error("timed out stepping in bursts", 2) end
+    local t = np.now()
+    while np.now() - t < pause_ms do end
+    np.step(0)
+    if each then each(np.now() - t0) end
+  end
+end
+
+local function raises(f, ...)
+  local ok, err = pcall(f, ...)
+  lu.assertFalse(ok, "expected an error")
+  return tostring(err)
+end
+
+-- More than a pipe's buffer holds: a write of it stays in flight (and a
+-- writable() wait pending) until the peer reads.
+local BIG = 4 * 1024 * 1024
+
+TestResumeOnce = {}
+
+function TestResumeOnce:tearDown() H.settle(2000) end
+
+-- ev:set() and the wait's own timer in one pass: the waiting task is
+-- resumed once; the next thing it waits on gets its own result.
+function TestResumeOnce:test_event_set_and_timeout_in_one_pass()
+  local server, client = H.pair()
+  local ev = np.event()
+  local got = {}
+  np.spawn(function()
+    got.wait = { ev:wait(5) }
+    got.read = { server:read() }
+  end)
+  np.spawn(function()
+    np.sleep(1) -- due before the wait's timer: set() comes first in the pass
+    ev:set(true)
+  end)
+  local wrote = false
+  step_in_bursts(function() return got.read ~= nil end, 20, 5000, function(t)
+    if not wrote and t >= 50 then
+      wrote = true
+      client:write("late", function() end)
+    end
+  end)
+  lu.assertEquals(got.wait, { true })
+  lu.assertEquals(got.read, { "late" })
+  np.run() -- nothing left to resume: no "cannot resume dead coroutine"
+  H.close_all(server, client)
+end
+
+-- The whole class: many tasks whose every wait can be ended by two sources
+-- in one pass (event set vs timeout, sleep vs a stale wake), each then
+-- reading; every read gets exactly what was written for it.
+function TestResumeOnce:test_every_wait_is_resumed_once()
+  local pairs_, got, n = {}, {}, 8
+  for i = 1, n do
+    local server, client = H.pair()
+    pairs_[i] = { server, client }
+    local ev = np.event()
+    np.spawn(function()
+      local r = { ev:wait(i % 3 + 3) }
+      got[i] = { wait = r[1] or r[3] }
+      np.sleep(1)
+      got[i].read = server:read()
+      got[i].readable = server:readable(1000)
+      got[i].ready = server:ready("both", 1000)
+      got[i].again = server:read(nil, 1000)
+    end)
+    np.spawn(function()
+      np.sleep(i % 2 + 3)
+      ev:set("set")
+    end)
+  end
+  local wrote = false
+  step_in_bursts(function()
+    for i = 1, n do if not (got[i] and got[i].again) then return false end end
+    return true
+  end, 15, 8000, function(t)
+    if not wrote and t >= 60 then
+      wrote = true
+      for i = 1, n do
+        pairs_[i][2]:write("one " .. i, function() end)
+      end
+      np.spawn(function()
+        np.sleep(40)
+        for i = 1, n do pairs_[i][2]:write("two " .. i, function() end) end
+      end)
+    end
+  end)
+  for i = 1, n do
+    lu.assertEquals(got[i].read, "one " .. i)
+    lu.assertTrue(got[i].readable)
+    lu.assertTrue(got[i].ready.writable or got[i].ready.readable)
+    lu.assertEquals(got[i].again, "two " .. i)
+    lu.assertTrue(got[i].wait == "set" or got[i].wait == "TIMEOUT")
+  end
+  np.run()
+  for i = 1, n do H.close_all(pairs_[i][1], pairs_[i][2]) end
+end
+
+-- ready("both") in a task whose two waits complete in one step: resumed
+-- once, its next wait is its own.
+function TestResumeOnce:test_ready_both_resumed_once()
+  local server, client = H.pair()
+  local got = {}
+  client:write("x")
+  H.settle(50)
+  np.spawn(function()
+    got.ready = server:ready("both", 1000) -- readable and writable both at once
+    got.sleep_start = np.now()
+    np.sleep(30)
+    got.slept = np.now() - got.sleep_start
+    got.read = server:read(nil, 1000)
+  end)
+  np.run()
+  lu.assertNotNil(got.ready)
+  lu.assertTrue(got.slept >= 29, "the sleep was cut short: " .. got.slept .. " ms")
+  lu.assertEquals(got.read, "x")
+  H.close_all(server, client)
+end
