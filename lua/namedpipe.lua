@@ -173,6 +173,9 @@ end
 
 --- pipe:read([n] [, cb | timeout])
 function waiting.read(self, a, b)
+  if type(a) == "function" and b ~= nil then -- read(cb, timeout): the timeout would be dropped
+    error("bad argument #3 to 'read' (nothing expected after the callback or timeout: give one of them, last)", 4)
+  end
   local cb = type(b) == "function" and b or type(a) == "function" and a or nil
   local n = type(a) ~= "function" and a or nil
   if has_readahead(self) then

@@ -129,3 +129,20 @@ function TestResumeOnce:test_ready_both_resumed_once()
   lu.assertEquals(got.read, "x")
   H.close_all(server, client)
 end
+
+TestLuaMisuse = {}
+
+function TestLuaMisuse:tearDown() H.settle(2000) end
+
+function TestLuaMisuse:test_read_callback_then_timeout_raises()
+  local server, client = H.pair()
+  local ran = false
+  local cb = function() ran = true end
+  lu.assertStrContains(raises(function() return server:read(cb, 100) end),
+    "bad argument #3 to 'read' (nothing expected after the callback or timeout")
+  lu.assertEquals(np.pending(), 0) -- nothing started
+  client:write("ok")
+  lu.assertEquals(server:read(nil, 1000), "ok")
+  lu.assertFalse(ran)
+  H.close_all(server, client)
+end
