@@ -257,37 +257,54 @@ function methods.ready(self, interest, timeout)
     error("bad argument #2 to 'ready' (\"readable\", \"writable\" or \"both\" expected)", 2)
   end
   check_timeout(timeout, 3, "ready")
+  local mt = type(self) == "userdata" and getmetatable(self)
+  if not (mt and mt.__index == methods) then
+    error(("bad argument #1 to 'ready' (namedpipe.pipe expected, got %s)"):format(type(self)), 2)
+  end
+  if self:state() == "closed" then error("bad argument #1 to 'ready' (pipe is closed)", 2) end
   if has_readahead(self) then return { readable = true } end
-  local got, errs, outstanding = {}, {}, 2
+  -- Both slots are checked before either wait starts: a wait started and
+  -- left behind would later cancel someone else's.
+  if self:_busy("read") > 0 then
+    error("bad argument #1 to 'ready' (a read is already pending on this pipe)", 2)
+  end
+  if self:_busy("writable") > 0 then
+    error("bad argument #1 to 'ready' (a writable() wait is already pending on this pipe)", 2)
+  end
+  -- pending: the waits started and not yet completed (only those may be
+  -- cancelled: once one has completed, its kind may be someone else's)
+  local got, errs, pending = {}, {}, { readable = true }
   local resume = task.current() and task.waiter()
-  local function on(which)
+  local function on(which, other)
     return function(ok, msg, name, code)
-      outstanding = outstanding - 1
+      pending[which] = nil
       if ok then
         got[which] = true
-        -- the first one ready wins; the other wait is called off
-        local other = which == "readable" and "writable" or "readable"
-        if self:state() ~= "closed" and not got[other] then self:cancel(other) end
+        -- the first one ready wins; the other wait, if still ours, is called off
+        if pending[other] and self:state() ~= "closed" then self:cancel(other) end
       else
         errs[#errs + 1] = pack(nil, msg, name, code)
       end
-      if outstanding == 0 and resume then resume() end
+      if resume and not pending[other] then resume() end
     end
   end
-  raw.readable(self, on("readable"))
-  raw.writable(self, on("writable"))
-  local deadline = timeout and now() + timeout
+  raw.readable(self, on("readable", "writable"))
+  raw.writable(self, on("writable", "readable"))
+  pending.writable = true
   if resume then
     local timer = timeout and task.add_timer(timeout, function()
-      if self:state() ~= "closed" then self:cancel("readable", "TIMEOUT"); self:cancel("writable", "TIMEOUT") end
+      if self:state() == "closed" then return end
+      for which in pairs(pending) do self:cancel(which, "TIMEOUT") end
     end)
     task.suspend()
     if timer then task.cancel_timer(timer) end
   else
-    while outstanding > 0 do
-      if deadline and now() >= deadline and self:state() ~= "closed" then
-        self:cancel("readable", "TIMEOUT")
-        self:cancel("writable", "TIMEOUT")
+    local deadline = timeout and now() + timeout
+    while pending.readable or pending.writable do
+      if deadline and now() >= deadline then
+        if self:state() ~= "closed" then
+          for which in pairs(pending) do self:cancel(which, "TIMEOUT") end
+        end
         deadline = nil
       end
       step(deadline and math.max(0, deadline - now()) or 100)

@@ -146,3 +146,30 @@ function TestLuaMisuse:test_read_callback_then_timeout_raises()
   lu.assertFalse(ran)
   H.close_all(server, client)
 end
+
+-- ready("both") refused half-way (a writable() wait is already pending)
+-- starts nothing: no readable wait is left behind to cancel that
+-- writable() wait later, nor to make the next read raise.
+function TestLuaMisuse:test_ready_both_refused_starts_nothing()
+  local server, client = H.pair()
+  client:write(("w"):rep(BIG), function() end)
+  local cb, res = H.capture()
+  client:writable(cb)
+  lu.assertStrContains(raises(function() return client:ready("both", 100) end),
+    "bad argument #1 to 'ready' (a writable() wait is already pending on this pipe)")
+  server:write("make the client readable")
+  H.settle(50)
+  np.step(20)
+  lu.assertFalse(res.done, "the unrelated writable() wait was cancelled")
+  lu.assertEquals(client:read(nil, 1000), "make the client readable")
+  local got = 0
+  while got < BIG do got = got + #assert(server:read(nil, 2000)) end
+  H.pump(function() return res.done end, 2000, "the writable() callback")
+  lu.assertEquals(res[1], true)
+  -- the same with the read slot taken
+  client:read(function() end)
+  lu.assertStrContains(raises(function() return client:ready("both", 100) end),
+    "bad argument #1 to 'ready' (a read is already pending on this pipe)")
+  lu.assertEquals(client:_busy("writable"), 0)
+  H.close_all(server, client)
+end
