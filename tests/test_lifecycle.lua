@@ -173,3 +173,65 @@ function TestLuaMisuse:test_ready_both_refused_starts_nothing()
   lu.assertEquals(client:_busy("writable"), 0)
   H.close_all(server, client)
 end
+
+TestFramingLimits = {}
+
+local DEFAULT_MAX_FRAME = np.max_frame_size
+
+function TestFramingLimits:tearDown()
+  np.max_frame_size = DEFAULT_MAX_FRAME
+  H.settle(2000)
+end
+
+function TestFramingLimits:test_oversize_frame_refused_without_reading_the_body()
+  lu.assertEquals(np.max_frame_size, 8 * 1024 * 1024)
+  local server, client = H.pair()
+  -- a hostile length: 4 GiB - 1, and no body
+  client:write("\255\255\255\255")
+  local data, msg, name, code = server:read_frame(1000)
+  lu.assertNil(data)
+  lu.assertEquals(name, "FRAME_TOO_LARGE")
+  lu.assertEquals(code, 0)
+  lu.assertStrContains(msg, "frame")
+  H.close_all(server, client)
+  -- a limit of our own; what was refused is still there
+  server, client = H.pair()
+  np.max_frame_size = 10
+  client:write_frame("0123456789")
+  client:write_frame("0123456789A")
+  lu.assertEquals(server:read_frame(1000), "0123456789")
+  lu.assertEquals(select(3, server:read_frame(1000)), "FRAME_TOO_LARGE")
+  lu.assertEquals(select(3, server:read_frame(1000)), "FRAME_TOO_LARGE")
+  np.max_frame_size = 11
+  lu.assertEquals(server:read_frame(1000), "0123456789A")
+  np.max_frame_size = -1
+  lu.assertStrContains(raises(server.read_frame, server, 10), "max_frame_size")
+  np.max_frame_size = "big"
+  lu.assertStrContains(raises(server.read_frame, server, 10), "max_frame_size")
+  H.close_all(server, client)
+end
+
+-- A long line in many small pieces costs memory in proportion to its
+-- length: the reader neither rebuilds its buffer nor rescans it per read.
+function TestFramingLimits:test_long_line_in_many_small_writes_is_linear()
+  local opts = { pipe_mode = "message" } -- one piece per read, whatever the timing
+  local server, client = H.pair(opts, opts)
+  local piece, count = ("x"):rep(511) .. "y", 512
+  for _ = 1, count do client:write(piece, function() end) end
+  client:write("end\nafter\n", function() end)
+  local line
+  collectgarbage("collect")
+  collectgarbage("stop")
+  local before = collectgarbage("count")
+  local ok, err = pcall(function() line = server:read_line(10000) end)
+  local grown = (collectgarbage("count") - before) * 1024
+  collectgarbage("restart")
+  assert(ok, err)
+  local len = #piece * count + 3
+  lu.assertEquals(#line, len)
+  lu.assertEquals(line, piece:rep(count) .. "end")
+  lu.assertTrue(grown < 16 * len,
+    ("reading a %d-byte line allocated %d bytes"):format(len, math.floor(grown)))
+  lu.assertEquals(server:read_line(1000), "after")
+  H.close_all(server, client)
+end
