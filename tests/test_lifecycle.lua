@@ -130,6 +130,188 @@ function TestResumeOnce:test_ready_both_resumed_once()
   H.close_all(server, client)
 end
 
+TestUnwind = {}
+
+function TestUnwind:tearDown() H.settle(2000) end
+
+-- The main thread waits in `call` (which drives the loop) when a task
+-- raises: the error comes out of the call.
+local function unwound(call)
+  np.spawn(function()
+    np.sleep(20)
+    error("task failed on purpose")
+  end)
+  local err = raises(call)
+  lu.assertStrContains(err, "task failed on purpose")
+end
+
+function TestUnwind:test_read_then_data()
+  local server, client = H.pair()
+  unwound(function() return server:read(nil, 1000) end)
+  client:write("after")
+  lu.assertEquals(server:read(nil, 1000), "after")
+  lu.assertEquals(select(3, server:read(nil, 20)), "TIMEOUT")
+  H.close_all(server, client)
+end
+
+-- The data is written just before the error: the abandoned read may have
+-- got it (then it is read ahead) or not (then the pipe still has it);
+-- either way it comes once.
+function TestUnwind:test_read_data_in_flight_comes_once()
+  for _, mode in ipairs { "byte", "message" } do
+    local opts = { pipe_mode = mode }
+    local server, client = H.pair(opts, opts)
+    np.spawn(function() -- runs from the read's first step
+      client:write("first", function() end)
+      error("task failed on purpose")
+    end)
+    local err = raises(function() return server:read(nil, 1000) end)
+    lu.assertStrContains(err, "task failed on purpose")
+    lu.assertEquals(server:read(nil, 1000), "first")
+    client:write("second")
+    lu.assertEquals(server:read(nil, 1000), "second")
+    H.close_all(server, client)
+  end
+end
+
+-- Data the abandoned read got while nobody waited for it is handed to the
+-- next read of any kind, and the callback form works at once too.
+function TestUnwind:test_abandoned_read_data_goes_to_the_next_reader()
+  local server, client = H.pair()
+  np.spawn(function()
+    client:write("caught", function() end)
+    error("task failed on purpose")
+  end)
+  raises(function() return server:read(nil, 1000) end)
+  local cb, res = H.capture()
+  server:read(cb) -- not "a read is already pending"
+  H.pump(function() return res.done end, 2000, "the read's callback")
+  lu.assertEquals(res[1], "caught")
+  -- and try_read while an abandoned read is pending says WOULDBLOCK
+  unwound(function() return server:read(nil, 1000) end)
+  local d, _, name = server:try_read()
+  lu.assertNil(d)
+  lu.assertEquals(name, "WOULDBLOCK")
+  lu.assertEquals(select(3, server:read(nil, 20)), "TIMEOUT")
+  H.close_all(server, client)
+end
+
+-- The next reader is a task: it waits for the abandoned read, then reads.
+function TestUnwind:test_next_reader_in_a_task()
+  local server, client = H.pair()
+  unwound(function() return server:read(nil, 1000) end)
+  local got
+  np.spawn(function() got = { server:read(nil, 1000) } end)
+  np.spawn(function()
+    np.sleep(10)
+    client:write("for the task")
+  end)
+  np.run()
+  lu.assertEquals(got, { "for the task" })
+  H.close_all(server, client)
+end
+
+function TestUnwind:test_read_into()
+  local server, client = H.pair()
+  local buf = np.buffer(16)
+  unwound(function() return server:read_into(buf, 1000) end)
+  client:write("into")
+  lu.assertEquals(server:read_into(buf, 1000), 4)
+  lu.assertEquals(buf:sub(1, 4), "into")
+  -- the bytes an abandoned read_into got are not lost either
+  np.spawn(function() -- runs from the read_into's first step
+    client:write("lost?", function() end)
+    error("task failed on purpose")
+  end)
+  raises(function() return server:read_into(buf, 1000) end)
+  local n = assert(server:read_into(buf, 1000))
+  lu.assertEquals(buf:sub(1, n), "lost?")
+  H.close_all(server, client)
+end
+
+function TestUnwind:test_read_line_keeps_its_partial_line()
+  local server, client = H.pair()
+  client:write("par")
+  unwound(function() return server:read_line(1000) end)
+  client:write("tial\nnext\n")
+  lu.assertEquals(server:read_line(1000), "partial")
+  lu.assertEquals(server:read_line(1000), "next")
+  H.close_all(server, client)
+end
+
+function TestUnwind:test_readable_and_ready()
+  local server, client = H.pair()
+  unwound(function() return server:readable(1000) end)
+  unwound(function() return server:ready("readable", 1000) end)
+  client:write("r")
+  lu.assertTrue(server:readable(1000))
+  lu.assertTrue(server:ready("readable", 1000).readable)
+  lu.assertEquals(server:read(nil, 1000), "r")
+  H.close_all(server, client)
+end
+
+function TestUnwind:test_writable_and_ready_both()
+  local server, client = H.pair()
+  local big = ("w"):rep(BIG)
+  client:write(big, function() end)
+  unwound(function() return client:writable(1000) end)
+  unwound(function() return client:ready("both", 1000) end)
+  unwound(function() return client:ready("writable", 1000) end)
+  -- every wait is free again: new ones are accepted and complete
+  local got = 0
+  while got < BIG do got = got + #assert(server:read(nil, 2000)) end
+  lu.assertTrue(client:writable(1000))
+  lu.assertTrue(client:ready("both", 1000).writable)
+  lu.assertTrue(client:ready("writable", 1000).writable)
+  H.close_all(server, client)
+end
+
+-- An abandoned write goes on: its bytes arrive, whole, before the next's.
+function TestUnwind:test_write_goes_on()
+  local server, client = H.pair()
+  local big = ("0123456789abcdef"):rep(BIG // 16)
+  unwound(function() return client:write(big, 1000) end)
+  client:write("tail", function() end)
+  local parts, total = {}, 0
+  while total < BIG + 4 do
+    local d = assert(server:read(nil, 2000))
+    parts[#parts + 1] = d
+    total = total + #d
+  end
+  local all = table.concat(parts)
+  lu.assertEquals(#all, BIG + 4)
+  lu.assertEquals(H.checksum(all), H.checksum(big .. "tail"))
+  H.close_all(server, client)
+end
+
+function TestUnwind:test_connect()
+  local name = H.name("unwind-connect")
+  local server = assert(np.create(name))
+  unwound(function() return server:connect(1000) end)
+  local client = assert(np.open(name))
+  lu.assertTrue(server:connect(1000))
+  client:write("hello")
+  lu.assertEquals(server:read(nil, 1000), "hello")
+  H.close_all(server, client)
+end
+
+-- The same from a coroutine of the caller's own (not a task): the call
+-- drives the loop there too.
+function TestUnwind:test_in_a_user_coroutine()
+  local server, client = H.pair()
+  local co = coroutine.create(function() return server:read(nil, 1000) end)
+  np.spawn(function()
+    np.sleep(20)
+    error("task failed on purpose")
+  end)
+  local ok, err = coroutine.resume(co)
+  lu.assertFalse(ok)
+  lu.assertStrContains(tostring(err), "task failed on purpose")
+  client:write("still here")
+  lu.assertEquals(server:read(nil, 1000), "still here")
+  H.close_all(server, client)
+end
+
 TestLuaMisuse = {}
 
 function TestLuaMisuse:tearDown() H.settle(2000) end

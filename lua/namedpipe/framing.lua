@@ -36,7 +36,10 @@ function F.install(M, methods)
   -- are joined once, at the end: a long line in many reads costs its
   -- length, not its length times the reads.
   local function read_until(self, timeout, scan)
-    local deadline = timeout and now() + timeout
+    -- an abandoned read of this pipe first: its bytes come before new ones
+    local ok, t = M._settle(self, "read", timeout)
+    if not ok then return nil, "timed out", "TIMEOUT", 0 end
+    local deadline = t and now() + t
     local piece = readahead[self] or ""
     local pieces, before = { piece }, 0
     set_readahead(self, nil)
@@ -54,8 +57,9 @@ function F.install(M, methods)
         keep_all()
         return nil, skip, name, 0
       end
+      -- pieces: taken from the pipe, read-ahead again should this unwind
       local data, msg, ename, code = M._await(self, "read",
-        function(cb) M._raw.read(self, nil, cb) end, deadline_left(deadline))
+        function(cb) M._raw.read(self, nil, cb) end, deadline_left(deadline), nil, pieces)
       if not data then
         keep_all()
         return nil, msg, ename, code
