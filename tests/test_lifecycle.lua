@@ -356,6 +356,112 @@ function TestLuaMisuse:test_ready_both_refused_starts_nothing()
   H.close_all(server, client)
 end
 
+TestServeKeepsName = {}
+
+-- a server a failed test left running would keep every later np.run going
+local servers = {}
+local function serve(...)
+  local srv, msg = np.serve(...)
+  servers[#servers + 1] = srv
+  return srv, msg
+end
+
+function TestServeKeepsName:tearDown()
+  for _, srv in ipairs(servers) do srv.close() end
+  servers = {}
+  H.settle(2000)
+end
+
+-- Every instance is held by a handler and handlers keep finishing: a
+-- client of this process never finds the name missing (PIPE_BUSY, which
+-- it may retry, is fine).
+function TestServeKeepsName:test_name_never_vanishes_at_max_instances()
+  local name = H.name("keep")
+  local handled = 0
+  local srv = assert(serve(name, { max_instances = 1 }, function(p)
+    np.sleep(3)
+    handled = handled + 1
+  end))
+  local counts = {}
+  np.spawn(function()
+    local t0 = np.now()
+    while np.now() - t0 < 400 do
+      local c, _, ename = np.open(name)
+      local k = c and "ok" or ename
+      counts[k] = (counts[k] or 0) + 1
+      if c then c:close() end
+      np.sleep(1)
+    end
+    srv.close()
+  end)
+  np.run()
+  lu.assertNil(counts.NOT_FOUND, "NOT_FOUND " .. tostring(counts.NOT_FOUND) .. " times")
+  lu.assertTrue((counts.ok or 0) > 0)
+  lu.assertTrue(handled > 0)
+end
+
+-- listeners = 2: two clients may open one after the other without a step
+-- between (as `copy x \\.\pipe\y` does), and both are served.
+function TestServeKeepsName:test_listeners_take_clients_back_to_back()
+  local name = H.name("listeners")
+  local served = {}
+  local srv = assert(serve(name, { listeners = 2 }, function(p)
+    local line = p:read_line(2000)
+    served[#served + 1] = line
+  end))
+  np.step(0)
+  local a = assert(np.open(name))
+  local b, msg = np.open(name)
+  lu.assertNotNil(b, msg)
+  a:write("a\n")
+  b:write("b\n")
+  H.pump(function() return #served == 2 end, 3000, "both handlers")
+  table.sort(served)
+  lu.assertEquals(served, { "a", "b" })
+  -- and again: both listeners were replaced
+  local c = assert(np.open(name))
+  local d = assert(np.open(name))
+  srv.close()
+  H.close_all(a, b, c, d)
+end
+
+-- An instance serve needs is refused as busy by one that is not its own:
+-- serve tries again (it does not wait for one of its handlers to finish).
+function TestServeKeepsName:test_busy_by_a_foreign_instance_is_retried()
+  local name = H.name("foreign")
+  local release = np.event()
+  local srv = assert(serve(name, { max_instances = 2 }, function(p)
+    release:wait(5000)
+  end))
+  np.step(0)
+  local extra = assert(np.create(name, { max_instances = 2 })) -- not serve's
+  local first = assert(np.open(name, { timeout = 2000 }))
+  H.pump(function() return srv.active == 1 end, 2000, "the first handler")
+  extra:close() -- the second instance is free to create now
+  local second, msg = np.open(name, { timeout = 2000 })
+  lu.assertNotNil(second, msg) -- while the first handler still runs
+  release:set()
+  srv.close()
+  H.close_all(first, second)
+end
+
+function TestServeKeepsName:test_listeners_validated()
+  local f = function() end
+  local pipes = np.stats().pipes
+  lu.assertStrContains(raises(np.serve, H.name("v"), { listeners = 0 }, f),
+    "bad argument #2 to 'serve' (option 'listeners'")
+  lu.assertStrContains(raises(np.serve, H.name("v"), { listeners = 1.5 }, f),
+    "bad argument #2 to 'serve' (option 'listeners'")
+  lu.assertStrContains(raises(np.serve, H.name("v"), { listeners = "2" }, f),
+    "bad argument #2 to 'serve' (option 'listeners'")
+  lu.assertStrContains(raises(np.serve, H.name("v"), { listeners = 3, max_instances = 2 }, f),
+    "bad argument #2 to 'serve' (option 'listeners'")
+  -- nothing was left listening by a refused call
+  lu.assertEquals(np.stats().pipes, pipes)
+  local srv = assert(serve(H.name("v"), { listeners = 2, max_instances = 2 }, f))
+  srv.close()
+end
+
 TestFramingLimits = {}
 
 local DEFAULT_MAX_FRAME = np.max_frame_size
