@@ -77,64 +77,248 @@ local function check_timeout(t, arg, fname, level)
 end
 M._check_timeout = check_timeout
 
-local function cancel_for_timeout(pipe, op)
-  if pipe:state() ~= "closed" then pipe:cancel(op, "TIMEOUT") end
+local function timed_out() return nil, "timed out", "TIMEOUT", 0 end
+
+local function cancel_for_timeout(pipe, what)
+  if pipe:state() ~= "closed" then pipe:cancel(what, "TIMEOUT") end
 end
+
+-- Data read ahead by the framing helpers (or by a read nobody waited for
+-- any more, below), handed out before the pipe's. Set only through
+-- set_readahead: the C methods hand a pipe's reads over to this layer
+-- while it has some.
+local readahead = setmetatable({}, { __mode = "k" })
+M._readahead = readahead
+
+--[[
+Operations whose waiter may be gone. A call without a callback, outside a
+task, steps the loop until its operation is done; whatever a step runs (a
+task, a callback) may raise, and the error unwinds out of the call while
+the operation is still the pipe's. So such an operation is recorded in
+inflight[pipe][slot] while it is waited for ("read": read, read_into and
+readable, which share the pipe's read slot; "connect"; "writable"). Once
+its waiter is gone (the call unwound, or the coroutine it ran in died) it
+is abandoned: cancelled, and when it completes what it got is handed over
+(bytes read become read-ahead, after any bytes taken before it; a
+connection, a readiness or a failure the next call finds again by itself).
+Until then the next call of its slot waits for it instead of raising
+"already pending". A write has no slot: abandoned, it goes on and its
+bytes arrive, as try_write's do. Tasks need none of this: a suspended task
+cannot be unwound.
+]]
+local inflight = setmetatable({}, { __mode = "k" })
+
+local SLOT = { read = "read", read_into = "read", readable = "read",
+               connect = "connect", writable = "writable" }
+local CANCEL = { read = "read", read_into = "read", readable = "readable",
+                 connect = "connect", writable = "writable", write = "write" }
+
+local co_running, co_status = coroutine.running, coroutine.status
+local function dead(thread) return co_status(thread) == "dead" end
+
+-- While a read-slot operation is recorded, reads divert to this layer too
+-- (binding.c: the same flag as read-ahead), so that a read in any form
+-- finds an abandoned one before the C method would refuse it.
+local raw_set_readahead = raw.set_readahead
+local function sync_divert(pipe)
+  local ops = inflight[pipe]
+  raw_set_readahead(pipe, readahead[pipe] ~= nil or (ops ~= nil and ops.read ~= nil))
+end
+
+local function set_readahead(pipe, buf)
+  readahead[pipe] = buf
+  sync_divert(pipe)
+end
+M._set_readahead = set_readahead
+
+local function append_readahead(pipe, s)
+  local old = readahead[pipe]
+  set_readahead(pipe, old and old .. s or s)
+end
+
+local function prepend_readahead(pipe, s)
+  if s == "" then return end
+  local old = readahead[pipe]
+  set_readahead(pipe, old and s .. old or s)
+end
+
+local op_mt = {}
+
+local function new_op(pipe, kind)
+  return setmetatable({ pipe = pipe, kind = kind, slot = SLOT[kind], thread = co_running() }, op_mt)
+end
+
+local function register(op)
+  local ops = inflight[op.pipe]
+  if not ops then
+    ops = {}
+    inflight[op.pipe] = ops
+  end
+  ops[op.slot] = op
+  if op.slot == "read" then sync_divert(op.pipe) end
+end
+
+-- The slot is free again; whoever waited for it goes on.
+local function release(op)
+  op.released = true
+  local ops = inflight[op.pipe]
+  if ops and ops[op.slot] == op then
+    ops[op.slot] = nil
+    if op.slot == "read" then sync_divert(op.pipe) end
+  end
+  -- from the next step, each on its own: one that raises leaves the
+  -- others queued
+  local adopters = op.adopters
+  if adopters then
+    op.adopters = nil
+    for i = 1, #adopters do task.soon(adopters[i], true) end
+  end
+end
+
+-- What an abandoned operation got goes to whoever reads next.
+local function hand_over(op)
+  local r = op.r
+  if op.kind == "read" and r[1] then
+    append_readahead(op.pipe, r[1])
+  elseif op.kind == "read_into" and r[1] then
+    append_readahead(op.pipe, op.buf:sub(1, r[1]))
+  end
+end
+
+local function abandon(op)
+  if op.abandoned then return end
+  op.abandoned = true
+  if op.prefix then -- bytes a framing read had taken come back first
+    prepend_readahead(op.pipe, table.concat(op.prefix))
+    op.prefix = nil
+  end
+  if op.done then
+    hand_over(op)
+    release(op)
+  elseif op.slot and op.pipe:state() ~= "closed" then
+    op.pipe:cancel(CANCEL[op.kind])
+  end
+end
+
+-- Leaving the scope of a waiting call (to-be-closed): by an error, before
+-- its results were returned.
+op_mt.__close = function(op)
+  if not op.delivered then abandon(op) end
+end
+
+local function op_done(op, ...)
+  op.done, op.r = true, pack(...)
+  if op.abandoned then
+    hand_over(op)
+    release(op)
+  elseif dead(op.thread) then
+    abandon(op)
+  elseif op.notify then
+    op.notify(op)
+  end
+end
+
+-- The abandoned operation of this slot still pending, or nil. One whose
+-- waiting coroutine died (an error there closes nothing) is abandoned
+-- now; one whose waiter is alive keeps the slot busy, as the C method
+-- says.
+local function orphan(pipe, slot)
+  local ops = inflight[pipe]
+  local op = ops and ops[slot]
+  if not op then return nil end
+  if not op.abandoned then
+    if not dead(op.thread) then return nil end
+    abandon(op)
+    if op.released then return nil end
+  end
+  return op
+end
+
+-- Run fn() once the abandoned operation has completed.
+local function after(op, fn)
+  local adopters = op.adopters or {}
+  op.adopters = adopters
+  adopters[#adopters + 1] = fn
+end
+
+--- Wait (up to timeout ms) until no abandoned operation holds the slot:
+--- true and the time left, or false once the timeout ran out. (The
+--- operation was cancelled when abandoned: it completes soon.)
+local function settle(pipe, slot, timeout)
+  local ops = inflight[pipe]
+  if not (ops and ops[slot]) then return true, timeout end
+  local op = orphan(pipe, slot)
+  if not op then return true, timeout end
+  local t0 = now()
+  if task.current() then
+    local resume = task.waiter()
+    after(op, resume)
+    local timer = timeout and task.add_timer(timeout, resume)
+    local ok = task.suspend()
+    if timer then task.cancel_timer(timer) end
+    if not ok then return false end
+  else
+    while not op.released do
+      local left = timeout and timeout - (now() - t0)
+      if left and left <= 0 then return false end
+      step(left or 100)
+    end
+  end
+  return true, timeout and math.max(0, timeout - (now() - t0))
+end
+M._settle = settle
 
 -- Start an operation with `start(callback)` and wait for that callback. On
 -- timeout the operation is cancelled and we still wait for its completion:
 -- if it finished in the meantime its real result wins (nothing read or
--- written is ever dropped on the floor).
-local function await(pipe, op, start, timeout)
-  local co = task.current()
+-- written is ever dropped on the floor). kind: "read", "read_into" (buf:
+-- its buffer), "write", "connect", "readable" or "writable"; prefix: the
+-- bytes a framing read has taken (a table of strings), read-ahead again
+-- should the call unwind.
+local arm, resume_once, suspend = task.arm, task.resume_once, task.suspend
+local add_timer, cancel_timer = task.add_timer, task.cancel_timer
+
+local function await(pipe, kind, start, timeout, buf, prefix)
+  local co, ticket = arm()
   if co then
     local timer
     start(function(...)
-      if timer then task.cancel_timer(timer) end
-      task.resume(co, ...)
+      if timer then cancel_timer(timer) end
+      resume_once(co, ticket, ...)
     end)
     if timeout then
-      timer = task.add_timer(timeout, function()
+      timer = add_timer(timeout, function()
         timer = nil
-        cancel_for_timeout(pipe, op)
+        cancel_for_timeout(pipe, CANCEL[kind])
       end)
     end
-    return task.suspend()
+    return suspend()
   end
-  local done, results = false, nil
-  start(function(...)
-    done = true
-    results = pack(...)
-  end)
+  local op = new_op(pipe, kind)
+  op.buf, op.prefix = buf, prefix
+  start(function(...) op_done(op, ...) end)
+  if op.slot then register(op) end
+  -- from here on, an error abandons the operation (a write: lets it go on)
+  local _ <close> = op.slot and op or nil
   local deadline = timeout and now() + timeout
-  while not done do
+  while not op.done do
     if deadline then
       local left = deadline - now()
       if left <= 0 then
-        cancel_for_timeout(pipe, op)
-        while not done do step(100) end
-        break
+        cancel_for_timeout(pipe, CANCEL[kind])
+        deadline = nil
+      else
+        step(left)
       end
-      step(left)
     else
-      step(1000)
+      step(timeout and 100 or 1000)
     end
   end
-  return unpack(results, 1, results.n)
+  op.delivered = true
+  if op.slot then release(op) end
+  return unpack(op.r, 1, op.r.n)
 end
 M._await = await
-
--- Data read ahead by the framing helpers, handed out before the pipe's.
--- Set only through set_readahead: the C methods hand a pipe's reads over
--- to this layer while it has some.
-local readahead = setmetatable({}, { __mode = "k" })
-M._readahead = readahead
-local raw_set_readahead = raw.set_readahead
-local function set_readahead(pipe, buf)
-  readahead[pipe] = buf
-  raw_set_readahead(pipe, buf ~= nil)
-end
-M._set_readahead = set_readahead
 
 -- The C methods check n themselves; data read ahead is handed out here, so
 -- check it the same way first.
@@ -162,6 +346,16 @@ local function take_readahead(pipe, n)
   return buf
 end
 
+-- A callback-form call made while an abandoned operation holds its slot
+-- is made again once that one has completed; a pipe closed by then gives
+-- the callback what a pending operation gets from close().
+local function call_after(op, pipe, cb, again)
+  after(op, function()
+    if pipe:state() == "closed" then return cb(nil, "pipe closed", "CLOSED", 0) end
+    return again()
+  end)
+end
+
 -- The functions below get the calls the C methods hand over (binding.c,
 -- divert); errors they raise point at level 4, the method's caller.
 
@@ -169,43 +363,105 @@ end
 function waiting.connect(self, a)
   if type(a) == "function" then return raw.connect(self, a) end
   check_timeout(a, 2, "connect", 4)
+  if inflight[self] then
+    local ok
+    ok, a = settle(self, "connect", a)
+    if not ok then return timed_out() end
+  end
   return await(self, "connect", function(cb) raw.connect(self, cb) end, a)
 end
 
 --- pipe:read([n] [, cb | timeout])
 function waiting.read(self, a, b)
-  local cb = type(b) == "function" and b or type(a) == "function" and a or nil
-  local n = type(a) ~= "function" and a or nil
+  if type(a) == "function" then
+    if b ~= nil then -- read(cb, timeout): the timeout would be dropped
+      error("bad argument #3 to 'read' (nothing expected after the callback or timeout: give one of them, last)", 4)
+    end
+    a, b = nil, a
+  end
+  local n = a
   if has_readahead(self) then
     check_count(n, "read")
     local data = take_readahead(self, n)
-    if cb then return task.soon(cb, data) end
+    if type(b) == "function" then return task.soon(b, data) end
     return data
   end
-  if cb then return raw.read(self, n, cb) end
+  if type(b) == "function" then
+    local op = orphan(self, "read")
+    if op then
+      check_count(n, "read")
+      return call_after(op, self, b, function() return methods.read(self, n, b) end)
+    end
+    return raw.read(self, n, b)
+  end
   check_timeout(b, 3, "read", 4)
+  if inflight[self] then
+    local ok
+    ok, b = settle(self, "read", b)
+    if not ok then return timed_out() end
+    if has_readahead(self) then
+      check_count(n, "read")
+      return take_readahead(self, n)
+    end
+  end
   return await(self, "read", function(c) raw.read(self, n, c) end, b)
 end
 
 --- pipe:read_into(buf [, cb | timeout]): bytes read into buf (from its
---- first byte), a count. (The C method has checked buf.)
+--- first byte), a count. (The C method has checked buf, and that it is
+--- not busy unless this layer holds something of this pipe's.)
 function waiting.read_into(self, buf, a)
-  if type(a) ~= "function" then check_timeout(a, 3, "read_into", 4) end
+  local cb = type(a) == "function" and a or nil
+  if not cb then check_timeout(a, 3, "read_into", 4) end
+  local t = a
+  -- (the C method has left busy to this layer only while it holds
+  -- something of this pipe's)
+  if (readahead[self] or inflight[self]) and raw.buffer_busy(buf) then
+    local op = orphan(self, "read")
+    if not (op and op.buf == buf) then
+      error("bad argument #2 to 'read_into' (buffer is being filled by a pending read_into)", 4)
+    end
+    -- a read_into this pipe abandoned still fills it: after that one
+    if cb then
+      return call_after(op, self, cb, function() return methods.read_into(self, buf, cb) end)
+    end
+    local ok
+    ok, t = settle(self, "read", t)
+    if not ok then return timed_out() end
+  end
+  if not has_readahead(self) then
+    if cb then
+      local op = orphan(self, "read")
+      if op then
+        -- the buffer is the pending call's meanwhile, as a pending read's is
+        raw.buffer_busy(buf, true)
+        return call_after(op, self, cb, function()
+          raw.buffer_busy(buf, false)
+          return methods.read_into(self, buf, cb)
+        end)
+      end
+      return raw.read_into(self, buf, cb)
+    end
+    if inflight[self] then
+      local ok
+      ok, t = settle(self, "read", t)
+      if not ok then return timed_out() end
+    end
+  end
   if has_readahead(self) then
     local n = raw.buffer_put(buf, take_readahead(self, #buf))
-    if type(a) == "function" then
+    if cb then
       -- the bytes are the callback's until it runs: busy, as a pending
       -- read's buffer is (buf:sub and another read_into into it raise)
       raw.buffer_busy(buf, true)
       return task.soon(function()
         raw.buffer_busy(buf, false)
-        return a(n)
+        return cb(n)
       end)
     end
     return n
   end
-  if type(a) == "function" then return raw.read_into(self, buf, a) end
-  return await(self, "read", function(c) raw.read_into(self, buf, c) end, a)
+  return await(self, "read_into", function(c) raw.read_into(self, buf, c) end, t, buf)
 end
 
 --- pipe:try_read([n])
@@ -213,6 +469,10 @@ function waiting.try_read(self, n)
   if has_readahead(self) then
     check_count(n, "try_read")
     return take_readahead(self, n)
+  end
+  if orphan(self, "read") then -- what it gets comes later: nothing now
+    check_count(n, "try_read")
+    return nil, "operation would block", "WOULDBLOCK", 0
   end
   return raw.try_read(self, n)
 end
@@ -249,8 +509,18 @@ function waiting.readable(self, a)
     if type(a) == "function" then return task.soon(a, true) end
     return true
   end
-  if type(a) == "function" then return raw.readable(self, a) end
+  if type(a) == "function" then
+    local op = orphan(self, "read")
+    if op then return call_after(op, self, a, function() return methods.readable(self, a) end) end
+    return raw.readable(self, a)
+  end
   check_timeout(a, 2, "readable", 4)
+  if inflight[self] then
+    local ok
+    ok, a = settle(self, "read", a)
+    if not ok then return timed_out() end
+    if has_readahead(self) then return true end
+  end
   return await(self, "readable", function(cb) raw.readable(self, cb) end, a)
 end
 
@@ -258,8 +528,21 @@ end
 function waiting.writable(self, a)
   if type(a) == "function" then return raw.writable(self, a) end
   check_timeout(a, 2, "writable", 4)
+  if inflight[self] then
+    local ok
+    ok, a = settle(self, "writable", a)
+    if not ok then return timed_out() end
+  end
   return await(self, "writable", function(cb) raw.writable(self, cb) end, a)
 end
+
+-- ready("both") waits with two operations: leaving its scope by an error
+-- abandons both.
+local both_mt = { __close = function(ops)
+  for _, op in ipairs(ops) do
+    if not op.delivered then abandon(op) end
+  end
+end }
 
 --- pipe:ready(interest [, timeout]): interest "readable", "writable" or
 --- "both"; returns a set { readable = true?, writable = true? } of what was
@@ -274,41 +557,76 @@ function methods.ready(self, interest, timeout)
     error("bad argument #2 to 'ready' (\"readable\", \"writable\" or \"both\" expected)", 2)
   end
   check_timeout(timeout, 3, "ready")
+  local mt = type(self) == "userdata" and getmetatable(self)
+  if not (mt and mt.__index == methods) then
+    error(("bad argument #1 to 'ready' (namedpipe.pipe expected, got %s)"):format(type(self)), 2)
+  end
+  if self:state() == "closed" then error("bad argument #1 to 'ready' (pipe is closed)", 2) end
   if has_readahead(self) then return { readable = true } end
-  local got, errs, outstanding = {}, {}, 2
-  local waiter = task.current()
-  local function on(which)
-    return function(ok, msg, name, code)
-      outstanding = outstanding - 1
-      if ok then
+  local ok, t = settle(self, "read", timeout)
+  if ok then ok, t = settle(self, "writable", t) end
+  if not ok then return timed_out() end
+  if has_readahead(self) then return { readable = true } end
+  -- Both slots are checked before either wait starts: a wait started and
+  -- left behind would later cancel someone else's.
+  if self:_busy("read") > 0 then
+    error("bad argument #1 to 'ready' (a read is already pending on this pipe)", 2)
+  end
+  if self:_busy("writable") > 0 then
+    error("bad argument #1 to 'ready' (a writable() wait is already pending on this pipe)", 2)
+  end
+  -- pending: the waits started and not yet completed (only those may be
+  -- cancelled: once one has completed, its kind may be someone else's)
+  local got, errs, pending = {}, {}, { readable = true }
+  local resume = task.current() and task.waiter()
+  local function on(which, other)
+    return function(ok_, msg, name, code)
+      pending[which] = nil
+      if ok_ then
         got[which] = true
-        -- the first one ready wins; the other wait is called off
-        local other = which == "readable" and "writable" or "readable"
-        if self:state() ~= "closed" and not got[other] then self:cancel(other) end
+        -- the first one ready wins; the other wait, if still ours, is called off
+        if pending[other] and self:state() ~= "closed" then self:cancel(other) end
       else
         errs[#errs + 1] = pack(nil, msg, name, code)
       end
-      if outstanding == 0 and waiter then task.wake(waiter) end
+      if resume and not pending[other] then resume() end
     end
   end
-  raw.readable(self, on("readable"))
-  raw.writable(self, on("writable"))
-  local deadline = timeout and now() + timeout
-  if waiter then
-    local timer = timeout and task.add_timer(timeout, function()
-      if self:state() ~= "closed" then self:cancel("readable", "TIMEOUT"); self:cancel("writable", "TIMEOUT") end
+  local on_readable, on_writable = on("readable", "writable"), on("writable", "readable")
+  if resume then
+    raw.readable(self, on_readable)
+    raw.writable(self, on_writable)
+    pending.writable = true
+    local timer = t and task.add_timer(t, function()
+      if self:state() == "closed" then return end
+      for which in pairs(pending) do self:cancel(which, "TIMEOUT") end
     end)
     task.suspend()
     if timer then task.cancel_timer(timer) end
   else
-    while outstanding > 0 do
-      if deadline and now() >= deadline and self:state() ~= "closed" then
-        self:cancel("readable", "TIMEOUT")
-        self:cancel("writable", "TIMEOUT")
+    local r, w = new_op(self, "readable"), new_op(self, "writable")
+    r.notify = function(op) on_readable(unpack(op.r, 1, op.r.n)) end
+    w.notify = function(op) on_writable(unpack(op.r, 1, op.r.n)) end
+    raw.readable(self, function(...) op_done(r, ...) end)
+    register(r)
+    local ops <close> = setmetatable({ r }, both_mt)
+    raw.writable(self, function(...) op_done(w, ...) end)
+    pending.writable = true
+    register(w)
+    ops[2] = w
+    local deadline = t and now() + t
+    while pending.readable or pending.writable do
+      if deadline and now() >= deadline then
+        if self:state() ~= "closed" then
+          for which in pairs(pending) do self:cancel(which, "TIMEOUT") end
+        end
         deadline = nil
       end
       step(deadline and math.max(0, deadline - now()) or 100)
     end
+    r.delivered, w.delivered = true, true
+    release(r)
+    release(w)
   end
   if next(got) then return got end
   return unpack(errs[1], 1, 4)
@@ -326,7 +644,7 @@ function M.event()
     values = pack(...)
     -- woken from the next step, never inside set(): the setter may be in
     -- the middle of something the waiter must not interrupt
-    for co in pairs(waiters) do task.wake(co) end
+    for i = 1, #waiters do task.soon(waiters[i]) end
     waiters = {}
     return true
   end
@@ -334,15 +652,17 @@ function M.event()
   function ev:wait(timeout)
     check_timeout(timeout, 2, "wait")
     if not values then
-      local co = task.current()
-      if co then
-        waiters[co] = true
-        local timer = timeout and task.add_timer(timeout, function()
-          waiters[co] = nil
-          task.resume(co)
-        end)
+      if task.current() then
+        -- set() and the timer share one resume: whichever comes first
+        -- wakes the task, the other does nothing
+        local resume = task.waiter()
+        waiters[#waiters + 1] = resume
+        local timer = timeout and task.add_timer(timeout, resume)
         task.suspend()
         if timer then task.cancel_timer(timer) end
+        for i = #waiters, 1, -1 do
+          if waiters[i] == resume then table.remove(waiters, i) end
+        end
       else
         local deadline = timeout and now() + timeout
         while not values do
@@ -352,7 +672,7 @@ function M.event()
         end
       end
     end
-    if not values then return nil, "timed out", "TIMEOUT", 0 end
+    if not values then return timed_out() end
     return unpack(values, 1, values.n)
   end
   return ev

@@ -475,9 +475,14 @@ static int raw_buffer_put(lua_State *L) {
 }
 
 /* core._raw.buffer_busy(buf, busy): the Lua layer holds buf for a
- * read_into's callback still to come (bytes read ahead, copied at once). */
+ * read_into's callback still to come (bytes read ahead, copied at once).
+ * buffer_busy(buf): is it busy? */
 static int raw_buffer_busy(lua_State *L) {
   np_buffer *b = np_buffer_check(L, 1, 0);
+  if (lua_isnone(L, 2)) {
+    lua_pushboolean(L, b->busy);
+    return 1;
+  }
   b->busy = lua_toboolean(L, 2);
   return 0;
 }
@@ -633,7 +638,10 @@ static int m_read_into(lua_State *L) {
   int n;
   check_nothing_after(L, 3);
   if (u->readahead || lua_type(L, 3) != LUA_TFUNCTION) {
-    np_buffer_check(L, 2, 1); /* before the Lua layer uses it */
+    /* before the Lua layer uses it; busy is its to judge while it holds
+     * something of this pipe's (a read_into it abandoned may be the one
+     * filling buf: the next read_into waits for it) */
+    np_buffer_check(L, 2, !u->readahead);
     if ((n = divert(L, "read_into")) >= 0) return n;
   }
   return start_read_into(L, u);

@@ -73,7 +73,7 @@ end
 local ERR_NAMES = {}
 for n in ("EOF WOULDBLOCK NOT_FOUND PIPE_BUSY BROKEN_PIPE NOT_CONNECTED ACCESS_DENIED "
   .. "TIMEOUT CLOSED CANCELLED INVALID_NAME INVALID_ARGUMENT ADDRESS_IN_USE "
-  .. "NO_MEMORY IO_ERROR"):gmatch("%S+") do ERR_NAMES[n] = true end
+  .. "NO_MEMORY IO_ERROR FRAME_TOO_LARGE"):gmatch("%S+") do ERR_NAMES[n] = true end
 
 local F -- the run: counters, failures, pools (reset by each test)
 

@@ -26,23 +26,47 @@ function F.install(M, methods)
   -- itself, so the error points at the caller)
   local check_timeout = M._check_timeout
 
-  -- Read until `enough(buf)` says where to cut; keeps the rest.
-  local function read_until(self, deadline, enough)
-    local buf = readahead[self] or ""
+  local concat = table.concat
+
+  -- Read until scan(piece, before, pieces) says where to cut. Each piece
+  -- (the read-ahead, then each read's bytes) is shown once, with the
+  -- number of bytes before it; scan returns cut, skip (positions in the
+  -- whole) once it can tell: bytes 1..cut are the result, those after skip
+  -- are kept. Or false, msg, name: refused, everything kept. The pieces
+  -- are joined once, at the end: a long line in many reads costs its
+  -- length, not its length times the reads.
+  local function read_until(self, timeout, scan)
+    -- an abandoned read of this pipe first: its bytes come before new ones
+    local ok, t = M._settle(self, "read", timeout)
+    if not ok then return nil, "timed out", "TIMEOUT", 0 end
+    local deadline = t and now() + t
+    local piece = readahead[self] or ""
+    local pieces, before = { piece }, 0
     set_readahead(self, nil)
+    local function keep_all()
+      local all = concat(pieces)
+      if #all > 0 then set_readahead(self, all .. (readahead[self] or "")) end
+    end
     while true do
-      local cut, skip = enough(buf)
+      local cut, skip, name = scan(piece, before, pieces)
       if cut then
-        if skip < #buf then set_readahead(self, buf:sub(skip + 1)) end
-        return buf:sub(1, cut)
+        local all = #pieces == 1 and piece or concat(pieces)
+        if skip < #all then set_readahead(self, all:sub(skip + 1)) end
+        return all:sub(1, cut)
+      elseif cut == false then
+        keep_all()
+        return nil, skip, name, 0
       end
-      local data, msg, name, code = M._await(self, "read", function(cb) M._raw.read(self, nil, cb) end,
-        deadline_left(deadline))
+      -- pieces: taken from the pipe, read-ahead again should this unwind
+      local data, msg, ename, code = M._await(self, "read",
+        function(cb) M._raw.read(self, nil, cb) end, deadline_left(deadline), nil, pieces)
       if not data then
-        if #buf > 0 then set_readahead(self, buf) end
-        return nil, msg, name, code
+        keep_all()
+        return nil, msg, ename, code
       end
-      buf = buf .. data
+      before = before + #piece
+      piece = data
+      pieces[#pieces + 1] = data
     end
   end
 
@@ -51,12 +75,15 @@ function F.install(M, methods)
   --- returned, then nil, msg, "EOF".
   function methods.read_line(self, timeout)
     check_pipe(self, "read_line")
-    local deadline = check_timeout(timeout, 2, "read_line") and now() + timeout
-    local line, msg, name, code = read_until(self, deadline, function(buf)
-      local i = buf:find("\n", 1, true)
-      if i then return i - 1, i end
+    check_timeout(timeout, 2, "read_line")
+    local line, msg, name, code = read_until(self, timeout, function(piece, before)
+      local i = piece:find("\n", 1, true)
+      if i then return before + i - 1, before + i end
     end)
-    if line then return (line:gsub("\r$", "")) end
+    if line then
+      if line:byte(-1) == 13 then line = line:sub(1, -2) end
+      return line
+    end
     if name == "EOF" and readahead[self] then
       local last = readahead[self]
       set_readahead(self, nil)
@@ -84,9 +111,9 @@ function F.install(M, methods)
     if math.type(n) ~= "integer" or n < 0 then
       error("bad argument #2 to 'read_exact' (byte count >= 0 expected)", 2)
     end
-    local deadline = check_timeout(timeout, 3, "read_exact") and now() + timeout
-    return read_until(self, deadline, function(buf)
-      if #buf >= n then return n, n end
+    check_timeout(timeout, 3, "read_exact")
+    return read_until(self, timeout, function(piece, before)
+      if before + #piece >= n then return n, n end
     end)
   end
 
@@ -106,18 +133,44 @@ function F.install(M, methods)
     return methods.write(self, string.pack(">s4", data), a)
   end
 
-  --- pipe:read_frame([timeout]): the next frame written by write_frame.
+  --- np.max_frame_size: the longest frame read_frame accepts (bytes).
+  --- The length comes from the peer: without a bound, four bytes could
+  --- make us wait for (and buffer) 4 GiB. Tokio's LengthDelimitedCodec
+  --- has the same default.
+  M.max_frame_size = 8 * 1024 * 1024
+
+  --- pipe:read_frame([timeout]): the next frame written by write_frame; a
+  --- frame longer than np.max_frame_size gives nil, msg, "FRAME_TOO_LARGE"
+  --- and is left unread (its length too), so a larger limit can read it.
   function methods.read_frame(self, timeout)
     check_pipe(self, "read_frame")
-    local deadline = check_timeout(timeout, 2, "read_frame") and now() + timeout
-    local head, msg, name, code = read_until(self, deadline, function(buf)
-      if #buf >= 4 then
-        local len = string.unpack(">I4", buf)
-        if #buf >= 4 + len then return 4 + len, 4 + len end
+    check_timeout(timeout, 2, "read_frame")
+    local max = M.max_frame_size
+    if math.type(max) ~= "integer" or max < 0 then
+      error(("bad np.max_frame_size (integer >= 0 expected, got %s) in 'read_frame'")
+        :format(math.type(max) or type(max)), 2)
+    end
+    local need
+    local frame, msg, name, code = read_until(self, timeout, function(piece, before, pieces)
+      if not need then
+        if before + #piece < 4 then return nil end
+        local head = pieces[1]
+        local i = 1
+        while #head < 4 do -- the length may come in several pieces
+          i = i + 1
+          head = head .. pieces[i]
+        end
+        local len = string.unpack(">I4", head)
+        if len > max then
+          return false, ("frame of %d bytes is longer than np.max_frame_size (%d)"):format(len, max),
+            "FRAME_TOO_LARGE"
+        end
+        need = 4 + len
       end
+      if before + #piece >= need then return need, need end
     end)
-    if not head then return nil, msg, name, code end
-    return head:sub(5)
+    if not frame then return nil, msg, name, code end
+    return frame:sub(5)
   end
 end
 

@@ -1,19 +1,46 @@
 --[[
 namedpipe.serve - the server loop from Tokio's docs, done once:
 
-  * an instance is always listening: the next one is created BEFORE a
-    connected one is handed to the handler, so a client never finds the
-    name missing between instances (HAZARDS.md 10);
-  * bounded by max_instances: when every instance is taken, the loop waits
-    for a handler to finish before creating the next;
+  * `listeners` instances (default 1) wait for clients at all times, as far
+    as max_instances allows: when one connects, its replacement is created
+    before the connected one is handed to the handler;
+  * bounded by max_instances: when every instance is taken, the next is
+    created when a handler finishes, in the same call that closes that
+    handler's pipe (nothing runs between the close and the create, so no
+    client of this process finds the name missing);
   * each handler runs in its own task; when it returns (or fails) its pipe
     is closed — a close keeps what the handler wrote readable by the client;
   * handle:close() stops listening; running handlers finish on their own.
+
+The listening instances wait with the callback form of connect(): no task
+sits between a client connecting and its replacement being created.
 ]]
 local S = {}
 
+-- A client that found every instance busy retries; so does serve when an
+-- instance it needs is refused as busy by instances not its own (another
+-- process's, or one Windows still counts after its close): asyncio's
+-- back-off, 1 ms doubling to 50 ms.
+local RETRY_FIRST, RETRY_MAX = 1, 50
+
 function S.install(M)
   local task = require "namedpipe.task"
+
+  local function check_listeners(opts)
+    local n = opts and opts.listeners
+    if n == nil then return 1 end
+    if math.type(n) ~= "integer" or n < 1 then
+      error(("bad argument #2 to 'serve' (option 'listeners': integer >= 1 expected, got %s)")
+        :format(math.type(n) or type(n)), 3)
+    end
+    local max = opts.max_instances
+    -- (a max_instances out of range is create's to refuse)
+    if math.type(max) == "integer" and max >= 1 and max <= 254 and n > max then
+      error(("bad argument #2 to 'serve' (option 'listeners': %d is more than max_instances, %d)")
+        :format(n, max), 3)
+    end
+    return n
+  end
 
   return function(name, opts, handler)
     if type(handler) ~= "function" then
@@ -22,81 +49,111 @@ function S.install(M)
     if opts ~= nil and type(opts) ~= "table" then
       error("bad argument #2 to 'serve' (table expected, got " .. type(opts) .. ")", 2)
     end
-    -- The first instance is created now, so a bad name or option raises
-    -- here and an OS refusal (NOT_FOUND, ACCESS_DENIED...) is returned.
-    local first, msg, errname, code = M.create(name, opts)
-    if not first then return nil, msg, errname, code end
-    -- Only the very first instance may claim the name.
-    local later = {}
+    local listeners = check_listeners(opts)
+    local max_instances = opts and math.type(opts.max_instances) == "integer"
+      and opts.max_instances or math.huge
+    -- create() takes the options, less ours; only the very first instance
+    -- may claim the name (first_pipe_instance).
+    local first, later = {}, {}
     for k, v in pairs(opts or {}) do
-      if k ~= "first_pipe_instance" then later[k] = v end
+      if k ~= "listeners" then
+        first[k] = v
+        if k ~= "first_pipe_instance" then later[k] = v end
+      end
     end
 
     local handle = { active = 0, accepted = 0, closed = false }
-    local listening = first
-    local slot_waiter
+    local idle, n_idle = {}, 0 -- instances waiting for a client
+    local retry_timer, retry_delay = nil, RETRY_FIRST
+    local fill
 
-    local function run_handler(pipe)
-      local ok, err = xpcall(handler, debug.traceback, pipe)
-      pipe:close()
-      handle.active = handle.active - 1
-      if slot_waiter then
-        local w = slot_waiter
-        slot_waiter = nil
-        task.wake(w)
+    local function on_connect(p, ok)
+      idle[p] = nil
+      n_idle = n_idle - 1
+      if handle.closed then
+        p:close()
+        return
       end
-      if not ok then error(err, 0) end
+      if not ok then
+        -- a client that came and went, or a failed instance: replace it
+        p:close()
+        return fill()
+      end
+      handle.active = handle.active + 1
+      handle.accepted = handle.accepted + 1
+      -- the replacement first, then the handler
+      fill()
+      task.spawn(function()
+        local hok, err = xpcall(handler, debug.traceback, p)
+        p:close()
+        handle.active = handle.active - 1
+        fill() -- with no yield since the close: the name never vanishes
+        if not hok then error(err, 0) end
+      end)
     end
 
-    -- Create the next instance; while max_instances are all taken, wait for
-    -- a handler to finish.
-    local function next_instance()
-      while not handle.closed do
-        local p, m, ename, c = M.create(name, later)
-        if p then return p end
-        if ename ~= "PIPE_BUSY" then
-          error(("serve: cannot create the next instance of %s: %s (%s, %s)")
-            :format(name, m, ename, tostring(c)), 0)
+    -- Create one listening instance: the pipe, or nil, msg, name, code.
+    local function listen(opts_)
+      local p, msg, ename, code = M.create(name, opts_)
+      if not p then return nil, msg, ename, code end
+      idle[p] = true
+      n_idle = n_idle + 1
+      p:connect(function(ok) on_connect(p, ok) end)
+      return p
+    end
+
+    -- Bring the listening instances up to `listeners`, as far as
+    -- max_instances lets it; true, or nil, msg, name, code. Refused as
+    -- busy while our own instances are all there may be, it waits for a
+    -- handler to finish (which calls this again); refused otherwise, it
+    -- tries again later.
+    local function top_up()
+      while not handle.closed and n_idle < listeners do
+        local p, msg, ename, code = listen(later)
+        if not p then
+          if ename ~= "PIPE_BUSY" then return nil, msg, ename, code end
+          if n_idle + handle.active < max_instances and not retry_timer then
+            retry_timer = task.add_timer(retry_delay, function()
+              retry_timer = nil
+              retry_delay = math.min(retry_delay * 2, RETRY_MAX)
+              fill()
+            end)
+          end
+          return true
         end
-        slot_waiter = task.current()
-        task.suspend()
+        retry_delay = RETRY_FIRST
+      end
+      return true
+    end
+
+    function fill()
+      local ok, msg, ename, code = top_up()
+      if not ok then
+        error(("serve: cannot create the next instance of %s: %s (%s, %s)")
+          :format(name, msg, ename, tostring(code)), 0)
       end
     end
 
-    task.spawn(function()
-      while not handle.closed and listening do
-        local ok, _, ename = listening:connect()
-        if handle.closed then break end
-        local conn = listening
-        listening = nil
-        if ok then
-          handle.active = handle.active + 1
-          handle.accepted = handle.accepted + 1
-          -- The next instance first, then the handler; if max_instances are
-          -- all taken, the handler must start before we wait for a slot.
-          listening = M.create(name, later)
-          task.spawn(run_handler, conn)
-          if not listening then listening = next_instance() end
-        else
-          -- A client that came and went, or a failed instance: replace it.
-          conn:close()
-          listening = next_instance()
-          if ename == "CLOSED" and handle.closed then break end
-        end
-      end
-      if listening then listening:close() end
-    end)
-
-    --- Stop accepting: the listening instance is closed; handlers go on.
+    --- Stop accepting: the listening instances are closed; handlers go on.
     function handle.close()
       if handle.closed then return end
       handle.closed = true
-      if listening then listening:close() end
-      if slot_waiter then
-        local w = slot_waiter
-        slot_waiter = nil
-        task.wake(w)
+      if retry_timer then
+        task.cancel_timer(retry_timer)
+        retry_timer = nil
       end
+      for l in pairs(idle) do l:close() end
+    end
+
+    -- The first instance now, so a bad name or option raises here and an
+    -- OS refusal (NOT_FOUND, ACCESS_DENIED...) is returned.
+    local p, msg, ename, code = listen(first)
+    if not p then return nil, msg, ename, code end
+    local ok
+    ok, msg, ename, code = top_up()
+    if not ok then
+      handle.close()
+      return nil, msg, ename, code
     end
 
     return handle

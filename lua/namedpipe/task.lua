@@ -21,7 +21,9 @@ local pack, unpack, tremove = table.pack, table.unpack, table.remove
 
 local T = {}
 
-local tasks = setmetatable({}, { __mode = "k" }) -- coroutine -> true while alive
+-- coroutine -> its ticket while alive: the number of the wait it was
+-- last armed for (T.arm)
+local tasks = setmetatable({}, { __mode = "k" })
 local live = 0
 local soon = {}   -- { fn, args } to run at the next step, in order
 local timers = {} -- sorted by .at
@@ -49,9 +51,49 @@ local function finish(co, ok, err)
 end
 
 --- Resume task co with values; an error in it is raised here with the
---- task's own traceback (so it surfaces from step()).
+--- task's own traceback (so it surfaces from step()). Only for a task's
+--- first run: a suspended task is resumed with resume_once.
 function T.resume(co, ...)
   finish(co, co_resume(co, ...))
+end
+
+--[[
+The one way to end a suspension: a ticket. Before it suspends, a task
+takes one (T.arm); whatever may end the wait gets it, and resumes with
+T.resume_once(co, ticket, ...). The first such call resumes the task and
+spends the ticket; every later one, from whatever source (the timer of a
+wait set() ended, a stale wake, a second readiness callback), finds it
+spent and does nothing. So a task is resumed once per wait, and never in
+the middle of its next one. Each arm draws a new ticket, so one left
+behind by a wait that never suspended (its start raised) is spent too.
+]]
+
+--- The current task and a new ticket for its next suspension; nil
+--- outside a task.
+function T.arm()
+  local co, main = co_running()
+  local n = not main and tasks[co]
+  if not n then return nil end
+  n = n + 1
+  tasks[co] = n
+  return co, n
+end
+
+--- Resume co with values if ticket is its live one (true), else nothing
+--- (false). A dead task has none.
+function T.resume_once(co, ticket, ...)
+  if tasks[co] ~= ticket then return false end
+  tasks[co] = ticket + 1
+  finish(co, co_resume(co, ...))
+  return true
+end
+
+--- arm() as one function: resume(...) is resume_once with the ticket
+--- (for timers and lists of waiters). To resume from the next step
+--- rather than now: T.soon(resume, ...).
+function T.waiter()
+  local co, ticket = T.arm()
+  return function(...) return T.resume_once(co, ticket, ...) end
 end
 
 --- Run fn(...) at the next step.
@@ -65,19 +107,14 @@ function T.spawn(fn, ...)
     error("bad argument #1 to 'spawn' (function expected, got " .. type(fn) .. ")", 2)
   end
   local co = co_create(fn)
-  tasks[co] = true
+  tasks[co] = 0
   live = live + 1
   T.soon(T.resume, co, ...)
   return co
 end
 
---- Suspend the current task until T.wake(co, ...) or a callback resumes it.
+--- Suspend the current task until its waiter's resume is called.
 T.suspend = co_yield
-
---- Wake task co at the next step with values (safe from anywhere).
-function T.wake(co, ...)
-  T.soon(T.resume, co, ...)
-end
 
 function T.add_timer(ms, fn)
   -- a NaN deadline would sit at the head of the list and stall every timer
@@ -148,9 +185,8 @@ function T.live() return live end
 
 --- Sleep ms milliseconds: suspends a task; elsewhere drives the loop.
 function T.sleep(ms, step)
-  local co = T.current()
-  if co then
-    T.add_timer(ms, function() T.resume(co) end)
+  if T.current() then
+    T.add_timer(ms, T.waiter())
     co_yield()
     return
   end

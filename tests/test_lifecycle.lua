@@ -1,0 +1,525 @@
+-- The pure-Lua layer's lifecycle: a task is resumed once per wait, an error
+-- that unwinds a waiting call loses nothing and leaves the pipe usable,
+-- np.serve keeps its name, the framing helpers stay bounded and linear.
+local lu = require "luaunit"
+local np = require "namedpipe"
+local H = require "tests.helpers"
+
+-- Step with a busy pause before each step, so that every timer due in the
+-- pause fires in the same pass; until done() or timeout_ms.
+local function step_in_bursts(done, pause_ms, timeout_ms, each)
+  local t0 = np.now()
+  while not done() do
+    if np.now() - t0 > timeout_ms then error("timed out stepping in bursts", 2) end
+    local t = np.now()
+    while np.now() - t < pause_ms do end
+    np.step(0)
+    if each then each(np.now() - t0) end
+  end
+end
+
+local function raises(f, ...)
+  local ok, err = pcall(f, ...)
+  lu.assertFalse(ok, "expected an error")
+  return tostring(err)
+end
+
+-- More than a pipe's buffer holds: a write of it stays in flight (and a
+-- writable() wait pending) until the peer reads.
+local BIG = 4 * 1024 * 1024
+
+TestResumeOnce = {}
+
+function TestResumeOnce:tearDown() H.settle(2000) end
+
+-- ev:set() and the wait's own timer in one pass: the waiting task is
+-- resumed once; the next thing it waits on gets its own result.
+function TestResumeOnce:test_event_set_and_timeout_in_one_pass()
+  local server, client = H.pair()
+  local ev = np.event()
+  local got = {}
+  np.spawn(function()
+    got.wait = { ev:wait(5) }
+    got.read = { server:read() }
+  end)
+  np.spawn(function()
+    np.sleep(1) -- due before the wait's timer: set() comes first in the pass
+    ev:set(true)
+  end)
+  local wrote = false
+  step_in_bursts(function() return got.read ~= nil end, 20, 5000, function(t)
+    if not wrote and t >= 50 then
+      wrote = true
+      client:write("late", function() end)
+    end
+  end)
+  lu.assertEquals(got.wait, { true })
+  lu.assertEquals(got.read, { "late" })
+  np.run() -- nothing left to resume: no "cannot resume dead coroutine"
+  H.close_all(server, client)
+end
+
+-- The whole class: many tasks whose every wait can be ended by two sources
+-- in one pass (event set vs timeout, sleep vs a stale wake), each then
+-- reading; every read gets exactly what was written for it.
+function TestResumeOnce:test_every_wait_is_resumed_once()
+  local pairs_, got, n = {}, {}, 8
+  for i = 1, n do
+    local server, client = H.pair()
+    pairs_[i] = { server, client }
+    local ev = np.event()
+    np.spawn(function()
+      local r = { ev:wait(i % 3 + 3) }
+      got[i] = { wait = r[1] or r[3] }
+      np.sleep(1)
+      got[i].read = server:read()
+      got[i].readable = server:readable(1000)
+      got[i].ready = server:ready("both", 1000)
+      got[i].again = server:read(nil, 1000)
+    end)
+    np.spawn(function()
+      np.sleep(i % 2 + 3)
+      ev:set("set")
+    end)
+  end
+  local wrote = false
+  step_in_bursts(function()
+    for i = 1, n do if not (got[i] and got[i].again) then return false end end
+    return true
+  end, 15, 8000, function(t)
+    if not wrote and t >= 60 then
+      wrote = true
+      for i = 1, n do
+        pairs_[i][2]:write("one " .. i, function() end)
+      end
+      np.spawn(function()
+        np.sleep(40)
+        for i = 1, n do pairs_[i][2]:write("two " .. i, function() end) end
+      end)
+    end
+  end)
+  for i = 1, n do
+    lu.assertEquals(got[i].read, "one " .. i)
+    lu.assertTrue(got[i].readable)
+    lu.assertTrue(got[i].ready.writable or got[i].ready.readable)
+    lu.assertEquals(got[i].again, "two " .. i)
+    lu.assertTrue(got[i].wait == "set" or got[i].wait == "TIMEOUT")
+  end
+  np.run()
+  for i = 1, n do H.close_all(pairs_[i][1], pairs_[i][2]) end
+end
+
+-- ready("both") in a task whose two waits complete in one step: resumed
+-- once, its next wait is its own.
+function TestResumeOnce:test_ready_both_resumed_once()
+  local server, client = H.pair()
+  local got = {}
+  client:write("x")
+  H.settle(50)
+  np.spawn(function()
+    got.ready = server:ready("both", 1000) -- readable and writable both at once
+    got.sleep_start = np.now()
+    np.sleep(30)
+    got.slept = np.now() - got.sleep_start
+    got.read = server:read(nil, 1000)
+  end)
+  np.run()
+  lu.assertNotNil(got.ready)
+  lu.assertTrue(got.slept >= 29, "the sleep was cut short: " .. got.slept .. " ms")
+  lu.assertEquals(got.read, "x")
+  H.close_all(server, client)
+end
+
+TestUnwind = {}
+
+function TestUnwind:tearDown() H.settle(2000) end
+
+-- The main thread waits in `call` (which drives the loop) when a task
+-- raises: the error comes out of the call.
+local function unwound(call)
+  np.spawn(function()
+    np.sleep(20)
+    error("task failed on purpose")
+  end)
+  local err = raises(call)
+  lu.assertStrContains(err, "task failed on purpose")
+end
+
+function TestUnwind:test_read_then_data()
+  local server, client = H.pair()
+  unwound(function() return server:read(nil, 1000) end)
+  client:write("after")
+  lu.assertEquals(server:read(nil, 1000), "after")
+  lu.assertEquals(select(3, server:read(nil, 20)), "TIMEOUT")
+  H.close_all(server, client)
+end
+
+-- The data is written just before the error: the abandoned read may have
+-- got it (then it is read ahead) or not (then the pipe still has it);
+-- either way it comes once.
+function TestUnwind:test_read_data_in_flight_comes_once()
+  for _, mode in ipairs { "byte", "message" } do
+    local opts = { pipe_mode = mode }
+    local server, client = H.pair(opts, opts)
+    np.spawn(function() -- runs from the read's first step
+      client:write("first", function() end)
+      error("task failed on purpose")
+    end)
+    local err = raises(function() return server:read(nil, 1000) end)
+    lu.assertStrContains(err, "task failed on purpose")
+    lu.assertEquals(server:read(nil, 1000), "first")
+    client:write("second")
+    lu.assertEquals(server:read(nil, 1000), "second")
+    H.close_all(server, client)
+  end
+end
+
+-- Data the abandoned read got while nobody waited for it is handed to the
+-- next read of any kind, and the callback form works at once too.
+function TestUnwind:test_abandoned_read_data_goes_to_the_next_reader()
+  local server, client = H.pair()
+  np.spawn(function()
+    client:write("caught", function() end)
+    error("task failed on purpose")
+  end)
+  raises(function() return server:read(nil, 1000) end)
+  local cb, res = H.capture()
+  server:read(cb) -- not "a read is already pending"
+  H.pump(function() return res.done end, 2000, "the read's callback")
+  lu.assertEquals(res[1], "caught")
+  -- and try_read while an abandoned read is pending says WOULDBLOCK
+  unwound(function() return server:read(nil, 1000) end)
+  local d, _, name = server:try_read()
+  lu.assertNil(d)
+  lu.assertEquals(name, "WOULDBLOCK")
+  lu.assertEquals(select(3, server:read(nil, 20)), "TIMEOUT")
+  H.close_all(server, client)
+end
+
+-- The next reader is a task: it waits for the abandoned read, then reads.
+function TestUnwind:test_next_reader_in_a_task()
+  local server, client = H.pair()
+  unwound(function() return server:read(nil, 1000) end)
+  local got
+  np.spawn(function() got = { server:read(nil, 1000) } end)
+  np.spawn(function()
+    np.sleep(10)
+    client:write("for the task")
+  end)
+  np.run()
+  lu.assertEquals(got, { "for the task" })
+  H.close_all(server, client)
+end
+
+function TestUnwind:test_read_into()
+  local server, client = H.pair()
+  local buf = np.buffer(16)
+  unwound(function() return server:read_into(buf, 1000) end)
+  client:write("into")
+  lu.assertEquals(server:read_into(buf, 1000), 4)
+  lu.assertEquals(buf:sub(1, 4), "into")
+  -- the bytes an abandoned read_into got are not lost either
+  np.spawn(function() -- runs from the read_into's first step
+    client:write("lost?", function() end)
+    error("task failed on purpose")
+  end)
+  raises(function() return server:read_into(buf, 1000) end)
+  local n = assert(server:read_into(buf, 1000))
+  lu.assertEquals(buf:sub(1, n), "lost?")
+  H.close_all(server, client)
+end
+
+function TestUnwind:test_read_line_keeps_its_partial_line()
+  local server, client = H.pair()
+  client:write("par")
+  unwound(function() return server:read_line(1000) end)
+  client:write("tial\nnext\n")
+  lu.assertEquals(server:read_line(1000), "partial")
+  lu.assertEquals(server:read_line(1000), "next")
+  H.close_all(server, client)
+end
+
+function TestUnwind:test_readable_and_ready()
+  local server, client = H.pair()
+  unwound(function() return server:readable(1000) end)
+  unwound(function() return server:ready("readable", 1000) end)
+  client:write("r")
+  lu.assertTrue(server:readable(1000))
+  lu.assertTrue(server:ready("readable", 1000).readable)
+  lu.assertEquals(server:read(nil, 1000), "r")
+  H.close_all(server, client)
+end
+
+function TestUnwind:test_writable_and_ready_both()
+  local server, client = H.pair()
+  local big = ("w"):rep(BIG)
+  client:write(big, function() end)
+  unwound(function() return client:writable(1000) end)
+  unwound(function() return client:ready("both", 1000) end)
+  unwound(function() return client:ready("writable", 1000) end)
+  -- every wait is free again: new ones are accepted and complete
+  local got = 0
+  while got < BIG do got = got + #assert(server:read(nil, 2000)) end
+  lu.assertTrue(client:writable(1000))
+  lu.assertTrue(client:ready("both", 1000).writable)
+  lu.assertTrue(client:ready("writable", 1000).writable)
+  H.close_all(server, client)
+end
+
+-- An abandoned write goes on: its bytes arrive, whole, before the next's.
+function TestUnwind:test_write_goes_on()
+  local server, client = H.pair()
+  local big = ("0123456789abcdef"):rep(BIG // 16)
+  unwound(function() return client:write(big, 1000) end)
+  client:write("tail", function() end)
+  local parts, total = {}, 0
+  while total < BIG + 4 do
+    local d = assert(server:read(nil, 2000))
+    parts[#parts + 1] = d
+    total = total + #d
+  end
+  local all = table.concat(parts)
+  lu.assertEquals(#all, BIG + 4)
+  lu.assertEquals(H.checksum(all), H.checksum(big .. "tail"))
+  H.close_all(server, client)
+end
+
+function TestUnwind:test_connect()
+  local name = H.name("unwind-connect")
+  local server = assert(np.create(name))
+  unwound(function() return server:connect(1000) end)
+  local client = assert(np.open(name))
+  lu.assertTrue(server:connect(1000))
+  client:write("hello")
+  lu.assertEquals(server:read(nil, 1000), "hello")
+  H.close_all(server, client)
+end
+
+-- The same from a coroutine of the caller's own (not a task): the call
+-- drives the loop there too.
+function TestUnwind:test_in_a_user_coroutine()
+  local server, client = H.pair()
+  local co = coroutine.create(function() return server:read(nil, 1000) end)
+  np.spawn(function()
+    np.sleep(20)
+    error("task failed on purpose")
+  end)
+  local ok, err = coroutine.resume(co)
+  lu.assertFalse(ok)
+  lu.assertStrContains(tostring(err), "task failed on purpose")
+  client:write("still here")
+  lu.assertEquals(server:read(nil, 1000), "still here")
+  H.close_all(server, client)
+end
+
+TestLuaMisuse = {}
+
+function TestLuaMisuse:tearDown() H.settle(2000) end
+
+function TestLuaMisuse:test_read_callback_then_timeout_raises()
+  local server, client = H.pair()
+  local ran = false
+  local cb = function() ran = true end
+  lu.assertStrContains(raises(function() return server:read(cb, 100) end),
+    "bad argument #3 to 'read' (nothing expected after the callback or timeout")
+  lu.assertEquals(np.pending(), 0) -- nothing started
+  client:write("ok")
+  lu.assertEquals(server:read(nil, 1000), "ok")
+  lu.assertFalse(ran)
+  H.close_all(server, client)
+end
+
+-- ready("both") refused half-way (a writable() wait is already pending)
+-- starts nothing: no readable wait is left behind to cancel that
+-- writable() wait later, nor to make the next read raise.
+function TestLuaMisuse:test_ready_both_refused_starts_nothing()
+  local server, client = H.pair()
+  client:write(("w"):rep(BIG), function() end)
+  local cb, res = H.capture()
+  client:writable(cb)
+  lu.assertStrContains(raises(function() return client:ready("both", 100) end),
+    "bad argument #1 to 'ready' (a writable() wait is already pending on this pipe)")
+  server:write("make the client readable")
+  H.settle(50)
+  np.step(20)
+  lu.assertFalse(res.done, "the unrelated writable() wait was cancelled")
+  lu.assertEquals(client:read(nil, 1000), "make the client readable")
+  local got = 0
+  while got < BIG do got = got + #assert(server:read(nil, 2000)) end
+  H.pump(function() return res.done end, 2000, "the writable() callback")
+  lu.assertEquals(res[1], true)
+  -- the same with the read slot taken
+  client:read(function() end)
+  lu.assertStrContains(raises(function() return client:ready("both", 100) end),
+    "bad argument #1 to 'ready' (a read is already pending on this pipe)")
+  lu.assertEquals(client:_busy("writable"), 0)
+  H.close_all(server, client)
+end
+
+TestServeKeepsName = {}
+
+-- a server a failed test left running would keep every later np.run going
+local servers = {}
+local function serve(...)
+  local srv, msg = np.serve(...)
+  servers[#servers + 1] = srv
+  return srv, msg
+end
+
+function TestServeKeepsName:tearDown()
+  for _, srv in ipairs(servers) do srv.close() end
+  servers = {}
+  H.settle(2000)
+end
+
+-- Every instance is held by a handler and handlers keep finishing: a
+-- client of this process never finds the name missing (PIPE_BUSY, which
+-- it may retry, is fine).
+function TestServeKeepsName:test_name_never_vanishes_at_max_instances()
+  local name = H.name("keep")
+  local handled = 0
+  local srv = assert(serve(name, { max_instances = 1 }, function(p)
+    np.sleep(3)
+    handled = handled + 1
+  end))
+  local counts = {}
+  np.spawn(function()
+    local t0 = np.now()
+    while np.now() - t0 < 400 do
+      local c, _, ename = np.open(name)
+      local k = c and "ok" or ename
+      counts[k] = (counts[k] or 0) + 1
+      if c then c:close() end
+      np.sleep(1)
+    end
+    srv.close()
+  end)
+  np.run()
+  lu.assertNil(counts.NOT_FOUND, "NOT_FOUND " .. tostring(counts.NOT_FOUND) .. " times")
+  lu.assertTrue((counts.ok or 0) > 0)
+  lu.assertTrue(handled > 0)
+end
+
+-- listeners = 2: two clients may open one after the other without a step
+-- between (as `copy x \\.\pipe\y` does), and both are served.
+function TestServeKeepsName:test_listeners_take_clients_back_to_back()
+  local name = H.name("listeners")
+  local served = {}
+  local srv = assert(serve(name, { listeners = 2 }, function(p)
+    local line = p:read_line(2000)
+    served[#served + 1] = line
+  end))
+  np.step(0)
+  local a = assert(np.open(name))
+  local b, msg = np.open(name)
+  lu.assertNotNil(b, msg)
+  a:write("a\n")
+  b:write("b\n")
+  H.pump(function() return #served == 2 end, 3000, "both handlers")
+  table.sort(served)
+  lu.assertEquals(served, { "a", "b" })
+  -- and again: both listeners were replaced
+  local c = assert(np.open(name))
+  local d = assert(np.open(name))
+  srv.close()
+  H.close_all(a, b, c, d)
+end
+
+-- An instance serve needs is refused as busy by one that is not its own:
+-- serve tries again (it does not wait for one of its handlers to finish).
+function TestServeKeepsName:test_busy_by_a_foreign_instance_is_retried()
+  local name = H.name("foreign")
+  local release = np.event()
+  local srv = assert(serve(name, { max_instances = 2 }, function(p)
+    release:wait(5000)
+  end))
+  np.step(0)
+  local extra = assert(np.create(name, { max_instances = 2 })) -- not serve's
+  local first = assert(np.open(name, { timeout = 2000 }))
+  H.pump(function() return srv.active == 1 end, 2000, "the first handler")
+  extra:close() -- the second instance is free to create now
+  local second, msg = np.open(name, { timeout = 2000 })
+  lu.assertNotNil(second, msg) -- while the first handler still runs
+  release:set()
+  srv.close()
+  H.close_all(first, second)
+end
+
+function TestServeKeepsName:test_listeners_validated()
+  local f = function() end
+  local pipes = np.stats().pipes
+  lu.assertStrContains(raises(np.serve, H.name("v"), { listeners = 0 }, f),
+    "bad argument #2 to 'serve' (option 'listeners'")
+  lu.assertStrContains(raises(np.serve, H.name("v"), { listeners = 1.5 }, f),
+    "bad argument #2 to 'serve' (option 'listeners'")
+  lu.assertStrContains(raises(np.serve, H.name("v"), { listeners = "2" }, f),
+    "bad argument #2 to 'serve' (option 'listeners'")
+  lu.assertStrContains(raises(np.serve, H.name("v"), { listeners = 3, max_instances = 2 }, f),
+    "bad argument #2 to 'serve' (option 'listeners'")
+  -- nothing was left listening by a refused call
+  lu.assertEquals(np.stats().pipes, pipes)
+  local srv = assert(serve(H.name("v"), { listeners = 2, max_instances = 2 }, f))
+  srv.close()
+end
+
+TestFramingLimits = {}
+
+local DEFAULT_MAX_FRAME = np.max_frame_size
+
+function TestFramingLimits:tearDown()
+  np.max_frame_size = DEFAULT_MAX_FRAME
+  H.settle(2000)
+end
+
+function TestFramingLimits:test_oversize_frame_refused_without_reading_the_body()
+  lu.assertEquals(np.max_frame_size, 8 * 1024 * 1024)
+  local server, client = H.pair()
+  -- a hostile length: 4 GiB - 1, and no body
+  client:write("\255\255\255\255")
+  local data, msg, name, code = server:read_frame(1000)
+  lu.assertNil(data)
+  lu.assertEquals(name, "FRAME_TOO_LARGE")
+  lu.assertEquals(code, 0)
+  lu.assertStrContains(msg, "frame")
+  H.close_all(server, client)
+  -- a limit of our own; what was refused is still there
+  server, client = H.pair()
+  np.max_frame_size = 10
+  client:write_frame("0123456789")
+  client:write_frame("0123456789A")
+  lu.assertEquals(server:read_frame(1000), "0123456789")
+  lu.assertEquals(select(3, server:read_frame(1000)), "FRAME_TOO_LARGE")
+  lu.assertEquals(select(3, server:read_frame(1000)), "FRAME_TOO_LARGE")
+  np.max_frame_size = 11
+  lu.assertEquals(server:read_frame(1000), "0123456789A")
+  np.max_frame_size = -1
+  lu.assertStrContains(raises(server.read_frame, server, 10), "max_frame_size")
+  np.max_frame_size = "big"
+  lu.assertStrContains(raises(server.read_frame, server, 10), "max_frame_size")
+  H.close_all(server, client)
+end
+
+-- A long line in many small pieces costs memory in proportion to its
+-- length: the reader neither rebuilds its buffer nor rescans it per read.
+function TestFramingLimits:test_long_line_in_many_small_writes_is_linear()
+  local opts = { pipe_mode = "message" } -- one piece per read, whatever the timing
+  local server, client = H.pair(opts, opts)
+  local piece, count = ("x"):rep(511) .. "y", 512
+  for _ = 1, count do client:write(piece, function() end) end
+  client:write("end\nafter\n", function() end)
+  local line
+  collectgarbage("collect")
+  collectgarbage("stop")
+  local before = collectgarbage("count")
+  local ok, err = pcall(function() line = server:read_line(10000) end)
+  local grown = (collectgarbage("count") - before) * 1024
+  collectgarbage("restart")
+  assert(ok, err)
+  local len = #piece * count + 3
+  lu.assertEquals(#line, len)
+  lu.assertEquals(line, piece:rep(count) .. "end")
+  lu.assertTrue(grown < 16 * len,
+    ("reading a %d-byte line allocated %d bytes"):format(len, math.floor(grown)))
+  lu.assertEquals(server:read_line(1000), "after")
+  H.close_all(server, client)
+end
