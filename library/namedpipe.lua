@@ -21,6 +21,7 @@
 ---| "ADDRESS_IN_USE"   # Linux: the name belongs to a server in another process
 ---| "NO_MEMORY"        # out of memory
 ---| "IO_ERROR"         # any other OS failure; code says which
+---| "FRAME_TOO_LARGE"  # read_frame: a length above np.max_frame_size
 
 ---@alias namedpipe.PipeMode "byte"|"message"
 ---@alias namedpipe.State "listening"|"connected"|"disconnected"|"closed"
@@ -304,6 +305,7 @@ function Server.close() end
 ---@class namedpipe
 ---@field _VERSION string the module's version, as in its rockspec
 ---@field methods table<string, function> the pipes' methods (their metatable's __index)
+---@field max_frame_size integer the longest frame `read_frame` accepts, in bytes (default 8 MiB); longer: `nil, msg, "FRAME_TOO_LARGE"`
 local np = {}
 
 --- A server instance, state "listening" (Tokio's `ServerOptions::create`).

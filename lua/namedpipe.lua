@@ -109,9 +109,10 @@ cannot be unwound.
 local inflight = setmetatable({}, { __mode = "k" })
 
 local SLOT = { read = "read", read_into = "read", readable = "read",
-               connect = "connect", writable = "writable" }
+               transact = "read", connect = "connect", writable = "writable" }
 local CANCEL = { read = "read", read_into = "read", readable = "readable",
-                 connect = "connect", writable = "writable", write = "write" }
+                 transact = "transact", connect = "connect", writable = "writable",
+                 write = "write" }
 
 local co_running, co_status = coroutine.running, coroutine.status
 local function dead(thread) return co_status(thread) == "dead" end
@@ -178,7 +179,7 @@ end
 -- What an abandoned operation got goes to whoever reads next.
 local function hand_over(op)
   local r = op.r
-  if op.kind == "read" and r[1] then
+  if (op.kind == "read" or op.kind == "transact") and r[1] then
     append_readahead(op.pipe, r[1])
   elseif op.kind == "read_into" and r[1] then
     append_readahead(op.pipe, op.buf:sub(1, r[1]))
@@ -484,11 +485,34 @@ function waiting.write(self, data, a)
   return await(self, "write", function(cb) raw.write(self, data, cb) end, a)
 end
 
+-- Bytes this layer holds are unread data in the pipe: as the kernel
+-- refuses a transact then, so does this layer.
+local function busy_with_unread()
+  return nil, "there is unread data in the pipe", "PIPE_BUSY", 0
+end
+
 --- client:transact(request [, cb | timeout]): the reply to one message.
 function waiting.transact(self, data, a)
-  if type(a) == "function" then return raw.transact(self, data, a) end
-  check_timeout(a, 3, "transact", 4)
-  return await(self, "transact", function(cb) raw.transact(self, data, cb) end, a)
+  local cb = type(a) == "function" and a or nil
+  if not cb then check_timeout(a, 3, "transact", 4) end
+  if has_readahead(self) then
+    if cb then return task.soon(cb, busy_with_unread()) end
+    return busy_with_unread()
+  end
+  if cb then
+    local op = orphan(self, "read")
+    if op then
+      return call_after(op, self, cb, function() return methods.transact(self, data, cb) end)
+    end
+    return raw.transact(self, data, cb)
+  end
+  if inflight[self] then
+    local ok
+    ok, a = settle(self, "read", a)
+    if not ok then return timed_out() end
+    if has_readahead(self) then return busy_with_unread() end
+  end
+  return await(self, "transact", function(c) raw.transact(self, data, c) end, a)
 end
 
 --- pipe:peek(): what is waiting, bytes read ahead included.

@@ -672,9 +672,11 @@ static int m_write(lua_State *L) {
 }
 
 static int m_transact(lua_State *L) {
+  pipe_ud *u = check_pipe(L);
   int n;
   check_nothing_after(L, 3);
-  if (lua_type(L, 3) != LUA_TFUNCTION && (n = divert(L, "transact")) >= 0)
+  if ((u->readahead || lua_type(L, 3) != LUA_TFUNCTION) &&
+      (n = divert(L, "transact")) >= 0)
     return n;
   return raw_transact(L);
 }

@@ -242,3 +242,46 @@ function TestPeer:test_transact_cancelled_while_its_request_waits()
   end
   H.close_all(server, client)
 end
+
+-- A transact whose waiter unwinds (a task raised while the main thread
+-- waited in it) hands its reply to the next read, and a timeout cancels
+-- the transact alone, not the pipe's other operations.
+function TestPeer:test_transact_timeout_cancels_only_itself()
+  local server, client = H.pair({ pipe_mode = "message" }, { pipe_mode = "message" })
+  local wrote
+  client:write("keep going", function(n) wrote = n end)
+  local r, _, errname = client:transact("q", 50)
+  lu.assertNil(r)
+  lu.assertEquals(errname, "TIMEOUT")
+  H.pump(function() return wrote ~= nil end, 5000, "the write")
+  lu.assertEquals(wrote, 10)
+  H.close_all(server, client)
+end
+
+function TestPeer:test_transact_with_bytes_read_ahead_is_busy()
+  local server, client = H.pair({ pipe_mode = "message" }, { pipe_mode = "message" })
+  np._set_readahead(client, "left over")
+  local r, _, errname = client:transact("q", 500)
+  lu.assertNil(r)
+  lu.assertEquals(errname, "PIPE_BUSY")
+  lu.assertEquals(client:read(nil, 500), "left over")
+  H.close_all(server, client)
+end
+
+function TestPeer:test_unwound_transact_hands_its_reply_over()
+  local server, client = H.pair({ pipe_mode = "message" }, { pipe_mode = "message" })
+  np.spawn(function()
+    local req = server:read()
+    server:write("re:" .. req)
+    error("a task fails while the main thread waits", 0)
+  end)
+  local ok, err = pcall(client.transact, client, "ask", 2000)
+  lu.assertFalse(ok)
+  lu.assertStrContains(tostring(err), "a task fails")
+  -- the reply is the next read's, whole, once
+  lu.assertEquals(client:read(nil, 2000), "re:ask")
+  local r, _, errname = client:read(nil, 100)
+  lu.assertNil(r)
+  lu.assertEquals(errname, "TIMEOUT")
+  H.close_all(server, client)
+end
