@@ -305,7 +305,7 @@ function Server.close() end
 ---@class namedpipe
 ---@field _VERSION string the module's version, as in its rockspec
 ---@field methods table<string, function> the pipes' methods (their metatable's __index)
----@field max_frame_size integer the longest frame `read_frame` accepts, in bytes (default 8 MiB); longer: `nil, msg, "FRAME_TOO_LARGE"`
+---@field max_frame_size integer the longest frame `read_frame` takes (8 MiB): longer is FRAME_TOO_LARGE
 local np = {}
 
 --- A server instance, state "listening" (Tokio's `ServerOptions::create`).

@@ -36,7 +36,7 @@ M._raw = raw
 --- is queued (task.lua tells the core), else this.
 local raw_step = raw.step
 function waiting.step(timeout)
-  if timeout ~= nil and (type(timeout) ~= "number" or not (timeout >= 0)) then
+  if timeout ~= nil and (type(timeout) ~= "number" or not (timeout >= 0)) then -- luacheck: ignore 581 (NaN too)
     error("bad argument #1 to 'step' (timeout in milliseconds >= 0 expected)", 3)
   end
   local n = task.run_due()
@@ -52,7 +52,7 @@ M.spawn = task.spawn
 M.timeout = task.next_timer
 
 function M.sleep(ms)
-  if math.type(ms) == nil or not (ms >= 0) then
+  if math.type(ms) == nil or not (ms >= 0) then -- luacheck: ignore 581 (NaN too)
     error("bad argument #1 to 'sleep' (milliseconds >= 0 expected)", 2)
   end
   task.sleep(ms, step)
@@ -69,7 +69,7 @@ end
 -- caller (3, a method called from Lua; 4, one reached through the C
 -- method's hand-over, binding.c divert).
 local function check_timeout(t, arg, fname, level)
-  if t ~= nil and (math.type(t) == nil or not (t >= 0)) then -- NaN too
+  if t ~= nil and (math.type(t) == nil or not (t >= 0)) then -- luacheck: ignore 581 (NaN too)
     error(("bad argument #%d to '%s' (timeout in milliseconds expected, got %s)")
       :format(arg, fname, type(t) == "number" and tostring(t) or type(t)), level or 3)
   end
@@ -713,7 +713,7 @@ function M.open(name, opts)
   for k, v in pairs(opts) do
     if k ~= "timeout" and k ~= "wait_for_server" then rest[k] = v end
   end
-  if timeout ~= nil and (math.type(timeout) == nil or not (timeout >= 0)) then
+  if timeout ~= nil and (math.type(timeout) == nil or not (timeout >= 0)) then -- luacheck: ignore 581 (NaN too)
     error("bad argument #2 to 'open' (option 'timeout': milliseconds >= 0 expected)", 2)
   end
   if wait ~= nil and type(wait) ~= "boolean" then

@@ -58,7 +58,7 @@ local function steps_until(cond, what)
 end
 
 -- n messages "m1".."mn" written and sent, nobody reading them yet.
-local function queued_messages(server, client, n)
+local function queued_messages(_, client, n)
   local written = 0
   for i = 1, n do
     client:write("m" .. i, function(k) if k then written = written + 1 end end)
@@ -250,7 +250,7 @@ function TestBasic:test_writes_complete_in_order()
   local server, client = H.pair()
   local order = {}
   for i = 1, 50 do
-    client:write(("%03d"):format(i), function(n) order[#order + 1] = i end)
+    client:write(("%03d"):format(i), function() order[#order + 1] = i end)
   end
   local want = {}
   for i = 1, 50 do want[i] = ("%03d"):format(i) end

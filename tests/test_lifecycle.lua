@@ -378,7 +378,7 @@ end
 function TestServeKeepsName:test_name_never_vanishes_at_max_instances()
   local name = H.name("keep")
   local handled = 0
-  local srv = assert(serve(name, { max_instances = 1 }, function(p)
+  local srv = assert(serve(name, { max_instances = 1 }, function()
     np.sleep(3)
     handled = handled + 1
   end))
@@ -430,7 +430,7 @@ end
 function TestServeKeepsName:test_busy_by_a_foreign_instance_is_retried()
   local name = H.name("foreign")
   local release = np.event()
-  local srv = assert(serve(name, { max_instances = 2 }, function(p)
+  local srv = assert(serve(name, { max_instances = 2 }, function()
     release:wait(5000)
   end))
   np.step(0)

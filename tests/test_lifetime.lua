@@ -13,7 +13,7 @@ function TestLifetime:test_pending_callback_keeps_unreferenced_pipe_alive()
   local got
   do
     local server = assert(np.create(name))
-    server:connect(function(ok)
+    server:connect(function()
       server:read(function(data) got = data end)
     end)
   end
@@ -116,7 +116,7 @@ end
 function TestLifetime:test_close_inside_own_callback()
   local server, client = H.pair()
   local results = {}
-  server:read(function(data, err, name)
+  server:read(function(data, _, name)
     results[#results + 1] = data or name
     server:close()
   end)

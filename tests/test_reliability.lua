@@ -122,7 +122,7 @@ end
 
 local function stream(total, chunk)
   local server, client = H.pair()
-  local sent, sent_sum, done = 0, 0, 0
+  local sent, done = 0, 0
   local pieces = {}
   -- All writes issued at once, far faster than the reader takes them.
   for i = 1, total // chunk do
@@ -135,7 +135,7 @@ local function stream(total, chunk)
     sent = sent + #piece
   end
   local a = H.checksum(table.concat(pieces))
-  pieces = nil
+  pieces = nil -- luacheck: ignore 311 (let the collector have them)
   local got, n = {}, 0
   while n < sent do
     local d = assert(server:read(nil, 5000))
@@ -355,7 +355,7 @@ local function unread_readiness_stays_quiet(mode)
   lu.assertNil(data)
   lu.assertEquals(name, "EOF")
   -- a read started after the EOF was seen reports it again, at once
-  data, _, name = server:read(nil, 2000)
+  _, _, name = server:read(nil, 2000)
   lu.assertEquals(name, "EOF")
   server:close()
 end

@@ -181,7 +181,7 @@ function TestUnix:test_files_go_with_the_process_however_it_exits()
   for _, e in ipairs(ENDINGS) do
     local what, ending = e[1], e[2]
     local dir = scratch_dir()
-    local ok, out = H.run_lua(([[
+    local _, out = H.run_lua(([[
       local np = require "namedpipe"
       local dir = ...
       S1 = assert(np.create(dir .. "/byte.sock"))

@@ -8,10 +8,11 @@
 # Then `make check` (the Linux suite again under ASan+UBSan and valgrind) is a
 # gate: any report fails the run (1 failed), its tests are not counted twice;
 # so is `make bench-quick` (the benchmarks run, bytes intact, no time asserted),
-# and `make rock-check` (LuaRocks builds and installs the source rock natively
-# and cross-built for Windows; both installed trees run a round trip).
+# `make rock-check` (LuaRocks builds and installs the source rock natively
+# and cross-built for Windows; both installed trees run a round trip), and
+# `make lint` (luacheck over every Lua file).
 # Full outputs: build/test-linux.log, build/test-windows.log, build/check.log,
-# build/bench-quick.log, build/rock-check.log.
+# build/bench-quick.log, build/rock-check.log, build/lint.log.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -66,6 +67,15 @@ if $MAKE --no-print-directory rock-check >build/rock-check.log 2>&1; then
 else
     lines+=("rock-check: FAILED — counted as 1 failed; see build/rock-check.log")
     tail -n 40 build/rock-check.log
+    tf=$((tf + 1)); status=1
+fi
+
+echo "=== make lint (luacheck over every Lua file) ==="
+if $MAKE --no-print-directory lint >build/lint.log 2>&1; then
+    lines+=("lint: luacheck clean (see build/lint.log)")
+else
+    lines+=("lint: FAILED — counted as 1 failed; see build/lint.log")
+    tail -n 40 build/lint.log
     tf=$((tf + 1)); status=1
 fi
 

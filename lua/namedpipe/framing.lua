@@ -126,7 +126,8 @@ function F.install(M, methods)
     end
     for i = 1, select("#", ...) do -- as the C methods refuse them
       if (select(i, ...)) ~= nil then
-        error(("bad argument #%d to 'write_frame' (nothing expected after the callback or timeout: give one of them, last)")
+        error(("bad argument #%d to 'write_frame' (nothing expected after the callback or timeout: "
+          .. "give one of them, last)")
           :format(3 + i), 2)
       end
     end
