@@ -398,8 +398,10 @@ local function new_chunk(rp, w, op)
   end
   if not take_early_empties(rp, w.seq) then return nil end
   local P = w.party
+  -- (bytes the client had before - read ahead, or taken by a call an error
+  -- unwound - are its to read)
   if rp.kind == "client" and P.end_how == "disconnect" and op and op.start_t > P.end_t
-    and not TOLERATE.old_client_reads_on then
+    and not op.readahead and not rp.abandoned_reads and not TOLERATE.old_client_reads_on then
     violation("after_disconnect", "%s's %s, started at t%d after %s's disconnect() (t%d), got %s seq %d",
       rp.name, op.kind, op.start_t, P.name, P.end_t, P.name, w.seq)
   end
@@ -978,6 +980,7 @@ run_op = function(e, kind, style, extra)
   end
   local op = new_op(e, kind, style)
   for k, v in pairs(extra or {}) do op[k] = v end
+  op.readahead = np._readahead[pipe] ~= nil
   if e.kind == "server" and e.state == "disconnected" then op.expect_not_connected = true end
   if kind == "read_exact" then
     op.n = weighted { { 4, rnd(300) }, { 1, rnd(70000) } }
@@ -1272,7 +1275,8 @@ local function can_disconnect(e)
   if UNDER_WINE and g and not g.end_t and not g.attached_t then return false end
   if TOLERATE.writes_cross_disconnect and (#e.wpending > 0 or #e.tw_inflight > 0) then return false end
   if TOLERATE.read_crosses_disconnect and e.read_message and e.read_op then return false end
-  if TOLERATE.readahead_crosses_disconnect and np._readahead[e.pipe] then return false end
+  if TOLERATE.readahead_crosses_disconnect and (np._readahead[e.pipe]
+    or (e.read_op and e.read_op.abandoned)) then return false end
   if TOLERATE.empty_crosses_disconnect and WIN and e.read_message and e.read_op
     and e.read_op.kind == "readable" then return false end
   return true
