@@ -263,8 +263,8 @@ local function free_gens()
   return list
 end
 
--- Clients not yet known to be on an instance that may still hold one of the
--- free generations F.
+-- How many clients, not yet known to be on any instance, may hold one of
+-- the free generations F.
 local function unassigned(F)
   local n = 0
   for _, c in ipairs(R.plist) do
@@ -332,8 +332,9 @@ local function check_tie(rp, wp)
     return false
   end
   if wp.peer then
-    violation("misdelivery", "%s received bytes %s wrote, but %s's peer is %s", rp.name, wp.name,
-      wp.name, wp.peer.name)
+    violation("misdelivery", "%s received bytes %s wrote, but %s's peer is %s%s", rp.name, wp.name,
+      wp.name, wp.peer.name, wp.peer.end_t and (" (%s ended by %s at t%d)"):format(wp.peer.name,
+        wp.peer.end_how, wp.peer.end_t) or "")
     return false
   end
   local c, g = rp, wp
