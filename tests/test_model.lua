@@ -736,7 +736,7 @@ local function failed(op, ename)
     end
   end
   if not ok then
-    local why = ""
+    local why
     if (ename == "EOF" and READS[kind]) or (ename == "BROKEN_PIPE" and WRITES[kind]) then
       why = op.party.peer and (": its peer %s is open and connected"):format(op.party.peer.name)
         or ": no client it could have has gone"
@@ -1026,8 +1026,8 @@ run_op = function(e, kind, style, extra)
       end
       violation("raised", "%s raised: %s", opname(op), tostring(err))
     elseif op.cb_then_timeout then
-      violation("dropped_timeout", "%s: read(cb, %d) neither raised nor kept its timeout (README: anything after the callback is a bad argument)",
-        opname(op), op.cb_then_timeout)
+      violation("dropped_timeout", "%s: read(cb, %d) neither raised nor kept its timeout (README: anything "
+        .. "after the callback is a bad argument)", opname(op), op.cb_then_timeout)
     end
     return
   end
@@ -1530,20 +1530,18 @@ local function check_reader(rp)
           or "never came")
         return
       end
-      if len == w.sent then
-        -- whole
-      elseif len then
-        if status == "done" and (read_all or last.w ~= w) then
-          violation("lost", "%s received %d of the %d bytes of %s seq %d (%s), which was reported done%s",
-            rp.name, len, w.sent, P.name, s, tostring(w.story), hint)
-          return
-        end
-        gap = w
-      else
+      if not len then
         if due then
           violation("lost", "%s never received %s seq %d (%d bytes, %s), reported done, %s%s", rp.name,
             P.name, s, w.sent, tostring(w.story), read_all and ("though it read on to the end (%s closed)"):format(P.name)
             or ("though seq %d came after it"):format(last.w.seq), hint)
+          return
+        end
+        gap = w
+      elseif len ~= w.sent then -- cut: a write stopped, or the last one rp read
+        if status == "done" and (read_all or last.w ~= w) then
+          violation("lost", "%s received %d of the %d bytes of %s seq %d (%s), which was reported done%s",
+            rp.name, len, w.sent, P.name, s, tostring(w.story), hint)
           return
         end
         gap = w
@@ -1685,7 +1683,6 @@ function TestModel:test_one_name_lifecycle_against_the_model()
   local t0 = np.now()
   local rounds, ops, bytes, seed = 0, 0, 0, SEED
   rstate = SEED
-  local next_seeds = { SEED }
   while true do
     rounds = rounds + 1
     local r = run_round(seed, rounds)
