@@ -131,12 +131,18 @@ check-valgrind: linux multistate-linux
 	  --show-leak-kinds=definite,indirect lua5.4 tests/run.lua --platform linux $(TESTARGS)
 
 # The long runs (tests/soak.lua), Linux then Windows under Wine; figures printed.
+# Then the lifecycle model (tests/test_model.lua) for MODEL_SOAK_SECONDS on
+# each platform (make test runs it for a few seconds).
 SOAKARGS ?=
+MODEL_SOAK_SECONDS ?= 120
 soak: linux windows
 	ulimit -n 8192 2>/dev/null || true; \
 	LUA_PATH_5_4='lua/?.lua;lua/?/init.lua;;' LUA_CPATH_5_4='build/linux/?.so;;' \
 	  lua5.4 tests/soak.lua $(SOAKARGS)
 	NP_WINE_TIMEOUT=1800 tools/wine-run.sh $(WIN_LUA) tests/soak.lua $(SOAKARGS)
+	NP_MODEL_SECONDS=$(MODEL_SOAK_SECONDS) lua5.4 tests/run.lua --platform linux -p TestModel
+	NP_WINE_TIMEOUT=1800 NP_MODEL_SECONDS=$(MODEL_SOAK_SECONDS) \
+	  tools/wine-run.sh $(WIN_LUA) tests/run.lua --platform windows -p TestModel
 
 clean:
 	rm -rf build/linux build/win build/asan build/multistate build/fuzz
