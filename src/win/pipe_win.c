@@ -407,13 +407,20 @@ static void submit_write(np_req *req) {
   submitted(req, WriteFile(p->h, req->wdata, req->wlen, NULL, &req->ov));
 }
 
+/* A zero-length write waits until no other write of the session is with
+ * the kernel: the kernel (Wine's, at least) completes one at once, ahead of
+ * writes still pending, so a cancel of those would leave it past a hole. */
+static int write_may_go(const np_pipe *p, const np_req *req) {
+  return p->session_writes < MAX_WRITES_IN_FLIGHT &&
+         (req->wlen > 0 || p->session_writes == 0);
+}
+
 /* Hand queued writes to the kernel while there is room. A loop, not a
  * recursion: a write that fails at once finishes through here again. */
 static void pump_writes(np_pipe *p) {
   if (p->pumping) return;
   p->pumping = 1;
-  while (p->wqueue_head && !p->closed &&
-         p->session_writes < MAX_WRITES_IN_FLIGHT) {
+  while (p->wqueue_head && !p->closed && write_may_go(p, p->wqueue_head)) {
     np_req *req = p->wqueue_head;
     p->wqueue_head = req->next;
     if (!p->wqueue_head) p->wqueue_tail = NULL;
@@ -453,7 +460,7 @@ int np_write_start(np_pipe *p, const char *data, size_t len, int ref_cb,
     p->write_error.err = NP_OK;
   } else if (len > 0xFFFFFFFFu) {
     complete_now(req, NP_INVALID_ARGUMENT, ERROR_INVALID_PARAMETER);
-  } else if (p->wqueue_head || p->session_writes >= MAX_WRITES_IN_FLIGHT) {
+  } else if (p->wqueue_head || !write_may_go(p, req)) {
     np_req_wait(p->loop, req); /* in order, behind the others */
     req->next = NULL;
     if (p->wqueue_tail)
@@ -508,12 +515,15 @@ static void finish(np_req *req, DWORD err, DWORD bytes) {
   }
   if (req->op == NP_OP_READABLE && !p->closed &&
       (err == ERROR_MORE_DATA || err == ERROR_BROKEN_PIPE ||
-       err == ERROR_NO_DATA))
+       err == ERROR_NO_DATA ||
+       /* a client whose server disconnected it: the end of its stream */
+       (!p->is_server && err == ERROR_PIPE_NOT_CONNECTED)))
     err = 0; /* a message, or the end of the stream: try_read will tell */
   else if (req->op == NP_OP_READABLE && err == 0 &&
-           p->read_mode == NP_MODE_MESSAGE)
+           p->read_mode == NP_MODE_MESSAGE && req->session == p->session)
     /* A zero-byte read succeeds on a message pipe only by taking a
-     * zero-length message: the next read must still return it. */
+     * zero-length message: the next read must still return it (unless it
+     * was the old client's, taken before a disconnect). */
     p->empty_message_taken = 1;
   if (NP_READS_DATA(req->op) && (err == 0 || err == ERROR_MORE_DATA)) {
     p->rlen += bytes;
