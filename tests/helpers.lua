@@ -121,7 +121,7 @@ function H.run_lua_env(env, code, ...)
   local out = script .. ".out"
   local ok = os.execute(("%s%s > %s 2>&1"):format(env ~= "" and env .. " " or "", cmd, out))
   local rf = io.open(out, "r")
-  local text = rf and rf:read("a") or ""
+  local text = rf and rf:read("*a") or ""
   if rf then rf:close() end
   os.remove(script)
   os.remove(out)

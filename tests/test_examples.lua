@@ -45,7 +45,7 @@ local function start(file, opts, ...)
   local proc = assert(io.popen(cmd .. " 2>&1", "r"))
   return {
     finish = function()
-      local out = proc:read("a")
+      local out = proc:read("*a")
       local ok = proc:close()
       os.remove(script)
       if input then os.remove(input) end

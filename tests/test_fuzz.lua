@@ -45,18 +45,16 @@ local WATCHDOG_MS = 15000
 local SENTINEL = "FUZZ-INTENDED-ERROR"
 
 -- ------------------------------------------------------------ randomness
--- splitmix64 (Lua 5.4 integers wrap): the same sequence on every platform,
--- and math.random stays untouched for the other test files.
+-- Park and Miller's minimal standard generator (multiplier 48271, modulus
+-- 2^31 - 1): every product fits a double's 53 bits, so the sequence is the
+-- same on every platform and every Lua version (integers or not), and
+-- math.random stays untouched for the other test files.
 local rstate
-local function seed(s) rstate = s end
-local function u64()
-  rstate = rstate + 0x9E3779B97F4A7C15
-  local z = rstate
-  z = (z ~ (z >> 30)) * 0xBF58476D1CE4E5B9
-  z = (z ~ (z >> 27)) * 0x94D049BB133111EB
-  return z ~ (z >> 31)
+local function seed(s) rstate = s % 2147483646 + 1 end
+local function rnd(n) -- 1..n
+  rstate = rstate * 48271 % 2147483647
+  return rstate % n + 1
 end
-local function rnd(n) return (u64() >> 1) % n + 1 end -- 1..n
 local function chance(k) return rnd(k) == 1 end          -- 1 in k
 local function pick(t) return t[rnd(t.n or #t)] end      -- t.n: lists with nils
 local function weighted(list) -- { {w, v}, ... }

@@ -125,7 +125,7 @@ local function stream(total, chunk)
   local sent, done = 0, 0
   local pieces = {}
   -- All writes issued at once, far faster than the reader takes them.
-  for i = 1, total // chunk do
+  for i = 1, math.floor(total / chunk) do
     local piece = string.char(i % 251):rep(chunk - 8) .. ("%08d"):format(i)
     pieces[i] = piece
     client:write(piece, function(n, err)
@@ -144,7 +144,7 @@ local function stream(total, chunk)
   end
   lu.assertEquals(n, sent)
   lu.assertEquals(H.checksum(table.concat(got)), a)
-  H.pump(function() return done == total // chunk end)
+  H.pump(function() return done == math.floor(total / chunk) end)
   H.close_all(server, client)
 end
 
@@ -486,7 +486,7 @@ function TestReliability:test_out_of_memory_inside_calls()
   -- (a full collection first: Lua collects before it reports a failed
   -- allocation, and garbage left over would make room under the cap)
   local function until_ok(what, f)
-    for extra = 0, 1 << 20, 32 do
+    for extra = 0, 2 ^ 20, 32 do
       collectgarbage()
       limit(extra)
       local ok, err = pcall(f)
@@ -600,7 +600,12 @@ function TestReliability:test_finalizer_stepping_inside_a_step()
     if armed then armed = false; np.step(0) end
   end }
   -- many finalizers pending, run a few per small collector step
-  collectgarbage("incremental", 100, 100, 10)
+  if _VERSION == "Lua 5.4" then
+    collectgarbage("incremental", 100, 100, 10)
+  else -- (the same knobs, before 5.4)
+    collectgarbage("setpause", 100)
+    collectgarbage("setstepmul", 100)
+  end
   collectgarbage("stop")
   for _ = 1, 200000 do setmetatable({}, mt) end
   collectgarbage("restart")
