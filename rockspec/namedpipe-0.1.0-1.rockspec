@@ -62,8 +62,9 @@ build = {
             ["namedpipe.core"] = {
                sources = {
                   "src/binding.c", "src/buffer.c", "src/errors.c", "src/options.c",
-                  "src/unix/listener_unix.c", "src/unix/loop_unix.c",
-                  "src/unix/names_unix.c", "src/unix/pipe_unix.c",
+                  "src/unix/host_unix.c", "src/unix/listener_unix.c",
+                  "src/unix/loop_unix.c", "src/unix/names_unix.c",
+                  "src/unix/pipe_unix.c",
                },
                incdirs = { "src" },
             },

@@ -63,6 +63,48 @@ function TestVersion:test_rockspec_matches_module()
   lu.assertEquals(spec.source.dir, "namedpipe-" .. version)
 end
 
+--- The files of a directory of the checkout whose names match pattern.
+local function files_in(dir, pattern)
+  local p = assert(io.popen(WIN and ('dir /b "' .. path(dir) .. '" 2>nul')
+                                or ("ls -1 '" .. path(dir) .. "' 2>/dev/null")))
+  local found = {}
+  for line in p:lines() do
+    line = line:gsub("\r$", "")
+    if line:match(pattern) then found[#found + 1] = dir .. "/" .. line end
+  end
+  p:close()
+  return found
+end
+
+-- The rockspec names its sources one by one (LuaRocks has no wildcard),
+-- where the Makefile takes every file: a file added to the module must be
+-- added to each platform's table too, or the rock does not build.
+function TestVersion:test_rockspec_lists_every_source()
+  local spec = load_rockspec(rockspec_files()[1])
+  for plat, dir in pairs { linux = "src/unix", windows = "src/win" } do
+    local modules = spec.build.platforms[plat].modules
+    local want = files_in("src", "%.c$")
+    for _, f in ipairs(files_in(dir, "%.c$")) do want[#want + 1] = f end
+    table.sort(want)
+    local got = {}
+    for _, f in ipairs(modules["namedpipe.core"].sources) do got[#got + 1] = f end
+    table.sort(got)
+    lu.assertEquals(got, want, plat .. ": the C sources of namedpipe.core")
+    local lua_files = { "lua/namedpipe.lua" }
+    for _, f in ipairs(files_in("lua/namedpipe", "%.lua$")) do lua_files[#lua_files + 1] = f end
+    table.sort(lua_files)
+    local listed = {}
+    for name, src in pairs(modules) do
+      if type(src) == "string" then
+        listed[#listed + 1] = src
+        lu.assertEquals(src, "lua/" .. name:gsub("%.", "/") .. ".lua", plat .. ": " .. name)
+      end
+    end
+    table.sort(listed)
+    lu.assertEquals(listed, lua_files, plat .. ": the Lua modules")
+  end
+end
+
 function TestVersion:test_changelog_newest_entry()
   local newest = read("CHANGELOG.md"):match("\n## ([^\n]*)")
   lu.assertNotNil(newest, "CHANGELOG.md has no '## <version>' heading")
