@@ -748,16 +748,21 @@ end
 -- that would hand its call to this layer returns a marker instead
 -- (binding.c, divert), and the method is this Lua function, which makes
 -- the waiting call itself: a task then suspends in Lua, as it must.
+-- (Each wrapper is made from source with the method's name in it: the C
+-- method's argument errors name the function as its call site does.)
 if not raw.c_can_yield then
-  local marker = raw.divert_marker
+  local WRAPPER = [[
+    local c, wait, marker, pack, unpack = ...
+    return function(self, ...)
+      local r = pack(c.NAME(self, ...))
+      if r[1] == marker then return wait(self, ...) end
+      return unpack(r, 1, r.n)
+    end]]
+  local compile = loadstring or load -- luacheck: ignore 113
   for name, wait in pairs(waiting) do
-    local c_method = methods[name]
-    if c_method then
-      methods[name] = function(self, ...)
-        local a, b, c, d = c_method(self, ...)
-        if a == marker then return wait(self, ...) end
-        return a, b, c, d
-      end
+    if methods[name] then
+      local make = assert(compile(WRAPPER:gsub("NAME", name), "=namedpipe." .. name))
+      methods[name] = make({ [name] = methods[name] }, wait, raw.divert_marker, pack, unpack)
     end
   end
 end

@@ -146,13 +146,49 @@ typedef struct pipe_ud {
  * call too (luaL_argerror does not count it there): the numbering of the
  * Lua layer's own checks (lua/namedpipe.lua), so that an argument has the
  * same number whichever form of a method was called. */
+/* The key under which table t holds the value on the top, or NULL. */
+static const char *key_of(lua_State *L, int t) {
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    if (lua_rawequal(L, -1, -3) && lua_type(L, -2) == LUA_TSTRING) {
+      const char *k = lua_tostring(L, -2); /* held by the table */
+      lua_pop(L, 2);
+      return k;
+    }
+    lua_pop(L, 1);
+  }
+  return NULL;
+}
+
+/* The running function's name among the pipe methods, or NULL: for a
+ * call whose site names nothing (a tail call; Lua 5.1 and LuaJIT do not
+ * look the name up as luaL_argerror does from 5.2 on). */
+static const char *method_name(lua_State *L) {
+  lua_Debug ar;
+  const char *name = NULL;
+  int top = lua_gettop(L);
+  if (lua_getstack(L, 0, &ar) && lua_getinfo(L, "f", &ar)) {
+    luaL_getmetatable(L, PIPE_MT);
+    if (lua_type(L, -1) == LUA_TTABLE &&
+        lua_getfield(L, -1, "__index") == LUA_TTABLE) {
+      lua_pushvalue(L, -3);
+      name = key_of(L, lua_gettop(L) - 1);
+    }
+  }
+  lua_settop(L, top);
+  return name;
+}
+
 int np_arg_error(lua_State *L, int arg, const char *msg) {
   lua_Debug ar;
-  if (!lua_getstack(L, 0, &ar) || !lua_getinfo(L, "n", &ar) || !ar.name)
+  const char *name = NULL;
+  if (lua_getstack(L, 0, &ar) && lua_getinfo(L, "n", &ar)) name = ar.name;
+  if (!name) name = method_name(L);
+  if (!name)
     /* no name at the call site (pcall(np.step, ...)): not a method call
      * either, so luaL_argerror numbers alike, and finds the global name */
     return luaL_argerror(L, arg, msg);
-  return luaL_error(L, "bad argument #%d to '%s' (%s)", arg, ar.name, msg);
+  return luaL_error(L, "bad argument #%d to '%s' (%s)", arg, name, msg);
 }
 
 int np_type_error(lua_State *L, int arg, const char *expected) {

@@ -134,12 +134,15 @@ end
 -- The test files use 5.4's library; on older versions these few are
 -- supplied here, for the tests only. The module itself never relies on
 -- them: luacheck reads lua/ as the subset every version has.
-table.pack = table.pack or function(...) return { n = select("#", ...), ... } end
-table.unpack = table.unpack or unpack -- luacheck: ignore 143
+table.pack = table.pack or function(...) return { n = select("#", ...), ... } end -- luacheck: ignore 122
+table.unpack = table.unpack or unpack -- luacheck: ignore 113 122
 math.type = math.type or function(x) -- luacheck: ignore 122
   if type(x) ~= "number" then return nil end
   if x == math.floor(x) and x >= -2 ^ 63 and x < 2 ^ 63 then return "integer" end
   return "float"
+end
+math.tointeger = math.tointeger or function(x) -- luacheck: ignore 122
+  if math.type(x) == "integer" then return x end
 end
 local LUA54 = _VERSION == "Lua 5.4"
 

@@ -207,7 +207,7 @@ local function data_string()
     { 40, ("d"):rep(rnd(64)) },
     { 20, ("x\n"):rep(rnd(40)) },
     { 10, "line\r\nmore\0nul\n" },
-    { 10, string.pack(">s4", ("f"):rep(rnd(100))) },
+    { 10, (function(n) return "\0\0\0" .. string.char(n) .. ("f"):rep(n) end)(rnd(100)) }, -- a frame
     { 5, ("B"):rep(65536 + rnd(1000)) },
     { F.big_bytes < 16 * 1024 * 1024 and 2 or 0, ("H"):rep(300000) },
   }
@@ -241,7 +241,7 @@ local function bad_names()
   return table.pack(
     "", "\\\\.\\pipe\\", "\\\\.\\pipe\\a\0b", "\\\\.\\pipe\\" .. ("n"):rep(260),
     "no-prefix", "\\\\server\\pipe\\x", "\\\\.\\pipe", "pipe\\x", "\\\\.\\PIPE\\..",
-    "\\\\.\\pipe\\..", "\\\\.\\pipe\\a/b", "/", "C:\\temp\\file", ("\u{1F600}"):rep(200),
+    "\\\\.\\pipe\\..", "\\\\.\\pipe\\a/b", "/", "C:\\temp\\file", ("\240\159\152\128"):rep(200),
     42, nil, true, {}, F.live_names[1] .. "\0")
 end
 
@@ -615,6 +615,10 @@ local function settle_everything()
 end
 
 function TestFuzz:test_random_api_calls()
+  if _VERSION == "Lua 5.1" and not rawget(_G, "jit") then
+    lu.skip("its tasks call the methods inside pcall, which plain Lua 5.1 cannot suspend "
+      .. "(LuaJIT and Lua 5.2+ run it)")
+  end
   H.settle()
   collectgarbage()
   local before = np.stats()

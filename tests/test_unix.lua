@@ -23,7 +23,7 @@ local function linux_only()
   if PLATFORM ~= "linux" then lu.skip("socket and lock files: Linux backend only") end
 end
 
-local function sh(cmd) return os.execute(cmd) == true end
+local sh = H.execute
 
 local function exists(path) return sh("test -e " .. q(path) .. " || test -L " .. q(path)) end
 

@@ -36,7 +36,7 @@ end
 local function load_rockspec(file)
   local env = {}
   local chunk
-  if setfenv then -- Lua 5.1, LuaJIT: load takes no text and no env
+  if setfenv then -- luacheck: ignore 113 (Lua 5.1, LuaJIT: load takes no text and no env)
     chunk = assert(loadstring(read("rockspec", file), "=" .. file)) -- luacheck: ignore 113
     setfenv(chunk, env) -- luacheck: ignore 113
   else

@@ -10,7 +10,7 @@ C.pack = table.pack or function(...) -- luacheck: ignore 143
   return { n = select("#", ...), ... }
 end
 
-C.unpack = table.unpack or unpack -- luacheck: ignore 143
+C.unpack = table.unpack or unpack -- luacheck: ignore 113 143
 
 local floor = math.floor
 
