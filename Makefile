@@ -93,6 +93,23 @@ $(WIN_LUA):
 test-linux: linux multistate-linux
 	lua5.4 tests/run.lua --platform linux $(TESTARGS)
 
+# Every other Lua an app may embed (Linux): the module built against each
+# one's headers into build/<lua>/, the whole suite run by its interpreter.
+# (Lua 5.4 is `make linux` / `make test-linux`.)
+OTHER_LUAS := lua5.1 lua5.2 lua5.3 luajit
+
+build/lua5.1/namedpipe/core.so build/lua5.2/namedpipe/core.so \
+build/lua5.3/namedpipe/core.so build/luajit/namedpipe/core.so: \
+    build/%/namedpipe/core.so: $(LINUX_SRC) $(LINUX_HDR) $(LINUX_STAMP) Makefile
+	@mkdir -p $(@D)
+	$(LINUX_CC) $(LINUX_CFLAGS) $$(pkg-config --cflags $*) -Isrc $(EXTRA_CFLAGS) -o $@ $(LINUX_SRC) $(LINUX_LIBS)
+
+.PHONY: test-luas $(addprefix test-,$(OTHER_LUAS))
+$(addprefix test-,$(OTHER_LUAS)): test-%: build/%/namedpipe/core.so
+	NP_BUILD_DIR=build/$* $* tests/run.lua --platform linux --label $* $(TESTARGS)
+
+test-luas: $(addprefix test-,$(OTHER_LUAS))
+
 test-windows: windows multistate-windows
 	tools/wine-run.sh $(WIN_LUA) tests/run.lua --platform windows $(TESTARGS)
 

@@ -361,7 +361,7 @@ local function rss_kib()
     f = io.open([[Z:\proc\self\status]], "r")
   end
   if not f then return nil end
-  local s = f:read("a")
+  local s = f:read("*a")
   f:close()
   local v = s:match("VmRSS:%s*(%d+)%s*kB")
   return v and tonumber(v)

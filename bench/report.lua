@@ -81,7 +81,7 @@ local targets = {
 local function sh(cmd)
   local f = io.popen(cmd .. " 2>/dev/null")
   if not f then return "" end
-  local s = f:read("a") or ""
+  local s = f:read("*a") or ""
   f:close()
   return (s:gsub("%s+$", ""))
 end
@@ -89,7 +89,7 @@ end
 local function cpu_model()
   local f = io.open("/proc/cpuinfo")
   if not f then return "?" end
-  local s = f:read("a")
+  local s = f:read("*a")
   f:close()
   return (s:match("model name%s*:%s*([^\n]+)") or "?")
 end
@@ -149,7 +149,7 @@ for _, platform in ipairs(order) do
     local pinning = "not pinned"
     local f = io.open((path:gsub("[^/]*$", "")) .. "linux-pinning.txt")
     if f then
-      local cpu = (f:read("l") or ""):match("^linux (%S+)")
+      local cpu = (f:read("*l") or ""):match("^linux (%S+)")
       f:close()
       if cpu and cpu ~= "unpinned" then pinning = "pinned to CPU " .. cpu end
     end

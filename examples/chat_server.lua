@@ -9,12 +9,18 @@
 --   lua examples/pipecat.lua NAME      then type a nick, then lines
 local np = require "namedpipe"
 
+-- A whole number given as text, or nil (math.tointeger is Lua 5.3's).
+local function whole(text)
+  local n = tonumber(text)
+  if n and n == math.floor(n) then return n end
+end
+
 local name, count
 do
   local i = 1
   while arg[i] do
     if arg[i] == "--count" then
-      count = math.tointeger(tonumber(arg[i + 1])); i = i + 2
+      count = whole(arg[i + 1]); i = i + 2
     else
       name = arg[i]; i = i + 1
     end
@@ -65,7 +71,9 @@ server = assert(np.serve(name, nil, function(pipe)
 
   members[pipe] = nick
   broadcast("* " .. nick .. " joined", pipe)
-  for line in pipe:lines() do
+  while true do -- (not lines(): Lua 5.1 cannot suspend inside a for)
+    local line = pipe:read_line()
+    if not line then break end
     broadcast(nick .. ": " .. line, pipe)
   end
   -- Out of the room before the handler returns: np.serve closes the pipe

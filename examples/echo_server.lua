@@ -9,12 +9,18 @@
 -- `make demo` for running from a checkout).
 local np = require "namedpipe"
 
+-- A whole number given as text, or nil (math.tointeger is Lua 5.3's).
+local function whole(text)
+  local n = tonumber(text)
+  if n and n == math.floor(n) then return n end
+end
+
 local name, count
 do -- arguments: a name and an optional --count N, in any order
   local i = 1
   while arg[i] do
     if arg[i] == "--count" then
-      count = math.tointeger(tonumber(arg[i + 1])); i = i + 2
+      count = whole(arg[i + 1]); i = i + 2
     else
       name = arg[i]; i = i + 1
     end
@@ -34,11 +40,15 @@ local server
 -- straight-line code below waits without blocking the other clients.
 server = assert(np.serve(name, nil, function(pipe)
   local lines = 0
-  -- lines() ends when the client closes its end
-  for line in pipe:lines() do
+  -- read_line() gives nil when the client closes its end. (A while loop,
+  -- not `for line in pipe:lines()`: that is fine from Lua 5.2 on and in
+  -- LuaJIT, but Lua 5.1 cannot suspend a task inside a for's iterator.)
+  while true do
+    local line = pipe:read_line()
+    if not line then break end
     lines = lines + 1
     -- the write returns once the reply is in the pipe; if the client has
-    -- gone meanwhile it fails (BROKEN_PIPE) and lines() ends next
+    -- gone meanwhile it fails (BROKEN_PIPE) and the next read ends
     pipe:write(line .. "\n")
   end
   served = served + 1

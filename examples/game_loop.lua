@@ -11,7 +11,9 @@ for i = 1, #arg do
   if arg[i] == "--frame-ms" then frame_ms = tonumber(arg[i + 1]) end
 end
 
-local name = [[\\.\pipe\namedpipe-game-]] .. os.time() .. "-" .. math.random(1, 1e6)
+-- (a fresh table's address makes it this run's: Lua 5.1 does not seed
+-- math.random, and two runs in one second would share a name)
+local name = [[\\.\pipe\namedpipe-game-]] .. os.time() .. "-" .. (tostring({}):match("0x(%x+)") or math.random(1, 1e6))
 local server = assert(np.serve(name, { pipe_mode = "message" }, function(pipe)
   while true do
     local cmd = pipe:read()

@@ -30,9 +30,15 @@ poll:start("r", function()
   rearm()
 end)
 
-local name = [[\\.\pipe\namedpipe-luv-]] .. os.time() .. "-" .. math.random(1, 1e6)
+-- (a fresh table's address makes it this run's: Lua 5.1 does not seed
+-- math.random, and two runs in one second would share a name)
+local name = [[\\.\pipe\namedpipe-luv-]] .. os.time() .. "-" .. (tostring({}):match("0x(%x+)") or math.random(1, 1e6))
 local server = assert(np.serve(name, nil, function(pipe)
-  for line in pipe:lines() do pipe:write(line:upper() .. "\n") end
+  while true do -- (not lines(): Lua 5.1 cannot suspend inside a for)
+    local line = pipe:read_line()
+    if not line then break end
+    pipe:write(line:upper() .. "\n")
+  end
 end))
 
 np.spawn(function()

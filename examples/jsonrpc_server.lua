@@ -16,6 +16,12 @@ Try it by hand:  lua examples/pipecat.lua --message NAME
 JSON is dkjson's (Debian: lua-dkjson; LuaRocks: dkjson).
 ]]
 local np = require "namedpipe"
+
+-- A whole number given as text, or nil (math.tointeger is Lua 5.3's).
+local function whole(text)
+  local n = tonumber(text)
+  if n and n == math.floor(n) then return n end
+end
 local has_json, json = pcall(require, "dkjson")
 if not has_json then
   io.stderr:write("jsonrpc_server: needs the dkjson module (Debian: lua-dkjson; LuaRocks: dkjson)\n")
@@ -47,7 +53,7 @@ do
   local i = 1
   while arg[i] do
     if arg[i] == "--count" then
-      count = math.tointeger(tonumber(arg[i + 1])); i = i + 2
+      count = whole(arg[i + 1]); i = i + 2
     else
       name = arg[i]; i = i + 1
     end
@@ -82,7 +88,7 @@ end
 
 function methods.sleep(params)
   local ms = params[1]
-  if math.type(ms) ~= "integer" or ms < 0 or ms > 10000 then
+  if type(ms) ~= "number" or ms ~= math.floor(ms) or ms < 0 or ms > 10000 then
     return nil, rpc_error(-32602, "Invalid params", "sleep expects [ms], 0..10000")
   end
   np.sleep(ms)
@@ -106,8 +112,14 @@ local function handle(text)
     err = rpc_error(-32601, "Method not found", req.method)
   else
     -- pcall: a bug in a method becomes an error response, not a dead server
-    -- (in Lua 5.4 a task may wait inside pcall)
-    local okm, r, e = pcall(method, req.params or {})
+    -- (a task may wait inside pcall from Lua 5.2 on and in LuaJIT; plain
+    -- Lua 5.1 cannot suspend inside one, so there a method runs bare)
+    local okm, r, e
+    if _VERSION == "Lua 5.1" and not rawget(_G, "jit") then
+      okm, r, e = true, method(req.params or {})
+    else
+      okm, r, e = pcall(method, req.params or {})
+    end
     if not okm then
       err = rpc_error(-32603, "Internal error", tostring(r))
     else

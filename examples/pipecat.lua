@@ -36,6 +36,12 @@ How it works, and what it cannot do:
 ]]
 local np = require "namedpipe"
 
+-- A whole number given as text, or nil (math.tointeger is Lua 5.3's).
+local function whole(text)
+  local n = tonumber(text)
+  if n and n == math.floor(n) then return n end
+end
+
 local listen, message, wait_ms, quit_ms, name = false, false, 100, nil, nil
 do
   local i = 1
@@ -46,7 +52,7 @@ do
     elseif a == "--message" then
       message = true
     elseif a == "-w" or a == "-q" then
-      local ms = math.tointeger(tonumber(arg[i + 1]))
+      local ms = whole(arg[i + 1])
       if not ms or ms < 0 then
         io.stderr:write("pipecat: ", a, " needs milliseconds\n"); os.exit(2)
       end

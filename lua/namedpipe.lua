@@ -21,7 +21,8 @@ for k, v in pairs(core) do M[k] = v end
 
 local methods = core.methods
 local now = core.now
-local pack, unpack = table.pack, table.unpack
+local compat = require "namedpipe.compat"
+local pack, unpack, math_type = compat.pack, compat.unpack, compat.math_type
 
 -- The C methods and core.step handle the callback form themselves and hand
 -- everything else to the functions in core._waiting (binding.c, divert):
@@ -52,7 +53,7 @@ M.spawn = task.spawn
 M.timeout = task.next_timer
 
 function M.sleep(ms)
-  if math.type(ms) == nil or not (ms >= 0) then -- luacheck: ignore 581 (NaN too)
+  if math_type(ms) == nil or not (ms >= 0) then -- luacheck: ignore 581 (NaN too)
     error("bad argument #1 to 'sleep' (milliseconds >= 0 expected)", 2)
   end
   task.sleep(ms, step)
@@ -69,7 +70,7 @@ end
 -- caller (3, a method called from Lua; 4, one reached through the C
 -- method's hand-over, binding.c divert).
 local function check_timeout(t, arg, fname, level)
-  if t ~= nil and (math.type(t) == nil or not (t >= 0)) then -- luacheck: ignore 581 (NaN too)
+  if t ~= nil and (math_type(t) == nil or not (t >= 0)) then -- luacheck: ignore 581 (NaN too)
     error(("bad argument #%d to '%s' (timeout in milliseconds expected, got %s)")
       :format(arg, fname, type(t) == "number" and tostring(t) or type(t)), level or 3)
   end
@@ -115,7 +116,8 @@ local CANCEL = { read = "read", read_into = "read", readable = "readable",
                  write = "write" }
 
 local co_running, co_status = coroutine.running, coroutine.status
-local function dead(thread) return co_status(thread) == "dead" end
+-- (thread is nil for the main thread on Lua 5.1: never dead)
+local function dead(thread) return thread ~= nil and co_status(thread) == "dead" end
 
 -- While a read-slot operation is recorded, reads divert to this layer too
 -- (binding.c: the same flag as read-ahead), so that a read in any form
@@ -143,10 +145,8 @@ local function prepend_readahead(pipe, s)
   set_readahead(pipe, old and s .. old or s)
 end
 
-local op_mt = {}
-
 local function new_op(pipe, kind)
-  return setmetatable({ pipe = pipe, kind = kind, slot = SLOT[kind], thread = co_running() }, op_mt)
+  return { pipe = pipe, kind = kind, slot = SLOT[kind], thread = co_running() }
 end
 
 local function register(op)
@@ -201,10 +201,18 @@ local function abandon(op)
   end
 end
 
--- Leaving the scope of a waiting call (to-be-closed): by an error, before
--- its results were returned.
-op_mt.__close = function(op)
-  if not op.delivered then abandon(op) end
+-- An error unwinding a waiting call before its results were returned
+-- abandons its operations. (A pcall, not a to-be-closed variable: the same
+-- on every Lua version; these calls are never a task's, so no yield
+-- crosses it.)
+local function guarded(ops, fn, ...)
+  local ok, err = pcall(fn, ...)
+  if not ok then
+    for i = 1, #ops do
+      if not ops[i].delivered then abandon(ops[i]) end
+    end
+    error(err, 0)
+  end
 end
 
 local function op_done(op, ...)
@@ -279,6 +287,24 @@ M._settle = settle
 local arm, resume_once, suspend = task.arm, task.resume_once, task.suspend
 local add_timer, cancel_timer = task.add_timer, task.cancel_timer
 
+-- Step until op is done, cancelling it once timeout ms have passed.
+local function wait_for(op, pipe, kind, timeout)
+  local deadline = timeout and now() + timeout
+  while not op.done do
+    if deadline then
+      local left = deadline - now()
+      if left <= 0 then
+        cancel_for_timeout(pipe, CANCEL[kind])
+        deadline = nil
+      else
+        step(left)
+      end
+    else
+      step(timeout and 100 or 1000)
+    end
+  end
+end
+
 local function await(pipe, kind, start, timeout, buf, prefix)
   local co, ticket = arm()
   if co then
@@ -300,21 +326,7 @@ local function await(pipe, kind, start, timeout, buf, prefix)
   start(function(...) op_done(op, ...) end)
   if op.slot then register(op) end
   -- from here on, an error abandons the operation (a write: lets it go on)
-  local _ <close> = op.slot and op or nil
-  local deadline = timeout and now() + timeout
-  while not op.done do
-    if deadline then
-      local left = deadline - now()
-      if left <= 0 then
-        cancel_for_timeout(pipe, CANCEL[kind])
-        deadline = nil
-      else
-        step(left)
-      end
-    else
-      step(timeout and 100 or 1000)
-    end
-  end
+  guarded(op.slot and { op } or {}, wait_for, op, pipe, kind, timeout)
   op.delivered = true
   if op.slot then release(op) end
   return unpack(op.r, 1, op.r.n)
@@ -324,9 +336,9 @@ M._await = await
 -- The C methods check n themselves; data read ahead is handed out here, so
 -- check it the same way first.
 local function check_count(n, fname)
-  if n ~= nil and (math.type(n) ~= "integer" or n < 1) then
+  if n ~= nil and (math_type(n) ~= "integer" or n < 1) then
     error(("bad argument #2 to '%s' (positive byte count expected, got %s)")
-      :format(fname, math.type(n) or type(n)), 4)
+      :format(fname, math_type(n) or type(n)), 4)
   end
 end
 
@@ -560,13 +572,6 @@ function waiting.writable(self, a)
   return await(self, "writable", function(cb) raw.writable(self, cb) end, a)
 end
 
--- ready("both") waits with two operations: leaving its scope by an error
--- abandons both.
-local both_mt = { __close = function(ops)
-  for _, op in ipairs(ops) do
-    if not op.delivered then abandon(op) end
-  end
-end }
 
 --- pipe:ready(interest [, timeout]): interest "readable", "writable" or
 --- "both"; returns a set { readable = true?, writable = true? } of what was
@@ -633,21 +638,24 @@ function methods.ready(self, interest, timeout)
     w.notify = function(op) on_writable(unpack(op.r, 1, op.r.n)) end
     raw.readable(self, function(...) op_done(r, ...) end)
     register(r)
-    local ops <close> = setmetatable({ r }, both_mt)
-    raw.writable(self, function(...) op_done(w, ...) end)
-    pending.writable = true
-    register(w)
-    ops[2] = w
-    local deadline = t and now() + t
-    while pending.readable or pending.writable do
-      if deadline and now() >= deadline then
-        if self:state() ~= "closed" then
-          for which in pairs(pending) do self:cancel(which, "TIMEOUT") end
+    -- from here on, an error abandons both waits
+    local ops = { r }
+    guarded(ops, function()
+      raw.writable(self, function(...) op_done(w, ...) end)
+      pending.writable = true
+      register(w)
+      ops[2] = w
+      local deadline = t and now() + t
+      while pending.readable or pending.writable do
+        if deadline and now() >= deadline then
+          if self:state() ~= "closed" then
+            for which in pairs(pending) do self:cancel(which, "TIMEOUT") end
+          end
+          deadline = nil
         end
-        deadline = nil
+        step(deadline and math.max(0, deadline - now()) or 100)
       end
-      step(deadline and math.max(0, deadline - now()) or 100)
-    end
+    end)
     r.delivered, w.delivered = true, true
     release(r)
     release(w)
@@ -713,7 +721,7 @@ function M.open(name, opts)
   for k, v in pairs(opts) do
     if k ~= "timeout" and k ~= "wait_for_server" then rest[k] = v end
   end
-  if timeout ~= nil and (math.type(timeout) == nil or not (timeout >= 0)) then -- luacheck: ignore 581 (NaN too)
+  if timeout ~= nil and (math_type(timeout) == nil or not (timeout >= 0)) then -- luacheck: ignore 581 (NaN too)
     error("bad argument #2 to 'open' (option 'timeout': milliseconds >= 0 expected)", 2)
   end
   if wait ~= nil and type(wait) ~= "boolean" then
@@ -733,6 +741,29 @@ function M.open(name, opts)
     -- asyncio's back-off: 1 ms doubling to 50 ms; never blocks other tasks
     M.sleep(math.min(delay, left))
     delay = math.min(delay * 2, 50)
+  end
+end
+
+-- Where a C function cannot be suspended (Lua 5.1, LuaJIT), a C method
+-- that would hand its call to this layer returns a marker instead
+-- (binding.c, divert), and the method is this Lua function, which makes
+-- the waiting call itself: a task then suspends in Lua, as it must.
+-- (Each wrapper is made from source with the method's name in it: the C
+-- method's argument errors name the function as its call site does.)
+if not raw.c_can_yield then
+  local WRAPPER = [[
+    local c, wait, marker, pack, unpack = ...
+    return function(self, ...)
+      local r = pack(c.NAME(self, ...))
+      if r[1] == marker then return wait(self, ...) end
+      return unpack(r, 1, r.n)
+    end]]
+  local compile = loadstring or load -- luacheck: ignore 113
+  for name, wait in pairs(waiting) do
+    if methods[name] then
+      local make = assert(compile(WRAPPER:gsub("NAME", name), "=namedpipe." .. name))
+      methods[name] = make({ [name] = methods[name] }, wait, raw.divert_marker, pack, unpack)
+    end
   end
 end
 

@@ -59,6 +59,7 @@ build = {
             ["namedpipe.task"] = "lua/namedpipe/task.lua",
             ["namedpipe.serve"] = "lua/namedpipe/serve.lua",
             ["namedpipe.framing"] = "lua/namedpipe/framing.lua",
+            ["namedpipe.compat"] = "lua/namedpipe/compat.lua",
             ["namedpipe.core"] = {
                sources = {
                   "src/binding.c", "src/buffer.c", "src/errors.c", "src/options.c",
@@ -76,6 +77,7 @@ build = {
             ["namedpipe.task"] = "lua/namedpipe/task.lua",
             ["namedpipe.serve"] = "lua/namedpipe/serve.lua",
             ["namedpipe.framing"] = "lua/namedpipe/framing.lua",
+            ["namedpipe.compat"] = "lua/namedpipe/compat.lua",
             ["namedpipe.core"] = {
                sources = {
                   "src/binding.c", "src/buffer.c", "src/errors.c", "src/options.c",

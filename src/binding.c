@@ -23,6 +23,8 @@
 #include "lauxlib.h"
 #include "lua.h"
 
+#include "compat.h"
+
 #include "buffer.h"
 #include "np.h"
 #include "options.h"
@@ -144,13 +146,49 @@ typedef struct pipe_ud {
  * call too (luaL_argerror does not count it there): the numbering of the
  * Lua layer's own checks (lua/namedpipe.lua), so that an argument has the
  * same number whichever form of a method was called. */
+/* The key under which table t holds the value on the top, or NULL. */
+static const char *key_of(lua_State *L, int t) {
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    if (lua_rawequal(L, -1, -3) && lua_type(L, -2) == LUA_TSTRING) {
+      const char *k = lua_tostring(L, -2); /* held by the table */
+      lua_pop(L, 2);
+      return k;
+    }
+    lua_pop(L, 1);
+  }
+  return NULL;
+}
+
+/* The running function's name among the pipe methods, or NULL: for a
+ * call whose site names nothing (a tail call; Lua 5.1 and LuaJIT do not
+ * look the name up as luaL_argerror does from 5.2 on). */
+static const char *method_name(lua_State *L) {
+  lua_Debug ar;
+  const char *name = NULL;
+  int top = lua_gettop(L);
+  if (lua_getstack(L, 0, &ar) && lua_getinfo(L, "f", &ar)) {
+    luaL_getmetatable(L, PIPE_MT);
+    if (lua_type(L, -1) == LUA_TTABLE &&
+        lua_getfield(L, -1, "__index") == LUA_TTABLE) {
+      lua_pushvalue(L, -3);
+      name = key_of(L, lua_gettop(L) - 1);
+    }
+  }
+  lua_settop(L, top);
+  return name;
+}
+
 int np_arg_error(lua_State *L, int arg, const char *msg) {
   lua_Debug ar;
-  if (!lua_getstack(L, 0, &ar) || !lua_getinfo(L, "n", &ar) || !ar.name)
+  const char *name = NULL;
+  if (lua_getstack(L, 0, &ar) && lua_getinfo(L, "n", &ar)) name = ar.name;
+  if (!name) name = method_name(L);
+  if (!name)
     /* no name at the call site (pcall(np.step, ...)): not a method call
      * either, so luaL_argerror numbers alike, and finds the global name */
     return luaL_argerror(L, arg, msg);
-  return luaL_error(L, "bad argument #%d to '%s' (%s)", arg, ar.name, msg);
+  return luaL_error(L, "bad argument #%d to '%s' (%s)", arg, name, msg);
 }
 
 int np_type_error(lua_State *L, int arg, const char *expected) {
@@ -224,21 +262,47 @@ static int push_status(lua_State *L, const np_status *st) {
  * registered function (namedpipe.core alone) the call goes on here and
  * fails as a missing callback. Returns the number of results, or -1 when
  * nothing is registered. */
+#if LUA_VERSION_NUM >= 503
 static int waiting_done(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   (void)ctx;
   return lua_gettop(L);
 }
+#elif NP_C_CAN_YIELD
+static int waiting_done(lua_State *L) { return lua_gettop(L); }
+#endif
+
+/* Where a C function cannot be suspended (compat.h), a method returns this
+ * marker alone instead, and its Lua wrapper (lua/namedpipe.lua) makes the
+ * waiting call itself: core._raw.divert_marker. */
+static const char divert_marker = 0;
 
 static int divert(lua_State *L, const char *method) {
-  int nargs = lua_gettop(L);
+  if (lua_getfield(L, WAITING_UPV, method) != LUA_TFUNCTION) {
+    lua_pop(L, 1);
+    return -1;
+  }
+#if NP_C_CAN_YIELD
+  lua_insert(L, 1);
+  /* with a continuation: a waiting call suspends its task (yields) */
+  lua_callk(L, lua_gettop(L) - 1, LUA_MULTRET, 0, waiting_done);
+  return lua_gettop(L);
+#else
+  lua_pop(L, 1);
+  lua_pushlightuserdata(L, (void *)&divert_marker);
+  return 1;
+#endif
+}
+
+/* step's hand-over never suspends its caller (the tasks it runs are
+ * coroutines of their own): a plain call, on every version. */
+static int divert_call(lua_State *L, const char *method) {
   if (lua_getfield(L, WAITING_UPV, method) != LUA_TFUNCTION) {
     lua_pop(L, 1);
     return -1;
   }
   lua_insert(L, 1);
-  /* with a continuation: a waiting call suspends its task (yields) */
-  lua_callk(L, nargs, LUA_MULTRET, 0, waiting_done);
+  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
   return lua_gettop(L);
 }
 
@@ -1043,7 +1107,7 @@ static int step_loop(lua_State *L, loop_ud *lu) {
 static int l_step(lua_State *L) {
   loop_ud *lu = (loop_ud *)lua_touserdata(L, LOOP_UPV);
   int n;
-  if (lu->task_work && (n = divert(L, "step")) >= 0) return n;
+  if (lu->task_work && (n = divert_call(L, "step")) >= 0) return n;
   return step_loop(L, lu);
 }
 
@@ -1274,6 +1338,12 @@ NP_EXPORT int luaopen_namedpipe_core(lua_State *L) {
   lua_setfield(L, -2, "_raw");
   lua_pushvalue(L, -2);
   lua_setfield(L, -2, "_waiting");
+  lua_getfield(L, -1, "_raw");
+  lua_pushlightuserdata(L, (void *)&divert_marker);
+  lua_setfield(L, -2, "divert_marker");
+  lua_pushboolean(L, NP_C_CAN_YIELD);
+  lua_setfield(L, -2, "c_can_yield");
+  lua_pop(L, 1);
 #undef PUSH_UPVALUES
   lua_pushliteral(L, "0.1.0");
   lua_setfield(L, -2, "_VERSION");

@@ -19,6 +19,8 @@
 #include "lauxlib.h"
 #include "lua.h"
 
+#include "compat.h"
+
 #include "buffer.h"
 
 #define BUFFER_MT "namedpipe.buffer"
@@ -79,7 +81,8 @@ static int buffer_len(lua_State *L) {
 
 static int buffer_tostring(lua_State *L) {
   np_buffer *b = to_buffer(L);
-  lua_pushfstring(L, "namedpipe buffer (%I bytes%s)", (lua_Integer)b->size,
+  /* (%d: a size fits an int, and every Lua version formats one) */
+  lua_pushfstring(L, "namedpipe buffer (%d bytes%s)", (int)b->size,
                   !b->bytes ? ", freed" : b->busy ? ", being filled" : "");
   return 1;
 }

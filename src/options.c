@@ -10,6 +10,8 @@
 #include "lauxlib.h"
 #include "lua.h"
 
+#include "compat.h"
+
 #include "np.h"
 #include "options.h"
 

@@ -4,7 +4,10 @@ local np = require "namedpipe"
 local H = {}
 
 local counter = 0
+-- (a fresh table's address too: Lua 5.1 does not seed math.random, and
+-- two runs started in the same second would otherwise share names)
 local run_id = tostring(os.time()) .. "-" .. tostring(math.random(1, 1e9))
+  .. "-" .. (tostring({}):match("0x(%x+)") or tostring(os.clock()))
 
 --- A pipe name no other test (or earlier run) uses.
 function H.name(tag)
@@ -83,6 +86,13 @@ function H.close_all(...)
   H.settle(2000)
 end
 
+--- os.execute(cmd) as a boolean: true when the command exited with 0
+--- (Lua 5.1 and LuaJIT return the status code itself).
+function H.execute(cmd)
+  local r = os.execute(cmd)
+  return r == true or r == 0
+end
+
 --- The command that started this interpreter (arg[-1] and before).
 local function interpreter()
   local i = -1
@@ -119,9 +129,9 @@ H.interpreter = interpreter
 function H.run_lua_env(env, code, ...)
   local cmd, script = H.lua_command(code, ...)
   local out = script .. ".out"
-  local ok = os.execute(("%s%s > %s 2>&1"):format(env ~= "" and env .. " " or "", cmd, out))
+  local ok = H.execute(("%s%s > %s 2>&1"):format(env ~= "" and env .. " " or "", cmd, out))
   local rf = io.open(out, "r")
-  local text = rf and rf:read("a") or ""
+  local text = rf and rf:read("*a") or ""
   if rf then rf:close() end
   os.remove(script)
   os.remove(out)

@@ -42,11 +42,21 @@ local function start(file, opts, ...)
     f:close()
     cmd = cmd .. " < " .. input
   end
+  -- Lua 5.1 and LuaJIT do not say how a popen'ed command exited: the
+  -- shell tells it on the last line instead
+  local tell_exit = _VERSION == "Lua 5.1" and PLATFORM ~= "windows"
+  if tell_exit then cmd = "( " .. cmd .. " ) 2>&1; echo np-exit=$?" end
   local proc = assert(io.popen(cmd .. " 2>&1", "r"))
   return {
     finish = function()
-      local out = proc:read("a")
+      local out = proc:read("*a")
       local ok = proc:close()
+      if tell_exit then
+        local code
+        out, code = out:match("^(.-)np%-exit=(%d+)\n?$")
+        ok = code == "0"
+        out = out or ""
+      end
       os.remove(script)
       if input then os.remove(input) end
       return ok == true, (out:gsub("\r\n", "\n"))

@@ -9,7 +9,7 @@ TestExports = {}
 local function lines_of(cmd)
   local p = io.popen(cmd .. " 2>/dev/null")
   if not p then return nil end
-  local out = p:read("a")
+  local out = p:read("*a")
   p:close()
   return out
 end

@@ -13,7 +13,7 @@ local function linux_only()
 end
 
 local function have(cmd)
-  return os.execute("command -v " .. cmd .. " >/dev/null 2>&1") == true
+  return H.execute("command -v " .. cmd .. " >/dev/null 2>&1")
 end
 
 function TestInterop:test_path_mapping()
@@ -50,7 +50,7 @@ function TestInterop:test_socat_client_talks_to_our_server()
   local server = assert(np.create(name))
   local cb, res = H.capture()
   server:connect(cb)
-  local ok = os.execute(("printf 'hello from socat\\n' | socat -t 0.2 - UNIX-CONNECT:'%s'"):format(np.path(name)))
+  local ok = H.execute(("printf 'hello from socat\\n' | socat -t 0.2 - UNIX-CONNECT:'%s'"):format(np.path(name)))
   lu.assertTrue(ok)
   H.pump(function() return res.done end)
   lu.assertEquals(res[1], true)
@@ -68,7 +68,7 @@ function TestInterop:test_our_client_talks_to_socat_listener()
     os.remove(path)
     local kind = mode == "message" and ",type=5" or ""
     -- an echo server: one connection, gone by itself within 5 s
-    os.execute(("timeout 5 socat UNIX-LISTEN:'%s'%s,unlink-close EXEC:cat >/dev/null 2>&1 &"):format(path, kind))
+    H.execute(("timeout 5 socat UNIX-LISTEN:'%s'%s,unlink-close EXEC:cat >/dev/null 2>&1 &"):format(path, kind))
     local client = assert(np.open(path, { pipe_mode = mode, timeout = 3000, wait_for_server = true }))
     lu.assertEquals(client:write("round trip " .. mode), #("round trip " .. mode))
     local got = ""
@@ -88,7 +88,7 @@ function TestInterop:test_other_process_server_and_stale_socket()
     np.serve(..., nil, function(p) p:write("from another process\n") end)
     np.sleep(1500)
   ]], name)
-  local ok = os.execute(("%s >/dev/null 2>&1 &"):format(cmd))
+  local ok = H.execute(("%s >/dev/null 2>&1 &"):format(cmd))
   lu.assertTrue(ok)
   local c = assert(np.open(name, { timeout = 3000, wait_for_server = true }))
   lu.assertEquals(c:read_line(2000), "from another process")
@@ -109,7 +109,7 @@ function TestInterop:test_other_process_server_and_stale_socket()
     S = assert(np.create(...))
     os.execute("kill -KILL $PPID") -- the shell's parent: this interpreter
   ]], stale)
-  lu.assertTrue(os.execute(("test -S '%s'"):format(np.path(stale))),
+  lu.assertTrue(H.execute(("test -S '%s'"):format(np.path(stale))),
     "the dead server left its socket file")
   local fresh = assert(np.create(stale, { first_pipe_instance = true }))
   local client = assert(np.open(stale))

@@ -14,7 +14,7 @@ local META = table.concat({ REPO_ROOT, "library", "namedpipe.lua" }, SEP)
 
 local function read_meta()
   local f = assert(io.open(META, "rb"))
-  local text = f:read("a"):gsub("\r\n", "\n")
+  local text = f:read("*a"):gsub("\r\n", "\n")
   f:close()
   return text
 end

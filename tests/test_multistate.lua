@@ -52,7 +52,7 @@ function TestMultiState:test_many_states_in_one_process()
   end
   local ok = os.execute(cmd)
   local f = io.open(out, "r")
-  local text = f and f:read("a") or ""
+  local text = f and f:read("*a") or ""
   if f then f:close() end
   os.remove(out)
   local last = ""

@@ -23,14 +23,14 @@ local function linux_only()
   if PLATFORM ~= "linux" then lu.skip("socket and lock files: Linux backend only") end
 end
 
-local function sh(cmd) return os.execute(cmd) == true end
+local sh = H.execute
 
 local function exists(path) return sh("test -e " .. q(path) .. " || test -L " .. q(path)) end
 
 local function read_file(path)
   local f = io.open(path, "rb")
   if not f then return nil end
-  local s = f:read("a")
+  local s = f:read("*a")
   f:close()
   return s
 end
@@ -54,7 +54,7 @@ end
 -- user id nobody else runs as, which takes root (setpriv).
 local function other_user()
   local p = io.popen("id -u")
-  local uid = p and p:read("l")
+  local uid = p and p:read("*l")
   if p then p:close() end
   if uid ~= "0" or not sh("command -v setpriv >/dev/null 2>&1") then
     lu.skip("changes /tmp/namedpipe-UID of a user id of its own: needs root and setpriv")
@@ -189,7 +189,7 @@ function TestUnix:test_files_go_with_the_process_however_it_exits()
       S3 = assert(np.create(dir .. "/msg.sock", { pipe_mode = "message" }))
       C = assert(np.open(dir .. "/msg.sock"))
       assert(S3:connect(2000))
-      io.write(#io.popen("ls -A '" .. dir .. "'"):read("a") > 0 and "made " or "none ")
+      io.write(#io.popen("ls -A '" .. dir .. "'"):read("*a") > 0 and "made " or "none ")
       %s
     ]]):format(ending), dir)
     lu.assertStrContains(out, "made", false, what .. ": " .. out)

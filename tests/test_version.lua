@@ -13,7 +13,7 @@ local function path(...) return table.concat({ REPO_ROOT, ... }, SEP) end
 
 local function read(...)
   local f = assert(io.open(path(...), "rb"))
-  local text = f:read("a"):gsub("\r\n", "\n")
+  local text = f:read("*a"):gsub("\r\n", "\n")
   f:close()
   return text
 end
@@ -35,7 +35,13 @@ end
 --- empty environment.
 local function load_rockspec(file)
   local env = {}
-  local chunk = assert(load(read("rockspec", file), "=" .. file, "t", env))
+  local chunk
+  if setfenv then -- luacheck: ignore 113 (Lua 5.1, LuaJIT: load takes no text and no env)
+    chunk = assert(loadstring(read("rockspec", file), "=" .. file)) -- luacheck: ignore 113
+    setfenv(chunk, env) -- luacheck: ignore 113
+  else
+    chunk = assert(load(read("rockspec", file), "=" .. file, "t", env))
+  end
   chunk()
   return env
 end

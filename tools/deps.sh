@@ -22,6 +22,9 @@ PACKAGES=(wine wine64 gcc-mingw-w64-x86-64 lua5.4 liblua5.4-dev luarocks lua-uni
           # the JSON library of the JSON-RPC examples (pure Lua: the Windows
           # lua.exe loads it from Z:\usr\share\lua\5.4 under Wine)
           lua-dkjson lua-luv
+          # the other Luas the module is built and tested against
+          lua5.1 liblua5.1-0-dev lua5.2 liblua5.2-dev lua5.3 liblua5.3-dev
+          luajit libluajit-5.1-dev
           # a bare Debian 12 (git + make) lacks these too: native compiler +
           # libc headers for `make linux`, pkg-config for the Lua cflags,
           # binutils for `strip` used by Lua's mingw target.

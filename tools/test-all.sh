@@ -22,7 +22,7 @@ mkdir -p build
 
 tp=0 tf=0 ts=0 status=0
 lines=()
-for plat in linux windows; do
+for plat in linux windows lua5.1 lua5.2 lua5.3 luajit; do
     log="build/test-$plat.log"
     echo "=== make test-$plat ==="
     $MAKE --no-print-directory "test-$plat" 2>&1 | tee "$log"
@@ -33,7 +33,7 @@ for plat in linux windows; do
         tf=$((tf + 1)); status=1
         continue
     fi
-    read -r p f s < <(sed -E 's/^[a-z]+: ([0-9]+) passed, ([0-9]+) failed, ([0-9]+) skipped$/\1 \2 \3/' <<<"$line")
+    read -r p f s < <(sed -E 's/^[a-z0-9.]+: ([0-9]+) passed, ([0-9]+) failed, ([0-9]+) skipped$/\1 \2 \3/' <<<"$line")
     if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
         line="$line (but make exited $rc — counted as 1 failed)"
         f=1

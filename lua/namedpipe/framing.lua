@@ -3,6 +3,9 @@ namedpipe.framing - text lines and length-prefixed frames over a pipe, so
 a protocol is one line of code. Bytes read past the end of a line or frame
 are kept (np._readahead) and handed out first by every later read.
 ]]
+local compat = require "namedpipe.compat"
+local math_type, u32be, from_u32be = compat.math_type, compat.u32be, compat.from_u32be
+
 local F = {}
 
 function F.install(M, methods)
@@ -108,7 +111,7 @@ function F.install(M, methods)
   --- (what arrived stays readable).
   function methods.read_exact(self, n, timeout)
     check_pipe(self, "read_exact")
-    if math.type(n) ~= "integer" or n < 0 then
+    if math_type(n) ~= "integer" or n < 0 then
       error("bad argument #2 to 'read_exact' (byte count >= 0 expected)", 2)
     end
     check_timeout(timeout, 3, "read_exact")
@@ -131,7 +134,10 @@ function F.install(M, methods)
           :format(3 + i), 2)
       end
     end
-    return methods.write(self, string.pack(">s4", data), a)
+    if #data > 0xFFFFFFFF then
+      error("bad argument #2 to 'write_frame' (a frame's length must fit 4 bytes)", 2)
+    end
+    return methods.write(self, u32be(#data) .. data, a)
   end
 
   --- np.max_frame_size: the longest frame read_frame accepts (bytes).
@@ -147,9 +153,9 @@ function F.install(M, methods)
     check_pipe(self, "read_frame")
     check_timeout(timeout, 2, "read_frame")
     local max = M.max_frame_size
-    if math.type(max) ~= "integer" or max < 0 then
+    if math_type(max) ~= "integer" or max < 0 then
       error(("bad np.max_frame_size (integer >= 0 expected, got %s) in 'read_frame'")
-        :format(math.type(max) or type(max)), 2)
+        :format(math_type(max) or type(max)), 2)
     end
     local need
     local frame, msg, name, code = read_until(self, timeout, function(piece, before, pieces)
@@ -161,7 +167,7 @@ function F.install(M, methods)
           i = i + 1
           head = head .. pieces[i]
         end
-        local len = string.unpack(">I4", head)
+        local len = from_u32be(head)
         if len > max then
           return false, ("frame of %d bytes is longer than np.max_frame_size (%d)"):format(len, max),
             "FRAME_TOO_LARGE"

@@ -15,6 +15,8 @@ namedpipe.serve - the server loop from Tokio's docs, done once:
 The listening instances wait with the callback form of connect(): no task
 sits between a client connecting and its replacement being created.
 ]]
+local math_type = require("namedpipe.compat").math_type
+
 local S = {}
 
 -- A client that found every instance busy retries; so does serve when an
@@ -29,13 +31,13 @@ function S.install(M)
   local function check_listeners(opts)
     local n = opts and opts.listeners
     if n == nil then return 1 end
-    if math.type(n) ~= "integer" or n < 1 then
+    if math_type(n) ~= "integer" or n < 1 then
       error(("bad argument #2 to 'serve' (option 'listeners': integer >= 1 expected, got %s)")
-        :format(math.type(n) or type(n)), 3)
+        :format(math_type(n) or type(n)), 3)
     end
     local max = opts.max_instances
     -- (a max_instances out of range is create's to refuse)
-    if math.type(max) == "integer" and max >= 1 and max <= 254 and n > max then
+    if math_type(max) == "integer" and max >= 1 and max <= 254 and n > max then
       error(("bad argument #2 to 'serve' (option 'listeners': %d is more than max_instances, %d)")
         :format(n, max), 3)
     end
@@ -50,7 +52,7 @@ function S.install(M)
       error("bad argument #2 to 'serve' (table expected, got " .. type(opts) .. ")", 2)
     end
     local listeners = check_listeners(opts)
-    local max_instances = opts and math.type(opts.max_instances) == "integer"
+    local max_instances = opts and math_type(opts.max_instances) == "integer"
       and opts.max_instances or math.huge
     -- create() takes the options, less ours; only the very first instance
     -- may claim the name (first_pipe_instance).
@@ -83,13 +85,15 @@ function S.install(M)
       handle.accepted = handle.accepted + 1
       -- the replacement first, then the handler
       fill()
-      task.spawn(function()
-        local hok, err = xpcall(handler, debug.traceback, p)
+      -- The handler is the task's body itself: a task suspends inside it,
+      -- which no pcall between them would allow on Lua 5.1. When it ends,
+      -- however it ends, its pipe is closed (and an error surfaces from
+      -- step() as any task's does).
+      task.spawn_finally(function()
         p:close()
         handle.active = handle.active - 1
         fill() -- with no yield since the close: the name never vanishes
-        if not hok then error(err, 0) end
-      end)
+      end, handler, p)
     end
 
     -- Create one listening instance: the pipe, or nil, msg, name, code.

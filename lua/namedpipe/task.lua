@@ -17,7 +17,8 @@ local now = core.now
 local set_task_work = core._raw.set_task_work
 local co_create, co_resume, co_running, co_status, co_yield =
   coroutine.create, coroutine.resume, coroutine.running, coroutine.status, coroutine.yield
-local pack, unpack, tremove = table.pack, table.unpack, table.remove
+local compat = require "namedpipe.compat"
+local pack, unpack, tremove = compat.pack, compat.unpack, table.remove
 
 local T = {}
 
@@ -40,10 +41,16 @@ function T.current()
   return nil
 end
 
+-- coroutine -> what to run when it ends (T.spawn_finally)
+local finally = setmetatable({}, { __mode = "k" })
+
 local function finish(co, ok, err)
   if co_status(co) == "dead" then
+    local after = finally[co]
     tasks[co] = nil
+    finally[co] = nil
     live = live - 1
+    if after then after(ok) end
     if not ok then
       error(debug.traceback(co, "namedpipe task failed: " .. tostring(err)), 0)
     end
@@ -110,6 +117,16 @@ function T.spawn(fn, ...)
   tasks[co] = 0
   live = live + 1
   T.soon(T.resume, co, ...)
+  return co
+end
+
+--- spawn(fn, ...), and once the task has ended (returned or raised),
+--- after(ok) runs, before its error surfaces. For work that must follow
+--- the task whatever happens to it, where a pcall around fn would stop
+--- the task from suspending (Lua 5.1 cannot yield across one).
+function T.spawn_finally(after, fn, ...)
+  local co = T.spawn(fn, ...)
+  finally[co] = after
   return co
 end
 
