@@ -199,3 +199,44 @@ function TestParity:test_disconnect_and_what_the_old_client_had_not_read()
   lu.assertEquals(server:read(nil, 2000), "from the new client")
   H.close_all(server, old, new)
 end
+
+-- Once every instance has been taken, an instance created next is free at
+-- once, as on Windows: the next client gets it, whatever came in between
+-- (a step with nothing in flight, a client refused, a taken instance
+-- closed after a step, nothing).
+function TestParity:test_an_instance_created_after_all_were_taken_takes_the_next_client()
+  local ways = { "step", "refused", "closed", "nothing" }
+  for _, mode in ipairs { "byte", "message" } do
+    for _, way in ipairs(ways) do
+      local what = mode .. ", " .. way
+      local name = H.name("busyfree")
+      local opts = { pipe_mode = mode }
+      local s1 = assert(np.create(name, opts))
+      local c1 = assert(np.open(name, opts))
+      lu.assertTrue(s1:connect(2000), what)
+      local s0, c0
+      if way == "closed" then
+        s0 = assert(np.create(name, opts))
+        c0 = assert(np.open(name, opts))
+        lu.assertTrue(s0:connect(2000), what)
+      end
+      -- every instance taken, nothing in flight
+      if way == "step" or way == "closed" then np.step(0) end
+      if way == "refused" then
+        local _, _, ename = np.open(name, opts)
+        lu.assertEquals(ename, "PIPE_BUSY", what)
+      elseif way == "closed" then
+        s0:close()
+      end
+      local s2 = assert(np.create(name, opts))
+      local c2, msg = np.open(name, opts)
+      lu.assertNotNil(c2, what .. ": " .. tostring(msg))
+      lu.assertEquals(c2:write("to s2", 2000), 5, what)
+      lu.assertEquals(s2:read(nil, 2000), "to s2", what)
+      lu.assertTrue(s2:connect(2000), what)
+      local _, _, ename = np.open(name, opts)
+      lu.assertEquals(ename, "PIPE_BUSY", what .. ": both instances are taken again")
+      H.close_all(s1, c1, s2, c2, c0)
+    end
+  end
+end

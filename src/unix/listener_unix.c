@@ -558,7 +558,10 @@ void np_listener_remove(np_listener *l, np_pipe *p) {
 /* ------------------------------------------------------------ the backlog */
 
 /* Fill the (empty) queue with a connection of our own, so that the backlog
- * of 0 is already used up. EAGAIN: a client got there first, same effect. */
+ * of 0 is already used up. EAGAIN: a client got there first, same effect.
+ * Either way something is queued now, and it must be accepted as soon as
+ * an instance comes free (service), or the backlog of 0 that one free
+ * instance gets would refuse the next client while that instance waits. */
 static void plug(np_listener *l) {
   struct sockaddr_un sa;
   socklen_t len = sizeof l->plug_addr;
@@ -575,10 +578,12 @@ static void plug(np_listener *l) {
   l->plug_len = len;
   fill_addr(&sa, l->path);
   if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+    if (errno == EAGAIN) l->maybe_queued = 1;
     close(fd);
     return;
   }
   l->plug_fd = fd;
+  l->maybe_queued = 1;
 }
 
 /* The plug is deferred (see the top of the file): wanted now, made by
@@ -664,11 +669,13 @@ static void service(np_listener *l, int reported) {
   if (l->level) {
     /* Stopped with something maybe queued (no instance free, EMFILE...):
      * reported again at every wait unless edge-triggered. Not reported
-     * (a connect took the last free instance): the next wait tells. */
+     * (a connect took the last free instance): the next wait tells - but
+     * an instance may come free before any wait (create, connect), so the
+     * plug, known to be queued, stays known. */
     if (l->maybe_queued && reported)
       set_level(l, 0);
     else
-      l->maybe_queued = 0;
+      l->maybe_queued = l->plug_fd >= 0;
   } else if (!l->maybe_queued) {
     set_level(l, 1); /* the queue is empty */
   }
