@@ -5,8 +5,8 @@
  * instance takes one client. Here all the instances of one name in one loop
  * share one listening socket (the loop's registry: path -> listener, with
  * its instances; unlinked and closed with the last instance). Accepted
- * sockets go at once to a free instance (no client yet, connect() pending or
- * not), first come first served, preferring one whose connect() is pending.
+ * sockets go at once to a free instance (listening: no client yet,
+ * connect() pending or not), the one free the longest (pick_free).
  *
  * Clients get PIPE_BUSY when every instance is busy, as on Windows, without
  * any help from the client: a non-blocking connect() to a Unix socket fails
@@ -27,15 +27,17 @@
  * of another process may queue instead of getting PIPE_BUSY; it is accepted
  * as soon as an instance comes free.
  *
- * Accepting: accept4 is tried when epoll reports the listener, and when a
+ * Accepting: on Windows the open itself connects an instance listening
+ * then. An open of this loop accepts at once (np_client_open). A client of
+ * another process is accepted when epoll reports the listener, when a
  * connect() or any other operation starts on an instance with no client
- * yet (a client that opened first is taken at once: on Windows the open
- * itself connects the instance, so a read right after it has its data;
- * pipe_unix.c, take_queued). The listener is
+ * yet (so a read right after the open has its data), and before a
+ * listening instance stops listening (pipe_unix.c, take_queued): it goes to
+ * an instance listening when it connected, if one still is. The listener is
  * level-triggered while it can take what is queued: every wait reports a
- * queued client, so a new instance, a closed or disconnected one need no
- * accept4 of their own (one that must fail, once per connection in a
- * create/connect/close cycle). When epoll reports clients that no instance
+ * queued client, so a new instance, or one closed or disconnected after
+ * its client, needs no accept4 of its own (one that must fail, once per
+ * connection in a create/connect/close cycle). When epoll reports clients that no instance
  * can take (none free: the plug, clients of another process, EMFILE), it
  * goes edge-triggered, or every wait would return at once; then accept4 is
  * tried whenever something may be queued (maybe_queued: the last try did
@@ -623,12 +625,12 @@ static int is_plug(const np_listener *l, const struct sockaddr_un *peer,
          memcmp(peer, &l->plug_addr, len) == 0;
 }
 
-static np_pipe *pick_free(np_listener *l) {
-  np_pipe *p;
-  for (p = l->free_head; p; p = p->free_next)
-    if (p->pending_connect) return p;
-  return l->free_head;
-}
+/* The instance free the longest (the free list is in the order they came
+ * free): a client waiting in the queue connected while that one was free,
+ * if it connected while any instance free now was (on Windows its open
+ * connected such an instance). An instance that came free later - a
+ * connect() after disconnect(), a create - was not there for it. */
+static np_pipe *pick_free(np_listener *l) { return l->free_head; }
 
 /* Level- or edge-triggered (see Accepting); on failure nothing changes. */
 static void set_level(np_listener *l, int level) {
