@@ -94,8 +94,6 @@ local TOLERABLE = {
   unwind_abandons = "no callback raises (an error unwinding a waiting call lost its operation)",
   callback_then_timeout = "no read(cb, timeout) (the timeout was dropped without an error)",
   gc_by_hand = "no __gc called by hand (the pipe stayed anchored)",
-  lazy_accept = "a client is not taken to be on the only free instance until bytes or connect() say so "
-    .. "(Linux accepted it only at a later step)",
   readable_fails_at_end = "readable() may fail BROKEN_PIPE when the peer may have gone (Windows, "
     .. "after the server disconnected)",
   empty_write_overtakes = "no zero-length write while other writes are pending on Windows (it was "
@@ -106,8 +104,6 @@ local TOLERABLE = {
     .. "came out of the next client's reads)",
   framing_read_closed = "no close() while a read_exact() waits, and read_exact() in a task always "
     .. "with a timeout (a part came, then the close: it raised instead of returning CLOSED)",
-  busy_while_free = "PIPE_BUSY is let pass while an instance is free (Linux refused clients "
-    .. "until a step once every instance had been taken)",
 }
 local TOLERATE = {}
 for w in (os.getenv("NP_MODEL_TOLERATE") or ""):gmatch("[%w_]+") do
@@ -280,16 +276,9 @@ local function unassigned(F)
   return n
 end
 
--- A generation starts listening. (Tolerating lazy_accept: on Linux a client
--- still waiting to be accepted - opened before, maybe closed since - may
--- be handed to it.)
+-- A generation starts listening.
 local function gen_listens(g)
   g.free = true
-  if not WIN and TOLERATE.lazy_accept then
-    for _, c in ipairs(R.plist) do
-      if c.kind == "client" and not c.peer then c.cands[g] = true end
-    end
-  end
 end
 
 -- Empty messages rp received before its peer was known: the peer's first
@@ -1221,16 +1210,14 @@ local function act_open()
     c.cands = {}
     for _, g in ipairs(F) do c.cands[g] = true end
     -- On Windows the open connects the instance; so it must on Linux
-    -- (unless tolerated: there the client waits to be accepted by a step,
-    -- and may end up on another instance)
-    if #F == 1 and U == 0 and (WIN or not TOLERATE.lazy_accept) then
+    if #F == 1 and U == 0 then
       tie(c, F[1], "the only instance free")
     end
   elseif ename == "NOT_FOUND" then
     if alive > 0 then violation("status", "open gave NOT_FOUND with %d instances alive", alive) end
   elseif ename == "PIPE_BUSY" then
     if alive == 0 then violation("status", "open gave PIPE_BUSY with no instance alive")
-    elseif #F > U and not TOLERATE.busy_while_free then
+    elseif #F > U then
       violation("status", "open gave PIPE_BUSY with %d instances free, %d clients unplaced", #F, U)
     end
   else
