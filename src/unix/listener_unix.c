@@ -691,9 +691,11 @@ void np_listener_on_event(np_listener *l) {
   service(l, 1);
 }
 
-/* A connect(): a client that opened before it is taken at once, so the
- * connect completes and reads may start, as on Windows (where the open
- * itself connects the instance). */
+/* Take what is queued now, without waiting for epoll: an open of this loop
+ * (its client goes to an instance free now), a connect() or other operation
+ * on an instance with no client (a client that opened before is there, as
+ * on Windows, where the open connected the instance), an instance about to
+ * stop listening (pipe_unix.c, take_queued). */
 void np_listener_service_now(np_listener *l) {
   l->maybe_queued = 1;
   service(l, 0);
