@@ -32,7 +32,9 @@ come:
     the order written, none twice; a message is a whole message written, or
     the parts of one read with read(n) / read_into a smaller buffer, in
     order; nothing after the end of the stream; after a disconnect() a read
-    the old client starts gets no more of the old instance's bytes;
+    the old client starts gets no more of the old instance's bytes (Windows
+    discards them; on Linux the old client still reads what the server
+    wrote before, which no Unix socket can take back: README, Linux notes);
 and, once the round is over, from the whole story:
   * nothing lost: a write reported done arrives whole, unless the reader
     stopped reading (or a disconnect discarded it) and received nothing
@@ -92,9 +94,6 @@ local TOLERABLE = {
   unwind_abandons = "no callback raises (an error unwinding a waiting call lost its operation)",
   callback_then_timeout = "no read(cb, timeout) (the timeout was dropped without an error)",
   gc_by_hand = "no __gc called by hand (the pipe stayed anchored)",
-  lazy_accept = "a client is not taken to be on the only free instance until bytes or connect() say so "
-    .. "(Linux accepted it only at a later step)",
-  old_client_reads_on = "no check of what the old client reads after a disconnect (Linux gave it)",
   readable_fails_at_end = "readable() may fail BROKEN_PIPE when the peer may have gone (Windows, "
     .. "after the server disconnected)",
   empty_write_overtakes = "no zero-length write while other writes are pending on Windows (it was "
@@ -105,8 +104,6 @@ local TOLERABLE = {
     .. "came out of the next client's reads)",
   framing_read_closed = "no close() while a read_exact() waits, and read_exact() in a task always "
     .. "with a timeout (a part came, then the close: it raised instead of returning CLOSED)",
-  busy_while_free = "PIPE_BUSY is let pass while an instance is free (Linux refused clients "
-    .. "until a step once every instance had been taken)",
 }
 local TOLERATE = {}
 for w in (os.getenv("NP_MODEL_TOLERATE") or ""):gmatch("[%w_]+") do
@@ -280,16 +277,9 @@ local function unassigned(F)
   return n
 end
 
--- A generation starts listening. (Tolerating lazy_accept: on Linux a client
--- still waiting to be accepted - opened before, maybe closed since - may
--- be handed to it.)
+-- A generation starts listening.
 local function gen_listens(g)
   g.free = true
-  if not WIN and TOLERATE.lazy_accept then
-    for _, c in ipairs(R.plist) do
-      if c.kind == "client" and not c.peer then c.cands[g] = true end
-    end
-  end
 end
 
 -- Empty messages rp received before its peer was known: the peer's first
@@ -403,9 +393,11 @@ local function new_chunk(rp, w, op)
   if not take_early_empties(rp, w.seq) then return nil end
   local P = w.party
   -- (bytes the client had before - read ahead, or taken by a call an error
-  -- unwound - are its to read)
-  if rp.kind == "client" and P.end_how == "disconnect" and op and op.start_t > P.end_t
-    and not op.readahead and not rp.abandoned_reads and not TOLERATE.old_client_reads_on then
+  -- unwound - are its to read; and on Linux all the instance wrote before
+  -- its disconnect(), already in the client's socket: the documented Linux
+  -- behaviour, README's Linux notes)
+  if WIN and rp.kind == "client" and P.end_how == "disconnect" and op and op.start_t > P.end_t
+    and not op.readahead and not rp.abandoned_reads then
     violation("after_disconnect", "%s's %s, started at t%d after %s's disconnect() (t%d), got %s seq %d",
       rp.name, op.kind, op.start_t, P.name, P.end_t, P.name, w.seq)
   end
@@ -1219,16 +1211,14 @@ local function act_open()
     c.cands = {}
     for _, g in ipairs(F) do c.cands[g] = true end
     -- On Windows the open connects the instance; so it must on Linux
-    -- (unless tolerated: there the client waits to be accepted by a step,
-    -- and may end up on another instance)
-    if #F == 1 and U == 0 and (WIN or not TOLERATE.lazy_accept) then
+    if #F == 1 and U == 0 then
       tie(c, F[1], "the only instance free")
     end
   elseif ename == "NOT_FOUND" then
     if alive > 0 then violation("status", "open gave NOT_FOUND with %d instances alive", alive) end
   elseif ename == "PIPE_BUSY" then
     if alive == 0 then violation("status", "open gave PIPE_BUSY with no instance alive")
-    elseif #F > U and not TOLERATE.busy_while_free then
+    elseif #F > U then
       violation("status", "open gave PIPE_BUSY with %d instances free, %d clients unplaced", #F, U)
     end
   else

@@ -199,3 +199,117 @@ function TestParity:test_disconnect_and_what_the_old_client_had_not_read()
   lu.assertEquals(server:read(nil, 2000), "from the new client")
   H.close_all(server, old, new)
 end
+
+-- Once every instance has been taken, an instance created next is free at
+-- once, as on Windows: the next client gets it, whatever came in between
+-- (a step with nothing in flight, a client refused, a taken instance
+-- closed after a step, nothing).
+function TestParity:test_an_instance_created_after_all_were_taken_takes_the_next_client()
+  local ways = { "step", "refused", "closed", "nothing" }
+  for _, mode in ipairs { "byte", "message" } do
+    for _, way in ipairs(ways) do
+      local what = mode .. ", " .. way
+      local name = H.name("busyfree")
+      local opts = { pipe_mode = mode }
+      local s1 = assert(np.create(name, opts))
+      local c1 = assert(np.open(name, opts))
+      lu.assertTrue(s1:connect(2000), what)
+      local s0, c0
+      if way == "closed" then
+        s0 = assert(np.create(name, opts))
+        c0 = assert(np.open(name, opts))
+        lu.assertTrue(s0:connect(2000), what)
+      end
+      -- every instance taken, nothing in flight
+      if way == "step" or way == "closed" then np.step(0) end
+      if way == "refused" then
+        local _, _, ename = np.open(name, opts)
+        lu.assertEquals(ename, "PIPE_BUSY", what)
+      elseif way == "closed" then
+        s0:close()
+      end
+      local s2 = assert(np.create(name, opts))
+      local c2, msg = np.open(name, opts)
+      lu.assertNotNil(c2, what .. ": " .. tostring(msg))
+      lu.assertEquals(c2:write("to s2", 2000), 5, what)
+      lu.assertEquals(s2:read(nil, 2000), "to s2", what)
+      lu.assertTrue(s2:connect(2000), what)
+      local _, _, ename = np.open(name, opts)
+      lu.assertEquals(ename, "PIPE_BUSY", what .. ": both instances are taken again")
+      H.close_all(s1, c1, s2, c2, c0)
+    end
+  end
+end
+
+-- A client connects to an instance that is listening when it opens (on
+-- Windows the open itself connects it), even when another instance starts
+-- listening before the server looks: that one waits for the next client.
+function TestParity:test_a_client_goes_to_the_instance_listening_when_it_opened()
+  for _, way in ipairs { "reconnected", "created" } do
+    local name = H.name("later")
+    local opts = { max_instances = 2 }
+    local a, b, x
+    if way == "reconnected" then -- b listens again after a disconnect()
+      b = assert(np.create(name, opts))
+      x = assert(np.open(name))
+      assert(b:connect(2000))
+      assert(b:disconnect())
+      a = assert(np.create(name, opts)) -- the only instance listening
+    else -- b is created after the client opened
+      a = assert(np.create(name, opts))
+    end
+    local c = assert(np.open(name))
+    c:write("for a", function() end)
+    if way == "created" then b = assert(np.create(name, opts)) end
+    local cb, res = H.capture()
+    b:connect(cb) -- before any step
+    lu.assertEquals(a:read(nil, 2000), "for a", way)
+    np.step(0)
+    lu.assertFalse(res.done, way .. ": b has no client yet")
+    local d = assert(np.open(name))
+    H.pump(function() return res.done end, 2000, "b's connect")
+    lu.assertTrue(res[1], way)
+    lu.assertEquals(d:write("for b", 2000), 5, way)
+    lu.assertEquals(b:read(nil, 2000), "for b", way)
+    H.close_all(a, b, c, d, x)
+  end
+end
+
+-- The same for a client of another process: the instance listening when it
+-- opened has it, not one that starts listening before this process looks -
+-- not even when the first stops listening first (disconnect() or close():
+-- on Windows they drop the client that came).
+local other_client = [[
+  local np = require "namedpipe"
+  local c = assert(np.open((...)))
+  assert(c:write("for a", 2000) == 5)
+  c:close()
+]]
+
+function TestParity:test_a_client_of_another_process_goes_to_the_instance_listening_then()
+  for _, way in ipairs { "kept", "disconnected", "closed" } do
+    local name = H.name("later-other")
+    local opts = { max_instances = 2 }
+    local b = assert(np.create(name, opts))
+    local x = assert(np.open(name))
+    assert(b:connect(2000))
+    assert(b:disconnect()) -- b listens no more
+    local a = assert(np.create(name, opts)) -- the only instance listening
+    local ok, out = H.run_lua(other_client, name)
+    lu.assertTrue(ok, out)
+    if way == "disconnected" then
+      assert(a:disconnect())
+    elseif way == "closed" then
+      a:close()
+    end
+    local cb, res = H.capture()
+    b:connect(cb) -- before any step
+    if way == "kept" then lu.assertEquals(a:read(nil, 2000), "for a") end
+    local data, _, ename = b:try_read()
+    lu.assertNil(data, way)
+    lu.assertEquals(ename, "NOT_CONNECTED", way)
+    np.step(0)
+    lu.assertFalse(res.done, way .. ": b has no client yet")
+    H.close_all(a, b, x)
+  end
+end

@@ -5,8 +5,8 @@
  * instance takes one client. Here all the instances of one name in one loop
  * share one listening socket (the loop's registry: path -> listener, with
  * its instances; unlinked and closed with the last instance). Accepted
- * sockets go at once to a free instance (no client yet, connect() pending or
- * not), first come first served, preferring one whose connect() is pending.
+ * sockets go at once to a free instance (listening: no client yet,
+ * connect() pending or not), the one free the longest (pick_free).
  *
  * Clients get PIPE_BUSY when every instance is busy, as on Windows, without
  * any help from the client: a non-blocking connect() to a Unix socket fails
@@ -27,15 +27,17 @@
  * of another process may queue instead of getting PIPE_BUSY; it is accepted
  * as soon as an instance comes free.
  *
- * Accepting: accept4 is tried when epoll reports the listener, and when a
+ * Accepting: on Windows the open itself connects an instance listening
+ * then. An open of this loop accepts at once (np_client_open). A client of
+ * another process is accepted when epoll reports the listener, when a
  * connect() or any other operation starts on an instance with no client
- * yet (a client that opened first is taken at once: on Windows the open
- * itself connects the instance, so a read right after it has its data;
- * pipe_unix.c, take_queued). The listener is
+ * yet (so a read right after the open has its data), and before a
+ * listening instance stops listening (pipe_unix.c, take_queued): it goes to
+ * an instance listening when it connected, if one still is. The listener is
  * level-triggered while it can take what is queued: every wait reports a
- * queued client, so a new instance, a closed or disconnected one need no
- * accept4 of their own (one that must fail, once per connection in a
- * create/connect/close cycle). When epoll reports clients that no instance
+ * queued client, so a new instance, or one closed or disconnected after
+ * its client, needs no accept4 of its own (one that must fail, once per
+ * connection in a create/connect/close cycle). When epoll reports clients that no instance
  * can take (none free: the plug, clients of another process, EMFILE), it
  * goes edge-triggered, or every wait would return at once; then accept4 is
  * tried whenever something may be queued (maybe_queued: the last try did
@@ -558,7 +560,10 @@ void np_listener_remove(np_listener *l, np_pipe *p) {
 /* ------------------------------------------------------------ the backlog */
 
 /* Fill the (empty) queue with a connection of our own, so that the backlog
- * of 0 is already used up. EAGAIN: a client got there first, same effect. */
+ * of 0 is already used up. EAGAIN: a client got there first, same effect.
+ * Either way something is queued now, and it must be accepted as soon as
+ * an instance comes free (service), or the backlog of 0 that one free
+ * instance gets would refuse the next client while that instance waits. */
 static void plug(np_listener *l) {
   struct sockaddr_un sa;
   socklen_t len = sizeof l->plug_addr;
@@ -575,10 +580,12 @@ static void plug(np_listener *l) {
   l->plug_len = len;
   fill_addr(&sa, l->path);
   if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+    if (errno == EAGAIN) l->maybe_queued = 1;
     close(fd);
     return;
   }
   l->plug_fd = fd;
+  l->maybe_queued = 1;
 }
 
 /* The plug is deferred (see the top of the file): wanted now, made by
@@ -618,12 +625,12 @@ static int is_plug(const np_listener *l, const struct sockaddr_un *peer,
          memcmp(peer, &l->plug_addr, len) == 0;
 }
 
-static np_pipe *pick_free(np_listener *l) {
-  np_pipe *p;
-  for (p = l->free_head; p; p = p->free_next)
-    if (p->pending_connect) return p;
-  return l->free_head;
-}
+/* The instance free the longest (the free list is in the order they came
+ * free): a client waiting in the queue connected while that one was free,
+ * if it connected while any instance free now was (on Windows its open
+ * connected such an instance). An instance that came free later - a
+ * connect() after disconnect(), a create - was not there for it. */
+static np_pipe *pick_free(np_listener *l) { return l->free_head; }
 
 /* Level- or edge-triggered (see Accepting); on failure nothing changes. */
 static void set_level(np_listener *l, int level) {
@@ -664,11 +671,13 @@ static void service(np_listener *l, int reported) {
   if (l->level) {
     /* Stopped with something maybe queued (no instance free, EMFILE...):
      * reported again at every wait unless edge-triggered. Not reported
-     * (a connect took the last free instance): the next wait tells. */
+     * (a connect took the last free instance): the next wait tells - but
+     * an instance may come free before any wait (create, connect), so the
+     * plug, known to be queued, stays known. */
     if (l->maybe_queued && reported)
       set_level(l, 0);
     else
-      l->maybe_queued = 0;
+      l->maybe_queued = l->plug_fd >= 0;
   } else if (!l->maybe_queued) {
     set_level(l, 1); /* the queue is empty */
   }
@@ -682,9 +691,11 @@ void np_listener_on_event(np_listener *l) {
   service(l, 1);
 }
 
-/* A connect(): a client that opened before it is taken at once, so the
- * connect completes and reads may start, as on Windows (where the open
- * itself connects the instance). */
+/* Take what is queued now, without waiting for epoll: an open of this loop
+ * (its client goes to an instance free now), a connect() or other operation
+ * on an instance with no client (a client that opened before is there, as
+ * on Windows, where the open connected the instance), an instance about to
+ * stop listening (pipe_unix.c, take_queued). */
 void np_listener_service_now(np_listener *l) {
   l->maybe_queued = 1;
   service(l, 0);

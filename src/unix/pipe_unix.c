@@ -396,6 +396,10 @@ np_pipe *np_client_open(np_loop *loop, const char *name,
     return NULL;
   }
   p->fd = fd;
+  /* A server of this loop takes its client now, as the open connects the
+   * instance on Windows: into an instance listening now, not one that
+   * starts listening before the next step. */
+  if (own) np_listener_service_now(own);
   return p;
 }
 
@@ -1145,7 +1149,12 @@ void np_pipe_on_event(np_pipe *p, uint32_t events) {
  * takes a client that is already queued: on Windows the client's open
  * connected the instance, so whatever the server does next has it, connect()
  * or not. Which queued client goes to which free instance is the listener's
- * choice (pick_free), as on Windows it was the open's. */
+ * choice (pick_free), as on Windows it was the open's. A client of this loop
+ * never waits in the queue (np_client_open); one of another process does,
+ * until the next step or a call here. So this is also done before a
+ * listening instance stops listening (disconnect, close): a client that
+ * came while it listened must not be left for an instance that listens only
+ * later (on Windows this one's disconnect or close drops it). */
 static void take_queued(np_pipe *p) {
   if (p->fd < 0 && p->is_free && !p->closed && p->listener)
     np_listener_service_now(p->listener);
@@ -1340,6 +1349,7 @@ int np_disconnect(np_pipe *p, np_status *st) {
                     p->closed ? 0 : EINVAL);
     return 0;
   }
+  take_queued(p); /* before it stops listening (see take_queued) */
   finish_all(p, NP_NOT_CONNECTED, ENOTCONN);
   drop_socket(p);
   p->state = NP_STATE_DISCONNECTED;
@@ -1392,6 +1402,7 @@ int np_pipe_info(np_pipe *p, np_info *info, np_status *st) {
 
 void np_pipe_close(np_pipe *p) {
   if (p->closed) return;
+  take_queued(p); /* before it stops listening (see take_queued) */
   p->closed = 1;
   p->state = NP_STATE_CLOSED;
   /* Sockets copy on send: what went is the peer's to read; what did not
