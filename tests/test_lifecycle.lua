@@ -684,3 +684,75 @@ function TestDisconnectDropsHeld:test_misuse_raises_at_the_caller()
   lu.assertStrContains(err, "bad argument #1 to 'disconnect' (pipe is closed)")
   lu.assertStrContains(err, here)
 end
+
+-- close() while a framing read waits, once part of what it waits for has
+-- come: CLOSED, as every pending operation gets from close().
+TestFramingClosed = {}
+
+function TestFramingClosed:tearDown() H.settle(2000) end
+
+local FRAMING_READS = {
+  read_line = function(s) return s:read_line(5000) end,
+  read_exact = function(s) return s:read_exact(10, 5000) end,
+  read_frame = function(s) return s:read_frame(5000) end,
+}
+
+function TestFramingClosed:test_closed_after_a_part_came()
+  for how, read in pairs(FRAMING_READS) do
+    local server, client = H.pair()
+    client:write("\0\0\0\20abc", function() -- from a step of the read below
+      -- until the read has its part (its caller has not seen it yet)
+      H.pump(function() return server:_busy("read") == 0 end, 2000, "the read")
+      server:close()
+    end)
+    local r = table.pack(read(server))
+    lu.assertNil(r[1], how)
+    lu.assertEquals(r[3], "CLOSED", how)
+    lu.assertEquals(r[4], 0, how)
+    H.close_all(server, client)
+  end
+end
+
+function TestFramingClosed:test_closed_after_a_part_came_in_a_task()
+  for how, read in pairs(FRAMING_READS) do
+    local server, client = H.pair()
+    local got
+    np.spawn(function() got = table.pack(read(server)) end)
+    np.step(0) -- the task waits
+    -- the part and the close come in one step (the close first, or the
+    -- part's read first: then the task is resumed on a closed pipe)
+    client:write("\0\0\0\20abc", function() server:close() end)
+    H.pump(function() return got ~= nil end, 2000, how)
+    lu.assertNil(got[1], how)
+    lu.assertEquals(got[3], "CLOSED", how)
+    H.close_all(server, client)
+  end
+end
+
+-- Misuse on a closed pipe raises, naming the method called.
+function TestFramingClosed:test_closed_pipe_raises_naming_the_method()
+  local server, client = H.pair()
+  H.close_all(server, client)
+  for _, how in ipairs { "read_line", "read_exact", "read_frame", "write_frame" } do
+    local err = raises(function()
+      if how == "read_exact" then server:read_exact(3)
+      elseif how == "write_frame" then server:write_frame("x")
+      else server[how](server) end
+    end)
+    lu.assertStrContains(err, ("bad argument #1 to '%s' (pipe is closed)"):format(how))
+    lu.assertStrContains(err, "test_lifecycle.lua:")
+  end
+end
+
+-- lines() ends once the pipe is closed, by the loop's body too.
+function TestFramingClosed:test_lines_end_when_the_body_closes()
+  local server, client = H.pair()
+  assert(client:write("one\ntwo\n", 1000))
+  local got = {}
+  for line in server:lines() do
+    got[#got + 1] = line
+    server:close()
+  end
+  lu.assertEquals(got, { "one" })
+  H.close_all(server, client)
+end

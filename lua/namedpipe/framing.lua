@@ -20,6 +20,9 @@ function F.install(M, methods)
       error(("bad argument #1 to '%s' (namedpipe.pipe expected, got %s)")
         :format(fname, type(self)), 3)
     end
+    if self:state() == "closed" then -- as the C methods refuse it
+      error(("bad argument #1 to '%s' (pipe is closed)"):format(fname), 3)
+    end
   end
 
   -- the same check as every other waiting call (called from each method
@@ -61,6 +64,9 @@ function F.install(M, methods)
         keep(concat(pieces))
         return nil, skip, name, 0
       end
+      -- closed by whatever ran while the last read's result was on its
+      -- way: what every pending read gets from close()
+      if self:state() == "closed" then return nil, "pipe closed", "CLOSED", 0 end
       -- (bytes read before the disconnect, seen after it)
       if session(self) ~= connection then
         return nil, "disconnected while reading (what had come is dropped)", "NOT_CONNECTED", 0
@@ -105,6 +111,7 @@ function F.install(M, methods)
   function methods.lines(self)
     check_pipe(self, "lines")
     return function()
+      if self:state() == "closed" then return nil end -- closed in the loop's body
       local line, msg, name = methods.read_line(self)
       if line then return line end
       if name == "EOF" or name == "CLOSED" then return nil end
