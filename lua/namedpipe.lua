@@ -91,6 +91,16 @@ end
 local readahead = setmetatable({}, { __mode = "k" })
 M._readahead = readahead
 
+-- Which connection of a server instance this is: disconnect() (below)
+-- counts them. Bytes this layer took from one connection are handed on
+-- (read-ahead, an abandoned read's, a framing read's start) only while it
+-- lasts: once the instance has been disconnected they are the old
+-- client's, and what the client wrote and the server had not read goes
+-- with it, as in the pipe.
+local sessions = setmetatable({}, { __mode = "k" })
+local function session(pipe) return sessions[pipe] or 0 end
+M._session = session
+
 --[[
 Operations whose waiter may be gone. A call without a callback, outside a
 task, steps the loop until its operation is done; whatever a step runs (a
@@ -146,7 +156,8 @@ local function prepend_readahead(pipe, s)
 end
 
 local function new_op(pipe, kind)
-  return { pipe = pipe, kind = kind, slot = SLOT[kind], thread = co_running() }
+  return { pipe = pipe, kind = kind, slot = SLOT[kind], thread = co_running(),
+           session = session(pipe) }
 end
 
 local function register(op)
@@ -176,9 +187,11 @@ local function release(op)
   end
 end
 
--- What an abandoned operation got goes to whoever reads next.
+-- What an abandoned operation got goes to whoever reads next (of its own
+-- connection: none, once the instance has been disconnected).
 local function hand_over(op)
   local r = op.r
+  if op.session ~= session(op.pipe) then return end
   if (op.kind == "read" or op.kind == "transact") and r[1] then
     append_readahead(op.pipe, r[1])
   elseif op.kind == "read_into" and r[1] then
@@ -190,7 +203,7 @@ local function abandon(op)
   if op.abandoned then return end
   op.abandoned = true
   if op.prefix then -- bytes a framing read had taken come back first
-    prepend_readahead(op.pipe, table.concat(op.prefix))
+    if op.session == session(op.pipe) then prepend_readahead(op.pipe, table.concat(op.prefix)) end
     op.prefix = nil
   end
   if op.done then
@@ -572,6 +585,31 @@ function waiting.writable(self, a)
   return await(self, "writable", function(cb) raw.writable(self, cb) end, a)
 end
 
+--- server:disconnect(): the C method's; once it has dropped the client,
+--- so does this layer whatever it holds of that connection (see sessions).
+--- The C method raises for misuse at its caller's position: called from
+--- the one-line function below, that is this line, so the error is raised
+--- again from the caller's, as if the C method had been called directly.
+local c_disconnect = methods.disconnect
+local function call_disconnect(...) local disconnect = c_disconnect; return pack(disconnect(...)) end
+local CALL_SITE = ("%s:%d: "):format(debug.getinfo(call_disconnect, "S").short_src,
+  debug.getinfo(call_disconnect, "S").linedefined)
+
+function methods.disconnect(...)
+  local ok, r = pcall(call_disconnect, ...)
+  if not ok then
+    if type(r) == "string" and r:sub(1, #CALL_SITE) == CALL_SITE then
+      error(r:sub(#CALL_SITE + 1), 2)
+    end
+    error(r, 0)
+  end
+  if r[1] then
+    local self = ...
+    sessions[self] = session(self) + 1
+    if readahead[self] then set_readahead(self, nil) end
+  end
+  return unpack(r, 1, r.n)
+end
 
 --- pipe:ready(interest [, timeout]): interest "readable", "writable" or
 --- "both"; returns a set { readable = true?, writable = true? } of what was

@@ -523,3 +523,236 @@ function TestFramingLimits:test_long_line_in_many_small_writes_is_linear()
   lu.assertEquals(server:read_line(1000), "after")
   H.close_all(server, client)
 end
+
+-- disconnect() ends one client's connection: whatever this layer still
+-- holds of it (bytes read ahead, an abandoned read's bytes, the start of a
+-- line or frame being read) goes with it, never to the next client.
+TestDisconnectDropsHeld = {}
+
+function TestDisconnectDropsHeld:tearDown() H.settle(2000) end
+
+-- The instance takes its next client; nothing of the old one is readable.
+local function next_client(server, name, says)
+  server:connect(function() end)
+  local client = assert(np.open(name))
+  assert(client:write(says, 1000))
+  return client
+end
+
+function TestDisconnectDropsHeld:test_bytes_read_ahead()
+  local old_bytes = "the old client's\n"
+  for _, how in ipairs { "read_line", "read_exact", "read_frame" } do
+    local server, old, name = H.pair()
+    if how == "read_line" then
+      assert(old:write("one\n" .. old_bytes, 1000))
+      lu.assertEquals(server:read_line(1000), "one")
+    elseif how == "read_exact" then
+      assert(old:write("one" .. old_bytes, 1000))
+      lu.assertEquals(server:read_exact(3, 1000), "one")
+    else
+      assert(old:write(string.pack(">s4", "one") .. old_bytes, 1000))
+      lu.assertEquals(server:read_frame(1000), "one")
+    end
+    lu.assertEquals(server:peek().available, #old_bytes, how)
+    lu.assertTrue(server:disconnect())
+    local new = next_client(server, name, "three\n")
+    lu.assertEquals(server:read_line(1000), "three", how)
+    H.close_all(server, old, new)
+  end
+end
+
+-- Each way to read finds nothing of the old client's.
+function TestDisconnectDropsHeld:test_no_read_gets_the_old_bytes()
+  local buf = np.buffer(64)
+  local reads = {
+    read = function(s) return s:read(nil, 1000) end,
+    try_read = function(s)
+      H.pump(function() return s:peek().available > 0 end, 2000, "the new bytes")
+      return s:try_read()
+    end,
+    read_into = function(s) return buf:sub(1, assert(s:read_into(buf, 1000))) end,
+    callback = function(s)
+      local cb, res = H.capture()
+      s:read(cb)
+      H.pump(function() return res.done end, 2000, "the read's callback")
+      return res[1]
+    end,
+  }
+  for how, read in pairs(reads) do
+    local server, old, name = H.pair()
+    assert(old:write("one\nold\n", 1000))
+    lu.assertEquals(server:read_line(1000), "one")
+    lu.assertTrue(server:disconnect())
+    lu.assertEquals(server:peek(), nil) -- no client: nothing held either
+    local new = next_client(server, name, "new")
+    lu.assertEquals(server:peek().available, 3, how)
+    lu.assertEquals(read(server), "new", how)
+    H.close_all(server, old, new)
+  end
+end
+
+-- A read abandoned by an error, whose bytes came before the disconnect()
+-- the same error's callback made: they are not handed to the next client.
+function TestDisconnectDropsHeld:test_abandoned_read_handed_over_after_disconnect()
+  local server, old, name = H.pair()
+  old:write("old\n", function() -- from the step of the read below
+    -- until the read has its bytes (nobody has taken them yet)
+    H.pump(function() return server:_busy("read") == 0 end, 2000, "the read")
+    server:disconnect()
+    error("callback failed on purpose")
+  end)
+  lu.assertStrContains(raises(function() return server:read(nil, 2000) end),
+    "callback failed on purpose")
+  local new = next_client(server, name, "new\n")
+  lu.assertEquals(server:read_line(1000), "new")
+  H.close_all(server, old, new)
+end
+
+-- read_line had taken the start of a line when a task disconnected: it
+-- fails NOT_CONNECTED and the start is dropped.
+function TestDisconnectDropsHeld:test_line_started_in_a_task()
+  local opts = { pipe_mode = "message" } -- a message is one read
+  local server, old, name = H.pair(opts, opts)
+  assert(old:write("one\npar", 1000))
+  lu.assertEquals(server:read_line(1000), "one") -- "par" is read ahead
+  local got
+  np.spawn(function() got = table.pack(server:read_line(5000)) end)
+  np.step(0) -- the task has taken "par" and waits for the rest
+  lu.assertNil(got)
+  lu.assertTrue(server:disconnect())
+  H.pump(function() return got ~= nil end, 2000, "the read_line")
+  lu.assertNil(got[1])
+  lu.assertEquals(got[3], "NOT_CONNECTED")
+  local new = next_client(server, name, "new\n")
+  lu.assertEquals(server:read_line(1000), "new")
+  H.close_all(server, old, new)
+end
+
+-- The same, the read_line waiting in the main thread and unwound by the
+-- error of the task that disconnected: what it had taken is not handed on.
+function TestDisconnectDropsHeld:test_line_unwound_after_disconnect()
+  local opts = { pipe_mode = "message" }
+  local server, old, name = H.pair(opts, opts)
+  assert(old:write("one\npar", 1000))
+  lu.assertEquals(server:read_line(1000), "one")
+  np.spawn(function() -- runs from the read_line's first step
+    server:disconnect()
+    error("task failed on purpose")
+  end)
+  lu.assertStrContains(raises(function() return server:read_line(5000) end),
+    "task failed on purpose")
+  local new = next_client(server, name, "new\n")
+  lu.assertEquals(server:read_line(1000), "new")
+  H.close_all(server, old, new)
+end
+
+-- read_line's read got its bytes before a disconnect() that a callback
+-- made in the same step: a whole line is returned, as a read() returns
+-- what it got; the rest, or a line not whole, is dropped with the client.
+function TestDisconnectDropsHeld:test_line_seen_after_disconnect()
+  local opts = { pipe_mode = "message" }
+  for _, case in ipairs { { "whole\nrest", "whole" }, { "part", nil, "NOT_CONNECTED" } } do
+    local server, old, name = H.pair(opts, opts)
+    old:write(case[1], function() -- from the step of the read_line below
+      H.pump(function() return server:_busy("read") == 0 end, 2000, "the read")
+      server:disconnect()
+    end)
+    local r = table.pack(server:read_line(2000))
+    lu.assertEquals(r[1], case[2])
+    lu.assertEquals(r[3], case[3])
+    local new = next_client(server, name, "new\n")
+    lu.assertEquals(server:read_line(1000), "new")
+    H.close_all(server, old, new)
+  end
+end
+
+-- disconnect() refuses misuse as it did: raised at the caller, naming it.
+function TestDisconnectDropsHeld:test_misuse_raises_at_the_caller()
+  local server, client = H.pair()
+  local here = "test_lifecycle.lua:"
+  local err = raises(function() client:disconnect() end)
+  lu.assertStrContains(err, "bad argument #1 to 'disconnect' (server pipe expected, got a client)")
+  lu.assertStrContains(err, here)
+  err = raises(function() server.disconnect({}) end)
+  lu.assertStrContains(err, "bad argument #1 to 'disconnect' (namedpipe.pipe expected, got table)")
+  lu.assertStrContains(err, here)
+  err = raises(server.disconnect, client) -- no call site: named all the same
+  lu.assertStrContains(err, "bad argument #1 to 'disconnect' (server pipe expected, got a client)")
+  lu.assertEquals(table.pack(server:disconnect()), { true, n = 1 })
+  H.close_all(server, client)
+  err = raises(function() server:disconnect() end)
+  lu.assertStrContains(err, "bad argument #1 to 'disconnect' (pipe is closed)")
+  lu.assertStrContains(err, here)
+end
+
+-- close() while a framing read waits, once part of what it waits for has
+-- come: CLOSED, as every pending operation gets from close().
+TestFramingClosed = {}
+
+function TestFramingClosed:tearDown() H.settle(2000) end
+
+local FRAMING_READS = {
+  read_line = function(s) return s:read_line(5000) end,
+  read_exact = function(s) return s:read_exact(10, 5000) end,
+  read_frame = function(s) return s:read_frame(5000) end,
+}
+
+function TestFramingClosed:test_closed_after_a_part_came()
+  for how, read in pairs(FRAMING_READS) do
+    local server, client = H.pair()
+    client:write("\0\0\0\20abc", function() -- from a step of the read below
+      -- until the read has its part (its caller has not seen it yet)
+      H.pump(function() return server:_busy("read") == 0 end, 2000, "the read")
+      server:close()
+    end)
+    local r = table.pack(read(server))
+    lu.assertNil(r[1], how)
+    lu.assertEquals(r[3], "CLOSED", how)
+    lu.assertEquals(r[4], 0, how)
+    H.close_all(server, client)
+  end
+end
+
+function TestFramingClosed:test_closed_after_a_part_came_in_a_task()
+  for how, read in pairs(FRAMING_READS) do
+    local server, client = H.pair()
+    local got
+    np.spawn(function() got = table.pack(read(server)) end)
+    np.step(0) -- the task waits
+    -- the part and the close come in one step (the close first, or the
+    -- part's read first: then the task is resumed on a closed pipe)
+    client:write("\0\0\0\20abc", function() server:close() end)
+    H.pump(function() return got ~= nil end, 2000, how)
+    lu.assertNil(got[1], how)
+    lu.assertEquals(got[3], "CLOSED", how)
+    H.close_all(server, client)
+  end
+end
+
+-- Misuse on a closed pipe raises, naming the method called.
+function TestFramingClosed:test_closed_pipe_raises_naming_the_method()
+  local server, client = H.pair()
+  H.close_all(server, client)
+  for _, how in ipairs { "read_line", "read_exact", "read_frame", "write_frame" } do
+    local err = raises(function()
+      if how == "read_exact" then server:read_exact(3)
+      elseif how == "write_frame" then server:write_frame("x")
+      else server[how](server) end
+    end)
+    lu.assertStrContains(err, ("bad argument #1 to '%s' (pipe is closed)"):format(how))
+    lu.assertStrContains(err, "test_lifecycle.lua:")
+  end
+end
+
+-- lines() ends once the pipe is closed, by the loop's body too.
+function TestFramingClosed:test_lines_end_when_the_body_closes()
+  local server, client = H.pair()
+  assert(client:write("one\ntwo\n", 1000))
+  local got = {}
+  for line in server:lines() do
+    got[#got + 1] = line
+    server:close()
+  end
+  lu.assertEquals(got, { "one" })
+  H.close_all(server, client)
+end

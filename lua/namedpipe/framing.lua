@@ -9,7 +9,7 @@ local math_type, u32be, from_u32be = compat.math_type, compat.u32be, compat.from
 local F = {}
 
 function F.install(M, methods)
-  local readahead, set_readahead, now = M._readahead, M._set_readahead, M.now
+  local readahead, set_readahead, now, session = M._readahead, M._set_readahead, M.now, M._session
 
   local function deadline_left(deadline)
     if not deadline then return nil end
@@ -22,6 +22,9 @@ function F.install(M, methods)
         or getmetatable(self).__index ~= methods then
       error(("bad argument #1 to '%s' (namedpipe.pipe expected, got %s)")
         :format(fname, type(self)), 3)
+    end
+    if self:state() == "closed" then -- as the C methods refuse it
+      error(("bad argument #1 to '%s' (pipe is closed)"):format(fname), 3)
     end
   end
 
@@ -37,34 +40,45 @@ function F.install(M, methods)
   -- whole) once it can tell: bytes 1..cut are the result, those after skip
   -- are kept. Or false, msg, name: refused, everything kept. The pieces
   -- are joined once, at the end: a long line in many reads costs its
-  -- length, not its length times the reads.
+  -- length, not its length times the reads. Kept only while the client
+  -- they came from is connected: once the server has disconnected it they
+  -- are dropped, and a result not complete by then is NOT_CONNECTED.
   local function read_until(self, timeout, scan)
     -- an abandoned read of this pipe first: its bytes come before new ones
     local ok, t = M._settle(self, "read", timeout)
     if not ok then return nil, "timed out", "TIMEOUT", 0 end
     local deadline = t and now() + t
+    local connection = session(self)
     local piece = readahead[self] or ""
     local pieces, before = { piece }, 0
     set_readahead(self, nil)
-    local function keep_all()
-      local all = concat(pieces)
-      if #all > 0 then set_readahead(self, all .. (readahead[self] or "")) end
+    local function keep(s)
+      if #s > 0 and session(self) == connection then
+        set_readahead(self, s .. (readahead[self] or ""))
+      end
     end
     while true do
       local cut, skip, name = scan(piece, before, pieces)
       if cut then
         local all = #pieces == 1 and piece or concat(pieces)
-        if skip < #all then set_readahead(self, all:sub(skip + 1)) end
+        if skip < #all then keep(all:sub(skip + 1)) end
         return all:sub(1, cut)
       elseif cut == false then
-        keep_all()
+        keep(concat(pieces))
         return nil, skip, name, 0
+      end
+      -- closed by whatever ran while the last read's result was on its
+      -- way: what every pending read gets from close()
+      if self:state() == "closed" then return nil, "pipe closed", "CLOSED", 0 end
+      -- (bytes read before the disconnect, seen after it)
+      if session(self) ~= connection then
+        return nil, "disconnected while reading (what had come is dropped)", "NOT_CONNECTED", 0
       end
       -- pieces: taken from the pipe, read-ahead again should this unwind
       local data, msg, ename, code = M._await(self, "read",
         function(cb) M._raw.read(self, nil, cb) end, deadline_left(deadline), nil, pieces)
       if not data then
-        keep_all()
+        keep(concat(pieces))
         return nil, msg, ename, code
       end
       before = before + #piece
@@ -100,6 +114,7 @@ function F.install(M, methods)
   function methods.lines(self)
     check_pipe(self, "lines")
     return function()
+      if self:state() == "closed" then return nil end -- closed in the loop's body
       local line, msg, name = methods.read_line(self)
       if line then return line end
       if name == "EOF" or name == "CLOSED" then return nil end
