@@ -15,6 +15,31 @@ function H.name(tag)
   return ([[\\.\pipe\nptest-%s-%s-%d]]):format(tag or "t", run_id, counter)
 end
 
+--- A seeded generator for the randomized tests: Park and Miller's minimal
+--- standard (multiplier 48271, modulus 2^31 - 1). Every product fits a
+--- double exactly, so a seed gives the same sequence on every platform and
+--- every Lua version (integers or not), and math.random stays untouched
+--- for the other test files. A seed of any size is folded into its range.
+function H.generator(seed)
+  local g, state = {}, 1
+  function g.reseed(s) state = s % 2147483646 + 1 end
+  function g.next() state = state * 48271 % 2147483647; return state end
+  function g.rnd(n) return g.next() % n + 1 end           -- 1..n
+  function g.chance(k) return g.rnd(k) == 1 end           -- 1 in k
+  function g.pick(t) return t[g.rnd(t.n or #t)] end       -- t.n: lists with nils
+  function g.weighted(list) -- { {w, v}, ... }
+    local sum = 0
+    for _, e in ipairs(list) do sum = sum + e[1] end
+    local r = g.rnd(sum)
+    for _, e in ipairs(list) do
+      r = r - e[1]
+      if r <= 0 then return e[2] end
+    end
+  end
+  g.reseed(seed or 1)
+  return g
+end
+
 --- Step the loop until cond() is true; fails the test after timeout ms.
 function H.pump(cond, timeout, what)
   local deadline = np.now() + (timeout or 5000)

@@ -45,27 +45,9 @@ local WATCHDOG_MS = 15000
 local SENTINEL = "FUZZ-INTENDED-ERROR"
 
 -- ------------------------------------------------------------ randomness
--- Park and Miller's minimal standard generator (multiplier 48271, modulus
--- 2^31 - 1): every product fits a double's 53 bits, so the sequence is the
--- same on every platform and every Lua version (integers or not), and
--- math.random stays untouched for the other test files.
-local rstate
-local function seed(s) rstate = s % 2147483646 + 1 end
-local function rnd(n) -- 1..n
-  rstate = rstate * 48271 % 2147483647
-  return rstate % n + 1
-end
-local function chance(k) return rnd(k) == 1 end          -- 1 in k
-local function pick(t) return t[rnd(t.n or #t)] end      -- t.n: lists with nils
-local function weighted(list) -- { {w, v}, ... }
-  local sum = 0
-  for _, e in ipairs(list) do sum = sum + e[1] end
-  local r = rnd(sum)
-  for _, e in ipairs(list) do
-    r = r - e[1]
-    if r <= 0 then return e[2] end
-  end
-end
+-- (H.generator: the same sequence on every platform and Lua version)
+local gen = H.generator()
+local seed, rnd, chance, pick, weighted = gen.reseed, gen.rnd, gen.chance, gen.pick, gen.weighted
 
 -- ------------------------------------------------------------ bookkeeping
 local ERR_NAMES = {}

@@ -115,28 +115,11 @@ local BOOM = "MODEL-INTENDED-ERROR"
 local EV_VALUE = "MODEL-EVENT-VALUE"
 
 -- ------------------------------------------------------------ randomness
--- Park and Miller's minimal standard generator (48271, 2^31 - 1): every
--- product fits a double exactly, so the sequence is the same on both
--- platforms and every Lua version; math.random untouched. A seed of any
--- size is folded into its range.
-local rstate
-local function next31()
-  rstate = rstate * 48271 % 2147483647
-  return rstate
-end
-local function set_state(s) rstate = s % 2147483646 + 1 end
-local function rnd(n) return next31() % n + 1 end -- 1..n
-local function chance(k) return rnd(k) == 1 end      -- 1 in k
-local function pick(t) return t[rnd(#t)] end
-local function weighted(list) -- { {w, v}, ... }
-  local sum = 0
-  for _, e in ipairs(list) do sum = sum + e[1] end
-  local r = rnd(sum)
-  for _, e in ipairs(list) do
-    r = r - e[1]
-    if r <= 0 then return e[2] end
-  end
-end
+-- (H.generator: the same sequence on both platforms and every Lua version;
+-- math.random untouched)
+local gen = H.generator()
+local set_state, next31 = gen.reseed, gen.next
+local rnd, chance, pick, weighted = gen.rnd, gen.chance, gen.pick, gen.weighted
 
 -- ------------------------------------------------------------ payloads
 -- "\1" WWWWW SSSSSS LLLLLLL ":" then the body: writer id, sequence number,

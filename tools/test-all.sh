@@ -43,41 +43,26 @@ for plat in linux windows lua5.1 lua5.2 lua5.3 luajit; do
     lines+=("$line")
 done
 
-echo "=== make check (Linux suite under ASan+UBSan and valgrind) ==="
-if $MAKE --no-print-directory check >build/check.log 2>&1; then
-    lines+=("check: ASan+UBSan and valgrind runs clean (see build/check.log)")
-else
-    lines+=("check: FAILED — counted as 1 failed; see build/check.log")
-    tail -n 40 build/check.log
-    tf=$((tf + 1)); status=1
-fi
+# A gate: `make TARGET`, its output in build/TARGET.log; a failure counts
+# as 1 failed (its tests are not counted again) and shows the log's end.
+gate() {
+    local target=$1 what=$2 ok=$3
+    echo "=== make $target ($what) ==="
+    if $MAKE --no-print-directory "$target" >"build/$target.log" 2>&1; then
+        lines+=("$target: $ok (see build/$target.log)")
+    else
+        lines+=("$target: FAILED — counted as 1 failed; see build/$target.log")
+        tail -n 40 "build/$target.log"
+        tf=$((tf + 1)); status=1
+    fi
+}
 
-echo "=== make bench-quick (benchmarks' smoke run: they run and bytes arrive intact) ==="
-if $MAKE --no-print-directory bench-quick >build/bench-quick.log 2>&1; then
-    lines+=("bench-quick: every workload ran, contents checked (see build/bench-quick.log)")
-else
-    lines+=("bench-quick: FAILED — counted as 1 failed; see build/bench-quick.log")
-    tail -n 40 build/bench-quick.log
-    tf=$((tf + 1)); status=1
-fi
-
-echo "=== make rock-check (LuaRocks installs the rock on Linux and, cross-built, for Windows) ==="
-if $MAKE --no-print-directory rock-check >build/rock-check.log 2>&1; then
-    lines+=("rock-check: LuaRocks-installed trees ran on Linux and under Wine (see build/rock-check.log)")
-else
-    lines+=("rock-check: FAILED — counted as 1 failed; see build/rock-check.log")
-    tail -n 40 build/rock-check.log
-    tf=$((tf + 1)); status=1
-fi
-
-echo "=== make lint (luacheck over every Lua file) ==="
-if $MAKE --no-print-directory lint >build/lint.log 2>&1; then
-    lines+=("lint: luacheck clean (see build/lint.log)")
-else
-    lines+=("lint: FAILED — counted as 1 failed; see build/lint.log")
-    tail -n 40 build/lint.log
-    tf=$((tf + 1)); status=1
-fi
+gate check "Linux suite under ASan+UBSan and valgrind" "ASan+UBSan and valgrind runs clean"
+gate bench-quick "benchmarks' smoke run: they run and bytes arrive intact" \
+    "every workload ran, contents checked"
+gate rock-check "LuaRocks installs the rock on Linux and, cross-built, for Windows" \
+    "LuaRocks-installed trees ran on Linux and under Wine"
+gate lint "luacheck over every Lua file" "luacheck clean"
 
 echo "=== summary ==="
 printf '%s\n' "${lines[@]}"
