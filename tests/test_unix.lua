@@ -240,6 +240,9 @@ local function multi_state(mode)
   local build = os.getenv("NP_BUILD_DIR")
   local exe = (REPO_ROOT or ".") .. "/" ..
     (build and build:match("asan") and "build/asan/multi_state" or "build/multistate/multi_state")
+  if _VERSION ~= "Lua 5.4" then
+    lu.skip("tests/c/multi_state.c is a Lua 5.4 host: it loads the 5.4 build, not this version's")
+  end
   if not sh("test -x " .. q(exe)) then lu.skip(exe .. " is not built (make multistate)") end
   local dir = scratch_dir()
   local out = dir .. ".out"
