@@ -211,6 +211,8 @@ function Pipe:read_frame(timeout) end
 function Pipe:cancel(what) end
 
 --- Server only: drop the client; `connect()` then takes the next one.
+--- Everything started for that client ends NOT_CONNECTED, and nothing held
+--- for it (writes not yet in the pipe, bytes read ahead) reaches the next.
 ---@return true? ok
 ---@return string? msg
 ---@return namedpipe.ErrorName? name
