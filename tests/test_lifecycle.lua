@@ -550,7 +550,7 @@ function TestDisconnectDropsHeld:test_bytes_read_ahead()
       assert(old:write("one" .. old_bytes, 1000))
       lu.assertEquals(server:read_exact(3, 1000), "one")
     else
-      assert(old:write(string.pack(">s4", "one") .. old_bytes, 1000))
+      assert(old:write("\0\0\0\3one" .. old_bytes, 1000))
       lu.assertEquals(server:read_frame(1000), "one")
     end
     lu.assertEquals(server:peek().available, #old_bytes, how)
