@@ -38,6 +38,13 @@ WINLUA     := build/winlua
 WIN_LUA    := $(WINLUA)/bin/lua.exe
 WIN_LUADLL := $(WINLUA)/bin/lua54.dll
 
+# The version is set in one place, the rockspec (its file name and
+# `version`): the C module gets it as three numbers, as LuaRocks builds
+# pass them (rockspec `defines`).
+ROCKSPEC     := $(wildcard rockspec/namedpipe-*.rockspec)
+VERSION_DEFS := $(shell echo $(ROCKSPEC) | sed -E \
+  's|.*namedpipe-([0-9]+)\.([0-9]+)\.([0-9]+)-[0-9]+\.rockspec|-DNP_VERSION_MAJOR=\1 -DNP_VERSION_MINOR=\2 -DNP_VERSION_PATCH=\3|')
+
 LINUX_SRC := $(wildcard src/*.c src/unix/*.c)
 LINUX_HDR := $(wildcard src/*.h src/unix/*.h)
 WIN_SRC   := $(wildcard src/*.c src/win/*.c)
@@ -53,8 +60,8 @@ TESTARGS ?=
 # list, rewritten (and thus newer) only when that changes.
 LINUX_STAMP := build/linux/.inputs
 WIN_STAMP   := build/win/.inputs
-LINUX_SIG   := $(LINUX_CC) $(LINUX_CFLAGS) $(EXTRA_CFLAGS) $(LINUX_LIBS) $(LINUX_SRC)
-WIN_SIG     := $(WIN_CC) $(WIN_CFLAGS) $(EXTRA_CFLAGS) $(WIN_LIBS) $(WIN_SRC)
+LINUX_SIG   := $(LINUX_CC) $(LINUX_CFLAGS) $(VERSION_DEFS) $(EXTRA_CFLAGS) $(LINUX_LIBS) $(LINUX_SRC)
+WIN_SIG     := $(WIN_CC) $(WIN_CFLAGS) $(VERSION_DEFS) $(EXTRA_CFLAGS) $(WIN_LIBS) $(WIN_SRC)
 ifeq ($(filter clean distclean,$(MAKECMDGOALS)),)
 ifneq ($(file <$(LINUX_STAMP)),$(LINUX_SIG))
 $(shell mkdir -p $(dir $(LINUX_STAMP)))
@@ -78,13 +85,13 @@ linux: $(LINUX_SO)
 
 $(LINUX_SO): $(LINUX_SRC) $(LINUX_HDR) $(LINUX_STAMP) Makefile
 	@mkdir -p $(@D)
-	$(LINUX_CC) $(LINUX_CFLAGS) $(LUA_CFLAGS) -Isrc $(EXTRA_CFLAGS) -o $@ $(LINUX_SRC) $(LINUX_LIBS)
+	$(LINUX_CC) $(LINUX_CFLAGS) $(LUA_CFLAGS) -Isrc $(VERSION_DEFS) $(EXTRA_CFLAGS) -o $@ $(LINUX_SRC) $(LINUX_LIBS)
 
 windows: $(WIN_DLL)
 
 $(WIN_DLL): $(WIN_SRC) $(WIN_HDR) $(WIN_LUA) $(WIN_STAMP) Makefile
 	@mkdir -p $(@D)
-	$(WIN_CC) $(WIN_CFLAGS) -I $(WINLUA)/include -Isrc $(EXTRA_CFLAGS) -o $@ $(WIN_SRC) $(WIN_LUADLL) $(WIN_LIBS)
+	$(WIN_CC) $(WIN_CFLAGS) -I $(WINLUA)/include -Isrc $(VERSION_DEFS) $(EXTRA_CFLAGS) -o $@ $(WIN_SRC) $(WIN_LUADLL) $(WIN_LIBS)
 
 # lua.exe is written last by tools/deps.sh, so it marks a complete build/winlua
 $(WIN_LUA):
@@ -102,7 +109,7 @@ build/lua5.1/namedpipe/core.so build/lua5.2/namedpipe/core.so \
 build/lua5.3/namedpipe/core.so build/luajit/namedpipe/core.so: \
     build/%/namedpipe/core.so: $(LINUX_SRC) $(LINUX_HDR) $(LINUX_STAMP) Makefile
 	@mkdir -p $(@D)
-	$(LINUX_CC) $(LINUX_CFLAGS) $$(pkg-config --cflags $*) -Isrc $(EXTRA_CFLAGS) -o $@ $(LINUX_SRC) $(LINUX_LIBS)
+	$(LINUX_CC) $(LINUX_CFLAGS) $$(pkg-config --cflags $*) -Isrc $(VERSION_DEFS) $(EXTRA_CFLAGS) -o $@ $(LINUX_SRC) $(LINUX_LIBS)
 
 .PHONY: test-luas $(addprefix test-,$(OTHER_LUAS))
 $(addprefix test-,$(OTHER_LUAS)): test-%: build/%/namedpipe/core.so
@@ -129,7 +136,7 @@ SANITIZE := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-r
 
 $(ASAN_SO): $(LINUX_SRC) $(LINUX_HDR) Makefile
 	@mkdir -p $(@D)
-	$(LINUX_CC) -O1 -g -Wall -Wextra -fPIC -shared $(SANITIZE) $(LUA_CFLAGS) -Isrc -o $@ $(LINUX_SRC)
+	$(LINUX_CC) -O1 -g -Wall -Wextra -fPIC -shared $(SANITIZE) $(LUA_CFLAGS) -Isrc $(VERSION_DEFS) -o $@ $(LINUX_SRC)
 
 check: check-asan check-valgrind
 
@@ -225,7 +232,7 @@ fuzz-deps:
 
 build/fuzz/%: tests/fuzz/%.c tests/fuzz/fuzz_common.h $(LINUX_SRC) $(LINUX_HDR) Makefile
 	@mkdir -p $(@D)
-	$(FUZZ_CC) $(FUZZ_FLAGS) $(LUA_CFLAGS) -Isrc -o $@ $< $(LINUX_SRC) \
+	$(FUZZ_CC) $(FUZZ_FLAGS) $(LUA_CFLAGS) -Isrc $(VERSION_DEFS) -o $@ $< $(LINUX_SRC) \
 	  $$(pkg-config --libs lua5.4 2>/dev/null || echo -llua5.4) -lm -ldl
 
 fuzz: fuzz-deps $(FUZZ_BINS)

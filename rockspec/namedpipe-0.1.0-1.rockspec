@@ -4,6 +4,11 @@
 rockspec_format = "3.0"
 package = "namedpipe"
 version = "0.1.0-1"
+-- The module's _VERSION is this one: the C files get it as three numbers
+-- (the Makefile reads them from this file's name).
+local v_major, v_minor, v_patch = version:match("^(%d+)%.(%d+)%.(%d+)")
+local VERSION_DEFINES = { "NP_VERSION_MAJOR=" .. v_major, "NP_VERSION_MINOR=" .. v_minor,
+                          "NP_VERSION_PATCH=" .. v_patch }
 -- The release archive is made from the repository by `make rock`
 -- (tools/rock.sh: the tracked files as checked out, under namedpipe-0.1.0/)
 -- and travels inside the .src.rock. `luarocks pack` of this rockspec run
@@ -67,6 +72,7 @@ build = {
                   "src/unix/loop_unix.c", "src/unix/names_unix.c",
                   "src/unix/pipe_unix.c",
                },
+               defines = VERSION_DEFINES,
                incdirs = { "src" },
             },
          },
@@ -84,7 +90,8 @@ build = {
                   "src/win/error_win.c", "src/win/loop_win.c", "src/win/pipe_win.c",
                },
                -- Vista and later: GetQueuedCompletionStatusEx, CancelIoEx
-               defines = { "_WIN32_WINNT=0x0600" },
+               defines = { "_WIN32_WINNT=0x0600", VERSION_DEFINES[1], VERSION_DEFINES[2],
+                           VERSION_DEFINES[3] },
                incdirs = { "src" },
                -- a bare name, which both toolchains complete: MSVC links
                -- advapi32.lib, MinGW -ladvapi32

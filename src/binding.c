@@ -29,6 +29,17 @@
 #include "np.h"
 #include "options.h"
 
+/* The version is the rockspec's (its only home): the build passes it as
+ * three numbers (Makefile VERSION_DEFS, the rockspec's `defines`). */
+#if !defined(NP_VERSION_MAJOR) || !defined(NP_VERSION_MINOR) || \
+    !defined(NP_VERSION_PATCH)
+#error "build with -DNP_VERSION_MAJOR=.. -DNP_VERSION_MINOR=.. -DNP_VERSION_PATCH=.. (see the rockspec)"
+#endif
+#define NP_STR_(x) #x
+#define NP_STR(x) NP_STR_(x)
+#define NP_VERSION \
+  NP_STR(NP_VERSION_MAJOR) "." NP_STR(NP_VERSION_MINOR) "." NP_STR(NP_VERSION_PATCH)
+
 #define PIPE_MT "namedpipe.pipe"
 #define LOOP_KEY "namedpipe.loop"
 
@@ -1345,7 +1356,7 @@ NP_EXPORT int luaopen_namedpipe_core(lua_State *L) {
   lua_setfield(L, -2, "c_can_yield");
   lua_pop(L, 1);
 #undef PUSH_UPVALUES
-  lua_pushliteral(L, "0.1.0");
+  lua_pushliteral(L, NP_VERSION);
   lua_setfield(L, -2, "_VERSION");
   return 1;
 }
