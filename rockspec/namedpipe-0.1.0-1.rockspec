@@ -11,9 +11,11 @@ local VERSION_DEFINES = { "NP_VERSION_MAJOR=" .. v_major, "NP_VERSION_MINOR=" ..
                           "NP_VERSION_PATCH=" .. v_patch }
 -- The release archive is made from the repository by `make rock`
 -- (tools/rock.sh: the tracked files as checked out, under namedpipe-0.1.0/)
--- and travels inside the .src.rock. `luarocks pack` of this rockspec run
--- where that archive lies (build/rock/) packs it; a rockspec published
--- beside the archive at a web address would name that address here.
+-- and travels inside the .src.rock. LuaRocks fetches a source from a
+-- temporary directory, so `luarocks pack` needs an address it can fetch:
+-- `make rock` packs with a copy of this rockspec that names the archive
+-- by a file:// address. Once the archive is published at a web address,
+-- that address goes here and `luarocks pack` works on this file as is.
 source = {
    url = "namedpipe-0.1.0.tar.gz",
    dir = "namedpipe-0.1.0",
