@@ -384,17 +384,15 @@ void np_completion_done(np_loop *loop, np_completion *c) {
   np_req *r = (np_req *)c->req;
   np_pipe *p = r->pipe;
   c->req = NULL;
-  p->busy[r->op]--;
-  p->outstanding--;
-  loop->outstanding--;
   if (r->embedded) {
+    p->busy[r->op]--;
+    p->outstanding--;
+    loop->outstanding--;
     r->state = REQ_IDLE;
     if (r->buf.cap > NP_KEEP_READ_BUFFER || p->closed)
       read_buf_give(loop, &r->buf);
   } else {
-    write_unlink(p, r);
-    write_req_release(loop, r);
-    if (p->busy[NP_OP_WRITE] == 0 && !p->closed) np_pipe_writes_released(p);
+    np_write_req_drop(p, r);
   }
   if (p->closed && p->outstanding == 0) np_pipe_free(p);
 }

@@ -228,14 +228,13 @@ static void finish_pending(np_pipe *p, np_op op, np_err err, long code) {
              p->transact_write) {
     /* its request has not gone: it never will (a message goes whole or
      * not at all), and the caller may let its bytes go */
-    np_req **pp = &p->wq_head, *w = p->transact_write;
-    while (*pp != w) pp = &(*pp)->next;
-    *pp = w->next;
-    if (p->wq_tail == w) {
-      np_req *t = p->wq_head;
-      while (t && t->next) t = t->next;
-      p->wq_tail = t;
+    np_req **pp = &p->wq_head, *prev = NULL, *w = p->transact_write;
+    while (*pp != w) {
+      prev = *pp;
+      pp = &prev->next;
     }
+    *pp = w->next;
+    if (p->wq_tail == w) p->wq_tail = prev;
     p->transact_write = NULL;
     np_write_req_drop(p, w);
     np_req_ready(&p->read_req, err, code);

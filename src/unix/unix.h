@@ -235,8 +235,8 @@ void np_host_close(np_loop *loop);
 int np_loop_poll_now(np_loop *loop);
 void np_pipe_free(np_pipe *p);
 np_req *np_write_req_new(np_loop *loop);
-/* A write request that never reaches the ready queue, let go (a
- * transact's request). */
+/* A write request let go: released after its completion, or a
+ * transact's request, which never reaches the ready queue. */
 void np_write_req_drop(np_pipe *p, np_req *r);
 /* pipe_unix.c: a transact's request went (NP_OK: read the reply) or
  * failed (the transact ends so). */
