@@ -32,7 +32,7 @@ end)
 
 -- (a fresh table's address makes it this run's: Lua 5.1 does not seed
 -- math.random, and two runs in one second would share a name)
-local name = [[\\.\pipe\namedpipe-luv-]] .. os.time() .. "-" .. (tostring({}):match("0x(%x+)") or math.random(1, 1e6))
+local name = [[\\.\pipe\namedpipe-luv-]] .. os.time() .. "-" .. (tostring({}):match("(%x+)$") or math.random(1, 1e6))
 local server = assert(np.serve(name, nil, function(pipe)
   while true do -- (not lines(): Lua 5.1 cannot suspend inside a for)
     local line = pipe:read_line()

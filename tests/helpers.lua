@@ -4,10 +4,11 @@ local np = require "namedpipe"
 local H = {}
 
 local counter = 0
--- (a fresh table's address too: Lua 5.1 does not seed math.random, and
--- two runs started in the same second would otherwise share names)
+-- (a fresh table's address too, its hex digits whatever the platform
+-- prints before them: Lua 5.1 does not seed math.random, and two runs
+-- started in the same second would otherwise share names)
 local run_id = tostring(os.time()) .. "-" .. tostring(math.random(1, 1e9))
-  .. "-" .. (tostring({}):match("0x(%x+)") or tostring(os.clock()))
+  .. "-" .. (tostring({}):match("(%x+)$") or tostring(os.clock()))
 
 --- A pipe name no other test (or earlier run) uses.
 function H.name(tag)
