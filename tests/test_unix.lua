@@ -155,6 +155,22 @@ function TestUnix:test_stale_lock_file_of_our_own_is_taken()
   lu.assertFalse(exists(path .. ".lock"))
 end
 
+-- A dead server's longer description is replaced whole, not overwritten in
+-- part: what a client of another process reads is this server's line alone.
+function TestUnix:test_stale_lock_file_longer_description_is_replaced()
+  linux_only()
+  local dir = scratch_dir()
+  local path = dir .. "/s.sock"
+  write_file(path .. ".lock",
+    "namedpipe=1 type=message max=7 inbound=0 outbound=1 " .. string.rep("x", 60) .. "\n")
+  assert(sh("chmod 0600 " .. q(path .. ".lock")))
+  local s = assert(np.create(path, { first_pipe_instance = true }))
+  lu.assertEquals(read_file(path .. ".lock"),
+    "namedpipe=1 type=byte max=255 inbound=1 outbound=1\n")
+  H.close_all(s)
+  lu.assertFalse(exists(path .. ".lock"))
+end
+
 -- Windows removes a pipe with the process that made it, however it ends.
 -- Here the socket and its lock file are files: a process that ends without
 -- closing its Lua state (os.exit) removes them on its way out all the same.

@@ -220,8 +220,15 @@ static void publish_meta(np_listener *l, unsigned mode) {
                    l->meta.max_instances, l->meta.inbound, l->meta.outbound);
   /* A stale file may belong to us with other bits; ours wins. */
   if (fchmod(l->lock_fd, (mode_t)((mode & 0444) | 0600)) != 0) { /* keep it */ }
-  if (ftruncate(l->lock_fd, 0) == 0 && n > 0)
-    if (pwrite(l->lock_fd, line, (size_t)n, 0) != n) { /* clients: defaults */ }
+  /* Written first, then cut to its length (a stale longer tail goes; a
+   * reader in between stops at the newline). Never truncated to zero and
+   * written again: ext4 takes that for a file being replaced and writes its
+   * blocks to disk when it is closed (auto_da_alloc), which made closing a
+   * server whose name goes away wait for the disk, on a file that is
+   * unlinked anyway. */
+  if (n > 0 && pwrite(l->lock_fd, line, (size_t)n, 0) == n) {
+    if (ftruncate(l->lock_fd, n) != 0) { /* the newline ends the line */ }
+  }
 }
 
 int np_read_meta(const char *path, np_pipe_meta *meta) {
