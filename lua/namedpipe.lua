@@ -17,19 +17,36 @@ local core = require "namedpipe.core"
 local task = require "namedpipe.task"
 
 local M = {}
-for k, v in pairs(core) do M[k] = v end
+for k, v in pairs(core) do
+  if k ~= "_attach" then M[k] = v end
+end
 
 local methods = core.methods
 local now = core.now
 local compat = require "namedpipe.compat"
 local pack, unpack, math_type = compat.pack, compat.unpack, compat.math_type
 
--- The C methods and core.step handle the callback form themselves and hand
--- everything else to the functions in core._waiting (binding.c, divert):
--- the waiting form, reads of a pipe with bytes read ahead, and a step with
--- tasks or timers due. raw: the C entry points that never hand over.
-local raw, waiting = core._raw, core._waiting
-M._raw = raw
+--[[
+The protocol between the C core and this layer is private: core._attach()
+hands its half out once per Lua state, to this file (binding.c), and
+nothing of it is in the module a script gets. It is made of:
+  * waiting: this layer's functions by method name, handed to the core
+    once they are all defined (layer.hand_over, at the end). The C methods
+    and core.step handle the callback form themselves and hand everything
+    else to them (binding.c, divert): the waiting form, reads of a pipe
+    with bytes read ahead, and a step with tasks or timers due.
+  * raw (the layer table itself): the C entry points that never hand over;
+  * layer.set_readahead(pipe, has): this layer holds bytes of the pipe's
+    (or an abandoned read): its reads come here in every form;
+  * layer.set_task_work(soon, timer_at): tasks or timers need the next
+    step (namedpipe.task);
+  * layer.buffer_put / buffer_busy: read-ahead handed to read_into;
+  * layer.divert_marker, layer.c_can_yield: Lua 5.1 and LuaJIT (below).
+The framing helpers get what they need of it from install() (private).
+]]
+local layer = core._attach()
+local raw, waiting = layer, {}
+task.attach(layer.set_task_work)
 
 --- np.step([timeout_ms]): run due tasks and timers, dispatch completions
 --- (waiting up to timeout_ms, less if a timer is due sooner); returns how
@@ -76,7 +93,6 @@ local function check_timeout(t, arg, fname, level)
   end
   return t
 end
-M._check_timeout = check_timeout
 
 local function timed_out() return nil, "timed out", "TIMEOUT", 0 end
 
@@ -89,7 +105,13 @@ end
 -- set_readahead: the C methods hand a pipe's reads over to this layer
 -- while it has some.
 local readahead = setmetatable({}, { __mode = "k" })
-M._readahead = readahead
+
+--- np._read_ahead(pipe): how many bytes this layer holds for the pipe (a
+--- read-only view, for tests and debugging).
+function M._read_ahead(pipe)
+  local buf = readahead[pipe]
+  return buf and #buf or 0
+end
 
 -- Which connection of a server instance this is: disconnect() (below)
 -- counts them. Bytes this layer took from one connection are handed on
@@ -99,7 +121,6 @@ M._readahead = readahead
 -- with it, as in the pipe.
 local sessions = setmetatable({}, { __mode = "k" })
 local function session(pipe) return sessions[pipe] or 0 end
-M._session = session
 
 --[[
 Operations whose waiter may be gone. A call without a callback, outside a
@@ -142,7 +163,6 @@ local function set_readahead(pipe, buf)
   readahead[pipe] = buf
   sync_divert(pipe)
 end
-M._set_readahead = set_readahead
 
 local function append_readahead(pipe, s)
   local old = readahead[pipe]
@@ -288,17 +308,18 @@ local function settle(pipe, slot, timeout)
   end
   return true, timeout and math.max(0, timeout - (now() - t0))
 end
-M._settle = settle
 
--- Start an operation with `start(callback)` and wait for that callback. On
--- timeout the operation is cancelled and we still wait for its completion:
--- if it finished in the meantime its real result wins (nothing read or
--- written is ever dropped on the floor). kind: "read", "read_into" (buf:
--- its buffer), "write", "connect", "readable" or "writable"; prefix: the
--- bytes a framing read has taken (a table of strings), read-ahead again
--- should the call unwind.
-local arm, resume_once, suspend = task.arm, task.resume_once, task.suspend
-local add_timer, cancel_timer = task.add_timer, task.cancel_timer
+-- Wait for one operation: the method's own C entry starts it between the
+-- two halves, so its argument errors name the method:
+--   local w, cb = wait_begin(self, "read"); raw.read(self, n, cb)
+--   return wait_end(w, self, timeout)
+-- On timeout the operation is cancelled and we still wait for its
+-- completion: if it finished in the meantime its real result wins
+-- (nothing read or written is ever dropped on the floor). kind: "read",
+-- "read_into" (buf: its buffer), "write", "transact", "connect",
+-- "readable" or "writable"; prefix: the bytes a framing read has taken (a
+-- table of strings), read-ahead again should the call unwind.
+local wait_record, suspend, set_deadline = task.wait_record, task.suspend, task.set_deadline
 
 -- Step until op is done, cancelling it once timeout ms have passed.
 local function wait_for(op, pipe, kind, timeout)
@@ -318,33 +339,41 @@ local function wait_for(op, pipe, kind, timeout)
   end
 end
 
-local function await(pipe, kind, start, timeout, buf, prefix)
-  local co, ticket = arm()
-  if co then
-    local timer
-    start(function(...)
-      if timer then cancel_timer(timer) end
-      resume_once(co, ticket, ...)
-    end)
-    if timeout then
-      timer = add_timer(timeout, function()
-        timer = nil
-        cancel_for_timeout(pipe, CANCEL[kind])
-      end)
-    end
-    return suspend()
+-- A task's timed-out wait: cancel the operation (its callback, with
+-- TIMEOUT or what it got meanwhile, resumes the task).
+local function wait_timed_out(rec)
+  cancel_for_timeout(rec.target, CANCEL[rec.kind])
+end
+
+-- A task's wait uses its wait record (task.wait_record) as callback and
+-- timer: nothing is allocated per call.
+local function wait_begin(pipe, kind, buf, prefix)
+  local rec = wait_record()
+  if rec then
+    rec.kind = kind
+    return rec, rec.wake
   end
   local op = new_op(pipe, kind)
   op.buf, op.prefix = buf, prefix
-  start(function(...) op_done(op, ...) end)
+  return op, function(...) op_done(op, ...) end
+end
+
+local function wait_end(w, pipe, timeout)
+  if w.wake then
+    if not timeout then return suspend() end
+    w.target, w.fn = pipe, wait_timed_out
+    set_deadline(w, timeout)
+    return suspend()
+  end
+  local op = w
   if op.slot then register(op) end
   -- from here on, an error abandons the operation (a write: lets it go on)
-  guarded(op.slot and { op } or {}, wait_for, op, pipe, kind, timeout)
+  guarded(op.slot and { op } or {}, wait_for, op, pipe, op.kind, timeout)
   op.delivered = true
   if op.slot then release(op) end
   return unpack(op.r, 1, op.r.n)
 end
-M._await = await
+
 
 -- The C methods check n themselves; data read ahead is handed out here, so
 -- check it the same way first.
@@ -394,25 +423,29 @@ function waiting.connect(self, a)
     ok, a = settle(self, "connect", a)
     if not ok then return timed_out() end
   end
-  return await(self, "connect", function(cb) raw.connect(self, cb) end, a)
+  local w, cb = wait_begin(self, "connect")
+  raw.connect(self, cb)
+  return wait_end(w, self, a)
 end
 
 --- pipe:read([n] [, cb | timeout])
 function waiting.read(self, a, b)
-  if type(a) == "function" then
+  if a ~= nil and type(a) == "function" then
     if b ~= nil then -- read(cb, timeout): the timeout would be dropped
       error("bad argument #3 to 'read' (nothing expected after the callback or timeout: give one of them, last)", 4)
     end
     a, b = nil, a
   end
   local n = a
-  if has_readahead(self) then
+  -- (the usual case, a task's read with a timeout, asks type() once)
+  local is_cb = b ~= nil and type(b) == "function"
+  if readahead[self] ~= nil and has_readahead(self) then
     check_count(n, "read")
     local data = take_readahead(self, n)
-    if type(b) == "function" then return task.soon(b, data) end
+    if is_cb then return task.soon(b, data) end
     return data
   end
-  if type(b) == "function" then
+  if is_cb then
     local op = orphan(self, "read")
     if op then
       check_count(n, "read")
@@ -430,7 +463,9 @@ function waiting.read(self, a, b)
       return take_readahead(self, n)
     end
   end
-  return await(self, "read", function(c) raw.read(self, n, c) end, b)
+  local w, cb = wait_begin(self, "read")
+  raw.read(self, n, cb)
+  return wait_end(w, self, b)
 end
 
 --- pipe:read_into(buf [, cb | timeout]): bytes read into buf (from its
@@ -487,7 +522,9 @@ function waiting.read_into(self, buf, a)
     end
     return n
   end
-  return await(self, "read_into", function(c) raw.read_into(self, buf, c) end, t, buf)
+  local w, done = wait_begin(self, "read_into", buf)
+  raw.read_into(self, buf, done)
+  return wait_end(w, self, t)
 end
 
 --- pipe:try_read([n])
@@ -505,9 +542,11 @@ end
 
 --- pipe:write(data [, cb | timeout])
 function waiting.write(self, data, a)
-  if type(a) == "function" then return raw.write(self, data, a) end
+  if a ~= nil and type(a) == "function" then return raw.write(self, data, a) end
   check_timeout(a, 3, "write", 4)
-  return await(self, "write", function(cb) raw.write(self, data, cb) end, a)
+  local w, cb = wait_begin(self, "write")
+  raw.write(self, data, cb)
+  return wait_end(w, self, a)
 end
 
 -- Bytes this layer holds are unread data in the pipe: as the kernel
@@ -537,7 +576,9 @@ function waiting.transact(self, data, a)
     if not ok then return timed_out() end
     if has_readahead(self) then return busy_with_unread() end
   end
-  return await(self, "transact", function(c) raw.transact(self, data, c) end, a)
+  local w, done = wait_begin(self, "transact")
+  raw.transact(self, data, done)
+  return wait_end(w, self, a)
 end
 
 --- pipe:peek(): what is waiting, bytes read ahead included.
@@ -570,7 +611,9 @@ function waiting.readable(self, a)
     if not ok then return timed_out() end
     if has_readahead(self) then return true end
   end
-  return await(self, "readable", function(cb) raw.readable(self, cb) end, a)
+  local w, cb = wait_begin(self, "readable")
+  raw.readable(self, cb)
+  return wait_end(w, self, a)
 end
 
 --- pipe:writable([cb | timeout]): true once try_write would be accepted.
@@ -582,7 +625,9 @@ function waiting.writable(self, a)
     ok, a = settle(self, "writable", a)
     if not ok then return timed_out() end
   end
-  return await(self, "writable", function(cb) raw.writable(self, cb) end, a)
+  local w, cb = wait_begin(self, "writable")
+  raw.writable(self, cb)
+  return wait_end(w, self, a)
 end
 
 --- server:disconnect(): the C method's; once it has dropped the client,
@@ -788,6 +833,8 @@ end
 -- the waiting call itself: a task then suspends in Lua, as it must.
 -- (Each wrapper is made from source with the method's name in it: the C
 -- method's argument errors name the function as its call site does.)
+layer.hand_over(waiting)
+
 if not raw.c_can_yield then
   local WRAPPER = [[
     local c, wait, marker, pack, unpack = ...
@@ -805,7 +852,11 @@ if not raw.c_can_yield then
   end
 end
 
-require("namedpipe.framing").install(M, methods)
+require("namedpipe.framing").install(M, methods, {
+  readahead = readahead, set_readahead = set_readahead, session = session,
+  check_timeout = check_timeout, settle = settle,
+  wait_begin = wait_begin, wait_end = wait_end, raw = raw,
+})
 M.serve = require("namedpipe.serve").install(M)
 
 return M

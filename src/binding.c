@@ -49,8 +49,9 @@
 
 /* Every function of the module and every method share four upvalues: the
  * loop userdata, the anchor table (callbacks, write strings, pipes in
- * flight), the pipe metatable and the waiting table (see divert), so the
- * hot path never looks anything up by name. */
+ * flight), the pipe metatable and the waiting table (see divert: the Lua
+ * layer's functions by slot), so the hot path never looks anything up by
+ * name. */
 #define LOOP_UPV lua_upvalueindex(1)
 #define ANCHORS_UPV lua_upvalueindex(2)
 #define PIPE_MT_UPV lua_upvalueindex(3)
@@ -70,12 +71,14 @@ typedef struct loop_ud {
   int *free_slots;
   int n_free, anchors_top;
   /* The pure-Lua layer has work queued or a timer pending: step() goes
-   * through it (divert). Set by core._raw.set_task_work, with what it is
+   * through it (divert). Set by layer.set_task_work, with what it is
    * made of: something to run at the next step (soon_work: a task spawned
    * or woken, say) and the earliest timer's deadline (has_timer, timer_at,
    * in np_now_ms time), which step_loop's rounds watch. */
   int task_work, soon_work, has_timer;
   double timer_at;
+  /* core._attach has handed out the private half (once per Lua state). */
+  int attached;
   /* Completions handed out so far (step_loop: did a nested step take one
    * while this one prepared?). */
   unsigned long taken;
@@ -147,7 +150,7 @@ typedef struct pipe_ud {
   int self_ref; /* anchor of this userdata while inflight > 0 */
   int is_server;
   /* The pure-Lua layer holds bytes read ahead for this pipe (framing):
-   * reads go through it (divert). Set by core._raw.set_readahead. */
+   * reads go through it (divert). Set by layer.set_readahead. */
   int readahead;
 } pipe_ud;
 
@@ -266,13 +269,29 @@ static int push_status(lua_State *L, const np_status *st) {
 
 /* A method called without a callback (the waiting form), a read of a pipe
  * with bytes read ahead, or a step with tasks due, is the pure-Lua layer's
- * (lua/namedpipe.lua): it registers a function under the method's name in
- * the table core._waiting, and such a call is handed to it with the same
- * arguments; its results are the call's. Every other call stays in C: the
- * callback form never runs a line of Lua before its callback. Without a
- * registered function (namedpipe.core alone) the call goes on here and
- * fails as a missing callback. Returns the number of results, or -1 when
- * nothing is registered. */
+ * (lua/namedpipe.lua): it hands its functions over by name once
+ * (layer.hand_over, below), each is kept in its slot of the waiting table,
+ * and such a call is handed to it with the same arguments; its results
+ * are the call's. Every other call stays in C: the callback form never
+ * runs a line of Lua before its callback. Without a function in the slot
+ * (namedpipe.core alone) the call goes on here and fails as a missing
+ * callback. Returns the number of results, or -1 when the slot is empty. */
+enum {
+  W_CONNECT = 1, W_READ, W_READ_INTO, W_READABLE, W_WRITABLE, W_WRITE,
+  W_TRANSACT, W_TRY_READ, W_PEEK, W_STEP, W_LAST = W_STEP
+};
+static const char *const waiting_names[] = {
+    NULL,       "connect",  "read",     "read_into", "readable", "writable",
+    "write",    "transact", "try_read", "peek",      "step"};
+
+/* The function in slot w of the waiting table, pushed; 0 (nothing pushed)
+ * if there is none. */
+static int push_waiting(lua_State *L, int w) {
+  lua_rawgeti(L, WAITING_UPV, w);
+  if (lua_type(L, -1) == LUA_TFUNCTION) return 1;
+  lua_pop(L, 1);
+  return 0;
+}
 #if LUA_VERSION_NUM >= 503
 static int waiting_done(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
@@ -285,14 +304,11 @@ static int waiting_done(lua_State *L) { return lua_gettop(L); }
 
 /* Where a C function cannot be suspended (compat.h), a method returns this
  * marker alone instead, and its Lua wrapper (lua/namedpipe.lua) makes the
- * waiting call itself: core._raw.divert_marker. */
+ * waiting call itself: layer.divert_marker. */
 static const char divert_marker = 0;
 
-static int divert(lua_State *L, const char *method) {
-  if (lua_getfield(L, WAITING_UPV, method) != LUA_TFUNCTION) {
-    lua_pop(L, 1);
-    return -1;
-  }
+static int divert(lua_State *L, int w) {
+  if (!push_waiting(L, w)) return -1;
 #if NP_C_CAN_YIELD
   lua_insert(L, 1);
   /* with a continuation: a waiting call suspends its task (yields) */
@@ -307,11 +323,8 @@ static int divert(lua_State *L, const char *method) {
 
 /* step's hand-over never suspends its caller (the tasks it runs are
  * coroutines of their own): a plain call, on every version. */
-static int divert_call(lua_State *L, const char *method) {
-  if (lua_getfield(L, WAITING_UPV, method) != LUA_TFUNCTION) {
-    lua_pop(L, 1);
-    return -1;
-  }
+static int divert_call(lua_State *L, int w) {
+  if (!push_waiting(L, w)) return -1;
   lua_insert(L, 1);
   lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
   return lua_gettop(L);
@@ -536,7 +549,7 @@ static int raw_read_into(lua_State *L) {
   return start_read_into(L, check_pipe(L));
 }
 
-/* core._raw.buffer_put(buf, s): the Lua layer hands bytes read ahead
+/* layer.buffer_put(buf, s): the Lua layer hands bytes read ahead
  * (framing) to a read_into: s (at most #buf bytes) goes to the start of
  * buf; returns #s. */
 static int raw_buffer_put(lua_State *L) {
@@ -549,7 +562,7 @@ static int raw_buffer_put(lua_State *L) {
   return 1;
 }
 
-/* core._raw.buffer_busy(buf, busy): the Lua layer holds buf for a
+/* layer.buffer_busy(buf, busy): the Lua layer holds buf for a
  * read_into's callback still to come (bytes read ahead, copied at once).
  * buffer_busy(buf): is it busy? */
 static int raw_buffer_busy(lua_State *L) {
@@ -694,7 +707,7 @@ static void check_nothing_after(lua_State *L, int last) {
 static int m_connect(lua_State *L) {
   int n;
   check_nothing_after(L, 2);
-  if (lua_type(L, 2) != LUA_TFUNCTION && (n = divert(L, "connect")) >= 0) return n;
+  if (lua_type(L, 2) != LUA_TFUNCTION && (n = divert(L, W_CONNECT)) >= 0) return n;
   return raw_connect(L);
 }
 
@@ -703,7 +716,7 @@ static int m_read(lua_State *L) {
   int n;
   check_nothing_after(L, 3);
   if ((u->readahead || lua_type(L, lua_gettop(L)) != LUA_TFUNCTION) &&
-      (n = divert(L, "read")) >= 0)
+      (n = divert(L, W_READ)) >= 0)
     return n;
   return start_read(L, u);
 }
@@ -717,7 +730,7 @@ static int m_read_into(lua_State *L) {
      * something of this pipe's (a read_into it abandoned may be the one
      * filling buf: the next read_into waits for it) */
     np_buffer_check(L, 2, !u->readahead);
-    if ((n = divert(L, "read_into")) >= 0) return n;
+    if ((n = divert(L, W_READ_INTO)) >= 0) return n;
   }
   return start_read_into(L, u);
 }
@@ -727,7 +740,7 @@ static int m_readable(lua_State *L) {
   int n;
   check_nothing_after(L, 2);
   if ((u->readahead || lua_type(L, 2) != LUA_TFUNCTION) &&
-      (n = divert(L, "readable")) >= 0)
+      (n = divert(L, W_READABLE)) >= 0)
     return n;
   return start_readable(L, u);
 }
@@ -735,14 +748,14 @@ static int m_readable(lua_State *L) {
 static int m_writable(lua_State *L) {
   int n;
   check_nothing_after(L, 2);
-  if (lua_type(L, 2) != LUA_TFUNCTION && (n = divert(L, "writable")) >= 0) return n;
+  if (lua_type(L, 2) != LUA_TFUNCTION && (n = divert(L, W_WRITABLE)) >= 0) return n;
   return raw_writable(L);
 }
 
 static int m_write(lua_State *L) {
   int n;
   check_nothing_after(L, 3);
-  if (lua_type(L, 3) != LUA_TFUNCTION && (n = divert(L, "write")) >= 0) return n;
+  if (lua_type(L, 3) != LUA_TFUNCTION && (n = divert(L, W_WRITE)) >= 0) return n;
   return raw_write(L);
 }
 
@@ -751,7 +764,7 @@ static int m_transact(lua_State *L) {
   int n;
   check_nothing_after(L, 3);
   if ((u->readahead || lua_type(L, 3) != LUA_TFUNCTION) &&
-      (n = divert(L, "transact")) >= 0)
+      (n = divert(L, W_TRANSACT)) >= 0)
     return n;
   return raw_transact(L);
 }
@@ -759,11 +772,11 @@ static int m_transact(lua_State *L) {
 static int m_try_read(lua_State *L) {
   pipe_ud *u = check_pipe(L);
   int n;
-  if (u->readahead && (n = divert(L, "try_read")) >= 0) return n;
+  if (u->readahead && (n = divert(L, W_TRY_READ)) >= 0) return n;
   return try_read(L, u);
 }
 
-/* core._raw.set_readahead(pipe, has): the Lua layer holds (or no longer
+/* layer.set_readahead(pipe, has): the Lua layer holds (or no longer
  * holds) bytes read ahead for this pipe. */
 static int raw_set_readahead(lua_State *L) {
   pipe_ud *u = to_pipe(L);
@@ -771,7 +784,7 @@ static int raw_set_readahead(lua_State *L) {
   return 0;
 }
 
-/* core._raw.set_task_work(soon [, timer_at]): something is queued for the
+/* layer.set_task_work(soon [, timer_at]): something is queued for the
  * next step (soon), the earliest pending timer is due at timer_at (np.now
  * time; nil: no timer). */
 static int raw_set_task_work(lua_State *L) {
@@ -902,7 +915,7 @@ static int m_peek(lua_State *L) {
   pipe_ud *u = check_pipe(L);
   int n;
   /* bytes the Lua layer read ahead come first: it counts them in */
-  if (u->readahead && (n = divert(L, "peek")) >= 0) return n;
+  if (u->readahead && (n = divert(L, W_PEEK)) >= 0) return n;
   return peek(L, u);
 }
 
@@ -1118,7 +1131,7 @@ static int step_loop(lua_State *L, loop_ud *lu) {
 static int l_step(lua_State *L) {
   loop_ud *lu = (loop_ud *)lua_touserdata(L, LOOP_UPV);
   int n;
-  if (lu->task_work && (n = divert_call(L, "step")) >= 0) return n;
+  if (lu->task_work && (n = divert_call(L, W_STEP)) >= 0) return n;
   return step_loop(L, lu);
 }
 
@@ -1257,8 +1270,36 @@ static const luaL_Reg pipe_meta[] = {{"__gc", m_gc},
                                      {"__tostring", m_tostring},
                                      {NULL, NULL}};
 
-/* core._raw: the C entry points without divert, for the Lua layer. */
-static const luaL_Reg raw_funcs[] = {{"connect", raw_connect},
+/* layer.hand_over(fns): the Lua layer's waiting functions, by method name
+ * (fns.read, fns.step, ...), each put in its slot of the waiting table; a
+ * name that is not a slot's is refused, so a misspelt one cannot go
+ * unnoticed. */
+static int layer_hand_over(lua_State *L) {
+  int w;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_pushnil(L);
+  while (lua_next(L, 1)) {
+    int known = 0;
+    lua_pop(L, 1);
+    if (lua_type(L, -1) == LUA_TSTRING)
+      for (w = 1; w <= W_LAST; w++)
+        if (strcmp(lua_tostring(L, -1), waiting_names[w]) == 0) known = 1;
+    if (!known)
+      return luaL_error(L, "namedpipe.core: no waiting form for %s '%s'",
+                        luaL_typename(L, -1),
+                        lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "?");
+  }
+  for (w = 1; w <= W_LAST; w++) {
+    lua_getfield(L, 1, waiting_names[w]);
+    if (!lua_isnil(L, -1)) luaL_checktype(L, -1, LUA_TFUNCTION);
+    lua_rawseti(L, WAITING_UPV, w);
+  }
+  return 0;
+}
+
+/* The private half of the module (core._attach): the C entry points
+ * without divert, and what the Lua layer tells the core. */
+static const luaL_Reg layer_funcs[] = {{"connect", raw_connect},
                                      {"read", raw_read},
                                      {"read_into", raw_read_into},
                                      {"buffer_put", raw_buffer_put},
@@ -1272,7 +1313,31 @@ static const luaL_Reg raw_funcs[] = {{"connect", raw_connect},
                                      {"step", raw_step},
                                      {"set_readahead", raw_set_readahead},
                                      {"set_task_work", raw_set_task_work},
+                                     {"hand_over", layer_hand_over},
                                      {NULL, NULL}};
+
+/* core._attach(): the private half, once per Lua state, for
+ * lua/namedpipe.lua: the protocol between the C core and the Lua layer
+ * (which functions the methods hand their calls to, what the layer holds
+ * of each pipe, when step must go through it) is reachable by nobody
+ * else, so no script can change what a method does. A second call is
+ * refused. */
+static int l_attach(lua_State *L) {
+  loop_ud *lu = (loop_ud *)lua_touserdata(L, LOOP_UPV);
+  int i;
+  if (lu->attached)
+    return luaL_error(L, "namedpipe.core: its Lua layer is attached already "
+                         "(require \"namedpipe\" is the way to it)");
+  lu->attached = 1;
+  luaL_newlibtable(L, layer_funcs);
+  for (i = 1; i <= N_UPVALUES; i++) lua_pushvalue(L, lua_upvalueindex(i));
+  luaL_setfuncs(L, layer_funcs, N_UPVALUES);
+  lua_pushlightuserdata(L, (void *)&divert_marker);
+  lua_setfield(L, -2, "divert_marker");
+  lua_pushboolean(L, NP_C_CAN_YIELD);
+  lua_setfield(L, -2, "c_can_yield");
+  return 1;
+}
 
 static const luaL_Reg module_funcs[] = {{"create", l_create},
                                         {"open", l_open},
@@ -1283,6 +1348,7 @@ static const luaL_Reg module_funcs[] = {{"create", l_create},
                                         {"stats", l_stats},
                                         {"now", l_now},
                                         {"fd", l_fd},
+                                        {"_attach", l_attach},
                                         {NULL, NULL}};
 
 /* The loop is created once per Lua state and kept in the registry; its __gc
@@ -1343,18 +1409,6 @@ NP_EXPORT int luaopen_namedpipe_core(lua_State *L) {
   luaL_setfuncs(L, module_funcs, N_UPVALUES);
   lua_insert(L, -2);
   lua_setfield(L, -2, "methods"); /* for the pure-Lua layer to extend */
-  luaL_newlibtable(L, raw_funcs);
-  PUSH_UPVALUES(-6);
-  luaL_setfuncs(L, raw_funcs, N_UPVALUES);
-  lua_setfield(L, -2, "_raw");
-  lua_pushvalue(L, -2);
-  lua_setfield(L, -2, "_waiting");
-  lua_getfield(L, -1, "_raw");
-  lua_pushlightuserdata(L, (void *)&divert_marker);
-  lua_setfield(L, -2, "divert_marker");
-  lua_pushboolean(L, NP_C_CAN_YIELD);
-  lua_setfield(L, -2, "c_can_yield");
-  lua_pop(L, 1);
 #undef PUSH_UPVALUES
   lua_pushliteral(L, NP_VERSION);
   lua_setfield(L, -2, "_VERSION");

@@ -39,3 +39,27 @@ function TestExports:test_windows_dll()
   local table_part = out:match("%[Ordinal/Name Pointer%] Table\n(.-)\n\n") or ""
   lu.assertEquals(exported(table_part, "%]%s+([%w_]+)"), { "luaopen_namedpipe_core" })
 end
+
+-- The protocol between the C core and the Lua layer (which function a
+-- method hands its waiting form to, what the layer holds of each pipe) is
+-- private: nothing a script can reach changes what a method does.
+function TestExports:test_the_core_lua_protocol_is_private()
+  local np = require "namedpipe"
+  local core = require "namedpipe.core"
+  local underscored = {}
+  for _, t in ipairs { np, core } do
+    for k in pairs(t) do
+      if type(k) == "string" and k:sub(1, 1) == "_" and k ~= "_attach" then
+        underscored[#underscored + 1] = k
+      end
+    end
+  end
+  table.sort(underscored)
+  -- _read_ahead is a read-only count
+  lu.assertEquals(underscored, { "_VERSION", "_VERSION", "_read_ahead" })
+  lu.assertNil(np._attach)
+  -- the core hands its private half out once, and namedpipe took it
+  local ok, err = pcall(core._attach)
+  lu.assertFalse(ok)
+  lu.assertStrContains(tostring(err), "attached already")
+end

@@ -423,10 +423,10 @@ run_method = function(p, in_task)
       and not s:match("^namedpipe (%a+) ") then fail("tostring gave " .. s) end
     return
   end
-  if m == "raw" then -- the core's own methods, with junk
+  if m == "raw" then -- the C methods called as plain functions, with junk
     local op = pick(OPS)
-    local f = np._raw[op] or np._raw.read
-    note(("raw.%s on %s"):format(op, describe(p)))
+    local f = np.methods[op]
+    note(("methods.%s on %s"):format(op, describe(p)))
     try("raw " .. op, op, f, p, junk(), chance(2) and callback(p, op) or junk())
     return
   end

@@ -959,7 +959,7 @@ run_op = function(e, kind, style, extra)
   end
   local op = new_op(e, kind, style)
   for k, v in pairs(extra or {}) do op[k] = v end
-  op.readahead = np._readahead[pipe] ~= nil
+  op.readahead = np._read_ahead(pipe) > 0
   if e.kind == "server" and e.state == "disconnected" then op.expect_not_connected = true end
   if kind == "read_exact" then
     op.n = weighted { { 4, rnd(300) }, { 1, rnd(70000) } }
@@ -1253,7 +1253,7 @@ local function can_disconnect(e)
   if UNDER_WINE and g and not g.end_t and not g.attached_t then return false end
   if TOLERATE.writes_cross_disconnect and (#e.wpending > 0 or #e.tw_inflight > 0) then return false end
   if TOLERATE.read_crosses_disconnect and e.read_message and e.read_op then return false end
-  if TOLERATE.readahead_crosses_disconnect and (np._readahead[e.pipe]
+  if TOLERATE.readahead_crosses_disconnect and (np._read_ahead(e.pipe) > 0
     or (e.read_op and (e.read_op.abandoned or e.read_op.kind == "read_exact"))) then return false end
   if TOLERATE.empty_crosses_disconnect and WIN and e.read_message and e.read_op
     and e.read_op.kind == "readable" then return false end

@@ -1,15 +1,17 @@
 --[[
 namedpipe.framing - text lines and length-prefixed frames over a pipe, so
 a protocol is one line of code. Bytes read past the end of a line or frame
-are kept (np._readahead) and handed out first by every later read.
+are kept (the read-ahead of namedpipe.lua) and handed out first by every
+later read.
 ]]
 local compat = require "namedpipe.compat"
 local math_type, u32be, from_u32be = compat.math_type, compat.u32be, compat.from_u32be
 
 local F = {}
 
-function F.install(M, methods)
-  local readahead, set_readahead, now, session = M._readahead, M._set_readahead, M.now, M._session
+-- P: namedpipe.lua's private parts (its read-ahead, sessions and waits).
+function F.install(M, methods, P)
+  local readahead, set_readahead, now, session = P.readahead, P.set_readahead, M.now, P.session
 
   local function deadline_left(deadline)
     if not deadline then return nil end
@@ -30,7 +32,7 @@ function F.install(M, methods)
 
   -- the same check as every other waiting call (called from each method
   -- itself, so the error points at the caller)
-  local check_timeout = M._check_timeout
+  local check_timeout = P.check_timeout
 
   local concat = table.concat
 
@@ -45,7 +47,7 @@ function F.install(M, methods)
   -- are dropped, and a result not complete by then is NOT_CONNECTED.
   local function read_until(self, timeout, scan)
     -- an abandoned read of this pipe first: its bytes come before new ones
-    local ok, t = M._settle(self, "read", timeout)
+    local ok, t = P.settle(self, "read", timeout)
     if not ok then return nil, "timed out", "TIMEOUT", 0 end
     local deadline = t and now() + t
     local connection = session(self)
@@ -75,8 +77,9 @@ function F.install(M, methods)
         return nil, "disconnected while reading (what had come is dropped)", "NOT_CONNECTED", 0
       end
       -- pieces: taken from the pipe, read-ahead again should this unwind
-      local data, msg, ename, code = M._await(self, "read",
-        function(cb) M._raw.read(self, nil, cb) end, deadline_left(deadline), nil, pieces)
+      local w, cb = P.wait_begin(self, "read", nil, pieces)
+      P.raw.read(self, nil, cb)
+      local data, msg, ename, code = P.wait_end(w, self, deadline_left(deadline))
       if not data then
         keep(concat(pieces))
         return nil, msg, ename, code

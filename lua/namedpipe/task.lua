@@ -13,8 +13,9 @@ local now = core.now
 -- core.step goes straight to C unless told that tasks or timers need it
 -- (binding.c, divert): told after every change below, with what is queued
 -- for the next step and when the earliest timer is due (a step's rounds go
--- on until then).
-local set_task_work = core._raw.set_task_work
+-- on until then). How to tell it is namedpipe.lua's to give (T.attach):
+-- the core's private half.
+local set_task_work = function() end
 local co_create, co_resume, co_running, co_status, co_yield =
   coroutine.create, coroutine.resume, coroutine.running, coroutine.status, coroutine.yield
 local compat = require "namedpipe.compat"
@@ -22,16 +23,73 @@ local pack, unpack, tremove = compat.pack, compat.unpack, table.remove
 
 local T = {}
 
+--- Tell the core through fn(soon, timer_at) from now on.
+function T.attach(fn) set_task_work = fn end
+
 -- coroutine -> its ticket while alive: the number of the wait it was
 -- last armed for (T.arm)
 local tasks = setmetatable({}, { __mode = "k" })
 local live = 0
 local soon = {}   -- { fn, args } to run at the next step, in order
-local timers = {} -- sorted by .at
+-- Timers: a binary min-heap on (at, seq), each timer knowing its place
+-- (.slot) so that cancelling one is as cheap as adding one, however many
+-- tasks wait with a timeout. seq keeps timers due at the same time in the
+-- order they were set.
+local heap, nheap, seq = {}, 0, 0
 
 local function tell_core()
-  local first = timers[1]
+  local first = heap[1]
   set_task_work(soon[1] ~= nil, first and first.at)
+end
+
+local function earlier(a, b)
+  return a.at < b.at or (a.at == b.at and a.seq < b.seq)
+end
+
+-- (i - i % 2) / 2: the parent's place on every Lua version (no //); a
+-- float with an integer value on 5.3+, which indexes the same entry.
+local function sift_up(t, i)
+  while i > 1 do
+    local parent = (i - i % 2) / 2
+    local p = heap[parent]
+    if not earlier(t, p) then break end
+    heap[i], p.slot = p, i
+    i = parent
+  end
+  heap[i], t.slot = t, i
+end
+
+local function sift_down(t, i)
+  while true do
+    local child = 2 * i
+    if child > nheap then break end
+    local c = heap[child]
+    if child < nheap then
+      local right = heap[child + 1]
+      if earlier(right, c) then child, c = child + 1, right end
+    end
+    if not earlier(c, t) then break end
+    heap[i], c.slot = c, i
+    i = child
+  end
+  heap[i], t.slot = t, i
+end
+
+-- Take t out of the heap (it is in it).
+local function unlink(t)
+  local i = t.slot
+  t.slot = nil
+  local last = heap[nheap]
+  heap[nheap] = nil
+  nheap = nheap - 1
+  if last ~= t then
+    if i > 1 and earlier(last, heap[(i - i % 2) / 2]) then
+      sift_up(last, i)
+    else
+      sift_down(last, i)
+    end
+  end
+  return i
 end
 
 --- The task running now, or nil (main thread or a user coroutine).
@@ -44,10 +102,23 @@ end
 -- coroutine -> what to run when it ends (T.spawn_finally)
 local finally = setmetatable({}, { __mode = "k" })
 
+-- coroutine -> its wait record (T.wait_record)
+local records = setmetatable({}, { __mode = "k" })
+
+-- What a task's body returns when it ends (T.spawn), so that a resume
+-- that merely suspended it is told apart without asking its status.
+local ENDED = {}
+
 local function finish(co, ok, err)
+  if ok and err ~= ENDED then return end -- suspended (a wait yields nothing)
   if co_status(co) == "dead" then
     local after = finally[co]
     tasks[co] = nil
+    local rec = records[co]
+    if rec then
+      records[co] = nil
+      T.cancel_timer(rec)
+    end
     finally[co] = nil
     live = live - 1
     if after then after(ok) end
@@ -95,6 +166,43 @@ function T.resume_once(co, ticket, ...)
   return true
 end
 
+--[[
+The current task's wait record, armed for its next suspension (as arm()),
+or nil outside a task. One per task, reused by every wait it makes, so a
+wait allocates nothing: rec.wake(...) resumes the task for this wait only
+(resume_once with its ticket). T.set_deadline(rec, ms) gives the wait a
+timeout: rec.fn(rec), the caller's, runs then unless the wait ended;
+rec.target is the caller's too (what rec.fn acts on), let go at the wake.
+
+The record is a lazy timer. It stays in the timer heap from one timed
+wait to the next, keyed by the deadline it had when it went in: a wait
+that ends only forgets its deadline (rec.due), and a later wait's later
+deadline only replaces it. When the key comes due, run_due either moves
+the record to its current deadline, drops it (no timed wait), or runs
+rec.fn. So a timed wait that ends in time, the usual case, costs no heap
+work at all; the price is a wake-up at the stale key, at most once per
+timeout, and np.timeout() that may say earlier than need be.
+]]
+function T.wait_record()
+  local co, main = co_running()
+  local n = not main and tasks[co]
+  if not n then return nil end
+  n = n + 1
+  tasks[co] = n
+  local rec = records[co]
+  if not rec then
+    rec = {}
+    rec.lazy = true
+    rec.wake = function(...)
+      rec.due, rec.target = nil, nil
+      return T.resume_once(co, rec.ticket, ...)
+    end
+    records[co] = rec
+  end
+  rec.ticket = n
+  return rec
+end
+
 --- arm() as one function: resume(...) is resume_once with the ticket
 --- (for timers and lists of waiters). To resume from the next step
 --- rather than now: T.soon(resume, ...).
@@ -113,7 +221,10 @@ function T.spawn(fn, ...)
   if type(fn) ~= "function" then
     error("bad argument #1 to 'spawn' (function expected, got " .. type(fn) .. ")", 2)
   end
-  local co = co_create(fn)
+  local co = co_create(function(...)
+    fn(...)
+    return ENDED
+  end)
   tasks[co] = 0
   live = live + 1
   T.soon(T.resume, co, ...)
@@ -133,25 +244,49 @@ end
 --- Suspend the current task until its waiter's resume is called.
 T.suspend = co_yield
 
-function T.add_timer(ms, fn)
-  -- a NaN deadline would sit at the head of the list and stall every timer
+--- Set timer t (a table whose t.fn() runs when it is due; not set now)
+--- to go off in ms milliseconds. The core hears of it only if it is the
+--- first due.
+function T.start_timer(t, ms)
+  -- a NaN deadline would sit at the head of the heap and stall every timer
   assert(ms >= 0, "timer: milliseconds >= 0 expected")
-  local t = { at = now() + ms, fn = fn }
-  local i = #timers
-  while i > 0 and timers[i].at > t.at do i = i - 1 end
-  table.insert(timers, i + 1, t)
-  tell_core()
+  seq = seq + 1
+  t.at, t.seq = now() + ms, seq
+  nheap = nheap + 1
+  sift_up(t, nheap)
+  if t.slot == 1 then tell_core() end
   return t
 end
 
-function T.cancel_timer(t)
-  for i = 1, #timers do
-    if timers[i] == t then
-      tremove(timers, i)
-      tell_core()
-      return
-    end
+--- Time out the current wait of record rec (T.wait_record) in ms
+--- milliseconds: rec.fn(rec) runs then, unless rec.wake ran first.
+function T.set_deadline(rec, ms)
+  assert(ms >= 0, "timer: milliseconds >= 0 expected")
+  local due = now() + ms
+  rec.due = due
+  if not rec.slot then
+    seq = seq + 1
+    rec.at, rec.seq = due, seq
+    nheap = nheap + 1
+    sift_up(rec, nheap)
+  elseif due < rec.at then -- a shorter timeout than the key: move it up
+    rec.at = due
+    sift_up(rec, rec.slot)
+  else
+    return
   end
+  if rec.slot == 1 then tell_core() end
+end
+
+--- A new timer running fn() in ms milliseconds.
+function T.add_timer(ms, fn)
+  return T.start_timer({ fn = fn }, ms)
+end
+
+--- Stop timer t if it is set (a timer that went off or was cancelled
+--- is not).
+function T.cancel_timer(t)
+  if t.slot and unlink(t) == 1 then tell_core() end
 end
 
 --- Run what is due: things queued with soon() before this call, then
@@ -165,20 +300,37 @@ function T.run_due()
     item[1](unpack(item, 2, item.n))
   end
   local t = now()
-  while timers[1] and timers[1].at <= t do
-    local timer = tremove(timers, 1)
-    n = n + 1
-    timer.fn()
+  local changed = n > 0
+  while heap[1] and heap[1].at <= t do
+    local timer = heap[1]
+    changed = true
+    local due = timer.due
+    if timer.lazy and due and due > t then -- a wait record's later deadline
+      seq = seq + 1
+      timer.at, timer.seq = due, seq
+      sift_down(timer, 1)
+    else
+      unlink(timer)
+      if not timer.lazy then
+        n = n + 1
+        timer.fn()
+      elseif due then
+        timer.due = nil
+        n = n + 1
+        timer.fn(timer)
+      end
+    end
   end
-  tell_core()
+  -- (what ran here told the core of what it changed itself)
+  if changed then tell_core() end
   return n
 end
 
 --- How long step may wait: `wait` capped by the next timer; 0 if work is due.
 function T.wait_budget(wait)
   if #soon > 0 then return 0 end
-  if timers[1] then
-    local left = timers[1].at - now()
+  if heap[1] then
+    local left = heap[1].at - now()
     if left < 0 then left = 0 end
     if left < wait then return left end
   end
@@ -187,7 +339,7 @@ end
 
 --- Milliseconds until the earliest timer is due (0 if it is), or nil.
 function T.next_timer()
-  local first = timers[1]
+  local first = heap[1]
   if not first then return nil end
   local left = first.at - now()
   return left > 0 and left or 0
@@ -195,7 +347,7 @@ end
 
 --- Anything left that needs the loop: live tasks, timers or queued work.
 function T.busy()
-  return live > 0 or #timers > 0 or #soon > 0
+  return live > 0 or nheap > 0 or #soon > 0
 end
 
 function T.live() return live end
