@@ -1,0 +1,138 @@
+-- Timeouts of tasks' waits and np.sleep against a model: every timer goes
+-- off once, never before its time, in the order of its deadline; a wait
+-- that ends in time is never timed out later, whatever the deadlines of
+-- the same task's earlier and later waits (each task reuses one timer
+-- record, kept in the heap at a deadline that may be stale). Lateness is
+-- bounded loosely (a slow machine or Wine only makes it later): what is
+-- asserted is order, once-ness and never-early.
+local lu = require "luaunit"
+local np = require "namedpipe"
+local H = require "tests.helpers"
+
+TestTimers = {}
+
+local SEED = tonumber(os.getenv("NP_TIMERS_SEED") or "") or os.time()
+
+-- np.now() is in milliseconds; a timer may go off up to 1 ms "early" by
+-- the clock's rounding (the deadline is taken after the call began).
+local SLACK = 1
+
+function TestTimers:test_sleeps_wake_in_deadline_order_once()
+  local g = H.generator(SEED)
+  local woke, n = {}, 60
+  for i = 1, n do
+    local ms = g.rnd(80) - 1
+    np.spawn(function()
+      local t0 = np.now()
+      np.sleep(ms)
+      woke[#woke + 1] = { i = i, ms = ms, t0 = t0, at = np.now() }
+    end)
+  end
+  H.pump(function() return #woke == n end, 10000, "every sleep")
+  np.step(0)
+  lu.assertEquals(#woke, n, "seed " .. SEED)
+  local seen = {}
+  for k, w in ipairs(woke) do
+    lu.assertNil(seen[w.i], "woke twice, seed " .. SEED)
+    seen[w.i] = true
+    lu.assertTrue(w.at - w.t0 >= w.ms - SLACK,
+      ("sleep(%d) woke after %.1f ms, seed %d"):format(w.ms, w.at - w.t0, SEED))
+    if k > 1 then
+      local prev = woke[k - 1]
+      -- all were spawned in one step: deadlines compare as durations
+      lu.assertTrue(prev.t0 + prev.ms <= w.t0 + w.ms + SLACK,
+        ("sleep(%d) woke before sleep(%d), seed %d"):format(w.ms, prev.ms, SEED))
+    end
+  end
+end
+
+-- One task, one pipe: a sequence of reads with random timeouts; the peer
+-- writes for some of them, long before the timeout or not at all. A read
+-- given data returns it (its deadline, or an earlier wait's stale one,
+-- never cancels it); a read given none times out, not before its time.
+function TestTimers:test_a_tasks_timed_waits_against_a_model()
+  local g = H.generator(SEED + 1)
+  local server, client = H.pair()
+  local steps, results = {}, {}
+  for i = 1, 40 do
+    local timeout = g.weighted { { 3, g.rnd(30) }, { 2, 60 + g.rnd(200) }, { 1, 0 } }
+    steps[i] = { timeout = timeout, data = timeout > 0 and g.chance(2) and ("m" .. i) or nil }
+  end
+  local done = false
+  np.spawn(function()
+    for i, s in ipairs(steps) do
+      if s.data then assert(server:write(s.data, 1000)) end
+      local t0 = np.now()
+      local data, _, ename = client:read(nil, s.timeout)
+      results[i] = { data = data, ename = ename, took = np.now() - t0 }
+    end
+    done = true
+  end)
+  H.pump(function() return done end, 20000, "the reads")
+  for i, s in ipairs(steps) do
+    local r = results[i]
+    local what = ("read %d (timeout %d, %s), seed %d"):format(i, s.timeout,
+      s.data and "data sent" or "nothing sent", SEED)
+    if s.data then
+      lu.assertEquals(r.data, s.data, what)
+    else
+      lu.assertNil(r.data, what)
+      lu.assertEquals(r.ename, "TIMEOUT", what)
+      lu.assertTrue(r.took >= s.timeout - SLACK, what .. ": timed out after " .. r.took .. " ms")
+    end
+  end
+  H.close_all(server, client)
+end
+
+-- A long timeout, then a short one: the short one is kept although the
+-- task's record sits in the heap at the long one's deadline.
+function TestTimers:test_a_shorter_timeout_after_a_longer_one()
+  local server, client = H.pair()
+  local took, ename
+  np.spawn(function()
+    assert(server:write("x")) -- (no timeout: the 5 s one below is the key)
+    assert(client:read(nil, 5000))
+    local t0 = np.now()
+    local _, _, e = client:read(nil, 30)
+    took, ename = np.now() - t0, e
+  end)
+  H.pump(function() return took ~= nil end, 4000, "the short timeout (not the 5 s one)")
+  lu.assertEquals(ename, "TIMEOUT")
+  lu.assertTrue(took >= 30 - SLACK)
+  lu.assertTrue(took < 2500, "the 30 ms timeout went off with the 5 s one's key")
+  H.close_all(server, client)
+end
+
+-- Many tasks waiting with timeouts at once, most answered in time: each
+-- wait ends once, with its own data or TIMEOUT, and the loop goes idle
+-- (np.run returns) once the tasks are done.
+function TestTimers:test_many_tasks_each_wait_ends_once()
+  local g = H.generator(SEED + 2)
+  local pairs_, outcome, n = {}, {}, 12
+  for i = 1, n do pairs_[i] = { H.pair() } end
+  for i = 1, n do
+    local server, client = pairs_[i][1], pairs_[i][2]
+    local answer = g.chance(3) == false
+    local timeout = 20 + g.rnd(60)
+    np.spawn(function()
+      local count = 0
+      for round = 1, 5 do
+        if answer then assert(server:write("r" .. round, 1000)) end
+        local data, _, ename = client:read(nil, timeout)
+        count = count + 1
+        if answer then
+          lu.assertEquals(data, "r" .. round)
+        else
+          lu.assertEquals(ename, "TIMEOUT")
+        end
+      end
+      outcome[i] = count
+    end)
+  end
+  np.run()
+  for i = 1, n do
+    lu.assertEquals(outcome[i], 5, "task " .. i .. ", seed " .. SEED)
+    H.close_all(pairs_[i][1], pairs_[i][2])
+  end
+  lu.assertNil(np.timeout(), "a timer left after every task ended")
+end
