@@ -18,7 +18,7 @@ local set_task_work = core._raw.set_task_work
 local co_create, co_resume, co_running, co_status, co_yield =
   coroutine.create, coroutine.resume, coroutine.running, coroutine.status, coroutine.yield
 local compat = require "namedpipe.compat"
-local pack, unpack, tremove = compat.pack, compat.unpack, table.remove
+local pack, unpack, floor = compat.pack, compat.unpack, math.floor
 
 local T = {}
 
@@ -26,12 +26,21 @@ local T = {}
 -- last armed for (T.arm)
 local tasks = setmetatable({}, { __mode = "k" })
 local live = 0
-local soon = {}   -- { fn, args } to run at the next step, in order
-local timers = {} -- sorted by .at
+-- { fn, args } to run at the next step, in order: soon[soon_head] to
+-- soon[soon_tail], a queue taken from its head without moving the rest
+-- (taking one costs the same however many wait behind it)
+local soon, soon_head, soon_tail = {}, 1, 0
+-- A binary heap of timers, earliest first: timers[1] is the one due next.
+-- Each timer knows its place (.pos, nil once it has fired or been
+-- cancelled), so a wait that ends before its timeout takes its timer out
+-- without a search, and thousands of waits with timeouts cost each a few
+-- steps, not a walk of the others. Timers due at the same time fire in
+-- the order they were set (.seq).
+local timers, timer_seq = {}, 0
 
 local function tell_core()
   local first = timers[1]
-  set_task_work(soon[1] ~= nil, first and first.at)
+  set_task_work(soon_head <= soon_tail, first and first.at)
 end
 
 --- The task running now, or nil (main thread or a user coroutine).
@@ -105,8 +114,22 @@ end
 
 --- Run fn(...) at the next step.
 function T.soon(fn, ...)
-  soon[#soon + 1] = pack(fn, ...)
+  soon_tail = soon_tail + 1
+  soon[soon_tail] = pack(fn, ...)
   tell_core()
+end
+
+-- The first of soon, taken off, or nil.
+local function take_soon()
+  if soon_head > soon_tail then return nil end
+  local item = soon[soon_head]
+  soon[soon_head] = nil
+  if soon_head == soon_tail then
+    soon_head, soon_tail = 1, 0 -- empty: start again at 1
+  else
+    soon_head = soon_head + 1
+  end
+  return item
 end
 
 function T.spawn(fn, ...)
@@ -133,24 +156,68 @@ end
 --- Suspend the current task until its waiter's resume is called.
 T.suspend = co_yield
 
+local function before(a, b)
+  return a.at < b.at or (a.at == b.at and a.seq < b.seq)
+end
+
+-- Move the timer at i up, or down, to where the heap wants it.
+local function sift_up(i)
+  local t = timers[i]
+  while i > 1 do
+    local up = floor(i / 2)
+    local u = timers[up]
+    if not before(t, u) then break end
+    timers[i], u.pos = u, i
+    i = up
+  end
+  timers[i], t.pos = t, i
+end
+
+local function sift_down(i)
+  local n, t = #timers, timers[i]
+  while true do
+    local c = 2 * i
+    if c > n then break end
+    if c < n and before(timers[c + 1], timers[c]) then c = c + 1 end
+    local d = timers[c]
+    if not before(d, t) then break end
+    timers[i], d.pos = d, i
+    i = c
+  end
+  timers[i], t.pos = t, i
+end
+
+-- Take the timer at i out of the heap.
+local function take_timer(i)
+  local n = #timers
+  local t, last = timers[i], timers[n]
+  timers[n] = nil
+  t.pos = nil
+  if i < n then -- the last one fills the hole, then finds its place
+    timers[i] = last
+    sift_down(i)
+    sift_up(last.pos)
+  end
+  return t
+end
+
 function T.add_timer(ms, fn)
-  -- a NaN deadline would sit at the head of the list and stall every timer
+  -- a NaN deadline would sit at the head of the heap and stall every timer
   assert(ms >= 0, "timer: milliseconds >= 0 expected")
-  local t = { at = now() + ms, fn = fn }
-  local i = #timers
-  while i > 0 and timers[i].at > t.at do i = i - 1 end
-  table.insert(timers, i + 1, t)
+  timer_seq = timer_seq + 1
+  local t = { at = now() + ms, fn = fn, seq = timer_seq }
+  timers[#timers + 1] = t
+  sift_up(#timers)
   tell_core()
   return t
 end
 
+--- Take timer t out (nothing if it has fired or was cancelled).
 function T.cancel_timer(t)
-  for i = 1, #timers do
-    if timers[i] == t then
-      tremove(timers, i)
-      tell_core()
-      return
-    end
+  local i = t.pos
+  if i and timers[i] == t then
+    take_timer(i)
+    tell_core()
   end
 end
 
@@ -158,15 +225,15 @@ end
 --- expired timers. One at a time, so an error leaves the rest queued.
 function T.run_due()
   local n = 0
-  for _ = 1, #soon do
-    local item = tremove(soon, 1)
+  for _ = 1, soon_tail - soon_head + 1 do
+    local item = take_soon()
     if not item then break end -- a queued item stepped the loop itself
     n = n + 1
     item[1](unpack(item, 2, item.n))
   end
   local t = now()
   while timers[1] and timers[1].at <= t do
-    local timer = tremove(timers, 1)
+    local timer = take_timer(1)
     n = n + 1
     timer.fn()
   end
@@ -176,7 +243,7 @@ end
 
 --- How long step may wait: `wait` capped by the next timer; 0 if work is due.
 function T.wait_budget(wait)
-  if #soon > 0 then return 0 end
+  if soon_head <= soon_tail then return 0 end
   if timers[1] then
     local left = timers[1].at - now()
     if left < 0 then left = 0 end
@@ -195,7 +262,7 @@ end
 
 --- Anything left that needs the loop: live tasks, timers or queued work.
 function T.busy()
-  return live > 0 or #timers > 0 or #soon > 0
+  return live > 0 or #timers > 0 or soon_head <= soon_tail
 end
 
 function T.live() return live end
