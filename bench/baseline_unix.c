@@ -1,6 +1,6 @@
 /*
  * bench/baseline_unix.c - the "limit" for bench/bench.lua on Linux: the same
- * three workloads in plain C with the best plain technique for local IPC
+ * workloads in plain C with the best plain technique for local IPC
  * (bench/README.md): one thread, non-blocking AF_UNIX sockets, one epoll set.
  *
  *   pingpong  64-byte messages over SOCK_SEQPACKET (namedpipe's message mode
@@ -21,11 +21,18 @@
  *             send a 64-byte request, server recv on readable + send the
  *             reply, client recv on readable, close both.
  *             "churn conn_per_s=..."
+ *   churn_vanish  the same, but the name vanishes between clients: a
+ *             listening socket per connection, closed and unlinked once
+ *             both ends are closed. "churn_vanish conn_per_s=..."
+ *   queued    SOCK_SEQPACKET, one client writes N 64-byte messages at
+ *             once (sent while the socket takes them, then queued in user
+ *             space and sent on EPOLLOUT), the server reads them back one
+ *             by one, every one checked. "queued msgs_per_s=..."
  *   step0     an idle epoll_wait(timeout 0), ns per call (reference for
  *             namedpipe's step(0)).
  *
  * Options: --quick (tiny sizes, contents checked), --runs N (median, min-max),
- * --only w[,w], --pp N, --stream-mib N, --churn N, --steps N.
+ * --only w[,w], --pp N, --stream-mib N, --churn N, --steps N, --queued N.
  * Attribution variants (not in the table): --passcred, --peek, --tryfirst,
  * --bufsize N, --copy, --del, --src-offset N, --gather, --from (see the flags
  * below).
@@ -430,6 +437,132 @@ static double churn(long n) {
   return (double)n / ((t1 - t0) / 1000.0);
 }
 
+/* --------------------------------------------------------- churn_vanish */
+
+/* As churn, but the name vanishes between clients: per connection a
+ * listening socket is bound to the path, and once both ends are closed it
+ * is closed and the path unlinked (what a namedpipe name whose last
+ * instance closes is on Linux). */
+static double churn_vanish(long n) {
+  struct sockaddr_un a;
+  static char sbuf[BUF], cbuf[BUF];
+  char msg[MSG];
+  long i;
+  double t0, t1;
+  sock_path(&a, "cv");
+  t0 = now_ms();
+  for (i = 0; i < n; i++) {
+    int l = listener(&a, SOCK_STREAM), cli, srv = -1, done = 0;
+    watch(l, EPOLLIN, LST);
+    cli = connect_to(&a, SOCK_STREAM);
+    fill_msg(msg, (unsigned)i);
+    while (!done) {
+      struct epoll_event ev[MAXEV];
+      int k = wait_events(ev), j;
+      for (j = 0; j < k; j++) {
+        if (ev[j].data.u64 == LST) {
+          do srv = accept4(l, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+          while (srv < 0 && errno == EINTR);
+          if (srv < 0) die("accept4");
+          watch(srv, EPOLLIN, SRV);
+          watch(cli, EPOLLIN, CLI);
+          check(xsend(cli, msg, MSG) == MSG, "churn_vanish: request");
+        } else if (ev[j].data.u64 == SRV) {
+          check(xrecv(srv, sbuf, BUF) == MSG, "churn_vanish: server recv");
+          check(xsend(srv, sbuf, MSG) == MSG, "churn_vanish: reply");
+        } else {
+          check(xrecv(cli, cbuf, BUF) == MSG && memcmp(cbuf, msg, MSG) == 0,
+                "churn_vanish: reply differs");
+          done = 1;
+        }
+      }
+    }
+    close(cli);
+    close(srv);
+    close(l);
+    unlink(a.sun_path); /* the name is gone */
+  }
+  t1 = now_ms();
+  return (double)n / ((t1 - t0) / 1000.0);
+}
+
+/* --------------------------------------------------------------- queued */
+
+/* The i-th message of queued: its number first, so order shows. */
+static void fill_numbered(char *m, long i) {
+  char head[24];
+  fill_msg(m, (unsigned)i);
+  snprintf(head, sizeof head, "%010ld:", i);
+  memcpy(m, head, 11);
+}
+
+/* One client writes n 64-byte messages at once over SOCK_SEQPACKET, as an
+ * event-loop program does: each write is sent at once while the socket
+ * takes it, and queued in user space (a FIFO of pointers) once it does
+ * not; the queue is sent on EPOLLOUT. The server reads the messages back
+ * one by one as they come (level-triggered EPOLLIN, a recv per message),
+ * every one checked. The messages are made before the clock starts. */
+static double queued(long n) {
+  int srv, cli;
+  static char rbuf[BUF];
+  char (*msgs)[MSG] = (char (*)[MSG])malloc((size_t)n * MSG);
+  const char **q = (const char **)malloc((size_t)n * sizeof *q);
+  long i, qhead = 0, qtail = 0, written = 0, got = 0;
+  double t0, t1;
+  check(msgs != NULL && q != NULL, "malloc");
+  for (i = 0; i < n; i++) fill_numbered(msgs[i], i);
+  pair(SOCK_SEQPACKET, &srv, &cli);
+  watch(srv, EPOLLIN, SRV);
+  watch(cli, EPOLLOUT | EPOLLET, CLI);
+  t0 = now_ms();
+  for (i = 0; i < n; i++) { /* write(msgs[i]) */
+    if (qhead == qtail) {
+      ssize_t w = xsend(cli, msgs[i], MSG);
+      if (w == MSG) {
+        written++;
+        continue;
+      }
+      check(w < 0 && errno == EAGAIN, "queued: send");
+    }
+    q[qtail++] = msgs[i];
+  }
+  while (got < n || written < n) {
+    struct epoll_event ev[MAXEV];
+    int k = wait_events(ev), j;
+    for (j = 0; j < k; j++) {
+      if (ev[j].data.u64 == CLI) { /* room: send the queue's head on */
+        while (qhead < qtail) {
+          ssize_t w = xsend(cli, q[qhead], MSG);
+          if (w < 0) {
+            check(errno == EAGAIN, "queued: send");
+            break;
+          }
+          check(w == MSG, "queued: short send");
+          qhead++;
+          written++;
+        }
+      } else {
+        for (;;) {
+          ssize_t r = xrecv(srv, rbuf, BUF);
+          if (r < 0) {
+            check(errno == EAGAIN, "queued: recv");
+            break;
+          }
+          check(got < n && r == MSG && memcmp(rbuf, msgs[got], MSG) == 0,
+                "queued: message differs or out of order");
+          got++;
+        }
+      }
+    }
+  }
+  t1 = now_ms();
+  close(srv);
+  close(cli);
+  free(q);
+  free(msgs);
+  return (double)n / ((t1 - t0) / 1000.0);
+}
+
 /* ---------------------------------------------------------------- step0 */
 
 static double step0(long n) {
@@ -472,7 +605,7 @@ static int wanted(const char *only, const char *w) {
 
 int main(int argc, char **argv) {
   int quick = 0, runs = 5, i, r;
-  long pp = 100000, ch = 20000, steps = 2000000;
+  long pp = 100000, ch = 20000, steps = 2000000, qn = 100000;
   long long mib = 256;
   const char *only = NULL;
   double v[64];
@@ -485,6 +618,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--churn") && i + 1 < argc) ch = atol(argv[++i]);
     else if (!strcmp(argv[i], "--stream-mib") && i + 1 < argc) mib = atoll(argv[++i]);
     else if (!strcmp(argv[i], "--steps") && i + 1 < argc) steps = atol(argv[++i]);
+    else if (!strcmp(argv[i], "--queued") && i + 1 < argc) qn = atol(argv[++i]);
     else if (!strcmp(argv[i], "--inflight") && i + 1 < argc) ++i; /* sockets: n/a */
     else if (!strcmp(argv[i], "--passcred")) v_passcred = 1;
     else if (!strcmp(argv[i], "--peek")) v_peek = 1;
@@ -506,9 +640,11 @@ int main(int argc, char **argv) {
     ch = 50;
     mib = 2;
     steps = 10000;
+    qn = 300;
     if (runs > 1) runs = 1;
   }
   if (runs < 1 || runs > 64) runs = 5;
+  if (qn < 1) qn = 1;
   snprintf(sockdir, sizeof sockdir, "/tmp/npbase-%ld-XXXXXX", (long)getpid());
   if (!mkdtemp(sockdir)) die("mkdtemp");
   ep = epoll_create1(EPOLL_CLOEXEC);
@@ -536,6 +672,18 @@ int main(int argc, char **argv) {
     for (r = 0; r < runs; r++) v[r] = churn(ch);
     snprintf(extra, sizeof extra, "n=%ld mode=byte", ch);
     report("churn", "conn_per_s", v, runs, extra);
+  }
+  if (wanted(only, "churn_vanish")) {
+    churn_vanish(ch / 20 + 1); /* warm-up */
+    for (r = 0; r < runs; r++) v[r] = churn_vanish(ch);
+    snprintf(extra, sizeof extra, "n=%ld mode=byte", ch);
+    report("churn_vanish", "conn_per_s", v, runs, extra);
+  }
+  if (wanted(only, "queued")) {
+    queued(qn / 20 + 1); /* warm-up */
+    for (r = 0; r < runs; r++) v[r] = queued(qn);
+    snprintf(extra, sizeof extra, "n=%ld msg=%d mode=message(seqpacket)", qn, MSG);
+    report("queued", "msgs_per_s", v, runs, extra);
   }
   if (wanted(only, "step0")) {
     step0(steps / 10 + 1);

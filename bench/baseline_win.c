@@ -27,10 +27,16 @@
  *             create the next instance (so the name never vanishes), one
  *             64-byte exchange (request + reply), close both:
  *             "churn conn_per_s=..."
+ *   churn_vanish  the same, but each instance is created only after both
+ *             ends of the last connection are closed (the name vanishes
+ *             between clients): "churn_vanish conn_per_s=..."
+ *   queued    one client starts N 64-byte message-mode WriteFiles at once
+ *             (all pending together), then the server reads them back one
+ *             by one: "queued msgs_per_s=..."
  *
  * Options: --quick (tiny sizes, contents checked), --runs N (median, min-max),
  * --only w[,w], --pp N, --stream-mib N, --churn N, --inflight N, --steps N,
- * --skip; attribution variants (churn): --cancel-close, --extra-poll.
+ * --queued N, --skip; attribution variants (churn): --cancel-close, --extra-poll.
  *
  * Build: x86_64-w64-mingw32-gcc -O2 -o baseline_win.exe baseline_win.c
  */
@@ -135,6 +141,8 @@ static void assoc(HANDLE h) {
 static void submitted(op *o, BOOL ok, const char *what) {
   if (ok) {
     if (skip_mode) {
+      if (inline_n == (int)(sizeof inline_q / sizeof inline_q[0]))
+        die("inline completion queue full");
       inline_q[inline_n].o = o;
       inline_q[inline_n].bytes = (DWORD)o->ov.InternalHigh;
       inline_q[inline_n].status = 0;
@@ -503,6 +511,131 @@ static double churn(long n) {
   return (double)n / ((t1 - t0) / 1000.0);
 }
 
+/* ---------------------------------------------------------- churn_vanish */
+
+/* As churn, but the next instance is created only after both ends of the
+ * last connection are closed: the name vanishes between clients. */
+static double churn_vanish(long n) {
+  wchar_t name[128];
+  HANDLE srv, cli;
+  char *sbuf = (char *)malloc(BUF), *cbuf = (char *)malloc(BUF);
+  static char sreply[MSG], msg[MSG];
+  long i;
+  double t0, t1;
+  make_name(name, 128, "cv");
+  t0 = now_ms();
+  for (i = 0; i < n; i++) {
+    op *sr, *cr;
+    int got_reply = 0;
+    srv = create_instance(name, 0);
+    cli = open_client(name, 0);
+    connect_instance(srv);
+    sr = op_new(K_READ, SRV, srv);
+    sr->buf = sbuf;
+    cr = op_new(K_READ, CLI, cli);
+    cr->buf = cbuf;
+    post_read(sr);
+    post_read(cr);
+    fill_msg(msg, (unsigned)i);
+    post_write(cli, CLI, msg, MSG);
+    while (!got_reply) {
+      done d[256];
+      int k = wait_done(d, 5000), j;
+      check(k > 0, "churn_vanish: no completion in 5 s");
+      for (j = 0; j < k; j++) {
+        op *o = d[j].o;
+        check(d[j].status == 0, "churn_vanish: operation failed");
+        if (o->kind == K_WRITE) {
+          op_free(o);
+        } else if (o->who == SRV) {
+          check(d[j].bytes == MSG, "churn_vanish: short request");
+          memcpy(sreply, o->buf, MSG);
+          op_free(o);
+          post_write(srv, SRV, sreply, MSG);
+        } else {
+          check(d[j].bytes == MSG && memcmp(o->buf, msg, MSG) == 0,
+                "churn_vanish: reply differs");
+          op_free(o);
+          got_reply = 1;
+        }
+      }
+    }
+    CloseHandle(cli);
+    CloseHandle(srv); /* the last instance: the name is gone */
+  }
+  t1 = now_ms();
+  {
+    done d[256];
+    int k;
+    while ((k = wait_done(d, 0)) > 0)
+      while (k-- > 0) op_free(d[k].o);
+  }
+  free(sbuf);
+  free(cbuf);
+  return (double)n / ((t1 - t0) / 1000.0);
+}
+
+/* --------------------------------------------------------------- queued */
+
+/* The i-th message of queued: its number first, so order shows. */
+static void fill_numbered(char *m, long i) {
+  char head[24];
+  fill_msg(m, (unsigned)i);
+  snprintf(head, sizeof head, "%010ld:", i);
+  memcpy(m, head, 11);
+}
+
+/* One overlapped WriteFile per message, all n started at once (each with
+ * its own OVERLAPPED, all pending in the kernel together), then the server
+ * reads them back one by one, each read started when the last completed;
+ * every message and write completion checked. The messages are made
+ * before the clock starts. */
+static double queued(long n) {
+  wchar_t name[128];
+  HANDLE srv, cli;
+  char (*msgs)[MSG] = (char (*)[MSG])malloc((size_t)n * MSG);
+  op *rd;
+  long i, got = 0, written = 0;
+  double t0, t1;
+  check(msgs != NULL, "malloc");
+  for (i = 0; i < n; i++) fill_numbered(msgs[i], i);
+  make_name(name, 128, "qu");
+  srv = create_instance(name, 1);
+  cli = open_client(name, 1);
+  connect_instance(srv);
+  rd = op_new(K_READ, SRV, srv);
+  rd->buf = (char *)malloc(BUF);
+  t0 = now_ms();
+  for (i = 0; i < n; i++) post_write(cli, CLI, msgs[i], MSG);
+  post_read(rd);
+  while (got < n || written < n) {
+    done d[256];
+    int k = wait_done(d, 5000), j;
+    check(k > 0, "queued: no completion in 5 s");
+    for (j = 0; j < k; j++) {
+      op *o = d[j].o;
+      check(d[j].status == 0, "queued: operation failed");
+      if (o->kind == K_WRITE) {
+        check(d[j].bytes == MSG, "queued: short write");
+        written++;
+        op_free(o);
+      } else {
+        check(got < n && d[j].bytes == MSG && memcmp(o->buf, msgs[got], MSG) == 0,
+              "queued: message differs or out of order");
+        if (++got < n) post_read(o);
+      }
+    }
+  }
+  t1 = now_ms();
+  check(written == n, "queued: write completions");
+  CloseHandle(cli);
+  CloseHandle(srv);
+  free(rd->buf);
+  op_free(rd);
+  free(msgs);
+  return (double)n / ((t1 - t0) / 1000.0);
+}
+
 /* ---------------------------------------------------------------- step0 */
 
 /* An idle GetQueuedCompletionStatusEx(timeout 0): the floor under an idle
@@ -550,7 +683,7 @@ static int wanted(const char *only, const char *w) {
 
 int main(int argc, char **argv) {
   int quick = 0, runs = 5, inflight = 4, i, r;
-  long pp = 10000, ch = 5000, steps = 50000;
+  long pp = 10000, ch = 5000, steps = 50000, qn = 100000;
   long long mib = 256;
   const char *only = NULL;
   double v[64];
@@ -567,6 +700,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--stream-mib") && i + 1 < argc) mib = atoll(argv[++i]);
     else if (!strcmp(argv[i], "--inflight") && i + 1 < argc) inflight = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--steps") && i + 1 < argc) steps = atol(argv[++i]);
+    else if (!strcmp(argv[i], "--queued") && i + 1 < argc) qn = atol(argv[++i]);
     else {
       fprintf(stderr, "baseline_win: unknown option %s\n", argv[i]);
       return 2;
@@ -578,9 +712,11 @@ int main(int argc, char **argv) {
     ch = 50;
     mib = 2;
     steps = 10000;
+    qn = 300;
     if (runs > 1) runs = 1;
   }
   if (runs < 1 || runs > 64) runs = 5;
+  if (qn < 1) qn = 1;
   port = CreateIoCompletionPort(INVALID_HANDLE_VALUE, NULL, 0, 1);
   if (!port) die("CreateIoCompletionPort");
   if (wanted(only, "pingpong")) {
@@ -607,6 +743,21 @@ int main(int argc, char **argv) {
     for (r = 0; r < runs; r++) v[r] = churn(ch);
     snprintf(extra, sizeof extra, "n=%ld mode=byte", ch);
     report("churn", "conn_per_s", v, runs, extra);
+  }
+  if (wanted(only, "churn_vanish")) {
+    churn_vanish(ch / 20 + 1); /* warm-up */
+    for (r = 0; r < runs; r++) v[r] = churn_vanish(ch);
+    snprintf(extra, sizeof extra, "n=%ld mode=byte", ch);
+    report("churn_vanish", "conn_per_s", v, runs, extra);
+  }
+  if (wanted(only, "queued") && skip_mode) {
+    /* its thousands of inline completions would need a queue that long */
+    fprintf(stderr, "baseline_win: queued is not run with --skip\n");
+  } else if (wanted(only, "queued")) {
+    queued(qn / 20 + 1); /* warm-up */
+    for (r = 0; r < runs; r++) v[r] = queued(qn);
+    snprintf(extra, sizeof extra, "n=%ld msg=%d mode=message", qn, MSG);
+    report("queued", "msgs_per_s", v, runs, extra);
   }
   if (wanted(only, "step0")) {
     step0(steps / 10 + 1);

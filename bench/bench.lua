@@ -14,6 +14,8 @@ prints the tables; this script alone prints one line per workload:
     stream mib_per_s=<median> ...
     stream_string mib_per_s=<median> ...
     churn conn_per_s=<median> ...
+    churn_vanish conn_per_s=<median> ...
+    queued msgs_per_s=<median> ...
     memory lua_kib_per_pair=.. rss_kib_per_pair=.. lua_kib_per_pair_reading=.. rss_kib_per_pair_reading=.. pairs=1000
     step0 ns_per_call=<median> ...
 
@@ -35,6 +37,13 @@ Workloads (the same as bench/baseline_*.c and bench/bench_luv.lua do):
   churn     per connection: open a client, connect the listening instance,
             create the next instance first (the name never vanishes), one
             64-byte request + reply, close both; connections/s
+  churn_vanish  as churn, but the next instance is created only after both
+            ends of the last connection are closed (the name vanishes
+            between clients); connections/s
+  queued    one client starts N 64-byte message-mode writes at once (all
+            before anything is read), then the server reads them back one
+            by one, each read started when the previous one finished;
+            bytes, order and write callbacks checked; messages/s
   memory    1,000 idle connected pairs (one name): Lua heap
             (collectgarbage "count") and process RSS per pair, first with
             nothing pending, then with a read pending on every end
@@ -48,12 +57,14 @@ Options:
                      (message contents, stream order); asserts no time
   --runs N           timed runs per workload (default 5); median, min-max
   --only w[,w]       pingpong, pingpong_byte, pingpong_tasks, stream,
-                     stream_string, churn, memory, step0
+                     stream_string, churn, churn_vanish, queued, memory,
+                     step0
   --api np|core      np (default): require "namedpipe", the public API (its
                      Lua method wrappers and np.step with tasks/timers);
                      core: require "namedpipe.core" alone (the C methods and
                      the C step), the floor under the public API
-  --pp N --stream-mib N --churn N --pairs N --steps N --inflight N
+  --pp N --stream-mib N --churn N (churn and churn_vanish) --queued N
+  --pairs N --steps N --inflight N
 ]]
 
 local WIN = package.config:sub(1, 1) == "\\"
@@ -66,6 +77,7 @@ local opt = common.parse_options("bench.lua", {
   pp = WIN and 10000 or 100000,
   stream_mib = 256,
   churn = WIN and 5000 or 20000,
+  queued = 100000,
   steps = WIN and 200000 or 2000000,
 }, function(v) opt_api = v end)
 if opt_api then opt.api = opt_api end
@@ -352,6 +364,81 @@ local function churn(n, verify)
   return n / secs
 end
 
+-- --------------------------------------------------------- churn_vanish
+-- As churn, but the next instance is created only once both ends of the
+-- last connection are closed: the name vanishes every cycle and is made
+-- anew.
+local function churn_vanish(n, verify)
+  local name = pipe_name("cv")
+  local i, done = 0, false
+  local one
+  one = function()
+    local srv = assert(np.create(name))
+    local client = assert(np.open(name))
+    local msg = verify and msg_for(i) or msg_for(0)
+    srv:connect(function(ok, err)
+      if not ok then fail("churn_vanish connect:", tostring(err)) end
+      srv:read(function(data, rerr)
+        if not data then fail("churn_vanish server read:", tostring(rerr)) end
+        srv:write(data, noop)
+      end)
+      client:read(function(data, rerr)
+        if data ~= msg then fail("churn_vanish: reply differs:", tostring(data), tostring(rerr)) end
+        client:close()
+        srv:close()
+        i = i + 1
+        if i >= n then done = true else one() end
+      end)
+      client:write(msg, noop)
+    end)
+  end
+
+  local t0 = now()
+  one()
+  while not done do
+    if step(1000) == 0 then fail("churn_vanish stalled at", i) end
+  end
+  local secs = (now() - t0) / 1000
+  drain()
+  return n / secs
+end
+
+-- -------------------------------------------------------------- queued
+-- One client queues n 64-byte messages at once (every write started before
+-- anything is read), then the server reads them back one by one, each read
+-- started once the previous one has finished. Every message is checked
+-- (bytes and place) and every write's callback counted (once each, 64
+-- bytes). The messages are made before the clock starts.
+local queued_msgs = {}
+local function queued(n)
+  for k = #queued_msgs + 1, n do queued_msgs[k] = msg_for(k - 1) end
+  local msgs = queued_msgs
+  local mopts = { pipe_mode = "message" }
+  local server, client = connected_pair("qu", mopts, mopts)
+  local written, got = 0, 0
+  local function on_write(nw, err)
+    if nw ~= 64 then fail("queued write:", tostring(nw), tostring(err)) end
+    written = written + 1
+  end
+  local on_read
+  on_read = function(data, err)
+    got = got + 1
+    if data ~= msgs[got] then
+      fail("queued: message", tostring(got), "differs:", tostring(data), tostring(err))
+    end
+    if got < n then server:read(on_read) end
+  end
+  local t0 = now()
+  for k = 1, n do client:write(msgs[k], on_write) end
+  server:read(on_read)
+  while got < n or written < n do
+    if step(1000) == 0 then fail("queued stalled at", tostring(got), tostring(written)) end
+  end
+  local rate = n / stop_clock(t0, server, client)
+  if written ~= n then fail("queued: write callbacks", tostring(written), "for", tostring(n)) end
+  return rate
+end
+
 -- -------------------------------------------------------------- memory
 local function rss_kib()
   local f = io.open("/proc/self/status", "r")
@@ -474,6 +561,18 @@ if wanted("churn") then
   churn(math.max(opt.churn // 20, 20), true) -- warm-up, contents checked
   local v = timed(churn, opt.churn, verify)
   report("churn", "conn_per_s", v, ("n=%d mode=byte api=%s"):format(opt.churn, opt.api))
+end
+
+if wanted("churn_vanish") then
+  churn_vanish(math.max(opt.churn // 20, 20), true) -- warm-up, contents checked
+  local v = timed(churn_vanish, opt.churn, verify)
+  report("churn_vanish", "conn_per_s", v, ("n=%d mode=byte api=%s"):format(opt.churn, opt.api))
+end
+
+if wanted("queued") then
+  queued(math.max(opt.queued // 20, 20)) -- warm-up
+  local v = timed(queued, opt.queued)
+  report("queued", "msgs_per_s", v, ("n=%d msg=64 mode=message api=%s"):format(opt.queued, opt.api))
 end
 
 if wanted("memory") then

@@ -19,6 +19,10 @@ write with a callback, uv.run() until the workload stops the loop.
             256 MiB
   churn     one listening pipe for the run; per connection: connect, accept
             in the listen callback, 64-byte request + reply, close both
+  churn_vanish  the same with a listening pipe bound per connection, the
+            next bound once both ends and the listener are closed (the name
+            vanishes between clients)
+  (no queued: luv has no message mode)
   step0     uv.run("nowait") with nothing to do, ns per call (reference)
 
 Exits 0 with a note on stderr when luv is not installed.
@@ -229,6 +233,59 @@ local function churn(n, verify)
   return n / secs
 end
 
+-- -------------------------------------------------------- churn_vanish
+-- As churn, but the name vanishes between clients: a listening pipe bound
+-- per connection; the next is bound once the client, the accepted end and
+-- the listener are closed (libuv unlinks a bound pipe's path as it closes
+-- it).
+local function churn_vanish(n, verify)
+  local path = sock_path("cv")
+  local i, done = 0, false
+  local msg = msg_for(0)
+  local start
+  local closing = 0
+  local function on_closed()
+    closing = closing - 1
+    if closing > 0 then return end
+    i = i + 1
+    if i >= n then done = true else start() end
+  end
+  start = function()
+    if verify then msg = msg_for(i) end
+    local lst, srv = uv.new_pipe(false), nil
+    assert(lst:bind(path))
+    assert(lst:listen(128, function(err)
+      if err then fail("churn_vanish listen:", err) end
+      srv = uv.new_pipe(false)
+      assert(lst:accept(srv))
+      local s = srv
+      s:read_start(function(rerr, data)
+        if rerr then fail("churn_vanish server read:", rerr) end
+        if data then s:write(data, on_write_check) end
+      end)
+    end))
+    local cli = uv.new_pipe(false)
+    cli:connect(path, function(err)
+      if err then fail("churn_vanish connect:", err) end
+      cli:read_start(function(rerr, data)
+        if rerr or not data then fail("churn_vanish client read:", tostring(rerr)) end
+        if data ~= msg then fail("churn_vanish: reply differs") end
+        closing = 3
+        cli:close(on_closed)
+        srv:close(on_closed)
+        lst:close(on_closed)
+      end)
+      cli:write(msg, on_write_check)
+    end)
+  end
+  local t0 = now()
+  start()
+  run_until(function() return done end, "churn_vanish")
+  local secs = (now() - t0) / 1000
+  os.remove(path)
+  return n / secs
+end
+
 -- --------------------------------------------------------------- step0
 local function step0(n)
   local t0 = now()
@@ -257,6 +314,11 @@ end
 if wanted("churn") then
   churn(math.max(opt.churn // 20, 20), true)
   report("churn", "conn_per_s", timed(churn, opt.churn, verify), ("n=%d mode=byte"):format(opt.churn))
+end
+if wanted("churn_vanish") then
+  churn_vanish(math.max(opt.churn // 20, 20), true)
+  report("churn_vanish", "conn_per_s", timed(churn_vanish, opt.churn, verify),
+    ("n=%d mode=byte"):format(opt.churn))
 end
 if wanted("step0") then
   step0(opt.steps // 10 + 1)

@@ -14,7 +14,7 @@ function C.parse_options(prog, opt, api)
   local a, i = arg or {}, 1
   local num = { ["--runs"] = "runs", ["--pp"] = "pp", ["--stream-mib"] = "stream_mib",
                 ["--churn"] = "churn", ["--pairs"] = "pairs", ["--steps"] = "steps",
-                ["--inflight"] = "inflight" }
+                ["--inflight"] = "inflight", ["--queued"] = "queued" }
   while i <= #a do
     local k = a[i]
     if k == "--quick" then opt.quick = true; i = i + 1
@@ -34,6 +34,7 @@ function C.parse_options(prog, opt, api)
   end
   if opt.quick then
     opt.pp, opt.stream_mib, opt.churn, opt.pairs, opt.steps = 300, 2, 50, 20, 10000
+    opt.queued = 300
     opt.runs = 1
   end
   return opt

@@ -35,6 +35,8 @@ for line in io.lines(path) do
         w._first = w._first or k
       elseif k == "pairs" then
         w.pairs = v
+      elseif k == "n" then
+        w.n = v
       end
     end
   end
@@ -127,10 +129,20 @@ local labels = {
   stream = "stream 64 KiB, read_into a buffer (MiB/s)",
   stream_string = "stream 64 KiB, read() strings (MiB/s)",
   churn = "churn (connections/s)",
+  churn_vanish = "churn, the name vanishing between clients (connections/s)",
+  queued = "queued messages read back, 64 B, message mode (messages/s)",
   step0 = "idle step(0) (ns/call; lower is better)",
 }
 
 local borrowed_baseline = { stream_string = "stream", pingpong_tasks = "pingpong" }
+
+-- Rows whose target is against the same implementation's own figure for
+-- another workload (bench/README.md, Targets): workload, the one it is
+-- divided by, what the ratio says, the target.
+local own_ratios = {
+  { "queued", "pingpong", "queued messages/s ÷ ping-pong round trips/s", 0.5 },
+  { "churn_vanish", "churn", "churn, name vanishing ÷ churn, name kept (connections/s)", 0.5 },
+}
 
 local machine = ("%s, %s CPUs, Linux %s"):format(cpu_model(), sh("nproc"), sh("uname -r"))
 
@@ -165,7 +177,8 @@ for _, platform in ipairs(order) do
   end
   header[#header + 1] = "target np/C"
   local rows = {}
-  for _, wl in ipairs { "pingpong", "pingpong_byte", "pingpong_tasks", "stream", "stream_string", "churn", "step0" } do
+  for _, wl in ipairs { "pingpong", "pingpong_byte", "pingpong_tasks", "stream", "stream_string", "churn",
+                        "churn_vanish", "queued", "step0" } do
     local function get(impl, as)
       local w = impl and impl[as or wl]
       return w and w._first and w[w._first]
@@ -179,7 +192,13 @@ for _, platform in ipairs(order) do
     -- luv's stream reads strings: its row is stream_string
     local l = wl ~= "stream" and wl ~= "pingpong_tasks" and get(luv, borrows) or nil
     if a or c or l or (b and not borrows) then
-      local row = { labels[wl], cell(a), cell(c), cell(b), ratio(a, b), ratio(c, b) }
+      local label = labels[wl]
+      if wl == "queued" then -- how many were queued
+        local w = np.queued or base.queued or core.queued
+        local n = w and tonumber(w.n)
+        if n then label = group(n) .. " " .. label end
+      end
+      local row = { label, cell(a), cell(c), cell(b), ratio(a, b), ratio(c, b) }
       if luv then
         row[#row + 1] = cell(l)
         row[#row + 1] = ratio(a, l)
@@ -189,6 +208,8 @@ for _, platform in ipairs(order) do
         local r = stats(a) / stats(b)
         local verdict = r >= t and "met" or ("MISSED by " .. ("%.0f%%"):format((t - r) / t * 100))
         row[#row + 1] = ("≥ %.2f %s"):format(t, verdict)
+      elseif wl == "queued" or wl == "churn_vanish" then
+        row[#row + 1] = "(own ratio: below)"
       elseif wl == "step0" then
         row[#row + 1] = "(C: " .. (platform == "windows" and "GQCSEx(0)" or "epoll_wait(0)")
           .. (luv and "; luv: uv.run nowait)" or ")")
@@ -203,6 +224,39 @@ for _, platform in ipairs(order) do
     for _, r in ipairs(rows) do table.remove(r, 6); table.remove(r, 3) end
   end
   print_table(header, rows)
+  -- Each implementation against itself: a queue as fast as a round trip,
+  -- a name made anew per client as fast as a name kept.
+  local orows = {}
+  for _, o in ipairs(own_ratios) do
+    local function own(impl)
+      local w, by = impl and impl[o[1]], impl and impl[o[2]]
+      return w and w._first and w[w._first], by and by._first and by[by._first]
+    end
+    local a, a_by = own(np)
+    if a or own(base) then
+      local row = { o[3], ratio(a, a_by) }
+      if has_core then row[#row + 1] = ratio(own(core)) end
+      row[#row + 1] = ratio(own(base))
+      if luv then row[#row + 1] = ratio(own(luv)) end
+      local r = a and a_by and stats(a) / stats(a_by)
+      if quick or not r then
+        row[#row + 1] = ("≥ %.2f"):format(o[4])
+      else
+        row[#row + 1] = ("≥ %.2f %s"):format(o[4], r >= o[4] and "met"
+          or ("MISSED by " .. ("%.0f%%"):format((o[4] - r) / o[4] * 100)))
+      end
+      orows[#orows + 1] = row
+    end
+  end
+  if #orows > 0 then
+    local oheader = { "each against itself", "namedpipe" }
+    if has_core then oheader[#oheader + 1] = "np.core" end
+    oheader[#oheader + 1] = "baseline (C)"
+    if luv then oheader[#oheader + 1] = "luv" end
+    oheader[#oheader + 1] = "target (namedpipe)"
+    print()
+    print_table(oheader, orows)
+  end
   local m = np.memory
   if m then
     local function mv(k)

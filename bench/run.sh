@@ -71,13 +71,17 @@ if [ "$QUICK" = 1 ]; then
     LINUX_ARGS=(--quick)
     WIN_ARGS=(--quick)
 else
-    LINUX_ARGS=(--runs 1 --pp 100000 --stream-mib 256 --churn 20000 --steps 2000000)
-    WIN_ARGS=(--runs 1 --pp 10000 --stream-mib 256 --churn 5000 --steps 50000)
+    LINUX_ARGS=(--runs 1 --pp 100000 --stream-mib 256 --churn 20000 --steps 2000000 --queued 100000)
+    WIN_ARGS=(--runs 1 --pp 10000 --stream-mib 256 --churn 5000 --steps 50000 --queued 100000)
 fi
 # stream_string is compared with the C program's and luv's one stream,
 # pingpong_tasks with the C ping-pong
 case ",$ONLY," in *,stream_string,*) case ",$ONLY," in *,stream,*) ;; *) ONLY="$ONLY,stream" ;; esac ;; esac
 case ",$ONLY," in *,pingpong_tasks,*) case ",$ONLY," in *,pingpong,*) ;; *) ONLY="$ONLY,pingpong" ;; esac ;; esac
+# queued and churn_vanish are each compared with the same implementation's
+# ping-pong and churn
+case ",$ONLY," in *,queued,*) case ",$ONLY," in *,pingpong,*) ;; *) ONLY="$ONLY,pingpong" ;; esac ;; esac
+case ",$ONLY," in *,churn_vanish,*) case ",$ONLY," in *,churn,*) ;; *) ONLY="$ONLY,churn" ;; esac ;; esac
 if [ -n "$ONLY" ]; then
     LINUX_ARGS+=(--only "$ONLY")
     WIN_ARGS+=(--only "$ONLY")
@@ -102,7 +106,7 @@ run_impl() {
     local log="$OUT/last-$platform-$impl.log" rc
     "$@" >"$log" 2>&1
     rc=$?
-    tr -d '\r' <"$log" | grep -E "^(pingpong|pingpong_byte|pingpong_tasks|stream|stream_string|churn|memory|step0) " |
+    tr -d '\r' <"$log" | grep -E "^(pingpong|pingpong_byte|pingpong_tasks|stream|stream_string|churn|churn_vanish|queued|memory|step0) " |
         sed "s/^/$platform $impl /" >>"$RESULTS"
     if [ "$rc" -ne 0 ] || { [ "$QUICK" = 1 ] && ! tr -d '\r' <"$log" | grep -q '^quick ok'; }; then
         echo "bench: $platform $impl FAILED (exit $rc); output:" >&2
@@ -133,6 +137,9 @@ build_windows() {
 
 # ------------------------------------------------------- wineserver pinning
 export WINEPREFIX="${WINEPREFIX:-$ROOT/build/wineprefix}"
+# wine-run.sh's timeout: the C program's queued workload alone takes minutes
+# under Wine (bench/README.md, where the time goes)
+export NP_WINE_TIMEOUT="${NP_WINE_TIMEOUT:-900}"
 PINCHECK=$OUT/wine-affinity.txt
 
 # The wineserver of a prefix runs in <wine's tmp dir>/server-DEV-INODE (hex,

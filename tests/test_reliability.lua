@@ -324,6 +324,117 @@ function TestReliability:test_many_queued_writes_each_complete_once_in_order()
   end
 end
 
+-- Thousands of small messages queued at once (far more than the backend
+-- hands the kernel at a time on Windows, and than a socket buffer holds on
+-- Linux), then read back one by one, each read started when the last one
+-- finished: every message arrives whole, once, in order, and every write's
+-- callback runs exactly once, in the order the writes started, with its
+-- message's length. Then the same queue stopped part way (cancel, close,
+-- the server's disconnect): the writes reported done are a prefix, the
+-- rest all fail alike, and the reader gets exactly the messages reported
+-- done (a message goes whole or not at all).
+local function numbered_messages(n)
+  local msgs = {}
+  for i = 1, n do
+    -- some empty ones: the backend holds an empty write back behind the
+    -- others (Windows), which must not reorder anything
+    msgs[i] = i % 700 == 0 and "" or ("%05d:"):format(i) .. string.char(97 + i % 26):rep(i % 90)
+  end
+  return msgs
+end
+
+local function queue_writes(writer, msgs)
+  local calls, order = {}, {}
+  for i, m in ipairs(msgs) do
+    writer:write(m, function(n, _, errname)
+      calls[i] = (calls[i] or 0) + 1
+      order[#order + 1] = { i = i, n = n, errname = errname }
+    end)
+  end
+  return calls, order
+end
+
+function TestReliability:test_thousands_of_queued_messages_read_back_in_order()
+  local opts = { pipe_mode = "message" }
+  local server, client = H.pair(opts, opts)
+  local msgs = numbered_messages(3000)
+  local calls, order = queue_writes(client, msgs)
+  local got, bad = 0, nil
+  local on_read
+  on_read = function(data, err)
+    got = got + 1
+    if data ~= msgs[got] then
+      bad = bad or ("message %d: got %s (%s)"):format(got, tostring(data and data:sub(1, 12)), tostring(err))
+    end
+    if got < #msgs and not bad then server:read(on_read) end
+  end
+  server:read(on_read)
+  H.pump(function() return bad or (got == #msgs and #order == #msgs) end, 60000, "3000 messages and write callbacks")
+  lu.assertNil(bad)
+  H.settle()
+  for k, o in ipairs(order) do
+    lu.assertEquals(o.i, k, "write callbacks out of start order")
+    lu.assertEquals(o.n, #msgs[k], "write " .. k .. ": " .. tostring(o.errname))
+    lu.assertEquals(calls[k], 1, "write " .. k .. "'s callback")
+  end
+  lu.assertEquals(#order, #msgs)
+  H.close_all(server, client)
+end
+
+function TestReliability:test_thousands_of_queued_messages_stopped_part_way()
+  local expect = { cancel = "CANCELLED", close = "CLOSED", disconnect = "NOT_CONNECTED" }
+  for _, how in ipairs { "cancel", "close", "disconnect" } do
+    local opts = { pipe_mode = "message" }
+    local server, client = H.pair(opts, opts)
+    -- the server writes when it is the one to disconnect
+    local writer, reader = client, server
+    if how == "disconnect" then writer, reader = server, client end
+    local msgs = numbered_messages(2000)
+    local calls, order = queue_writes(writer, msgs)
+    for k = 1, 300 do lu.assertEquals(reader:read(nil, 5000), msgs[k], how .. ": message " .. k) end
+    np.step(0)
+    if how == "cancel" then
+      writer:cancel("write")
+    elseif how == "close" then
+      writer:close()
+    else
+      assert(server:disconnect())
+    end
+    H.pump(function() return #order == #msgs end, 20000, how .. ": 2000 write callbacks")
+    H.settle()
+    local done, first_failed = 0, nil
+    for k, o in ipairs(order) do
+      lu.assertEquals(o.i, k, how .. ": write callbacks out of start order")
+      lu.assertEquals(calls[k], 1, how .. ": write " .. k .. "'s callback")
+      if o.n then
+        lu.assertNil(first_failed, how .. ": write " .. k .. " done after an earlier one failed")
+        lu.assertEquals(o.n, #msgs[k])
+        done = k
+      else
+        lu.assertEquals(o.errname, expect[how], how .. ": write " .. k)
+        first_failed = first_failed or k
+      end
+    end
+    lu.assertTrue(done >= 300, how .. ": fewer writes done than messages read")
+    lu.assertNotNil(first_failed, how .. ": nothing was left to stop")
+    if how ~= "disconnect" then
+      -- what was reported written is in the pipe, and nothing after it
+      -- (after a disconnect Windows drops what the client had not read)
+      for k = 301, done do
+        lu.assertEquals(reader:read(nil, 5000), msgs[k], how .. ": message " .. k)
+      end
+      if how == "close" then
+        local data, _, errname = reader:read(nil, 5000)
+        lu.assertNil(data, how .. ": a message beyond those reported written")
+        lu.assertEquals(errname, "EOF")
+      else
+        lu.assertEquals(reader:peek().available, 0, how .. ": bytes beyond those reported written")
+      end
+    end
+    H.close_all(server, client)
+  end
+end
+
 -- Readiness nobody waits for must not keep the loop busy: unread data, a
 -- peer that hung up, with no read pending. (The Linux backend switches a
 -- message socket between level- and edge-triggered epoll; a level-

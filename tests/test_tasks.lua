@@ -27,6 +27,94 @@ function TestTasks:test_read_suspends_only_its_task()
   H.close_all(server, client)
 end
 
+-- Thousands of tasks, each starting one write with a timeout on the same
+-- message pipe at once (so thousands of writes queued and of timers set),
+-- the messages read back one by one: every task gets its own write's
+-- result once, the writes finish in the order the tasks started them,
+-- every message arrives once and in order, and no timeout fires (each
+-- ended wait takes its timer out).
+function TestTasks:test_thousands_of_tasks_writing_with_timeouts()
+  local opts = { pipe_mode = "message" }
+  local server, client = H.pair(opts, opts)
+  local n = 2000
+  local results, finished = {}, {}
+  for i = 1, n do
+    np.spawn(function()
+      local msg = ("%05d"):format(i) .. ("w"):rep(i % 40)
+      local nw, err = client:write(msg, 60000)
+      results[i] = (results[i] or 0) + 1
+      finished[#finished + 1] = { i = i, ok = nw == #msg, err = err }
+    end)
+  end
+  local got, bad = 0, nil
+  np.spawn(function()
+    for i = 1, n do
+      local data, err = server:read(nil, 60000)
+      if data ~= ("%05d"):format(i) .. ("w"):rep(i % 40) then
+        bad = ("message %d: %s (%s)"):format(i, tostring(data), tostring(err))
+        return
+      end
+      got = i
+    end
+  end)
+  H.pump(function() return bad or (got == n and #finished == n) end, 60000, "2000 writes and reads")
+  lu.assertNil(bad)
+  for k, f in ipairs(finished) do
+    lu.assertEquals(f.i, k, "writes finished out of start order")
+    lu.assertTrue(f.ok, "write " .. k .. ": " .. tostring(f.err))
+    lu.assertEquals(results[k], 1, "task " .. k .. " resumed")
+  end
+  H.close_all(server, client)
+end
+
+-- Many waits with timeouts set at once, deadlines in every order, a third
+-- of them ended early (their timers taken out from among the others):
+-- each task wakes once, and of those its timeout woke, none wakes before
+-- one that started earlier with a timeout no longer than its own
+-- (whatever the clock did in between).
+function TestTasks:test_many_timeouts_wake_once_in_deadline_order()
+  local n = 1500
+  local ms, events, woke, timed_out = {}, {}, {}, {}
+  for i = 1, n do
+    ms[i] = 200 + (i * 11) % 37 * 10
+    events[i] = np.event()
+    np.spawn(function()
+      local v, _, errname = events[i]:wait(ms[i])
+      woke[i] = (woke[i] or 0) + 1
+      if errname == "TIMEOUT" then
+        timed_out[#timed_out + 1] = i
+      elseif v ~= i then
+        error("task " .. i .. " woke with " .. tostring(v))
+      end
+    end)
+  end
+  np.step(0) -- every task waits now
+  for i = 3, n, 3 do events[i]:set(i) end
+  local all = function()
+    for i = 1, n do if not woke[i] then return false end end
+    return true
+  end
+  H.pump(all, 20000, "1500 waits")
+  H.settle()
+  for i = 1, n do lu.assertEquals(woke[i], 1, "task " .. i .. " woke") end
+  lu.assertTrue(#timed_out >= math.floor(n / 2), "the timeouts of the waits left alone")
+  local place = {}
+  for k, i in ipairs(timed_out) do place[i] = k end
+  -- latest[m]: the latest wake among tasks seen so far timed out after m ms
+  local latest = {}
+  for i = 1, n do
+    if place[i] then
+      for m = 200, ms[i], 10 do
+        if latest[m] then
+          lu.assertTrue(latest[m] < place[i],
+            ("task %d (%d ms) woke before an earlier task of %d ms"):format(i, ms[i], m))
+        end
+      end
+      if not latest[ms[i]] or place[i] > latest[ms[i]] then latest[ms[i]] = place[i] end
+    end
+  end
+end
+
 function TestTasks:test_spawn_passes_arguments_and_runs_from_step()
   local got
   np.spawn(function(a, b) got = a + b end, 2, 3)

@@ -19,7 +19,7 @@ local set_task_work = function() end
 local co_create, co_resume, co_running, co_status, co_yield =
   coroutine.create, coroutine.resume, coroutine.running, coroutine.status, coroutine.yield
 local compat = require "namedpipe.compat"
-local pack, unpack, tremove = compat.pack, compat.unpack, table.remove
+local pack, unpack = compat.pack, compat.unpack
 
 local T = {}
 
@@ -30,7 +30,10 @@ function T.attach(fn) set_task_work = fn end
 -- last armed for (T.arm)
 local tasks = setmetatable({}, { __mode = "k" })
 local live = 0
-local soon = {}   -- { fn, args } to run at the next step, in order
+-- { fn, args } to run at the next step, in order: soon[soon_head] to
+-- soon[soon_tail], a queue taken from its head without moving the rest
+-- (taking one costs the same however many wait behind it)
+local soon, soon_head, soon_tail = {}, 1, 0
 -- Timers: a binary min-heap on (at, seq), each timer knowing its place
 -- (.slot) so that cancelling one is as cheap as adding one, however many
 -- tasks wait with a timeout. seq keeps timers due at the same time in the
@@ -39,7 +42,7 @@ local heap, nheap, seq = {}, 0, 0
 
 local function tell_core()
   local first = heap[1]
-  set_task_work(soon[1] ~= nil, first and first.at)
+  set_task_work(soon_head <= soon_tail, first and first.at)
 end
 
 local function earlier(a, b)
@@ -217,8 +220,22 @@ end
 
 --- Run fn(...) at the next step.
 function T.soon(fn, ...)
-  soon[#soon + 1] = pack(fn, ...)
+  soon_tail = soon_tail + 1
+  soon[soon_tail] = pack(fn, ...)
   tell_core()
+end
+
+-- The first of soon, taken off, or nil.
+local function take_soon()
+  if soon_head > soon_tail then return nil end
+  local item = soon[soon_head]
+  soon[soon_head] = nil
+  if soon_head == soon_tail then
+    soon_head, soon_tail = 1, 0 -- empty: start again at 1
+  else
+    soon_head = soon_head + 1
+  end
+  return item
 end
 
 function T.spawn(fn, ...)
@@ -297,8 +314,8 @@ end
 --- expired timers. One at a time, so an error leaves the rest queued.
 function T.run_due()
   local n = 0
-  for _ = 1, #soon do
-    local item = tremove(soon, 1)
+  for _ = 1, soon_tail - soon_head + 1 do
+    local item = take_soon()
     if not item then break end -- a queued item stepped the loop itself
     n = n + 1
     item[1](unpack(item, 2, item.n))
@@ -332,7 +349,7 @@ end
 
 --- How long step may wait: `wait` capped by the next timer; 0 if work is due.
 function T.wait_budget(wait)
-  if #soon > 0 then return 0 end
+  if soon_head <= soon_tail then return 0 end
   if heap[1] then
     local left = heap[1].at - now()
     if left < 0 then left = 0 end
@@ -351,7 +368,7 @@ end
 
 --- Anything left that needs the loop: live tasks, timers or queued work.
 function T.busy()
-  return live > 0 or nheap > 0 or #soon > 0
+  return live > 0 or nheap > 0 or soon_head <= soon_tail
 end
 
 function T.live() return live end

@@ -172,6 +172,7 @@ np_req *np_write_new(np_pipe *p) {
   else
     p->writes = req;
   p->writes_tail = req;
+  if (!p->wdeliver) p->wdeliver = req;
   p->nwrites++;
   return req;
 }
@@ -180,6 +181,7 @@ np_req *np_write_new(np_pipe *p) {
 void np_write_drop(np_req *req) {
   np_pipe *p = req->pipe;
   np_loop *loop = p->loop;
+  if (p->wdeliver == req) p->wdeliver = req->wnext;
   if (req->wprev)
     req->wprev->wnext = req->wnext;
   else

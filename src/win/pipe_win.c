@@ -232,14 +232,13 @@ static void submitted(np_req *req, BOOL ok) {
 }
 
 /* Hand out finished writes in start order: a write the kernel (or a
- * cancel) finished before an earlier one waits for it. */
+ * cancel) finished before an earlier one waits for it. From the oldest
+ * not yet handed out: each write is passed once. */
 static void deliver_writes(np_pipe *p) {
   np_req *w;
-  for (w = p->writes; w; w = w->wnext) {
-    if (w->state == REQ_READY) continue;
-    if (w->state != REQ_DONE) break;
+  for (w = p->wdeliver; w && w->state == REQ_DONE; w = w->wnext)
     np_req_ready(p->loop, w);
-  }
+  p->wdeliver = w;
 }
 
 static void complete_now(np_req *req, np_err err, long code) {

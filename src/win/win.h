@@ -72,6 +72,11 @@ struct np_pipe {
    * of rbuf; NULL for read() */
   char *rext;
   np_req *writes, *writes_tail; /* writes not yet released, oldest first */
+  /* The oldest of them not yet handed out (REQ_READY): writes are handed
+   * out in start order, so those before it all are, and deliver_writes
+   * starts here rather than walking the handed-out ones again for every
+   * completion. NULL when every write is handed out. */
+  np_req *wdeliver;
   int nwrites;
   int kernel_writes;             /* of those, how many the kernel owns */
   int session_writes;            /* ... and were started in this session */
