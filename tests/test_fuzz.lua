@@ -427,7 +427,9 @@ run_method = function(p, in_task)
     local op = pick(OPS)
     local f = np.methods[op]
     note(("methods.%s on %s"):format(op, describe(p)))
-    try("raw " .. op, op, f, p, junk(), chance(2) and callback(p, op) or junk())
+    -- (last, a callback or junk that must raise: a huge count or timeout
+    -- in the waiting form would wait for ever here, which is no misuse)
+    try("raw " .. op, op, f, p, junk(), chance(2) and callback(p, op) or junk_timeout())
     return
   end
   local args = table.pack(args_for(m, p, in_task))
