@@ -1,18 +1,23 @@
 # namedpipe — build and test (Linux natively, Windows via mingw-w64 + Wine).
 #
-#   make deps          install Debian packages, build Windows Lua (tools/deps.sh)
+#   make deps          install Debian packages, build Windows Lua 5.4 and
+#                      LuaJIT (tools/deps.sh)
 #   make linux         build/linux/namedpipe/core.so
 #   make windows       build/win/namedpipe/core.dll   (needs build/winlua)
 #   make test-linux    run tests/run.lua with lua5.4
 #   make test-windows  run tests/run.lua with lua.exe under Wine (tools/wine-run.sh)
-#   make test          deps + both suites; last line: total "N passed, N failed, N skipped"
+#   make test-winjit   the same with a Windows LuaJIT (luajit.exe, lua51.dll)
+#   make test-lua5.1 ... test-luajit   the suite with each other Lua on Linux
+#   make test          deps + every suite (tools/test-all.sh); last line: total
+#                      "N passed, N failed, N skipped"
 #   make demo          deps, then examples/demo.lua on Linux and under Wine
 #   make rock          build/rock/namedpipe-V-R.src.rock from this checkout (tools/rock.sh)
 #   make rock-check    LuaRocks installs that rock natively and cross-built for
 #                      Windows, and both trees are run (tools/rock-check.sh)
 #   make lint          luacheck (.luacheckrc) over examples/ bench/ tools/ library/
 #                      and the packaging tests; LINT_PATHS=... for others
-#   make clean         remove the module builds (keeps build/winlua, the wine prefix)
+#   make clean         remove the module builds (keeps build/winlua, build/winjit,
+#                      the wine prefix)
 #   make distclean     remove all of build/
 #
 # Pass test options with TESTARGS, e.g.  make test-linux TESTARGS="-p Basics"
@@ -37,6 +42,10 @@ WIN_LIBS     ?= -lkernel32 -ladvapi32 -lntdll
 WINLUA     := build/winlua
 WIN_LUA    := $(WINLUA)/bin/lua.exe
 WIN_LUADLL := $(WINLUA)/bin/lua54.dll
+# LuaJIT for Windows: a C module links lua51.dll, as on LuaJIT's own builds
+WINJIT     := build/winjit
+WIN_JIT    := $(WINJIT)/bin/luajit.exe
+WIN_JITDLL := $(WINJIT)/bin/lua51.dll
 
 # The version is set in one place, the rockspec (its file name and
 # `version`): the C module gets it as three numbers, as LuaRocks builds
@@ -52,6 +61,7 @@ WIN_HDR   := $(wildcard src/*.h src/win/*.h)
 
 LINUX_SO  := build/linux/namedpipe/core.so
 WIN_DLL   := build/win/namedpipe/core.dll
+WINJIT_DLL := build/winjit-mod/namedpipe/core.dll
 
 TESTARGS ?=
 
@@ -73,7 +83,7 @@ $(file >$(WIN_STAMP),$(WIN_SIG))
 endif
 endif
 
-.PHONY: all deps linux windows test test-linux test-windows demo clean distclean check check-asan check-valgrind soak \
+.PHONY: all deps linux windows winjit test test-linux test-windows test-winjit demo clean distclean check check-asan check-valgrind soak \
         rock rock-check lint lint-deps
 
 all: linux windows
@@ -95,6 +105,18 @@ $(WIN_DLL): $(WIN_SRC) $(WIN_HDR) $(WIN_LUA) $(WIN_STAMP) Makefile
 
 # lua.exe is written last by tools/deps.sh, so it marks a complete build/winlua
 $(WIN_LUA):
+	tools/deps.sh
+
+# The Windows module for LuaJIT: the same sources and flags against
+# LuaJIT's headers, linked to its lua51.dll (luajit.exe is written last by
+# tools/deps.sh, so it marks a complete build/winjit).
+winjit: $(WINJIT_DLL)
+
+$(WINJIT_DLL): $(WIN_SRC) $(WIN_HDR) $(WIN_JIT) $(WIN_STAMP) Makefile
+	@mkdir -p $(@D)
+	$(WIN_CC) $(WIN_CFLAGS) -I $(WINJIT)/include -Isrc $(VERSION_DEFS) $(EXTRA_CFLAGS) -o $@ $(WIN_SRC) $(WIN_JITDLL) $(WIN_LIBS)
+
+$(WIN_JIT):
 	tools/deps.sh
 
 test-linux: linux multistate-linux
@@ -119,6 +141,12 @@ test-luas: $(addprefix test-,$(OTHER_LUAS))
 
 test-windows: windows multistate-windows
 	tools/wine-run.sh $(WIN_LUA) tests/run.lua --platform windows $(TESTARGS)
+
+# The whole suite under Wine with the Windows LuaJIT and its build of the
+# module (NP_BUILD_DIR: tools/wine-run.sh and tests/run.lua take it from there).
+test-winjit: winjit
+	NP_BUILD_DIR=build/winjit-mod tools/wine-run.sh $(WIN_JIT) tests/run.lua --platform windows \
+	  --label winjit $(TESTARGS)
 
 test: deps
 	MAKE="$(MAKE)" tools/test-all.sh
@@ -169,7 +197,8 @@ soak: linux windows
 	  tools/wine-run.sh $(WIN_LUA) tests/run.lua --platform windows -p TestModel
 
 clean:
-	rm -rf build/linux build/win build/asan build/multistate build/fuzz
+	rm -rf build/linux build/win build/asan build/multistate build/fuzz build/winjit-mod \
+	  build/lua5.1 build/lua5.2 build/lua5.3 build/luajit
 
 distclean:
 	rm -rf build

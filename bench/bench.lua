@@ -86,8 +86,8 @@ if opt.api ~= "np" and opt.api ~= "core" then
 end
 
 local function wanted(w) return common.wanted(opt, w) end
-local make_blocks, median, report, msg_for =
-  common.make_blocks, common.median, common.report, common.msg_for
+local make_blocks, median, report, msg_for, idiv =
+  common.make_blocks, common.median, common.report, common.msg_for, common.idiv
 
 local core = require "namedpipe.core"
 local np = opt.api == "core" and core or require "namedpipe"
@@ -259,7 +259,7 @@ local function stream(total, inflight, verify, into)
     blocks = blocks_plain
   end
   local nb = #blocks
-  local nwrites = total // CHUNK
+  local nwrites = idiv(total, CHUNK)
   local started, written, received = 0, 0, 0
   local done_w, done_r = false, false
 
@@ -279,7 +279,7 @@ local function stream(total, inflight, verify, into)
     local c, len = 0, #data
     while c < len do
       local p = pos + c
-      local blk = blocks[(p // CHUNK) % nb + 1]
+      local blk = blocks[idiv(p, CHUNK) % nb + 1]
       local off = p % CHUNK
       local take = math.min(CHUNK - off, len - c)
       if data:sub(c + 1, c + take) ~= blk:sub(off + 1, off + take) then
@@ -530,19 +530,19 @@ local t_start = now()
 local verify = opt.quick
 
 if wanted("pingpong") then
-  pingpong(math.max(opt.pp // 20, 50), true, "message") -- warm-up, contents checked
+  pingpong(math.max(idiv(opt.pp, 20), 50), true, "message") -- warm-up, contents checked
   local v = timed(pingpong, opt.pp, verify, "message")
   report("pingpong", "rtt_per_s", v, ("n=%d msg=64 mode=message api=%s"):format(opt.pp, opt.api))
 end
 
 if wanted("pingpong_byte") then
-  pingpong(math.max(opt.pp // 20, 50), true, "byte")
+  pingpong(math.max(idiv(opt.pp, 20), 50), true, "byte")
   local v = timed(pingpong, opt.pp, verify, "byte")
   report("pingpong_byte", "rtt_per_s", v, ("n=%d msg=64 mode=byte api=%s"):format(opt.pp, opt.api))
 end
 
 if wanted("pingpong_tasks") and opt.api == "np" then
-  pingpong_tasks(math.max(opt.pp // 20, 50), true) -- warm-up, contents checked
+  pingpong_tasks(math.max(idiv(opt.pp, 20), 50), true) -- warm-up, contents checked
   local v = timed(pingpong_tasks, opt.pp, verify)
   report("pingpong_tasks", "rtt_per_s", v, ("n=%d msg=64 mode=message api=np tasks timeout=5000"):format(opt.pp))
 end
@@ -558,19 +558,19 @@ for _, wl in ipairs { "stream", "stream_string" } do
 end
 
 if wanted("churn") then
-  churn(math.max(opt.churn // 20, 20), true) -- warm-up, contents checked
+  churn(math.max(idiv(opt.churn, 20), 20), true) -- warm-up, contents checked
   local v = timed(churn, opt.churn, verify)
   report("churn", "conn_per_s", v, ("n=%d mode=byte api=%s"):format(opt.churn, opt.api))
 end
 
 if wanted("churn_vanish") then
-  churn_vanish(math.max(opt.churn // 20, 20), true) -- warm-up, contents checked
+  churn_vanish(math.max(idiv(opt.churn, 20), 20), true) -- warm-up, contents checked
   local v = timed(churn_vanish, opt.churn, verify)
   report("churn_vanish", "conn_per_s", v, ("n=%d mode=byte api=%s"):format(opt.churn, opt.api))
 end
 
 if wanted("queued") then
-  queued(math.max(opt.queued // 20, 20)) -- warm-up
+  queued(math.max(idiv(opt.queued, 20), 20)) -- warm-up
   local v = timed(queued, opt.queued)
   report("queued", "msgs_per_s", v, ("n=%d msg=64 mode=message api=%s"):format(opt.queued, opt.api))
 end
@@ -586,7 +586,7 @@ if wanted("memory") then
 end
 
 if wanted("step0") then
-  step0(math.max(opt.steps // 10, 100)) -- warm-up
+  step0(math.max(idiv(opt.steps, 10), 100)) -- warm-up
   local v = timed(step0, opt.steps)
   local extra = ("n=%d api=%s"):format(opt.steps, opt.api)
   if opt.api == "np" then

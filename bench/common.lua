@@ -8,6 +8,14 @@ local C = {}
 
 C.CHUNK = 65536
 
+-- bench.lua also runs under LuaJIT (make bench's LuaJIT column), which
+-- parses Lua 5.1: no `//`, and these two are 5.2's and 5.3's.
+function C.idiv(a, b) return math.floor(a / b) end
+local unpack = table.unpack or unpack -- luacheck: ignore 113
+local tointeger = math.tointeger or function(x)
+  if x and x == math.floor(x) then return x end
+end
+
 --- Parse arg into opt (which holds the defaults). `prog` names the script
 --- in messages; `api` is called with --api's value (nil: ignore it).
 function C.parse_options(prog, opt, api)
@@ -23,7 +31,7 @@ function C.parse_options(prog, opt, api)
       if api then api(a[i + 1]) end
       i = i + 2
     elseif num[k] then
-      opt[num[k]] = math.tointeger(tonumber(a[i + 1]))
+      opt[num[k]] = tointeger(tonumber(a[i + 1]))
       if not opt[num[k]] or opt[num[k]] < 1 then
         io.stderr:write(prog, ": ", k, " needs a positive integer\n"); os.exit(2)
       end
@@ -61,7 +69,7 @@ function C.make_blocks(k)
     for j = 0, 255 do
       local t = {}
       for x = 0, 255 do t[#t + 1] = (x * 31 + j * 7 + b * 101) % 256 end
-      parts[#parts + 1] = string.char(table.unpack(t))
+      parts[#parts + 1] = string.char(unpack(t))
     end
     blocks[b] = table.concat(parts)
     assert(#blocks[b] == C.CHUNK)
@@ -74,7 +82,8 @@ function C.median(t)
   for i = 1, #t do s[i] = t[i] end
   table.sort(s)
   local n = #s
-  return n % 2 == 1 and s[(n + 1) // 2] or (s[n // 2] + s[n // 2 + 1]) / 2, s[1], s[n]
+  local mid = C.idiv(n, 2)
+  return n % 2 == 1 and s[mid + 1] or (s[mid] + s[mid + 1]) / 2, s[1], s[n]
 end
 
 --- One result line: "workload metric=median [min= max=] runs=N [extra]".

@@ -149,6 +149,7 @@ local machine = ("%s, %s CPUs, Linux %s"):format(cpu_model(), sh("nproc"), sh("u
 for _, platform in ipairs(order) do
   local d = data[platform]
   local np, core, base, luv = d.namedpipe or {}, d["np.core"] or {}, d.baseline or {}, d.luv
+  local jit = d["np.luajit"] -- namedpipe again, run by LuaJIT
   local nruns = 0
   for _, w in pairs(np) do
     if w._first then nruns = math.max(nruns, #w[w._first]) end
@@ -171,6 +172,10 @@ for _, platform in ipairs(order) do
   if quick then print("(--quick: tiny sizes, a smoke run; the figures mean nothing)") end
   local has_core = next(core) ~= nil
   local header = { "workload", "namedpipe", "np.core", "baseline (C)", "np/C", "core/C" }
+  if jit then
+    header[#header + 1] = "np LuaJIT"
+    header[#header + 1] = "jit/C"
+  end
   if luv then
     header[#header + 1] = "luv"
     header[#header + 1] = "np/luv"
@@ -199,6 +204,11 @@ for _, platform in ipairs(order) do
         if n then label = group(n) .. " " .. label end
       end
       local row = { label, cell(a), cell(c), cell(b), ratio(a, b), ratio(c, b) }
+      if jit then
+        local j = get(jit)
+        row[#row + 1] = cell(j)
+        row[#row + 1] = ratio(j, b)
+      end
       if luv then
         row[#row + 1] = cell(l)
         row[#row + 1] = ratio(a, l)
@@ -257,18 +267,23 @@ for _, platform in ipairs(order) do
     print()
     print_table(oheader, orows)
   end
-  local m = np.memory
-  if m then
-    local function mv(k)
-      local v = stats(m[k])
-      return v and ("%.2f KiB"):format(v) or "n/a"
+  if jit then
+    print("namedpipe, np.core: Lua 5.4; np LuaJIT: the namedpipe runs with LuaJIT 2.1 and the module built for it")
+  end
+  for _, who in ipairs { { np, "namedpipe" }, { jit or {}, "namedpipe on LuaJIT" } } do
+    local m = who[1].memory
+    if m then
+      local function mv(k)
+        local v = stats(m[k])
+        return v and ("%.2f KiB"):format(v) or "n/a"
+      end
+      print(("memory per idle connected pair (%s pairs, %s): Lua heap %s, process RSS %s;"
+        .. " with a read pending on both ends: Lua heap %s, RSS %s%s")
+        :format(m.pairs or "?", who[2], mv("lua_kib_per_pair"), mv("rss_kib_per_pair"),
+          mv("lua_kib_per_pair_reading"), mv("rss_kib_per_pair_reading"),
+          platform == "windows" and (" (RSS of the Wine process, read from Z:\\proc\\self\\status;"
+            .. " the pipes themselves live in the wineserver and are not counted)") or ""))
     end
-    print(("memory per idle connected pair (%s pairs, namedpipe): Lua heap %s, process RSS %s;"
-      .. " with a read pending on both ends: Lua heap %s, RSS %s%s")
-      :format(m.pairs or "?", mv("lua_kib_per_pair"), mv("rss_kib_per_pair"),
-        mv("lua_kib_per_pair_reading"), mv("rss_kib_per_pair_reading"),
-        platform == "windows" and (" (RSS of the Wine process, read from Z:\\proc\\self\\status;"
-          .. " the pipes themselves live in the wineserver and are not counted)") or ""))
   end
   if platform == "windows" and pinfile then
     local f = io.open(pinfile)

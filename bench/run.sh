@@ -5,14 +5,18 @@
 #   bench/run.sh [--quick] [--runs N] [--platform linux|windows|all] [--only w[,w]]
 #
 # - builds what is missing: build/linux/namedpipe/core.so (make linux),
-#   build/win/namedpipe/core.dll (make windows), build/bench/baseline_unix
+#   build/win/namedpipe/core.dll (make windows), the LuaJIT builds of both
+#   (make build/luajit/namedpipe/core.so winjit), build/bench/baseline_unix
 #   (gcc -O2), build/bench/baseline_win.exe (x86_64-w64-mingw32-gcc -O2)
 # - runs every implementation N times (default 5), alternating (np, np.core,
-#   baseline, luv, np, np.core, ...), each run one process doing every
-#   workload once (--runs 1); the table shows the median of the N runs, their
-#   min–max, and the ratios of the medians
+#   np.luajit, baseline, luv, np, np.core, ...), each run one process doing
+#   every workload once (--runs 1); the table shows the median of the N runs,
+#   their min–max, and the ratios of the medians
 #     namedpipe  : require "namedpipe", the public API (Lua wrappers, np.step)
 #     np.core    : require "namedpipe.core" alone (C methods, C step)
+#     np.luajit  : the namedpipe run with LuaJIT 2.1 (luajit on Linux,
+#                  build/winjit's luajit.exe under Wine) and the module built
+#                  against it (build/luajit, build/winjit-mod)
 #     baseline   : bench/baseline_unix.c or bench/baseline_win.c
 #     luv        : bench/bench_luv.lua (Linux; skipped with a note if absent)
 # - Linux runs are not pinned (one thread doing its own syscalls: nothing to
@@ -120,7 +124,7 @@ run_impl() {
 
 # ------------------------------------------------------------------ builds
 build_linux() {
-    $MAKE --no-print-directory linux >"$OUT/build-linux.log" 2>&1 ||
+    $MAKE --no-print-directory linux build/luajit/namedpipe/core.so >"$OUT/build-linux.log" 2>&1 ||
         { echo "bench: make linux failed (see $OUT/build-linux.log)" >&2; tail -n 20 "$OUT/build-linux.log" >&2; return 1; }
     if [ ! -x "$OUT/baseline_unix" ] || [ bench/baseline_unix.c -nt "$OUT/baseline_unix" ]; then
         gcc -O2 -Wall -Wextra -o "$OUT/baseline_unix" bench/baseline_unix.c || return 1
@@ -128,7 +132,7 @@ build_linux() {
 }
 
 build_windows() {
-    $MAKE --no-print-directory windows >"$OUT/build-windows.log" 2>&1 ||
+    $MAKE --no-print-directory windows winjit >"$OUT/build-windows.log" 2>&1 ||
         { echo "bench: make windows failed (see $OUT/build-windows.log)" >&2; tail -n 20 "$OUT/build-windows.log" >&2; return 1; }
     if [ ! -f "$OUT/baseline_win.exe" ] || [ bench/baseline_win.c -nt "$OUT/baseline_win.exe" ]; then
         x86_64-w64-mingw32-gcc -O2 -Wall -Wextra -o "$OUT/baseline_win.exe" bench/baseline_win.c || return 1
@@ -158,7 +162,7 @@ watch_pinning() {
     local label=$1 dir prog pid i
     dir=$(wineserver_dir) || return 0
     for ((i = 0; i < 6000; i++)); do
-        prog=$(pgrep -f '^(build/winlua/bin/lua\.exe bench/bench\.lua|build/bench/baseline_win\.exe)' | head -n 1)
+        prog=$(pgrep -f '^(build/win(lua/bin/lua|jit/bin/luajit)\.exe bench/bench\.lua|build/bench/baseline_win\.exe)' | head -n 1)
         if [ -n "$prog" ]; then
             for pid in $(pgrep wineserver 2>/dev/null); do
                 if [ "$(basename "$(readlink "/proc/$pid/cwd" 2>/dev/null)")" = "$dir" ]; then
@@ -200,6 +204,8 @@ if want_linux; then
         for ((r = 1; r <= RUNS; r++)); do
             run_impl linux namedpipe lpin lua5.4 bench/bench.lua "${LINUX_ARGS[@]}"
             [ "$QUICK" = 1 ] || run_impl linux np.core lpin lua5.4 bench/bench.lua --api core "${LINUX_ARGS[@]}"
+            run_impl linux np.luajit lpin env LUA_PATH="$LUA_PATH_5_4" LUA_CPATH="build/luajit/?.so;;" \
+                luajit bench/bench.lua "${LINUX_ARGS[@]}"
             run_impl linux baseline lpin "$OUT/baseline_unix" "${LINUX_ARGS[@]}"
             [ -n "$LUAV" ] && run_impl linux luv lpin lua5.4 bench/bench_luv.lua "${LINUX_ARGS[@]}"
         done
@@ -216,6 +222,7 @@ if want_windows; then
         for ((r = 1; r <= RUNS; r++)); do
             run_wine namedpipe build/winlua/bin/lua.exe bench/bench.lua "${WIN_ARGS[@]}"
             [ "$QUICK" = 1 ] || run_wine np.core build/winlua/bin/lua.exe bench/bench.lua --api core "${WIN_ARGS[@]}"
+            NP_BUILD_DIR=build/winjit-mod run_wine np.luajit build/winjit/bin/luajit.exe bench/bench.lua "${WIN_ARGS[@]}"
             run_wine baseline "$OUT/baseline_win.exe" "${WIN_ARGS[@]}"
         done
     else

@@ -1,4 +1,5 @@
 -- From a checkout:        luarocks --lua-version 5.4 make rockspec/namedpipe-0.1.0-1.rockspec
+--                         (5.1, 5.2, 5.3 likewise; LuaJIT 2.1 loads the 5.1 build)
 -- The source rock:        make rock    (build/rock/namedpipe-0.1.0-1.src.rock)
 -- The test suite:         luarocks --lua-version 5.4 test rockspec/namedpipe-0.1.0-1.rockspec
 rockspec_format = "3.0"
@@ -21,7 +22,7 @@ source = {
    dir = "namedpipe-0.1.0",
 }
 description = {
-   summary = "Asynchronous Windows named pipes for Lua 5.4 (Unix domain sockets on Linux)",
+   summary = "Asynchronous Windows named pipes for Lua 5.1-5.4 and LuaJIT (Unix domain sockets on Linux)",
    detailed = [[
 Server and client pipes with connect/read/write/try_read/try_write/disconnect,
 option tables mirroring Tokio's ServerOptions/ClientOptions, driven by a
@@ -36,8 +37,10 @@ never leaves the name missing, line and frame helpers.
 -- locks; the BSDs and macOS have neither, so LuaRocks refuses them up front
 -- instead of failing in the compiler.
 supported_platforms = { "linux", "windows" }
+-- One module for every Lua from 5.1 to 5.4 (src/compat.h); LuaJIT 2.1 is
+-- 5.1 to LuaRocks and to C.
 dependencies = {
-   "lua >= 5.4, < 5.5",
+   "lua >= 5.1, < 5.5",
 }
 -- tests/run.lua takes the modules from the rocks trees on LUA_PATH/LUA_CPATH
 -- (`luarocks path`) when the checkout has no build/ of its own.

@@ -36,7 +36,9 @@ How to write a test file (tests/test_*.lua, loaded in sorted order):
         REPO_ROOT   the repo root as used in package.path ("." normally)
   * Module search paths are set here: <root>/lua/?.lua, <root>/lua/?/init.lua,
     and <root>/build/linux/?.so (linux) or <root>\build\win\?.dll (windows),
-    so require("namedpipe.core") finds the freshly built module.
+    so require("namedpipe.core") finds the freshly built module; env
+    NP_BUILD_DIR names another build directory (make test-luajit,
+    make test-winjit).
 
 A file that fails to load counts as one failure. The LAST line printed is
 exactly "<platform>: N passed, N failed, N skipped" (failures and errors both
@@ -122,7 +124,10 @@ end
 package.path = join(root, "lua", "?.lua") .. ";" .. join(root, "lua", "?", "init.lua")
   .. ";" .. package.path
 if WIN then
-  package.cpath = join(root, "build", "win", "?.dll") .. ";" .. package.cpath
+  -- NP_BUILD_DIR: another build of the module (make test-winjit)
+  local bd = os.getenv("NP_BUILD_DIR")
+  package.cpath = join(root, bd and (bd:gsub("/", "\\")) or join("build", "win"), "?.dll")
+    .. ";" .. package.cpath
   -- Debian's luaunit, if LUA_PATH did not already point there
   package.path = package.path .. ";Z:\\usr\\share\\lua\\5.4\\?.lua"
 else

@@ -43,17 +43,27 @@ local function start(file, opts, ...)
     cmd = cmd .. " < " .. input
   end
   -- Lua 5.1 and LuaJIT do not say how a popen'ed command exited: the
-  -- shell tells it on the last line instead
-  local tell_exit = _VERSION == "Lua 5.1" and PLATFORM ~= "windows"
-  if tell_exit then cmd = "( " .. cmd .. " ) 2>&1; echo np-exit=$?" end
-  local proc = assert(io.popen(cmd .. " 2>&1", "r"))
+  -- shell tells it on the last line instead. cmd.exe says whether it
+  -- failed: its %ERRORLEVEL% is read before the command runs, and Wine's
+  -- cmd runs both sides of `a && b || c`; `if errorlevel N` (>= N) works
+  -- in both, and a negative code (a crash) counts as failed.
+  local tell_exit = _VERSION == "Lua 5.1"
+  if tell_exit and PLATFORM == "windows" then
+    cmd = cmd .. " 2>&1 & if errorlevel 1 (echo np-exit=1) else if errorlevel 0 (echo np-exit=0)"
+      .. " else (echo np-exit=1)"
+  elseif tell_exit then
+    cmd = "( " .. cmd .. " ) 2>&1; echo np-exit=$? 2>&1"
+  else
+    cmd = cmd .. " 2>&1"
+  end
+  local proc = assert(io.popen(cmd, "r"))
   return {
     finish = function()
       local out = proc:read("*a")
       local ok = proc:close()
       if tell_exit then
         local code
-        out, code = out:match("^(.-)np%-exit=(%d+)\n?$")
+        out, code = out:gsub("\r\n", "\n"):match("^(.-)np%-exit=(%d+)%s*$")
         ok = code == "0"
         out = out or ""
       end

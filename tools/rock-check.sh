@@ -8,6 +8,11 @@
 #            set to that tree alone; then `luarocks test` runs the rockspec's
 #            test section in the rock's unpacked source, against that tree
 #            (a part of the suite: ROCK_TEST_ARGS, luaunit options)
+#   luas     the same rock installed by `luarocks --lua-version X` for X in
+#            5.1 5.2 5.3 (each against Debian's liblua5.X-dev) into that
+#            tree, and the round trip run by lua5.X with the tree's X part
+#            alone; luajit runs it on the 5.1 build (LuaJIT is 5.1 to
+#            LuaRocks and to C)
 #   windows  the same rockspec cross-built by LuaRocks with mingw-w64: a
 #            config that makes LuaRocks take the windows/mingw32 platforms,
 #            the mingw compilers, the Windows Lua's headers and lua54.dll
@@ -53,7 +58,7 @@ version=${nv#namedpipe-}                   # 0.1.0
 rock="$ROOT/build/rock/$name.src.rock"
 
 rm -rf "$OUT"
-mkdir -p "$OUT"
+mkdir -p "$OUT" "$OUT/run"
 
 # ------------------------------------------------------------------ Linux
 lt="$OUT/linux"
@@ -71,8 +76,7 @@ if logged "$OUT/linux-install.log" lr_linux install "$rock"; then
     [ -f "$lt/lib/lua/5.4/namedpipe/core.so" ] || fail "linux: no namedpipe/core.so in the tree"
     [ -f "$lt/lib/luarocks/rocks-5.4/namedpipe/$version-1/library/namedpipe.lua" ] ||
         fail "linux: the LuaLS annotations are not in the rock's directory"
-    # from a directory of its own: nothing of the checkout on the paths
-    mkdir -p "$OUT/run"
+    # from a directory of its own ($OUT/run): nothing of the checkout on the paths
     if (cd "$OUT/run" && lua5.4 "$ROOT/tools/rock-roundtrip.lua" "$lt" "$version") >"$OUT/linux-roundtrip.log" 2>&1; then
         say "linux: $(tail -n 1 "$OUT/linux-roundtrip.log")"
     else
@@ -98,6 +102,33 @@ if logged "$OUT/linux-install.log" lr_linux install "$rock"; then
 else
     fail "linux: luarocks install (linux-install.log)"
 fi
+
+# ------------------------------------------- Lua 5.1, 5.2, 5.3 and LuaJIT
+# (5.4 is the tree above.) Each version builds from the rock on its own
+# (LuaRocks unpacks and compiles it anew), into its part of the tree.
+for v in 5.1 5.2 5.3; do
+    if logged "$OUT/linux-$v-install.log" env LUAROCKS_CONFIG="$OUT/config-linux.lua" \
+            luarocks --lua-version "$v" install "$rock"; then
+        grep -q 'src/win/' "$OUT/linux-$v-install.log" && fail "lua$v: Windows sources compiled (linux-$v-install.log)"
+        grep -q -- "-I/usr/include/lua$v" "$OUT/linux-$v-install.log" ||
+            fail "lua$v: not compiled against Lua $v's headers (linux-$v-install.log)"
+        [ -f "$lt/lib/lua/$v/namedpipe/core.so" ] || fail "lua$v: no lib/lua/$v/namedpipe/core.so in the tree"
+    else
+        fail "lua$v: luarocks --lua-version $v install (linux-$v-install.log)"
+        continue
+    fi
+    luas=("lua$v")
+    [ "$v" = 5.1 ] && command -v luajit >/dev/null && luas+=(luajit)
+    for lua in "${luas[@]}"; do
+        if (cd "$OUT/run" && "$lua" "$ROOT/tools/rock-roundtrip.lua" "$lt" "$version") \
+                >"$OUT/linux-$lua-roundtrip.log" 2>&1; then
+            say "$lua: $(tail -n 1 "$OUT/linux-$lua-roundtrip.log")"
+        else
+            cat "$OUT/linux-$lua-roundtrip.log" >&2
+            fail "$lua: round trip from the installed tree (Lua $v build)"
+        fi
+    done
+done
 
 # ------------------------------------------------------- Windows (mingw-w64)
 wt="$OUT/windows"
@@ -228,4 +259,4 @@ if [ "${#failed[@]}" -gt 0 ]; then
     echo "rock-check: FAILED: ${failed[*]}"
     exit 1
 fi
-echo "rock-check: ok (LuaRocks built, installed and ran $name on Linux and, cross-built, under Wine; MSVC command lines as the rockspec asks)"
+echo "rock-check: ok (LuaRocks built, installed and ran $name on Linux for Lua 5.1-5.4 and LuaJIT and, cross-built, under Wine; MSVC command lines as the rockspec asks)"

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# tools/test-all.sh — run `make test-linux` and `make test-windows` (the second
-# even if the first fails), pick up each run's summary line
+# tools/test-all.sh — run `make test-linux`, `make test-windows` (Lua 5.4
+# under Wine), `make test-winjit` (LuaJIT under Wine) and `make test-lua5.1`
+# ... `make test-luajit` (the other Luas on Linux), each even if one before
+# it failed, pick up each run's summary line
 # "<platform>: N passed, N failed, N skipped", and print as the LAST line the
 # total "N passed, N failed, N skipped". Exit status is non-zero if anything
 # failed, a run exited non-zero, or a run printed no summary line (each such
@@ -11,7 +13,8 @@
 # `make rock-check` (LuaRocks builds and installs the source rock natively
 # and cross-built for Windows; both installed trees run a round trip), and
 # `make lint` (luacheck over every Lua file).
-# Full outputs: build/test-linux.log, build/test-windows.log, build/check.log,
+# Full outputs: build/test-<platform>.log (linux, windows, winjit, lua5.1,
+# ...), build/check.log,
 # build/bench-quick.log, build/rock-check.log, build/lint.log.
 set -uo pipefail
 
@@ -22,7 +25,7 @@ mkdir -p build
 
 tp=0 tf=0 ts=0 status=0
 lines=()
-for plat in linux windows lua5.1 lua5.2 lua5.3 luajit; do
+for plat in linux windows winjit lua5.1 lua5.2 lua5.3 luajit; do
     log="build/test-$plat.log"
     echo "=== make test-$plat ==="
     $MAKE --no-print-directory "test-$plat" 2>&1 | tee "$log"

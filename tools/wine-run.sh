@@ -8,8 +8,9 @@
 # - WINEDEBUG=-all, timeout $NP_WINE_TIMEOUT seconds (default 300; exit 124
 #   on timeout), stdin is /dev/null
 # - Lua search paths for the Windows process (Wine imports the Unix
-#   environment verbatim): the repo's lua/ tree, build/win/?.dll, Debian's
-#   luaunit (Z:\usr\share\lua\5.4), then Lua's defaults (;;)
+#   environment verbatim): the repo's lua/ tree, build/win/?.dll (or
+#   $NP_BUILD_DIR/?.dll), Debian's luaunit (Z:\usr\share\lua\5.4, which
+#   serves LuaJIT too: one file for every version), then Lua's defaults (;;)
 # - NP_UNDER_WINE=1 in the environment (tests/run.lua sets UNDER_WINE from it)
 # - CRLF line ends are turned into LF (NP_WINE_RAW=1: bytes unchanged)
 # - the program's stdout/stderr go to files that are streamed to ours with
@@ -44,7 +45,9 @@ W=$(winpath "$ROOT")
 
 export NP_UNDER_WINE=1
 lua_path="$W\\lua\\?.lua;$W\\lua\\?\\init.lua;Z:\\usr\\share\\lua\\5.4\\?.lua;Z:\\usr\\share\\lua\\5.4\\?\\init.lua;;"
-lua_cpath="$W\\build\\win\\?.dll;;"
+# NP_BUILD_DIR: another build of the module (make test-winjit: build/winjit-mod)
+bd=${NP_BUILD_DIR:-build/win}
+lua_cpath="$W\\${bd//\//\\}\\?.dll;;"
 export LUA_PATH_5_4="$lua_path" LUA_PATH="$lua_path"
 export LUA_CPATH_5_4="$lua_cpath" LUA_CPATH="$lua_cpath"
 
