@@ -197,6 +197,8 @@ local function release(op)
   if ops and ops[op.slot] == op then
     ops[op.slot] = nil
     if op.slot == "read" then sync_divert(op.pipe) end
+    -- (no slot taken: the pipe's calls need not look at this layer's)
+    if next(ops) == nil then inflight[op.pipe] = nil end
   end
   -- from the next step, each on its own: one that raises leaves the
   -- others queued
@@ -312,7 +314,7 @@ end
 -- Wait for one operation: the method's own C entry starts it between the
 -- two halves, so its argument errors name the method:
 --   local w, cb = wait_begin(self, "read"); raw.read(self, n, cb)
---   return wait_end(w, self, timeout)
+--   return wait_end(w, self, timeout, "read")
 -- On timeout the operation is cancelled and we still wait for its
 -- completion: if it finished in the meantime its real result wins
 -- (nothing read or written is ever dropped on the floor). kind: "read",
@@ -345,23 +347,26 @@ local function wait_timed_out(rec)
   cancel_for_timeout(rec.target, CANCEL[rec.kind])
 end
 
--- A task's wait uses its wait record (task.wait_record) as callback and
--- timer: nothing is allocated per call.
-local function wait_begin(pipe, kind, buf, prefix)
-  local rec = wait_record()
-  if rec then
-    rec.kind = kind
-    return rec, rec.wake
-  end
+-- Outside a task: an operation recorded while it is waited for (above).
+local function op_begin(pipe, kind, buf, prefix)
   local op = new_op(pipe, kind)
   op.buf, op.prefix = buf, prefix
   return op, function(...) op_done(op, ...) end
 end
 
-local function wait_end(w, pipe, timeout)
+-- A task's wait uses its wait record (task.wait_record) as callback and
+-- timer: nothing is allocated per call. (read and write, the most
+-- frequent, make these two calls themselves: one call less per wait.)
+local function wait_begin(pipe, kind, buf, prefix)
+  local rec, wake = wait_record()
+  if rec then return rec, wake end
+  return op_begin(pipe, kind, buf, prefix)
+end
+
+local function wait_end(w, pipe, timeout, kind)
   if w.wake then
     if not timeout then return suspend() end
-    w.target, w.fn = pipe, wait_timed_out
+    w.target, w.kind, w.fn = pipe, kind, wait_timed_out
     set_deadline(w, timeout)
     return suspend()
   end
@@ -425,7 +430,7 @@ function waiting.connect(self, a)
   end
   local w, cb = wait_begin(self, "connect")
   raw.connect(self, cb)
-  return wait_end(w, self, a)
+  return wait_end(w, self, a, "connect")
 end
 
 --- pipe:read([n] [, cb | timeout])
@@ -453,7 +458,9 @@ function waiting.read(self, a, b)
     end
     return raw.read(self, n, b)
   end
-  check_timeout(b, 3, "read", 4)
+  if b ~= nil and (math_type(b) == nil or not (b >= 0)) then -- luacheck: ignore 581 (NaN too)
+    check_timeout(b, 3, "read", 4)
+  end
   if inflight[self] then
     local ok
     ok, b = settle(self, "read", b)
@@ -463,9 +470,10 @@ function waiting.read(self, a, b)
       return take_readahead(self, n)
     end
   end
-  local w, cb = wait_begin(self, "read")
+  local w, cb = wait_record()
+  if not w then w, cb = op_begin(self, "read") end
   raw.read(self, n, cb)
-  return wait_end(w, self, b)
+  return wait_end(w, self, b, "read")
 end
 
 --- pipe:read_into(buf [, cb | timeout]): bytes read into buf (from its
@@ -524,7 +532,7 @@ function waiting.read_into(self, buf, a)
   end
   local w, done = wait_begin(self, "read_into", buf)
   raw.read_into(self, buf, done)
-  return wait_end(w, self, t)
+  return wait_end(w, self, t, "read_into")
 end
 
 --- pipe:try_read([n])
@@ -543,10 +551,13 @@ end
 --- pipe:write(data [, cb | timeout])
 function waiting.write(self, data, a)
   if a ~= nil and type(a) == "function" then return raw.write(self, data, a) end
-  check_timeout(a, 3, "write", 4)
-  local w, cb = wait_begin(self, "write")
+  if a ~= nil and (math_type(a) == nil or not (a >= 0)) then -- luacheck: ignore 581 (NaN too)
+    check_timeout(a, 3, "write", 4)
+  end
+  local w, cb = wait_record()
+  if not w then w, cb = op_begin(self, "write") end
   raw.write(self, data, cb)
-  return wait_end(w, self, a)
+  return wait_end(w, self, a, "write")
 end
 
 -- Bytes this layer holds are unread data in the pipe: as the kernel
@@ -578,7 +589,7 @@ function waiting.transact(self, data, a)
   end
   local w, done = wait_begin(self, "transact")
   raw.transact(self, data, done)
-  return wait_end(w, self, a)
+  return wait_end(w, self, a, "transact")
 end
 
 --- pipe:peek(): what is waiting, bytes read ahead included.
@@ -613,7 +624,7 @@ function waiting.readable(self, a)
   end
   local w, cb = wait_begin(self, "readable")
   raw.readable(self, cb)
-  return wait_end(w, self, a)
+  return wait_end(w, self, a, "readable")
 end
 
 --- pipe:writable([cb | timeout]): true once try_write would be accepted.
@@ -627,7 +638,7 @@ function waiting.writable(self, a)
   end
   local w, cb = wait_begin(self, "writable")
   raw.writable(self, cb)
-  return wait_end(w, self, a)
+  return wait_end(w, self, a, "writable")
 end
 
 --- server:disconnect(): the C method's; once it has dropped the client,

@@ -79,7 +79,7 @@ function F.install(M, methods, P)
       -- pieces: taken from the pipe, read-ahead again should this unwind
       local w, cb = P.wait_begin(self, "read", nil, pieces)
       P.raw.read(self, nil, cb)
-      local data, msg, ename, code = P.wait_end(w, self, deadline_left(deadline))
+      local data, msg, ename, code = P.wait_end(w, self, deadline_left(deadline), "read")
       if not data then
         keep(concat(pieces))
         return nil, msg, ename, code

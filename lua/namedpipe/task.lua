@@ -171,7 +171,7 @@ end
 
 --[[
 The current task's wait record, armed for its next suspension (as arm()),
-or nil outside a task. One per task, reused by every wait it makes, so a
+and its wake, or nil outside a task. One per task, reused by every wait it makes, so a
 wait allocates nothing: rec.wake(...) resumes the task for this wait only
 (resume_once with its ticket). T.set_deadline(rec, ms) gives the wait a
 timeout: rec.fn(rec), the caller's, runs then unless the wait ended;
@@ -207,7 +207,7 @@ function T.wait_record()
     records[co] = rec
   end
   rec.ticket = n
-  return rec
+  return rec, rec.wake
 end
 
 --- arm() as one function: resume(...) is resume_once with the ticket
