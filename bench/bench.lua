@@ -11,6 +11,7 @@ prints the tables; this script alone prints one line per workload:
     pingpong rtt_per_s=<median> min=.. max=.. runs=N n=.. msg=64 mode=message
     pingpong_byte rtt_per_s=<median> ...
     pingpong_tasks rtt_per_s=<median> ...
+    pingpong_tasks_untimed rtt_per_s=<median> ...
     stream mib_per_s=<median> ...
     stream_string mib_per_s=<median> ...
     churn conn_per_s=<median> ...
@@ -28,6 +29,7 @@ Workloads (the same as bench/baseline_*.c and bench/bench_luv.lua do):
             ping-pong written as a script would write it with tasks, two
             coroutines calling write and read, each call with a 5 s
             timeout (so each has a timer); compared with the C ping-pong
+  pingpong_tasks_untimed  the same with no timeouts
   stream    server -> client, byte mode, 64 KiB writes (one anchored string,
             so zero-copy), 4 in flight, 256 MiB, read with read_into into
             one 64 KiB np.buffer (as the C program reads into one buffer);
@@ -56,7 +58,8 @@ Options:
   --quick            tiny sizes; asserts that every byte arrives intact
                      (message contents, stream order); asserts no time
   --runs N           timed runs per workload (default 5); median, min-max
-  --only w[,w]       pingpong, pingpong_byte, pingpong_tasks, stream,
+  --only w[,w]       pingpong, pingpong_byte, pingpong_tasks,
+                     pingpong_tasks_untimed, stream,
                      stream_string, churn, churn_vanish, queued, memory,
                      step0
   --api np|core      np (default): require "namedpipe", the public API (its
@@ -210,29 +213,30 @@ end
 
 -- ------------------------------------------------------- pingpong_tasks
 -- The message ping-pong as a script with tasks would write it: each call
--- waits in its coroutine, with a timeout (each call has a timer).
-local function pingpong_tasks(n, verify)
+-- waits in its coroutine, with a timeout (each call has a timer) or,
+-- timeout nil, without (pingpong_tasks_untimed).
+local function pingpong_tasks(n, verify, timeout)
   local mopts = { pipe_mode = "message" }
   local server, client = connected_pair("pt", mopts, mopts)
   local msg = msg_for(0)
   local done, t0 = false, nil
   np.spawn(function()
     while true do
-      local data, err, ename = server:read(nil, 5000)
+      local data, err, ename = server:read(nil, timeout)
       if not data then
         if ename == "CLOSED" or ename == "EOF" then return end
         fail("pingpong_tasks server read:", tostring(err))
       end
-      local nw, werr = server:write(data, 5000)
+      local nw, werr = server:write(data, timeout)
       if nw ~= #data then fail("pingpong_tasks server write:", tostring(werr)) end
     end
   end)
   np.spawn(function()
     t0 = now()
     for i = 1, n do
-      local nw, err = client:write(msg, 5000)
+      local nw, err = client:write(msg, timeout)
       if nw ~= 64 then fail("pingpong_tasks write:", tostring(nw), tostring(err)) end
-      local reply, rerr = client:read(nil, 5000)
+      local reply, rerr = client:read(nil, timeout)
       if reply ~= msg then fail("pingpong_tasks: reply differs:", tostring(reply), tostring(rerr)) end
       if verify then msg = msg_for(i) end
     end
@@ -542,9 +546,16 @@ if wanted("pingpong_byte") then
 end
 
 if wanted("pingpong_tasks") and opt.api == "np" then
+  pingpong_tasks(math.max(idiv(opt.pp, 20), 50), true, 5000) -- warm-up, contents checked
+  local v = timed(pingpong_tasks, opt.pp, verify, 5000)
+  report("pingpong_tasks", "rtt_per_s", v, ("n=%d msg=64 mode=message api=np tasks timeout=5000"):format(opt.pp))
+end
+
+if wanted("pingpong_tasks_untimed") and opt.api == "np" then
   pingpong_tasks(math.max(idiv(opt.pp, 20), 50), true) -- warm-up, contents checked
   local v = timed(pingpong_tasks, opt.pp, verify)
-  report("pingpong_tasks", "rtt_per_s", v, ("n=%d msg=64 mode=message api=np tasks timeout=5000"):format(opt.pp))
+  report("pingpong_tasks_untimed", "rtt_per_s", v,
+    ("n=%d msg=64 mode=message api=np tasks timeout=none"):format(opt.pp))
 end
 
 for _, wl in ipairs { "stream", "stream_string" } do
