@@ -26,8 +26,9 @@ local T = {}
 --- Tell the core through fn(soon, timer_at) from now on.
 function T.attach(fn) set_task_work = fn end
 
--- coroutine -> its ticket while alive: the number of the wait it was
--- last armed for (T.arm)
+-- coroutine -> its record while alive (T.wait_record): rec.n is its
+-- ticket, the number of the wait it was last armed for (T.arm), -1 once
+-- it has ended
 local tasks = setmetatable({}, { __mode = "k" })
 local live = 0
 -- { fn, args } to run at the next step, in order: soon[soon_head] to
@@ -105,9 +106,6 @@ end
 -- coroutine -> what to run when it ends (T.spawn_finally)
 local finally = setmetatable({}, { __mode = "k" })
 
--- coroutine -> its wait record (T.wait_record)
-local records = setmetatable({}, { __mode = "k" })
-
 -- What a task's body returns when it ends (T.spawn), so that a resume
 -- that merely suspended it is told apart without asking its status.
 local ENDED = {}
@@ -116,10 +114,10 @@ local function finish(co, ok, err)
   if ok and err ~= ENDED then return end -- suspended (a wait yields nothing)
   if co_status(co) == "dead" then
     local after = finally[co]
+    local rec = tasks[co]
     tasks[co] = nil
-    local rec = records[co]
     if rec then
-      records[co] = nil
+      rec.n = -1 -- (no ticket of it is live any more)
       T.cancel_timer(rec)
     end
     finally[co] = nil
@@ -153,18 +151,19 @@ behind by a wait that never suspended (its start raised) is spent too.
 --- outside a task.
 function T.arm()
   local co, main = co_running()
-  local n = not main and tasks[co]
-  if not n then return nil end
-  n = n + 1
-  tasks[co] = n
+  local rec = not main and tasks[co]
+  if not rec then return nil end
+  local n = rec.n + 1
+  rec.n = n
   return co, n
 end
 
 --- Resume co with values if ticket is its live one (true), else nothing
 --- (false). A dead task has none.
 function T.resume_once(co, ticket, ...)
-  if tasks[co] ~= ticket then return false end
-  tasks[co] = ticket + 1
+  local rec = tasks[co]
+  if not rec or rec.n ~= ticket then return false end
+  rec.n = ticket + 1
   finish(co, co_resume(co, ...))
   return true
 end
@@ -188,26 +187,25 @@ timeout, and np.timeout() that may say earlier than need be.
 ]]
 function T.wait_record()
   local co, main = co_running()
-  local n = not main and tasks[co]
-  if not n then return nil end
-  n = n + 1
-  tasks[co] = n
-  local rec = records[co]
-  if not rec then
-    rec = {}
-    rec.lazy = true
-    rec.wake = function(...) -- (T.resume_once, inline: it runs per wait)
-      rec.due, rec.target = nil, nil
-      local ticket = rec.ticket
-      if tasks[co] ~= ticket then return false end
-      tasks[co] = ticket + 1
-      finish(co, co_resume(co, ...))
-      return true
-    end
-    records[co] = rec
-  end
-  rec.ticket = n
+  local rec = not main and tasks[co]
+  if not rec then return nil end
+  local n = rec.n + 1
+  rec.n, rec.ticket = n, n
   return rec, rec.wake
+end
+
+-- A new task's record (made once: its wake is every wait's callback).
+local function new_record(co)
+  local rec = { n = 0, lazy = true }
+  rec.wake = function(...) -- (T.resume_once, inline: it runs per wait)
+    rec.due, rec.target = nil, nil
+    local ticket = rec.ticket
+    if rec.n ~= ticket then return false end
+    rec.n = ticket + 1
+    finish(co, co_resume(co, ...))
+    return true
+  end
+  return rec
 end
 
 --- arm() as one function: resume(...) is resume_once with the ticket
@@ -246,7 +244,7 @@ function T.spawn(fn, ...)
     fn(...)
     return ENDED
   end)
-  tasks[co] = 0
+  tasks[co] = new_record(co)
   live = live + 1
   T.soon(T.resume, co, ...)
   return co
