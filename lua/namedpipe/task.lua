@@ -170,8 +170,8 @@ end
 
 --[[
 The current task's wait record, armed for its next suspension (as arm()),
-and its wake, or nil outside a task. One per task, reused by every wait it makes, so a
-wait allocates nothing: rec.wake(...) resumes the task for this wait only
+and its wake; nil outside a task. One per task, reused by every wait it
+makes, so a wait allocates nothing: rec.wake(...) resumes the task for this wait only
 (resume_once with its ticket). T.set_deadline(rec, ms) gives the wait a
 timeout: rec.fn(rec), the caller's, runs then unless the wait ended;
 rec.target is the caller's too (what rec.fn acts on), let go at the wake.
@@ -263,18 +263,14 @@ end
 --- Suspend the current task until its waiter's resume is called.
 T.suspend = co_yield
 
---- Set timer t (a table whose t.fn() runs when it is due; not set now)
---- to go off in ms milliseconds. The core hears of it only if it is the
---- first due.
-function T.start_timer(t, ms)
-  -- a NaN deadline would sit at the head of the heap and stall every timer
-  assert(ms >= 0, "timer: milliseconds >= 0 expected")
+-- Put timer t (not in the heap) in it, due at `at`; the core hears of it
+-- only if it is the first due.
+local function insert(t, at)
   seq = seq + 1
-  t.at, t.seq = now() + ms, seq
+  t.at, t.seq = at, seq
   nheap = nheap + 1
   sift_up(t, nheap)
   if t.slot == 1 then tell_core() end
-  return t
 end
 
 --- Time out the current wait of record rec (T.wait_record) in ms
@@ -284,22 +280,21 @@ function T.set_deadline(rec, ms)
   local due = now() + ms
   rec.due = due
   if not rec.slot then
-    seq = seq + 1
-    rec.at, rec.seq = due, seq
-    nheap = nheap + 1
-    sift_up(rec, nheap)
+    insert(rec, due)
   elseif due < rec.at then -- a shorter timeout than the key: move it up
     rec.at = due
     sift_up(rec, rec.slot)
-  else
-    return
+    if rec.slot == 1 then tell_core() end
   end
-  if rec.slot == 1 then tell_core() end
 end
 
 --- A new timer running fn() in ms milliseconds.
 function T.add_timer(ms, fn)
-  return T.start_timer({ fn = fn }, ms)
+  -- a NaN deadline would sit at the head of the heap and stall every timer
+  assert(ms >= 0, "timer: milliseconds >= 0 expected")
+  local t = { fn = fn }
+  insert(t, now() + ms)
+  return t
 end
 
 --- Stop timer t if it is set (a timer that went off or was cancelled
