@@ -387,11 +387,41 @@ static double stream(long long total) {
 
 /* ---------------------------------------------------------------- churn */
 
+/* One connection's exchange (churn, churn_vanish): accept the client the
+ * listener l reports, the client's 64-byte request i, the server's echo,
+ * checked. Returns the accepted socket. */
+static int exchange_one(int l, int cli, unsigned i) {
+  static char sbuf[BUF], cbuf[BUF];
+  char msg[MSG];
+  int srv = -1, done = 0;
+  fill_msg(msg, i);
+  while (!done) {
+    struct epoll_event ev[MAXEV];
+    int k = wait_events(ev), j;
+    for (j = 0; j < k; j++) {
+      if (ev[j].data.u64 == LST) {
+        do srv = accept4(l, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        while (srv < 0 && errno == EINTR);
+        if (srv < 0) die("accept4");
+        watch(srv, EPOLLIN, SRV);
+        watch(cli, EPOLLIN, CLI);
+        check(xsend(cli, msg, MSG) == MSG, "churn: request");
+      } else if (ev[j].data.u64 == SRV) {
+        check(xrecv(srv, sbuf, BUF) == MSG, "churn: server recv");
+        check(xsend(srv, sbuf, MSG) == MSG, "churn: reply");
+      } else {
+        check(xrecv(cli, cbuf, BUF) == MSG && memcmp(cbuf, msg, MSG) == 0,
+              "churn: reply differs");
+        done = 1;
+      }
+    }
+  }
+  return srv;
+}
+
 static double churn(long n) {
   struct sockaddr_un a;
   int l;
-  static char sbuf[BUF], cbuf[BUF];
-  char msg[MSG];
   long i;
   double t0, t1;
   sock_path(&a, "ch");
@@ -399,29 +429,8 @@ static double churn(long n) {
   watch(l, EPOLLIN, LST);
   t0 = now_ms();
   for (i = 0; i < n; i++) {
-    int cli = connect_to(&a, SOCK_STREAM), srv = -1, done = 0;
-    fill_msg(msg, (unsigned)i);
-    while (!done) {
-      struct epoll_event ev[MAXEV];
-      int k = wait_events(ev), j;
-      for (j = 0; j < k; j++) {
-        if (ev[j].data.u64 == LST) {
-          do srv = accept4(l, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-          while (srv < 0 && errno == EINTR);
-          if (srv < 0) die("accept4");
-          watch(srv, EPOLLIN, SRV);
-          watch(cli, EPOLLIN, CLI);
-          check(xsend(cli, msg, MSG) == MSG, "churn: request");
-        } else if (ev[j].data.u64 == SRV) {
-          check(xrecv(srv, sbuf, BUF) == MSG, "churn: server recv");
-          check(xsend(srv, sbuf, MSG) == MSG, "churn: reply");
-        } else {
-          check(xrecv(cli, cbuf, BUF) == MSG && memcmp(cbuf, msg, MSG) == 0,
-                "churn: reply differs");
-          done = 1;
-        }
-      }
-    }
+    int cli = connect_to(&a, SOCK_STREAM), srv;
+    srv = exchange_one(l, cli, (unsigned)i);
     if (v_del) {
       struct epoll_event none;
       memset(&none, 0, sizeof none);
@@ -445,38 +454,15 @@ static double churn(long n) {
  * instance closes is on Linux). */
 static double churn_vanish(long n) {
   struct sockaddr_un a;
-  static char sbuf[BUF], cbuf[BUF];
-  char msg[MSG];
   long i;
   double t0, t1;
   sock_path(&a, "cv");
   t0 = now_ms();
   for (i = 0; i < n; i++) {
-    int l = listener(&a, SOCK_STREAM), cli, srv = -1, done = 0;
+    int l = listener(&a, SOCK_STREAM), cli, srv;
     watch(l, EPOLLIN, LST);
     cli = connect_to(&a, SOCK_STREAM);
-    fill_msg(msg, (unsigned)i);
-    while (!done) {
-      struct epoll_event ev[MAXEV];
-      int k = wait_events(ev), j;
-      for (j = 0; j < k; j++) {
-        if (ev[j].data.u64 == LST) {
-          do srv = accept4(l, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-          while (srv < 0 && errno == EINTR);
-          if (srv < 0) die("accept4");
-          watch(srv, EPOLLIN, SRV);
-          watch(cli, EPOLLIN, CLI);
-          check(xsend(cli, msg, MSG) == MSG, "churn_vanish: request");
-        } else if (ev[j].data.u64 == SRV) {
-          check(xrecv(srv, sbuf, BUF) == MSG, "churn_vanish: server recv");
-          check(xsend(srv, sbuf, MSG) == MSG, "churn_vanish: reply");
-        } else {
-          check(xrecv(cli, cbuf, BUF) == MSG && memcmp(cbuf, msg, MSG) == 0,
-                "churn_vanish: reply differs");
-          done = 1;
-        }
-      }
-    }
+    srv = exchange_one(l, cli, (unsigned)i);
     close(cli);
     close(srv);
     close(l);

@@ -437,19 +437,53 @@ static double stream(long long total, int inflight) {
 
 /* ---------------------------------------------------------------- churn */
 
+/* One connection's exchange (churn, churn_vanish): a read pending on
+ * both ends, the client's 64-byte request i, the server's echo, checked. */
+static void exchange_one(HANDLE srv, HANDLE cli, char *sbuf, char *cbuf,
+                         unsigned i) {
+  static char sreply[MSG], msg[MSG];
+  op *sr = op_new(K_READ, SRV, srv), *cr = op_new(K_READ, CLI, cli);
+  int got_reply = 0;
+  sr->buf = sbuf;
+  cr->buf = cbuf;
+  post_read(sr);
+  post_read(cr);
+  fill_msg(msg, i);
+  post_write(cli, CLI, msg, MSG);
+  while (!got_reply) {
+    done d[256];
+    int k = wait_done(d, 5000), j;
+    check(k > 0, "churn: no completion in 5 s");
+    for (j = 0; j < k; j++) {
+      op *o = d[j].o;
+      check(d[j].status == 0, "churn: operation failed");
+      if (o->kind == K_WRITE) {
+        op_free(o);
+      } else if (o->who == SRV) {
+        check(d[j].bytes == MSG, "churn: short request");
+        memcpy(sreply, o->buf, MSG);
+        op_free(o);
+        post_write(srv, SRV, sreply, MSG);
+      } else {
+        check(d[j].bytes == MSG && memcmp(o->buf, msg, MSG) == 0,
+              "churn: reply differs");
+        op_free(o);
+        got_reply = 1;
+      }
+    }
+  }
+}
+
 static double churn(long n) {
   wchar_t name[128];
   HANDLE cur, next, cli;
   char *sbuf = (char *)malloc(BUF), *cbuf = (char *)malloc(BUF);
-  static char sreply[MSG], msg[MSG];
   long i;
   double t0, t1;
   make_name(name, 128, "ch");
   cur = create_instance(name, 0);
   t0 = now_ms();
   for (i = 0; i < n; i++) {
-    op *sr, *cr;
-    int got_reply = 0;
     cli = open_client(name, 0);
     connect_instance(cur);
     if (v_extra_poll) {
@@ -459,36 +493,7 @@ static double churn(long n) {
             "churn: unexpected packet");
     }
     next = create_instance(name, 0); /* the name never vanishes */
-    sr = op_new(K_READ, SRV, cur);
-    sr->buf = sbuf;
-    cr = op_new(K_READ, CLI, cli);
-    cr->buf = cbuf;
-    post_read(sr);
-    post_read(cr);
-    fill_msg(msg, (unsigned)i);
-    post_write(cli, CLI, msg, MSG);
-    while (!got_reply) {
-      done d[256];
-      int k = wait_done(d, 5000), j;
-      check(k > 0, "churn: no completion in 5 s");
-      for (j = 0; j < k; j++) {
-        op *o = d[j].o;
-        check(d[j].status == 0, "churn: operation failed");
-        if (o->kind == K_WRITE) {
-          op_free(o);
-        } else if (o->who == SRV) {
-          check(d[j].bytes == MSG, "churn: short request");
-          memcpy(sreply, o->buf, MSG);
-          op_free(o);
-          post_write(cur, SRV, sreply, MSG);
-        } else {
-          check(d[j].bytes == MSG && memcmp(o->buf, msg, MSG) == 0,
-                "churn: reply differs");
-          op_free(o);
-          got_reply = 1;
-        }
-      }
-    }
+    exchange_one(cur, cli, sbuf, cbuf, (unsigned)i);
     if (v_cancel_close) {
       CancelIoEx(cli, NULL);
       CancelIoEx(cur, NULL);
@@ -519,47 +524,15 @@ static double churn_vanish(long n) {
   wchar_t name[128];
   HANDLE srv, cli;
   char *sbuf = (char *)malloc(BUF), *cbuf = (char *)malloc(BUF);
-  static char sreply[MSG], msg[MSG];
   long i;
   double t0, t1;
   make_name(name, 128, "cv");
   t0 = now_ms();
   for (i = 0; i < n; i++) {
-    op *sr, *cr;
-    int got_reply = 0;
     srv = create_instance(name, 0);
     cli = open_client(name, 0);
     connect_instance(srv);
-    sr = op_new(K_READ, SRV, srv);
-    sr->buf = sbuf;
-    cr = op_new(K_READ, CLI, cli);
-    cr->buf = cbuf;
-    post_read(sr);
-    post_read(cr);
-    fill_msg(msg, (unsigned)i);
-    post_write(cli, CLI, msg, MSG);
-    while (!got_reply) {
-      done d[256];
-      int k = wait_done(d, 5000), j;
-      check(k > 0, "churn_vanish: no completion in 5 s");
-      for (j = 0; j < k; j++) {
-        op *o = d[j].o;
-        check(d[j].status == 0, "churn_vanish: operation failed");
-        if (o->kind == K_WRITE) {
-          op_free(o);
-        } else if (o->who == SRV) {
-          check(d[j].bytes == MSG, "churn_vanish: short request");
-          memcpy(sreply, o->buf, MSG);
-          op_free(o);
-          post_write(srv, SRV, sreply, MSG);
-        } else {
-          check(d[j].bytes == MSG && memcmp(o->buf, msg, MSG) == 0,
-                "churn_vanish: reply differs");
-          op_free(o);
-          got_reply = 1;
-        }
-      }
-    }
+    exchange_one(srv, cli, sbuf, cbuf, (unsigned)i);
     CloseHandle(cli);
     CloseHandle(srv); /* the last instance: the name is gone */
   }
