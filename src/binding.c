@@ -25,6 +25,7 @@
 
 #include "compat.h"
 
+#include "args.h"
 #include "buffer.h"
 #include "np.h"
 #include "options.h"
@@ -40,7 +41,6 @@
 #define NP_VERSION \
   NP_STR(NP_VERSION_MAJOR) "." NP_STR(NP_VERSION_MINOR) "." NP_STR(NP_VERSION_PATCH)
 
-#define PIPE_MT "namedpipe.pipe"
 #define LOOP_KEY "namedpipe.loop"
 
 #if LUA_NOREF != NP_NOREF
@@ -154,99 +154,6 @@ typedef struct pipe_ud {
   int readahead;
 } pipe_ud;
 
-/* ------------------------------------------------------- argument errors */
-
-/* "bad argument #n to 'f' (msg)", counting self as argument #1 in a method
- * call too (luaL_argerror does not count it there): the numbering of the
- * Lua layer's own checks (lua/namedpipe.lua), so that an argument has the
- * same number whichever form of a method was called. */
-/* The key under which table t holds the value on the top, or NULL. */
-static const char *key_of(lua_State *L, int t) {
-  lua_pushnil(L);
-  while (lua_next(L, t)) {
-    if (lua_rawequal(L, -1, -3) && lua_type(L, -2) == LUA_TSTRING) {
-      const char *k = lua_tostring(L, -2); /* held by the table */
-      lua_pop(L, 2);
-      return k;
-    }
-    lua_pop(L, 1);
-  }
-  return NULL;
-}
-
-/* The running function's name among the pipe methods, or NULL: for a
- * call whose site names nothing (a tail call; Lua 5.1 and LuaJIT do not
- * look the name up as luaL_argerror does from 5.2 on). */
-static const char *method_name(lua_State *L) {
-  lua_Debug ar;
-  const char *name = NULL;
-  int top = lua_gettop(L);
-  if (lua_getstack(L, 0, &ar) && lua_getinfo(L, "f", &ar)) {
-    luaL_getmetatable(L, PIPE_MT);
-    if (lua_type(L, -1) == LUA_TTABLE &&
-        lua_getfield(L, -1, "__index") == LUA_TTABLE) {
-      lua_pushvalue(L, -3);
-      name = key_of(L, lua_gettop(L) - 1);
-    }
-  }
-  lua_settop(L, top);
-  return name;
-}
-
-int np_arg_error(lua_State *L, int arg, const char *msg) {
-  lua_Debug ar;
-  const char *name = NULL;
-  if (lua_getstack(L, 0, &ar) && lua_getinfo(L, "n", &ar)) name = ar.name;
-  if (!name) name = method_name(L);
-  if (!name)
-    /* no name at the call site (pcall(np.step, ...)): not a method call
-     * either, so luaL_argerror numbers alike, and finds the global name */
-    return luaL_argerror(L, arg, msg);
-  return luaL_error(L, "bad argument #%d to '%s' (%s)", arg, name, msg);
-}
-
-int np_type_error(lua_State *L, int arg, const char *expected) {
-  const char *got;
-  if (luaL_getmetafield(L, arg, "__name") == LUA_TSTRING)
-    got = lua_tostring(L, -1);
-  else if (lua_type(L, arg) == LUA_TLIGHTUSERDATA)
-    got = "light userdata";
-  else
-    got = luaL_typename(L, arg);
-  return np_arg_error(L, arg,
-                   lua_pushfstring(L, "%s expected, got %s", expected, got));
-}
-
-lua_Integer np_check_integer(lua_State *L, int arg) {
-  int isnum;
-  lua_Integer n = lua_tointegerx(L, arg, &isnum);
-  if (!isnum) {
-    if (lua_isnumber(L, arg))
-      np_arg_error(L, arg, "number has no integer representation");
-    else
-      np_type_error(L, arg, "number");
-  }
-  return n;
-}
-
-/* The index of the string at arg in list (def when arg is absent); the
- * whole string is compared, embedded NULs included. */
-static int check_option(lua_State *L, int arg, const char *def,
-                        const char *const list[]) {
-  const char *name = def;
-  size_t len = def ? strlen(def) : 0;
-  int i;
-  if (!def || !lua_isnoneornil(L, arg)) {
-    if (!lua_isstring(L, arg)) np_type_error(L, arg, "string");
-    name = lua_tolstring(L, arg, &len);
-  }
-  for (i = 0; list[i]; i++)
-    if (strlen(list[i]) == len && memcmp(list[i], name, len) == 0) return i;
-  if (strlen(name) != len) /* say where the NUL is, not just what precedes it */
-    return np_arg_error(L, arg, lua_pushfstring(L, "invalid option '%s\\0...'", name));
-  return np_arg_error(L, arg, lua_pushfstring(L, "invalid option '%s'", name));
-}
-
 static np_loop *check_loop(lua_State *L) {
   loop_ud *lu = (loop_ud *)lua_touserdata(L, LOOP_UPV);
   if (!lu->loop) luaL_error(L, "namedpipe: the loop is closed");
@@ -344,7 +251,7 @@ static const char pipe_tag = 0;
 static pipe_ud *to_pipe(lua_State *L) {
   pipe_ud *u = (pipe_ud *)lua_touserdata(L, 1);
   if (u && lua_rawlen(L, 1) == sizeof *u && u->tag == &pipe_tag) return u;
-  np_type_error(L, 1, PIPE_MT);
+  np_type_error(L, 1, NP_PIPE_MT);
   return NULL;
 }
 
@@ -802,7 +709,7 @@ static np_op check_op(lua_State *L, int arg, const char *def) {
   static const char *const names[] = {"connect",  "read",     "write",
                                       "readable", "writable", "transact",
                                       NULL};
-  return (np_op)(check_option(L, arg, def, names) + 1);
+  return (np_op)(np_check_option(L, arg, def, names) + 1);
 }
 
 /* cancel([what] [, reason]): what is "connect", "read", "write",
@@ -810,7 +717,7 @@ static np_op check_op(lua_State *L, int arg, const char *def) {
 static int m_cancel(lua_State *L) {
   pipe_ud *u = check_pipe(L);
   static const char *const reasons[] = {"CANCELLED", "TIMEOUT", NULL};
-  np_err reason = check_option(L, 3, "CANCELLED", reasons) == 0
+  np_err reason = np_check_option(L, 3, "CANCELLED", reasons) == 0
                       ? NP_CANCELLED
                       : NP_TIMEOUT;
   if (lua_isnoneornil(L, 2)) {
@@ -1385,7 +1292,7 @@ NP_EXPORT int luaopen_namedpipe_core(lua_State *L) {
   int i;
   push_loop(L);                 /* loop */
   lua_getiuservalue(L, -1, 1);  /* loop anchors */
-  luaL_newmetatable(L, PIPE_MT); /* loop anchors mt (may exist already) */
+  luaL_newmetatable(L, NP_PIPE_MT); /* loop anchors mt (may exist already) */
   lua_getiuservalue(L, -3, 2);  /* loop anchors mt waiting */
   /* Pushes the four upvalues, in order. */
 #define PUSH_UPVALUES(top_offset)                             \

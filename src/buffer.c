@@ -21,6 +21,7 @@
 
 #include "compat.h"
 
+#include "args.h"
 #include "buffer.h"
 
 #define BUFFER_MT "namedpipe.buffer"
