@@ -72,7 +72,8 @@ build = {
             ["namedpipe.compat"] = "lua/namedpipe/compat.lua",
             ["namedpipe.core"] = {
                sources = {
-                  "src/args.c", "src/binding.c", "src/buffer.c", "src/errors.c", "src/options.c",
+                  "src/args.c", "src/binding.c", "src/buffer.c", "src/errors.c", "src/methods.c",
+                  "src/options.c",
                   "src/unix/host_unix.c", "src/unix/listener_unix.c",
                   "src/unix/loop_unix.c", "src/unix/names_unix.c",
                   "src/unix/pipe_unix.c",
@@ -91,7 +92,8 @@ build = {
             ["namedpipe.compat"] = "lua/namedpipe/compat.lua",
             ["namedpipe.core"] = {
                sources = {
-                  "src/args.c", "src/binding.c", "src/buffer.c", "src/errors.c", "src/options.c",
+                  "src/args.c", "src/binding.c", "src/buffer.c", "src/errors.c", "src/methods.c",
+                  "src/options.c",
                   "src/win/error_win.c", "src/win/loop_win.c", "src/win/pipe_win.c",
                },
                -- Vista and later: GetQueuedCompletionStatusEx, CancelIoEx
