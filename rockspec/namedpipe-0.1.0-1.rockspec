@@ -74,8 +74,9 @@ build = {
                sources = {
                   "src/args.c", "src/binding.c", "src/buffer.c", "src/errors.c", "src/methods.c",
                   "src/options.c",
-                  "src/unix/host_unix.c", "src/unix/listener_unix.c",
-                  "src/unix/loop_unix.c", "src/unix/names_unix.c",
+                  "src/unix/host_unix.c", "src/unix/io_unix.c",
+                  "src/unix/listener_unix.c", "src/unix/loop_unix.c",
+                  "src/unix/message_unix.c", "src/unix/names_unix.c",
                   "src/unix/pipe_unix.c",
                },
                defines = VERSION_DEFINES,

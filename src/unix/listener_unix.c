@@ -670,7 +670,7 @@ static void service(np_listener *l, int reported) {
       continue;
     }
     /* A client with an address (ours autobind, see connect_socket) sends
-     * messages that say who sent them: pipe_unix.c tells EOF by that. */
+     * messages that say who sent them: message_unix.c tells EOF by that. */
     if (!np_instance_attach(pick_free(l), fd,
                             len > offsetof(struct sockaddr_un, sun_path)))
       close(fd);
