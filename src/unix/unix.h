@@ -6,6 +6,7 @@
  *   listener_unix.c  one listening socket per name, shared by its instances;
  *                    ownership across processes (lock file); PIPE_BUSY
  *   loop_unix.c      epoll, the ready queue, request lifetime, messages
+ *   errors_unix.c    errno values to portable names and messages
  *   pipe_unix.c      instances and clients: connect, read, write, close...
  *   io_unix.c        reads and writes as the socket allows, epoll events
  *   message_unix.c   message mode over SOCK_SEQPACKET, transact
@@ -222,9 +223,11 @@ struct np_loop {
   int skipped_waits;
 };
 
-/* loop_unix.c */
+/* errors_unix.c */
 void np_status_errno(np_status *st, np_err err, int code);
 np_err np_errno_err(int code);
+
+/* loop_unix.c */
 int np_buf_reserve(np_buf *b, size_t n);
 void np_read_buf_take(np_loop *loop, np_buf *b);
 void np_req_start(np_pipe *p, np_req *r, np_op op, int ref_cb, int ref_data);

@@ -256,6 +256,22 @@ double np_now_ms(void) {
   return (double)t.QuadPart * 1000.0 / (double)freq.QuadPart;
 }
 
+/* The block itself and what it still holds: its read buffer goes back to
+ * the loop's pool when it is a standard one. */
+void np_pipe_free(np_pipe *p) {
+  np_loop *loop = p->loop;
+  if (p->prev)
+    p->prev->next = p->next;
+  else
+    loop->pipes = p->next;
+  if (p->next) p->next->prev = p->prev;
+  if (p->rbuf && p->rcap == NP_READ_CHUNK && loop->n_free_rbufs < NP_KEEP_RBUFS)
+    loop->free_rbufs[loop->n_free_rbufs++] = p->rbuf;
+  else
+    free(p->rbuf);
+  free(p);
+}
+
 /* docs/windows-internals.md #2: cancel everything, then wait for the
  * kernel to hand every OVERLAPPED back before freeing it; what it has not
  * given back after CLOSE_DRAIN_MS is leaked, never freed under its feet.
@@ -318,20 +334,4 @@ int np_loop_close(np_loop *loop) {
   CloseHandle(loop->port);
   free(loop);
   return gave_back;
-}
-
-/* A completion port is no waitable object: a host steps from its frame or
- * its timer instead (README, "Host loops"). */
-int np_loop_host_fd(np_loop *loop, np_status *st) {
-  (void)loop;
-  (void)st;
-  return -2;
-}
-
-void np_loop_host_sync(np_loop *loop, int work, int has_timer,
-                       double timer_at) {
-  (void)loop;
-  (void)work;
-  (void)has_timer;
-  (void)timer_at;
 }

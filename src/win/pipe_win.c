@@ -14,32 +14,6 @@
 #define READ_CHUNK NP_READ_CHUNK
 #define READ_CAP (1u << 20)
 
-/* ------------------------------------------------------------------ names */
-
-static int is_sep(char c) { return c == '\\' || c == '/'; }
-
-const char *np_name_problem(const char *name, size_t len) {
-  /* \\server\pipe\NAME, where server is "." for this machine. */
-  const char *expect = "pipe name like \\\\.\\pipe\\NAME expected";
-  size_t i = 2;
-  if (len < 3 || !is_sep(name[0]) || !is_sep(name[1])) return expect;
-  while (i < len && !is_sep(name[i])) i++;
-  if (i == 2 || len - i < 6 || _strnicmp(name + i + 1, "pipe", 4) != 0 ||
-      !is_sep(name[i + 5]) || i + 6 >= len)
-    return expect;
-  return NULL;
-}
-
-int np_pipe_path(const char *name, char *buf, size_t size, np_status *st) {
-  size_t len = strlen(name);
-  if (len >= size) {
-    np_win_status(st, ERROR_FILENAME_EXCED_RANGE, NP_OP_CONNECT);
-    return 0;
-  }
-  memcpy(buf, name, len + 1);
-  return 1;
-}
-
 /* UTF-16 of s: in buf (cap characters) when it fits, else malloc'ed (free
  * it when it is not buf). A pipe name always fits a name-sized buf: the
  * binding refuses names over 256 characters. */
@@ -103,20 +77,6 @@ static np_pipe *adopt_handle(np_loop *loop, HANDLE h, const char *name,
   if (loop->pipes) loop->pipes->prev = p;
   loop->pipes = p;
   return p;
-}
-
-void np_pipe_free(np_pipe *p) {
-  np_loop *loop = p->loop;
-  if (p->prev)
-    p->prev->next = p->next;
-  else
-    loop->pipes = p->next;
-  if (p->next) p->next->prev = p->prev;
-  if (p->rbuf && p->rcap == READ_CHUNK && loop->n_free_rbufs < NP_KEEP_RBUFS)
-    loop->free_rbufs[loop->n_free_rbufs++] = p->rbuf;
-  else
-    free(p->rbuf);
-  free(p);
 }
 
 np_pipe *np_server_create(np_loop *loop, const char *name,

@@ -1,6 +1,14 @@
 /*
  * win.h - what the Windows backend's files share: the request and pipe
  * blocks the kernel writes into, and the loop around one completion port.
+ * Its files, named as their Unix twins are (src/unix/):
+ *
+ *   names_win.c      which pipe names Windows takes; np.path
+ *   loop_win.c       the completion port, the ready queue, request
+ *                    lifetime, the end of every block
+ *   errors_win.c     Win32 error codes to portable names and messages
+ *   pipe_win.c       instances and clients: connect, read, write, close...
+ *   host_win.c       np.fd(): nothing for a host to poll
  *
  * Completion policy (docs/windows-internals.md #3):
  * FILE_SKIP_COMPLETION_PORT_ON_SUCCESS is NOT used. Every ReadFile,
@@ -118,7 +126,7 @@ struct np_loop {
  * (into rbuf, or rext), in parts for a long message. */
 #define NP_READS_DATA(op) ((op) == NP_OP_READ || (op) == NP_OP_TRANSACT)
 
-/* error_win.c */
+/* errors_win.c */
 np_err np_win_error(DWORD err, np_op op);
 void np_win_status(np_status *st, DWORD err, np_op op);
 

@@ -1,4 +1,4 @@
-/* error_win.c - Win32 error codes to portable names and messages. */
+/* errors_win.c - Win32 error codes to portable names and messages. */
 #include <stdio.h>
 #include <string.h>
 
