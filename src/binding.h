@@ -74,11 +74,10 @@ typedef struct pipe_ud {
  * index t: ANCHORS_UPV, or a copy on the stack); its slot number goes with
  * the operation to the backend and comes back in the completion. What
  * luaL_ref does, without its free list kept in the table itself:
- * luaL_ref/luaL_unref cost five table accesses a pair, and were a third of
- * the binding's instructions in a ping-pong (callgrind); this is one
- * access each way. The loop_ud comes from the caller (a pipe_ud has it):
- * looking an upvalue up through the API costs as much as the table access
- * (lua_touserdata was 8% of a ping-pong's instructions).
+ * luaL_ref/luaL_unref cost five table accesses a pair, on every operation;
+ * this is one access each way. The loop_ud comes from the caller (a
+ * pipe_ud has it): looking an upvalue up through the API costs as much as
+ * the table access (bench/README.md has what each was worth).
  *
  * A free slot holds false, never nil: the table's keys are 1..anchors_top,
  * all present, so they stay in its array part, and storing into one never

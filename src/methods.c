@@ -19,8 +19,8 @@
 /* The pipe at index 1, or a type error (luaL_checkudata's). A pipe
  * userdata is recognised by its size and its first field, the address of
  * this static: luaL_checkudata looks the metatable up by name and compares
- * it, four API calls and a string hash on every method call (5% of a
- * ping-pong's instructions); this is two calls. The bytes of a userdata
+ * it, four API calls and a string hash on every method call; this is two
+ * calls. The bytes of a userdata
  * cannot be forged from Lua (its metatable can, with debug.setmetatable,
  * which would fool luaL_checkudata but not this). */
 static const char pipe_tag = 0;

@@ -29,8 +29,8 @@
  * queue only if it did not stop before urgent data or after an skb that
  * passed descriptors (which only recvmsg's MSG_CTRUNC tells, at a price on
  * every read). Edge-triggered, every read after the last would then have to
- * try a recv, and in a request/reply exchange that recv fails (EAGAIN): a
- * third more system calls per round trip. So a socket is level-triggered
+ * try a recv, and in a request/reply exchange that recv fails (EAGAIN): one
+ * more system call per message, for nothing. So a socket is level-triggered
  * (`level`) while a read waits on it: a read then never tries at its start,
  * epoll says when there is something, one recv per read. Level-triggered
  * readiness must not be reported with nobody to take it (every wait would

@@ -59,10 +59,9 @@
 #include "unix.h"
 
 /* recv_message: a message up to this size is received into the spill area
- * and copied (recvfrom: cheaper in the kernel than recvmsg, by ~8% of a
- * plain C ping-pong); after a larger one the next goes straight into the
- * read's buffer (recvmsg: the buffer, at least MSG_MIN_BUF, then the spill
- * area), saving the copy. */
+ * and copied (recvfrom: less work in the kernel than recvmsg); after a
+ * larger one the next goes straight into the read's buffer (recvmsg: the
+ * buffer, at least MSG_MIN_BUF, then the spill area), saving the copy. */
 #define MSG_COPY_MAX 16384u
 #define MSG_MIN_BUF 65536u
 /* Give back spill pages after a message used more than this of them. */
@@ -227,8 +226,7 @@ int np_recv_message(np_pipe *p, np_buf *dst, size_t *len, np_status *st) {
   } else if (queued) {
     /* A message is queued (np_pipe_on_event): no address is needed to
      * tell an empty one from the end, and asking for it costs the kernel
-     * a copy per message (2-3.5% of a C message ping-pong:
-     * bench/README.md). */
+     * a copy per message (bench/README.md, `--from`). */
     do got = recv(p->fd, loop->spill, loop->spill_size, MSG_DONTWAIT | MSG_TRUNC);
     while (got < 0 && np_recv_again(p, &resets));
     is_message = got >= 0;
