@@ -187,7 +187,8 @@ static int start_read(lua_State *L, pipe_ud *u) {
   max = top >= 3 ? opt_read_size(L, 2) : 0;
   if (np_pipe_busy(u->p, NP_OP_READ))
     np_arg_error(L, 1, "a read is already pending on this pipe");
-  np_read_start(u->p, max, anchor_operation(L, u, top < 2 ? 2 : top));
+  np_read_start(u->p, max, NULL, anchor_operation(L, u, top < 2 ? 2 : top),
+                NP_NOREF);
   return 0;
 }
 
@@ -206,7 +207,7 @@ static int start_read_into(lua_State *L, pipe_ud *u) {
   lua_pushvalue(L, 2);
   ref_data = anchor(L, u->lu, ANCHORS_UPV); /* room left by anchor_operation */
   b->busy = 1;
-  np_read_into_start(u->p, b->bytes, b->size, ref_cb, ref_data);
+  np_read_start(u->p, b->size, b->bytes, ref_cb, ref_data);
   return 0;
 }
 

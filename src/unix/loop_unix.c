@@ -226,7 +226,6 @@ void np_loop_take(np_loop *loop, np_completion *c) {
   c->user = r->pipe->user;
 }
 
-size_t np_loop_outstanding(const np_loop *loop) { return loop->outstanding; }
 
 /* --------------------------------------------------------------- requests */
 
@@ -354,11 +353,7 @@ void np_pipe_free(np_pipe *p) {
     p->writes = r->wnext;
     write_req_release(loop, r);
   }
-  if (p->prev)
-    p->prev->next = p->next;
-  else
-    loop->pipes = p->next;
-  if (p->next) p->next->prev = p->prev;
+  np_pipe_list_remove(p);
   read_buf_give(loop, &p->read_req.buf);
   free(p->rest);
   free(p->try_buf.data);

@@ -51,9 +51,7 @@ static np_pipe *pipe_new(np_loop *loop, const char *name, np_status *st) {
   p->max_instances = NP_UNLIMITED_INSTANCES;
   p->connect_req.embedded = p->read_req.embedded = p->writable_req.embedded = 1;
   p->connect_req.pipe = p->read_req.pipe = p->writable_req.pipe = p;
-  p->next = loop->pipes;
-  if (loop->pipes) loop->pipes->prev = p;
-  loop->pipes = p;
+  np_pipe_list_add(loop, p);
   return p;
 }
 
@@ -343,13 +341,10 @@ np_pipe *np_client_open(np_loop *loop, const char *name,
 
 /* ------------------------------------------------------------ accessors */
 
-void np_pipe_set_user(np_pipe *p, void *user) { p->user = user; }
+/* (np_pipe_set_user, np_pipe_name and the like: common.c) */
 np_mode np_pipe_read_mode(const np_pipe *p) {
   return p->read_message ? NP_MODE_MESSAGE : NP_MODE_BYTE;
 }
-int np_pipe_is_server(const np_pipe *p) { return p->is_server; }
-np_state np_pipe_state(const np_pipe *p) { return p->state; }
-const char *np_pipe_name(const np_pipe *p) { return p->name; }
 
 int np_pipe_busy(const np_pipe *p, np_op op) {
   switch (op) {
@@ -416,8 +411,8 @@ void np_connect_start(np_pipe *p, int ref_cb) {
   np_listener_service_now(p->listener);
 }
 
-static void read_start(np_pipe *p, size_t max, char *ext, int ref_cb,
-                       int ref_data) {
+void np_read_start(np_pipe *p, size_t max, char *ext, int ref_cb,
+                   int ref_data) {
   np_req *r = &p->read_req;
   np_status st;
   if (r->state != REQ_IDLE) return; /* the binding checks np_pipe_busy */
@@ -437,15 +432,6 @@ static void read_start(np_pipe *p, size_t max, char *ext, int ref_cb,
     }
   }
   np_wait_level(p);
-}
-
-void np_read_start(np_pipe *p, size_t max, int ref_cb) {
-  read_start(p, max, NULL, ref_cb, NP_NOREF);
-}
-
-void np_read_into_start(np_pipe *p, char *dst, size_t cap, int ref_cb,
-                        int ref_data) {
-  read_start(p, cap, dst, ref_cb, ref_data);
 }
 
 /* Tokio's readable(): shares the read slot with read(). */

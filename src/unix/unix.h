@@ -34,6 +34,7 @@
 #include <sys/types.h>
 #include <sys/un.h>
 
+#include "../common.h"
 #include "../np.h"
 
 NP_INTERNAL_BEGIN
@@ -98,7 +99,7 @@ typedef struct np_req {
   np_buf buf;
   size_t len;
   int more;
-  /* np_read_into_start: the caller's memory (max bytes), else NULL */
+  /* a read_into (np_read_start): the caller's memory (max bytes), else NULL */
   char *ext;
   /* a read that finished at its start (counted in loop->eager_ready) */
   int eager;
@@ -109,16 +110,11 @@ typedef struct np_req {
 
 struct np_pipe {
   np_watch watch; /* first: epoll data.ptr */
-  np_loop *loop;
-  struct np_pipe *prev, *next; /* the loop's blocks, until freed */
-  void *user;
-  char *name; /* stored after the block */
+  NP_PIPE_COMMON_FIELDS
   int fd;        /* connected socket, -1 when none */
   int sock_type; /* SOCK_STREAM (byte pipe) or SOCK_SEQPACKET (message) */
-  int is_server;
   int read_message; /* this end reads whole messages (else a byte stream) */
   int may_read, may_write;
-  np_state state;
   int closed;
   unsigned max_instances; /* as info() reports it */
   size_t read_size;       /* byte-mode read(0): up to this much */
@@ -198,8 +194,7 @@ struct np_loop {
   double host_timer_at;   /* what host_tfd is armed for (np_now_ms), or -1 */
   np_req *ready_head, *ready_tail;
   size_t ready_count;
-  size_t outstanding; /* requests started and not released, all pipes */
-  np_pipe *pipes;     /* every block not yet freed */
+  NP_LOOP_COMMON_FIELDS
   np_listener *listeners;
   int closing; /* np_loop_close: take no new clients */
   unsigned plugs_wanted; /* listeners whose plug waits for np_loop_wait */

@@ -213,7 +213,6 @@ void np_completion_done(np_loop *loop, np_completion *c) {
   release(loop, (np_req *)c->req);
 }
 
-size_t np_loop_outstanding(const np_loop *loop) { return loop->outstanding; }
 
 void np_loop_stats(const np_loop *loop, np_stats *stats) {
   const np_pipe *p;
@@ -260,11 +259,7 @@ double np_now_ms(void) {
  * the loop's pool when it is a standard one. */
 void np_pipe_free(np_pipe *p) {
   np_loop *loop = p->loop;
-  if (p->prev)
-    p->prev->next = p->next;
-  else
-    loop->pipes = p->next;
-  if (p->next) p->next->prev = p->prev;
+  np_pipe_list_remove(p);
   if (p->rbuf && p->rcap == NP_READ_CHUNK && loop->n_free_rbufs < NP_KEEP_RBUFS)
     loop->free_rbufs[loop->n_free_rbufs++] = p->rbuf;
   else

@@ -73,9 +73,7 @@ static np_pipe *adopt_handle(np_loop *loop, HANDLE h, const char *name,
   init_req(&p->connect_req, p, NP_OP_CONNECT);
   init_req(&p->read_req, p, NP_OP_READ);
   init_req(&p->writable_req, p, NP_OP_WRITABLE);
-  p->next = loop->pipes;
-  if (loop->pipes) loop->pipes->prev = p;
-  loop->pipes = p;
+  np_pipe_list_add(loop, p);
   return p;
 }
 
@@ -161,10 +159,7 @@ np_pipe *np_client_open(np_loop *loop, const char *name,
   return adopt_handle(loop, h, name, 0, o->pipe_mode, st);
 }
 
-void np_pipe_set_user(np_pipe *p, void *user) { p->user = user; }
-int np_pipe_is_server(const np_pipe *p) { return p->is_server; }
-np_state np_pipe_state(const np_pipe *p) { return p->state; }
-const char *np_pipe_name(const np_pipe *p) { return p->name; }
+/* (np_pipe_set_user, np_pipe_name and the like: common.c) */
 
 int np_pipe_busy(const np_pipe *p, np_op op) {
   switch (op) {
@@ -263,8 +258,8 @@ static void issue_read(np_pipe *p, size_t want) {
   submitted(req, ReadFile(p->h, base + p->rlen, (DWORD)want, NULL, &req->ov));
 }
 
-static void read_start(np_pipe *p, size_t max, char *ext, int ref_cb,
-                       int ref_data) {
+void np_read_start(np_pipe *p, size_t max, char *ext, int ref_cb,
+                   int ref_data) {
   size_t want = READ_CHUNK;
   arm(&p->read_req, ref_cb);
   p->read_req.op = NP_OP_READ;
@@ -282,15 +277,6 @@ static void read_start(np_pipe *p, size_t max, char *ext, int ref_cb,
   if (max > want && p->read_mode == NP_MODE_BYTE)
     want = max < READ_CAP ? max : READ_CAP;
   issue_read(p, want);
-}
-
-void np_read_start(np_pipe *p, size_t max, int ref_cb) {
-  read_start(p, max, NULL, ref_cb, NP_NOREF);
-}
-
-void np_read_into_start(np_pipe *p, char *dst, size_t cap, int ref_cb,
-                        int ref_data) {
-  read_start(p, cap, dst, ref_cb, ref_data);
 }
 
 /* A zero-byte read completes when data arrives without consuming any

@@ -26,6 +26,7 @@
 #endif
 #include <windows.h>
 
+#include "../common.h"
 #include "../np.h"
 
 NP_INTERNAL_BEGIN
@@ -61,14 +62,10 @@ typedef struct np_req {
 } np_req;
 
 struct np_pipe {
-  np_loop *loop;
+  NP_PIPE_COMMON_FIELDS /* name: UTF-8 */
   HANDLE h; /* INVALID_HANDLE_VALUE once closed */
-  int is_server;
   np_mode read_mode; /* how this end reads (message: whole messages) */
-  np_state state;
   int closed;
-  void *user;
-  char *name; /* UTF-8, for tostring (stored after the block) */
   np_req connect_req;
   np_req read_req; /* read or readable */
   np_req writable_req;
@@ -76,7 +73,7 @@ struct np_pipe {
   size_t rcap;
   size_t rlen; /* bytes of the current read so far */
   size_t rmax; /* the caller's limit, 0 for none */
-  /* np_read_into_start: the caller's memory (rmax bytes), read into instead
+  /* a read_into (np_read_start): the caller's memory (rmax bytes), read into instead
    * of rbuf; NULL for read() */
   char *rext;
   np_req *writes, *writes_tail; /* writes not yet released, oldest first */
@@ -98,7 +95,6 @@ struct np_pipe {
    * an error never told, once its client is gone. */
   unsigned session;
   size_t outstanding;    /* requests KERNEL or READY */
-  struct np_pipe *prev, *next; /* the loop's blocks */
 };
 
 /* Read buffers: the default pipe buffer size (a byte read(0), the first
@@ -111,9 +107,8 @@ struct np_loop {
   HANDLE try_event; /* for try_read's one synchronous read */
   np_req *ready_head, *ready_tail;
   int ready_count;
-  size_t outstanding;    /* requests KERNEL or READY, all pipes */
+  NP_LOOP_COMMON_FIELDS /* outstanding: requests KERNEL or READY */
   size_t kernel_owned;   /* requests KERNEL */
-  np_pipe *pipes;        /* every block not yet freed */
   np_req *free_writes;
   int skipped_poll; /* the last wait served the ready queue alone */
   /* Read buffers of freed pipes, kept for the next pipes' first reads (a
