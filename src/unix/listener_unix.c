@@ -536,14 +536,7 @@ void np_listener_set_free(np_listener *l, np_pipe *p, int is_free) {
     l->free_tail = p;
     l->n_free++;
   } else {
-    if (p->free_prev)
-      p->free_prev->free_next = p->free_next;
-    else
-      l->free_head = p->free_next;
-    if (p->free_next)
-      p->free_next->free_prev = p->free_prev;
-    else
-      l->free_tail = p->free_prev;
+    NP_DLIST_REMOVE(l->free_head, l->free_tail, p, free_prev, free_next);
     p->free_prev = p->free_next = NULL;
     l->n_free--;
   }

@@ -191,12 +191,7 @@ int np_loop_wait(np_loop *loop, int timeout_ms, np_status *st) {
 int np_loop_peek(np_loop *loop, np_completion *c) {
   np_req *r = loop->ready_head;
   if (!r) return 0;
-  c->pipe = r->pipe;
-  /* Read now, not when the request finished: the binding clears it when
-   * the userdata is collected, and a stale pointer must not come out. */
-  c->user = r->pipe->user;
-  c->op = r->op;
-  c->status = r->status;
+  NP_COMPLETION_FROM(c, r);
   c->data = (r->op != NP_OP_READ && r->op != NP_OP_TRANSACT) ||
                     r->status.err != NP_OK
                 ? NULL
@@ -205,18 +200,12 @@ int np_loop_peek(np_loop *loop, np_completion *c) {
   c->len = r->op == NP_OP_READ || r->op == NP_OP_TRANSACT ? r->len
            : r->op == NP_OP_WRITE                         ? r->wdone
                                                           : 0;
-  c->more = r->more;
-  c->ref_cb = r->ref_cb;
-  c->ref_data = r->ref_data;
-  c->req = r;
   return 1;
 }
 
 void np_loop_take(np_loop *loop, np_completion *c) {
-  np_req *r = loop->ready_head;
-  loop->ready_head = r->next;
-  if (!loop->ready_head) loop->ready_tail = NULL;
-  loop->ready_count--;
+  np_req *r;
+  NP_READY_POP(loop, r);
   if (r->eager) {
     r->eager = 0;
     loop->eager_ready--;
@@ -300,14 +289,8 @@ void np_req_ready(np_req *r, np_err err, long code) {
   r->status.err = err;
   r->status.code = code;
   r->state = REQ_READY;
-  r->next = NULL;
   if (loop->hosted) np_host_ready(loop);
-  if (loop->ready_tail)
-    loop->ready_tail->next = r;
-  else
-    loop->ready_head = r;
-  loop->ready_tail = r;
-  loop->ready_count++;
+  NP_READY_PUSH(loop, r);
 }
 
 static void write_unlink(np_pipe *p, np_req *r) {

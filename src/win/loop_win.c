@@ -65,13 +65,7 @@ void np_req_ready(np_loop *loop, np_req *req) {
     loop->kernel_owned--;
   }
   req->state = REQ_READY;
-  req->next = NULL;
-  if (loop->ready_tail)
-    loop->ready_tail->next = req;
-  else
-    loop->ready_head = req;
-  loop->ready_tail = req;
-  loop->ready_count++;
+  NP_READY_PUSH(loop, req);
 }
 
 /* A packet's OVERLAPPED holds the NTSTATUS; Wine and Windows differ in what
@@ -128,26 +122,17 @@ int np_loop_wait(np_loop *loop, int timeout_ms, np_status *st) {
 int np_loop_peek(np_loop *loop, np_completion *c) {
   np_req *req = loop->ready_head;
   if (!req) return 0;
-  c->pipe = req->pipe;
-  c->user = req->pipe->user;
-  c->op = req->op;
-  c->status = req->status;
+  NP_COMPLETION_FROM(c, req);
   c->data = !NP_READS_DATA(req->op) ? NULL
             : req->pipe->rext         ? req->pipe->rext
                                       : req->pipe->rbuf;
   c->len = NP_READS_DATA(req->op) ? req->pipe->rlen : req->bytes;
-  c->more = req->more;
-  c->ref_cb = req->ref_cb;
-  c->ref_data = req->ref_data;
-  c->req = req;
   return 1;
 }
 
 void np_loop_take(np_loop *loop, np_completion *c) {
-  np_req *req = loop->ready_head;
-  loop->ready_head = req->next;
-  if (!loop->ready_head) loop->ready_tail = NULL;
-  loop->ready_count--;
+  np_req *req;
+  NP_READY_POP(loop, req);
   c->user = req->pipe->user;
 }
 
@@ -182,14 +167,7 @@ void np_write_drop(np_req *req) {
   np_pipe *p = req->pipe;
   np_loop *loop = p->loop;
   if (p->wdeliver == req) p->wdeliver = req->wnext;
-  if (req->wprev)
-    req->wprev->wnext = req->wnext;
-  else
-    p->writes = req->wnext;
-  if (req->wnext)
-    req->wnext->wprev = req->wprev;
-  else
-    p->writes_tail = req->wprev;
+  NP_DLIST_REMOVE(p->writes, p->writes_tail, req, wprev, wnext);
   p->nwrites--;
   req->next = loop->free_writes;
   loop->free_writes = req;
@@ -281,10 +259,8 @@ int np_loop_close(np_loop *loop) {
     np_pipe_close(p); /* frees p if nothing of it is outstanding */
   }
   while (loop->ready_head) {
-    np_req *req = loop->ready_head;
-    loop->ready_head = req->next;
-    if (!loop->ready_head) loop->ready_tail = NULL;
-    loop->ready_count--;
+    np_req *req;
+    NP_READY_POP(loop, req);
     release(loop, req); /* may free a closed block */
   }
   while (loop->kernel_owned > 0) {
