@@ -10,6 +10,7 @@
  *   pipe_unix.c      instances and clients: connect, read, write, close...
  *   io_unix.c        reads and writes as the socket allows, epoll events
  *   message_unix.c   message mode over SOCK_SEQPACKET, transact
+ *   peer_unix.c      the other end: its credentials, its account
  *   host_unix.c      the descriptor a host polls (np_loop_host_fd)
  *
  * Completion policy: nothing is ever finished inside the call that started

@@ -8,6 +8,7 @@
  *                    lifetime, the end of every block
  *   errors_win.c     Win32 error codes to portable names and messages
  *   pipe_win.c       instances and clients: connect, read, write, close...
+ *   peer_win.c       the other end: its process, its client's account
  *   host_win.c       np.fd(): nothing for a host to poll
  *
  * Completion policy (docs/windows-internals.md #3):
@@ -124,6 +125,9 @@ struct np_loop {
 /* errors_win.c */
 np_err np_win_error(DWORD err, np_op op);
 void np_win_status(np_status *st, DWORD err, np_op op);
+/* err as a pipe's end tells it (a client's ERROR_PIPE_NOT_CONNECTED is
+ * the server gone, ...). */
+void np_pipe_status(const np_pipe *p, np_status *st, DWORD err, np_op op);
 
 /* loop_win.c */
 void np_req_ready(np_loop *loop, np_req *req);
