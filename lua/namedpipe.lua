@@ -151,7 +151,7 @@ local co_running, co_status = coroutine.running, coroutine.status
 local function dead(thread) return thread ~= nil and co_status(thread) == "dead" end
 
 -- While a read-slot operation is recorded, reads divert to this layer too
--- (binding.c: the same flag as read-ahead), so that a read in any form
+-- (methods.c: the same flag as read-ahead), so that a read in any form
 -- finds an abandoned one before the C method would refuse it.
 local raw_set_readahead = raw.set_readahead
 local function sync_divert(pipe)

@@ -72,10 +72,12 @@ build = {
             ["namedpipe.compat"] = "lua/namedpipe/compat.lua",
             ["namedpipe.core"] = {
                sources = {
-                  "src/binding.c", "src/buffer.c", "src/errors.c", "src/options.c",
-                  "src/unix/host_unix.c", "src/unix/listener_unix.c",
-                  "src/unix/loop_unix.c", "src/unix/names_unix.c",
-                  "src/unix/pipe_unix.c",
+                  "src/args.c", "src/binding.c", "src/buffer.c", "src/common.c",
+                  "src/errors.c", "src/methods.c", "src/options.c",
+                  "src/unix/errors_unix.c", "src/unix/host_unix.c", "src/unix/io_unix.c",
+                  "src/unix/listener_unix.c", "src/unix/loop_unix.c",
+                  "src/unix/message_unix.c", "src/unix/names_unix.c",
+                  "src/unix/peer_unix.c", "src/unix/pipe_unix.c",
                },
                defines = VERSION_DEFINES,
                incdirs = { "src" },
@@ -91,8 +93,10 @@ build = {
             ["namedpipe.compat"] = "lua/namedpipe/compat.lua",
             ["namedpipe.core"] = {
                sources = {
-                  "src/binding.c", "src/buffer.c", "src/errors.c", "src/options.c",
-                  "src/win/error_win.c", "src/win/loop_win.c", "src/win/pipe_win.c",
+                  "src/args.c", "src/binding.c", "src/buffer.c", "src/common.c",
+                  "src/errors.c", "src/methods.c", "src/options.c",
+                  "src/win/errors_win.c", "src/win/host_win.c", "src/win/loop_win.c",
+                  "src/win/names_win.c", "src/win/peer_win.c", "src/win/pipe_win.c",
                },
                -- Vista and later: GetQueuedCompletionStatusEx, CancelIoEx
                defines = { "_WIN32_WINNT=0x0600", VERSION_DEFINES[1], VERSION_DEFINES[2],

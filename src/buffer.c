@@ -8,7 +8,7 @@
  * The bytes are on the C heap, not in the userdata: under Windows the
  * kernel writes a pending read's bytes after the call returns, and Lua
  * frees a userdata's memory at lua_close whatever still points at it. A
- * buffer being filled is anchored (binding.c), so it is only ever
+ * buffer being filled is anchored (methods.c), so it is only ever
  * collected while busy at lua_close; its bytes then wait in the loop's
  * orphan list until the loop has taken every operation back from the
  * kernel (np_loop_close), and are freed only if it did (docs/windows-internals.md #2).
@@ -21,6 +21,7 @@
 
 #include "compat.h"
 
+#include "args.h"
 #include "buffer.h"
 
 #define BUFFER_MT "namedpipe.buffer"

@@ -38,11 +38,6 @@ np_buffer *np_buffer_check(lua_State *L, int arg, int not_busy);
  * everything back), else leave them allocated for good. */
 void np_orphans_close(np_orphans *o, int may_free);
 
-/* binding.c: argument errors counting self as #1 in a method call. */
-int np_arg_error(lua_State *L, int arg, const char *msg);
-int np_type_error(lua_State *L, int arg, const char *expected);
-lua_Integer np_check_integer(lua_State *L, int arg);
-
 NP_INTERNAL_END
 
 #endif

@@ -190,7 +190,7 @@ np_loop *np_loop_new(np_status *st);
  * free what it gave back. Runs no Lua; completions not yet handed out are
  * dropped. Returns 1 when the kernel gave everything back, 0 when some
  * operation was still with it when the wait ran out: the memory it may
- * write (the dst of an np_read_into_start too) must then never be freed. */
+ * write (the dst of a read_into's np_read_start too) must then never be freed. */
 int np_loop_close(np_loop *loop);
 /* Wait up to timeout_ms (0: just look; <0: forever) for operations to finish
  * and queue them; returns how many completions are ready, or -1 with *st. */
@@ -257,15 +257,14 @@ int np_pipe_busy(const np_pipe *p, np_op op);
  * ...), and an OS refusal comes back as a completion like any other. */
 void np_connect_start(np_pipe *p, int ref_cb);
 /* max 0: byte mode, whatever is available (up to the read buffer);
- * message mode, one whole message however large. max > 0: at most max. */
-void np_read_start(np_pipe *p, size_t max, int ref_cb);
-/* As np_read_start(p, cap, ...), into the caller's memory: the bytes land
- * in dst (the completion's data is dst), at most cap of them. dst must stay
+ * message mode, one whole message however large. max > 0: at most max.
+ * dst NULL: a read(), ref_data NP_NOREF. Else a read_into: the bytes land
+ * in dst (the completion's data is dst), at most max of them. dst must stay
  * valid and be left alone until the completion has been released: the
  * kernel may write it after the call returns (Windows). ref_data comes back
  * in the completion (the binding's anchor of the memory). */
-void np_read_into_start(np_pipe *p, char *dst, size_t cap, int ref_cb,
-                        int ref_data);
+void np_read_start(np_pipe *p, size_t max, char *dst, int ref_cb,
+                   int ref_data);
 /* Writes complete in the order they were started. Returns 0 only when no
  * memory was left to track the write (nothing started, nothing kept).
  * *keeps: the backend still points at data after the call (a socket that

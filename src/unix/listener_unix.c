@@ -536,14 +536,7 @@ void np_listener_set_free(np_listener *l, np_pipe *p, int is_free) {
     l->free_tail = p;
     l->n_free++;
   } else {
-    if (p->free_prev)
-      p->free_prev->free_next = p->free_next;
-    else
-      l->free_head = p->free_next;
-    if (p->free_next)
-      p->free_next->free_prev = p->free_prev;
-    else
-      l->free_tail = p->free_prev;
+    NP_DLIST_REMOVE(l->free_head, l->free_tail, p, free_prev, free_next);
     p->free_prev = p->free_next = NULL;
     l->n_free--;
   }
@@ -670,7 +663,7 @@ static void service(np_listener *l, int reported) {
       continue;
     }
     /* A client with an address (ours autobind, see connect_socket) sends
-     * messages that say who sent them: pipe_unix.c tells EOF by that. */
+     * messages that say who sent them: message_unix.c tells EOF by that. */
     if (!np_instance_attach(pick_free(l), fd,
                             len > offsetof(struct sockaddr_un, sun_path)))
       close(fd);

@@ -29,58 +29,6 @@
 /* np_loop_wait: waits in a row that may skip epoll (see there). */
 #define NP_WAIT_SKIPS 16
 
-/* ----------------------------------------------------------------- status */
-
-np_err np_errno_err(int code) {
-  switch (code) {
-    case 0: return NP_OK;
-    case ENOENT:
-    case ECONNREFUSED: return NP_NOT_FOUND; /* a socket file nobody serves */
-    case EAGAIN: return NP_PIPE_BUSY;       /* connect: the backlog is full */
-    case EPIPE:
-    case ECONNRESET: return NP_BROKEN_PIPE;
-    case ENOTCONN: return NP_NOT_CONNECTED;
-    case EACCES:
-    case EPERM: return NP_ACCESS_DENIED;
-    case ETIMEDOUT: return NP_TIMEOUT;
-    case ENAMETOOLONG:
-    case ENOTDIR:
-    case ELOOP: return NP_INVALID_NAME;
-    case EINVAL:
-    case EMSGSIZE:
-    case EPROTOTYPE: return NP_INVALID_ARGUMENT;
-    case EADDRINUSE: return NP_ADDRESS_IN_USE;
-    case ENOMEM:
-    case ENOBUFS: return NP_NO_MEMORY;
-    default: return NP_IO_ERROR;
-  }
-}
-
-void np_status_errno(np_status *st, np_err err, int code) {
-  st->err = err;
-  st->code = code;
-}
-
-/* The module's own outcomes come from np_own_message (errors.c); the OS's
- * from strerror. */
-const char *np_status_message(const np_status *st, char *buf, size_t size) {
-  const char *own = np_own_message(st);
-  if (own) return own;
-  if (st->err == NP_PIPE_BUSY) /* EAGAIN would say less */
-    return "all pipe instances are busy";
-  if (st->code == 0) {
-    snprintf(buf, size, "%s", np_err_name(st->err));
-    return buf;
-  }
-  {
-    /* GNU strerror_r (we define _GNU_SOURCE): may return a static string
-     * instead of filling buf. */
-    const char *msg = strerror_r((int)st->code, buf, size);
-    if (msg != buf) snprintf(buf, size, "%s", msg);
-  }
-  return buf;
-}
-
 double np_now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -243,12 +191,7 @@ int np_loop_wait(np_loop *loop, int timeout_ms, np_status *st) {
 int np_loop_peek(np_loop *loop, np_completion *c) {
   np_req *r = loop->ready_head;
   if (!r) return 0;
-  c->pipe = r->pipe;
-  /* Read now, not when the request finished: the binding clears it when
-   * the userdata is collected, and a stale pointer must not come out. */
-  c->user = r->pipe->user;
-  c->op = r->op;
-  c->status = r->status;
+  NP_COMPLETION_FROM(c, r);
   c->data = (r->op != NP_OP_READ && r->op != NP_OP_TRANSACT) ||
                     r->status.err != NP_OK
                 ? NULL
@@ -257,18 +200,12 @@ int np_loop_peek(np_loop *loop, np_completion *c) {
   c->len = r->op == NP_OP_READ || r->op == NP_OP_TRANSACT ? r->len
            : r->op == NP_OP_WRITE                         ? r->wdone
                                                           : 0;
-  c->more = r->more;
-  c->ref_cb = r->ref_cb;
-  c->ref_data = r->ref_data;
-  c->req = r;
   return 1;
 }
 
 void np_loop_take(np_loop *loop, np_completion *c) {
-  np_req *r = loop->ready_head;
-  loop->ready_head = r->next;
-  if (!loop->ready_head) loop->ready_tail = NULL;
-  loop->ready_count--;
+  np_req *r;
+  NP_READY_POP(loop, r);
   if (r->eager) {
     r->eager = 0;
     loop->eager_ready--;
@@ -278,7 +215,6 @@ void np_loop_take(np_loop *loop, np_completion *c) {
   c->user = r->pipe->user;
 }
 
-size_t np_loop_outstanding(const np_loop *loop) { return loop->outstanding; }
 
 /* --------------------------------------------------------------- requests */
 
@@ -353,14 +289,8 @@ void np_req_ready(np_req *r, np_err err, long code) {
   r->status.err = err;
   r->status.code = code;
   r->state = REQ_READY;
-  r->next = NULL;
   if (loop->hosted) np_host_ready(loop);
-  if (loop->ready_tail)
-    loop->ready_tail->next = r;
-  else
-    loop->ready_head = r;
-  loop->ready_tail = r;
-  loop->ready_count++;
+  NP_READY_PUSH(loop, r);
 }
 
 static void write_unlink(np_pipe *p, np_req *r) {
@@ -406,11 +336,7 @@ void np_pipe_free(np_pipe *p) {
     p->writes = r->wnext;
     write_req_release(loop, r);
   }
-  if (p->prev)
-    p->prev->next = p->next;
-  else
-    loop->pipes = p->next;
-  if (p->next) p->next->prev = p->prev;
+  np_pipe_list_remove(p);
   read_buf_give(loop, &p->read_req.buf);
   free(p->rest);
   free(p->try_buf.data);

@@ -6,13 +6,18 @@
  *   listener_unix.c  one listening socket per name, shared by its instances;
  *                    ownership across processes (lock file); PIPE_BUSY
  *   loop_unix.c      epoll, the ready queue, request lifetime, messages
+ *   errors_unix.c    errno values to portable names and messages
  *   pipe_unix.c      instances and clients: connect, read, write, close...
+ *   io_unix.c        reads and writes as the socket allows, epoll events
+ *   message_unix.c   message mode over SOCK_SEQPACKET, transact
+ *   peer_unix.c      the other end: its credentials, its account
+ *   host_unix.c      the descriptor a host polls (np_loop_host_fd)
  *
  * Completion policy: nothing is ever finished inside the call that started
  * it. A start may do the system call at once (sockets are non-blocking); its
  * outcome goes to the loop's ready queue and comes out of np_loop_take().
  * A socket sits in the epoll set level-triggered while a read waits on it,
- * edge-triggered otherwise (pipe_unix.c, "readiness"). A read on a level-
+ * edge-triggered otherwise (io_unix.c, "readiness"). A read on a level-
  * triggered socket waits for epoll; on an edge-triggered one it tries the
  * call first unless the pipe knows it would fail with EAGAIN (the socket
  * was seen drained and epoll has reported nothing since: see rd_idle).
@@ -30,6 +35,7 @@
 #include <sys/types.h>
 #include <sys/un.h>
 
+#include "../common.h"
 #include "../np.h"
 
 NP_INTERNAL_BEGIN
@@ -94,7 +100,7 @@ typedef struct np_req {
   np_buf buf;
   size_t len;
   int more;
-  /* np_read_into_start: the caller's memory (max bytes), else NULL */
+  /* a read_into (np_read_start): the caller's memory (max bytes), else NULL */
   char *ext;
   /* a read that finished at its start (counted in loop->eager_ready) */
   int eager;
@@ -105,16 +111,11 @@ typedef struct np_req {
 
 struct np_pipe {
   np_watch watch; /* first: epoll data.ptr */
-  np_loop *loop;
-  struct np_pipe *prev, *next; /* the loop's blocks, until freed */
-  void *user;
-  char *name; /* stored after the block */
+  NP_PIPE_COMMON_FIELDS
   int fd;        /* connected socket, -1 when none */
   int sock_type; /* SOCK_STREAM (byte pipe) or SOCK_SEQPACKET (message) */
-  int is_server;
   int read_message; /* this end reads whole messages (else a byte stream) */
   int may_read, may_write;
-  np_state state;
   int closed;
   unsigned max_instances; /* as info() reports it */
   size_t read_size;       /* byte-mode read(0): up to this much */
@@ -125,7 +126,7 @@ struct np_pipe {
   int rcvbuf_unset;
 
   /* Read readiness, kept so that a read need not try a recv that must fail
-   * (pipe_unix.c, "readiness"). rd_idle: the socket was seen drained and
+   * (io_unix.c, "readiness"). rd_idle: the socket was seen drained and
    * epoll has reported nothing since. rd_sticky: epoll reported the peer's
    * shutdown, an error or urgent data: never idle again (EOF and errors
    * repeat, and no further edge would announce them). */
@@ -136,10 +137,10 @@ struct np_pipe {
   int rd_full;
   int out_armed; /* EPOLLOUT in this socket's epoll mask (want_writable) */
   /* Registered level-triggered (message sockets while a read waits: see
-   * pipe_unix.c, "readiness"); else edge-triggered. */
+   * io_unix.c, "readiness"); else edge-triggered. */
   int level;
   /* Message sockets: the peer is unbound, so its messages carry no sender
-   * address and SO_PASSCRED tells an empty message from EOF (pipe_unix.c). */
+   * address and SO_PASSCRED tells an empty message from EOF (message_unix.c). */
   int passcred;
   /* Message reads: the last message was large, so the next is received
    * straight into the read's buffer rather than copied (recv_message). */
@@ -194,13 +195,12 @@ struct np_loop {
   double host_timer_at;   /* what host_tfd is armed for (np_now_ms), or -1 */
   np_req *ready_head, *ready_tail;
   size_t ready_count;
-  size_t outstanding; /* requests started and not released, all pipes */
-  np_pipe *pipes;     /* every block not yet freed */
+  NP_LOOP_COMMON_FIELDS
   np_listener *listeners;
   int closing; /* np_loop_close: take no new clients */
   unsigned plugs_wanted; /* listeners whose plug waits for np_loop_wait */
   np_dir_cache dir;
-  /* Message reads (pipe_unix.c, recv_message): a spill area of spill_size
+  /* Message reads (message_unix.c, recv_message): a spill area of spill_size
    * bytes (mmap'ed on first use), as large as any message can be. */
   char *spill;
   size_t spill_size;
@@ -219,9 +219,11 @@ struct np_loop {
   int skipped_waits;
 };
 
-/* loop_unix.c */
+/* errors_unix.c */
 void np_status_errno(np_status *st, np_err err, int code);
 np_err np_errno_err(int code);
+
+/* loop_unix.c */
 int np_buf_reserve(np_buf *b, size_t n);
 void np_read_buf_take(np_loop *loop, np_buf *b);
 void np_req_start(np_pipe *p, np_req *r, np_op op, int ref_cb, int ref_data);
@@ -238,14 +240,14 @@ np_req *np_write_req_new(np_loop *loop);
 /* A write request let go: released after its completion, or a
  * transact's request, which never reaches the ready queue. */
 void np_write_req_drop(np_pipe *p, np_req *r);
-/* pipe_unix.c: a transact's request went (NP_OK: read the reply) or
+/* message_unix.c: a transact's request went (NP_OK: read the reply) or
  * failed (the transact ends so). */
 void np_transact_sent(np_req *w, np_err err, long code);
 int np_watch_add(np_loop *loop, int fd, uint32_t events, void *ptr);
 int np_watch_mod(np_loop *loop, int fd, uint32_t events, void *ptr);
 void np_watch_del(np_loop *loop, int fd);
 
-/* pipe_unix.c */
+/* io_unix.c */
 void np_pipe_on_event(np_pipe *p, uint32_t events);
 /* The last write was released: a writable() wait may be over. */
 void np_pipe_writes_released(np_pipe *p);
@@ -294,6 +296,61 @@ np_listener *np_listener_find(np_loop *loop, const char *path);
 const np_pipe_meta *np_listener_meta(const np_listener *l);
 /* np_loop_wait, before epoll_wait: the plugs deferred by the listeners. */
 void np_listener_plug_deferred(np_loop *loop);
+
+/* pipe_unix.c, io_unix.c, message_unix.c: one pipe's I/O, in three files. */
+/* What one attempt at a read or a write came to. */
+enum { IO_AGAIN = 0, IO_DONE = 1 };
+
+/* Edge-triggered (no read waiting). EPOLLPRI: urgent (MSG_OOB) data on a
+ * stream, where a read stops short (rd_sticky). EPOLLOUT is added when a write first finds the socket full
+ * (want_writable): until then every read of the peer would queue a
+ * write-space edge for nobody, and a fresh socket would be reported
+ * writable at the next wait for nothing. (EPOLLHUP and EPOLLERR come
+ * whatever the mask.) */
+#define SOCKET_EVENTS (EPOLLIN | EPOLLPRI | EPOLLRDHUP | EPOLLET)
+/* A socket while a read waits on it: level-triggered (see "readiness").
+ * Without EPOLLPRI: urgent data (a byte sent MSG_OOB) is also in the
+ * queue, so EPOLLIN covers it, and a normal recv steps over it. */
+#define LEVEL_EVENTS (EPOLLIN | EPOLLRDHUP)
+#define READ_EVENTS (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLPRI)
+#define WRITE_EVENTS (EPOLLOUT | EPOLLHUP | EPOLLERR)
+
+/* pipe_unix.c */
+int np_io_allowed(np_pipe *p, np_op op, np_status *st);
+int np_set_mask(np_pipe *p, int level, int out_armed);
+int np_want_writable(np_pipe *p);
+
+/* io_unix.c */
+/* Nothing more to read until the socket says so (see "readiness"). */
+static inline void np_drained(np_pipe *p) {
+  if (!p->rd_sticky) p->rd_idle = 1;
+}
+/* Can a read try at once, or must it wait for epoll? */
+static inline int np_read_may_succeed(const np_pipe *p) {
+  if (p->rest_len > 0) return 1; /* ours, not the socket's */
+  if (p->rd_full) return 1;
+  return !p->level && !p->rd_idle;
+}
+size_t np_byte_read_size(const np_pipe *p, size_t max);
+void np_pump_read(np_pipe *p);
+void np_pump_writable(np_pipe *p);
+void np_pump_writes(np_pipe *p);
+int np_read_attempt(np_pipe *p, size_t max, np_buf *dst, size_t *len,
+                    int *more, np_status *st);
+int np_read_failed(np_status *st, int e);
+int np_recv_again(const np_pipe *p, int *resets);
+ssize_t np_recv_some(const np_pipe *p, char *buf, size_t len);
+int np_send_message(np_pipe *p, const char *data, size_t len, np_status *st);
+void np_wait_level(np_pipe *p);
+void np_write_failed(np_status *st, int e);
+
+/* message_unix.c */
+ssize_t np_next_message_size(np_pipe *p, np_status *st);
+int np_read_joined(np_pipe *p, size_t max, np_buf *dst, size_t *len,
+                   np_status *st);
+int np_read_message(np_pipe *p, size_t max, np_buf *dst, size_t *len,
+                    int *more, np_status *st);
+int np_recv_message(np_pipe *p, np_buf *dst, size_t *len, np_status *st);
 
 NP_INTERNAL_END
 

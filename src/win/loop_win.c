@@ -65,13 +65,7 @@ void np_req_ready(np_loop *loop, np_req *req) {
     loop->kernel_owned--;
   }
   req->state = REQ_READY;
-  req->next = NULL;
-  if (loop->ready_tail)
-    loop->ready_tail->next = req;
-  else
-    loop->ready_head = req;
-  loop->ready_tail = req;
-  loop->ready_count++;
+  NP_READY_PUSH(loop, req);
 }
 
 /* A packet's OVERLAPPED holds the NTSTATUS; Wine and Windows differ in what
@@ -128,26 +122,17 @@ int np_loop_wait(np_loop *loop, int timeout_ms, np_status *st) {
 int np_loop_peek(np_loop *loop, np_completion *c) {
   np_req *req = loop->ready_head;
   if (!req) return 0;
-  c->pipe = req->pipe;
-  c->user = req->pipe->user;
-  c->op = req->op;
-  c->status = req->status;
+  NP_COMPLETION_FROM(c, req);
   c->data = !NP_READS_DATA(req->op) ? NULL
             : req->pipe->rext         ? req->pipe->rext
                                       : req->pipe->rbuf;
   c->len = NP_READS_DATA(req->op) ? req->pipe->rlen : req->bytes;
-  c->more = req->more;
-  c->ref_cb = req->ref_cb;
-  c->ref_data = req->ref_data;
-  c->req = req;
   return 1;
 }
 
 void np_loop_take(np_loop *loop, np_completion *c) {
-  np_req *req = loop->ready_head;
-  loop->ready_head = req->next;
-  if (!loop->ready_head) loop->ready_tail = NULL;
-  loop->ready_count--;
+  np_req *req;
+  NP_READY_POP(loop, req);
   c->user = req->pipe->user;
 }
 
@@ -182,14 +167,7 @@ void np_write_drop(np_req *req) {
   np_pipe *p = req->pipe;
   np_loop *loop = p->loop;
   if (p->wdeliver == req) p->wdeliver = req->wnext;
-  if (req->wprev)
-    req->wprev->wnext = req->wnext;
-  else
-    p->writes = req->wnext;
-  if (req->wnext)
-    req->wnext->wprev = req->wprev;
-  else
-    p->writes_tail = req->wprev;
+  NP_DLIST_REMOVE(p->writes, p->writes_tail, req, wprev, wnext);
   p->nwrites--;
   req->next = loop->free_writes;
   loop->free_writes = req;
@@ -213,7 +191,6 @@ void np_completion_done(np_loop *loop, np_completion *c) {
   release(loop, (np_req *)c->req);
 }
 
-size_t np_loop_outstanding(const np_loop *loop) { return loop->outstanding; }
 
 void np_loop_stats(const np_loop *loop, np_stats *stats) {
   const np_pipe *p;
@@ -256,6 +233,18 @@ double np_now_ms(void) {
   return (double)t.QuadPart * 1000.0 / (double)freq.QuadPart;
 }
 
+/* The block itself and what it still holds: its read buffer goes back to
+ * the loop's pool when it is a standard one. */
+void np_pipe_free(np_pipe *p) {
+  np_loop *loop = p->loop;
+  np_pipe_list_remove(p);
+  if (p->rbuf && p->rcap == NP_READ_CHUNK && loop->n_free_rbufs < NP_KEEP_RBUFS)
+    loop->free_rbufs[loop->n_free_rbufs++] = p->rbuf;
+  else
+    free(p->rbuf);
+  free(p);
+}
+
 /* docs/windows-internals.md #2: cancel everything, then wait for the
  * kernel to hand every OVERLAPPED back before freeing it; what it has not
  * given back after CLOSE_DRAIN_MS is leaked, never freed under its feet.
@@ -270,10 +259,8 @@ int np_loop_close(np_loop *loop) {
     np_pipe_close(p); /* frees p if nothing of it is outstanding */
   }
   while (loop->ready_head) {
-    np_req *req = loop->ready_head;
-    loop->ready_head = req->next;
-    if (!loop->ready_head) loop->ready_tail = NULL;
-    loop->ready_count--;
+    np_req *req;
+    NP_READY_POP(loop, req);
     release(loop, req); /* may free a closed block */
   }
   while (loop->kernel_owned > 0) {
@@ -318,20 +305,4 @@ int np_loop_close(np_loop *loop) {
   CloseHandle(loop->port);
   free(loop);
   return gave_back;
-}
-
-/* A completion port is no waitable object: a host steps from its frame or
- * its timer instead (README, "Host loops"). */
-int np_loop_host_fd(np_loop *loop, np_status *st) {
-  (void)loop;
-  (void)st;
-  return -2;
-}
-
-void np_loop_host_sync(np_loop *loop, int work, int has_timer,
-                       double timer_at) {
-  (void)loop;
-  (void)work;
-  (void)has_timer;
-  (void)timer_at;
 }

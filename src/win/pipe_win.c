@@ -14,32 +14,6 @@
 #define READ_CHUNK NP_READ_CHUNK
 #define READ_CAP (1u << 20)
 
-/* ------------------------------------------------------------------ names */
-
-static int is_sep(char c) { return c == '\\' || c == '/'; }
-
-const char *np_name_problem(const char *name, size_t len) {
-  /* \\server\pipe\NAME, where server is "." for this machine. */
-  const char *expect = "pipe name like \\\\.\\pipe\\NAME expected";
-  size_t i = 2;
-  if (len < 3 || !is_sep(name[0]) || !is_sep(name[1])) return expect;
-  while (i < len && !is_sep(name[i])) i++;
-  if (i == 2 || len - i < 6 || _strnicmp(name + i + 1, "pipe", 4) != 0 ||
-      !is_sep(name[i + 5]) || i + 6 >= len)
-    return expect;
-  return NULL;
-}
-
-int np_pipe_path(const char *name, char *buf, size_t size, np_status *st) {
-  size_t len = strlen(name);
-  if (len >= size) {
-    np_win_status(st, ERROR_FILENAME_EXCED_RANGE, NP_OP_CONNECT);
-    return 0;
-  }
-  memcpy(buf, name, len + 1);
-  return 1;
-}
-
 /* UTF-16 of s: in buf (cap characters) when it fits, else malloc'ed (free
  * it when it is not buf). A pipe name always fits a name-sized buf: the
  * binding refuses names over 256 characters. */
@@ -99,24 +73,8 @@ static np_pipe *adopt_handle(np_loop *loop, HANDLE h, const char *name,
   init_req(&p->connect_req, p, NP_OP_CONNECT);
   init_req(&p->read_req, p, NP_OP_READ);
   init_req(&p->writable_req, p, NP_OP_WRITABLE);
-  p->next = loop->pipes;
-  if (loop->pipes) loop->pipes->prev = p;
-  loop->pipes = p;
+  np_pipe_list_add(loop, p);
   return p;
-}
-
-void np_pipe_free(np_pipe *p) {
-  np_loop *loop = p->loop;
-  if (p->prev)
-    p->prev->next = p->next;
-  else
-    loop->pipes = p->next;
-  if (p->next) p->next->prev = p->prev;
-  if (p->rbuf && p->rcap == READ_CHUNK && loop->n_free_rbufs < NP_KEEP_RBUFS)
-    loop->free_rbufs[loop->n_free_rbufs++] = p->rbuf;
-  else
-    free(p->rbuf);
-  free(p);
 }
 
 np_pipe *np_server_create(np_loop *loop, const char *name,
@@ -201,10 +159,7 @@ np_pipe *np_client_open(np_loop *loop, const char *name,
   return adopt_handle(loop, h, name, 0, o->pipe_mode, st);
 }
 
-void np_pipe_set_user(np_pipe *p, void *user) { p->user = user; }
-int np_pipe_is_server(const np_pipe *p) { return p->is_server; }
-np_state np_pipe_state(const np_pipe *p) { return p->state; }
-const char *np_pipe_name(const np_pipe *p) { return p->name; }
+/* (np_pipe_set_user, np_pipe_name and the like: common.c) */
 
 int np_pipe_busy(const np_pipe *p, np_op op) {
   switch (op) {
@@ -303,8 +258,8 @@ static void issue_read(np_pipe *p, size_t want) {
   submitted(req, ReadFile(p->h, base + p->rlen, (DWORD)want, NULL, &req->ov));
 }
 
-static void read_start(np_pipe *p, size_t max, char *ext, int ref_cb,
-                       int ref_data) {
+void np_read_start(np_pipe *p, size_t max, char *ext, int ref_cb,
+                   int ref_data) {
   size_t want = READ_CHUNK;
   arm(&p->read_req, ref_cb);
   p->read_req.op = NP_OP_READ;
@@ -322,15 +277,6 @@ static void read_start(np_pipe *p, size_t max, char *ext, int ref_cb,
   if (max > want && p->read_mode == NP_MODE_BYTE)
     want = max < READ_CAP ? max : READ_CAP;
   issue_read(p, want);
-}
-
-void np_read_start(np_pipe *p, size_t max, int ref_cb) {
-  read_start(p, max, NULL, ref_cb, NP_NOREF);
-}
-
-void np_read_into_start(np_pipe *p, char *dst, size_t cap, int ref_cb,
-                        int ref_data) {
-  read_start(p, cap, dst, ref_cb, ref_data);
 }
 
 /* A zero-byte read completes when data arrives without consuming any
@@ -478,23 +424,6 @@ void np_write_keep(np_pipe *p, int ref_data) {
   p->writes_tail->ref_data = ref_data;
 }
 
-/* A client end is connected from birth: ERROR_PIPE_NOT_CONNECTED there
- * means the server disconnected it, which a reader sees as the end of the
- * stream and a writer as a broken pipe (as over a socket, on Unix). A
- * server end with no client says so in more than one way. */
-static void pipe_status(const np_pipe *p, np_status *st, DWORD err, np_op op) {
-  DWORD as = err;
-  if (!p->is_server && err == ERROR_PIPE_NOT_CONNECTED) as = ERROR_BROKEN_PIPE;
-  /* PeekNamedPipe on an instance no client has reached yet. */
-  if (p->is_server && err == ERROR_BAD_PIPE) as = ERROR_PIPE_NOT_CONNECTED;
-  /* A transact on a client whose server is gone (Wine: the pipe's state
-   * is not one a transact can run in). */
-  if (!p->is_server && err == ERROR_BAD_PIPE && op == NP_OP_TRANSACT)
-    as = ERROR_BROKEN_PIPE;
-  st->err = np_win_error(as, op);
-  st->code = (long)err; /* the real Win32 code */
-}
-
 /* What a finished request means: called for each dequeued packet, and for
  * calls that failed at once. May start the next part of a long message. */
 static void finish(np_req *req, DWORD err, DWORD bytes) {
@@ -558,7 +487,7 @@ static void finish(np_req *req, DWORD err, DWORD bytes) {
                      : (long)err);
   } else {
     np_status st;
-    pipe_status(p, &st, err, req->op);
+    np_pipe_status(p, &st, err, req->op);
     complete_now(req, st.err, st.code);
   }
   /* A try_write's failure is told to the next write: one the OS gave in
@@ -589,7 +518,7 @@ int np_try_read(np_pipe *p, size_t max, const char **data, size_t *len,
     return 1;
   }
   if (!PeekNamedPipe(p->h, NULL, 0, NULL, &avail, &left)) {
-    pipe_status(p, st, GetLastError(), NP_OP_READ);
+    np_pipe_status(p, st, GetLastError(), NP_OP_READ);
     return 0;
   }
   if (avail == 0) {
@@ -616,7 +545,7 @@ int np_try_read(np_pipe *p, size_t max, const char **data, size_t *len,
     err = ok ? 0 : GetLastError();
   }
   if (err != 0 && err != ERROR_MORE_DATA) {
-    pipe_status(p, st, err, NP_OP_READ);
+    np_pipe_status(p, st, err, NP_OP_READ);
     return 0;
   }
   *data = p->rbuf;
@@ -655,7 +584,7 @@ int np_try_write(np_pipe *p, const char *data, size_t len, int ref_data,
   if (!WriteFile(p->h, data, (DWORD)len, NULL, &req->ov)) {
     DWORD err = GetLastError();
     if (err != ERROR_IO_PENDING) { /* no packet will come: take it back */
-      pipe_status(p, st, err, NP_OP_WRITE);
+      np_pipe_status(p, st, err, NP_OP_WRITE);
       np_write_drop(req);
       return 0;
     }
@@ -768,113 +697,6 @@ void np_pipe_close(np_pipe *p) {
   if (p->outstanding == 0) np_pipe_free(p);
 }
 
-/* ----------------------------------------------------- the other end */
-
-int np_pipe_peer(np_pipe *p, np_peer *peer, np_status *st) {
-  ULONG pid = 0, session = 0;
-  BOOL ok;
-  /* An instance with no client has no peer to ask about (Wine's calls
-   * would succeed anyway): the peek says whether one is there. */
-  if (p->is_server && !PeekNamedPipe(p->h, NULL, 0, NULL, NULL, NULL)) {
-    pipe_status(p, st, GetLastError(), NP_OP_CONNECT);
-    return 0;
-  }
-  ok = p->is_server ? GetNamedPipeClientProcessId(p->h, &pid) &&
-                               GetNamedPipeClientSessionId(p->h, &session)
-                         : GetNamedPipeServerProcessId(p->h, &pid) &&
-                               GetNamedPipeServerSessionId(p->h, &session);
-  if (!ok) {
-    pipe_status(p, st, GetLastError(), NP_OP_CONNECT);
-    return 0;
-  }
-  peer->pid = (long)pid;
-  peer->session = (long)session;
-  peer->uid = peer->gid = -1;
-  return 1;
-}
-
-/* UTF-8 of a UTF-16 string into buf; 0 if it does not fit. */
-static int to_utf8(const wchar_t *w, char *buf, size_t size) {
-  int n = WideCharToMultiByte(CP_UTF8, 0, w, -1, buf,
-                              size > 0x7FFFFFFF ? 0x7FFFFFFF : (int)size,
-                              NULL, NULL);
-  return n > 0;
-}
-
-/* The impersonation token's user, from the token alone: the thread
- * impersonates only between the two calls below, whatever fails. */
-static HANDLE client_token(np_pipe *p, np_status *st) {
-  HANDLE tok = NULL;
-  DWORD err = 0;
-  if (!ImpersonateNamedPipeClient(p->h)) {
-    pipe_status(p, st, GetLastError(), NP_OP_CONNECT);
-    return NULL;
-  }
-  if (!OpenThreadToken(GetCurrentThread(), TOKEN_QUERY, TRUE, &tok))
-    err = GetLastError();
-  if (!RevertToSelf()) {
-    /* The thread would go on as the client: nothing safe is left to do
-     * (Microsoft's advice for a failed RevertToSelf). */
-    FatalAppExitA(0, "namedpipe: RevertToSelf failed after impersonating a client");
-  }
-  if (err) {
-    /* an anonymous client (security_qos_flags) has no token to open */
-    np_win_status(st, err, NP_OP_CONNECT);
-    if (err == ERROR_CANT_OPEN_ANONYMOUS || err == ERROR_BAD_IMPERSONATION_LEVEL)
-      st->err = NP_ACCESS_DENIED;
-    return NULL;
-  }
-  return tok;
-}
-
-int np_pipe_peer_user(np_pipe *p, char *user, size_t user_size, char *id,
-                      size_t id_size, np_status *st) {
-  union {
-    TOKEN_USER tu;
-    char bytes[sizeof(TOKEN_USER) + SECURITY_MAX_SID_SIZE];
-  } info;
-  DWORD got = 0, nname = 256, ndomain = 256;
-  wchar_t name[256], domain[256], whole[514];
-  wchar_t *sid_text = NULL;
-  SID_NAME_USE use;
-  HANDLE tok = client_token(p, st);
-  BOOL ok;
-  if (!tok) return 0;
-  ok = GetTokenInformation(tok, TokenUser, &info, sizeof info, &got);
-  CloseHandle(tok);
-  if (!ok || !ConvertSidToStringSidW(info.tu.User.Sid, &sid_text)) {
-    np_win_status(st, GetLastError(), NP_OP_CONNECT);
-    return 0;
-  }
-  ok = to_utf8(sid_text, id, id_size);
-  LocalFree(sid_text);
-  if (!ok) {
-    np_win_status(st, ERROR_INSUFFICIENT_BUFFER, NP_OP_CONNECT);
-    return 0;
-  }
-  if (!LookupAccountSidW(NULL, info.tu.User.Sid, name, &nname, domain,
-                         &ndomain, &use)) {
-    /* a SID with no account name here: the SID string says who */
-    if (strlen(id) >= user_size) {
-      np_win_status(st, ERROR_INSUFFICIENT_BUFFER, NP_OP_CONNECT);
-      return 0;
-    }
-    memcpy(user, id, strlen(id) + 1);
-    return 1;
-  }
-  /* DOMAIN\user (both fit: each was at most 255 characters) */
-  nname = (DWORD)wcslen(name);
-  ndomain = (DWORD)wcslen(domain);
-  memcpy(whole, domain, ndomain * sizeof whole[0]);
-  if (ndomain) whole[ndomain++] = L'\\';
-  memcpy(whole + ndomain, name, (nname + 1) * sizeof whole[0]);
-  if (!to_utf8(whole, user, user_size)) {
-    np_win_status(st, ERROR_INSUFFICIENT_BUFFER, NP_OP_CONNECT);
-    return 0;
-  }
-  return 1;
-}
-
 /* PeekNamedPipe with no buffer: what is there, and what is left of the
  * next message (its whole size, as nothing of it was read). */
 int np_pipe_peek(np_pipe *p, np_peek *peek, np_status *st) {
@@ -885,7 +707,7 @@ int np_pipe_peek(np_pipe *p, np_peek *peek, np_status *st) {
     return 1;
   }
   if (!PeekNamedPipe(p->h, NULL, 0, NULL, &avail, &left)) {
-    pipe_status(p, st, GetLastError(), NP_OP_READ);
+    np_pipe_status(p, st, GetLastError(), NP_OP_READ);
     return 0;
   }
   peek->available = avail;

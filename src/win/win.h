@@ -1,6 +1,15 @@
 /*
  * win.h - what the Windows backend's files share: the request and pipe
  * blocks the kernel writes into, and the loop around one completion port.
+ * Its files, named as their Unix twins are (src/unix/):
+ *
+ *   names_win.c      which pipe names Windows takes; np.path
+ *   loop_win.c       the completion port, the ready queue, request
+ *                    lifetime, the end of every block
+ *   errors_win.c     Win32 error codes to portable names and messages
+ *   pipe_win.c       instances and clients: connect, read, write, close...
+ *   peer_win.c       the other end: its process, its client's account
+ *   host_win.c       np.fd(): nothing for a host to poll
  *
  * Completion policy (docs/windows-internals.md #3):
  * FILE_SKIP_COMPLETION_PORT_ON_SUCCESS is NOT used. Every ReadFile,
@@ -18,6 +27,7 @@
 #endif
 #include <windows.h>
 
+#include "../common.h"
 #include "../np.h"
 
 NP_INTERNAL_BEGIN
@@ -53,14 +63,10 @@ typedef struct np_req {
 } np_req;
 
 struct np_pipe {
-  np_loop *loop;
+  NP_PIPE_COMMON_FIELDS /* name: UTF-8 */
   HANDLE h; /* INVALID_HANDLE_VALUE once closed */
-  int is_server;
   np_mode read_mode; /* how this end reads (message: whole messages) */
-  np_state state;
   int closed;
-  void *user;
-  char *name; /* UTF-8, for tostring (stored after the block) */
   np_req connect_req;
   np_req read_req; /* read or readable */
   np_req writable_req;
@@ -68,7 +74,7 @@ struct np_pipe {
   size_t rcap;
   size_t rlen; /* bytes of the current read so far */
   size_t rmax; /* the caller's limit, 0 for none */
-  /* np_read_into_start: the caller's memory (rmax bytes), read into instead
+  /* a read_into (np_read_start): the caller's memory (rmax bytes), read into instead
    * of rbuf; NULL for read() */
   char *rext;
   np_req *writes, *writes_tail; /* writes not yet released, oldest first */
@@ -90,7 +96,6 @@ struct np_pipe {
    * an error never told, once its client is gone. */
   unsigned session;
   size_t outstanding;    /* requests KERNEL or READY */
-  struct np_pipe *prev, *next; /* the loop's blocks */
 };
 
 /* Read buffers: the default pipe buffer size (a byte read(0), the first
@@ -103,9 +108,8 @@ struct np_loop {
   HANDLE try_event; /* for try_read's one synchronous read */
   np_req *ready_head, *ready_tail;
   int ready_count;
-  size_t outstanding;    /* requests KERNEL or READY, all pipes */
+  NP_LOOP_COMMON_FIELDS /* outstanding: requests KERNEL or READY */
   size_t kernel_owned;   /* requests KERNEL */
-  np_pipe *pipes;        /* every block not yet freed */
   np_req *free_writes;
   int skipped_poll; /* the last wait served the ready queue alone */
   /* Read buffers of freed pipes, kept for the next pipes' first reads (a
@@ -118,9 +122,12 @@ struct np_loop {
  * (into rbuf, or rext), in parts for a long message. */
 #define NP_READS_DATA(op) ((op) == NP_OP_READ || (op) == NP_OP_TRANSACT)
 
-/* error_win.c */
+/* errors_win.c */
 np_err np_win_error(DWORD err, np_op op);
 void np_win_status(np_status *st, DWORD err, np_op op);
+/* err as a pipe's end tells it (a client's ERROR_PIPE_NOT_CONNECTED is
+ * the server gone, ...). */
+void np_pipe_status(const np_pipe *p, np_status *st, DWORD err, np_op op);
 
 /* loop_win.c */
 void np_req_ready(np_loop *loop, np_req *req);

@@ -1,4 +1,4 @@
-/* error_win.c - Win32 error codes to portable names and messages. */
+/* errors_win.c - Win32 error codes to portable names and messages. */
 #include <stdio.h>
 #include <string.h>
 
@@ -51,4 +51,21 @@ const char *np_status_message(const np_status *st, char *buf, size_t size) {
     buf[--n] = '\0';
   if (n == 0) snprintf(buf, size, "%s (Win32 error %ld)", np_err_name(st->err), st->code);
   return buf;
+}
+
+/* A client end is connected from birth: ERROR_PIPE_NOT_CONNECTED there
+ * means the server disconnected it, which a reader sees as the end of the
+ * stream and a writer as a broken pipe (as over a socket, on Unix). A
+ * server end with no client says so in more than one way. */
+void np_pipe_status(const np_pipe *p, np_status *st, DWORD err, np_op op) {
+  DWORD as = err;
+  if (!p->is_server && err == ERROR_PIPE_NOT_CONNECTED) as = ERROR_BROKEN_PIPE;
+  /* PeekNamedPipe on an instance no client has reached yet. */
+  if (p->is_server && err == ERROR_BAD_PIPE) as = ERROR_PIPE_NOT_CONNECTED;
+  /* A transact on a client whose server is gone (Wine: the pipe's state
+   * is not one a transact can run in). */
+  if (!p->is_server && err == ERROR_BAD_PIPE && op == NP_OP_TRANSACT)
+    as = ERROR_BROKEN_PIPE;
+  st->err = np_win_error(as, op);
+  st->code = (long)err; /* the real Win32 code */
 }

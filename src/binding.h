@@ -1,0 +1,207 @@
+/* binding.h - what the two halves of module `namedpipe.core` share:
+ * binding.c (the module, its loop userdata, step) and methods.c (the pipe
+ * userdata and its methods). The helpers every operation runs through are
+ * static inline here, so splitting the files costs the hot path no call. */
+#ifndef NP_BINDING_H
+#define NP_BINDING_H
+
+#include <limits.h>
+#include <stdlib.h>
+
+#include "lauxlib.h"
+#include "lua.h"
+
+#include "compat.h"
+
+#include "args.h"
+#include "buffer.h"
+#include "np.h"
+
+/* Every function of the module and every method share four upvalues: the
+ * loop userdata, the anchor table (callbacks, write strings, pipes in
+ * flight), the pipe metatable and the waiting table (see divert: the Lua
+ * layer's functions by slot), so the hot path never looks anything up by
+ * name. */
+#define LOOP_UPV lua_upvalueindex(1)
+#define ANCHORS_UPV lua_upvalueindex(2)
+#define PIPE_MT_UPV lua_upvalueindex(3)
+#define WAITING_UPV lua_upvalueindex(4)
+#define N_UPVALUES 4
+
+NP_INTERNAL_BEGIN
+
+typedef struct loop_ud {
+  np_loop *loop; /* NULL once closed (lua_close) */
+  /* The anchor table's free slots (anchor/release below): the table has
+   * keys 1..anchors_top, free_slots[0..n_free) are free; free_slots has
+   * room for anchors_top entries, so releasing never allocates. */
+  int *free_slots;
+  int n_free, anchors_top;
+  /* The pure-Lua layer has work queued or a timer pending: step() goes
+   * through it (divert). Set by layer.set_task_work, with what it is
+   * made of: something to run at the next step (soon_work: a task spawned
+   * or woken, say) and the earliest timer's deadline (has_timer, timer_at,
+   * in np_now_ms time), which step_loop's rounds watch. */
+  int task_work, soon_work, has_timer;
+  double timer_at;
+  /* core._attach has handed out the private half (once per Lua state). */
+  int attached;
+  /* Completions handed out so far (step_loop: did a nested step take one
+   * while this one prepared?). */
+  unsigned long taken;
+  /* Buffers collected while being filled (buffer.c). */
+  np_orphans orphans;
+  /* The pipe whose completion's callback runs (step_loop): it keeps its
+   * anchor until settle_held, after the callback. */
+  struct pipe_ud *held;
+} loop_ud;
+
+typedef struct pipe_ud {
+  const char *tag; /* &pipe_tag: what to_pipe recognises */
+  np_pipe *p;   /* NULL once closed */
+  loop_ud *lu;  /* its loop's (the loop userdata outlives every pipe's) */
+  int inflight; /* operations started from Lua, not yet dispatched */
+  int self_ref; /* anchor of this userdata while inflight > 0 */
+  int is_server;
+  /* The pure-Lua layer holds bytes read ahead for this pipe (framing):
+   * reads go through it (divert). Set by layer.set_readahead. */
+  int readahead;
+} pipe_ud;
+
+/* ---------------------------------------------------------------- anchors */
+
+/* Anchor the value on top of the stack (popped) in the anchor table (at
+ * index t: ANCHORS_UPV, or a copy on the stack); its slot number goes with
+ * the operation to the backend and comes back in the completion. What
+ * luaL_ref does, without its free list kept in the table itself:
+ * luaL_ref/luaL_unref cost five table accesses a pair, on every operation;
+ * this is one access each way. The loop_ud comes from the caller (a
+ * pipe_ud has it): looking an upvalue up through the API costs as much as
+ * the table access (bench/README.md has what each was worth).
+ *
+ * A free slot holds false, never nil: the table's keys are 1..anchors_top,
+ * all present, so they stay in its array part, and storing into one never
+ * allocates and so never raises. That lets an anchor be taken after the
+ * backend has started an operation (a write's bytes, only when the backend
+ * keeps them: np_write_start's *keeps), provided reserve_anchors made room
+ * first, before anything was started. */
+static inline int anchor(lua_State *L, loop_ud *lu, int t) {
+  int slot = lu->free_slots[--lu->n_free]; /* reserve_anchors: one is free */
+  lua_rawseti(L, t, slot);
+  return slot;
+}
+
+/* At least n free slots (may raise: call before starting anything). The
+ * bookkeeping is sound at every step: should growing the table raise (out
+ * of memory) half way, the keys added so far are counted and free, and
+ * the next call goes on from there. */
+static inline void reserve_anchors(lua_State *L, loop_ud *lu, int n) {
+  int top;
+  int *fs;
+  if (lu->n_free >= n) return;
+  if (lu->anchors_top > INT_MAX / 2 - 64)
+    luaL_error(L, "namedpipe: too many operations in flight");
+  top = lu->anchors_top * 2 + 64;
+  fs = (int *)realloc(lu->free_slots, (size_t)top * sizeof *fs);
+  if (!fs) luaL_error(L, "not enough memory");
+  lu->free_slots = fs; /* room for top entries: releasing never allocates */
+  while (lu->anchors_top < top) {
+    lua_pushboolean(L, 0);
+    lua_rawseti(L, ANCHORS_UPV, lu->anchors_top + 1); /* may raise */
+    lu->free_slots[lu->n_free++] = ++lu->anchors_top;
+  }
+}
+
+/* Let an anchored value go (NP_NOREF: nothing). */
+static inline void release(lua_State *L, loop_ud *lu, int t, int slot) {
+  if (slot == NP_NOREF) return;
+  lua_pushboolean(L, 0);
+  lua_rawseti(L, t, slot);
+  lu->free_slots[lu->n_free++] = slot;
+}
+
+static inline np_loop *check_loop(lua_State *L) {
+  loop_ud *lu = (loop_ud *)lua_touserdata(L, LOOP_UPV);
+  if (!lu->loop) luaL_error(L, "namedpipe: the loop is closed");
+  return lu->loop;
+}
+
+/* ------------------------------------------------------ the waiting form */
+
+/* A method called without a callback (the waiting form), a read of a pipe
+ * with bytes read ahead, or a step with tasks due, is the pure-Lua layer's
+ * (lua/namedpipe.lua): it hands its functions over by name once
+ * (layer.hand_over, below), each is kept in its slot of the waiting table,
+ * and such a call is handed to it with the same arguments; its results
+ * are the call's. Every other call stays in C: the callback form never
+ * runs a line of Lua before its callback. Without a function in the slot
+ * (namedpipe.core alone) the call goes on here and fails as a missing
+ * callback. Returns the number of results, or -1 when the slot is empty. */
+enum {
+  W_CONNECT = 1, W_READ, W_READ_INTO, W_READABLE, W_WRITABLE, W_WRITE,
+  W_TRANSACT, W_TRY_READ, W_PEEK, W_STEP, W_LAST = W_STEP
+};
+/* The function in slot w of the waiting table, pushed; 0 (nothing pushed)
+ * if there is none. */
+static inline int push_waiting(lua_State *L, int w) {
+  lua_rawgeti(L, WAITING_UPV, w);
+  if (lua_type(L, -1) == LUA_TFUNCTION) return 1;
+  lua_pop(L, 1);
+  return 0;
+}
+#if LUA_VERSION_NUM >= 503
+static inline int waiting_done(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  return lua_gettop(L);
+}
+#elif NP_C_CAN_YIELD
+static inline int waiting_done(lua_State *L) { return lua_gettop(L); }
+#endif
+
+/* Where a C function cannot be suspended (compat.h), a method returns this
+ * marker alone instead, and its Lua wrapper (lua/namedpipe.lua) makes the
+ * waiting call itself: layer.divert_marker. */
+extern const char np_divert_marker;
+
+static inline int divert(lua_State *L, int w) {
+  if (!push_waiting(L, w)) return -1;
+#if NP_C_CAN_YIELD
+  lua_insert(L, 1);
+  /* with a continuation: a waiting call suspends its task (yields) */
+  lua_callk(L, lua_gettop(L) - 1, LUA_MULTRET, 0, waiting_done);
+  return lua_gettop(L);
+#else
+  lua_pop(L, 1);
+  lua_pushlightuserdata(L, (void *)&np_divert_marker);
+  return 1;
+#endif
+}
+
+/* step's hand-over never suspends its caller (the tasks it runs are
+ * coroutines of their own): a plain call, on every version. */
+static inline int divert_call(lua_State *L, int w) {
+  if (!push_waiting(L, w)) return -1;
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+  return lua_gettop(L);
+}
+
+/* ------------------------------------------------------------- shared */
+
+/* binding.c: nil, message, name, code: the shape of every OS failure. */
+int np_push_status(lua_State *L, const np_status *st);
+
+/* methods.c: the pipe name at arg, checked (a clear error if it is none). */
+const char *np_check_name(lua_State *L, int arg);
+/* methods.c: what binding.c registers, each with the N_UPVALUES upvalues:
+ * the pipe methods, the pipe metatable's own fields, the private half's
+ * (core._attach) entry points for pipes, and the module's create/open. */
+extern const luaL_Reg np_pipe_methods[];
+extern const luaL_Reg np_pipe_meta[];
+extern const luaL_Reg np_pipe_layer_funcs[];
+extern const luaL_Reg np_pipe_module_funcs[];
+
+NP_INTERNAL_END
+
+#endif

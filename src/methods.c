@@ -1,0 +1,654 @@
+/*
+ * methods.c - the pipe userdata of module `namedpipe.core`: create, open
+ * and every pipe method, in its callback form; the waiting form is handed
+ * to the Lua layer (divert, binding.h). binding.c registers them.
+ */
+#include <string.h>
+
+#include "lauxlib.h"
+#include "lua.h"
+
+#include "compat.h"
+
+#include "args.h"
+#include "binding.h"
+#include "buffer.h"
+#include "np.h"
+#include "options.h"
+
+/* The pipe at index 1, or a type error (luaL_checkudata's). A pipe
+ * userdata is recognised by its size and its first field, the address of
+ * this static: luaL_checkudata looks the metatable up by name and compares
+ * it, four API calls and a string hash on every method call; this is two
+ * calls. The bytes of a userdata
+ * cannot be forged from Lua (its metatable can, with debug.setmetatable,
+ * which would fool luaL_checkudata but not this). */
+static const char pipe_tag = 0;
+
+static pipe_ud *to_pipe(lua_State *L) {
+  pipe_ud *u = (pipe_ud *)lua_touserdata(L, 1);
+  if (u && lua_rawlen(L, 1) == sizeof *u && u->tag == &pipe_tag) return u;
+  np_type_error(L, 1, NP_PIPE_MT);
+  return NULL;
+}
+
+static pipe_ud *check_pipe(lua_State *L) {
+  pipe_ud *u = to_pipe(L);
+  if (!u->p) np_arg_error(L, 1, "pipe is closed");
+  return u;
+}
+
+static pipe_ud *check_server(lua_State *L) {
+  pipe_ud *u = check_pipe(L);
+  if (!u->is_server) np_arg_error(L, 1, "server pipe expected, got a client");
+  return u;
+}
+
+static void check_callback(lua_State *L, int arg) {
+  if (lua_type(L, arg) != LUA_TFUNCTION) np_type_error(L, arg, "function");
+}
+
+/* One more operation in flight for the pipe at index 1: it anchors the
+ * userdata, unless already anchored, so it outlives every completion still
+ * to come. */
+static void pin_pipe(lua_State *L, pipe_ud *u) {
+  u->inflight++;
+  if (u->self_ref == LUA_NOREF) {
+    lua_pushvalue(L, 1);
+    u->self_ref = anchor(L, u->lu, ANCHORS_UPV);
+  }
+}
+
+/* One operation fewer, at once (an operation that could not start): the
+ * last one lets the userdata go, unless its callback is running
+ * (settle_held lets it go then). t: the anchor table's index. */
+static void unpin_pipe(lua_State *L, pipe_ud *u, int t) {
+  if (--u->inflight == 0 && u->lu->held != u) {
+    release(L, u->lu, t, u->self_ref);
+    u->self_ref = LUA_NOREF;
+  }
+}
+
+/* Anchor the callback at `arg` (and the pipe) before the backend sees the
+ * operation; room is left for one more anchor (a write's bytes). */
+static int anchor_operation(lua_State *L, pipe_ud *u, int arg) {
+  int ref;
+  reserve_anchors(L, u->lu, 3);
+  lua_pushvalue(L, arg);
+  ref = anchor(L, u->lu, ANCHORS_UPV);
+  pin_pipe(L, u);
+  return ref;
+}
+
+/* The userdata for a pipe, made before the backend makes the pipe: a
+ * memory error raised after it would leave an open pipe (and its socket or
+ * handle) that nothing refers to. Until pipe_attach, p is NULL (closed, to
+ * every method and to __gc). */
+static pipe_ud *pipe_new(lua_State *L, int is_server) {
+  pipe_ud *u = (pipe_ud *)lua_newuserdatauv(L, sizeof *u, 0);
+  u->tag = &pipe_tag;
+  u->p = NULL;
+  u->lu = (loop_ud *)lua_touserdata(L, LOOP_UPV);
+  u->inflight = 0;
+  u->self_ref = LUA_NOREF;
+  u->is_server = is_server;
+  u->readahead = 0;
+  lua_pushvalue(L, PIPE_MT_UPV); /* luaL_setmetatable looks it up by name */
+  lua_setmetatable(L, -2);
+  return u;
+}
+
+static void pipe_attach(pipe_ud *u, np_pipe *p) {
+  u->p = p;
+  np_pipe_set_user(p, u);
+}
+
+/* Count a name's length as Windows does, in UTF-16 units. */
+static size_t utf16_length(const char *s, size_t len) {
+  size_t i, n = 0;
+  for (i = 0; i < len; i++) {
+    unsigned char b = (unsigned char)s[i];
+    if ((b & 0xC0) != 0x80) n += (b >= 0xF0) ? 2 : 1;
+  }
+  return n;
+}
+
+const char *np_check_name(lua_State *L, int arg) {
+  size_t len;
+  const char *name, *problem;
+  if (lua_type(L, arg) != LUA_TSTRING)
+    np_type_error(L, arg, "string (pipe name)");
+  name = lua_tolstring(L, arg, &len);
+  if (len == 0) np_arg_error(L, arg, "pipe name is empty");
+  if (strlen(name) != len) np_arg_error(L, arg, "pipe name contains a NUL byte");
+  /* (utf16_length counts at most two units a byte: a short name needs
+   * no counting) */
+  if (len * 2 > NP_MAX_NAME && utf16_length(name, len) > NP_MAX_NAME)
+    np_arg_error(L, arg, "pipe name is longer than 256 characters");
+  problem = np_name_problem(name, len);
+  if (problem) np_arg_error(L, arg, problem);
+  return name;
+}
+
+static int l_create(lua_State *L) {
+  np_loop *loop = check_loop(L);
+  const char *name = np_check_name(L, 1);
+  np_server_options o;
+  np_status st;
+  np_pipe *p;
+  pipe_ud *u;
+  np_check_server_options(L, 2, &o);
+  u = pipe_new(L, 1);
+  p = np_server_create(loop, name, &o, &st);
+  if (!p) return np_push_status(L, &st);
+  pipe_attach(u, p);
+  return 1;
+}
+
+static int l_open(lua_State *L) {
+  np_loop *loop = check_loop(L);
+  const char *name = np_check_name(L, 1);
+  np_client_options o;
+  np_status st;
+  np_pipe *p;
+  pipe_ud *u;
+  np_check_client_options(L, 2, &o);
+  u = pipe_new(L, 0);
+  p = np_client_open(loop, name, &o, &st);
+  if (!p) return np_push_status(L, &st);
+  pipe_attach(u, p);
+  return 1;
+}
+
+static int raw_connect(lua_State *L) {
+  pipe_ud *u = check_server(L);
+  check_callback(L, 2);
+  if (np_pipe_busy(u->p, NP_OP_CONNECT))
+    np_arg_error(L, 1, "a connect is already pending on this pipe");
+  np_connect_start(u->p, anchor_operation(L, u, 2));
+  return 0;
+}
+
+/* read size: nil (0: whatever is there / one whole message) or n >= 1. */
+static size_t opt_read_size(lua_State *L, int arg) {
+  lua_Integer n;
+  if (lua_isnoneornil(L, arg)) return 0;
+  n = np_check_integer(L, arg);
+  if (n < 1) np_arg_error(L, arg, "positive byte count expected");
+  return (size_t)n;
+}
+
+/* The methods' bodies take the checked pipe (the method checked it). */
+static int start_read(lua_State *L, pipe_ud *u) {
+  int top = lua_gettop(L);
+  size_t max;
+  /* read(cb) or read(n, cb): the callback is always last. */
+  check_callback(L, top < 2 ? 2 : top);
+  max = top >= 3 ? opt_read_size(L, 2) : 0;
+  if (np_pipe_busy(u->p, NP_OP_READ))
+    np_arg_error(L, 1, "a read is already pending on this pipe");
+  np_read_start(u->p, max, NULL, anchor_operation(L, u, top < 2 ? 2 : top),
+                NP_NOREF);
+  return 0;
+}
+
+static int raw_read(lua_State *L) { return start_read(L, check_pipe(L)); }
+
+/* read_into(buf, cb): the buffer is anchored (as a write's string is) and
+ * marked busy until the completion is dispatched: the backend, and under
+ * Windows the kernel, writes into its bytes meanwhile. */
+static int start_read_into(lua_State *L, pipe_ud *u) {
+  np_buffer *b = np_buffer_check(L, 2, 1);
+  int ref_cb, ref_data;
+  check_callback(L, 3);
+  if (np_pipe_busy(u->p, NP_OP_READ))
+    np_arg_error(L, 1, "a read is already pending on this pipe");
+  ref_cb = anchor_operation(L, u, 3);
+  lua_pushvalue(L, 2);
+  ref_data = anchor(L, u->lu, ANCHORS_UPV); /* room left by anchor_operation */
+  b->busy = 1;
+  np_read_start(u->p, b->size, b->bytes, ref_cb, ref_data);
+  return 0;
+}
+
+static int raw_read_into(lua_State *L) {
+  return start_read_into(L, check_pipe(L));
+}
+
+/* layer.buffer_put(buf, s): the Lua layer hands bytes read ahead
+ * (framing) to a read_into: s (at most #buf bytes) goes to the start of
+ * buf; returns #s. */
+static int raw_buffer_put(lua_State *L) {
+  np_buffer *b = np_buffer_check(L, 1, 1);
+  size_t len;
+  const char *s = luaL_checklstring(L, 2, &len);
+  luaL_argcheck(L, len <= b->size, 2, "longer than the buffer");
+  memcpy(b->bytes, s, len);
+  lua_pushinteger(L, (lua_Integer)len);
+  return 1;
+}
+
+/* layer.buffer_busy(buf, busy): the Lua layer holds buf for a
+ * read_into's callback still to come (bytes read ahead, copied at once).
+ * buffer_busy(buf): is it busy? */
+static int raw_buffer_busy(lua_State *L) {
+  np_buffer *b = np_buffer_check(L, 1, 0);
+  if (lua_isnone(L, 2)) {
+    lua_pushboolean(L, b->busy);
+    return 1;
+  }
+  b->busy = lua_toboolean(L, 2);
+  return 0;
+}
+
+/* readable(cb) / writable(cb): Tokio's readiness, nothing consumed. */
+static int start_readable(lua_State *L, pipe_ud *u) {
+  check_callback(L, 2);
+  if (np_pipe_busy(u->p, NP_OP_READ))
+    np_arg_error(L, 1, "a read is already pending on this pipe");
+  np_readable_start(u->p, anchor_operation(L, u, 2));
+  return 0;
+}
+
+static int raw_readable(lua_State *L) {
+  return start_readable(L, check_pipe(L));
+}
+
+static int raw_writable(lua_State *L) {
+  pipe_ud *u = check_pipe(L);
+  check_callback(L, 2);
+  if (np_pipe_busy(u->p, NP_OP_WRITABLE))
+    np_arg_error(L, 1, "a writable() wait is already pending on this pipe");
+  np_writable_start(u->p, anchor_operation(L, u, 2));
+  return 0;
+}
+
+static const char *check_data(lua_State *L, int arg, size_t *len) {
+  if (lua_type(L, arg) != LUA_TSTRING) np_type_error(L, arg, "string");
+  return lua_tolstring(L, arg, len);
+}
+
+/* transact(request, cb): one message out, its reply back, in the read
+ * slot; the request string is anchored until the completion. */
+static int raw_transact(lua_State *L) {
+  pipe_ud *u = check_pipe(L);
+  size_t len;
+  const char *data = check_data(L, 2, &len);
+  int ref_cb, ref_data;
+  check_callback(L, 3);
+  if (np_pipe_read_mode(u->p) != NP_MODE_MESSAGE)
+    np_arg_error(L, 1, "transact needs a pipe that reads messages "
+                       "(pipe_mode = \"message\")");
+  if (np_pipe_busy(u->p, NP_OP_READ))
+    np_arg_error(L, 1, "a read is already pending on this pipe");
+  ref_cb = anchor_operation(L, u, 3);
+  lua_pushvalue(L, 2);
+  ref_data = anchor(L, u->lu, ANCHORS_UPV); /* room left by anchor_operation */
+  np_transact_start(u->p, data, len, ref_cb, ref_data);
+  return 0;
+}
+
+static int raw_write(lua_State *L) {
+  pipe_ud *u = check_pipe(L);
+  size_t len;
+  const char *data = check_data(L, 2, &len);
+  int ref_cb, keeps;
+  check_callback(L, 3);
+  ref_cb = anchor_operation(L, u, 3);
+  if (!np_write_start(u->p, data, len, ref_cb, &keeps)) {
+    release(L, u->lu, ANCHORS_UPV, ref_cb);
+    unpin_pipe(L, u, ANCHORS_UPV);
+    return luaL_error(L, "not enough memory");
+  }
+  /* The backend reads straight from the Lua string (no copy); if it still
+   * does after the call (a write the socket did not take at once, every
+   * write on Windows), the string is anchored until the completion has
+   * been released. (It is on the stack until then: nothing ran between.
+   * anchor_operation left room: this cannot raise.) */
+  if (keeps) {
+    lua_pushvalue(L, 2);
+    np_write_keep(u->p, anchor(L, u->lu, ANCHORS_UPV));
+  }
+  return 0;
+}
+
+static int try_read(lua_State *L, pipe_ud *u) {
+  size_t max = opt_read_size(L, 2), len;
+  const char *data;
+  int more;
+  np_status st;
+  if (np_pipe_busy(u->p, NP_OP_READ))
+    np_arg_error(L, 1, "a read is already pending on this pipe");
+  if (!np_try_read(u->p, max, &data, &len, &more, &st))
+    return np_push_status(L, &st);
+  lua_pushlstring(L, data, len);
+  return 1;
+}
+
+static int raw_try_read(lua_State *L) { return try_read(L, check_pipe(L)); }
+
+static int m_try_write(lua_State *L) {
+  pipe_ud *u = check_pipe(L);
+  size_t len, written;
+  const char *data = check_data(L, 2, &len);
+  int ref_data, kept;
+  np_status st;
+  /* Anchored as for write(): the backend may keep the bytes in flight. A
+   * completion with no callback releases it; it also counts as in flight so
+   * that the pipe userdata outlives it. */
+  reserve_anchors(L, u->lu, 2);
+  lua_pushvalue(L, 2);
+  ref_data = anchor(L, u->lu, ANCHORS_UPV);
+  if (!np_try_write(u->p, data, len, ref_data, &written, &kept, &st)) {
+    release(L, u->lu, ANCHORS_UPV, ref_data);
+    return np_push_status(L, &st);
+  }
+  if (kept) {
+    pin_pipe(L, u);
+  } else {
+    release(L, u->lu, ANCHORS_UPV, ref_data);
+  }
+  lua_pushinteger(L, (lua_Integer)written);
+  return 1;
+}
+
+/* An asynchronous method ends with one optional callback or timeout, at
+ * index last: anything but nil after it is refused. Dropped without a
+ * word, a callback given after a timeout (read(n, 5, cb)) would never run,
+ * or a timeout after a callback never fire. */
+static void check_nothing_after(lua_State *L, int last) {
+  int i, top = lua_gettop(L);
+  for (i = last + 1; i <= top; i++)
+    if (!lua_isnil(L, i))
+      np_arg_error(L, i, "nothing expected after the callback or timeout: "
+                         "give one of them, last");
+}
+
+/* The methods: the callback form here, the rest diverted (see divert). */
+static int m_connect(lua_State *L) {
+  int n;
+  check_nothing_after(L, 2);
+  if (lua_type(L, 2) != LUA_TFUNCTION && (n = divert(L, W_CONNECT)) >= 0) return n;
+  return raw_connect(L);
+}
+
+static int m_read(lua_State *L) {
+  pipe_ud *u = check_pipe(L);
+  int n;
+  check_nothing_after(L, 3);
+  if ((u->readahead || lua_type(L, lua_gettop(L)) != LUA_TFUNCTION) &&
+      (n = divert(L, W_READ)) >= 0)
+    return n;
+  return start_read(L, u);
+}
+
+static int m_read_into(lua_State *L) {
+  pipe_ud *u = check_pipe(L);
+  int n;
+  check_nothing_after(L, 3);
+  if (u->readahead || lua_type(L, 3) != LUA_TFUNCTION) {
+    /* before the Lua layer uses it; busy is its to judge while it holds
+     * something of this pipe's (a read_into it abandoned may be the one
+     * filling buf: the next read_into waits for it) */
+    np_buffer_check(L, 2, !u->readahead);
+    if ((n = divert(L, W_READ_INTO)) >= 0) return n;
+  }
+  return start_read_into(L, u);
+}
+
+static int m_readable(lua_State *L) {
+  pipe_ud *u = check_pipe(L);
+  int n;
+  check_nothing_after(L, 2);
+  if ((u->readahead || lua_type(L, 2) != LUA_TFUNCTION) &&
+      (n = divert(L, W_READABLE)) >= 0)
+    return n;
+  return start_readable(L, u);
+}
+
+static int m_writable(lua_State *L) {
+  int n;
+  check_nothing_after(L, 2);
+  if (lua_type(L, 2) != LUA_TFUNCTION && (n = divert(L, W_WRITABLE)) >= 0) return n;
+  return raw_writable(L);
+}
+
+static int m_write(lua_State *L) {
+  int n;
+  check_nothing_after(L, 3);
+  if (lua_type(L, 3) != LUA_TFUNCTION && (n = divert(L, W_WRITE)) >= 0) return n;
+  return raw_write(L);
+}
+
+static int m_transact(lua_State *L) {
+  pipe_ud *u = check_pipe(L);
+  int n;
+  check_nothing_after(L, 3);
+  if ((u->readahead || lua_type(L, 3) != LUA_TFUNCTION) &&
+      (n = divert(L, W_TRANSACT)) >= 0)
+    return n;
+  return raw_transact(L);
+}
+
+static int m_try_read(lua_State *L) {
+  pipe_ud *u = check_pipe(L);
+  int n;
+  if (u->readahead && (n = divert(L, W_TRY_READ)) >= 0) return n;
+  return try_read(L, u);
+}
+
+/* layer.set_readahead(pipe, has): the Lua layer holds (or no longer
+ * holds) bytes read ahead for this pipe. */
+static int raw_set_readahead(lua_State *L) {
+  pipe_ud *u = to_pipe(L);
+  u->readahead = lua_toboolean(L, 2);
+  return 0;
+}
+
+static np_op check_op(lua_State *L, int arg, const char *def) {
+  static const char *const names[] = {"connect",  "read",     "write",
+                                      "readable", "writable", "transact",
+                                      NULL};
+  return (np_op)(np_check_option(L, arg, def, names) + 1);
+}
+
+/* cancel([what] [, reason]): what is "connect", "read", "write",
+ * "readable", "writable", or nil for all. */
+static int m_cancel(lua_State *L) {
+  pipe_ud *u = check_pipe(L);
+  static const char *const reasons[] = {"CANCELLED", "TIMEOUT", NULL};
+  np_err reason = np_check_option(L, 3, "CANCELLED", reasons) == 0
+                      ? NP_CANCELLED
+                      : NP_TIMEOUT;
+  if (lua_isnoneornil(L, 2)) {
+    np_cancel(u->p, NP_OP_CONNECT, reason);
+    np_cancel(u->p, NP_OP_READ, reason);
+    np_cancel(u->p, NP_OP_WRITE, reason);
+    np_cancel(u->p, NP_OP_WRITABLE, reason);
+  } else {
+    np_cancel(u->p, check_op(L, 2, NULL), reason);
+  }
+  return 0;
+}
+
+static int m_busy(lua_State *L) {
+  pipe_ud *u = check_pipe(L);
+  lua_pushinteger(L, np_pipe_busy(u->p, check_op(L, 2, NULL)));
+  return 1;
+}
+
+static int m_disconnect(lua_State *L) {
+  pipe_ud *u = check_server(L);
+  np_status st;
+  if (!np_disconnect(u->p, &st)) return np_push_status(L, &st);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int m_info(lua_State *L) {
+  pipe_ud *u = check_pipe(L);
+  np_info info;
+  np_status st;
+  if (!np_pipe_info(u->p, &info, &st)) return np_push_status(L, &st);
+  lua_createtable(L, 0, 5);
+  lua_pushstring(L, info.mode == NP_MODE_MESSAGE ? "message" : "byte");
+  lua_setfield(L, -2, "mode");
+  lua_pushstring(L, info.is_server ? "server" : "client");
+  lua_setfield(L, -2, "pipe_end");
+  if (info.max_instances == NP_UNLIMITED_INSTANCES)
+    lua_pushliteral(L, "unlimited");
+  else
+    lua_pushinteger(L, info.max_instances);
+  lua_setfield(L, -2, "max_instances");
+  lua_pushinteger(L, info.out_buffer_size);
+  lua_setfield(L, -2, "out_buffer_size");
+  lua_pushinteger(L, info.in_buffer_size);
+  lua_setfield(L, -2, "in_buffer_size");
+  return 1;
+}
+
+/* peer(): { pid, session | uid, gid } of the other end's process. */
+static int m_peer(lua_State *L) {
+  pipe_ud *u = check_pipe(L);
+  np_peer peer;
+  np_status st;
+  if (!np_pipe_peer(u->p, &peer, &st)) return np_push_status(L, &st);
+  lua_createtable(L, 0, 3);
+  lua_pushinteger(L, peer.pid);
+  lua_setfield(L, -2, "pid");
+  if (peer.session >= 0) {
+    lua_pushinteger(L, peer.session);
+    lua_setfield(L, -2, "session");
+  }
+  if (peer.uid >= 0) {
+    lua_pushinteger(L, peer.uid);
+    lua_setfield(L, -2, "uid");
+    lua_pushinteger(L, peer.gid);
+    lua_setfield(L, -2, "gid");
+  }
+  return 1;
+}
+
+/* server:peer_user(): user, id of the connected client's account. */
+static int m_peer_user(lua_State *L) {
+  pipe_ud *u = check_server(L);
+  char user[1024], id[256];
+  np_status st;
+  if (!np_pipe_peer_user(u->p, user, sizeof user, id, sizeof id, &st))
+    return np_push_status(L, &st);
+  lua_pushstring(L, user);
+  lua_pushstring(L, id);
+  return 2;
+}
+
+/* peek(): { available = n, message = n | nil }, nothing consumed. */
+static int peek(lua_State *L, pipe_ud *u) {
+  np_peek pk;
+  np_status st;
+  if (!np_pipe_peek(u->p, &pk, &st)) return np_push_status(L, &st);
+  lua_createtable(L, 0, 2);
+  lua_pushinteger(L, (lua_Integer)pk.available);
+  lua_setfield(L, -2, "available");
+  if (pk.message >= 0) {
+    lua_pushinteger(L, (lua_Integer)pk.message);
+    lua_setfield(L, -2, "message");
+  }
+  return 1;
+}
+
+static int raw_peek(lua_State *L) { return peek(L, check_pipe(L)); }
+
+static int m_peek(lua_State *L) {
+  pipe_ud *u = check_pipe(L);
+  int n;
+  /* bytes the Lua layer read ahead come first: it counts them in */
+  if (u->readahead && (n = divert(L, W_PEEK)) >= 0) return n;
+  return peek(L, u);
+}
+
+static const char *const state_names[] = {"listening", "connected",
+                                          "disconnected", "closed"};
+
+static int m_state(lua_State *L) {
+  pipe_ud *u = to_pipe(L);
+  lua_pushstring(L, u->p ? state_names[np_pipe_state(u->p)] : "closed");
+  return 1;
+}
+
+/* close, __close and __gc share this path; closing twice is harmless. */
+static int m_close(lua_State *L) {
+  pipe_ud *u = to_pipe(L);
+  if (u->p) {
+    np_pipe *p = u->p;
+    u->p = NULL;
+    /* Operations in flight keep this userdata anchored: their completions
+     * (CLOSED) still come through step() and release it. */
+    np_pipe_close(p);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* The collector never finalizes a pipe while it is anchored (an operation
+ * in flight, or its callback running): an anchored pipe here is a call by
+ * hand, and its completions must still find the userdata, so it only
+ * closes. */
+static int m_gc(lua_State *L) {
+  pipe_ud *u = to_pipe(L);
+  if (u->self_ref != LUA_NOREF) return m_close(L);
+  if (u->p) {
+    np_pipe_set_user(u->p, NULL); /* the userdata memory is going away */
+    np_pipe_close(u->p);
+    u->p = NULL;
+  }
+  return 0;
+}
+
+static int m_tostring(lua_State *L) {
+  pipe_ud *u = to_pipe(L);
+  if (u->p)
+    lua_pushfstring(L, "namedpipe %s %s (%s)", u->is_server ? "server" : "client",
+                    np_pipe_name(u->p), state_names[np_pipe_state(u->p)]);
+  else
+    lua_pushfstring(L, "namedpipe %s (closed)",
+                    u->is_server ? "server" : "client");
+  return 1;
+}
+
+/* ------------------------------------------------------------ tables */
+
+const luaL_Reg np_pipe_methods[] = {
+    {"connect", m_connect}, {"read", m_read}, {"read_into", m_read_into},
+    {"write", m_write},     {"try_read", m_try_read},
+    {"readable", m_readable}, {"writable", m_writable},
+    {"try_write", m_try_write}, {"cancel", m_cancel},
+    {"disconnect", m_disconnect}, {"info", m_info},
+    {"state", m_state},     {"close", m_close},
+    {"transact", m_transact}, {"peer", m_peer},
+    {"peer_user", m_peer_user}, {"peek", m_peek},
+    {"_busy", m_busy},      {NULL, NULL}};
+
+const luaL_Reg np_pipe_meta[] = {{"__gc", m_gc},
+                                        {"__close", m_close},
+                                        {"__tostring", m_tostring},
+                                        {NULL, NULL}};
+
+/* The private half's pipe entry points: without divert (see binding.h),
+ * and what the Lua layer tells the core about a pipe. */
+const luaL_Reg np_pipe_layer_funcs[] = {{"connect", raw_connect},
+                                        {"read", raw_read},
+                                        {"read_into", raw_read_into},
+                                        {"buffer_put", raw_buffer_put},
+                                        {"buffer_busy", raw_buffer_busy},
+                                        {"write", raw_write},
+                                        {"transact", raw_transact},
+                                        {"peek", raw_peek},
+                                        {"readable", raw_readable},
+                                        {"writable", raw_writable},
+                                        {"try_read", raw_try_read},
+                                        {"set_readahead", raw_set_readahead},
+                                        {NULL, NULL}};
+
+const luaL_Reg np_pipe_module_funcs[] = {{"create", l_create},
+                                         {"open", l_open},
+                                         {NULL, NULL}};
