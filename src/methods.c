@@ -331,22 +331,19 @@ static int m_try_write(lua_State *L) {
   pipe_ud *u = check_pipe(L);
   size_t len, written;
   const char *data = check_data(L, 2, &len);
-  int ref_data, kept;
+  int keeps;
   np_status st;
-  /* Anchored as for write(): the backend may keep the bytes in flight. A
-   * completion with no callback releases it; it also counts as in flight so
-   * that the pipe userdata outlives it. */
+  /* The keep protocol of write() (np.h): if the backend keeps the bytes in
+   * flight, their anchor is handed over at once (room reserved first, so
+   * nothing raises in between); a completion with no callback releases it.
+   * It also counts as in flight so that the pipe userdata outlives it. */
   reserve_anchors(L, u->lu, 2);
-  lua_pushvalue(L, 2);
-  ref_data = anchor(L, u->lu, ANCHORS_UPV);
-  if (!np_try_write(u->p, data, len, ref_data, &written, &kept, &st)) {
-    release(L, u->lu, ANCHORS_UPV, ref_data);
+  if (!np_try_write(u->p, data, len, &written, &keeps, &st))
     return np_push_status(L, &st);
-  }
-  if (kept) {
+  if (keeps) {
+    lua_pushvalue(L, 2);
+    np_write_keep(u->p, anchor(L, u->lu, ANCHORS_UPV));
     pin_pipe(L, u);
-  } else {
-    release(L, u->lu, ANCHORS_UPV, ref_data);
   }
   lua_pushinteger(L, (lua_Integer)written);
   return 1;

@@ -267,15 +267,20 @@ void np_read_start(np_pipe *p, size_t max, char *dst, int ref_cb,
                    int ref_data);
 /* Writes complete in the order they were started. Returns 0 only when no
  * memory was left to track the write (nothing started, nothing kept).
- * *keeps: the backend still points at data after the call (a socket that
+ *
+ * The keep protocol, one for np_write_start and np_try_write: *keeps says
+ * whether the backend still points at data after the call (a socket that
  * did not take it all at once; always on Windows, where the kernel reads
- * it later): data must then stay valid until the completion is released,
- * and the caller hands its anchor over with np_write_keep before anything
- * else is done with p. Else data may go at once. */
+ * it later). If it does, data must stay valid until the completion is
+ * released, and the caller hands its anchor over with np_write_keep
+ * before anything else is done with p (the binding reserves the anchor's
+ * room before the call, so nothing can raise in between). Else data may
+ * go at once, and nothing is anchored. */
 int np_write_start(np_pipe *p, const char *data, size_t len, int ref_cb,
                    int *keeps);
-/* The anchor of the data of the write p started last (see np_write_start);
- * it comes back as the completion's ref_data. */
+/* The anchor of the data of the write p started last (np_write_start's or
+ * np_try_write's, see the keep protocol above); it comes back as the
+ * completion's ref_data. */
 void np_write_keep(np_pipe *p, int ref_data);
 
 /* Readiness, as Tokio's readable()/writable(): complete (NP_OK, nothing
@@ -288,12 +293,13 @@ void np_writable_start(np_pipe *p, int ref_cb);
  * on p), 0 with *st (NP_WOULDBLOCK, NP_EOF, ...). max as np_read_start. */
 int np_try_read(np_pipe *p, size_t max, const char **data, size_t *len,
                 int *more, np_status *st);
-/* try_write: 1 with *written, 0 with *st. *kept says whether the backend
- * keeps the bytes in flight (Windows: accepted whole, as mio does): then they
- * stay anchored by ref_data until a completion with ref_cb NP_NOREF comes
- * back, and an OS failure is reported by the next write or try_write. */
-int np_try_write(np_pipe *p, const char *data, size_t len, int ref_data,
-                 size_t *written, int *kept, np_status *st);
+/* try_write: 1 with *written, 0 with *st. *keeps as np_write_start's:
+ * set when the backend keeps the bytes in flight (Windows: accepted whole,
+ * as mio does); the caller then hands their anchor over with
+ * np_write_keep, it comes back in a completion with ref_cb NP_NOREF, and
+ * an OS failure is reported by the next write or try_write. */
+int np_try_write(np_pipe *p, const char *data, size_t len, size_t *written,
+                 int *keeps, np_status *st);
 
 /* Cancel the pending operations of one kind; they complete with `reason`
  * (NP_CANCELLED, NP_TIMEOUT, ...) unless they finished first. */

@@ -505,12 +505,11 @@ int np_try_read(np_pipe *p, size_t max, const char **data, size_t *len,
   return 1;
 }
 
-/* Nothing stays in flight: the socket copies what it takes, so ref_data is
- * never kept and no completion follows. */
-int np_try_write(np_pipe *p, const char *data, size_t len, int ref_data,
-                 size_t *written, int *kept, np_status *st) {
-  (void)ref_data;
-  *kept = 0; /* nothing stays in flight: what fits is sent now */
+/* Nothing stays in flight: the socket copies what it takes, so the bytes
+ * are never kept and no completion follows. */
+int np_try_write(np_pipe *p, const char *data, size_t len, size_t *written,
+                 int *keeps, np_status *st) {
+  *keeps = 0; /* nothing stays in flight: what fits is sent now */
   if (!np_io_allowed(p, NP_OP_WRITE, st)) return 0;
   /* Queued writes go first: a try_write must not overtake them. */
   if (p->busy[NP_OP_WRITE] > 0) {

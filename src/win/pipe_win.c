@@ -554,10 +554,10 @@ int np_try_read(np_pipe *p, size_t max, const char **data, size_t *len,
   return 1;
 }
 
-int np_try_write(np_pipe *p, const char *data, size_t len, int ref_data,
-                 size_t *written, int *kept, np_status *st) {
+int np_try_write(np_pipe *p, const char *data, size_t len, size_t *written,
+                 int *keeps, np_status *st) {
   np_req *req;
-  *kept = 0;
+  *keeps = 0;
   if (p->write_error.err != NP_OK) {
     *st = p->write_error;
     p->write_error.err = NP_OK;
@@ -579,8 +579,7 @@ int np_try_write(np_pipe *p, const char *data, size_t len, int ref_data,
     np_win_status(st, ERROR_NOT_ENOUGH_MEMORY, NP_OP_WRITE);
     return 0;
   }
-  arm(req, NP_NOREF);
-  req->ref_data = ref_data;
+  arm(req, NP_NOREF); /* its ref_data: np_write_keep, next */
   if (!WriteFile(p->h, data, (DWORD)len, NULL, &req->ov)) {
     DWORD err = GetLastError();
     if (err != ERROR_IO_PENDING) { /* no packet will come: take it back */
@@ -591,7 +590,7 @@ int np_try_write(np_pipe *p, const char *data, size_t len, int ref_data,
   }
   np_req_kernel(p->loop, req);
   *written = len;
-  *kept = 1;
+  *keeps = 1;
   return 1;
 }
 
