@@ -379,7 +379,6 @@ local function wait_end(w, pipe, timeout, kind)
   return unpack(op.r, 1, op.r.n)
 end
 
-
 -- The C methods check n themselves; data read ahead is handed out here, so
 -- check it the same way first.
 local function check_count(n, fname)
@@ -458,6 +457,8 @@ function waiting.read(self, a, b)
     end
     return raw.read(self, n, b)
   end
+  -- (check_timeout's test, inline: read and write are the waits a task
+  -- makes most, and the call it saves is a measurable part of one)
   if b ~= nil and (math_type(b) == nil or not (b >= 0)) then -- luacheck: ignore 581 (NaN too)
     check_timeout(b, 3, "read", 4)
   end
@@ -551,6 +552,7 @@ end
 --- pipe:write(data [, cb | timeout])
 function waiting.write(self, data, a)
   if a ~= nil and type(a) == "function" then return raw.write(self, data, a) end
+  -- (check_timeout's test, inline: see read)
   if a ~= nil and (math_type(a) == nil or not (a >= 0)) then -- luacheck: ignore 581 (NaN too)
     check_timeout(a, 3, "write", 4)
   end
@@ -838,14 +840,15 @@ function M.open(name, opts)
   end
 end
 
+-- Every waiting function is defined: the core may hand calls over now.
+layer.hand_over(waiting)
+
 -- Where a C function cannot be suspended (Lua 5.1, LuaJIT), a C method
 -- that would hand its call to this layer returns a marker instead
 -- (binding.c, divert), and the method is this Lua function, which makes
 -- the waiting call itself: a task then suspends in Lua, as it must.
 -- (Each wrapper is made from source with the method's name in it: the C
 -- method's argument errors name the function as its call site does.)
-layer.hand_over(waiting)
-
 if not raw.c_can_yield then
   local WRAPPER = [[
     local c, wait, marker, pack, unpack = ...

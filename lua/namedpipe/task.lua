@@ -319,7 +319,7 @@ function T.run_due()
     local timer = heap[1]
     changed = true
     local due = timer.due
-    if timer.lazy and due and due > t then -- a wait record's later deadline
+    if due and due > t then -- a wait record whose deadline moved on: re-key it
       seq = seq + 1
       timer.at, timer.seq = due, seq
       sift_down(timer, 1)
@@ -335,7 +335,7 @@ function T.run_due()
       end
     end
   end
-  -- (what ran here told the core of what it changed itself)
+  -- (the queue or the heap changed: the core hears of it once, here)
   if changed then tell_core() end
   return n
 end
