@@ -424,7 +424,10 @@ static int layer_hand_over(lua_State *L) {
   }
   for (w = 1; w <= W_LAST; w++) {
     lua_getfield(L, 1, waiting_names[w]);
-    if (!lua_isnil(L, -1)) luaL_checktype(L, -1, LUA_TFUNCTION);
+    if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TFUNCTION)
+      return luaL_error(L, "namedpipe.core: the waiting form of '%s' must be "
+                           "a function, not %s",
+                        waiting_names[w], luaL_typename(L, -1));
     lua_rawseti(L, WAITING_UPV, w);
   }
   return 0;
