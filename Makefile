@@ -159,12 +159,14 @@ demo: deps
 	tools/wine-run.sh $(WIN_LUA) examples/demo.lua
 
 # The Linux suite under ASan+UBSan, then under valgrind: no reports allowed.
+# The ASan build is also the debug build (NP_DEBUG): the Unix readiness
+# rules (src/unix/unix.h, np_readiness) are checked at every wait and event.
 ASAN_SO := build/asan/namedpipe/core.so
 SANITIZE := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
 $(ASAN_SO): $(LINUX_SRC) $(LINUX_HDR) Makefile
 	@mkdir -p $(@D)
-	$(LINUX_CC) -O1 -g -Wall -Wextra -fPIC -shared $(SANITIZE) $(LUA_CFLAGS) -Isrc $(VERSION_DEFS) -o $@ $(LINUX_SRC)
+	$(LINUX_CC) -O1 -g -Wall -Wextra -fPIC -shared -DNP_DEBUG $(SANITIZE) $(LUA_CFLAGS) -Isrc $(VERSION_DEFS) -o $@ $(LINUX_SRC)
 
 check: check-asan check-valgrind
 

@@ -55,8 +55,8 @@
  * holding one would be reported at every wait and never found readable
  * (a busy loop); readable() waits edge-triggered (np_readable_start). */
 void np_wait_level(np_pipe *p) {
-  if (!p->level && p->pending_read && p->pending_read->op != NP_OP_READABLE)
-    np_set_mask(p, 1, p->out_armed);
+  if (!p->rd.level && p->pending_read && p->pending_read->op != NP_OP_READABLE)
+    np_set_mask(p, 1, p->rd.out_armed);
 }
 
 /* After epoll reported a level-triggered socket: readiness nobody waited
@@ -68,10 +68,71 @@ void np_wait_level(np_pipe *p) {
 static void settle_level(np_pipe *p, uint32_t events, int had_reader,
                          int had_writer) {
   if ((events & READ_EVENTS) && !had_reader)
-    np_set_mask(p, 0, p->out_armed);
-  else if ((events & EPOLLOUT) && !had_writer && p->out_armed)
+    np_set_mask(p, 0, p->rd.out_armed);
+  else if ((events & EPOLLOUT) && !had_writer && p->rd.out_armed)
     np_set_mask(p, p->pending_read != NULL, p->pending_read == NULL);
 }
+
+#ifdef NP_DEBUG
+/* The rules of np_readiness (unix.h), each one a reason the code above and
+ * below relies on. Called between operations (at every wait, after every
+ * event), never inside one, where a rule may be broken for a moment. */
+static void readiness_broken(const np_pipe *p, const char *where,
+                             const char *rule) {
+  fprintf(stderr,
+          "namedpipe: readiness rule broken (%s): %s\n"
+          "  pipe %s fd %d level %d out_armed %d idle %d sticky %d full %d"
+          " msg_large %d msg_queued %d mask %#x\n",
+          where, rule, p->name ? p->name : "?", p->fd, p->rd.level,
+          p->rd.out_armed, p->rd.idle, p->rd.sticky, p->rd.full,
+          p->rd.msg_large, p->rd.msg_queued, (unsigned)p->rd.mask);
+  abort();
+}
+
+#define RULE(p, where, holds, rule) \
+  do {                              \
+    if (!(holds)) readiness_broken(p, where, rule); \
+  } while (0)
+
+void np_readiness_check(const np_pipe *p, const char *where) {
+  const np_readiness *rd = &p->rd;
+  const np_req *r = p->pending_read;
+  np_readiness clear;
+  if (p->fd < 0) {
+    memset(&clear, 0, sizeof clear);
+    RULE(p, where, memcmp(rd, &clear, sizeof clear) == 0,
+         "no socket, no readiness (drop_socket clears it)");
+    return;
+  }
+  RULE(p, where, rd->mask == np_socket_mask(rd),
+       "epoll has the mask that level and out_armed say");
+  RULE(p, where, !(rd->sticky && rd->idle),
+       "sticky (EOF, error, urgent data) is never idle");
+  RULE(p, where, !rd->msg_queued || p->sock_type == SOCK_SEQPACKET,
+       "msg_queued only on a message socket");
+  RULE(p, where, !(rd->msg_queued && rd->idle),
+       "a queued message is not idle");
+  RULE(p, where, !rd->msg_large || p->sock_type == SOCK_SEQPACKET,
+       "msg_large only on a message socket");
+  RULE(p, where, !rd->full || p->sock_type == SOCK_STREAM,
+       "full only on a stream");
+  RULE(p, where, !p->wq_head || rd->out_armed,
+       "a queued write waits for EPOLLOUT");
+  RULE(p, where,
+       !p->pending_writable || rd->out_armed || p->busy[NP_OP_WRITE] > 0,
+       "writable() waits for EPOLLOUT or for its writes' release");
+  RULE(p, where, !r || r->op != NP_OP_READABLE || !rd->level,
+       "readable() waits edge-triggered");
+  RULE(p, where,
+       !r || r->op == NP_OP_READABLE || rd->level || np_read_may_succeed(p),
+       "a read waits level-triggered, unless it may succeed at once");
+}
+
+void np_loop_check_readiness(np_loop *loop, const char *where) {
+  const np_pipe *p;
+  for (p = loop->pipes; p; p = p->next) np_readiness_check(p, where);
+}
+#endif
 
 /* ------------------------------------------------------------------ reads */
 
@@ -123,7 +184,7 @@ static int read_stream(np_pipe *p, size_t max, np_buf *dst, size_t *len,
   /* (descriptors a peer passed are closed by the kernel: no control
    * buffer) */
   n = np_recv_some(p, dst->data, cap);
-  p->rd_full = n == (ssize_t)cap;
+  p->rd.full = n == (ssize_t)cap;
   if (n > 0) {
     *len = (size_t)n;
     return IO_DONE;
@@ -146,7 +207,7 @@ int np_read_attempt(np_pipe *p, size_t max, np_buf *dst, size_t *len,
   np_status_errno(st, NP_OK, 0);
   if (p->sock_type == SOCK_STREAM) return read_stream(p, max, dst, len, st);
   if (p->read_message) return np_read_message(p, max, dst, len, more, st);
-  p->msg_queued = 0; /* (only np_recv_message uses it) */
+  p->rd.msg_queued = 0; /* (only np_recv_message uses it) */
   return np_read_joined(p, max, dst, len, st);
 }
 
@@ -380,21 +441,22 @@ void np_pipe_on_event(np_pipe *p, uint32_t events) {
   if (p->fd < 0) return;
   had_reader = p->pending_read != NULL;
   had_writer = p->wq_head != NULL || p->pending_writable != NULL;
-  if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLPRI)) p->rd_sticky = 1;
+  if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLPRI)) p->rd.sticky = 1;
   /* Readable with none of those: the socket's poll (unix_dgram_poll, at
    * this wait) found a message in its queue, and only this pipe takes
    * from it. (A peer's shutdown since does not take it back; a reset shows
    * as an error from recv, not as 0, and np_recv_again goes on to the
    * message.) */
-  p->msg_queued = p->sock_type == SOCK_SEQPACKET && (events & EPOLLIN) &&
+  p->rd.msg_queued = p->sock_type == SOCK_SEQPACKET && (events & EPOLLIN) &&
                   !(events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR));
   if (events & READ_EVENTS) {
-    p->rd_idle = 0;
+    p->rd.idle = 0;
     np_pump_read(p);
   }
   if (events & WRITE_EVENTS) {
     np_pump_writes(p);
     np_pump_writable(p);
   }
-  if (p->level && p->fd >= 0) settle_level(p, events, had_reader, had_writer);
+  if (p->rd.level && p->fd >= 0) settle_level(p, events, had_reader, had_writer);
+  np_readiness_check(p, "after an event");
 }

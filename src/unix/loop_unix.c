@@ -134,6 +134,7 @@ int np_loop_wait(np_loop *loop, int timeout_ms, np_status *st) {
    * reported until a step that has something waiting (edge-triggered
    * events stay queued; a connect() accepts at once). As the Windows
    * backend skips its port. */
+  np_loop_check_readiness(loop, "as a wait begins");
   if (loop->hosted) np_host_wait_begins(loop);
   /* (A host polls the epoll descriptor: what it holds must be taken.) */
   if (timeout_ms == 0 && loop->outstanding == 0 && loop->ready_count == 0 &&

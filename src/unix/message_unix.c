@@ -199,9 +199,9 @@ int np_recv_message(np_pipe *p, np_buf *dst, size_t *len, np_status *st) {
   struct sockaddr_un from;
   size_t cap = 0, n, spilled;
   ssize_t got;
-  int is_message, cut, queued = p->msg_queued, resets = 0;
-  p->msg_queued = 0; /* what epoll said holds for one recv */
-  if (p->msg_large || p->passcred) { /* SO_PASSCRED: the record is needed */
+  int is_message, cut, queued = p->rd.msg_queued, resets = 0;
+  p->rd.msg_queued = 0; /* what epoll said holds for one recv */
+  if (p->rd.msg_large || p->passcred) { /* SO_PASSCRED: the record is needed */
     msg_control ctl;
     struct msghdr m;
     struct iovec iov[2];
@@ -258,7 +258,7 @@ int np_recv_message(np_pipe *p, np_buf *dst, size_t *len, np_status *st) {
     return IO_DONE;
   }
   n = (size_t)got;
-  p->msg_large = n > MSG_COPY_MAX;
+  p->rd.msg_large = n > MSG_COPY_MAX;
   /* (also a valid pointer for an empty message) */
   if (!np_buf_reserve(dst, n)) {
     np_status_errno(st, NP_NO_MEMORY, ENOMEM); /* the message is lost */
@@ -277,7 +277,7 @@ int np_recv_message(np_pipe *p, np_buf *dst, size_t *len, np_status *st) {
  * receive exactly that. */
 static int recv_probed(np_pipe *p, np_buf *dst, size_t *len, np_status *st) {
   ssize_t n = np_next_message_size(p, st), got;
-  p->msg_queued = 0; /* (only np_recv_message uses it) */
+  p->rd.msg_queued = 0; /* (only np_recv_message uses it) */
   if (n == -1) return IO_AGAIN;
   if (n == -2) return IO_DONE;
   if (!np_buf_reserve(dst, (size_t)n)) {

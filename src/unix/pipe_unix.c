@@ -60,43 +60,36 @@ static void pipe_discard(np_pipe *p) {
   np_pipe_free(p);
 }
 
-/* The socket's epoll mask for its mode (level) and out_armed. */
-static uint32_t socket_mask(const np_pipe *p) {
-  return (p->level ? LEVEL_EVENTS : SOCKET_EVENTS) |
-         (p->out_armed ? EPOLLOUT : 0);
-}
-
 /* Change the mode and EPOLLOUT together, one epoll_ctl. The change polls
  * the socket (ep_modify): readiness from before it is reported too. On
  * failure (it cannot fail for a registered socket) nothing changes. */
 int np_set_mask(np_pipe *p, int level, int out_armed) {
-  int old_level = p->level, old_out = p->out_armed;
-  if (level == old_level && out_armed == old_out) return 1;
-  p->level = level;
-  p->out_armed = out_armed;
-  if (np_watch_mod(p->loop, p->fd, socket_mask(p), p) == 0) return 1;
-  p->level = old_level;
-  p->out_armed = old_out;
+  np_readiness was = p->rd;
+  if (level == was.level && out_armed == was.out_armed) return 1;
+  p->rd.level = (unsigned char)level;
+  p->rd.out_armed = (unsigned char)out_armed;
+  if (np_watch_mod(p->loop, p->fd, np_socket_mask(&p->rd), p) == 0) {
+#ifdef NP_DEBUG
+    p->rd.mask = np_socket_mask(&p->rd);
+#endif
+    return 1;
+  }
+  p->rd = was;
   return 0;
 }
 
 /* A new socket for the pipe: SO_PASSCRED only for an unbound peer (see the
- * top of the file: empty message versus EOF). The socket starts idle: if it
- * is readable already, epoll says so at the next wait (ep_insert polls it).
- * It starts level-triggered: its first read usually comes before its first
- * data ("readiness"). */
+ * top of message_unix.c: empty message versus EOF), its readiness fresh. */
 static int watch_socket(np_pipe *p, int fd, int passcred) {
   int one = 1;
   p->passcred = p->sock_type == SOCK_SEQPACKET && passcred;
   if (p->passcred &&
       setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &one, sizeof one) != 0)
     return 0;
-  p->rd_idle = 1;
-  p->rd_sticky = 0;
-  p->msg_queued = 0; /* (drop_socket cleared it too: it was the old one's) */
-  p->out_armed = 0;
-  p->level = 1;
-  return np_watch_add(p->loop, fd, socket_mask(p), p) == 0;
+  np_readiness_fresh(&p->rd);
+  if (np_watch_add(p->loop, fd, np_socket_mask(&p->rd), p) == 0) return 1;
+  memset(&p->rd, 0, sizeof p->rd); /* no socket after all */
+  return 0;
 }
 
 /* A write or writable() waits for room: from now on this socket reports
@@ -104,7 +97,7 @@ static int watch_socket(np_pipe *p, int fd, int passcred) {
  * is reported too. Should it fail (it cannot for a registered socket), a
  * write ends with the error and writable() at once (try_write tells). */
 int np_want_writable(np_pipe *p) {
-  return p->out_armed || np_set_mask(p, p->level, 1);
+  return p->rd.out_armed || np_set_mask(p, p->rd.level, 1);
 }
 
 static void set_buffer(int fd, int opt, uint32_t size) {
@@ -137,8 +130,7 @@ static void drop_socket(np_pipe *p) {
   free(p->rest);
   p->rest = NULL;
   p->rest_off = p->rest_len = 0;
-  p->msg_large = 0;
-  p->msg_queued = 0;
+  memset(&p->rd, 0, sizeof p->rd); /* the next socket starts afresh */
   p->rcvbuf_unset = 0;
 }
 
@@ -445,7 +437,7 @@ void np_readable_start(np_pipe *p, int ref_cb) {
   }
   p->pending_read = r;
   /* edge-triggered (np_wait_level); what is there is reported once more */
-  if (p->level) np_set_mask(p, 0, p->out_armed);
+  if (p->rd.level) np_set_mask(p, 0, p->rd.out_armed);
   if (np_read_may_succeed(p)) np_pump_read(p); /* else epoll will tell */
 }
 

@@ -31,6 +31,8 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <sys/un.h>
@@ -109,6 +111,37 @@ typedef struct np_req {
   int transact;
 } np_req;
 
+/* What is known of a connected socket's readiness, and how it sits in the
+ * epoll set (io_unix.c, "readiness"): kept so that a read need not try a
+ * recv that must fail, and so that epoll reports only what somebody waits
+ * for. A new socket starts from np_readiness_fresh; a dropped one leaves it
+ * all clear. Its rules (np_readiness_check, io_unix.c) are checked after
+ * every event and at every wait in a debug build (NP_DEBUG: `make check`). */
+typedef struct np_readiness {
+  /* Registered level-triggered (a read waits on it), else edge-triggered;
+   * EPOLLOUT in the mask (a write or writable() found the socket full). */
+  unsigned char level, out_armed;
+  /* idle: the socket was seen drained and epoll has reported nothing since.
+   * sticky: epoll reported the peer's shutdown, an error or urgent data:
+   * never idle again (EOF and errors repeat, and no further edge would
+   * announce them). */
+  unsigned char idle, sticky;
+  /* Streams: the last recv filled all it asked for, so more is likely
+   * queued and the next read tries at once even level-triggered (libuv's
+   * read loop goes on while a read fills its buffer, for the same reason). */
+  unsigned char full;
+  /* Message sockets. msg_large: the last message was large, so the next is
+   * received straight into the read's buffer rather than copied
+   * (np_recv_message). msg_queued: epoll reported the socket readable with
+   * no hang-up, shutdown or error, and nothing was received since, so a
+   * message is queued: the next recv's 0 is an empty message, not the end,
+   * and needs no sender address. */
+  unsigned char msg_large, msg_queued;
+#ifdef NP_DEBUG
+  uint32_t mask; /* the mask epoll was last given for this socket */
+#endif
+} np_readiness;
+
 struct np_pipe {
   np_watch watch; /* first: epoll data.ptr */
   NP_PIPE_COMMON_FIELDS
@@ -125,31 +158,10 @@ struct np_pipe {
    * set when info() is about to read it back. */
   int rcvbuf_unset;
 
-  /* Read readiness, kept so that a read need not try a recv that must fail
-   * (io_unix.c, "readiness"). rd_idle: the socket was seen drained and
-   * epoll has reported nothing since. rd_sticky: epoll reported the peer's
-   * shutdown, an error or urgent data: never idle again (EOF and errors
-   * repeat, and no further edge would announce them). */
-  int rd_idle, rd_sticky;
-  /* The last byte-stream recv filled all it asked for: more is likely
-   * queued, so the next read tries at once even level-triggered (libuv's
-   * read loop goes on while a read fills its buffer, for the same reason). */
-  int rd_full;
-  int out_armed; /* EPOLLOUT in this socket's epoll mask (want_writable) */
-  /* Registered level-triggered (message sockets while a read waits: see
-   * io_unix.c, "readiness"); else edge-triggered. */
-  int level;
   /* Message sockets: the peer is unbound, so its messages carry no sender
    * address and SO_PASSCRED tells an empty message from EOF (message_unix.c). */
   int passcred;
-  /* Message reads: the last message was large, so the next is received
-   * straight into the read's buffer rather than copied (recv_message). */
-  int msg_large;
-  /* Message sockets: epoll reported this one readable with no hang-up,
-   * shutdown or error, and nothing was received since, so a message is
-   * queued: the next recv's 0 is an empty message, not the end, and needs
-   * no sender address (recv_message). */
-  int msg_queued;
+  np_readiness rd; /* the socket's readiness (above) */
 
   np_req connect_req, read_req, writable_req;
   /* the embedded ones, while PENDING */
@@ -321,16 +333,42 @@ int np_set_mask(np_pipe *p, int level, int out_armed);
 int np_want_writable(np_pipe *p);
 
 /* io_unix.c */
+/* The epoll mask for the socket's readiness: its mode and EPOLLOUT. */
+static inline uint32_t np_socket_mask(const np_readiness *rd) {
+  return (rd->level ? LEVEL_EVENTS : SOCKET_EVENTS) |
+         (rd->out_armed ? EPOLLOUT : 0);
+}
+/* A new socket: idle (if it is readable already, epoll says so at the next
+ * wait: ep_insert polls it) and level-triggered (its first read usually
+ * comes before its first data). */
+static inline void np_readiness_fresh(np_readiness *rd) {
+  memset(rd, 0, sizeof *rd);
+  rd->idle = 1;
+  rd->level = 1;
+#ifdef NP_DEBUG
+  rd->mask = np_socket_mask(rd);
+#endif
+}
 /* Nothing more to read until the socket says so (see "readiness"). */
 static inline void np_drained(np_pipe *p) {
-  if (!p->rd_sticky) p->rd_idle = 1;
+  if (!p->rd.sticky) p->rd.idle = 1;
 }
 /* Can a read try at once, or must it wait for epoll? */
 static inline int np_read_may_succeed(const np_pipe *p) {
   if (p->rest_len > 0) return 1; /* ours, not the socket's */
-  if (p->rd_full) return 1;
-  return !p->level && !p->rd_idle;
+  if (p->rd.full) return 1;
+  return !p->rd.level && !p->rd.idle;
 }
+/* Debug builds (NP_DEBUG): abort, naming the rule, where p's readiness
+ * breaks one; np_loop_check_readiness checks every pipe of the loop.
+ * Otherwise they cost nothing. */
+#ifdef NP_DEBUG
+void np_readiness_check(const np_pipe *p, const char *where);
+void np_loop_check_readiness(np_loop *loop, const char *where);
+#else
+#define np_readiness_check(p, where) ((void)0)
+#define np_loop_check_readiness(loop, where) ((void)0)
+#endif
 size_t np_byte_read_size(const np_pipe *p, size_t max);
 void np_pump_read(np_pipe *p);
 void np_pump_writable(np_pipe *p);
