@@ -343,9 +343,8 @@ static int write_attempt(np_pipe *p, np_req *r, np_status *st) {
  * GATHER_MAX), and the kernel takes what fits (a gathering write, as
  * Node's sockets flush queued writes with writev, and as libuv sends a
  * write's several buffers). Fewer, larger sends cost the kernel less per
- * byte: the C stream baseline moves 6,550 MiB/s with a send per 64 KiB
- * block and 7,900 with four blocks per sendmsg (bench/README.md). The writes it took whole
- * are finished here, in order; a write it took part of stays at the head
+ * byte (the per-call cost is paid once; bench/README.md has the figures).
+ * The writes it took whole are finished here, in order; a write it took part of stays at the head
  * with wdone saying how much went, so only the head is ever partly sent,
  * as with one send per write. Returns IO_AGAIN when the socket is full,
  * IO_MORE when all that was offered went, and IO_DONE with *st when the
