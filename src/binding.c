@@ -156,6 +156,7 @@ static int step_loop(lua_State *L, loop_ud *lu) {
   if (!loop) luaL_error(L, "namedpipe: the loop is closed");
   timeout = t >= (lua_Number)INT_MAX ? INT_MAX : (int)(t + 0.999);
   settle_held(L, lu, ANCHORS_UPV); /* a callback raised in an earlier step */
+  lu->wrote_now = 0; /* (this wait looks) */
   ready = np_loop_wait(loop, timeout, &st);
   if (ready < 0) return np_push_status(L, &st);
   if (ready == 0) {
@@ -187,8 +188,9 @@ static int step_loop(lua_State *L, loop_ud *lu) {
    * in this step, without a return to Lua and a new step() per read (as
    * libuv reads a stream up to 32 times per event). The first round is
    * what was ready when the step began, however many. A round never
-   * waits, and one with an empty queue is not begun: a step asks the
-   * kernel no more often than before. Once the Lua layer has something
+   * waits, and one with an empty queue is not begun, unless a callback
+   * wrote at once (wrote_now), which counts as the completion such a write
+   * would have left: a step asks the kernel no more often than before. Once the Lua layer has something
    * to run at the next step (a task spawned or woken) or a timer has come
    * due, the step ends after the completion being handed out, in whatever
    * round after the first: its step runs tasks and timers between steps,
@@ -202,12 +204,14 @@ static int step_loop(lua_State *L, loop_ud *lu) {
     pipe_ud *u;
     int nargs, has_cb;
     unsigned long taken = lu->taken;
-    if (!np_loop_peek(loop, &c)) break;
+    int have = np_loop_peek(loop, &c);
+    if (!have && !lu->wrote_now) break;
     if (dispatched >= first_round && lua_layer_waits(lu))
       break; /* (checked per completion: a round's callbacks may be long) */
-    if (dispatched >= ready) { /* this round is done: another? */
+    if (!have || dispatched >= ready) { /* this round is done: another? */
       int more;
       if (dispatched >= STEP_BUDGET) break;
+      lu->wrote_now = 0;
       more = np_loop_wait(loop, 0, &st);
       if (more <= 0) break; /* an error is the next step's to report */
       if (more > STEP_BUDGET - dispatched) more = STEP_BUDGET - dispatched;

@@ -54,6 +54,10 @@ typedef struct loop_ud {
   /* The pipe whose completion's callback runs (step_loop): it keeps its
    * anchor until settle_held, after the callback. */
   struct pipe_ud *held;
+  /* A write was done at once (layer.write_now) since the step's last
+   * look: as a write's completion would, it asks step_loop for another
+   * round (its peer, perhaps in this loop, may now have something). */
+  int wrote_now;
 } loop_ud;
 
 typedef struct pipe_ud {

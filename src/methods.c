@@ -327,6 +327,29 @@ static int try_read(lua_State *L, pipe_ud *u) {
 
 static int raw_try_read(lua_State *L) { return try_read(L, check_pipe(L)); }
 
+/* layer.write_now(pipe, data): the bytes the system took at once, with no
+ * completion to follow (np_write_now), or false: then write as usual,
+ * which also raises or fails as the call deserves (nothing is checked
+ * here beyond what np_write_now needs). */
+static int raw_write_now(lua_State *L) {
+  pipe_ud *u = (pipe_ud *)lua_touserdata(L, 1);
+  size_t len, written;
+  const char *data;
+  if (!u || lua_rawlen(L, 1) != sizeof *u || u->tag != &pipe_tag || !u->p ||
+      lua_type(L, 2) != LUA_TSTRING) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  data = lua_tolstring(L, 2, &len);
+  if (!np_write_now(u->p, data, len, &written)) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  u->lu->wrote_now = 1;
+  lua_pushinteger(L, (lua_Integer)written);
+  return 1;
+}
+
 static int m_try_write(lua_State *L) {
   pipe_ud *u = check_pipe(L);
   size_t len, written;
@@ -643,6 +666,7 @@ const luaL_Reg np_pipe_layer_funcs[] = {{"connect", raw_connect},
                                         {"readable", raw_readable},
                                         {"writable", raw_writable},
                                         {"try_read", raw_try_read},
+                                        {"write_now", raw_write_now},
                                         {"set_readahead", raw_set_readahead},
                                         {NULL, NULL}};
 

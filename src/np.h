@@ -301,6 +301,15 @@ int np_try_read(np_pipe *p, size_t max, const char **data, size_t *len,
 int np_try_write(np_pipe *p, const char *data, size_t len, size_t *written,
                  int *keeps, np_status *st);
 
+/* A waiting write done at once, where the backend can: 1 with *written,
+ * what the system took now (all of it, or on a byte pipe perhaps a part),
+ * and no request, no completion; 0 when nothing was done (writes started
+ * earlier not yet released, the pipe full, a failure, or a backend whose
+ * writes always finish later: Windows, where the port reports every
+ * WriteFile). After 0 the caller starts a write as usual, which then says
+ * why. Unlike try_write, it never keeps data. */
+int np_write_now(np_pipe *p, const char *data, size_t len, size_t *written);
+
 /* Cancel the pending operations of one kind; they complete with `reason`
  * (NP_CANCELLED, NP_TIMEOUT, ...) unless they finished first. */
 void np_cancel(np_pipe *p, np_op op, np_err reason);

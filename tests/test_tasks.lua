@@ -27,6 +27,69 @@ function TestTasks:test_read_suspends_only_its_task()
   H.close_all(server, client)
 end
 
+-- A task's writes that the pipe takes at once need no wait (on Linux they
+-- return without a switch back to the loop), but a task writing many of
+-- them in a row must still let the other tasks run now and then.
+function TestTasks:test_a_task_writing_many_at_once_lets_others_run()
+  local server, client = H.pair()
+  local writer_done, ticks, ticks_when_done = false, 0, nil
+  local got = {}
+  local function on_read(data)
+    if not data then return end
+    got[#got + 1] = data
+    server:read(on_read)
+  end
+  server:read(on_read) -- a reader keeping up (many small writes fill a socket)
+  np.spawn(function()
+    for i = 1, 400 do
+      lu.assertEquals(client:write(string.format("%09d\n", i), 5000), 10)
+    end
+    writer_done, ticks_when_done = true, ticks
+  end)
+  np.spawn(function()
+    while not writer_done and ticks < 100000 do -- (bounded, should the writer fail)
+      ticks = ticks + 1
+      np.sleep(0)
+    end
+  end)
+  H.pump(function() return writer_done end, 10000, "the writer")
+  -- (at least once per 33 writes on Linux; after every write on Windows)
+  lu.assertTrue(ticks_when_done >= 10, "the other task ran " .. ticks_when_done .. " times")
+  local want = {}
+  for i = 1, 400 do want[i] = string.format("%09d\n", i) end
+  want = table.concat(want)
+  H.pump(function() return #table.concat(got) >= #want end, 5000, "every byte")
+  lu.assertEquals(table.concat(got), want)
+  H.close_all(server, client)
+end
+
+-- A task's write larger than the pipe holds: the part taken at once and
+-- the rest, written after it, arrive whole and in order, and the write
+-- says it wrote all of it; a write with a timeout that the reader does not
+-- drain in time stops with TIMEOUT.
+function TestTasks:test_a_task_write_larger_than_the_pipe_is_written_whole()
+  local server, client = H.pair({ out_buffer_size = 4096, in_buffer_size = 4096 })
+  local parts = {}
+  for i = 1, 3000 do parts[i] = string.format("%07d\n", i) end
+  local big = table.concat(parts) -- 24,000 bytes
+  local result
+  np.spawn(function() result = table.pack(client:write(big, 5000)) end)
+  local got = {}
+  H.pump(function()
+    local data = server:try_read()
+    if data then got[#got + 1] = data end
+    return result ~= nil and #table.concat(got) >= #big
+  end, 10000, "the big write and its bytes")
+  lu.assertEquals(result[1], #big)
+  lu.assertEquals(table.concat(got), big)
+  local late
+  np.spawn(function() late = table.pack(client:write(string.rep("x", 4 * 1024 * 1024), 50)) end)
+  H.pump(function() return late ~= nil end, 5000, "the write that times out")
+  lu.assertNil(late[1])
+  lu.assertEquals(late[3], "TIMEOUT")
+  H.close_all(server, client)
+end
+
 -- Thousands of tasks, each starting one write with a timeout on the same
 -- message pipe at once (so thousands of writes queued and of timers set),
 -- the messages read back one by one: every task gets its own write's

@@ -535,6 +535,14 @@ int np_try_write(np_pipe *p, const char *data, size_t len, size_t *written,
   return 1;
 }
 
+/* try_write's attempt, which never keeps data here: what it does not do at
+ * once is left to a write. */
+int np_write_now(np_pipe *p, const char *data, size_t len, size_t *written) {
+  np_status st;
+  int keeps;
+  return np_try_write(p, data, len, written, &keeps, &st);
+}
+
 void np_cancel(np_pipe *p, np_op op, np_err reason) {
   /* A cancelled connect leaves the instance free: a client may still come
    * and the next connect() completes at once, as on Windows. */
