@@ -46,7 +46,7 @@ The framing helpers get what they need of it from install() (private).
 ]]
 local layer = core._attach()
 local raw, waiting = layer, {}
-task.attach(layer.set_task_work)
+local task_records = task.attach(layer.set_task_work)
 
 --- np.step([timeout_ms]): run due tasks and timers, dispatch completions
 --- (waiting up to timeout_ms, less if a timer is due sooner); returns how
@@ -550,13 +550,12 @@ function waiting.try_read(self, n)
 end
 
 -- A task's write that the system takes at once returns at once: nothing
--- to wait for, so no completion, no timer, no switch back to the loop (Linux:
--- raw.write_now). Not more than WRITES_NOW times in a row, so that a task
--- writing to a fast reader still lets the others run (as Tokio's budget
--- makes a task yield after so many operations that were ready).
-local WRITES_NOW = 32
-local writes_now_left = WRITES_NOW
-local write_now = raw.write_now
+-- to wait for, so no completion, no timer, no switch back to the loop
+-- (Linux). Where the C method can make a task wait, it does this itself
+-- (methods.c, task_write); elsewhere (Lua 5.1, 5.2, LuaJIT) it is done
+-- here, with raw.write_now, which also keeps count of such writes in a
+-- row, so that a task writing to a fast reader still lets the others run.
+local write_now = not layer.task_waits_in_c and raw.write_now
 
 --- pipe:write(data [, cb | timeout])
 function waiting.write(self, data, a)
@@ -569,16 +568,15 @@ function waiting.write(self, data, a)
   local sent = 0
   if not w then
     w, cb = op_begin(self, "write")
-  elseif writes_now_left > 0 then
-    sent = write_now(self, data)
-    if sent == #data then
-      writes_now_left = writes_now_left - 1
+  elseif write_now then
+    sent = write_now(self, data) -- (false for what is not a pipe and a string)
+    if not sent then
+      sent = 0
+    elseif sent == #data then
       return sent
+    else -- a byte pipe that took a part: the rest is a write of its own
+      data = data:sub(sent + 1)
     end
-    -- a byte pipe that took a part: the rest is a write of its own
-    if sent then data = data:sub(sent + 1) else sent = 0 end
-  else
-    writes_now_left = WRITES_NOW
   end
   raw.write(self, data, cb)
   if sent == 0 then return wait_end(w, self, a, "write") end
@@ -866,7 +864,15 @@ function M.open(name, opts)
 end
 
 -- Every waiting function is defined: the core may hand calls over now.
-layer.hand_over(waiting)
+-- Where its methods make a task's read or write wait themselves
+-- (layer.task_waits_in_c), they arm a record's timeout as wait_end does.
+layer.hand_over(waiting, {
+  task_records = task_records,
+  arm_deadline = function(rec, pipe, kind, ms)
+    rec.target, rec.kind, rec.fn = pipe, kind, wait_timed_out
+    set_deadline(rec, ms)
+  end,
+})
 
 -- Where a C function cannot be suspended (Lua 5.1, LuaJIT), a C method
 -- that would hand its call to this layer returns a marker instead

@@ -407,10 +407,11 @@ static int raw_set_task_work(lua_State *L) {
   return 0;
 }
 
-/* layer.hand_over(fns): the Lua layer's waiting functions, by method name
- * (fns.read, fns.step, ...), each put in its slot of the waiting table; a
- * name that is not a slot's is refused, so a misspelt one cannot go
- * unnoticed. */
+/* layer.hand_over(fns [, tasks]): the Lua layer's waiting functions, by
+ * method name (fns.read, fns.step, ...), each put in its slot of the
+ * waiting table; a name that is not a slot's is refused, so a misspelt one
+ * cannot go unnoticed. tasks: what methods.c needs to make a task wait
+ * by itself (tasks.task_records, tasks.arm_deadline: binding.h). */
 static int layer_hand_over(lua_State *L) {
   int w;
   luaL_checktype(L, 1, LUA_TTABLE);
@@ -433,6 +434,13 @@ static int layer_hand_over(lua_State *L) {
                            "a function, not %s",
                         waiting_names[w], luaL_typename(L, -1));
     lua_rawseti(L, WAITING_UPV, w);
+  }
+  /* what a task's wait made in C needs (binding.h, W_TASKS) */
+  if (lua_istable(L, 2)) {
+    lua_getfield(L, 2, "task_records");
+    lua_rawseti(L, WAITING_UPV, W_TASKS);
+    lua_getfield(L, 2, "arm_deadline");
+    lua_rawseti(L, WAITING_UPV, W_ARM_DEADLINE);
   }
   return 0;
 }
@@ -467,6 +475,8 @@ static int l_attach(lua_State *L) {
   lua_setfield(L, -2, "divert_marker");
   lua_pushboolean(L, NP_C_CAN_YIELD);
   lua_setfield(L, -2, "c_can_yield");
+  lua_pushboolean(L, NP_TASK_WAITS_IN_C);
+  lua_setfield(L, -2, "task_waits_in_c");
   return 1;
 }
 

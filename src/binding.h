@@ -58,6 +58,8 @@ typedef struct loop_ud {
    * look: as a write's completion would, it asks step_loop for another
    * round (its peer, perhaps in this loop, may now have something). */
   int wrote_now;
+  /* Writes tasks did at once in a row (methods.c, write_now_budget). */
+  int writes_now;
 } loop_ud;
 
 typedef struct pipe_ud {
@@ -143,7 +145,12 @@ static inline np_loop *check_loop(lua_State *L) {
  * callback. Returns the number of results, or -1 when the slot is empty. */
 enum {
   W_CONNECT = 1, W_READ, W_READ_INTO, W_READABLE, W_WRITABLE, W_WRITE,
-  W_TRANSACT, W_TRY_READ, W_PEEK, W_STEP, W_LAST = W_STEP
+  W_TRANSACT, W_TRY_READ, W_PEEK, W_STEP, W_LAST = W_STEP,
+  /* Not waiting functions: what methods.c needs to make a task's read or
+   * write wait by itself (task_read, task_write): namedpipe.task's table
+   * of wait records by coroutine, and the Lua layer's function that arms
+   * a record's timeout (handed over as "task_records", "arm_deadline"). */
+  W_TASKS, W_ARM_DEADLINE
 };
 /* The function in slot w of the waiting table, pushed; 0 (nothing pushed)
  * if there is none. */

@@ -22,6 +22,15 @@
 #define NP_C_CAN_YIELD 0
 #endif
 
+/* A task's read or write can wait from its C method (methods.c, task_read
+ * and task_write: lua_yieldk with a continuation taking a lua_KContext,
+ * as 5.3 has it); elsewhere the Lua layer makes the task wait. */
+#if LUA_VERSION_NUM >= 503
+#define NP_TASK_WAITS_IN_C 1
+#else
+#define NP_TASK_WAITS_IN_C 0
+#endif
+
 #ifndef LUA_OK
 #define LUA_OK 0
 #endif

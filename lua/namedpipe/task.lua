@@ -24,12 +24,18 @@ local pack, unpack = compat.pack, compat.unpack
 local T = {}
 
 --- Tell the core through fn(soon, timer_at) from now on.
-function T.attach(fn) set_task_work = fn end
-
 -- coroutine -> its record while alive (T.wait_record): rec.n is its
 -- ticket, the number of the wait it was last armed for (T.arm), -1 once
--- it has ended
+-- it has ended. (The core's methods arm records too, as T.wait_record
+-- does, reading n, ticket and wake: lua/namedpipe.lua hands it over.)
 local tasks = setmetatable({}, { __mode = "k" })
+
+-- Once, from lua/namedpipe.lua: fn is told of queued work; the records
+-- go to the core (its task waits).
+function T.attach(fn)
+  set_task_work = fn
+  return tasks
+end
 local live = 0
 -- { fn, args } to run at the next step, in order: soon[soon_head] to
 -- soon[soon_tail], a queue taken from its head without moving the rest
