@@ -150,7 +150,10 @@ enum {
    * write wait by itself (task_read, task_write): namedpipe.task's table
    * of wait records by coroutine, and the Lua layer's function that arms
    * a record's timeout (handed over as "task_records", "arm_deadline"). */
-  W_TASKS, W_ARM_DEADLINE
+  W_TASKS, W_ARM_DEADLINE,
+  /* the record fields it reads and writes, as strings made once (a
+   * lua_getfield would make each anew from its C string) */
+  W_KEY_N, W_KEY_TICKET, W_KEY_WAKE
 };
 /* The function in slot w of the waiting table, pushed; 0 (nothing pushed)
  * if there is none. */

@@ -379,33 +379,41 @@ static int raw_write_now(lua_State *L) {
  * which also names what is wrong. The fields of a record it uses (n,
  * ticket, wake) are namedpipe.task's (T.wait_record). */
 
-/* The running task's wait record, armed for a new wait, pushed; 0
- * (nothing pushed) outside a task (the main thread, a coroutine of the
- * caller's own: those block instead, in the Lua layer). */
+/* The running task's wait record, pushed; 0 (nothing pushed) outside a
+ * task (the main thread, a coroutine of the caller's own: those block
+ * instead, in the Lua layer). */
 static int push_task_record(lua_State *L) {
-  lua_Integer n;
-  if (lua_pushthread(L)) { /* the main thread */
+  if (lua_rawgeti(L, WAITING_UPV, W_TASKS) != LUA_TTABLE) {
     lua_pop(L, 1);
     return 0;
   }
-  if (lua_rawgeti(L, WAITING_UPV, W_TASKS) != LUA_TTABLE) {
-    lua_pop(L, 2);
+  if (lua_pushthread(L) || lua_rawget(L, -2) != LUA_TTABLE) {
+    lua_pop(L, 2); /* the main thread, or a coroutine not a task's */
     return 0;
   }
-  lua_insert(L, -2);
-  if (lua_rawget(L, -2) != LUA_TTABLE) {
-    lua_pop(L, 2);
-    return 0;
-  }
-  lua_remove(L, -2);
-  lua_getfield(L, -1, "n");
+  lua_replace(L, -2);
+  return 1;
+}
+
+/* The record at rec armed for a new wait (as T.wait_record arms it). */
+static void arm_record(lua_State *L, int rec) {
+  lua_Integer n;
+  lua_rawgeti(L, WAITING_UPV, W_KEY_N);
+  lua_pushvalue(L, -1);
+  lua_rawget(L, rec);
   n = lua_tointeger(L, -1) + 1;
   lua_pop(L, 1);
   lua_pushinteger(L, n);
-  lua_setfield(L, -2, "ticket");
+  lua_rawset(L, rec); /* rec.n = n */
+  lua_rawgeti(L, WAITING_UPV, W_KEY_TICKET);
   lua_pushinteger(L, n);
-  lua_setfield(L, -2, "n");
-  return 1;
+  lua_rawset(L, rec); /* rec.ticket = n */
+}
+
+/* rec.wake, pushed (rec: the record's index). */
+static void push_wake(lua_State *L, int rec) {
+  lua_rawgeti(L, WAITING_UPV, W_KEY_WAKE);
+  lua_rawget(L, rec);
 }
 
 /* A timeout argument a task's wait can take as it is: nil (*has 0), or a
@@ -452,7 +460,8 @@ static int task_read(lua_State *L, pipe_ud *u) {
   if (!plain_timeout(L, 3, &ms, &has_t)) return -1;
   if (np_pipe_busy(u->p, NP_OP_READ) || !push_task_record(L)) return -1;
   rec = lua_gettop(L);
-  lua_getfield(L, rec, "wake");
+  arm_record(L, rec);
+  push_wake(L, rec);
   np_read_start(u->p, (size_t)n, NULL, anchor_operation(L, u, rec + 1),
                 NP_NOREF);
   return task_wait(L, rec, "read", has_t, ms, top, task_resumed);
@@ -494,7 +503,8 @@ static int task_write(lua_State *L) {
     data += sent;
     len -= sent;
   }
-  lua_getfield(L, rec, "wake");
+  arm_record(L, rec);
+  push_wake(L, rec);
   ref_cb = anchor_operation(L, u, rec + 1);
   if (!np_write_start(u->p, data, len, ref_cb, &keeps)) {
     release(L, u->lu, ANCHORS_UPV, ref_cb); /* as raw_write */
