@@ -470,8 +470,7 @@ static void listener_destroy(np_listener *l) {
   want_plug(l, 0);
   while (*pp != l) pp = &(*pp)->next;
   *pp = l->next;
-  np_watch_del(l->loop, l->fd);
-  close(l->fd);
+  np_watch_close(l->loop, l->fd);
   if (l->plug_fd >= 0) close(l->plug_fd);
   exit_unregister(l);
   close(l->lock_fd);

@@ -12,6 +12,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,6 +68,8 @@ static void read_buf_give(np_loop *loop, np_buf *b) {
 
 /* ------------------------------------------------------------------- loop */
 
+static unsigned long forks_now(void); /* (np_watch_close, below) */
+
 np_loop *np_loop_new(np_status *st) {
   np_loop *loop = (np_loop *)calloc(1, sizeof *loop);
   if (!loop) {
@@ -75,6 +78,7 @@ np_loop *np_loop_new(np_status *st) {
   }
   loop->host_efd = loop->host_tfd = -1;
   loop->host_timer_at = -1;
+  loop->forks_at_birth = forks_now();
   loop->epfd = epoll_create1(EPOLL_CLOEXEC);
   if (loop->epfd < 0) {
     np_status_errno(st, np_errno_err(errno), errno);
@@ -100,12 +104,50 @@ int np_watch_mod(np_loop *loop, int fd, uint32_t events, void *ptr) {
   return epoll_ctl(loop->epfd, EPOLL_CTL_MOD, fd, &ev);
 }
 
-/* Before close(): epoll forgets a socket only when its last descriptor is
- * closed, and a descriptor we do not know of (a fork) would keep it. */
-void np_watch_del(np_loop *loop, int fd) {
-  struct epoll_event ev;
-  memset(&ev, 0, sizeof ev);
-  epoll_ctl(loop->epfd, EPOLL_CTL_DEL, fd, &ev);
+/* Closing a watched socket. epoll forgets a socket only when its last
+ * descriptor is closed: a copy in a fork()ed child keeps it registered,
+ * and its events would then come to this loop for a block already freed.
+ * So a socket is taken out of the set first, unless no fork has happened
+ * since the loop was made: then the loop's descriptor is the only one (our
+ * sockets are never handed out or duplicated) and close() is enough, one
+ * system call per socket less. Forks are counted by pthread_atfork's
+ * prepare handler under fork_mutex, which np_watch_close holds from its
+ * look at the count to its close(): a fork is then either before the look
+ * (counted) or after the close (the child gets no copy). */
+static pthread_mutex_t fork_mutex = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+static unsigned long forks; /* under fork_mutex */
+static int forks_counted;   /* the handlers are in place */
+
+static void fork_prepare(void) {
+  pthread_mutex_lock(&fork_mutex);
+  forks++;
+}
+static void fork_done(void) { pthread_mutex_unlock(&fork_mutex); }
+static void count_forks(void) {
+  forks_counted = pthread_atfork(fork_prepare, fork_done, fork_done) == 0;
+}
+
+/* The fork count now, for a new loop (np_loop_new); a count that can
+ * never match when forks cannot be counted. */
+static unsigned long forks_now(void) {
+  unsigned long n;
+  pthread_once(&fork_once, count_forks);
+  pthread_mutex_lock(&fork_mutex);
+  n = forks_counted ? forks : ULONG_MAX;
+  pthread_mutex_unlock(&fork_mutex);
+  return n;
+}
+
+void np_watch_close(np_loop *loop, int fd) {
+  pthread_mutex_lock(&fork_mutex);
+  if (forks != loop->forks_at_birth) {
+    struct epoll_event ev;
+    memset(&ev, 0, sizeof ev);
+    epoll_ctl(loop->epfd, EPOLL_CTL_DEL, fd, &ev);
+  }
+  close(fd);
+  pthread_mutex_unlock(&fork_mutex);
 }
 
 static void dispatch(const struct epoll_event *ev) {

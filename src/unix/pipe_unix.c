@@ -123,8 +123,7 @@ int np_instance_attach(np_pipe *p, int fd, int peer_named) {
 
 static void drop_socket(np_pipe *p) {
   if (p->fd >= 0) {
-    np_watch_del(p->loop, p->fd);
-    close(p->fd);
+    np_watch_close(p->loop, p->fd);
     p->fd = -1;
   }
   free(p->rest);

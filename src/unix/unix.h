@@ -229,6 +229,8 @@ struct np_loop {
    * waits in a row returned them without asking epoll (np_loop_wait). */
   size_t eager_ready;
   int skipped_waits;
+  /* The process's fork count when the loop was made (np_watch_close). */
+  unsigned long forks_at_birth;
 };
 
 /* errors_unix.c */
@@ -257,7 +259,8 @@ void np_write_req_drop(np_pipe *p, np_req *r);
 void np_transact_sent(np_req *w, np_err err, long code);
 int np_watch_add(np_loop *loop, int fd, uint32_t events, void *ptr);
 int np_watch_mod(np_loop *loop, int fd, uint32_t events, void *ptr);
-void np_watch_del(np_loop *loop, int fd);
+/* Take fd out of the epoll set (where that is needed) and close it. */
+void np_watch_close(np_loop *loop, int fd);
 
 /* io_unix.c */
 void np_pipe_on_event(np_pipe *p, uint32_t events);

@@ -723,6 +723,45 @@ static void child_serves_then_exits(lua_State *L, const char *dir) {
   exit(0);
 }
 
+/* A child that holds its copies of the parent's sockets open while the
+ * parent closes its pipe and the peer's data and end arrive: they must not
+ * come to the parent's loop for the pipe's freed block (a socket is taken
+ * out of the epoll set before its close once the process has forked). */
+static void parent_closes_while_child_holds(lua_State *L, const char *dir) {
+  pid_t pid;
+  int status;
+  if (!run_chunk(L, 0,
+                 "local dir = ...\n"
+                 "local np = require 'namedpipe'\n"
+                 "HS = assert(np.create(dir .. '/held.sock'))\n"
+                 "HC = assert(np.open(dir .. '/held.sock'))\n"
+                 "assert(HS:connect(2000))\n",
+                 dir))
+    return;
+  pid = fork();
+  if (pid < 0) {
+    failf("fork: failed");
+    return;
+  }
+  if (pid == 0) {
+    sleep_ms(400); /* holding the copies */
+    _exit(0);
+  }
+  run_chunk(L, 0,
+            "local np = require 'namedpipe'\n"
+            "HS:close()\n"
+            "HS = nil\n"
+            "collectgarbage()\n"
+            "HC:write('to a closed pipe', function() end)\n"
+            "HC:close()\n"
+            "HC = nil\n"
+            "for _ = 1, 10 do np.step(20) end\n",
+            dir);
+  if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) ||
+      WEXITSTATUS(status) != 0)
+    failf("fork: a child did not exit cleanly");
+}
+
 static int mode_fork(const char *dir) {
   lua_State *L;
   new_tag("fork");
@@ -730,6 +769,7 @@ static int mode_fork(const char *dir) {
   in_child(child_exits, L, dir);
   in_child(child_closes_then_exits, L, dir);
   in_child(child_serves_then_exits, L, dir);
+  parent_closes_while_child_holds(L, dir);
   if (!file_exists(dir, "s0.sock") || !file_exists(dir, "s0.sock.lock") ||
       !file_exists(dir, "m0.sock") || !file_exists(dir, "m0.sock.lock"))
     failf("fork: a child's end removed its parent's files");
