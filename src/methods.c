@@ -16,20 +16,31 @@
 #include "np.h"
 #include "options.h"
 
-/* The pipe at index 1, or a type error (luaL_checkudata's). A pipe
- * userdata is recognised by its size and its first field, the address of
- * this static: luaL_checkudata looks the metatable up by name and compares
- * it, four API calls and a string hash on every method call; this is two
- * calls. The bytes of a userdata
- * cannot be forged from Lua (its metatable can, with debug.setmetatable,
- * which would fool luaL_checkudata but not this). */
+/* The pipe at index 1: as_pipe gives NULL for anything else, to_pipe a
+ * type error (luaL_checkudata's). A pipe userdata is recognised by its
+ * size and its first field, the address of this static: luaL_checkudata
+ * looks the metatable up by name and compares it, four API calls and a
+ * string hash on every method call; this is two calls. The bytes of a
+ * userdata cannot be forged from Lua (its metatable can, with
+ * debug.setmetatable, which would fool luaL_checkudata but not this). */
 static const char pipe_tag = 0;
 
-static pipe_ud *to_pipe(lua_State *L) {
+static pipe_ud *as_pipe(lua_State *L) {
   pipe_ud *u = (pipe_ud *)lua_touserdata(L, 1);
-  if (u && lua_rawlen(L, 1) == sizeof *u && u->tag == &pipe_tag) return u;
-  np_type_error(L, 1, NP_PIPE_MT);
-  return NULL;
+  return u && lua_rawlen(L, 1) == sizeof *u && u->tag == &pipe_tag ? u : NULL;
+}
+
+static pipe_ud *to_pipe(lua_State *L) {
+  pipe_ud *u = as_pipe(L);
+  if (!u) np_type_error(L, 1, NP_PIPE_MT);
+  return u;
+}
+
+/* The open pipe at index 1, or NULL (nothing raised): for the paths that
+ * leave whatever is wrong to the usual way, which names it. */
+static pipe_ud *open_pipe_or_null(lua_State *L) {
+  pipe_ud *u = as_pipe(L);
+  return u && u->p ? u : NULL;
 }
 
 static pipe_ud *check_pipe(lua_State *L) {
@@ -352,11 +363,10 @@ static int write_now_budget(loop_ud *lu, np_pipe *p, const char *data,
  * which also raises or fails as the call deserves (nothing is checked
  * here beyond what np_write_now needs). */
 static int raw_write_now(lua_State *L) {
-  pipe_ud *u = (pipe_ud *)lua_touserdata(L, 1);
+  pipe_ud *u = open_pipe_or_null(L);
   size_t len, written;
   const char *data;
-  if (!u || lua_rawlen(L, 1) != sizeof *u || u->tag != &pipe_tag || !u->p ||
-      lua_type(L, 2) != LUA_TSTRING) {
+  if (!u || lua_type(L, 2) != LUA_TSTRING) {
     lua_pushboolean(L, 0);
     return 1;
   }
@@ -484,13 +494,12 @@ static int task_write_resumed(lua_State *L, int status, lua_KContext base) {
  * it all (write_now_budget); else it waits, for the rest of a byte pipe's
  * data when the socket took a part. -1 when the usual way must take it. */
 static int task_write(lua_State *L) {
-  pipe_ud *u = (pipe_ud *)lua_touserdata(L, 1);
+  pipe_ud *u = open_pipe_or_null(L);
   int top = lua_gettop(L), has_t, rec, keeps, ref_cb;
   lua_Number ms = 0;
   size_t len, sent = 0;
   const char *data;
-  if (top < 2 || top > 3 || !u || lua_rawlen(L, 1) != sizeof *u ||
-      u->tag != &pipe_tag || !u->p || lua_type(L, 2) != LUA_TSTRING ||
+  if (top < 2 || top > 3 || !u || lua_type(L, 2) != LUA_TSTRING ||
       !plain_timeout(L, 3, &ms, &has_t) || !push_task_record(L))
     return -1;
   rec = lua_gettop(L);
