@@ -41,7 +41,11 @@ nothing of it is in the module a script gets. It is made of:
   * layer.set_task_work(soon, timer_at): tasks or timers need the next
     step (namedpipe.task);
   * layer.buffer_put / buffer_busy: read-ahead handed to read_into;
-  * layer.divert_marker, layer.c_can_yield: Lua 5.1 and LuaJIT (below).
+  * layer.divert_marker, layer.c_can_yield: Lua 5.1 and LuaJIT (below);
+  * layer.task_waits_in_c: the C methods read and write make a task wait
+    themselves (Lua 5.3+), with the task records and the deadline arming
+    handed over beside the waiting functions (hand_over, at the end);
+    elsewhere layer.write_now serves waiting.write.
 The framing helpers get what they need of it from install() (private).
 ]]
 local layer = core._attach()

@@ -23,15 +23,15 @@ local pack, unpack = compat.pack, compat.unpack
 
 local T = {}
 
---- Tell the core through fn(soon, timer_at) from now on.
 -- coroutine -> its record while alive (T.wait_record): rec.n is its
 -- ticket, the number of the wait it was last armed for (T.arm), -1 once
 -- it has ended. (The core's methods arm records too, as T.wait_record
 -- does, reading n, ticket and wake: lua/namedpipe.lua hands it over.)
 local tasks = setmetatable({}, { __mode = "k" })
 
--- Once, from lua/namedpipe.lua: fn is told of queued work; the records
--- go to the core (its task waits).
+--- Once, from lua/namedpipe.lua: tell the core through fn(soon, timer_at)
+--- from now on. Returns the records, which that file hands to the core
+--- (its methods make a task's read or write wait themselves).
 function T.attach(fn)
   set_task_work = fn
   return tasks
