@@ -238,8 +238,8 @@ function TestReadiness:test_messages_large_small_and_empty_in_any_order()
 end
 
 -- An instance serving its next client starts from a fresh state: what the
--- last client left (its end, a full read, a large message, EPOLLOUT) must
--- not make the new client's reads end or skip a wait.
+-- last client left (its end, a read that filled its buffer, a large
+-- message) must not make the new client's reads end or skip a wait.
 function TestReadiness:test_the_next_client_of_an_instance_starts_afresh()
   for _, mode in ipairs { "byte", "message" } do
     local opts = { pipe_mode = mode }
