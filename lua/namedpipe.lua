@@ -367,11 +367,16 @@ local function wait_begin(pipe, kind, buf, prefix)
   return op_begin(pipe, kind, buf, prefix)
 end
 
+-- A task's wait record times out its operation after ms (also armed so by
+-- the core's own task waits: hand_over, at the end).
+local function arm_deadline(rec, pipe, kind, ms)
+  rec.target, rec.kind, rec.fn = pipe, kind, wait_timed_out
+  set_deadline(rec, ms)
+end
+
 local function wait_end(w, pipe, timeout, kind)
   if w.wake then
-    if not timeout then return suspend() end
-    w.target, w.kind, w.fn = pipe, kind, wait_timed_out
-    set_deadline(w, timeout)
+    if timeout then arm_deadline(w, pipe, kind, timeout) end
     return suspend()
   end
   local op = w
@@ -869,14 +874,8 @@ end
 
 -- Every waiting function is defined: the core may hand calls over now.
 -- Where its methods make a task's read or write wait themselves
--- (layer.task_waits_in_c), they arm a record's timeout as wait_end does.
-layer.hand_over(waiting, {
-  task_records = task_records,
-  arm_deadline = function(rec, pipe, kind, ms)
-    rec.target, rec.kind, rec.fn = pipe, kind, wait_timed_out
-    set_deadline(rec, ms)
-  end,
-})
+-- (layer.task_waits_in_c), they arm a record's timeout with arm_deadline.
+layer.hand_over(waiting, { task_records = task_records, arm_deadline = arm_deadline })
 
 -- Where a C function cannot be suspended (Lua 5.1, LuaJIT), a C method
 -- that would hand its call to this layer returns a marker instead

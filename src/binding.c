@@ -191,8 +191,8 @@ static int step_loop(lua_State *L, loop_ud *lu) {
    * waits, and one with an empty queue is not begun, unless a callback
    * wrote at once (wrote_now), which counts as the completion such a
    * write would have left: a step asks the kernel no more often than
-   * before. Once the Lua layer has something to run at the next step (a task spawned or woken) or a timer has come
-   * due, the step ends after the completion being handed out, in whatever
+   * before. Once the Lua layer has something to run at the next step (a
+   * task spawned or woken) or a timer has come due, the step ends after the completion being handed out, in whatever
    * round after the first: its step runs tasks and timers between steps,
    * and they must not wait behind 64 completions. A timer still pending
    * does not stop the rounds (a task's call with a timeout has one; its

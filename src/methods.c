@@ -524,7 +524,8 @@ static int task_write(lua_State *L) {
     lua_pushvalue(L, 2);
     np_write_keep(u->p, anchor(L, u->lu, ANCHORS_UPV));
   }
-  if (sent == 0) return task_wait(L, rec, "write", has_t, ms, top, task_resumed);
+  if (sent == 0)
+    return task_wait(L, rec, "write", has_t, ms, top, task_resumed);
   lua_settop(L, rec);
   lua_pushinteger(L, (lua_Integer)sent); /* at top + 2: the base */
   return task_wait(L, rec, "write", has_t, ms, top + 2, task_write_resumed);

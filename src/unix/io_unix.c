@@ -344,9 +344,9 @@ static int write_attempt(np_pipe *p, np_req *r, np_status *st) {
  * Node's sockets flush queued writes with writev, and as libuv sends a
  * write's several buffers). Fewer, larger sends cost the kernel less per
  * byte (the per-call cost is paid once; bench/README.md has the figures).
- * The writes it took whole are finished here, in order; a write it took part of stays at the head
- * with wdone saying how much went, so only the head is ever partly sent,
- * as with one send per write. Returns IO_AGAIN when the socket is full,
+ * The writes it took whole are finished here, in order; a write it took
+ * part of stays at the head with wdone saying how much went, so only the
+ * head is ever partly sent, as with one send per write. Returns IO_AGAIN when the socket is full,
  * IO_MORE when all that was offered went, and IO_DONE with *st when the
  * sendmsg failed (the head's error, as write_attempt). */
 static int send_gathered(np_pipe *p, np_status *st) {
@@ -447,7 +447,7 @@ void np_pipe_on_event(np_pipe *p, uint32_t events) {
    * as an error from recv, not as 0, and np_recv_again goes on to the
    * message.) */
   p->rd.msg_queued = p->sock_type == SOCK_SEQPACKET && (events & EPOLLIN) &&
-                  !(events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR));
+                     !(events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR));
   if (events & READ_EVENTS) {
     p->rd.idle = 0;
     np_pump_read(p);
@@ -456,6 +456,7 @@ void np_pipe_on_event(np_pipe *p, uint32_t events) {
     np_pump_writes(p);
     np_pump_writable(p);
   }
-  if (p->rd.level && p->fd >= 0) settle_level(p, events, had_reader, had_writer);
+  if (p->rd.level && p->fd >= 0)
+    settle_level(p, events, had_reader, had_writer);
   np_readiness_check(p, "after an event");
 }
