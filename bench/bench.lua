@@ -333,11 +333,12 @@ local function churn(n, verify)
   local cur = assert(np.create(name))
   local i, done = 0, false
   local iter
+  local msg0 = msg_for(0) -- (made once, as the C program's and luv's)
 
   local function one()
     local client = assert(np.open(name))
     local srv = cur
-    local msg = verify and msg_for(i) or msg_for(0)
+    local msg = verify and msg_for(i) or msg0
     srv:connect(function(ok, err)
       if not ok then fail("churn connect:", tostring(err)) end
       cur = assert(np.create(name)) -- the next instance first
@@ -376,10 +377,11 @@ local function churn_vanish(n, verify)
   local name = pipe_name("cv")
   local i, done = 0, false
   local one
+  local msg0 = msg_for(0)
   one = function()
     local srv = assert(np.create(name))
     local client = assert(np.open(name))
-    local msg = verify and msg_for(i) or msg_for(0)
+    local msg = verify and msg_for(i) or msg0
     srv:connect(function(ok, err)
       if not ok then fail("churn_vanish connect:", tostring(err)) end
       srv:read(function(data, rerr)
