@@ -93,9 +93,28 @@ const char *np_name_problem(const char *name, size_t len) {
   return "pipe name like \\\\.\\pipe\\NAME or an absolute socket path expected";
 }
 
-static const char *env_value(const char *var) {
-  const char *v = getenv(var);
-  return v && *v ? v : NULL;
+/* NAMEDPIPE_DIR, and XDG_RUNTIME_DIR unless that one is set, each NULL when
+ * unset or empty. One walk of the environment finds both (two getenv calls
+ * walk it twice, and create and open ask on every call: see the loop's
+ * cache below); the first entry of a name is its value, as for getenv. */
+static void dir_env(const char **env_dir, const char **env_xdg) {
+  static const char DIR_EQ[] = "NAMEDPIPE_DIR=", XDG_EQ[] = "XDG_RUNTIME_DIR=";
+  const char *dir = NULL, *xdg = NULL, *s;
+  char **e = environ;
+  /* (two letters before strncmp, as glibc's getenv: s[1] is there, if only
+   * the terminating NUL, since s[0] is not) */
+  for (; e && (s = *e) != NULL; e++) {
+    if (s[0] == 'N' && s[1] == 'A' && !dir &&
+        strncmp(s, DIR_EQ, sizeof DIR_EQ - 1) == 0) {
+      dir = s + sizeof DIR_EQ - 1;
+      if (*dir) break; /* XDG_RUNTIME_DIR no longer matters */
+    } else if (s[0] == 'X' && s[1] == 'D' && !xdg &&
+               strncmp(s, XDG_EQ, sizeof XDG_EQ - 1) == 0) {
+      xdg = s + sizeof XDG_EQ - 1;
+    }
+  }
+  *env_dir = dir && *dir ? dir : NULL;
+  *env_xdg = !*env_dir && xdg && *xdg ? xdg : NULL;
 }
 
 /* /tmp is shared: a directory someone else made there is not ours to use,
@@ -174,14 +193,13 @@ static int absolute_path(const char *name, char path[NP_SUN_PATH],
 int np_socket_path(const char *name, int create_dir, char path[NP_SUN_PATH],
                    np_status *st) {
   char dir[4096];
-  const char *leaf, *env_dir;
+  const char *leaf, *env_dir, *env_xdg;
   size_t leaf_len;
   int is_tmp, n;
   if (!(leaf = pipe_leaf(name))) return absolute_path(name, path, st);
   leaf_len = strlen(leaf);
-  env_dir = env_value("NAMEDPIPE_DIR");
-  n = socket_dir(env_dir, env_dir ? NULL : env_value("XDG_RUNTIME_DIR"),
-                 leaf_len, dir, sizeof dir, &is_tmp);
+  dir_env(&env_dir, &env_xdg);
+  n = socket_dir(env_dir, env_xdg, leaf_len, dir, sizeof dir, &is_tmp);
   if (n < 0) {
     np_status_errno(st, NP_INVALID_NAME, ENAMETOOLONG);
     return 0;
@@ -198,7 +216,7 @@ int np_socket_path(const char *name, int create_dir, char path[NP_SUN_PATH],
  * geteuid) on every create and open, for an answer that does not change:
  * the loop keeps the directory it worked out, with the environment values
  * it came from, and which checks it passed. Every call still reads the
- * environment (getenv, no system call), so a changed NAMEDPIPE_DIR or
+ * environment (dir_env, no system call), so a changed NAMEDPIPE_DIR or
  * XDG_RUNTIME_DIR is honoured at once. Kept per loop:
  *  - the effective uid of /tmp/namedpipe-UID, read when the directory is
  *    worked out (a process that changes its euid keeps using the directory
@@ -239,8 +257,7 @@ int np_socket_path_cached(np_loop *loop, const char *name, int create_dir,
   size_t leaf_len;
   if (!(leaf = pipe_leaf(name))) return absolute_path(name, path, st);
   leaf_len = strlen(leaf);
-  env_dir = env_value("NAMEDPIPE_DIR");
-  env_xdg = env_dir ? NULL : env_value("XDG_RUNTIME_DIR");
+  dir_env(&env_dir, &env_xdg);
   if (!c->valid || !same_value(c->env_dir, env_dir) ||
       !same_value(c->env_xdg, env_xdg)) {
     char dir[4096];
