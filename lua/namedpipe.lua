@@ -798,14 +798,36 @@ end
 --- suspending only the calling task (elsewhere it drives the loop); on
 --- timeout nil, "timed out", "TIMEOUT", 0. ev:is_set().
 function M.event()
-  local ev, waiters, values = {}, {}, nil
+  -- waiters in arrival order; a waiter that timed out leaves false in its
+  -- place (found through `at`, not by a walk: many waiters timing out one
+  -- by one must not cost a walk each), and the holes are squeezed out once
+  -- they are half the list
+  local ev, waiters, at, holes, values = {}, {}, {}, 0, nil
+  local function leave(resume)
+    local i = at[resume]
+    if not i then return end -- set() woke it: the list is gone
+    waiters[i], at[resume], holes = false, nil, holes + 1
+    if holes * 2 > #waiters then
+      local kept = {}
+      for j = 1, #waiters do
+        local w = waiters[j]
+        if w then
+          kept[#kept + 1] = w
+          at[w] = #kept
+        end
+      end
+      waiters, holes = kept, 0
+    end
+  end
   function ev:set(...)
     if values then return false end
     values = pack(...)
     -- woken from the next step, never inside set(): the setter may be in
     -- the middle of something the waiter must not interrupt
-    for i = 1, #waiters do task.soon(waiters[i]) end
-    waiters = {}
+    for i = 1, #waiters do
+      if waiters[i] then task.soon(waiters[i]) end
+    end
+    waiters, at, holes = {}, {}, 0
     return true
   end
   function ev:is_set() return values ~= nil end
@@ -817,12 +839,11 @@ function M.event()
         -- wakes the task, the other does nothing
         local resume = task.waiter()
         waiters[#waiters + 1] = resume
+        at[resume] = #waiters
         local timer = timeout and task.add_timer(timeout, resume)
         task.suspend()
         if timer then task.cancel_timer(timer) end
-        for i = #waiters, 1, -1 do
-          if waiters[i] == resume then table.remove(waiters, i) end
-        end
+        leave(resume)
       else
         local deadline = timeout and now() + timeout
         while not values do

@@ -532,3 +532,38 @@ function TestTasks:test_event_hands_results_between_tasks()
   lu.assertEquals(r[3], "TIMEOUT")
   lu.assertEquals(select(3, other:wait(10)), "TIMEOUT")
 end
+
+-- Waiters that time out leave one by one (each without a walk of the
+-- others); set() then wakes exactly those still waiting, in the order they
+-- came, newcomers after the holes were squeezed out included.
+function TestTasks:test_event_waiters_timing_out_leave_the_rest_in_order()
+  local ev, n = np.event(), 300
+  local woke, timed_out = {}, {}
+  local function waiter(i, timeout)
+    np.spawn(function()
+      local v, _, errname = ev:wait(timeout)
+      if v == nil then
+        lu.assertEquals(errname, "TIMEOUT")
+        timed_out[#timed_out + 1] = i
+      else
+        lu.assertEquals(v, "go")
+        woke[#woke + 1] = i
+      end
+    end)
+  end
+  -- two in three time out, at deadlines out of arrival order; the rest
+  -- would time out too, failing the test, were set() to miss them
+  for i = 1, n do waiter(i, i % 3 ~= 0 and 5 + (i * 7) % 11 or 5000) end
+  np.spawn(function()
+    np.sleep(60) -- after every timeout: the holes are squeezed out by now
+    for i = n + 1, n + 20 do waiter(i, 1000) end
+    np.sleep(1)
+    lu.assertTrue(ev:set("go"))
+  end)
+  np.run()
+  local want = {}
+  for i = 3, n, 3 do want[#want + 1] = i end
+  for i = n + 1, n + 20 do want[#want + 1] = i end
+  lu.assertEquals(woke, want)
+  lu.assertEquals(#timed_out, n - math.floor(n / 3))
+end
