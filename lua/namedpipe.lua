@@ -108,14 +108,33 @@ end
 -- any more, below), handed out before the pipe's. Set only through
 -- set_readahead: the C methods hand a pipe's reads over to this layer
 -- while it has some.
+-- Its bytes from readahead_at[pipe] on are unread (from 1 without an
+-- entry): a short read, a line or a frame taken from the front moves the
+-- mark and copies only what it takes, so many small reads of one large
+-- read-ahead cost what they take, not the rest's length each.
 local readahead = setmetatable({}, { __mode = "k" })
+local readahead_at = setmetatable({}, { __mode = "k" })
+
+-- The read-ahead as a string and where its unread bytes begin, or nil.
+local function readahead_view(pipe)
+  return readahead[pipe], readahead_at[pipe] or 1
+end
+
+local function readahead_len(pipe)
+  local buf, at = readahead_view(pipe)
+  return buf and #buf - at + 1 or 0
+end
+
+-- The unread bytes as one string (a copy unless from the start), or nil.
+local function readahead_rest(pipe)
+  local buf, at = readahead_view(pipe)
+  if buf and at > 1 then return buf:sub(at) end
+  return buf
+end
 
 --- np._read_ahead(pipe): how many bytes this layer holds for the pipe (a
 --- read-only view, for tests and debugging).
-function M._read_ahead(pipe)
-  local buf = readahead[pipe]
-  return buf and #buf or 0
-end
+function M._read_ahead(pipe) return readahead_len(pipe) end
 
 -- Which connection of a server instance this is: disconnect() (below)
 -- counts them. Bytes this layer took from one connection are handed on
@@ -164,18 +183,27 @@ local function sync_divert(pipe)
 end
 
 local function set_readahead(pipe, buf)
-  readahead[pipe] = buf
+  readahead[pipe], readahead_at[pipe] = buf, nil
   sync_divert(pipe)
 end
 
+-- The bytes before position `at` of the read-ahead string have been taken.
+local function readahead_skip(pipe, at)
+  if at > #readahead[pipe] then
+    set_readahead(pipe, nil)
+  else
+    readahead_at[pipe] = at
+  end
+end
+
 local function append_readahead(pipe, s)
-  local old = readahead[pipe]
+  local old = readahead_rest(pipe)
   set_readahead(pipe, old and old .. s or s)
 end
 
 local function prepend_readahead(pipe, s)
   if s == "" then return end
-  local old = readahead[pipe]
+  local old = readahead_rest(pipe)
   set_readahead(pipe, old and s .. old or s)
 end
 
@@ -404,14 +432,14 @@ local function has_readahead(pipe)
 end
 
 local function take_readahead(pipe, n)
-  local buf = readahead[pipe]
+  local buf, at = readahead_view(pipe)
   if not buf then return nil end
-  if n and n < #buf then
-    set_readahead(pipe, buf:sub(n + 1))
-    return buf:sub(1, n)
+  if n and n < #buf - at + 1 then
+    readahead_skip(pipe, at + n)
+    return buf:sub(at, at + n - 1)
   end
   set_readahead(pipe, nil)
-  return buf
+  return at > 1 and buf:sub(at) or buf
 end
 
 -- A callback-form call made while an abandoned operation holds its slot
@@ -630,10 +658,10 @@ end
 function waiting.peek(self)
   local t, msg, name, code = raw.peek(self)
   if not t then return nil, msg, name, code end
-  local ahead = readahead[self]
-  if ahead then
-    t.available = t.available + #ahead
-    if t.message then t.message = #ahead end
+  if readahead[self] ~= nil then -- (an empty message read ahead counts)
+    local ahead = readahead_len(self)
+    t.available = t.available + ahead
+    if t.message then t.message = ahead end
   end
   return t
 end
@@ -923,6 +951,9 @@ end
 
 require("namedpipe.framing").install(M, methods, {
   readahead = readahead, set_readahead = set_readahead, session = session,
+  readahead_view = readahead_view, readahead_len = readahead_len,
+  readahead_rest = readahead_rest, readahead_skip = readahead_skip,
+  take_readahead = take_readahead,
   check_timeout = check_timeout, settle = settle,
   wait_begin = wait_begin, wait_end = wait_end, raw = raw,
 })

@@ -12,6 +12,8 @@ local F = {}
 -- P: namedpipe.lua's private parts (its read-ahead, sessions and waits).
 function F.install(M, methods, P)
   local readahead, set_readahead, now, session = P.readahead, P.set_readahead, M.now, P.session
+  local readahead_view, readahead_len, readahead_rest, readahead_skip =
+    P.readahead_view, P.readahead_len, P.readahead_rest, P.readahead_skip
 
   local function deadline_left(deadline)
     if not deadline then return nil end
@@ -51,12 +53,12 @@ function F.install(M, methods, P)
     if not ok then return nil, "timed out", "TIMEOUT", 0 end
     local deadline = t and now() + t
     local connection = session(self)
-    local piece = readahead[self] or ""
+    local piece = readahead_rest(self) or ""
     local pieces, before = { piece }, 0
     set_readahead(self, nil)
     local function keep(s)
       if #s > 0 and session(self) == connection then
-        set_readahead(self, s .. (readahead[self] or ""))
+        set_readahead(self, s .. (readahead_rest(self) or ""))
       end
     end
     while true do
@@ -96,6 +98,16 @@ function F.install(M, methods, P)
   function methods.read_line(self, timeout)
     check_pipe(self, "read_line")
     check_timeout(timeout, 2, "read_line")
+    -- A line already read ahead is cut from it in place (its bytes come
+    -- before those of any abandoned read, which read_until settles first).
+    local buf, at = readahead_view(self)
+    local nl = buf and buf:find("\n", at, true)
+    if nl then
+      readahead_skip(self, nl + 1)
+      local stop = nl - 1
+      if stop >= at and buf:byte(stop) == 13 then stop = stop - 1 end
+      return buf:sub(at, stop)
+    end
     local line, msg, name, code = read_until(self, timeout, function(piece, before)
       local i = piece:find("\n", 1, true)
       if i then return before + i - 1, before + i end
@@ -105,7 +117,7 @@ function F.install(M, methods, P)
       return line
     end
     if name == "EOF" and readahead[self] then
-      local last = readahead[self]
+      local last = readahead_rest(self)
       set_readahead(self, nil)
       return last
     end
@@ -133,6 +145,7 @@ function F.install(M, methods, P)
       error("bad argument #2 to 'read_exact' (byte count >= 0 expected)", 2)
     end
     check_timeout(timeout, 3, "read_exact")
+    if readahead_len(self) >= n and readahead[self] then return P.take_readahead(self, n) end
     return read_until(self, timeout, function(piece, before)
       if before + #piece >= n then return n, n end
     end)
@@ -174,6 +187,16 @@ function F.install(M, methods, P)
     if math_type(max) ~= "integer" or max < 0 then
       error(("bad np.max_frame_size (integer >= 0 expected, got %s) in 'read_frame'")
         :format(math_type(max) or type(max)), 2)
+    end
+    -- a whole frame already read ahead is cut from it in place
+    local have = readahead_len(self)
+    if have >= 4 then
+      local buf, at = readahead_view(self)
+      local len = from_u32be(buf:sub(at, at + 3))
+      if len <= max and have >= 4 + len then
+        readahead_skip(self, at + 4 + len)
+        return buf:sub(at + 4, at + 3 + len)
+      end
     end
     local need
     local frame, msg, name, code = read_until(self, timeout, function(piece, before, pieces)

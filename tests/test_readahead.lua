@@ -1,0 +1,146 @@
+--[[
+tests/test_readahead.lua - what the framing readers read past the end of a
+line or frame (the read-ahead) is handed out, in order and once, by every
+kind of read that follows.
+
+One write sends a stream of records, so the first framing read takes most
+of it at once and everything after is served from the read-ahead: lines
+(ending "\n" or "\r\n"), frames (a 4-byte big-endian length, then the
+bytes, any of them "\n") and runs of raw bytes. The reader knows the
+records and reads each with the method that fits, chosen at random for the
+raw runs (read_exact, a series of read(n), a series of read_into) with
+peek and np._read_ahead looked at on the way. Seeds: NP_READAHEAD_SEED
+(one) or the fixed list below.
+]]
+local lu = require "luaunit"
+local np = require "namedpipe"
+local H = require "tests.helpers"
+
+TestReadahead = {}
+
+function TestReadahead:tearDown() H.settle(2000) end
+
+local function u32be(n)
+  return string.char(math.floor(n / 16777216) % 256, math.floor(n / 65536) % 256,
+    math.floor(n / 256) % 256, n % 256)
+end
+
+-- Random bytes, "\n" and "\r" included unless plain (a line's content).
+local function bytes(g, n, plain)
+  local t = {}
+  for i = 1, n do
+    local b = g.rnd(256) - 1
+    if plain and (b == 10 or b == 13) then b = 65 end
+    t[i] = string.char(b)
+  end
+  return table.concat(t)
+end
+
+-- The records and the stream that carries them.
+local function make_stream(g, count)
+  local records, parts = {}, {}
+  for i = 1, count do
+    local kind = g.weighted { { 4, "line" }, { 3, "frame" }, { 3, "raw" } }
+    local r = { kind = kind }
+    if kind == "line" then
+      r.text = bytes(g, g.rnd(41) - 1, true)
+      parts[#parts + 1] = r.text .. (g.chance(3) and "\r\n" or "\n")
+    elseif kind == "frame" then
+      r.text = bytes(g, g.rnd(61) - 1)
+      parts[#parts + 1] = u32be(#r.text) .. r.text
+    else
+      r.text = bytes(g, g.rnd(50))
+      parts[#parts + 1] = r.text
+    end
+    records[i] = r
+  end
+  records[1] = { kind = "line", text = "first" } -- a framing read takes the rest ahead
+  parts[1] = "first\n"
+  return records, table.concat(parts)
+end
+
+-- Read a raw run of #want bytes some way; returns what was read.
+local function read_raw(g, pipe, want)
+  local how = g.pick { "exact", "read", "read_into" }
+  if how == "exact" then return assert(pipe:read_exact(#want, 2000)) end
+  local got = {}
+  local left = #want
+  while left > 0 do
+    local n = g.rnd(left)
+    if how == "read" then
+      local s = assert(pipe:read(n, 2000))
+      lu.assertTrue(#s >= 1 and #s <= n)
+      got[#got + 1] = s
+      left = left - #s
+    else
+      local buf = np.buffer(n)
+      local k = assert(pipe:read_into(buf, 2000))
+      lu.assertTrue(k >= 1 and k <= n)
+      got[#got + 1] = buf:sub(1, k)
+      left = left - k
+    end
+  end
+  return table.concat(got)
+end
+
+local function run_seed(seed)
+  local g = H.generator(seed)
+  local server, client = H.pair()
+  local records, stream = make_stream(g, 300)
+  assert(client:write(stream, 5000))
+  local consumed = 0
+  for i, r in ipairs(records) do
+    local what = ("seed %d, record %d (%s)"):format(seed, i, r.kind)
+    if g.chance(8) then -- what is read ahead shows in peek, never more than is left
+      local ahead = np._read_ahead(server)
+      lu.assertTrue(ahead <= #stream - consumed, what)
+      local p = assert(server:peek())
+      lu.assertTrue(p.available >= ahead, what)
+    end
+    local got
+    if r.kind == "line" then
+      got = assert(server:read_line(2000))
+    elseif r.kind == "frame" then
+      got = assert(server:read_frame(2000))
+    else
+      got = read_raw(g, server, r.text)
+    end
+    lu.assertEquals(got, r.text, what)
+    consumed = consumed + #r.text
+  end
+  lu.assertEquals(np._read_ahead(server), 0, ("seed %d: nothing left over"):format(seed))
+  assert(client:write("tail\n", 2000))
+  lu.assertEquals(server:read_line(2000), "tail")
+  H.close_all(server, client)
+end
+
+function TestReadahead:test_every_kind_of_read_takes_the_read_ahead_in_order()
+  local seeds = { 1, 2, 3, 7, 42, 1000, 65535, 123456789 }
+  local env = os.getenv("NP_READAHEAD_SEED")
+  if env then seeds = { assert(tonumber(env), "NP_READAHEAD_SEED: a number") } end
+  for _, seed in ipairs(seeds) do run_seed(seed) end
+end
+
+-- A burst of short lines read one by one, in a task and outside one, with
+-- a partial line at the end of what came first completed by a later write.
+function TestReadahead:test_lines_of_one_burst_then_a_line_split_across_writes()
+  local server, client = H.pair()
+  local lines = {}
+  for i = 1, 2000 do lines[i] = ("line %d"):format(i) end
+  assert(client:write(table.concat(lines, "\n") .. "\npart", 5000))
+  for i = 1, 1000 do lu.assertEquals(server:read_line(2000), lines[i]) end
+  local got = {}
+  np.spawn(function()
+    for i = 1001, 2000 do got[#got + 1] = server:read_line(2000) end
+    got[#got + 1] = server:read_line(2000)
+  end)
+  np.spawn(function()
+    np.sleep(5)
+    assert(client:write("ial\r\n", 2000))
+  end)
+  np.run()
+  lu.assertEquals(#got, 1001)
+  for i = 1001, 2000 do lu.assertEquals(got[i - 1000], lines[i]) end
+  lu.assertEquals(got[1001], "partial")
+  H.close_all(server, client)
+end
