@@ -75,7 +75,8 @@
 struct np_listener {
   np_watch watch; /* first: epoll data.ptr */
   np_loop *loop;
-  np_listener *next; /* the loop's registry */
+  np_listener *next; /* the loop's table: the next in this chain */
+  unsigned hash;     /* of path (path_hash) */
   char path[NP_SUN_PATH];
   char *lock_path;
   int fd, lock_fd, plug_fd;
@@ -91,7 +92,8 @@ struct np_listener {
   int backlog;
   int maybe_queued; /* a client may be queued: accept4 may succeed */
   int level;        /* registered level-triggered (see Accepting) */
-  int plug_wanted;  /* counted in loop->plugs_wanted */
+  int plug_wanted;  /* counted in loop->plugs_wanted, in its plug list */
+  np_listener *plug_prev, *plug_next;
   np_pipe_meta meta;
   unsigned n_instances, n_free;
   np_pipe *instances;
@@ -414,11 +416,84 @@ fail:
   return 0;
 }
 
+/* ------------------------------------------------- the loop's listeners */
+
+/* A loop finds a name's listener on every create and open, and a process
+ * may serve thousands of names: a table of chains by a hash of the path
+ * (FNV-1a), doubled whenever it holds as many listeners as chains, so that
+ * neither walks every name the loop serves. A table that cannot grow (no
+ * memory) keeps its size: longer chains, the same answers. */
+static unsigned path_hash(const char *path) {
+  unsigned h = 2166136261u;
+  for (; *path; path++) h = (h ^ (unsigned char)*path) * 16777619u;
+  return h;
+}
+
+static np_listener **chain_of(np_loop *loop, unsigned hash) {
+  return &loop->listener_table[hash & (loop->listener_slots - 1)];
+}
+
+/* The table exists (made with the first listener); 0: no memory. */
+static int table_ready(np_loop *loop) {
+  if (loop->listener_table) return 1;
+  loop->listener_table = (np_listener **)calloc(16, sizeof *loop->listener_table);
+  if (!loop->listener_table) return 0;
+  loop->listener_slots = 16;
+  return 1;
+}
+
+static void table_grow(np_loop *loop) {
+  unsigned slots = loop->listener_slots * 2, i;
+  np_listener **t;
+  if (slots > (1u << 24)) return;
+  t = (np_listener **)calloc(slots, sizeof *t);
+  if (!t) return;
+  for (i = 0; i < loop->listener_slots; i++) {
+    np_listener *l = loop->listener_table[i], *next;
+    for (; l; l = next) {
+      next = l->next;
+      l->next = t[l->hash & (slots - 1)];
+      t[l->hash & (slots - 1)] = l;
+    }
+  }
+  free(loop->listener_table);
+  loop->listener_table = t;
+  loop->listener_slots = slots;
+}
+
+static void table_add(np_listener *l) {
+  np_loop *loop = l->loop;
+  np_listener **chain;
+  if (loop->n_listeners >= loop->listener_slots) table_grow(loop);
+  chain = chain_of(loop, l->hash);
+  l->next = *chain;
+  *chain = l;
+  loop->n_listeners++;
+}
+
+static void table_remove(np_listener *l) {
+  np_listener **pp = chain_of(l->loop, l->hash);
+  while (*pp != l) pp = &(*pp)->next;
+  *pp = l->next;
+  l->loop->n_listeners--;
+}
+
+static np_listener *table_find(np_loop *loop, const char *path) {
+  unsigned h;
+  np_listener *l;
+  if (!loop->listener_table) return NULL;
+  h = path_hash(path);
+  for (l = *chain_of(loop, h); l; l = l->next)
+    if (l->hash == h && strcmp(l->path, path) == 0) return l;
+  return NULL;
+}
+
 static np_listener *listener_open(np_loop *loop, const char *path,
                                   const np_server_options *o, int sock_type,
                                   unsigned mode, np_status *st) {
   np_listener *l = (np_listener *)calloc(1, sizeof *l);
-  if (!l || !(l->lock_path = lock_path_of(path))) {
+  if (!l || !(l->lock_path = lock_path_of(path)) || !table_ready(loop)) {
+    if (l) free(l->lock_path);
     free(l);
     np_status_errno(st, NP_NO_MEMORY, ENOMEM);
     return NULL;
@@ -427,6 +502,7 @@ static np_listener *listener_open(np_loop *loop, const char *path,
   l->loop = loop;
   l->fd = l->lock_fd = l->plug_fd = -1;
   strcpy(l->path, path);
+  l->hash = path_hash(path);
   l->meta.sock_type = sock_type;
   l->meta.max_instances = o->max_instances;
   l->meta.inbound = o->access_inbound != 0;
@@ -442,8 +518,7 @@ static np_listener *listener_open(np_loop *loop, const char *path,
     unlink(l->path);
     goto fail_owned;
   }
-  l->next = loop->listeners;
-  loop->listeners = l;
+  table_add(l);
   exit_register(l);
   return l;
 fail_owned:
@@ -456,20 +531,31 @@ fail:
   return NULL;
 }
 
+/* In the loop's plug list (np_listener_plug_deferred walks only that), or
+ * out of it. */
 static void want_plug(np_listener *l, int on) {
+  np_loop *loop = l->loop;
   if (l->plug_wanted == on) return;
   l->plug_wanted = on;
-  if (on)
-    l->loop->plugs_wanted++;
-  else
-    l->loop->plugs_wanted--;
+  if (on) {
+    loop->plugs_wanted++;
+    l->plug_prev = NULL;
+    l->plug_next = loop->plug_head;
+    if (loop->plug_head) loop->plug_head->plug_prev = l;
+    loop->plug_head = l;
+  } else {
+    loop->plugs_wanted--;
+    if (l->plug_prev)
+      l->plug_prev->plug_next = l->plug_next;
+    else
+      loop->plug_head = l->plug_next;
+    if (l->plug_next) l->plug_next->plug_prev = l->plug_prev;
+  }
 }
 
 static void listener_destroy(np_listener *l) {
-  np_listener **pp = &l->loop->listeners;
   want_plug(l, 0);
-  while (*pp != l) pp = &(*pp)->next;
-  *pp = l->next;
+  table_remove(l);
   np_watch_close(l->loop, l->fd);
   if (l->plug_fd >= 0) close(l->plug_fd);
   exit_unregister(l);
@@ -487,8 +573,7 @@ np_listener *np_listener_get(np_loop *loop, const char *path,
     np_status_errno(st, NP_INVALID_ARGUMENT, EINVAL);
     return NULL;
   }
-  for (l = loop->listeners; l; l = l->next)
-    if (strcmp(l->path, path) == 0) break;
+  l = table_find(loop, path);
   if (!l) return listener_open(loop, path, o, sock_type, mode, st);
   if (o->first_pipe_instance) {
     np_status_errno(st, NP_ACCESS_DENIED, EACCES);
@@ -601,21 +686,21 @@ static void plug_now(np_listener *l) {
 }
 
 void np_listener_plug_deferred(np_loop *loop) {
-  np_listener *l;
-  for (l = loop->listeners; l && loop->plugs_wanted > 0; l = l->next)
-    if (l->plug_wanted) plug_now(l);
+  np_listener *l, *next;
+  /* (plug_now takes l out of the list; should it come back in, it is at
+   * the head, behind this walk) */
+  for (l = loop->plug_head; l; l = next) {
+    next = l->plug_next;
+    plug_now(l);
+  }
 }
 
 np_listener *np_listener_find(np_loop *loop, const char *path) {
-  np_listener *l;
-  for (l = loop->listeners; l; l = l->next)
-    if (strcmp(l->path, path) == 0) {
-      /* A client of ours must see PIPE_BUSY as it did with the plug made
-       * at once. */
-      if (l->plug_wanted) plug_now(l);
-      return l;
-    }
-  return NULL;
+  np_listener *l = table_find(loop, path);
+  /* A client of ours must see PIPE_BUSY as it did with the plug made at
+   * once. */
+  if (l && l->plug_wanted) plug_now(l);
+  return l;
 }
 
 static int is_plug(const np_listener *l, const struct sockaddr_un *peer,

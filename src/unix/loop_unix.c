@@ -406,6 +406,7 @@ int np_loop_close(np_loop *loop) {
   np_dir_cache_free(loop);
   np_host_close(loop);
   close(loop->epfd);
+  free(loop->listener_table); /* (its last listener went with its pipe) */
   free(loop);
   return 1; /* sockets copy: the kernel never holds our memory */
 }

@@ -208,9 +208,15 @@ struct np_loop {
   np_req *ready_head, *ready_tail;
   size_t ready_count;
   NP_LOOP_COMMON_FIELDS
-  np_listener *listeners;
+  /* The listeners by path (listener_unix.c): listener_slots chains (a
+   * power of two, 0 until the first listener), n_listeners in them. */
+  np_listener **listener_table;
+  unsigned listener_slots, n_listeners;
   int closing; /* np_loop_close: take no new clients */
-  unsigned plugs_wanted; /* listeners whose plug waits for np_loop_wait */
+  /* The listeners whose plug waits for np_loop_wait: how many, and their
+   * list. */
+  unsigned plugs_wanted;
+  np_listener *plug_head;
   np_dir_cache dir;
   /* Message reads (message_unix.c, recv_message): a spill area of spill_size
    * bytes (mmap'ed on first use), as large as any message can be. */
