@@ -93,8 +93,10 @@ static int anchor_operation(lua_State *L, pipe_ud *u, int arg) {
 
 /* The userdata for a pipe, made before the backend makes the pipe: a
  * memory error raised after it would leave an open pipe (and its socket or
- * handle) that nothing refers to. Until pipe_attach, p is NULL (closed, to
- * every method and to __gc). */
+ * handle) that nothing refers to. It gets its metatable (its methods and
+ * __gc) in pipe_attach, which cannot raise: a create or open that fails
+ * leaves plain memory to collect, not an object to finalize (a client
+ * retrying a busy name makes one per try). */
 static pipe_ud *pipe_new(lua_State *L, int is_server) {
   pipe_ud *u = (pipe_ud *)lua_newuserdatauv(L, sizeof *u, 0);
   u->tag = &pipe_tag;
@@ -104,14 +106,15 @@ static pipe_ud *pipe_new(lua_State *L, int is_server) {
   u->self_ref = LUA_NOREF;
   u->is_server = is_server;
   u->readahead = 0;
-  lua_pushvalue(L, PIPE_MT_UPV); /* luaL_setmetatable looks it up by name */
-  lua_setmetatable(L, -2);
   return u;
 }
 
-static void pipe_attach(pipe_ud *u, np_pipe *p) {
+/* The userdata u, on top of the stack, is the pipe p's. */
+static void pipe_attach(lua_State *L, pipe_ud *u, np_pipe *p) {
   u->p = p;
   np_pipe_set_user(p, u);
+  lua_pushvalue(L, PIPE_MT_UPV); /* luaL_setmetatable looks it up by name */
+  lua_setmetatable(L, -2);
 }
 
 /* Count a name's length as Windows does, in UTF-16 units. */
@@ -152,7 +155,7 @@ static int l_create(lua_State *L) {
   u = pipe_new(L, 1);
   p = np_server_create(loop, name, &o, &st);
   if (!p) return np_push_status(L, &st);
-  pipe_attach(u, p);
+  pipe_attach(L, u, p);
   return 1;
 }
 
@@ -167,7 +170,7 @@ static int l_open(lua_State *L) {
   u = pipe_new(L, 0);
   p = np_client_open(loop, name, &o, &st);
   if (!p) return np_push_status(L, &st);
-  pipe_attach(u, p);
+  pipe_attach(L, u, p);
   return 1;
 }
 
