@@ -243,6 +243,47 @@ function TestPeer:test_transact_cancelled_while_its_request_waits()
   H.close_all(server, client)
 end
 
+-- Transacts cancelled in the middle of a backed-up queue, with writes
+-- queued before and after each: every write arrives once and in order
+-- (a transact's request may arrive too, where the system had sent it
+-- before the cancel, as Windows may), and each transact ends CANCELLED.
+function TestPeer:test_transacts_cancelled_between_queued_writes()
+  local server, client = H.pair({ pipe_mode = "message", in_buffer_size = 4096, out_buffer_size = 4096 },
+                                { pipe_mode = "message" })
+  local pad = string.rep("w", 3000)
+  local n, ended = 0, {}
+  local function write_some(k)
+    for _ = 1, k do
+      n = n + 1
+      client:write(("%05d"):format(n) .. pad, function() end)
+    end
+  end
+  write_some(300) -- more than any send buffer holds: the rest wait in the queue
+  for t = 1, 5 do
+    client:transact("transact " .. t, function(...) ended[t] = table.pack(...) end)
+    write_some(20)
+    np.step(0)
+    client:cancel("transact")
+    write_some(10)
+    H.pump(function() return ended[t] ~= nil end, 5000, "transact " .. t .. "'s end")
+    lu.assertEquals(ended[t][3], "CANCELLED", "transact " .. t)
+  end
+  local want = 1
+  while want <= n do
+    local m = assert(server:read(nil, 5000))
+    if m:sub(1, 9) ~= "transact " then
+      lu.assertEquals(m:sub(1, 5), ("%05d"):format(want))
+      lu.assertEquals(#m, 5 + #pad)
+      want = want + 1
+    end
+  end
+  assert(client:write("after", 2000))
+  local m = server:read(nil, 2000)
+  while m:sub(1, 9) == "transact " do m = server:read(nil, 2000) end
+  lu.assertEquals(m, "after")
+  H.close_all(server, client)
+end
+
 -- A transact whose waiter unwinds (a task raised while the main thread
 -- waited in it) hands its reply to the next read, and a timeout cancels
 -- the transact alone, not the pipe's other operations.

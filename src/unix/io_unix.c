@@ -378,8 +378,7 @@ static int send_gathered(np_pipe *p, np_status *st) {
   while ((r = p->wq_head) != NULL && k-- > 0 && left >= r->wlen - r->wdone) {
     left -= r->wlen - r->wdone;
     r->wdone = r->wlen;
-    p->wq_head = r->next;
-    if (!p->wq_head) p->wq_tail = NULL;
+    np_wq_unlink(p, r);
     np_req_ready(r, NP_OK, 0);
   }
   if (r && left) r->wdone += left;
@@ -402,8 +401,7 @@ void np_pump_writes(np_pipe *p) {
       if (np_want_writable(p)) return;
       np_status_errno(&st, np_errno_err(errno), errno);
     }
-    p->wq_head = r->next;
-    if (!p->wq_head) p->wq_tail = NULL;
+    np_wq_unlink(p, r);
     np_req_ready(r, st.err, st.code);
   }
 }

@@ -436,11 +436,7 @@ void np_transact_start(np_pipe *p, const char *data, size_t len, int ref_cb,
   w->wdata = data;
   w->wlen = len;
   p->transact_write = w;
-  if (p->wq_tail)
-    p->wq_tail->next = w;
-  else
-    p->wq_head = w;
-  p->wq_tail = w;
+  np_wq_push(p, w);
   if (p->wq_head == w) np_pump_writes(p);
 }
 

@@ -155,13 +155,8 @@ static void finish_pending(np_pipe *p, np_op op, np_err err, long code) {
              p->transact_write) {
     /* its request has not gone: it never will (a message goes whole or
      * not at all), and the caller may let its bytes go */
-    np_req **pp = &p->wq_head, *prev = NULL, *w = p->transact_write;
-    while (*pp != w) {
-      prev = *pp;
-      pp = &prev->next;
-    }
-    *pp = w->next;
-    if (p->wq_tail == w) p->wq_tail = prev;
+    np_req *w = p->transact_write;
+    np_wq_unlink(p, w);
     p->transact_write = NULL;
     np_write_req_drop(p, w);
     np_req_ready(&p->read_req, err, code);
@@ -171,10 +166,9 @@ static void finish_pending(np_pipe *p, np_op op, np_err err, long code) {
   } else if (op == NP_OP_WRITE) {
     /* A partly sent write says how much went (len), as on Windows. */
     while ((r = p->wq_head) != NULL) {
-      p->wq_head = r->next;
+      np_wq_unlink(p, r);
       np_req_ready(r, err, code);
     }
-    p->wq_tail = NULL;
   }
 }
 
@@ -469,11 +463,7 @@ int np_write_start(np_pipe *p, const char *data, size_t len, int ref_cb,
     np_req_ready(r, st.err, st.code);
     return 1;
   }
-  if (p->wq_tail)
-    p->wq_tail->next = r;
-  else
-    p->wq_head = r;
-  p->wq_tail = r;
+  np_wq_push(p, r);
   if (p->wq_head == r) np_pump_writes(p);
   /* Sent whole (or failed) at once: finished, data no longer needed. */
   *keeps = r->state == REQ_PENDING;

@@ -93,6 +93,7 @@ typedef struct np_req {
   int ref_cb, ref_data;
   np_status status;
   struct np_req *next; /* write queue, or the loop's ready queue */
+  struct np_req *qprev; /* write queue: the one before (np_wq_*) */
   struct np_req *wprev, *wnext; /* the pipe's allocated writes (all states) */
   /* write: the anchored Lua string and how much of it the socket took */
   const char *wdata;
@@ -400,5 +401,31 @@ int np_read_message(np_pipe *p, size_t max, np_buf *dst, size_t *len,
 int np_recv_message(np_pipe *p, np_buf *dst, size_t *len, np_status *st);
 
 NP_INTERNAL_END
+
+/* The pipe's write queue (wq_head..wq_tail by next, back by qprev): writes
+ * go in at the tail, leave at the head as they are sent, and a transact's
+ * write may leave from anywhere (cancelled before it went) without a walk
+ * of what is queued before it. */
+static inline void np_wq_push(np_pipe *p, np_req *r) {
+  r->next = NULL;
+  r->qprev = p->wq_tail;
+  if (p->wq_tail)
+    p->wq_tail->next = r;
+  else
+    p->wq_head = r;
+  p->wq_tail = r;
+}
+
+static inline void np_wq_unlink(np_pipe *p, np_req *r) {
+  if (r->qprev)
+    r->qprev->next = r->next;
+  else
+    p->wq_head = r->next;
+  if (r->next)
+    r->next->qprev = r->qprev;
+  else
+    p->wq_tail = r->qprev;
+  r->next = r->qprev = NULL;
+}
 
 #endif
