@@ -589,7 +589,7 @@ end
 -- A task's write that the system takes at once returns at once: nothing
 -- to wait for, so no completion, no timer, no switch back to the loop
 -- (Linux). Where the C method can make a task wait, it does this itself
--- (methods.c, task_write); elsewhere (Lua 5.1, 5.2, LuaJIT) it is done
+-- (task_waits.c, np_task_write); elsewhere (Lua 5.1, 5.2, LuaJIT) it is done
 -- here, with raw.write_now, which also keeps count of such writes in a
 -- row, so that a task writing to a fast reader still lets the others run.
 local write_now = not layer.task_waits_in_c and raw.write_now

@@ -126,6 +126,41 @@ static inline void release(lua_State *L, loop_ud *lu, int t, int slot) {
   lu->free_slots[lu->n_free++] = slot;
 }
 
+/* ---- operations in flight: their anchors, and the pipe's (methods.c,
+ * task_waits.c) ---- */
+
+/* One more operation in flight for the pipe at index 1: it anchors the
+ * userdata, unless already anchored, so it outlives every completion still
+ * to come. */
+static inline void pin_pipe(lua_State *L, pipe_ud *u) {
+  u->inflight++;
+  if (u->self_ref == LUA_NOREF) {
+    lua_pushvalue(L, 1);
+    u->self_ref = anchor(L, u->lu, ANCHORS_UPV);
+  }
+}
+
+/* One operation fewer, at once (an operation that could not start): the
+ * last one lets the userdata go, unless its callback is running
+ * (settle_held lets it go then). t: the anchor table's index. */
+static inline void unpin_pipe(lua_State *L, pipe_ud *u, int t) {
+  if (--u->inflight == 0 && u->lu->held != u) {
+    release(L, u->lu, t, u->self_ref);
+    u->self_ref = LUA_NOREF;
+  }
+}
+
+/* Anchor the callback at `arg` (and the pipe) before the backend sees the
+ * operation; room is left for one more anchor (a write's bytes). */
+static inline int anchor_operation(lua_State *L, pipe_ud *u, int arg) {
+  int ref;
+  reserve_anchors(L, u->lu, 3);
+  lua_pushvalue(L, arg);
+  ref = anchor(L, u->lu, ANCHORS_UPV);
+  pin_pipe(L, u);
+  return ref;
+}
+
 static inline np_loop *check_loop(lua_State *L) {
   loop_ud *lu = (loop_ud *)lua_touserdata(L, LOOP_UPV);
   if (!lu->loop) luaL_error(L, "namedpipe: the loop is closed");
@@ -146,8 +181,8 @@ static inline np_loop *check_loop(lua_State *L) {
 enum {
   W_CONNECT = 1, W_READ, W_READ_INTO, W_READABLE, W_WRITABLE, W_WRITE,
   W_TRANSACT, W_TRY_READ, W_PEEK, W_STEP, W_LAST = W_STEP,
-  /* Not waiting functions: what methods.c needs to make a task's read or
-   * write wait by itself (task_read, task_write): namedpipe.task's table
+  /* Not waiting functions: what task_waits.c needs to make a task's read or
+   * write wait by itself: namedpipe.task's table
    * of wait records by coroutine, and the Lua layer's function that arms
    * a record's timeout (handed over as "task_records", "arm_deadline"). */
   W_TASKS, W_ARM_DEADLINE,

@@ -22,8 +22,8 @@
 #define NP_C_CAN_YIELD 0
 #endif
 
-/* A task's read or write can wait from its C method (methods.c, task_read
- * and task_write: lua_yieldk with a continuation taking a lua_KContext,
+/* A task's read or write can wait from its C method (task_waits.c, np_task_read
+ * and np_task_write: lua_yieldk with a continuation taking a lua_KContext,
  * as 5.3 has it); elsewhere the Lua layer makes the task wait. */
 #if LUA_VERSION_NUM >= 503
 #define NP_TASK_WAITS_IN_C 1

@@ -15,6 +15,7 @@
 #include "buffer.h"
 #include "np.h"
 #include "options.h"
+#include "task_waits.h"
 
 /* The pipe at index 1: as_pipe gives NULL for anything else, to_pipe a
  * type error (luaL_checkudata's). A pipe userdata is recognised by its
@@ -57,38 +58,6 @@ static pipe_ud *check_server(lua_State *L) {
 
 static void check_callback(lua_State *L, int arg) {
   if (lua_type(L, arg) != LUA_TFUNCTION) np_type_error(L, arg, "function");
-}
-
-/* One more operation in flight for the pipe at index 1: it anchors the
- * userdata, unless already anchored, so it outlives every completion still
- * to come. */
-static void pin_pipe(lua_State *L, pipe_ud *u) {
-  u->inflight++;
-  if (u->self_ref == LUA_NOREF) {
-    lua_pushvalue(L, 1);
-    u->self_ref = anchor(L, u->lu, ANCHORS_UPV);
-  }
-}
-
-/* One operation fewer, at once (an operation that could not start): the
- * last one lets the userdata go, unless its callback is running
- * (settle_held lets it go then). t: the anchor table's index. */
-static void unpin_pipe(lua_State *L, pipe_ud *u, int t) {
-  if (--u->inflight == 0 && u->lu->held != u) {
-    release(L, u->lu, t, u->self_ref);
-    u->self_ref = LUA_NOREF;
-  }
-}
-
-/* Anchor the callback at `arg` (and the pipe) before the backend sees the
- * operation; room is left for one more anchor (a write's bytes). */
-static int anchor_operation(lua_State *L, pipe_ud *u, int arg) {
-  int ref;
-  reserve_anchors(L, u->lu, 3);
-  lua_pushvalue(L, arg);
-  ref = anchor(L, u->lu, ANCHORS_UPV);
-  pin_pipe(L, u);
-  return ref;
 }
 
 /* The userdata for a pipe, made before the backend makes the pipe: a
@@ -341,25 +310,6 @@ static int try_read(lua_State *L, pipe_ud *u) {
 
 static int raw_try_read(lua_State *L) { return try_read(L, check_pipe(L)); }
 
-/* A task's write that the system takes at once returns at once: nothing
- * to wait for, so no completion, no timer, no switch back to the loop
- * (np_write_now). Not more than NP_WRITES_NOW in a row, so that a task
- * writing to a fast reader still lets the others run (as Tokio's budget
- * makes a task yield after so many operations that were ready): the next
- * one waits as usual. Counts as a completion for step_loop (wrote_now). */
-#define NP_WRITES_NOW 32
-static int write_now_budget(loop_ud *lu, np_pipe *p, const char *data,
-                            size_t len, size_t *written) {
-  if (lu->writes_now >= NP_WRITES_NOW) {
-    lu->writes_now = 0;
-    return 0;
-  }
-  if (!np_write_now(p, data, len, written)) return 0;
-  lu->writes_now++;
-  lu->wrote_now = 1;
-  return 1;
-}
-
 /* layer.write_now(pipe, data), for the Lua layer's task waits (where a C
  * method cannot wait, NP_TASK_WAITS_IN_C): the bytes the system took at
  * once, with no completion to follow, or false: then write as usual,
@@ -374,166 +324,13 @@ static int raw_write_now(lua_State *L) {
     return 1;
   }
   data = lua_tolstring(L, 2, &len);
-  if (!write_now_budget(u->lu, u->p, data, len, &written)) {
+  if (!np_write_now_budget(u->lu, u->p, data, len, &written)) {
     lua_pushboolean(L, 0);
     return 1;
   }
   lua_pushinteger(L, (lua_Integer)written);
   return 1;
 }
-
-#if NP_TASK_WAITS_IN_C
-/* A task's read or write, the usual waiting call, made here rather than
- * in the Lua layer (lua/namedpipe.lua, wait_end): the operation starts
- * with the task's wait record as its callback, a timeout arms the
- * record's deadline, and the method yields; the record's wake resumes it
- * with the results. Only for the plain case; anything else (read-ahead,
- * a bad argument, an operation pending, not a task) takes the usual way,
- * which also names what is wrong. The fields of a record it uses (n,
- * ticket, wake) are namedpipe.task's (T.wait_record). */
-
-/* The running task's wait record, pushed; 0 (nothing pushed) outside a
- * task (the main thread, a coroutine of the caller's own: those block
- * instead, in the Lua layer). */
-static int push_task_record(lua_State *L) {
-  if (lua_rawgeti(L, WAITING_UPV, W_TASKS) != LUA_TTABLE) {
-    lua_pop(L, 1);
-    return 0;
-  }
-  if (lua_pushthread(L) || lua_rawget(L, -2) != LUA_TTABLE) {
-    lua_pop(L, 2); /* the main thread, or a coroutine not a task's */
-    return 0;
-  }
-  lua_replace(L, -2);
-  return 1;
-}
-
-/* The record at rec armed for a new wait (as T.wait_record arms it). */
-static void arm_record(lua_State *L, int rec) {
-  lua_Integer n;
-  lua_rawgeti(L, WAITING_UPV, W_KEY_N);
-  lua_pushvalue(L, -1);
-  lua_rawget(L, rec);
-  n = lua_tointeger(L, -1) + 1;
-  lua_pop(L, 1);
-  lua_pushinteger(L, n);
-  lua_rawset(L, rec); /* rec.n = n */
-  lua_rawgeti(L, WAITING_UPV, W_KEY_TICKET);
-  lua_pushinteger(L, n);
-  lua_rawset(L, rec); /* rec.ticket = n */
-}
-
-/* rec.wake, pushed (rec: the record's index). */
-static void push_wake(lua_State *L, int rec) {
-  lua_rawgeti(L, WAITING_UPV, W_KEY_WAKE);
-  lua_rawget(L, rec);
-}
-
-/* A timeout argument a task's wait can take as it is: nil (*has 0), or a
- * number >= 0 (NaN is not). Else 0: the usual way raises. */
-static int plain_timeout(lua_State *L, int arg, lua_Number *ms, int *has) {
-  *has = !lua_isnoneornil(L, arg);
-  if (!*has) return 1;
-  if (lua_type(L, arg) != LUA_TNUMBER) return 0;
-  *ms = lua_tonumber(L, arg);
-  return *ms >= 0;
-}
-
-/* After the operation started with the record (at rec) as callback: its
- * deadline, if any, then the yield. What resumes the task (the record's
- * wake) is what the method returns: above base on the stack. */
-static int task_resumed(lua_State *L, int status, lua_KContext base) {
-  (void)status;
-  return lua_gettop(L) - (int)base;
-}
-
-static int task_wait(lua_State *L, int rec, const char *kind, int has_t,
-                     lua_Number ms, int base, lua_KFunction k) {
-  if (has_t && lua_rawgeti(L, WAITING_UPV, W_ARM_DEADLINE) == LUA_TFUNCTION) {
-    lua_pushvalue(L, rec);
-    lua_pushvalue(L, 1);
-    lua_pushstring(L, kind);
-    lua_pushnumber(L, ms);
-    lua_call(L, 4, 0);
-  }
-  lua_settop(L, base);
-  return lua_yieldk(L, 0, (lua_KContext)base, k);
-}
-
-/* read([n] [, timeout]) in a task, nothing read ahead: -1 when the usual
- * way must take it. */
-static int task_read(lua_State *L, pipe_ud *u) {
-  int top = lua_gettop(L), has_t, rec;
-  lua_Number ms = 0;
-  lua_Integer n = 0;
-  if (top > 3) return -1;
-  if (top >= 2 && !lua_isnil(L, 2)) {
-    if (!lua_isinteger(L, 2) || (n = lua_tointeger(L, 2)) < 1) return -1;
-  }
-  if (!plain_timeout(L, 3, &ms, &has_t)) return -1;
-  if (np_pipe_busy(u->p, NP_OP_READ) || !push_task_record(L)) return -1;
-  rec = lua_gettop(L);
-  arm_record(L, rec);
-  push_wake(L, rec);
-  np_read_start(u->p, (size_t)n, NULL, anchor_operation(L, u, rec + 1),
-                NP_NOREF);
-  return task_wait(L, rec, "read", has_t, ms, top, task_resumed);
-}
-
-/* A write the socket took part of at once: its count is below base. */
-static int task_write_resumed(lua_State *L, int status, lua_KContext base) {
-  int n = lua_gettop(L) - (int)base;
-  (void)status;
-  if (n > 0 && lua_isinteger(L, (int)base + 1))
-    lua_pushinteger(L, lua_tointeger(L, (int)base) +
-                           lua_tointeger(L, (int)base + 1));
-  else
-    return n;
-  lua_replace(L, (int)base + 1);
-  return n;
-}
-
-/* write(data [, timeout]) in a task: done at once when the system takes
- * it all (write_now_budget); else it waits, for the rest of a byte pipe's
- * data when the socket took a part. -1 when the usual way must take it. */
-static int task_write(lua_State *L) {
-  pipe_ud *u = open_pipe_or_null(L);
-  int top = lua_gettop(L), has_t, rec, keeps, ref_cb;
-  lua_Number ms = 0;
-  size_t len, sent = 0;
-  const char *data;
-  if (top < 2 || top > 3 || !u || lua_type(L, 2) != LUA_TSTRING ||
-      !plain_timeout(L, 3, &ms, &has_t) || !push_task_record(L))
-    return -1;
-  rec = lua_gettop(L);
-  data = lua_tolstring(L, 2, &len);
-  if (write_now_budget(u->lu, u->p, data, len, &sent)) {
-    if (sent == len) {
-      lua_pushinteger(L, (lua_Integer)sent);
-      return 1;
-    }
-    data += sent;
-    len -= sent;
-  }
-  arm_record(L, rec);
-  push_wake(L, rec);
-  ref_cb = anchor_operation(L, u, rec + 1);
-  if (!np_write_start(u->p, data, len, ref_cb, &keeps)) {
-    release(L, u->lu, ANCHORS_UPV, ref_cb); /* as raw_write */
-    unpin_pipe(L, u, ANCHORS_UPV);
-    return luaL_error(L, "not enough memory");
-  }
-  if (keeps) { /* the string: anchored while the backend points into it */
-    lua_pushvalue(L, 2);
-    np_write_keep(u->p, anchor(L, u->lu, ANCHORS_UPV));
-  }
-  if (sent == 0)
-    return task_wait(L, rec, "write", has_t, ms, top, task_resumed);
-  lua_settop(L, rec);
-  lua_pushinteger(L, (lua_Integer)sent); /* at top + 2: the base */
-  return task_wait(L, rec, "write", has_t, ms, top + 2, task_write_resumed);
-}
-#endif
 
 static int m_try_write(lua_State *L) {
   pipe_ud *u = check_pipe(L);
@@ -582,7 +379,7 @@ static int m_read(lua_State *L) {
   int n;
   check_nothing_after(L, 3);
 #if NP_TASK_WAITS_IN_C
-  if (!u->readahead && (n = task_read(L, u)) >= 0) return n;
+  if (!u->readahead && (n = np_task_read(L, u)) >= 0) return n;
 #endif
   if ((u->readahead || lua_type(L, lua_gettop(L)) != LUA_TFUNCTION) &&
       (n = divert(L, W_READ)) >= 0)
@@ -625,7 +422,8 @@ static int m_write(lua_State *L) {
   int n;
   check_nothing_after(L, 3);
 #if NP_TASK_WAITS_IN_C
-  if (lua_type(L, 3) != LUA_TFUNCTION && (n = task_write(L)) >= 0) return n;
+  if (lua_type(L, 3) != LUA_TFUNCTION && (n = np_task_write(L, open_pipe_or_null(L))) >= 0)
+    return n;
 #endif
   if (lua_type(L, 3) != LUA_TFUNCTION && (n = divert(L, W_WRITE)) >= 0) return n;
   return raw_write(L);

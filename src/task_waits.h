@@ -1,0 +1,25 @@
+/* task_waits.h - a task's waits made in C (task_waits.c). */
+#ifndef NP_TASK_WAITS_H
+#define NP_TASK_WAITS_H
+
+#include "binding.h"
+
+NP_INTERNAL_BEGIN
+
+/* Write data whole at once for a task, with no completion to follow
+ * (np_write_now), within the budget of NP_WRITES_NOW in a row: 1 with
+ * *written, 0 when the write must go the usual way. */
+int np_write_now_budget(loop_ud *lu, np_pipe *p, const char *data,
+                        size_t len, size_t *written);
+
+#if NP_TASK_WAITS_IN_C
+/* The method's call made here, in the running task: its results (the
+ * task suspended until they came), or -1 when the usual way must take
+ * it (u: the open pipe at index 1, or NULL for write). */
+int np_task_read(lua_State *L, pipe_ud *u);
+int np_task_write(lua_State *L, pipe_ud *u);
+#endif
+
+NP_INTERNAL_END
+
+#endif
