@@ -24,11 +24,11 @@ function TestManyNames:tearDown() H.settle(2000) end
 local function run_seed(seed, n_names, steps)
   local g = H.generator(seed)
   local names, state = {}, {}
-  for i = 1, n_names do
-    names[i] = H.name("many" .. i)
+  for k = 1, n_names do
+    names[k] = H.name("many" .. k)
     -- server: the instance or nil; client: its client or nil; listening:
     -- the callback's results of a connect() called after a disconnect
-    state[i] = {}
+    state[k] = {}
   end
   local i, step
   local function where(what) return ("seed %d, step %d, %s: %s"):format(seed, step, names[i], what) end
@@ -89,14 +89,14 @@ local function run_seed(seed, n_names, steps)
     end
   end
   lu.assertTrue(created > n_names / 2, "seed " .. seed .. ": most names were made")
-  for i = 1, n_names do
-    local s = state[i]
+  for k = 1, n_names do
+    local s = state[k]
     if s.client then s.client:close() end
     if s.server then s.server:close() end
   end
   -- every name is gone
-  for i = 1, n_names, 7 do
-    lu.assertEquals(select(3, np.open(names[i])), "NOT_FOUND", "seed " .. seed .. ": " .. names[i])
+  for k = 1, n_names, 7 do
+    lu.assertEquals(select(3, np.open(names[k])), "NOT_FOUND", "seed " .. seed .. ": " .. names[k])
   end
 end
 
@@ -127,7 +127,7 @@ function TestManyNames:test_busy_names_are_busy_to_another_process()
     for k = 1, select("#", ...) do
       local p, _, errname = np.open((select(k, ...)))
       io.write(p and "connected" or errname, "\n")
-    end]], (table.unpack or unpack)(names))
+    end]], table.unpack(names))
   lu.assertTrue(ok, out)
   lu.assertEquals(out, string.rep("PIPE_BUSY\n", #names))
   for _, p in ipairs(pairs_) do H.close_all(p[1], p[2]) end

@@ -131,7 +131,7 @@ function TestReadahead:test_lines_of_one_burst_then_a_line_split_across_writes()
   for i = 1, 1000 do lu.assertEquals(server:read_line(2000), lines[i]) end
   local got = {}
   np.spawn(function()
-    for i = 1001, 2000 do got[#got + 1] = server:read_line(2000) end
+    for _ = 1001, 2000 do got[#got + 1] = server:read_line(2000) end
     got[#got + 1] = server:read_line(2000)
   end)
   np.spawn(function()
