@@ -417,14 +417,7 @@ static inline void np_wq_push(np_pipe *p, np_req *r) {
 }
 
 static inline void np_wq_unlink(np_pipe *p, np_req *r) {
-  if (r->qprev)
-    r->qprev->next = r->next;
-  else
-    p->wq_head = r->next;
-  if (r->next)
-    r->next->qprev = r->qprev;
-  else
-    p->wq_tail = r->qprev;
+  NP_DLIST_REMOVE(p->wq_head, p->wq_tail, r, qprev, next);
   r->next = r->qprev = NULL;
 }
 
