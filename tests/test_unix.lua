@@ -171,6 +171,52 @@ function TestUnix:test_stale_lock_file_longer_description_is_replaced()
   lu.assertFalse(exists(path .. ".lock"))
 end
 
+-- The socket file has exactly the mode asked for (security = "0660"...),
+-- whatever the umask took from it, and the lock file the read bits of that
+-- mode plus the owner's 0600; a stale lock file of our own with other bits
+-- gets those. Checked from a process of its own for each umask.
+function TestUnix:test_file_modes_are_exact_under_any_umask()
+  linux_only()
+  -- mode asked -> the lock file's mode
+  local lock_mode = { ["0600"] = "600", ["0660"] = "640", ["0644"] = "644",
+                      ["0666"] = "644", ["0700"] = "600", ["0755"] = "644" }
+  local cases, got, want = { "0600", "0660", "0644", "0666", "0700", "0755" }, {}, {}
+  for _, umask in ipairs { "022", "077", "000", "027" } do
+    for _, stale in ipairs { false, true } do
+      local dir = scratch_dir()
+      if stale then
+        for _, mode in ipairs(cases) do
+          write_file(("%s/%s.sock.lock"):format(dir, mode), "namedpipe=1 type=message max=9\n")
+          assert(sh(("chmod 0640 %s/%s.sock.lock"):format(q(dir), mode)))
+        end
+      end
+      local ok, out = H.run_lua_env("umask " .. umask .. ";", [[
+        local np = require "namedpipe"
+        local dir = ...
+        local function mode_of(path)
+          local p = io.popen("stat -c %a '" .. path .. "'")
+          local m = p:read("*l")
+          p:close()
+          return m
+        end
+        for _, mode in ipairs { "0600", "0660", "0644", "0666", "0700", "0755" } do
+          local path = dir .. "/" .. mode .. ".sock"
+          local s = assert(np.create(path, { security = mode }))
+          io.write(mode, " ", mode_of(path), " ", mode_of(path .. ".lock"), "\n")
+          s:close()
+        end
+      ]], dir)
+      lu.assertTrue(ok, out)
+      for _, mode in ipairs(cases) do
+        local key = ("umask %s%s %s"):format(umask, stale and " stale" or "", mode)
+        got[key] = out:match(mode .. " (%d+ %d+)\n")
+        want[key] = mode:sub(2) .. " " .. lock_mode[mode]
+      end
+    end
+  end
+  lu.assertEquals(got, want)
+end
+
 -- Windows removes a pipe with the process that made it, however it ends.
 -- Here the socket and its lock file are files: a process that ends without
 -- closing its Lua state (os.exit) removes them on its way out all the same.

@@ -150,28 +150,30 @@ static void whole_file_lock(struct flock *fl) {
   fl->l_whence = SEEK_SET;
 }
 
-/* The lock file is written (truncated, chmod'ed, its description put in),
- * and in a directory others can write to (an absolute socket path in /tmp)
- * someone may have put a file there first. O_NOFOLLOW stops a symlink, not a
- * hard link to a file of ours elsewhere, nor a FIFO, nor a file another user
- * keeps open to rewrite the description clients read. So the file must be a
- * plain one of our own, with no other name, that nobody else may write to:
- * as a server makes it ((mode & 0444) | 0600). A stale one of a dead
- * server of ours passes. */
-static int lock_file_ours(int fd) {
-  struct stat sb;
-  return fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) &&
-         sb.st_uid == geteuid() && sb.st_nlink <= 1 &&
-         (sb.st_mode & (S_IWGRP | S_IWOTH)) == 0;
+/* The lock file is written (chmod'ed, its description put in), and in a
+ * directory others can write to (an absolute socket path in /tmp) someone
+ * may have put a file there first. O_NOFOLLOW stops a symlink, not a hard
+ * link to a file of ours elsewhere, nor a FIFO, nor a file another user
+ * keeps open to rewrite the description clients read. So the file must be
+ * a plain one of our own, with no other name, that nobody else may write
+ * to: as a server makes it ((mode & 0444) | 0600). A stale one of a dead
+ * server of ours passes. sb: the file's fstat. */
+static int lock_file_ours(const struct stat *sb) {
+  return S_ISREG(sb->st_mode) && sb->st_uid == geteuid() &&
+         sb->st_nlink <= 1 && (sb->st_mode & (S_IWGRP | S_IWOTH)) == 0;
 }
 
+/* The lock file opened (made if missing), locked and checked; *held: its
+ * fstat once locked (publish_meta writes only what differs from it). The
+ * lock comes before the look: nobody writes the file but its lock's
+ * holder, so what fstat tells then stays true while we hold it. */
 static int take_ownership(np_listener *l, int first, unsigned mode,
-                          np_status *st) {
+                          struct stat *held, np_status *st) {
   /* Clients may read the description; only the owner writes it. */
   mode_t lock_mode = (mode_t)((mode & 0444) | 0600);
   int attempt;
   for (attempt = 0; attempt < 8; attempt++) {
-    struct stat held, named;
+    struct stat named;
     struct flock fl;
     int fd = open(l->lock_path,
                   O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY |
@@ -185,11 +187,6 @@ static int take_ownership(np_listener *l, int first, unsigned mode,
         np_status_errno(st, np_errno_err(errno), errno);
       return 0;
     }
-    if (!lock_file_ours(fd)) {
-      close(fd);
-      np_status_errno(st, NP_ACCESS_DENIED, EACCES);
-      return 0;
-    }
     whole_file_lock(&fl);
     if (fcntl(fd, F_OFD_SETLK, &fl) != 0) {
       int e = errno;
@@ -200,13 +197,18 @@ static int take_ownership(np_listener *l, int first, unsigned mode,
         np_status_errno(st, np_errno_err(e), e);
       return 0;
     }
+    if (fstat(fd, held) != 0 || !lock_file_ours(held)) {
+      close(fd);
+      np_status_errno(st, NP_ACCESS_DENIED, EACCES);
+      return 0;
+    }
     /* The previous owner unlinks the file before letting go of it: if that
      * happened between our open and our lock, we hold an orphan. */
-    if (fstat(fd, &held) == 0 && stat(l->lock_path, &named) == 0 &&
-        held.st_dev == named.st_dev && held.st_ino == named.st_ino) {
+    if (stat(l->lock_path, &named) == 0 && held->st_dev == named.st_dev &&
+        held->st_ino == named.st_ino) {
       l->lock_fd = fd;
-      l->lock_dev = held.st_dev;
-      l->lock_ino = held.st_ino;
+      l->lock_dev = held->st_dev;
+      l->lock_ino = held->st_ino;
       return 1;
     }
     close(fd);
@@ -215,20 +217,26 @@ static int take_ownership(np_listener *l, int first, unsigned mode,
   return 0;
 }
 
-static void publish_meta(np_listener *l, unsigned mode) {
+/* held: the lock file as take_ownership found it (a new one: empty, with
+ * the mode asked), so a fresh file costs one write. */
+static void publish_meta(np_listener *l, unsigned mode,
+                         const struct stat *held) {
   char line[128];
+  mode_t lock_mode = (mode_t)((mode & 0444) | 0600);
   int n = snprintf(line, sizeof line, meta_format,
                    l->meta.sock_type == SOCK_SEQPACKET ? "message" : "byte",
                    l->meta.max_instances, l->meta.inbound, l->meta.outbound);
   /* A stale file may belong to us with other bits; ours wins. */
-  if (fchmod(l->lock_fd, (mode_t)((mode & 0444) | 0600)) != 0) { /* keep it */ }
-  /* Written first, then cut to its length (a stale longer tail goes; a
+  if ((held->st_mode & 07777) != lock_mode &&
+      fchmod(l->lock_fd, lock_mode) != 0) { /* keep it */ }
+  /* Written first, then cut to its length if a stale one was longer (a
    * reader in between stops at the newline). Never truncated to zero and
    * written again: ext4 takes that for a file being replaced and writes its
    * blocks to disk when it is closed (auto_da_alloc), which made closing a
    * server whose name goes away wait for the disk, on a file that is
    * unlinked anyway. */
-  if (n > 0 && pwrite(l->lock_fd, line, (size_t)n, 0) == n) {
+  if (n > 0 && pwrite(l->lock_fd, line, (size_t)n, 0) == n &&
+      held->st_size > n) {
     if (ftruncate(l->lock_fd, n) != 0) { /* the newline ends the line */ }
   }
 }
@@ -384,18 +392,29 @@ static int clear_path(const char *path, int first, np_status *st) {
   return 0;
 }
 
-static int bind_socket(np_listener *l, unsigned mode, np_status *st) {
+/* The socket, bound at the path and listening. The bind is tried first:
+ * usually nothing is there, and a look beforehand would cost a system call
+ * per create. What is there (EADDRINUSE) is cleared if it is a dead
+ * server's (clear_path), and the bind tried once more. */
+static int bind_socket(np_listener *l, unsigned mode, int first,
+                       np_status *st) {
   struct sockaddr_un sa;
   struct stat sb;
   l->fd = socket(AF_UNIX, l->meta.sock_type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (l->fd < 0) goto fail;
   /* Linux creates the file with the socket inode's mode minus the umask:
    * set it first so the file is never more open than asked, then set it
-   * exactly (the umask may have removed bits that were asked for). */
+   * exactly if the umask took bits that were asked for. */
   if (fchmod(l->fd, (mode_t)mode) != 0) goto fail;
   fill_addr(&sa, l->path);
-  if (bind(l->fd, (struct sockaddr *)&sa, sizeof sa) != 0) goto fail;
-  if (chmod(l->path, (mode_t)mode) != 0 || lstat(l->path, &sb) != 0) {
+  if (bind(l->fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+    if (errno != EADDRINUSE) goto fail;
+    if (!clear_path(l->path, first, st)) return 0;
+    if (bind(l->fd, (struct sockaddr *)&sa, sizeof sa) != 0) goto fail;
+  }
+  if (lstat(l->path, &sb) != 0 ||
+      ((sb.st_mode & 07777) != (mode_t)mode &&
+       chmod(l->path, (mode_t)mode) != 0)) {
     int e = errno;
     unlink(l->path);
     errno = e;
@@ -491,6 +510,7 @@ static np_listener *table_find(np_loop *loop, const char *path) {
 static np_listener *listener_open(np_loop *loop, const char *path,
                                   const np_server_options *o, int sock_type,
                                   unsigned mode, np_status *st) {
+  struct stat held;
   np_listener *l = (np_listener *)calloc(1, sizeof *l);
   if (!l || !(l->lock_path = lock_path_of(path)) || !table_ready(loop)) {
     if (l) free(l->lock_path);
@@ -507,11 +527,9 @@ static np_listener *listener_open(np_loop *loop, const char *path,
   l->meta.max_instances = o->max_instances;
   l->meta.inbound = o->access_inbound != 0;
   l->meta.outbound = o->access_outbound != 0;
-  if (!take_ownership(l, o->first_pipe_instance, mode, st)) goto fail;
-  publish_meta(l, mode);
-  if (!clear_path(path, o->first_pipe_instance, st) ||
-      !bind_socket(l, mode, st))
-    goto fail_owned;
+  if (!take_ownership(l, o->first_pipe_instance, mode, &held, st)) goto fail;
+  publish_meta(l, mode, &held);
+  if (!bind_socket(l, mode, o->first_pipe_instance, st)) goto fail_owned;
   l->level = 1;
   if (np_watch_add(loop, l->fd, EPOLLIN, l) != 0) {
     np_status_errno(st, np_errno_err(errno), errno);
