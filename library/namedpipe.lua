@@ -105,6 +105,19 @@ function Pipe:connect(cb_or_timeout) end
 ---@overload fun(self: namedpipe.Pipe, cb: fun(data: string?, msg: string?, name: namedpipe.ErrorName?, code: integer?))
 function Pipe:read(n, cb_or_timeout) end
 
+--- Read on and on: `cb(data)` for every read (as `read(cb)` gives it: what
+--- is available, or one whole message), until `read_stop()`, `cancel("read")`
+--- or a failure, which it gets as its last call (`nil, msg, "EOF"` at the end
+--- of the stream). Meanwhile the read slot is taken: other reads are refused.
+---@param cb fun(data: string?, msg: string?, name: namedpipe.ErrorName?, code: integer?)
+function Pipe:read_start(cb) end
+
+--- Stop a `read_start`. From its callback nothing is pending any more; from
+--- elsewhere the pending read is cancelled without a call (the callback
+--- still gets bytes that read had taken), and the read slot is free once
+--- that has been dispatched by a step. Does nothing when not reading.
+function Pipe:read_stop() end
+
 --- Read into `buf` from its first byte, as `read(#buf)` without a new
 --- string; returns the byte count. The buffer is the pipe's while pending.
 ---@param buf namedpipe.Buffer

@@ -176,10 +176,14 @@ local function dead(thread) return thread ~= nil and co_status(thread) == "dead"
 -- While a read-slot operation is recorded, reads divert to this layer too
 -- (methods.c: the same flag as read-ahead), so that a read in any form
 -- finds an abandoned one before the C method would refuse it.
+-- A read_start waiting for what this layer holds of the pipe (below,
+-- waiting.read_start) diverts them as well.
+local starting = setmetatable({}, { __mode = "k" })
 local raw_set_readahead = raw.set_readahead
 local function sync_divert(pipe)
   local ops = inflight[pipe]
-  raw_set_readahead(pipe, readahead[pipe] ~= nil or (ops ~= nil and ops.read ~= nil))
+  raw_set_readahead(pipe, readahead[pipe] ~= nil or (ops ~= nil and ops.read ~= nil)
+    or starting[pipe] ~= nil)
 end
 
 local function set_readahead(pipe, buf)
@@ -455,6 +459,15 @@ end
 -- The functions below get the calls the C methods hand over (binding.c,
 -- divert); errors they raise point at level 4, the method's caller.
 
+-- A read_start holds the read slot from its call on, also while it waits
+-- here for what this layer holds (as the C methods refuse a read while a
+-- read_start's reads go on).
+local function check_not_reading(pipe, fname)
+  if starting[pipe] then
+    error(("bad argument #1 to '%s' (a read is already pending on this pipe)"):format(fname), 4)
+  end
+end
+
 --- server:connect([cb | timeout])
 function waiting.connect(self, a)
   if type(a) == "function" then return raw.connect(self, a) end
@@ -471,6 +484,7 @@ end
 
 --- pipe:read([n] [, cb | timeout])
 function waiting.read(self, a, b)
+  check_not_reading(self, "read")
   if a ~= nil and type(a) == "function" then
     if b ~= nil then -- read(cb, timeout): the timeout would be dropped
       error("bad argument #3 to 'read' (nothing expected after the callback or timeout: give one of them, last)", 4)
@@ -518,6 +532,7 @@ end
 --- first byte), a count. (The C method has checked buf, and that it is
 --- not busy unless this layer holds something of this pipe's.)
 function waiting.read_into(self, buf, a)
+  check_not_reading(self, "read_into")
   local cb = type(a) == "function" and a or nil
   if not cb then check_timeout(a, 3, "read_into", 4) end
   local t = a
@@ -575,6 +590,7 @@ end
 
 --- pipe:try_read([n])
 function waiting.try_read(self, n)
+  check_not_reading(self, "try_read")
   if has_readahead(self) then
     check_count(n, "try_read")
     return take_readahead(self, n)
@@ -630,6 +646,7 @@ end
 
 --- client:transact(request [, cb | timeout]): the reply to one message.
 function waiting.transact(self, data, a)
+  check_not_reading(self, "transact")
   local cb = type(a) == "function" and a or nil
   if not cb then check_timeout(a, 3, "transact", 4) end
   if has_readahead(self) then
@@ -668,6 +685,7 @@ end
 
 --- pipe:readable([cb | timeout]): true once try_read would not block.
 function waiting.readable(self, a)
+  check_not_reading(self, "readable")
   if has_readahead(self) then
     if type(a) == "function" then return task.soon(a, true) end
     return true
@@ -687,6 +705,69 @@ function waiting.readable(self, a)
   local w, cb = wait_begin(self, "readable")
   raw.readable(self, cb)
   return wait_end(w, self, a, "readable")
+end
+
+--- pipe:read_start(cb) with bytes read ahead, or an abandoned read still
+--- in the read slot: those come first. The read-ahead is cb's first call
+--- (from the next step, as a callback's always is), and the C method
+--- reads on after it; after an abandoned read, once that has completed,
+--- the C method starts (or this again, if it left bytes). Meanwhile the
+--- read slot is this start's (starting), and read_stop puts bytes not yet
+--- delivered back. quiet: the pipe was closed by the callback itself,
+--- which then hears nothing more (as from the C method's reads).
+local function start_reading(pipe, start, quiet)
+  if starting[pipe] ~= start then return end -- read_stop came first
+  starting[pipe] = nil
+  sync_divert(pipe)
+  if pipe:state() == "closed" then
+    if quiet then return end
+    return start.cb(nil, "pipe closed", "CLOSED", 0)
+  end
+  return methods.read_start(pipe, start.cb)
+end
+
+local function deliver_ahead(pipe, start)
+  if starting[pipe] ~= start then return end
+  local data = start.data
+  start.data = nil
+  -- The callback first, holding the slot, as the C method's do: a
+  -- read_stop there leaves nothing pending. Reading goes on after it even
+  -- should it raise; the error then comes out of the step.
+  local ok, err = pcall(start.cb, data)
+  start_reading(pipe, start, true)
+  if not ok then error(err, 0) end
+end
+
+function waiting.read_start(self, cb)
+  if type(cb) ~= "function" then
+    error(("bad argument #2 to 'read_start' (function expected, got %s)"):format(type(cb)), 4)
+  end
+  check_not_reading(self, "read_start")
+  local start = { cb = cb }
+  if has_readahead(self) then
+    start.data = take_readahead(self)
+    starting[self] = start
+    sync_divert(self)
+    return task.soon(deliver_ahead, self, start)
+  end
+  local op = orphan(self, "read")
+  if op then
+    starting[self] = start
+    sync_divert(self)
+    return after(op, function() return start_reading(self, start) end)
+  end
+  return raw.read_start(self, cb) -- (raises while a read is pending)
+end
+
+--- pipe:read_stop()
+function waiting.read_stop(self)
+  local start = starting[self]
+  if start then
+    starting[self] = nil
+    if start.data then prepend_readahead(self, start.data) end
+    sync_divert(self)
+  end
+  return raw.read_stop(self)
 end
 
 --- pipe:writable([cb | timeout]): true once try_write would be accepted.

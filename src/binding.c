@@ -31,6 +31,7 @@
 #include "binding.h"
 #include "buffer.h"
 #include "np.h"
+#include "reading.h"
 
 /* The version is the rockspec's (its only home): the build passes it as
  * three numbers (Makefile VERSION_DEFS, the rockspec's `defines`). */
@@ -71,7 +72,8 @@ int np_push_status(lua_State *L, const np_status *st) {
 /* The waiting table's slots by name (layer.hand_over), in W_* order. */
 static const char *const waiting_names[] = {
     NULL,       "connect",  "read",     "read_into", "readable", "writable",
-    "write",    "transact", "try_read", "peek",      "step"};
+    "write",    "transact", "try_read", "peek",      "step",
+    "read_start", "read_stop"};
 
 /* Where a C function cannot be suspended (compat.h), a method returns this
  * marker alone instead, and its Lua wrapper (lua/namedpipe.lua) makes the
@@ -156,6 +158,7 @@ static int step_loop(lua_State *L, loop_ud *lu) {
   if (!loop) luaL_error(L, "namedpipe: the loop is closed");
   timeout = t >= (lua_Number)INT_MAX ? INT_MAX : (int)(t + 0.999);
   settle_held(L, lu, ANCHORS_UPV); /* a callback raised in an earlier step */
+  if (lu->running_head) np_reading_rescue(L, lu, ANCHORS_UPV);
   lu->wrote_now = 0; /* (this wait looks) */
   ready = np_loop_wait(loop, timeout, &st);
   if (ready < 0) return np_push_status(L, &st);
@@ -203,6 +206,7 @@ static int step_loop(lua_State *L, loop_ud *lu) {
     np_completion c;
     pipe_ud *u;
     int nargs, has_cb;
+    unsigned long run; /* a read_start's read: its run (reading.c) */
     unsigned long taken = lu->taken;
     int have = np_loop_peek(loop, &c);
     if (!have && !lu->wrote_now) break;
@@ -237,7 +241,24 @@ static int step_loop(lua_State *L, loop_ud *lu) {
       ((np_buffer *)lua_touserdata(L, -1))->busy = 0;
       lua_pop(L, 1);
     }
-    release(L, lu, anchors, c.ref_cb);
+    run = 0;
+    if (u && c.ref_cb == u->read_cb && c.ref_cb != LUA_NOREF &&
+        c.op == NP_OP_READ) {
+      if (c.status.err == NP_OK && !u->read_stopping) {
+        /* the userdata stays on this stack through the call */
+        run = np_reading_running(lu, u);
+        lua_rawgeti(L, anchors, u->self_ref);
+        lua_insert(L, -(nargs + 2));
+      } else { /* the reading ends here */
+        if (u->read_stopping && c.status.err != NP_OK) {
+          lua_pop(L, nargs + 1); /* stopped: nothing more for its callback */
+          has_cb = nargs = 0;
+        }
+        u->read_cb = LUA_NOREF;
+        u->read_stopping = 0;
+      }
+    }
+    if (!run) release(L, lu, anchors, c.ref_cb);
     release(L, lu, anchors, c.ref_data);
     np_completion_done(loop, &c); /* may free the pipe block */
     /* A nested step run before this one's first callback (from a
@@ -246,13 +267,17 @@ static int step_loop(lua_State *L, loop_ud *lu) {
      * this completion (so u keeps its anchor if it is that pipe). */
     settle_held(L, lu, anchors);
     if (u) {
-      u->inflight--;
+      if (!run) u->inflight--; /* (a run stays counted until it is done) */
       lu->held = u; /* anchored until settled, after the callback */
     }
     if (has_cb)
       lua_call(L, nargs, 0); /* an error propagates; the queue stays sound */
     else
       lua_pop(L, nargs);
+    if (run) {
+      np_reading_done(L, lu, u, run, anchors);
+      lua_pop(L, 1); /* the userdata */
+    }
     settle_held(L, lu, anchors);
   }
   np_loop_host_sync(loop, lu->soon_work, lu->has_timer, lu->timer_at);

@@ -60,6 +60,9 @@ typedef struct loop_ud {
   int wrote_now;
   /* Writes tasks did at once in a row (methods.c, write_now_budget). */
   int writes_now;
+  /* read_start's runs (reading.c): handed out, callback not finished. */
+  struct pipe_ud *running_head;
+  unsigned long reading_serial;
 } loop_ud;
 
 typedef struct pipe_ud {
@@ -72,6 +75,14 @@ typedef struct pipe_ud {
   /* The pure-Lua layer holds bytes read ahead for this pipe (framing):
    * reads go through it (divert). Set by layer.set_readahead. */
   int readahead;
+  /* read_start (reading.c): its callback's anchor while it reads
+   * (LUA_NOREF: not reading); read_stopping: read_stop cancelled its
+   * pending read, whose end (an error) then calls nothing. A read of it
+   * handed out, its callback running or raised: running_ref (that
+   * callback's anchor), running_serial (nonzero), in the loop's list. */
+  int read_cb, read_stopping, running_ref;
+  unsigned long running_serial;
+  struct pipe_ud *running_prev, *running_next;
 } pipe_ud;
 
 /* ---------------------------------------------------------------- anchors */
@@ -150,6 +161,12 @@ static inline void unpin_pipe(lua_State *L, pipe_ud *u, int t) {
   }
 }
 
+/* Is the read slot taken: a read, read_into, readable() or transact
+ * pending, or a read_start reading (between its reads too)? */
+static inline int read_busy(const pipe_ud *u) {
+  return u->read_cb != LUA_NOREF || np_pipe_busy(u->p, NP_OP_READ);
+}
+
 /* Anchor the callback at `arg` (and the pipe) before the backend sees the
  * operation; room is left for one more anchor (a write's bytes). */
 static inline int anchor_operation(lua_State *L, pipe_ud *u, int arg) {
@@ -180,7 +197,8 @@ static inline np_loop *check_loop(lua_State *L) {
  * callback. Returns the number of results, or -1 when the slot is empty. */
 enum {
   W_CONNECT = 1, W_READ, W_READ_INTO, W_READABLE, W_WRITABLE, W_WRITE,
-  W_TRANSACT, W_TRY_READ, W_PEEK, W_STEP, W_LAST = W_STEP,
+  W_TRANSACT, W_TRY_READ, W_PEEK, W_STEP, W_READ_START, W_READ_STOP,
+  W_LAST = W_READ_STOP,
   /* Not waiting functions: what task_waits.c needs to make a task's read or
    * write wait by itself: namedpipe.task's table
    * of wait records by coroutine, and the Lua layer's function that arms

@@ -15,6 +15,7 @@
 #include "buffer.h"
 #include "np.h"
 #include "options.h"
+#include "reading.h"
 #include "task_waits.h"
 
 /* The pipe at index 1: as_pipe gives NULL for anything else, to_pipe a
@@ -75,6 +76,10 @@ static pipe_ud *pipe_new(lua_State *L, int is_server) {
   u->self_ref = LUA_NOREF;
   u->is_server = is_server;
   u->readahead = 0;
+  u->read_cb = u->running_ref = LUA_NOREF;
+  u->read_stopping = 0;
+  u->running_serial = 0;
+  u->running_prev = u->running_next = NULL;
   return u;
 }
 
@@ -168,7 +173,7 @@ static int start_read(lua_State *L, pipe_ud *u) {
   /* read(cb) or read(n, cb): the callback is always last. */
   check_callback(L, top < 2 ? 2 : top);
   max = top >= 3 ? opt_read_size(L, 2) : 0;
-  if (np_pipe_busy(u->p, NP_OP_READ))
+  if (read_busy(u))
     np_arg_error(L, 1, "a read is already pending on this pipe");
   np_read_start(u->p, max, NULL, anchor_operation(L, u, top < 2 ? 2 : top),
                 NP_NOREF);
@@ -184,7 +189,7 @@ static int start_read_into(lua_State *L, pipe_ud *u) {
   np_buffer *b = np_buffer_check(L, 2, 1);
   int ref_cb, ref_data;
   check_callback(L, 3);
-  if (np_pipe_busy(u->p, NP_OP_READ))
+  if (read_busy(u))
     np_arg_error(L, 1, "a read is already pending on this pipe");
   ref_cb = anchor_operation(L, u, 3);
   lua_pushvalue(L, 2);
@@ -227,7 +232,7 @@ static int raw_buffer_busy(lua_State *L) {
 /* readable(cb) / writable(cb): Tokio's readiness, nothing consumed. */
 static int start_readable(lua_State *L, pipe_ud *u) {
   check_callback(L, 2);
-  if (np_pipe_busy(u->p, NP_OP_READ))
+  if (read_busy(u))
     np_arg_error(L, 1, "a read is already pending on this pipe");
   np_readable_start(u->p, anchor_operation(L, u, 2));
   return 0;
@@ -262,7 +267,7 @@ static int raw_transact(lua_State *L) {
   if (np_pipe_read_mode(u->p) != NP_MODE_MESSAGE)
     np_arg_error(L, 1, "transact needs a pipe that reads messages "
                        "(pipe_mode = \"message\")");
-  if (np_pipe_busy(u->p, NP_OP_READ))
+  if (read_busy(u))
     np_arg_error(L, 1, "a read is already pending on this pipe");
   ref_cb = anchor_operation(L, u, 3);
   lua_pushvalue(L, 2);
@@ -300,7 +305,7 @@ static int try_read(lua_State *L, pipe_ud *u) {
   const char *data;
   int more;
   np_status st;
-  if (np_pipe_busy(u->p, NP_OP_READ))
+  if (read_busy(u))
     np_arg_error(L, 1, "a read is already pending on this pipe");
   if (!np_try_read(u->p, max, &data, &len, &more, &st))
     return np_push_status(L, &st);
@@ -427,6 +432,42 @@ static int m_write(lua_State *L) {
 #endif
   if (lua_type(L, 3) != LUA_TFUNCTION && (n = divert(L, W_WRITE)) >= 0) return n;
   return raw_write(L);
+}
+
+/* read_start(cb): cb(data) for every read, until an error or end of
+ * stream (which it gets too) or read_stop(); see step_loop and
+ * settle_held (binding.c) for the reads after the first. */
+static int raw_read_start(lua_State *L) {
+  pipe_ud *u = check_pipe(L);
+  check_callback(L, 2);
+  if (read_busy(u))
+    np_arg_error(L, 1, "a read is already pending on this pipe");
+  u->read_cb = anchor_operation(L, u, 2);
+  np_read_start(u->p, 0, NULL, u->read_cb, NP_NOREF);
+  return 0;
+}
+
+static int m_read_start(lua_State *L) {
+  pipe_ud *u = check_pipe(L);
+  int n;
+  check_nothing_after(L, 2);
+  if (u->readahead && (n = divert_call(L, W_READ_START)) >= 0) return n;
+  return raw_read_start(L);
+}
+
+/* read_stop(): no more reads for read_start's callback. From the callback
+ * nothing is pending; elsewhere the pending read is cancelled, and its
+ * callback runs again only if it had read something first. */
+static int raw_read_stop(lua_State *L) {
+  np_reading_stop(to_pipe(L));
+  return 0;
+}
+
+static int m_read_stop(lua_State *L) {
+  pipe_ud *u = to_pipe(L);
+  int n;
+  if (u->readahead && (n = divert_call(L, W_READ_STOP)) >= 0) return n;
+  return raw_read_stop(L);
 }
 
 static int m_transact(lua_State *L) {
@@ -635,6 +676,7 @@ const luaL_Reg np_pipe_methods[] = {
     {"state", m_state},     {"close", m_close},
     {"transact", m_transact}, {"peer", m_peer},
     {"peer_user", m_peer_user}, {"peek", m_peek},
+    {"read_start", m_read_start}, {"read_stop", m_read_stop},
     {"_busy", m_busy},      {NULL, NULL}};
 
 const luaL_Reg np_pipe_meta[] = {{"__gc", m_gc},
@@ -647,6 +689,8 @@ const luaL_Reg np_pipe_meta[] = {{"__gc", m_gc},
 const luaL_Reg np_pipe_layer_funcs[] = {{"connect", raw_connect},
                                         {"read", raw_read},
                                         {"read_into", raw_read_into},
+                                        {"read_start", raw_read_start},
+                                        {"read_stop", raw_read_stop},
                                         {"buffer_put", raw_buffer_put},
                                         {"buffer_busy", raw_buffer_busy},
                                         {"write", raw_write},

@@ -121,7 +121,7 @@ int np_task_read(lua_State *L, pipe_ud *u) {
     if (!lua_isinteger(L, 2) || (n = lua_tointeger(L, 2)) < 1) return -1;
   }
   if (!plain_timeout(L, 3, &ms, &has_t)) return -1;
-  if (np_pipe_busy(u->p, NP_OP_READ) || !push_task_record(L)) return -1;
+  if (read_busy(u) || !push_task_record(L)) return -1;
   rec = lua_gettop(L);
   arm_record(L, rec);
   push_wake(L, rec);

@@ -1,0 +1,430 @@
+--[[
+tests/test_read_start.lua - pipe:read_start(cb) calls cb for every read
+until read_stop(), an error or the end of the stream: every byte once and
+in order, however reading is started and stopped, mixed with other reads.
+
+The model test drives a seeded sequence on one pair: the client writes
+(bytes or messages), the server starts and stops reading (from outside a
+callback or from inside one), and while it is not reading it reads
+directly (read, read_exact: the framing reads leave bytes read ahead, which
+a read_start then hands out first). What the server got, in order, must be
+what the client sent; no callback may come after a read_stop made in a
+callback, and after one made elsewhere at most one, with data it had
+already read. Seeds: NP_READ_START_SEED (one) or the fixed list below.
+]]
+local lu = require "luaunit"
+local np = require "namedpipe"
+local H = require "tests.helpers"
+
+TestReadStart = {}
+
+function TestReadStart:tearDown() H.settle(2000) end
+
+local function noop() end
+
+local function bytes(g, n)
+  local t = {}
+  for i = 1, n do t[i] = string.char(g.rnd(256) - 1) end
+  return table.concat(t)
+end
+
+-- Step until the read slot is free: the end of a read read_stop cancelled
+-- from outside its callback has been dispatched.
+local function slot_free(pipe)
+  H.pump(function() return pipe:_busy("read") == 0 end, 5000, "the read slot")
+end
+
+-- seen: what the runs went through, counted (the test checks each was).
+local function run_model(seed, mode, seen)
+  local g = H.generator(seed)
+  local opts = { pipe_mode = mode }
+  local server, client = H.pair(opts, opts)
+  local sent, got = {}, {}            -- chunks (byte mode) or messages
+  local sent_bytes, got_bytes = 0, 0
+  local reading = false               -- between read_start and read_stop
+  local stop_in_cb = false            -- the next callback calls read_stop
+  local late_allowed = false          -- read_stop from outside: one data callback may follow
+  local bad = {}
+  local function note(what) bad[#bad + 1] = ("seed %d %s: %s"):format(seed, mode, what) end
+
+  local function cb(data, msg, name)
+    if not reading then
+      if data and late_allowed then
+        late_allowed = false
+      else
+        note("a callback after read_stop: " .. tostring(data and #data or name))
+      end
+    end
+    if not data then
+      note("an error while the client is open: " .. tostring(name) .. " " .. tostring(msg))
+      reading = false
+      return
+    end
+    got[#got + 1] = data
+    got_bytes = got_bytes + #data
+    if stop_in_cb then
+      stop_in_cb = false
+      reading = false
+      seen.inside = seen.inside + 1
+      server:read_stop()
+    end
+  end
+
+  local function read_directly()
+    local unread = sent_bytes - got_bytes
+    if unread == 0 then return end
+    local data, msg
+    if mode == "message" then
+      data, msg = server:read(nil, 5000)
+    elseif g.chance(2) then
+      data, msg = server:read_exact(g.rnd(unread), 5000)
+    else
+      data, msg = server:read(g.rnd(unread), 5000)
+    end
+    if not data then note("a direct read failed: " .. tostring(msg)); return end
+    seen.direct = seen.direct + 1
+    got[#got + 1] = data
+    got_bytes = got_bytes + #data
+  end
+
+  for _ = 1, 150 do
+    local action = g.weighted { { 6, "write" }, { 2, "start" }, { 1, "stop_outside" },
+                                { 1, "stop_inside" }, { 3, "direct" }, { 3, "step" } }
+    if action == "write" then
+      local s = bytes(g, g.rnd(300))
+      sent[#sent + 1] = s
+      sent_bytes = sent_bytes + #s
+      client:write(s, noop)
+    elseif action == "start" and not reading then
+      late_allowed = false
+      slot_free(server)
+      if np._read_ahead(server) > 0 then seen.ahead = seen.ahead + 1 end
+      reading = true
+      server:read_start(cb)
+    elseif action == "stop_outside" and reading then
+      reading, stop_in_cb, late_allowed = false, false, true
+      seen.outside = seen.outside + 1
+      server:read_stop()
+      slot_free(server)
+    elseif action == "stop_inside" and reading then
+      stop_in_cb = true
+      H.pump(function() return not reading or got_bytes == sent_bytes end, 5000, "a callback")
+      if got_bytes == sent_bytes and reading then -- nothing came to stop it: send some
+        local s = bytes(g, 1 + g.rnd(20))
+        sent[#sent + 1] = s
+        sent_bytes = sent_bytes + #s
+        client:write(s, noop)
+        H.pump(function() return not reading end, 5000, "the stopping callback")
+      end
+    elseif action == "direct" and not reading then
+      slot_free(server)
+      read_directly()
+    else
+      np.step(g.chance(2) and 0 or 1)
+    end
+  end
+  -- the rest, by read_start to the end
+  if not reading then
+    slot_free(server)
+    reading = true
+    server:read_start(cb)
+  end
+  H.pump(function() return got_bytes >= sent_bytes end, 10000, "the last bytes")
+  stop_in_cb = true
+  local s = "end"
+  sent[#sent + 1] = s
+  sent_bytes = sent_bytes + #s
+  client:write(s, noop)
+  H.pump(function() return not reading end, 5000, "the last callback")
+  H.close_all(server, client)
+
+  if mode == "message" then
+    lu.assertEquals(#got, #sent, ("seed %d: messages"):format(seed))
+    for i = 1, #sent do
+      if got[i] ~= sent[i] then note(("message %d differs (%d bytes, sent %d)"):format(i, #got[i], #sent[i])) end
+    end
+  else
+    local a, b = table.concat(got), table.concat(sent)
+    if a ~= b then note(("the stream differs: got %d bytes, sent %d"):format(#a, #b)) end
+  end
+  lu.assertEquals(bad, {})
+end
+
+local SEEDS = { 1, 2, 3, 5, 8, 13, 21, 34, 55, 89 }
+
+local function seeds()
+  local one = tonumber(os.getenv("NP_READ_START_SEED") or "")
+  return one and { one } or SEEDS
+end
+
+local function run_all(mode)
+  local seen = { direct = 0, ahead = 0, outside = 0, inside = 0 }
+  for _, seed in ipairs(seeds()) do
+    run_model(mode == "byte" and seed or seed * 7 + 1, mode, seen)
+  end
+  return seen
+end
+
+function TestReadStart:test_model_byte_mode()
+  local seen = run_all("byte")
+  if #seeds() == #SEEDS then -- (the fixed seeds reach every path)
+    for k, v in pairs(seen) do lu.assertTrue(v > 0, k .. " never happened") end
+  end
+end
+
+function TestReadStart:test_model_message_mode()
+  local seen = run_all("message")
+  if #seeds() == #SEEDS then
+    seen.ahead = nil -- (no framing reads of messages: nothing is read ahead)
+    for k, v in pairs(seen) do lu.assertTrue(v > 0, k .. " never happened") end
+  end
+end
+
+-- The callback reads each message as it came, and every read ends the
+-- same way: end of stream once the client has gone, then nothing more.
+function TestReadStart:test_end_of_stream_ends_it()
+  local server, client = H.pair({ pipe_mode = "message" }, { pipe_mode = "message" })
+  local calls = {}
+  server:read_start(function(data, _, name) calls[#calls + 1] = data or name end)
+  assert(client:write("one", 2000))
+  assert(client:write("two", 2000))
+  client:close()
+  H.pump(function() return calls[#calls] == "EOF" end, 5000, "EOF")
+  for _ = 1, 5 do np.step(5) end
+  lu.assertEquals(calls, { "one", "two", "EOF" })
+  -- the slot is free again: a read now sees the end too
+  local data, _, name = server:read(nil, 2000)
+  lu.assertNil(data)
+  lu.assertEquals(name, "EOF")
+  H.close_all(server)
+end
+
+-- close(): from elsewhere its pending read ends with CLOSED; from the
+-- callback nothing follows.
+function TestReadStart:test_close_ends_it()
+  local server, client = H.pair()
+  local calls = {}
+  server:read_start(function(data, _, name) calls[#calls + 1] = data or name end)
+  server:close()
+  H.pump(function() return #calls > 0 end, 5000, "CLOSED")
+  lu.assertEquals(calls, { "CLOSED" })
+  H.close_all(client)
+
+  server, client = H.pair()
+  calls = {}
+  server:read_start(function(data, _, name)
+    calls[#calls + 1] = data or name
+    server:close()
+  end)
+  assert(client:write("x", 2000))
+  H.pump(function() return #calls > 0 end, 5000, "the data")
+  for _ = 1, 5 do np.step(5) end
+  lu.assertEquals(calls, { "x" })
+  lu.assertEquals(np.stats().outstanding, 0)
+  H.close_all(client)
+end
+
+-- disconnect() ends it with NOT_CONNECTED; the next client's bytes go to
+-- a read_start made for that client, never to the last one's callback.
+function TestReadStart:test_disconnect_ends_it()
+  local server, client, name = H.pair()
+  local old, new = {}, {}
+  server:read_start(function(data, _, ename) old[#old + 1] = data or ename end)
+  assert(client:write("first", 2000))
+  H.pump(function() return #old > 0 end, 5000, "the first client's bytes")
+  assert(server:disconnect())
+  H.pump(function() return old[#old] == "NOT_CONNECTED" end, 5000, "NOT_CONNECTED")
+  local connected, res = H.capture()
+  server:connect(connected)
+  local c2 = assert(np.open(name))
+  H.pump(function() return res.done end, 5000, "the second client")
+  lu.assertTrue(res[1])
+  server:read_start(function(data, _, ename) new[#new + 1] = data or ename end)
+  assert(c2:write("second", 2000))
+  H.pump(function() return #new > 0 end, 5000, "the second client's bytes")
+  lu.assertEquals(old, { "first", "NOT_CONNECTED" })
+  lu.assertEquals(new, { "second" })
+  H.close_all(server, client, c2)
+end
+
+-- cancel("read") ends it as it ends any read: CANCELLED, to the callback.
+function TestReadStart:test_cancel_ends_it_with_cancelled()
+  local server, client = H.pair()
+  local calls = {}
+  server:read_start(function(data, _, name) calls[#calls + 1] = data or name end)
+  server:cancel("read")
+  H.pump(function() return #calls > 0 end, 5000, "CANCELLED")
+  assert(client:write("later", 2000))
+  for _ = 1, 5 do np.step(5) end
+  lu.assertEquals(calls, { "CANCELLED" })
+  lu.assertEquals(server:read(nil, 2000), "later")
+  H.close_all(server, client)
+end
+
+-- read_stop() from elsewhere: its cancelled read calls nothing.
+function TestReadStart:test_read_stop_outside_the_callback_calls_nothing()
+  local server, client = H.pair()
+  local calls = 0
+  server:read_start(function() calls = calls + 1 end)
+  np.step(0)
+  server:read_stop()
+  slot_free(server)
+  assert(client:write("kept", 2000))
+  for _ = 1, 5 do np.step(5) end
+  lu.assertEquals(calls, 0)
+  lu.assertEquals(server:read(nil, 2000), "kept")
+  -- stopping what is not reading does nothing
+  server:read_stop()
+  server:read_stop()
+  H.close_all(server, client)
+  server:read_stop() -- closed: nothing either
+end
+
+-- An error raised by the callback comes out of np.step, and reading goes on.
+function TestReadStart:test_a_raising_callback_keeps_reading()
+  local server, client = H.pair({ pipe_mode = "message" }, { pipe_mode = "message" })
+  local calls = {}
+  server:read_start(function(data)
+    calls[#calls + 1] = data
+    if data == "boom" then error("callback raised") end
+  end)
+  client:write("boom", noop) -- (a waiting write would step: the error came out of it)
+  local ok, err
+  H.pump(function()
+    ok, err = pcall(np.step, 10)
+    return not ok
+  end, 5000, "the error")
+  lu.assertStrContains(tostring(err), "callback raised")
+  assert(client:write("after", 2000))
+  H.pump(function() return #calls == 2 end, 5000, "the next message")
+  lu.assertEquals(calls, { "boom", "after" })
+  server:read_stop()
+  H.close_all(server, client)
+end
+
+-- The read slot is read_start's from its call to its end: every other
+-- read is refused, in either form, as while a read is pending.
+function TestReadStart:test_other_reads_are_refused_while_reading()
+  local server, client = H.pair({ pipe_mode = "message" }, { pipe_mode = "message" })
+  server:read_start(noop)
+  local calls = {
+    function() return server:read(noop) end,
+    function() return server:read(nil, 10) end,
+    function() return server:read_into(np.buffer(8), noop) end,
+    function() return server:readable(noop) end,
+    function() return server:try_read() end,
+    function() return server:read_start(noop) end,
+    function() return server:read_line(10) end,
+  }
+  for i, f in ipairs(calls) do
+    local ok, err = pcall(f)
+    lu.assertFalse(ok, "call " .. i)
+    lu.assertStrContains(tostring(err), "a read is already pending", false, "call " .. i)
+  end
+  local ok, err = pcall(function() return client:read_start(noop, 5) end)
+  lu.assertFalse(ok)
+  lu.assertStrContains(tostring(err), "nothing expected after")
+  ok, err = pcall(function() return client:read_start(42) end)
+  lu.assertFalse(ok)
+  lu.assertStrContains(tostring(err), "function expected")
+  server:read_stop()
+  H.close_all(server, client)
+  ok, err = pcall(function() return server:read_start(noop) end)
+  lu.assertFalse(ok)
+  lu.assertStrContains(tostring(err), "closed")
+end
+
+-- Bytes a framing read took ahead come first, then the pipe's; a
+-- read_stop before they were delivered keeps them for the next read.
+function TestReadStart:test_read_ahead_comes_first()
+  local server, client = H.pair()
+  assert(client:write("head\nbody-1", 2000))
+  lu.assertEquals(server:read_line(2000), "head")
+  local got = {}
+  server:read_start(function(data) got[#got + 1] = data end)
+  H.pump(function() return #got > 0 end, 5000, "the read-ahead")
+  assert(client:write("body-2", 2000))
+  H.pump(function() return table.concat(got) == "body-1body-2" end, 5000, "the rest")
+  server:read_stop()
+
+  assert(client:write("x\nkept", 2000))
+  lu.assertEquals(server:read_line(2000), "x")
+  server:read_start(function(data) got[#got + 1] = "late " .. data end)
+  server:read_stop() -- before the next step: the bytes stay unread
+  for _ = 1, 5 do np.step(5) end
+  lu.assertEquals(server:read(nil, 2000), "kept")
+  lu.assertEquals(table.concat(got), "body-1body-2")
+  H.close_all(server, client)
+end
+
+-- A reading pipe stays alive with no reference left but its callback's.
+function TestReadStart:test_a_reading_pipe_is_not_collected()
+  local got, client
+  do
+    local server
+    server, client = H.pair()
+    server:read_start(function(data) got = data end)
+  end
+  collectgarbage()
+  collectgarbage()
+  assert(client:write("still here", 2000))
+  H.pump(function() return got ~= nil end, 5000, "the callback")
+  lu.assertEquals(got, "still here")
+  H.close_all(client)
+  H.pump(function() return np.stats().pipes <= 1 end, 5000, "the server's end")
+end
+
+-- A callback that steps the loop from inside itself (here a waiting
+-- write) is not given the next read before it has returned: a burst is
+-- taken one message after another, never nested, and answered in order.
+function TestReadStart:test_a_callback_that_steps_is_not_reentered()
+  local server, client = H.pair({ pipe_mode = "message" }, { pipe_mode = "message" })
+  local depth, deepest, seen = 0, 0, {}
+  server:read_start(function(msg)
+    depth = depth + 1
+    if depth > deepest then deepest = depth end
+    seen[#seen + 1] = msg
+    assert(server:write("re:" .. msg, 5000)) -- steps the loop meanwhile
+    depth = depth - 1
+  end)
+  local N = 300
+  for i = 1, N do client:write("m" .. i, noop) end
+  local replies = {}
+  client:read_start(function(msg) replies[#replies + 1] = msg end)
+  H.pump(function() return #replies == N end, 20000, "every reply")
+  lu.assertEquals(deepest, 1)
+  for i = 1, N do
+    lu.assertEquals(seen[i], "m" .. i)
+    lu.assertEquals(replies[i], "re:m" .. i)
+  end
+  server:read_stop()
+  client:read_stop()
+  H.close_all(server, client)
+end
+
+-- A callback that stepped from inside itself and then raised: the step
+-- after the error sees it gone, and the reading goes on.
+function TestReadStart:test_a_callback_that_steps_then_raises_keeps_reading()
+  local server, client = H.pair({ pipe_mode = "message" }, { pipe_mode = "message" })
+  local seen = {}
+  server:read_start(function(msg)
+    seen[#seen + 1] = msg
+    if msg == "first" then
+      np.sleep(5) -- a step from inside the callback
+      error("after a nested step")
+    end
+  end)
+  client:write("first", noop)
+  local ok, err
+  H.pump(function()
+    ok, err = pcall(np.step, 10)
+    return not ok
+  end, 5000, "the error")
+  lu.assertStrContains(tostring(err), "after a nested step")
+  client:write("second", noop)
+  H.pump(function() return #seen == 2 end, 5000, "the next message")
+  lu.assertEquals(seen, { "first", "second" })
+  server:read_stop()
+  H.close_all(server, client)
+  lu.assertEquals(np.stats().outstanding, 0)
+end
