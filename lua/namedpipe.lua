@@ -112,17 +112,40 @@ end
 -- entry): a short read, a line or a frame taken from the front moves the
 -- mark and copies only what it takes, so many small reads of one large
 -- read-ahead cost what they take, not the rest's length each.
+-- What a framing read had taken when it timed out (a line, a frame not
+-- yet whole) is kept as its pieces instead, a table (a rope: pieces
+-- 1..n, `bytes` in all, and how far the read had looked: namedpipe.framing
+-- read_until), so that a host polling read_line(0) while a long line
+-- arrives costs what arrives, not what has arrived times the polls. The
+-- next framing read goes on from it; anything else joins it first.
 local readahead = setmetatable({}, { __mode = "k" })
 local readahead_at = setmetatable({}, { __mode = "k" })
+local concat = table.concat
+
+local function flatten(pipe)
+  local r = readahead[pipe]
+  if type(r) == "table" then readahead[pipe] = concat(r, "", 1, r.n) end
+end
 
 -- The read-ahead as a string and where its unread bytes begin, or nil.
 local function readahead_view(pipe)
+  flatten(pipe)
   return readahead[pipe], readahead_at[pipe] or 1
 end
 
 local function readahead_len(pipe)
-  local buf, at = readahead_view(pipe)
-  return buf and #buf - at + 1 or 0
+  local buf = readahead[pipe]
+  if type(buf) == "table" then return buf.bytes end
+  return buf and #buf - (readahead_at[pipe] or 1) + 1 or 0
+end
+
+-- The rope kept by a framing read, taken (nil: none; the read-ahead is
+-- then a string, or nothing).
+local function take_rope(pipe)
+  local r = readahead[pipe]
+  if type(r) ~= "table" then return nil end
+  readahead[pipe] = nil -- (set_readahead tells the core, below)
+  return r
 end
 
 -- The unread bytes as one string (a copy unless from the start), or nil.
@@ -1034,7 +1057,7 @@ require("namedpipe.framing").install(M, methods, {
   readahead = readahead, set_readahead = set_readahead, session = session,
   readahead_view = readahead_view, readahead_len = readahead_len,
   readahead_rest = readahead_rest, readahead_skip = readahead_skip,
-  take_readahead = take_readahead,
+  take_readahead = take_readahead, take_rope = take_rope,
   check_timeout = check_timeout, settle = settle,
   wait_begin = wait_begin, wait_end = wait_end, raw = raw,
 })

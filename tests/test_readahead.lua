@@ -144,3 +144,63 @@ function TestReadahead:test_lines_of_one_burst_then_a_line_split_across_writes()
   lu.assertEquals(got[1001], "partial")
   H.close_all(server, client)
 end
+
+-- A host polls with timeout 0 while its records trickle in, a few bytes
+-- per step: every poll but the last of a record times out, and what it
+-- had taken is kept for the next (as pieces: each byte is joined and
+-- looked at once, however many polls). Between polls it sometimes looks
+-- (peek, np._read_ahead) or reads another way (a raw run by read or
+-- read_exact, a poll of another kind), which must see the same bytes.
+local function run_polling(seed)
+  local g = H.generator(seed)
+  local server, client = H.pair()
+  local records, stream = make_stream(g, 120)
+  local sent = 0
+  local function trickle()
+    if sent < #stream then
+      local n = math.min(#stream - sent, g.rnd(40))
+      client:write(stream:sub(sent + 1, sent + n), function() end)
+      sent = sent + n
+    end
+    np.step(1)
+  end
+  local consumed, polls = 0, 0
+  for i, r in ipairs(records) do
+    local what = ("seed %d, record %d (%s)"):format(seed, i, r.kind)
+    local got, _
+    while true do
+      if g.chance(6) then -- what is unread: read ahead or in the pipe, once
+        local ahead = np._read_ahead(server)
+        lu.assertTrue(ahead <= sent - consumed, what)
+        lu.assertEquals(assert(server:peek()).available, sent - consumed, what)
+      end
+      local name
+      if r.kind == "line" then
+        got, _, name = server:read_line(0)
+      elseif r.kind == "frame" then
+        got, _, name = server:read_frame(0)
+      elseif g.chance(2) then
+        got, _, name = server:read_exact(#r.text, 0)
+      else -- a raw run read whole once it is all there, some other way
+        if sent - consumed >= #r.text then got = read_raw(g, server, r.text) end
+        name = got and nil or "TIMEOUT"
+      end
+      if got then break end
+      lu.assertEquals(name, "TIMEOUT", what)
+      polls = polls + 1
+      trickle()
+    end
+    lu.assertEquals(got, r.text, what)
+    consumed = consumed + r.size
+  end
+  lu.assertTrue(polls > #records, "the records came in pieces")
+  lu.assertEquals(np._read_ahead(server), 0)
+  H.close_all(server, client)
+end
+
+function TestReadahead:test_polling_with_timeout_zero_while_records_trickle_in()
+  local seeds = { 1, 2, 3, 5, 8 }
+  local env = os.getenv("NP_READAHEAD_SEED")
+  if env then seeds = { assert(tonumber(env), "NP_READAHEAD_SEED: a number") } end
+  for _, seed in ipairs(seeds) do run_polling(seed) end
+end

@@ -12,8 +12,8 @@ local F = {}
 -- P: namedpipe.lua's private parts (its read-ahead, sessions and waits).
 function F.install(M, methods, P)
   local readahead, set_readahead, now, session = P.readahead, P.set_readahead, M.now, P.session
-  local readahead_view, readahead_len, readahead_rest, readahead_skip =
-    P.readahead_view, P.readahead_len, P.readahead_rest, P.readahead_skip
+  local readahead_view, readahead_len, readahead_rest, readahead_skip, take_rope =
+    P.readahead_view, P.readahead_len, P.readahead_rest, P.readahead_skip, P.take_rope
 
   local function deadline_left(deadline)
     if not deadline then return nil end
@@ -44,51 +44,85 @@ function F.install(M, methods, P)
   -- whole) once it can tell: bytes 1..cut are the result, those after skip
   -- are kept. Or false, msg, name: refused, everything kept. The pieces
   -- are joined once, at the end: a long line in many reads costs its
-  -- length, not its length times the reads. Kept only while the client
-  -- they came from is connected: once the server has disconnected it they
-  -- are dropped, and a result not complete by then is NOT_CONNECTED.
-  local function read_until(self, timeout, scan)
+  -- length, not its length times the reads. Should the read time out (or
+  -- fail), they are kept as they are (a rope, namedpipe.lua), with how
+  -- far this scan (kind: the scan and what it depends on) looked: the
+  -- next read of the same kind goes on from there, so polling with a
+  -- short timeout while a long record arrives joins and looks at each
+  -- byte once. Kept only while the client they came from is connected:
+  -- once the server has disconnected it they are dropped, and a result
+  -- not complete by then is NOT_CONNECTED.
+  local function read_until(self, timeout, kind, scan)
     -- an abandoned read of this pipe first: its bytes come before new ones
     local ok, t = P.settle(self, "read", timeout)
     if not ok then return nil, "timed out", "TIMEOUT", 0 end
     local deadline = t and now() + t
     local connection = session(self)
-    local piece = readahead_rest(self) or ""
-    local pieces, before = { piece }, 0
+    local pieces, before, from = take_rope(self), 0, 1
+    if pieces then
+      if pieces.kind == kind then from, before = pieces.scanned + 1, pieces.before end
+      pieces.kind, pieces.scanned, pieces.before, pieces.bytes = nil, nil, nil, nil
+    else
+      pieces = { readahead_rest(self) or "" }
+      pieces.n = 1
+    end
     set_readahead(self, nil)
     local function keep(s)
       if #s > 0 and session(self) == connection then
         set_readahead(self, s .. (readahead_rest(self) or ""))
       end
     end
+    -- unfinished: the pieces stay as they are, with where the scan got
+    local function keep_pieces()
+      if session(self) ~= connection then return end
+      local bytes = before -- (every piece has been looked at)
+      local rest = readahead_rest(self) -- (an abandoned read's, meanwhile)
+      pieces.kind, pieces.scanned, pieces.before = kind, pieces.n, bytes
+      if rest then
+        pieces.n = pieces.n + 1
+        pieces[pieces.n] = rest
+        bytes = bytes + #rest
+      end
+      pieces.bytes = bytes
+      if bytes > 0 then set_readahead(self, pieces) end
+    end
+    local i = from
     while true do
-      local cut, skip, name = scan(piece, before, pieces)
+      local cut, skip, name
+      if i <= pieces.n then
+        local piece = pieces[i]
+        cut, skip, name = scan(piece, before, pieces)
+        if cut == nil then
+          before = before + #piece
+          i = i + 1
+        end
+      end
       if cut then
-        local all = #pieces == 1 and piece or concat(pieces)
+        local all = pieces.n == 1 and pieces[1] or concat(pieces, "", 1, pieces.n)
         if skip < #all then keep(all:sub(skip + 1)) end
         return all:sub(1, cut)
       elseif cut == false then
-        keep(concat(pieces))
+        keep(concat(pieces, "", 1, pieces.n))
         return nil, skip, name, 0
+      elseif i > pieces.n then
+        -- closed by whatever ran while the last read's result was on its
+        -- way: what every pending read gets from close()
+        if self:state() == "closed" then return nil, "pipe closed", "CLOSED", 0 end
+        -- (bytes read before the disconnect, seen after it)
+        if session(self) ~= connection then
+          return nil, "disconnected while reading (what had come is dropped)", "NOT_CONNECTED", 0
+        end
+        -- pieces: taken from the pipe, read-ahead again should this unwind
+        local w, cb = P.wait_begin(self, "read", nil, pieces)
+        P.raw.read(self, nil, cb)
+        local data, msg, ename, code = P.wait_end(w, self, deadline_left(deadline), "read")
+        if not data then
+          keep_pieces()
+          return nil, msg, ename, code
+        end
+        pieces.n = pieces.n + 1
+        pieces[pieces.n] = data
       end
-      -- closed by whatever ran while the last read's result was on its
-      -- way: what every pending read gets from close()
-      if self:state() == "closed" then return nil, "pipe closed", "CLOSED", 0 end
-      -- (bytes read before the disconnect, seen after it)
-      if session(self) ~= connection then
-        return nil, "disconnected while reading (what had come is dropped)", "NOT_CONNECTED", 0
-      end
-      -- pieces: taken from the pipe, read-ahead again should this unwind
-      local w, cb = P.wait_begin(self, "read", nil, pieces)
-      P.raw.read(self, nil, cb)
-      local data, msg, ename, code = P.wait_end(w, self, deadline_left(deadline), "read")
-      if not data then
-        keep(concat(pieces))
-        return nil, msg, ename, code
-      end
-      before = before + #piece
-      piece = data
-      pieces[#pieces + 1] = data
     end
   end
 
@@ -100,7 +134,9 @@ function F.install(M, methods, P)
     check_timeout(timeout, 2, "read_line")
     -- A line already read ahead is cut from it in place (its bytes come
     -- before those of any abandoned read, which read_until settles first).
-    local buf, at = readahead_view(self)
+    -- (not a rope kept by a read that timed out: read_until goes on with it)
+    local buf, at
+    if type(readahead[self]) == "string" then buf, at = readahead_view(self) end
     local nl = buf and buf:find("\n", at, true)
     if nl then
       readahead_skip(self, nl + 1)
@@ -108,7 +144,7 @@ function F.install(M, methods, P)
       if stop >= at and buf:byte(stop) == 13 then stop = stop - 1 end
       return buf:sub(at, stop)
     end
-    local line, msg, name, code = read_until(self, timeout, function(piece, before)
+    local line, msg, name, code = read_until(self, timeout, "line", function(piece, before)
       local i = piece:find("\n", 1, true)
       if i then return before + i - 1, before + i end
     end)
@@ -146,7 +182,7 @@ function F.install(M, methods, P)
     end
     check_timeout(timeout, 3, "read_exact")
     if readahead_len(self) >= n and readahead[self] then return P.take_readahead(self, n) end
-    return read_until(self, timeout, function(piece, before)
+    return read_until(self, timeout, n, function(piece, before)
       if before + #piece >= n then return n, n end
     end)
   end
@@ -190,7 +226,7 @@ function F.install(M, methods, P)
     end
     -- a whole frame already read ahead is cut from it in place
     local have = readahead_len(self)
-    if have >= 4 then
+    if have >= 4 and type(readahead[self]) == "string" then
       local buf, at = readahead_view(self)
       local len = from_u32be(buf:sub(at, at + 3))
       if len <= max and have >= 4 + len then
@@ -199,7 +235,7 @@ function F.install(M, methods, P)
       end
     end
     local need
-    local frame, msg, name, code = read_until(self, timeout, function(piece, before, pieces)
+    local frame, msg, name, code = read_until(self, timeout, "frame " .. max, function(piece, before, pieces)
       if not need then
         if before + #piece < 4 then return nil end
         local head = pieces[1]
