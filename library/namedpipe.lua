@@ -63,6 +63,7 @@
 ---@field pipes integer pipe blocks alive (open, or closed and still owed a completion)
 ---@field outstanding integer operations outstanding
 ---@field os_handles integer the process's handles (Windows) or open fds (Linux); -1 if unknown
+---@field read_buffers integer bytes of read buffers held (every pipe's and the loop's spares)
 
 ---@class namedpipe.Peer
 ---@field pid integer the other end's process id

@@ -317,13 +317,15 @@ static int l_pending(lua_State *L) {
 static int l_stats(lua_State *L) {
   np_stats st;
   np_loop_stats(check_loop(L), &st);
-  lua_createtable(L, 0, 3);
+  lua_createtable(L, 0, 4);
   lua_pushinteger(L, (lua_Integer)st.pipes);
   lua_setfield(L, -2, "pipes");
   lua_pushinteger(L, (lua_Integer)st.outstanding);
   lua_setfield(L, -2, "outstanding");
   lua_pushinteger(L, st.os_handles);
   lua_setfield(L, -2, "os_handles");
+  lua_pushinteger(L, (lua_Integer)st.read_buffers);
+  lua_setfield(L, -2, "read_buffers");
   return 1;
 }
 

@@ -310,6 +310,7 @@ static int try_read(lua_State *L, pipe_ud *u) {
   if (!np_try_read(u->p, max, &data, &len, &more, &st))
     return np_push_status(L, &st);
   lua_pushlstring(L, data, len);
+  np_try_read_done(u->p);
   return 1;
 }
 

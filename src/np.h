@@ -212,6 +212,10 @@ typedef struct np_stats {
   size_t pipes;
   size_t outstanding;
   long os_handles;
+  /* Bytes of read buffers held: every pipe's, and the loop's spare ones.
+   * A buffer a long message needed is given back once its bytes have
+   * been handed out, so this stays near 64 KiB per reading pipe. */
+  size_t read_buffers;
 } np_stats;
 void np_loop_stats(const np_loop *loop, np_stats *stats);
 /* Monotonic milliseconds. */
@@ -290,7 +294,10 @@ void np_readable_start(np_pipe *p, int ref_cb);
 void np_writable_start(np_pipe *p, int ref_cb);
 
 /* Never block. try_read: 1 with *data and *len (valid until the next operation
- * on p), 0 with *st (NP_WOULDBLOCK, NP_EOF, ...). max as np_read_start. */
+ * on p, or np_try_read_done), 0 with *st (NP_WOULDBLOCK, NP_EOF, ...). max as
+ * np_read_start. np_try_read_done: its data has been copied, so a buffer
+ * larger than usual that it needed can go. */
+void np_try_read_done(np_pipe *p);
 int np_try_read(np_pipe *p, size_t max, const char **data, size_t *len,
                 int *more, np_status *st);
 /* try_write: 1 with *written, 0 with *st. *keeps as np_write_start's:

@@ -192,3 +192,44 @@ function TestLifetime:test_foreign_client_cmd_echo()
   lu.assertEquals(data, "hi from cmd\r\n")
   H.close_all(server)
 end
+
+-- A long message (or a long read) needs a read buffer as large: it goes
+-- once its bytes have been handed out, whichever read took them, so a
+-- pipe does not keep the largest message it ever read (np.stats()
+-- counts the read buffers held, the loop's spare ones included).
+function TestLifetime:test_a_long_read_does_not_keep_its_buffer()
+  local big = ("x"):rep(3 * 1024 * 1024)
+  local held = {}
+  for _, mode in ipairs { "byte", "message" } do
+    for _, how in ipairs { "read", "try_read", "read_start" } do
+      local opts = { pipe_mode = mode, out_buffer_size = 4194304, in_buffer_size = 4194304 }
+      local server, client = H.pair(opts, { pipe_mode = mode })
+      local wrote
+      client:write(big, function(n, err) wrote = n or err end)
+      local got = 0
+      if how == "read_start" then
+        server:read_start(function(d)
+          got = got + #d
+          if got >= #big then server:read_stop() end
+        end)
+        H.pump(function() return got >= #big end, 10000, "the long read")
+      else
+        H.pump(function()
+          local d, msg, name = server[how](server, #big, how == "read" and 5000 or nil)
+          if d then
+            got = got + #d
+          elseif name ~= "WOULDBLOCK" then
+            error(("%s %s: %s"):format(mode, how, tostring(msg)))
+          end
+          return got >= #big
+        end, 10000, "the long read")
+      end
+      H.pump(function() return wrote ~= nil end, 10000, "the write")
+      lu.assertEquals(wrote, #big, mode .. " " .. how)
+      held[mode .. " " .. how] = np.stats().read_buffers <= 2 * 1024 * 1024
+      H.close_all(server, client)
+    end
+  end
+  lu.assertEquals(held, { ["byte read"] = true, ["byte try_read"] = true, ["byte read_start"] = true,
+    ["message read"] = true, ["message try_read"] = true, ["message read_start"] = true })
+end

@@ -288,7 +288,12 @@ void np_loop_stats(const np_loop *loop, np_stats *stats) {
   struct dirent *e;
   long fds = 0;
   stats->pipes = 0;
-  for (p = loop->pipes; p; p = p->next) stats->pipes++;
+  /* (not the spill area: address space, its pages given back after use) */
+  stats->read_buffers = (size_t)loop->n_free_rbufs * NP_READ_SIZE;
+  for (p = loop->pipes; p; p = p->next) {
+    stats->pipes++;
+    stats->read_buffers += p->read_req.buf.cap + p->try_buf.cap;
+  }
   stats->outstanding = loop->outstanding;
   if (!d) {
     stats->os_handles = -1;

@@ -486,6 +486,14 @@ int np_try_read(np_pipe *p, size_t max, const char **data, size_t *len,
   return 1;
 }
 
+void np_try_read_done(np_pipe *p) {
+  if (p->try_buf.cap > NP_KEEP_READ_BUFFER) { /* as a read's (loop_unix.c) */
+    free(p->try_buf.data);
+    p->try_buf.data = NULL;
+    p->try_buf.cap = 0;
+  }
+}
+
 /* Nothing stays in flight: the socket copies what it takes, so the bytes
  * are never kept and no completion follows. */
 int np_try_write(np_pipe *p, const char *data, size_t len, size_t *written,

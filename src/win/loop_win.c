@@ -178,6 +178,7 @@ static void release(np_loop *loop, np_req *req) {
   req->state = REQ_IDLE;
   p->outstanding--;
   loop->outstanding--;
+  if (req == &p->read_req) np_read_buffer_trim(p); /* its bytes are out */
   if (req->op == NP_OP_WRITE) {
     np_write_drop(req);
     /* The last write in flight is done: a writable() waiter may go. */
@@ -196,7 +197,11 @@ void np_loop_stats(const np_loop *loop, np_stats *stats) {
   const np_pipe *p;
   DWORD handles = 0;
   stats->pipes = 0;
-  for (p = loop->pipes; p; p = p->next) stats->pipes++;
+  stats->read_buffers = (size_t)loop->n_free_rbufs * NP_READ_CHUNK;
+  for (p = loop->pipes; p; p = p->next) {
+    stats->pipes++;
+    stats->read_buffers += p->rcap;
+  }
   stats->outstanding = loop->outstanding;
   /* A process always holds some handles: 0 means the call is a stub
    * (Wine 8's is). Then count by probing handle values (multiples of 4):

@@ -226,6 +226,19 @@ void np_connect_start(np_pipe *p, int ref_cb) {
   submitted(req, ConnectNamedPipe(p->h, &req->ov));
 }
 
+/* The read buffer, if a long message made it larger than usual, freed:
+ * called once nothing is being read into it (read_req idle) and what it
+ * held has been handed out (copied into a Lua string). */
+void np_read_buffer_trim(np_pipe *p) {
+  if (p->rcap > NP_KEEP_READ_BUFFER && p->read_req.state == REQ_IDLE) {
+    free(p->rbuf);
+    p->rbuf = NULL;
+    p->rcap = 0;
+  }
+}
+
+void np_try_read_done(np_pipe *p) { np_read_buffer_trim(p); }
+
 static int reserve(np_pipe *p, size_t need) {
   np_loop *loop = p->loop;
   char *b;
