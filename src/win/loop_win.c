@@ -159,6 +159,7 @@ np_req *np_write_new(np_pipe *p) {
   p->writes_tail = req;
   if (!p->wdeliver) p->wdeliver = req;
   p->nwrites++;
+  p->writes_made++;
   return req;
 }
 

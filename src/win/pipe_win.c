@@ -646,9 +646,10 @@ void np_cancel(np_pipe *p, np_op op, np_err reason) {
   if (op == NP_OP_READ || op == NP_OP_READABLE || op == NP_OP_TRANSACT)
     cancel_req(p, &p->read_req, reason);
   if (op == NP_OP_WRITABLE) cancel_waiting(p, &p->writable_req, reason);
-  if (op == NP_OP_WRITE) {
+  if (op == NP_OP_WRITE && p->writes_cancelled != p->writes_made) {
     flush_write_queue(p, reason);
     cancel_kernel_writes(p, reason);
+    p->writes_cancelled = p->writes_made;
   }
 }
 

@@ -87,6 +87,10 @@ struct np_pipe {
   int kernel_writes;             /* of those, how many the kernel owns */
   int session_writes;            /* ... and were started in this session */
   np_req *wqueue_head, *wqueue_tail; /* queued behind them, in order */
+  /* Writes made, and how many of them a cancel("write") had seen: when
+   * no write came since, another has nothing to do (N tasks whose writes
+   * time out together each cancel the kind: one walk, not N). */
+  unsigned long writes_made, writes_cancelled;
   int pumping;                   /* pump_writes is running (no recursion) */
   int empty_message_taken; /* readable()'s zero-byte read ate a "" message */
   np_status write_error; /* a failed try_write, told to the next write */
