@@ -233,3 +233,21 @@ function TestLifetime:test_a_long_read_does_not_keep_its_buffer()
   lu.assertEquals(held, { ["byte read"] = true, ["byte try_read"] = true, ["byte read_start"] = true,
     ["message read"] = true, ["message try_read"] = true, ["message read_start"] = true })
 end
+
+-- An idle pipe holds no read buffer, whether or not it has read before:
+-- a read's buffer goes back to the loop (a few spares are kept) once its
+-- bytes are handed out, and the next read takes one when its bytes come.
+function TestLifetime:test_idle_pipes_hold_no_read_buffers_after_reading()
+  local pairs_, spares = {}, 8 * 65536 + 1048576 -- (what the loop may keep)
+  for i = 1, 40 do
+    local server, client = H.pair()
+    assert(client:write("ping " .. i, 5000))
+    lu.assertEquals(server:read(nil, 5000), "ping " .. i)
+    assert(server:write("pong " .. i, 5000))
+    lu.assertEquals(client:read(nil, 5000), "pong " .. i)
+    pairs_[i] = { server, client }
+  end
+  local held = np.stats().read_buffers
+  lu.assertTrue(held <= spares, ("80 idle ends hold %d bytes of read buffers"):format(held))
+  for _, p in ipairs(pairs_) do H.close_all(p[1], p[2]) end
+end

@@ -173,6 +173,12 @@ size_t np_byte_read_size(const np_pipe *p, size_t max) {
   return max < cap ? max : cap;
 }
 
+/* The buffer a read(max) will want: a byte read's size, 0 for a message
+ * (its size is known only once it is there). */
+size_t np_read_want(const np_pipe *p, size_t max) {
+  return p->sock_type == SOCK_STREAM ? np_byte_read_size(p, max) : 0;
+}
+
 static int read_stream(np_pipe *p, size_t max, np_buf *dst, size_t *len,
                        np_status *st) {
   size_t cap = np_byte_read_size(p, max);
@@ -244,7 +250,7 @@ void np_pump_read(np_pipe *p) {
     into.cap = r->max; /* read_stream asks for at most max: never grown */
     dst = &into;
   } else if (!r->buf.data) {
-    np_read_buf_take(p->loop, &r->buf);
+    np_read_buf_take(p->loop, &r->buf, np_read_want(p, r->max));
   }
   if (r->op == NP_OP_READABLE) {
     if (!read_ready(p)) return;

@@ -49,19 +49,39 @@ int np_buf_reserve(np_buf *b, size_t n) {
   return 1;
 }
 
-/* A kept read buffer for an empty one, if any. */
-void np_read_buf_take(np_loop *loop, np_buf *b) {
-  if (b->data || loop->n_free_rbufs == 0) return;
+/* A kept read buffer for an empty one that is to hold `want` bytes (0:
+ * not known yet), if any: one of the usual size, or the loop's larger
+ * spare for a larger want. */
+void np_read_buf_take(np_loop *loop, np_buf *b, size_t want) {
+  if (b->data) return;
+  if (want > NP_READ_SIZE) {
+    if (loop->big_spare.cap >= want) {
+      *b = loop->big_spare;
+      loop->big_spare.data = NULL;
+      loop->big_spare.cap = 0;
+    }
+    return;
+  }
+  if (loop->n_free_rbufs == 0) return;
   b->data = loop->free_rbufs[--loop->n_free_rbufs];
   b->cap = NP_READ_SIZE;
 }
 
-/* Give a read buffer up: kept when of the usual size, else freed. */
-static void read_buf_give(np_loop *loop, np_buf *b) {
-  if (b->data && b->cap == NP_READ_SIZE && loop->n_free_rbufs < NP_KEEP_READ_BUFS)
+/* Give a read buffer up: kept when of the usual size (NP_KEEP_READ_BUFS
+ * of them), as the loop's one larger spare when up to NP_READ_CAP (a
+ * reader asking read(n) for a large n reads into the same memory each
+ * time, with no malloc of it per read), else freed. */
+void np_read_buf_give(np_loop *loop, np_buf *b) {
+  if (!b->data) return;
+  if (b->cap == NP_READ_SIZE && loop->n_free_rbufs < NP_KEEP_READ_BUFS) {
     loop->free_rbufs[loop->n_free_rbufs++] = b->data;
-  else
+  } else if (b->cap > NP_READ_SIZE && b->cap <= NP_READ_CAP &&
+             b->cap >= loop->big_spare.cap) {
+    free(loop->big_spare.data);
+    loop->big_spare = *b;
+  } else {
     free(b->data);
+  }
   b->data = NULL;
   b->cap = 0;
 }
@@ -289,7 +309,7 @@ void np_loop_stats(const np_loop *loop, np_stats *stats) {
   long fds = 0;
   stats->pipes = 0;
   /* (not the spill area: address space, its pages given back after use) */
-  stats->read_buffers = (size_t)loop->n_free_rbufs * NP_READ_SIZE;
+  stats->read_buffers = (size_t)loop->n_free_rbufs * NP_READ_SIZE + loop->big_spare.cap;
   for (p = loop->pipes; p; p = p->next) {
     stats->pipes++;
     stats->read_buffers += p->read_req.buf.cap + p->try_buf.cap;
@@ -367,8 +387,10 @@ void np_completion_done(np_loop *loop, np_completion *c) {
     p->outstanding--;
     loop->outstanding--;
     r->state = REQ_IDLE;
-    if (r->buf.cap > NP_KEEP_READ_BUFFER || p->closed)
-      read_buf_give(loop, &r->buf);
+    /* Its bytes are out: the buffer goes back to the loop's spares (or is
+     * freed), so an idle pipe holds none, as one never read from. The
+     * next read takes one again when its bytes come. */
+    np_read_buf_give(loop, &r->buf);
   } else {
     np_write_req_drop(p, r);
   }
@@ -385,7 +407,7 @@ void np_pipe_free(np_pipe *p) {
     write_req_release(loop, r);
   }
   np_pipe_list_remove(p);
-  read_buf_give(loop, &p->read_req.buf);
+  np_read_buf_give(loop, &p->read_req.buf);
   free(p->rest);
   free(p->try_buf.data);
   free(p);
@@ -407,6 +429,7 @@ int np_loop_close(np_loop *loop) {
     free(r);
   }
   while (loop->n_free_rbufs > 0) free(loop->free_rbufs[--loop->n_free_rbufs]);
+  free(loop->big_spare.data);
   if (loop->spill) munmap(loop->spill, loop->spill_size);
   np_dir_cache_free(loop);
   np_host_close(loop);

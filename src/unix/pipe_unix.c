@@ -476,6 +476,7 @@ void np_write_keep(np_pipe *p, int ref_data) { p->writes->ref_data = ref_data; }
 int np_try_read(np_pipe *p, size_t max, const char **data, size_t *len,
                 int *more, np_status *st) {
   if (!np_io_allowed(p, NP_OP_READ, st)) return 0;
+  np_read_buf_take(p->loop, &p->try_buf, np_read_want(p, max));
   if (p->pending_read ||
       !np_read_attempt(p, max, &p->try_buf, len, more, st)) {
     np_status_errno(st, NP_WOULDBLOCK, 0);
@@ -486,13 +487,8 @@ int np_try_read(np_pipe *p, size_t max, const char **data, size_t *len,
   return 1;
 }
 
-void np_try_read_done(np_pipe *p) {
-  if (p->try_buf.cap > NP_KEEP_READ_BUFFER) { /* as a read's (loop_unix.c) */
-    free(p->try_buf.data);
-    p->try_buf.data = NULL;
-    p->try_buf.cap = 0;
-  }
-}
+/* As a read's buffer (np_completion_done): back to the spares. */
+void np_try_read_done(np_pipe *p) { np_read_buf_give(p->loop, &p->try_buf); }
 
 /* Nothing stays in flight: the socket copies what it takes, so the bytes
  * are never kept and no completion follows. */

@@ -50,15 +50,12 @@ NP_INTERNAL_BEGIN
 #define NP_READ_SIZE 65536u
 #define NP_READ_CAP (1u << 20)
 
-/* Read buffers of the usual size (NP_READ_SIZE) a loop keeps from closed
- * pipes for the next pipes' reads: a 64 KiB malloc and free per pipe
- * otherwise, and glibc consolidates its small free chunks before every
- * such malloc. */
+/* Read buffers of the usual size (NP_READ_SIZE) a loop keeps for the next
+ * reads: a read's buffer comes back once its bytes are handed out (an
+ * idle pipe holds none), and a 64 KiB malloc and free per read would cost
+ * more (glibc consolidates its small free chunks before every such
+ * malloc). Any other size is freed. */
 #define NP_KEEP_READ_BUFS 8
-
-/* A completed read keeps its buffer for the next read of that pipe unless it
- * grew beyond this (one huge message must not pin its memory forever). */
-#define NP_KEEP_READ_BUFFER (1u << 20)
 
 /* What an epoll_event's data.ptr points at: both blocks start with this. */
 typedef enum np_watch {
@@ -230,6 +227,7 @@ struct np_loop {
   /* Read buffers kept for reuse (NP_KEEP_READ_BUFS). */
   char *free_rbufs[NP_KEEP_READ_BUFS];
   int n_free_rbufs;
+  np_buf big_spare; /* one larger read buffer kept (np_read_buf_give) */
   /* Of the ready requests, the reads that finished as they started
    * (read_may_succeed: typically a stream read after one that filled its
    * buffer, rd_full), and how many
@@ -246,7 +244,8 @@ np_err np_errno_err(int code);
 
 /* loop_unix.c */
 int np_buf_reserve(np_buf *b, size_t n);
-void np_read_buf_take(np_loop *loop, np_buf *b);
+void np_read_buf_take(np_loop *loop, np_buf *b, size_t want);
+void np_read_buf_give(np_loop *loop, np_buf *b);
 void np_req_start(np_pipe *p, np_req *r, np_op op, int ref_cb, int ref_data);
 void np_req_ready(np_req *r, np_err err, long code);
 /* host_unix.c: a completion is ready outside a step's wait (tell the
@@ -380,6 +379,7 @@ void np_loop_check_readiness(np_loop *loop, const char *where);
 #define np_loop_check_readiness(loop, where) ((void)0)
 #endif
 size_t np_byte_read_size(const np_pipe *p, size_t max);
+size_t np_read_want(const np_pipe *p, size_t max);
 void np_pump_read(np_pipe *p);
 void np_pump_writable(np_pipe *p);
 void np_pump_writes(np_pipe *p);

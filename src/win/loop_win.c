@@ -179,7 +179,7 @@ static void release(np_loop *loop, np_req *req) {
   req->state = REQ_IDLE;
   p->outstanding--;
   loop->outstanding--;
-  if (req == &p->read_req) np_read_buffer_trim(p); /* its bytes are out */
+  if (req == &p->read_req) np_read_buffer_give(p); /* its bytes are out */
   if (req->op == NP_OP_WRITE) {
     np_write_drop(req);
     /* The last write in flight is done: a writable() waiter may go. */
@@ -198,7 +198,7 @@ void np_loop_stats(const np_loop *loop, np_stats *stats) {
   const np_pipe *p;
   DWORD handles = 0;
   stats->pipes = 0;
-  stats->read_buffers = (size_t)loop->n_free_rbufs * NP_READ_CHUNK;
+  stats->read_buffers = (size_t)loop->n_free_rbufs * NP_READ_CHUNK + loop->big_spare_cap;
   for (p = loop->pipes; p; p = p->next) {
     stats->pipes++;
     stats->read_buffers += p->rcap;
@@ -307,6 +307,7 @@ int np_loop_close(np_loop *loop) {
     free(w);
   }
   while (loop->n_free_rbufs > 0) free(loop->free_rbufs[--loop->n_free_rbufs]);
+  free(loop->big_spare);
   CloseHandle(loop->try_event);
   CloseHandle(loop->port);
   free(loop);

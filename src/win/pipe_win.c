@@ -226,18 +226,30 @@ void np_connect_start(np_pipe *p, int ref_cb) {
   submitted(req, ConnectNamedPipe(p->h, &req->ov));
 }
 
-/* The read buffer, if a long message made it larger than usual, freed:
- * called once nothing is being read into it (read_req idle) and what it
- * held has been handed out (copied into a Lua string). */
-void np_read_buffer_trim(np_pipe *p) {
-  if (p->rcap > NP_KEEP_READ_BUFFER && p->read_req.state == REQ_IDLE) {
+/* The read buffer given up once nothing is being read into it (read_req
+ * idle) and what it held has been handed out (copied into a Lua string),
+ * so an idle pipe holds none, as one never read from: kept by the loop
+ * when of the usual size (NP_KEEP_RBUFS of them), as its one larger spare
+ * when up to READ_CAP (a reader asking read(n) for a large n reads into
+ * the same memory each time), else freed (a long message's). */
+void np_read_buffer_give(np_pipe *p) {
+  np_loop *loop = p->loop;
+  if (!p->rbuf || p->read_req.state != REQ_IDLE) return;
+  if (p->rcap == READ_CHUNK && loop->n_free_rbufs < NP_KEEP_RBUFS) {
+    loop->free_rbufs[loop->n_free_rbufs++] = p->rbuf;
+  } else if (p->rcap > READ_CHUNK && p->rcap <= READ_CAP &&
+             p->rcap >= loop->big_spare_cap) {
+    free(loop->big_spare);
+    loop->big_spare = p->rbuf;
+    loop->big_spare_cap = p->rcap;
+  } else {
     free(p->rbuf);
-    p->rbuf = NULL;
-    p->rcap = 0;
   }
+  p->rbuf = NULL;
+  p->rcap = 0;
 }
 
-void np_try_read_done(np_pipe *p) { np_read_buffer_trim(p); }
+void np_try_read_done(np_pipe *p) { np_read_buffer_give(p); }
 
 static int reserve(np_pipe *p, size_t need) {
   np_loop *loop = p->loop;
@@ -246,6 +258,13 @@ static int reserve(np_pipe *p, size_t need) {
   if (!p->rbuf && need <= READ_CHUNK && loop->n_free_rbufs > 0) {
     p->rbuf = loop->free_rbufs[--loop->n_free_rbufs];
     p->rcap = READ_CHUNK;
+    return 1;
+  }
+  if (!p->rbuf && need <= loop->big_spare_cap) {
+    p->rbuf = loop->big_spare;
+    p->rcap = loop->big_spare_cap;
+    loop->big_spare = NULL;
+    loop->big_spare_cap = 0;
     return 1;
   }
   b = (char *)realloc(p->rbuf, need);

@@ -106,9 +106,6 @@ struct np_pipe {
  * chunk of a message); how many a loop keeps for reuse. */
 #define NP_READ_CHUNK 65536u
 #define NP_KEEP_RBUFS 8
-/* A read buffer larger than this (a long message needed it) is freed once
- * its bytes have been handed out, rather than kept with the pipe. */
-#define NP_KEEP_READ_BUFFER (1u << 20)
 
 struct np_loop {
   HANDLE port;
@@ -123,6 +120,8 @@ struct np_loop {
    * 64 KiB heap block per pipe otherwise: Wine's heap is slow). */
   char *free_rbufs[NP_KEEP_RBUFS];
   int n_free_rbufs;
+  char *big_spare; /* one larger read buffer kept (np_read_buffer_give) */
+  size_t big_spare_cap;
 };
 
 /* A read or a transact: the read slot's operations that bring bytes
@@ -135,8 +134,8 @@ void np_win_status(np_status *st, DWORD err, np_op op);
 /* err as a pipe's end tells it (a client's ERROR_PIPE_NOT_CONNECTED is
  * the server gone, ...). */
 void np_pipe_status(const np_pipe *p, np_status *st, DWORD err, np_op op);
-/* pipe_win.c: a read buffer larger than usual freed once idle. */
-void np_read_buffer_trim(np_pipe *p);
+/* pipe_win.c: the read buffer given up once idle. */
+void np_read_buffer_give(np_pipe *p);
 
 /* loop_win.c */
 void np_req_ready(np_loop *loop, np_req *req);
