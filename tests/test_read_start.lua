@@ -28,6 +28,16 @@ local function bytes(g, n)
   return table.concat(t)
 end
 
+-- Step until a step raises (a callback's error): that error.
+local function step_until_error()
+  local ok, err
+  H.pump(function()
+    ok, err = pcall(np.step, 10)
+    return not ok
+  end, 5000, "the error")
+  return err
+end
+
 -- Step until the read slot is free: the end of a read read_stop cancelled
 -- from outside its callback has been dispatched.
 local function slot_free(pipe)
@@ -289,11 +299,7 @@ function TestReadStart:test_a_raising_callback_keeps_reading()
     if data == "boom" then error("callback raised") end
   end)
   client:write("boom", noop) -- (a waiting write would step: the error came out of it)
-  local ok, err
-  H.pump(function()
-    ok, err = pcall(np.step, 10)
-    return not ok
-  end, 5000, "the error")
+  local err = step_until_error()
   lu.assertStrContains(tostring(err), "callback raised")
   assert(client:write("after", 2000))
   H.pump(function() return #calls == 2 end, 5000, "the next message")
@@ -415,11 +421,7 @@ function TestReadStart:test_a_callback_that_steps_then_raises_keeps_reading()
     end
   end)
   client:write("first", noop)
-  local ok, err
-  H.pump(function()
-    ok, err = pcall(np.step, 10)
-    return not ok
-  end, 5000, "the error")
+  local err = step_until_error()
   lu.assertStrContains(tostring(err), "after a nested step")
   client:write("second", noop)
   H.pump(function() return #seen == 2 end, 5000, "the next message")
