@@ -110,6 +110,7 @@ function Pipe:read(n, cb_or_timeout) end
 --- is available, or one whole message), until `read_stop()`, `cancel("read")`
 --- or a failure, which it gets as its last call (`nil, msg, "EOF"` at the end
 --- of the stream). Meanwhile the read slot is taken: other reads are refused.
+--- The next read starts once the callback has returned (or raised).
 ---@param cb fun(data: string?, msg: string?, name: namedpipe.ErrorName?, code: integer?)
 function Pipe:read_start(cb) end
 

@@ -485,9 +485,10 @@ end
 -- A read_start holds the read slot from its call on, also while it waits
 -- here for what this layer holds (as the C methods refuse a read while a
 -- read_start's reads go on).
-local function check_not_reading(pipe, fname)
+local function check_not_reading(pipe, fname, level)
   if starting[pipe] then
-    error(("bad argument #1 to '%s' (a read is already pending on this pipe)"):format(fname), 4)
+    error(("bad argument #1 to '%s' (a read is already pending on this pipe)"):format(fname),
+      level or 4)
   end
 end
 
@@ -766,7 +767,7 @@ function waiting.read_start(self, cb)
     error(("bad argument #2 to 'read_start' (function expected, got %s)"):format(type(cb)), 4)
   end
   check_not_reading(self, "read_start")
-  local start = { cb = cb }
+  local start = { cb = cb, session = session(self) }
   if has_readahead(self) then
     start.data = take_readahead(self)
     starting[self] = start
@@ -829,6 +830,14 @@ function methods.disconnect(...)
     local self = ...
     sessions[self] = session(self) + 1
     if readahead[self] then set_readahead(self, nil) end
+    -- a read_start still waiting here (its bytes were the last client's,
+    -- dropped) ends as the C method's reads do, from the next step
+    local start = starting[self]
+    if start then
+      starting[self] = nil
+      sync_divert(self)
+      task.soon(start.cb, nil, "disconnected (what had come is dropped)", "NOT_CONNECTED", 0)
+    end
   end
   return unpack(r, 1, r.n)
 end
@@ -1058,6 +1067,7 @@ require("namedpipe.framing").install(M, methods, {
   readahead_view = readahead_view, readahead_len = readahead_len,
   readahead_rest = readahead_rest, readahead_skip = readahead_skip,
   take_readahead = take_readahead, take_rope = take_rope,
+  check_not_reading = check_not_reading,
   check_timeout = check_timeout, settle = settle,
   wait_begin = wait_begin, wait_end = wait_end, raw = raw,
 })

@@ -158,7 +158,6 @@ static int step_loop(lua_State *L, loop_ud *lu) {
   if (!loop) luaL_error(L, "namedpipe: the loop is closed");
   timeout = t >= (lua_Number)INT_MAX ? INT_MAX : (int)(t + 0.999);
   settle_held(L, lu, ANCHORS_UPV); /* a callback raised in an earlier step */
-  if (lu->running_head) np_reading_rescue(L, lu, ANCHORS_UPV);
   lu->wrote_now = 0; /* (this wait looks) */
   ready = np_loop_wait(loop, timeout, &st);
   if (ready < 0) return np_push_status(L, &st);
@@ -206,7 +205,7 @@ static int step_loop(lua_State *L, loop_ud *lu) {
     np_completion c;
     pipe_ud *u;
     int nargs, has_cb;
-    unsigned long run; /* a read_start's read: its run (reading.c) */
+    int run; /* a read_start's read: its callback runs as a run (reading.c) */
     unsigned long taken = lu->taken;
     int have = np_loop_peek(loop, &c);
     if (!have && !lu->wrote_now) break;
@@ -245,10 +244,8 @@ static int step_loop(lua_State *L, loop_ud *lu) {
     if (u && c.ref_cb == u->read_cb && c.ref_cb != LUA_NOREF &&
         c.op == NP_OP_READ) {
       if (c.status.err == NP_OK && !u->read_stopping) {
-        /* the userdata stays on this stack through the call */
-        run = np_reading_running(lu, u);
-        lua_rawgeti(L, anchors, u->self_ref);
-        lua_insert(L, -(nargs + 2));
+        run = 1;
+        np_reading_running(u);
       } else { /* the reading ends here */
         if (u->read_stopping && c.status.err != NP_OK) {
           lua_pop(L, nargs + 1); /* stopped: nothing more for its callback */
@@ -270,13 +267,14 @@ static int step_loop(lua_State *L, loop_ud *lu) {
       if (!run) u->inflight--; /* (a run stays counted until it is done) */
       lu->held = u; /* anchored until settled, after the callback */
     }
-    if (has_cb)
+    if (run) { /* done even if it raises: then the error goes on */
+      int status = lua_pcall(L, nargs, 0, 0);
+      np_reading_done(L, lu, u, c.ref_cb, anchors);
+      if (status != 0) lua_error(L);
+    } else if (has_cb) {
       lua_call(L, nargs, 0); /* an error propagates; the queue stays sound */
-    else
+    } else {
       lua_pop(L, nargs);
-    if (run) {
-      np_reading_done(L, lu, u, run, anchors);
-      lua_pop(L, 1); /* the userdata */
     }
     settle_held(L, lu, anchors);
   }

@@ -60,9 +60,6 @@ typedef struct loop_ud {
   int wrote_now;
   /* Writes tasks did at once in a row (methods.c, write_now_budget). */
   int writes_now;
-  /* read_start's runs (reading.c): handed out, callback not finished. */
-  struct pipe_ud *running_head;
-  unsigned long reading_serial;
 } loop_ud;
 
 typedef struct pipe_ud {
@@ -76,13 +73,10 @@ typedef struct pipe_ud {
    * reads go through it (divert). Set by layer.set_readahead. */
   int readahead;
   /* read_start (reading.c): its callback's anchor while it reads
-   * (LUA_NOREF: not reading); read_stopping: read_stop cancelled its
-   * pending read, whose end (an error) then calls nothing. A read of it
-   * handed out, its callback running or raised: running_ref (that
-   * callback's anchor), running_serial (nonzero), in the loop's list. */
-  int read_cb, read_stopping, running_ref;
-  unsigned long running_serial;
-  struct pipe_ud *running_prev, *running_next;
+   * (LUA_NOREF: not reading); run_open: a read of it was handed out and
+   * its callback runs (none pending); read_stopping: read_stop cancelled
+   * its pending read, whose end (an error) then calls nothing. */
+  int read_cb, run_open, read_stopping;
 } pipe_ud;
 
 /* ---------------------------------------------------------------- anchors */

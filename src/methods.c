@@ -76,10 +76,8 @@ static pipe_ud *pipe_new(lua_State *L, int is_server) {
   u->self_ref = LUA_NOREF;
   u->is_server = is_server;
   u->readahead = 0;
-  u->read_cb = u->running_ref = LUA_NOREF;
-  u->read_stopping = 0;
-  u->running_serial = 0;
-  u->running_prev = u->running_next = NULL;
+  u->read_cb = LUA_NOREF;
+  u->run_open = u->read_stopping = 0;
   return u;
 }
 
@@ -307,8 +305,10 @@ static int try_read(lua_State *L, pipe_ud *u) {
   np_status st;
   if (read_busy(u))
     np_arg_error(L, 1, "a read is already pending on this pipe");
-  if (!np_try_read(u->p, max, &data, &len, &more, &st))
+  if (!np_try_read(u->p, max, &data, &len, &more, &st)) {
+    np_try_read_done(u->p); /* (nothing to copy: its buffer goes back) */
     return np_push_status(L, &st);
+  }
   lua_pushlstring(L, data, len);
   np_try_read_done(u->p);
   return 1;
@@ -511,13 +511,17 @@ static int m_cancel(lua_State *L) {
   np_err reason = np_check_option(L, 3, "CANCELLED", reasons) == 0
                       ? NP_CANCELLED
                       : NP_TIMEOUT;
-  if (lua_isnoneornil(L, 2)) {
+  int all = lua_isnoneornil(L, 2);
+  np_op op = all ? NP_OP_READ : check_op(L, 2, NULL);
+  /* From a read_start's callback nothing of it is pending: it stops. */
+  if (u->run_open && op == NP_OP_READ) np_reading_stop(u);
+  if (all) {
     np_cancel(u->p, NP_OP_CONNECT, reason);
     np_cancel(u->p, NP_OP_READ, reason);
     np_cancel(u->p, NP_OP_WRITE, reason);
     np_cancel(u->p, NP_OP_WRITABLE, reason);
   } else {
-    np_cancel(u->p, check_op(L, 2, NULL), reason);
+    np_cancel(u->p, op, reason);
   }
   return 0;
 }

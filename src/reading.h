@@ -6,26 +6,19 @@
 
 NP_INTERNAL_BEGIN
 
-/* step_loop hands out a read of u's read_start (c: its completion, status
- * ok, not stopped): its callback is to run, the next read starts once it
- * is done (np_reading_done). The anchor of the callback is kept and the
- * completion stays counted in u->inflight meanwhile. Returns the run's
- * serial, for np_reading_done. */
-unsigned long np_reading_running(loop_ud *lu, pipe_ud *u);
+/* step_loop hands out a read of u's read_start (status ok, not stopped):
+ * its callback runs now, and the next read starts once it has returned
+ * (np_reading_done, with the callback's anchor `ref`). The anchor stays
+ * held and the completion stays counted in u->inflight meanwhile. */
+void np_reading_running(pipe_ud *u);
 
-/* The callback of the run `serial` returned: the next read starts (unless
- * the callback stopped the reading or closed the pipe). u must be alive:
- * step_loop keeps the userdata on its stack through the call. t: the
- * anchor table's index. */
-void np_reading_done(lua_State *L, loop_ud *lu, pipe_ud *u,
-                     unsigned long serial, int t);
+/* The callback of the run whose anchor is `ref` has returned (or raised):
+ * the next read starts, unless the reading was stopped (read_stop, a
+ * cancel, a new read_start after a stop) or the pipe closed meanwhile.
+ * t: the anchor table's index. */
+void np_reading_done(lua_State *L, loop_ud *lu, pipe_ud *u, int ref, int t);
 
-/* At the start of a step: the runs whose callback raised (it is no longer
- * on the stack) are done; those of a callback that steps from inside
- * itself still run. */
-void np_reading_rescue(lua_State *L, loop_ud *lu, int t);
-
-/* read_stop(). */
+/* read_stop(); also cancel("read"). */
 void np_reading_stop(pipe_ud *u);
 
 NP_INTERNAL_END

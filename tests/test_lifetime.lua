@@ -234,7 +234,8 @@ function TestLifetime:test_a_long_read_does_not_keep_its_buffer()
     ["message read"] = true, ["message try_read"] = true, ["message read_start"] = true })
 end
 
--- An idle pipe holds no read buffer, whether or not it has read before:
+-- An idle pipe holds no read buffer, whether or not it has read before
+-- (or tried to, with try_read):
 -- a read's buffer goes back to the loop (a few spares are kept) once its
 -- bytes are handed out, and the next read takes one when its bytes come.
 function TestLifetime:test_idle_pipes_hold_no_read_buffers_after_reading()
@@ -245,6 +246,9 @@ function TestLifetime:test_idle_pipes_hold_no_read_buffers_after_reading()
     lu.assertEquals(server:read(nil, 5000), "ping " .. i)
     assert(server:write("pong " .. i, 5000))
     lu.assertEquals(client:read(nil, 5000), "pong " .. i)
+    local none, _, name = server:try_read() -- (nothing there: its buffer goes back too)
+    lu.assertNil(none)
+    lu.assertEquals(name, "WOULDBLOCK")
     pairs_[i] = { server, client }
   end
   local held = np.stats().read_buffers

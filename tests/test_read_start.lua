@@ -363,6 +363,35 @@ function TestReadStart:test_read_ahead_comes_first()
   H.close_all(server, client)
 end
 
+-- A read_start waiting for bytes read ahead: the framing reads are
+-- refused too, and a disconnect() ends it with NOT_CONNECTED, its bytes
+-- (the last client's) dropped, never handed to the next client.
+function TestReadStart:test_waiting_for_read_ahead_refuses_framing_and_ends_on_disconnect()
+  local server, client, name = H.pair()
+  assert(client:write("head\nold-client-bytes", 2000))
+  lu.assertEquals(server:read_line(2000), "head")
+  local got = {}
+  server:read_start(function(d, _, ename) got[#got + 1] = d or ename end)
+  for _, f in ipairs { function() return server:read_line(10) end,
+                       function() return server:read_exact(1, 10) end,
+                       function() return server:read_frame(10) end } do
+    local ok, err = pcall(f)
+    lu.assertFalse(ok)
+    lu.assertStrContains(tostring(err), "a read is already pending")
+  end
+  assert(server:disconnect())
+  server:read_stop() -- (nothing of the last client's goes back)
+  local connected, res = H.capture()
+  server:connect(connected)
+  local c2 = assert(np.open(name))
+  H.pump(function() return res.done end, 5000, "the next client")
+  assert(c2:write("new", 2000))
+  lu.assertEquals(server:read(nil, 2000), "new")
+  H.pump(function() return #got > 0 end, 5000, "the end of the read_start")
+  lu.assertEquals(got, { "NOT_CONNECTED" })
+  H.close_all(server, client, c2)
+end
+
 -- A reading pipe stays alive with no reference left but its callback's.
 function TestReadStart:test_a_reading_pipe_is_not_collected()
   local got, client
@@ -383,28 +412,88 @@ end
 -- A callback that steps the loop from inside itself (here a waiting
 -- write) is not given the next read before it has returned: a burst is
 -- taken one message after another, never nested, and answered in order.
-function TestReadStart:test_a_callback_that_steps_is_not_reentered()
+-- Whether the callback does it itself, through a tail call (its frame is
+-- gone meanwhile), or from a coroutine of its own (the step runs on
+-- another stack).
+local function not_reentered(shape)
   local server, client = H.pair({ pipe_mode = "message" }, { pipe_mode = "message" })
   local depth, deepest, seen = 0, 0, {}
-  server:read_start(function(msg)
+  local function handle(msg)
     depth = depth + 1
     if depth > deepest then deepest = depth end
     seen[#seen + 1] = msg
     assert(server:write("re:" .. msg, 5000)) -- steps the loop meanwhile
     depth = depth - 1
-  end)
+  end
+  local callbacks = {
+    plain = function(msg) handle(msg) end,
+    tail_call = function(msg) return handle(msg) end,
+    coroutine = function(msg) coroutine.wrap(handle)(msg) end,
+  }
+  server:read_start(callbacks[shape])
   local N = 300
   for i = 1, N do client:write("m" .. i, noop) end
   local replies = {}
   client:read_start(function(msg) replies[#replies + 1] = msg end)
   H.pump(function() return #replies == N end, 20000, "every reply")
-  lu.assertEquals(deepest, 1)
+  lu.assertEquals(deepest, 1, shape)
   for i = 1, N do
-    lu.assertEquals(seen[i], "m" .. i)
-    lu.assertEquals(replies[i], "re:m" .. i)
+    lu.assertEquals(seen[i], "m" .. i, shape)
+    lu.assertEquals(replies[i], "re:m" .. i, shape)
   end
   server:read_stop()
   client:read_stop()
+  H.close_all(server, client)
+end
+
+function TestReadStart:test_a_callback_that_steps_is_not_reentered()
+  not_reentered("plain")
+  not_reentered("tail_call")
+  not_reentered("coroutine")
+end
+
+-- From inside its callback: read_stop, a new read_start, and a step that
+-- hands the new one a read, which stops in turn. Both end cleanly, and the
+-- next message is the pipe's to read, not taken by a read nobody started.
+function TestReadStart:test_a_new_read_start_inside_the_callback()
+  local server, client = H.pair({ pipe_mode = "message" }, { pipe_mode = "message" })
+  local got = {}
+  local function second(d)
+    got[#got + 1] = "second:" .. tostring(d)
+    server:read_stop()
+  end
+  server:read_start(function(d)
+    got[#got + 1] = "first:" .. tostring(d)
+    server:read_stop()
+    server:read_start(second)
+    client:write("two", noop)
+    np.sleep(20) -- a step inside: second gets "two" here
+  end)
+  client:write("one", noop)
+  H.pump(function() return #got >= 2 end, 5000, "both callbacks")
+  for _ = 1, 5 do np.step(5) end
+  assert(client:write("three", 2000))
+  lu.assertEquals(server:read(nil, 2000), "three")
+  lu.assertEquals(got, { "first:one", "second:two" })
+  H.close_all(server, client)
+  lu.assertEquals(np.stats().outstanding, 0)
+end
+
+-- cancel("read") from inside the callback stops the reading too (nothing
+-- of it is pending there).
+function TestReadStart:test_cancel_inside_the_callback_stops_it()
+  local server, client = H.pair({ pipe_mode = "message" }, { pipe_mode = "message" })
+  local got = {}
+  server:read_start(function(d)
+    got[#got + 1] = d
+    server:cancel("read")
+  end)
+  client:write("one", noop)
+  H.pump(function() return #got == 1 end, 5000, "the first message")
+  assert(client:write("two", 2000))
+  for _ = 1, 5 do np.step(5) end
+  lu.assertEquals(got, { "one" })
+  lu.assertEquals(server:read(nil, 2000), "two")
   H.close_all(server, client)
 end
 

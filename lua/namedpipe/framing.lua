@@ -14,6 +14,7 @@ function F.install(M, methods, P)
   local readahead, set_readahead, now, session = P.readahead, P.set_readahead, M.now, P.session
   local readahead_view, readahead_len, readahead_rest, readahead_skip, take_rope =
     P.readahead_view, P.readahead_len, P.readahead_rest, P.readahead_skip, P.take_rope
+  local check_not_reading = P.check_not_reading
 
   local function deadline_left(deadline)
     if not deadline then return nil end
@@ -131,6 +132,7 @@ function F.install(M, methods, P)
   --- returned, then nil, msg, "EOF".
   function methods.read_line(self, timeout)
     check_pipe(self, "read_line")
+    check_not_reading(self, "read_line", 3) -- (a read_start waiting for the read-ahead)
     check_timeout(timeout, 2, "read_line")
     -- A line already read ahead is cut from it in place (its bytes come
     -- before those of any abandoned read, which read_until settles first).
@@ -177,6 +179,7 @@ function F.install(M, methods, P)
   --- (what arrived stays readable).
   function methods.read_exact(self, n, timeout)
     check_pipe(self, "read_exact")
+    check_not_reading(self, "read_exact", 3) -- (a read_start waiting for the read-ahead)
     if math_type(n) ~= "integer" or n < 0 then
       error("bad argument #2 to 'read_exact' (byte count >= 0 expected)", 2)
     end
@@ -218,6 +221,7 @@ function F.install(M, methods, P)
   --- and is left unread (its length too), so a larger limit can read it.
   function methods.read_frame(self, timeout)
     check_pipe(self, "read_frame")
+    check_not_reading(self, "read_frame", 3) -- (a read_start waiting for the read-ahead)
     check_timeout(timeout, 2, "read_frame")
     local max = M.max_frame_size
     if math_type(max) ~= "integer" or max < 0 then
