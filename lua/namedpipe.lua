@@ -736,17 +736,38 @@ end
 --- (from the next step, as a callback's always is), and the C method
 --- reads on after it; after an abandoned read, once that has completed,
 --- the C method starts (or this again, if it left bytes). Meanwhile the
---- read slot is this start's (starting), and read_stop puts bytes not yet
---- delivered back. quiet: the pipe was closed by the callback itself,
---- which then hears nothing more (as from the C method's reads).
-local function start_reading(pipe, start, quiet)
-  if starting[pipe] ~= start then return end -- read_stop came first
+--- read slot is this start's (starting), and it ends as the C method's
+--- reading does: read_stop puts bytes not yet delivered back and calls
+--- nothing more; cancel("read") does the same and calls cb with
+--- CANCELLED; close() and disconnect() (the last client's bytes dropped)
+--- end it with CLOSED and NOT_CONNECTED; from inside its callback
+--- (running) any of them ends it with nothing more.
+local function end_start(pipe, start, msg, name)
   starting[pipe] = nil
   sync_divert(pipe)
-  if pipe:state() == "closed" then
-    if quiet then return end
-    return start.cb(nil, "pipe closed", "CLOSED", 0)
+  return start.cb(nil, msg, name, 0)
+end
+
+-- closed or disconnected meanwhile: how it ends, or nil
+local function start_gone(pipe, start)
+  if pipe:state() == "closed" then return end_start(pipe, start, "pipe closed", "CLOSED") end
+  if session(pipe) ~= start.session then
+    return end_start(pipe, start, "disconnected (what had come is dropped)", "NOT_CONNECTED")
   end
+end
+
+-- quiet: after its own callback, which closed the pipe: nothing more.
+local function start_reading(pipe, start, quiet)
+  if starting[pipe] ~= start then return end -- stopped meanwhile
+  if quiet and pipe:state() == "closed" then
+    starting[pipe] = nil
+    return sync_divert(pipe)
+  end
+  if pipe:state() == "closed" or session(pipe) ~= start.session then
+    return start_gone(pipe, start)
+  end
+  starting[pipe] = nil
+  sync_divert(pipe)
   return methods.read_start(pipe, start.cb)
 end
 
@@ -754,10 +775,15 @@ local function deliver_ahead(pipe, start)
   if starting[pipe] ~= start then return end
   local data = start.data
   start.data = nil
+  if pipe:state() == "closed" or session(pipe) ~= start.session then
+    return start_gone(pipe, start)
+  end
   -- The callback first, holding the slot, as the C method's do: a
   -- read_stop there leaves nothing pending. Reading goes on after it even
   -- should it raise; the error then comes out of the step.
+  start.running = true
   local ok, err = pcall(start.cb, data)
+  start.running = false
   start_reading(pipe, start, true)
   if not ok then error(err, 0) end
 end
@@ -783,15 +809,34 @@ function waiting.read_start(self, cb)
   return raw.read_start(self, cb) -- (raises while a read is pending)
 end
 
+-- A start waiting here taken back: its bytes not yet delivered are the
+-- pipe's again (unless their client has gone).
+local function withdraw_start(self)
+  local start = starting[self]
+  if not start then return nil end
+  starting[self] = nil
+  if start.data and start.session == session(self) then prepend_readahead(self, start.data) end
+  start.data = nil
+  sync_divert(self)
+  return start
+end
+
 --- pipe:read_stop()
 function waiting.read_stop(self)
-  local start = starting[self]
-  if start then
-    starting[self] = nil
-    if start.data then prepend_readahead(self, start.data) end
-    sync_divert(self)
-  end
+  withdraw_start(self)
   return raw.read_stop(self)
+end
+
+--- pipe:cancel([what] [, reason]): a start waiting here ends as the C
+--- method's reading ends: CANCELLED, unless from its own callback.
+function waiting.cancel(self, what, reason)
+  if what == nil or what == "read" then
+    local start = withdraw_start(self)
+    if start and not start.running then
+      task.soon(start.cb, nil, "operation cancelled", "CANCELLED", 0)
+    end
+  end
+  return raw.cancel(self, what, reason)
 end
 
 --- pipe:writable([cb | timeout]): true once try_write would be accepted.
@@ -830,13 +875,13 @@ function methods.disconnect(...)
     local self = ...
     sessions[self] = session(self) + 1
     if readahead[self] then set_readahead(self, nil) end
-    -- a read_start still waiting here (its bytes were the last client's,
-    -- dropped) ends as the C method's reads do, from the next step
+    -- a read_start waiting here: from its own callback it ends with
+    -- nothing more; else it ends with NOT_CONNECTED when it goes on (a
+    -- read_stop before then takes that back)
     local start = starting[self]
-    if start then
+    if start and start.running then
       starting[self] = nil
       sync_divert(self)
-      task.soon(start.cb, nil, "disconnected (what had come is dropped)", "NOT_CONNECTED", 0)
     end
   end
   return unpack(r, 1, r.n)

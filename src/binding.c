@@ -73,7 +73,7 @@ int np_push_status(lua_State *L, const np_status *st) {
 static const char *const waiting_names[] = {
     NULL,       "connect",  "read",     "read_into", "readable", "writable",
     "write",    "transact", "try_read", "peek",      "step",
-    "read_start", "read_stop"};
+    "read_start", "read_stop", "cancel"};
 
 /* Where a C function cannot be suspended (compat.h), a method returns this
  * marker alone instead, and its Lua wrapper (lua/namedpipe.lua) makes the
@@ -243,7 +243,7 @@ static int step_loop(lua_State *L, loop_ud *lu) {
     run = 0;
     if (u && c.ref_cb == u->read_cb && c.ref_cb != LUA_NOREF &&
         c.op == NP_OP_READ) {
-      if (c.status.err == NP_OK && !u->read_stopping) {
+      if (c.status.err == NP_OK && !u->read_stopping && !u->read_ending) {
         run = 1;
         np_reading_running(u);
       } else { /* the reading ends here */
@@ -252,7 +252,7 @@ static int step_loop(lua_State *L, loop_ud *lu) {
           has_cb = nargs = 0;
         }
         u->read_cb = LUA_NOREF;
-        u->read_stopping = 0;
+        u->read_stopping = u->read_ending = 0;
       }
     }
     if (!run) release(L, lu, anchors, c.ref_cb);

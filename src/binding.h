@@ -75,8 +75,10 @@ typedef struct pipe_ud {
   /* read_start (reading.c): its callback's anchor while it reads
    * (LUA_NOREF: not reading); run_open: a read of it was handed out and
    * its callback runs (none pending); read_stopping: read_stop cancelled
-   * its pending read, whose end (an error) then calls nothing. */
-  int read_cb, run_open, read_stopping;
+   * its pending read, whose end (an error) then calls nothing;
+   * read_ending: cancel("read") did, and that read's end, whatever it is,
+   * is the last call. */
+  int read_cb, run_open, read_stopping, read_ending;
 } pipe_ud;
 
 /* ---------------------------------------------------------------- anchors */
@@ -192,7 +194,7 @@ static inline np_loop *check_loop(lua_State *L) {
 enum {
   W_CONNECT = 1, W_READ, W_READ_INTO, W_READABLE, W_WRITABLE, W_WRITE,
   W_TRANSACT, W_TRY_READ, W_PEEK, W_STEP, W_READ_START, W_READ_STOP,
-  W_LAST = W_READ_STOP,
+  W_CANCEL, W_LAST = W_CANCEL,
   /* Not waiting functions: what task_waits.c needs to make a task's read or
    * write wait by itself: namedpipe.task's table
    * of wait records by coroutine, and the Lua layer's function that arms

@@ -77,7 +77,7 @@ static pipe_ud *pipe_new(lua_State *L, int is_server) {
   u->is_server = is_server;
   u->readahead = 0;
   u->read_cb = LUA_NOREF;
-  u->run_open = u->read_stopping = 0;
+  u->run_open = u->read_stopping = u->read_ending = 0;
   return u;
 }
 
@@ -505,7 +505,7 @@ static np_op check_op(lua_State *L, int arg, const char *def) {
 
 /* cancel([what] [, reason]): what is "connect", "read", "write",
  * "readable", "writable", or nil for all. */
-static int m_cancel(lua_State *L) {
+static int raw_cancel(lua_State *L) {
   pipe_ud *u = check_pipe(L);
   static const char *const reasons[] = {"CANCELLED", "TIMEOUT", NULL};
   np_err reason = np_check_option(L, 3, "CANCELLED", reasons) == 0
@@ -513,8 +513,15 @@ static int m_cancel(lua_State *L) {
                       : NP_TIMEOUT;
   int all = lua_isnoneornil(L, 2);
   np_op op = all ? NP_OP_READ : check_op(L, 2, NULL);
-  /* From a read_start's callback nothing of it is pending: it stops. */
-  if (u->run_open && op == NP_OP_READ) np_reading_stop(u);
+  /* A read_start ends: from its callback (nothing of it pending) as
+   * read_stop ends it; elsewhere with the end of its pending read, even
+   * should that read have finished with data first (its last call). */
+  if (op == NP_OP_READ && u->read_cb != LUA_NOREF) {
+    if (u->run_open)
+      np_reading_stop(u);
+    else
+      u->read_ending = 1;
+  }
   if (all) {
     np_cancel(u->p, NP_OP_CONNECT, reason);
     np_cancel(u->p, NP_OP_READ, reason);
@@ -524,6 +531,15 @@ static int m_cancel(lua_State *L) {
     np_cancel(u->p, op, reason);
   }
   return 0;
+}
+
+/* A read_start the Lua layer is still starting (bytes read ahead go
+ * first) is its to cancel. */
+static int m_cancel(lua_State *L) {
+  pipe_ud *u = check_pipe(L);
+  int n;
+  if (u->readahead && (n = divert_call(L, W_CANCEL)) >= 0) return n;
+  return raw_cancel(L);
 }
 
 static int m_busy(lua_State *L) {
@@ -536,6 +552,9 @@ static int m_disconnect(lua_State *L) {
   pipe_ud *u = check_server(L);
   np_status st;
   if (!np_disconnect(u->p, &st)) return np_push_status(L, &st);
+  /* From a read_start's callback: it ends, as after close() there (its
+   * pending read's end tells it elsewhere: NOT_CONNECTED). */
+  if (u->run_open) np_reading_stop(u);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -696,6 +715,7 @@ const luaL_Reg np_pipe_layer_funcs[] = {{"connect", raw_connect},
                                         {"read_into", raw_read_into},
                                         {"read_start", raw_read_start},
                                         {"read_stop", raw_read_stop},
+                                        {"cancel", raw_cancel},
                                         {"buffer_put", raw_buffer_put},
                                         {"buffer_busy", raw_buffer_busy},
                                         {"write", raw_write},

@@ -364,9 +364,11 @@ function TestReadStart:test_read_ahead_comes_first()
 end
 
 -- A read_start waiting for bytes read ahead: the framing reads are
--- refused too, and a disconnect() ends it with NOT_CONNECTED, its bytes
--- (the last client's) dropped, never handed to the next client.
-function TestReadStart:test_waiting_for_read_ahead_refuses_framing_and_ends_on_disconnect()
+-- refused too, and it ends as the C method's reading does: disconnect()
+-- ends it with NOT_CONNECTED (the last client's bytes dropped, never
+-- handed to the next client), unless a read_stop comes first, which then
+-- calls nothing.
+local function read_ahead_then_disconnect(stop_too)
   local server, client, name = H.pair()
   assert(client:write("head\nold-client-bytes", 2000))
   lu.assertEquals(server:read_line(2000), "head")
@@ -380,15 +382,113 @@ function TestReadStart:test_waiting_for_read_ahead_refuses_framing_and_ends_on_d
     lu.assertStrContains(tostring(err), "a read is already pending")
   end
   assert(server:disconnect())
-  server:read_stop() -- (nothing of the last client's goes back)
+  if stop_too then server:read_stop() end
   local connected, res = H.capture()
   server:connect(connected)
   local c2 = assert(np.open(name))
   H.pump(function() return res.done end, 5000, "the next client")
+  if not stop_too then
+    H.pump(function() return #got > 0 end, 5000, "the end of the read_start")
+  end
   assert(c2:write("new", 2000))
   lu.assertEquals(server:read(nil, 2000), "new")
-  H.pump(function() return #got > 0 end, 5000, "the end of the read_start")
-  lu.assertEquals(got, { "NOT_CONNECTED" })
+  for _ = 1, 5 do np.step(5) end
+  lu.assertEquals(got, stop_too and {} or { "NOT_CONNECTED" })
+  H.close_all(server, client, c2)
+end
+
+function TestReadStart:test_waiting_for_read_ahead_ends_on_disconnect()
+  read_ahead_then_disconnect(false)
+end
+
+function TestReadStart:test_waiting_for_read_ahead_stopped_after_disconnect_calls_nothing()
+  read_ahead_then_disconnect(true)
+end
+
+-- The same start ended by cancel("read"): CANCELLED, its bytes kept for
+-- the next read; from inside its first call nothing more. And by close():
+-- CLOSED, nothing delivered.
+function TestReadStart:test_waiting_for_read_ahead_cancelled_or_closed()
+  local server, client = H.pair()
+  assert(client:write("head\nahead", 2000))
+  lu.assertEquals(server:read_line(2000), "head")
+  local got = {}
+  server:read_start(function(d, _, ename) got[#got + 1] = d or ename end)
+  server:cancel("read")
+  H.pump(function() return #got > 0 end, 5000, "CANCELLED")
+  lu.assertEquals(got, { "CANCELLED" })
+  lu.assertEquals(server:read(nil, 2000), "ahead")
+
+  assert(client:write("x\nahead-2", 2000))
+  lu.assertEquals(server:read_line(2000), "x")
+  got = {}
+  server:read_start(function(d)
+    got[#got + 1] = d
+    server:cancel("read") -- from its callback: the end, nothing more
+  end)
+  H.pump(function() return #got > 0 end, 5000, "the read-ahead")
+  assert(client:write("kept", 2000))
+  for _ = 1, 5 do np.step(5) end
+  lu.assertEquals(got, { "ahead-2" })
+  lu.assertEquals(server:read(nil, 2000), "kept")
+
+  assert(client:write("y\nnever", 2000))
+  lu.assertEquals(server:read_line(2000), "y")
+  got = {}
+  server:read_start(function(d, _, ename) got[#got + 1] = d or ename end)
+  server:close()
+  H.pump(function() return #got > 0 end, 5000, "CLOSED")
+  for _ = 1, 5 do np.step(5) end
+  lu.assertEquals(got, { "CLOSED" })
+  H.close_all(client)
+end
+
+-- cancel("read") from elsewhere ends the reading even when its pending
+-- read had already finished with data (a busy stream): that data, or
+-- CANCELLED, is the last call, and what follows stays in the pipe.
+function TestReadStart:test_cancel_ends_a_busy_stream()
+  local server, client = H.pair({ pipe_mode = "message" }, { pipe_mode = "message" })
+  local written = 0
+  for i = 1, 150 do client:write("m" .. i, function() written = written + 1 end) end
+  H.pump(function() return written == 150 end, 10000, "the writes")
+  local got, last = {}, nil
+  server:read_start(function(d, _, ename)
+    if d then got[#got + 1] = d else last = ename end
+  end)
+  np.step(50)
+  server:cancel("read")
+  H.pump(function() return server:_busy("read") == 0 end, 5000, "the reading's end")
+  for _ = 1, 5 do np.step(5) end
+  local n = #got
+  lu.assertTrue(n < 150, "the reading went on after cancel")
+  lu.assertTrue(last == nil or last == "CANCELLED", tostring(last))
+  for i = 1, n do lu.assertEquals(got[i], "m" .. i) end
+  for i = n + 1, 150 do lu.assertEquals(server:read(nil, 2000), "m" .. i) end
+  H.close_all(server, client)
+end
+
+-- disconnect() from inside the callback ends it (as close() there): the
+-- next client, even one that connects while the callback still runs, is
+-- never read by it.
+function TestReadStart:test_disconnect_inside_the_callback_ends_it()
+  local server, client, name = H.pair()
+  local got, c2 = {}, nil
+  server:read_start(function(d, _, ename)
+    got[#got + 1] = d or ename
+    if d == "old" then
+      assert(server:disconnect())
+      local connected, res = H.capture()
+      server:connect(connected)
+      c2 = assert(np.open(name))
+      H.pump(function() return res.done end, 5000, "the next client") -- steps inside
+      assert(c2:write("for-the-new-reader", 2000))
+    end
+  end)
+  assert(client:write("old", 2000))
+  H.pump(function() return c2 ~= nil end, 5000, "the callback")
+  for _ = 1, 5 do np.step(5) end
+  lu.assertEquals(got, { "old" })
+  lu.assertEquals(server:read(nil, 2000), "for-the-new-reader")
   H.close_all(server, client, c2)
 end
 
