@@ -38,6 +38,20 @@ local function step_until_error()
   return err
 end
 
+-- A line and the rest written at once, the line read: the rest is read
+-- ahead (by the Lua layer).
+local function leave_ahead(server, client, line, rest)
+  assert(client:write(line .. "\n" .. rest, 2000))
+  lu.assertEquals(server:read_line(2000), line)
+end
+
+-- Write s, let a few steps go by, and read s back: nothing was reading.
+local function still_readable(server, client, s)
+  assert(client:write(s, 2000))
+  for _ = 1, 5 do np.step(5) end
+  lu.assertEquals(server:read(nil, 2000), s)
+end
+
 -- Step until the read slot is free: the end of a read read_stop cancelled
 -- from outside its callback has been dispatched.
 local function slot_free(pipe)
@@ -264,10 +278,8 @@ function TestReadStart:test_cancel_ends_it_with_cancelled()
   server:read_start(function(data, _, name) calls[#calls + 1] = data or name end)
   server:cancel("read")
   H.pump(function() return #calls > 0 end, 5000, "CANCELLED")
-  assert(client:write("later", 2000))
-  for _ = 1, 5 do np.step(5) end
+  still_readable(server, client, "later")
   lu.assertEquals(calls, { "CANCELLED" })
-  lu.assertEquals(server:read(nil, 2000), "later")
   H.close_all(server, client)
 end
 
@@ -279,10 +291,8 @@ function TestReadStart:test_read_stop_outside_the_callback_calls_nothing()
   np.step(0)
   server:read_stop()
   slot_free(server)
-  assert(client:write("kept", 2000))
-  for _ = 1, 5 do np.step(5) end
+  still_readable(server, client, "kept")
   lu.assertEquals(calls, 0)
-  lu.assertEquals(server:read(nil, 2000), "kept")
   -- stopping what is not reading does nothing
   server:read_stop()
   server:read_stop()
@@ -344,8 +354,7 @@ end
 -- read_stop before they were delivered keeps them for the next read.
 function TestReadStart:test_read_ahead_comes_first()
   local server, client = H.pair()
-  assert(client:write("head\nbody-1", 2000))
-  lu.assertEquals(server:read_line(2000), "head")
+  leave_ahead(server, client, "head", "body-1")
   local got = {}
   server:read_start(function(data) got[#got + 1] = data end)
   H.pump(function() return #got > 0 end, 5000, "the read-ahead")
@@ -353,8 +362,7 @@ function TestReadStart:test_read_ahead_comes_first()
   H.pump(function() return table.concat(got) == "body-1body-2" end, 5000, "the rest")
   server:read_stop()
 
-  assert(client:write("x\nkept", 2000))
-  lu.assertEquals(server:read_line(2000), "x")
+  leave_ahead(server, client, "x", "kept")
   server:read_start(function(data) got[#got + 1] = "late " .. data end)
   server:read_stop() -- before the next step: the bytes stay unread
   for _ = 1, 5 do np.step(5) end
@@ -370,8 +378,7 @@ end
 -- calls nothing.
 local function read_ahead_then_disconnect(stop_too)
   local server, client, name = H.pair()
-  assert(client:write("head\nold-client-bytes", 2000))
-  lu.assertEquals(server:read_line(2000), "head")
+  leave_ahead(server, client, "head", "old-client-bytes")
   local got = {}
   server:read_start(function(d, _, ename) got[#got + 1] = d or ename end)
   for _, f in ipairs { function() return server:read_line(10) end,
@@ -410,8 +417,7 @@ end
 -- CLOSED, nothing delivered.
 function TestReadStart:test_waiting_for_read_ahead_cancelled_or_closed()
   local server, client = H.pair()
-  assert(client:write("head\nahead", 2000))
-  lu.assertEquals(server:read_line(2000), "head")
+  leave_ahead(server, client, "head", "ahead")
   local got = {}
   server:read_start(function(d, _, ename) got[#got + 1] = d or ename end)
   server:cancel("read")
@@ -419,21 +425,17 @@ function TestReadStart:test_waiting_for_read_ahead_cancelled_or_closed()
   lu.assertEquals(got, { "CANCELLED" })
   lu.assertEquals(server:read(nil, 2000), "ahead")
 
-  assert(client:write("x\nahead-2", 2000))
-  lu.assertEquals(server:read_line(2000), "x")
+  leave_ahead(server, client, "x", "ahead-2")
   got = {}
   server:read_start(function(d)
     got[#got + 1] = d
     server:cancel("read") -- from its callback: the end, nothing more
   end)
   H.pump(function() return #got > 0 end, 5000, "the read-ahead")
-  assert(client:write("kept", 2000))
-  for _ = 1, 5 do np.step(5) end
+  still_readable(server, client, "kept")
   lu.assertEquals(got, { "ahead-2" })
-  lu.assertEquals(server:read(nil, 2000), "kept")
 
-  assert(client:write("y\nnever", 2000))
-  lu.assertEquals(server:read_line(2000), "y")
+  leave_ahead(server, client, "y", "never")
   got = {}
   server:read_start(function(d, _, ename) got[#got + 1] = d or ename end)
   server:close()
@@ -571,9 +573,7 @@ function TestReadStart:test_a_new_read_start_inside_the_callback()
   end)
   client:write("one", noop)
   H.pump(function() return #got >= 2 end, 5000, "both callbacks")
-  for _ = 1, 5 do np.step(5) end
-  assert(client:write("three", 2000))
-  lu.assertEquals(server:read(nil, 2000), "three")
+  still_readable(server, client, "three")
   lu.assertEquals(got, { "first:one", "second:two" })
   H.close_all(server, client)
   lu.assertEquals(np.stats().outstanding, 0)
@@ -590,10 +590,8 @@ function TestReadStart:test_cancel_inside_the_callback_stops_it()
   end)
   client:write("one", noop)
   H.pump(function() return #got == 1 end, 5000, "the first message")
-  assert(client:write("two", 2000))
-  for _ = 1, 5 do np.step(5) end
+  still_readable(server, client, "two")
   lu.assertEquals(got, { "one" })
-  lu.assertEquals(server:read(nil, 2000), "two")
   H.close_all(server, client)
 end
 
