@@ -513,15 +513,7 @@ static int raw_cancel(lua_State *L) {
                       : NP_TIMEOUT;
   int all = lua_isnoneornil(L, 2);
   np_op op = all ? NP_OP_READ : check_op(L, 2, NULL);
-  /* A read_start ends: from its callback (nothing of it pending) as
-   * read_stop ends it; elsewhere with the end of its pending read, even
-   * should that read have finished with data first (its last call). */
-  if (op == NP_OP_READ && u->read_cb != LUA_NOREF) {
-    if (u->run_open)
-      np_reading_stop(u);
-    else
-      u->read_ending = 1;
-  }
+  if (op == NP_OP_READ) np_reading_cancel(u); /* a read_start ends */
   if (all) {
     np_cancel(u->p, NP_OP_CONNECT, reason);
     np_cancel(u->p, NP_OP_READ, reason);

@@ -44,10 +44,15 @@ void np_reading_done(lua_State *L, loop_ud *lu, pipe_ud *u, int ref, int t) {
   }
   /* stopped (read_cb went, or is a new read_start's) or closed */
   release(L, lu, t, ref);
-  if (--u->inflight == 0 && lu->held != u) {
-    release(L, lu, t, u->self_ref);
-    u->self_ref = LUA_NOREF;
-  }
+  unpin_pipe(L, u, t);
+}
+
+void np_reading_cancel(pipe_ud *u) {
+  if (u->read_cb == LUA_NOREF) return;
+  if (u->run_open)
+    np_reading_stop(u); /* from its callback: as read_stop */
+  else
+    u->read_ending = 1; /* its pending read's end is the last call */
 }
 
 void np_reading_stop(pipe_ud *u) {

@@ -18,8 +18,13 @@ void np_reading_running(pipe_ud *u);
  * t: the anchor table's index. */
 void np_reading_done(lua_State *L, loop_ud *lu, pipe_ud *u, int ref, int t);
 
-/* read_stop(); also cancel("read"). */
+/* read_stop(); also disconnect() from the callback. */
 void np_reading_stop(pipe_ud *u);
+
+/* cancel("read"): from the callback, as read_stop; elsewhere the end of
+ * its pending read (CANCELLED, or data that came first) is the last call,
+ * before the cancel reaches the backend. */
+void np_reading_cancel(pipe_ud *u);
 
 NP_INTERNAL_END
 

@@ -409,7 +409,7 @@ void np_pipe_free(np_pipe *p) {
   np_pipe_list_remove(p);
   np_read_buf_give(loop, &p->read_req.buf);
   free(p->rest);
-  free(p->try_buf.data);
+  np_read_buf_give(loop, &p->try_buf);
   free(p);
 }
 

@@ -239,15 +239,11 @@ double np_now_ms(void) {
   return (double)t.QuadPart * 1000.0 / (double)freq.QuadPart;
 }
 
-/* The block itself and what it still holds: its read buffer goes back to
- * the loop's pool when it is a standard one. */
+/* The block itself and what it still holds: its read buffer goes to the
+ * loop's spares as any read's does (nothing is in flight any more). */
 void np_pipe_free(np_pipe *p) {
-  np_loop *loop = p->loop;
   np_pipe_list_remove(p);
-  if (p->rbuf && p->rcap == NP_READ_CHUNK && loop->n_free_rbufs < NP_KEEP_RBUFS)
-    loop->free_rbufs[loop->n_free_rbufs++] = p->rbuf;
-  else
-    free(p->rbuf);
+  np_read_buffer_drop(p);
   free(p);
 }
 

@@ -233,8 +233,14 @@ void np_connect_start(np_pipe *p, int ref_cb) {
  * when up to READ_CAP (a reader asking read(n) for a large n reads into
  * the same memory each time), else freed (a long message's). */
 void np_read_buffer_give(np_pipe *p) {
+  if (p->read_req.state == REQ_IDLE) np_read_buffer_drop(p);
+}
+
+/* The read buffer to the loop's spares, or freed (np_read_buffer_give's
+ * rule); the caller knows nothing is read into it. */
+void np_read_buffer_drop(np_pipe *p) {
   np_loop *loop = p->loop;
-  if (!p->rbuf || p->read_req.state != REQ_IDLE) return;
+  if (!p->rbuf) return;
   if (p->rcap == READ_CHUNK && loop->n_free_rbufs < NP_KEEP_RBUFS) {
     loop->free_rbufs[loop->n_free_rbufs++] = p->rbuf;
   } else if (p->rcap > READ_CHUNK && p->rcap <= READ_CAP &&

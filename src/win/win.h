@@ -134,8 +134,10 @@ void np_win_status(np_status *st, DWORD err, np_op op);
 /* err as a pipe's end tells it (a client's ERROR_PIPE_NOT_CONNECTED is
  * the server gone, ...). */
 void np_pipe_status(const np_pipe *p, np_status *st, DWORD err, np_op op);
-/* pipe_win.c: the read buffer given up once idle. */
+/* pipe_win.c: the read buffer given up once idle (give), or now, by a
+ * caller that knows nothing reads into it (drop: the pipe's end). */
 void np_read_buffer_give(np_pipe *p);
+void np_read_buffer_drop(np_pipe *p);
 
 /* loop_win.c */
 void np_req_ready(np_loop *loop, np_req *req);
