@@ -742,32 +742,32 @@ end
 --- CANCELLED; close() and disconnect() (the last client's bytes dropped)
 --- end it with CLOSED and NOT_CONNECTED; from inside its callback
 --- (running) any of them ends it with nothing more.
-local function end_start(pipe, start, msg, name)
+local function clear_start(pipe)
   starting[pipe] = nil
   sync_divert(pipe)
-  return start.cb(nil, msg, name, 0)
 end
 
--- closed or disconnected meanwhile: how it ends, or nil
+-- Closed or disconnected since it began: it ends so (true), or false.
 local function start_gone(pipe, start)
-  if pipe:state() == "closed" then return end_start(pipe, start, "pipe closed", "CLOSED") end
-  if session(pipe) ~= start.session then
-    return end_start(pipe, start, "disconnected (what had come is dropped)", "NOT_CONNECTED")
+  local msg, name
+  if pipe:state() == "closed" then
+    msg, name = "pipe closed", "CLOSED"
+  elseif session(pipe) ~= start.session then
+    msg, name = "disconnected (what had come is dropped)", "NOT_CONNECTED"
+  else
+    return false
   end
+  clear_start(pipe)
+  start.cb(nil, msg, name, 0)
+  return true
 end
 
 -- quiet: after its own callback, which closed the pipe: nothing more.
 local function start_reading(pipe, start, quiet)
   if starting[pipe] ~= start then return end -- stopped meanwhile
-  if quiet and pipe:state() == "closed" then
-    starting[pipe] = nil
-    return sync_divert(pipe)
-  end
-  if pipe:state() == "closed" or session(pipe) ~= start.session then
-    return start_gone(pipe, start)
-  end
-  starting[pipe] = nil
-  sync_divert(pipe)
+  if quiet and pipe:state() == "closed" then return clear_start(pipe) end
+  if start_gone(pipe, start) then return end
+  clear_start(pipe)
   return methods.read_start(pipe, start.cb)
 end
 
@@ -775,9 +775,7 @@ local function deliver_ahead(pipe, start)
   if starting[pipe] ~= start then return end
   local data = start.data
   start.data = nil
-  if pipe:state() == "closed" or session(pipe) ~= start.session then
-    return start_gone(pipe, start)
-  end
+  if start_gone(pipe, start) then return end
   -- The callback first, holding the slot, as the C method's do: a
   -- read_stop there leaves nothing pending. Reading goes on after it even
   -- should it raise; the error then comes out of the step.
@@ -814,10 +812,9 @@ end
 local function withdraw_start(self)
   local start = starting[self]
   if not start then return nil end
-  starting[self] = nil
+  clear_start(self)
   if start.data and start.session == session(self) then prepend_readahead(self, start.data) end
   start.data = nil
-  sync_divert(self)
   return start
 end
 
@@ -879,10 +876,7 @@ function methods.disconnect(...)
     -- nothing more; else it ends with NOT_CONNECTED when it goes on (a
     -- read_stop before then takes that back)
     local start = starting[self]
-    if start and start.running then
-      starting[self] = nil
-      sync_divert(self)
-    end
+    if start and start.running then clear_start(self) end
   end
   return unpack(r, 1, r.n)
 end
