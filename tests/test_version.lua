@@ -121,6 +121,33 @@ function TestVersion:test_readme_install_commands()
   lu.assertTrue(seen > 0, "README.md names the rockspec in its install commands")
 end
 
+--- The link lines README.md quotes from `make rock-check` (MinGW and MSVC)
+--- name every C source of the rockspec's Windows module, in its order: a
+--- file added to the build is added to the quotes.
+function TestVersion:test_readme_link_lines_name_every_source()
+  local spec = load_rockspec(rockspec_files()[1])
+  local sources = spec.build.platforms.windows.modules["namedpipe.core"].sources
+  local readme = read("README.md")
+  for _, quote in ipairs { { "x86_64%-w64%-mingw32%-gcc %-shared", ".o" }, { "link %-dll", ".obj" } } do
+    local at = readme:find("\n" .. quote[1])
+    lu.assertNotNil(at, "README.md quotes the link line " .. quote[1])
+    -- the line and its indented continuations
+    local lines = { readme:match("^\n([^\n]*)", at) }
+    local pos = at + 1 + #lines[1]
+    while true do
+      local cont = readme:match("^\n(    [^\n]*)", pos)
+      if not cont then break end
+      lines[#lines + 1] = cont
+      pos = pos + 1 + #cont
+    end
+    local named = {}
+    for obj in table.concat(lines, " "):gmatch("(src/%S+)") do named[#named + 1] = obj end
+    local want = {}
+    for i, c in ipairs(sources) do want[i] = c:gsub("%.c$", quote[2]) end
+    lu.assertEquals(named, want, "README.md's quoted " .. quote[1] .. " line")
+  end
+end
+
 function TestVersion:test_license_matches_rockspec()
   local spec = load_rockspec(rockspec_files()[1])
   lu.assertEquals(read("LICENSE"):match("^[^\n]*"), spec.description.license .. " License")
