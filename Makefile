@@ -14,13 +14,14 @@
 #   make rock          build/rock/namedpipe-V-R.src.rock from this checkout (tools/rock.sh)
 #   make rock-check    LuaRocks installs that rock natively and cross-built for
 #                      Windows, and both trees are run (tools/rock-check.sh)
-#   make lint          luacheck (.luacheckrc) over examples/ bench/ tools/ library/
-#                      and the packaging tests; LINT_PATHS=... for others
+#   make lint          luacheck (.luacheckrc) over every Lua file of the project
+#                      (lua/ tests/ examples/ bench/ tools/ library/); LINT_PATHS=...
+#                      for others
 #   make clean         remove the module builds (keeps build/winlua, build/winjit,
 #                      the wine prefix)
 #   make distclean     remove all of build/
 #
-# Pass test options with TESTARGS, e.g.  make test-linux TESTARGS="-p Basics"
+# Pass test options with TESTARGS, e.g.  make test-linux TESTARGS="-p Basic"
 # Extra compiler flags: EXTRA_CFLAGS=...  extra libs: LINUX_LIBS=... WIN_LIBS=...
 
 SHELL := /bin/bash

@@ -224,6 +224,13 @@ if not ok_run then
 end
 
 local r = runner.result or {}
+-- A run that selected no test at all (a -p pattern with a typo) has
+-- checked nothing: it fails rather than report a clean 0.
+if ok_run and (r.successCount or 0) + (r.failureCount or 0) + (r.errorCount or 0)
+    + (r.skippedCount or 0) == 0 then
+  print("run.lua: no test was selected (check the -p/-x patterns)")
+  failed_extra = failed_extra + 1
+end
 local passed = r.successCount or 0
 local failed = (r.failureCount or 0) + (r.errorCount or 0) + failed_extra
 local skipped = r.skippedCount or 0
