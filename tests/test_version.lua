@@ -148,6 +148,31 @@ function TestVersion:test_readme_link_lines_name_every_source()
   end
 end
 
+--- README.md's Install names every module the rockspec installs, and its
+--- Layout every C file of the shared core (src/*.c; the backends are
+--- named by their folders).
+function TestVersion:test_readme_names_every_module_and_core_file()
+  local spec = load_rockspec(rockspec_files()[1])
+  local readme = read("README.md")
+  local install = readme:match("\n## Install\n(.-)\n## ")
+  local layout = readme:match("\n## Layout\n(.-)$")
+  lu.assertNotNil(install, "README.md has an Install section")
+  lu.assertNotNil(layout, "README.md has a Layout section")
+  local install_text = install:gsub("%s+", " ")
+  for plat, p in pairs(spec.build.platforms) do
+    for name, m in pairs(p.modules) do
+      lu.assertStrContains(install_text, "`" .. name .. "`", false,
+        "README.md's Install names the module " .. name .. " (" .. plat .. ")")
+      for _, src in ipairs(type(m) == "table" and m.sources or {}) do
+        if src:match("^src/[^/]+%.c$") then
+          lu.assertStrContains(layout, "`" .. src .. "`", false,
+            "README.md's Layout names " .. src)
+        end
+      end
+    end
+  end
+end
+
 function TestVersion:test_license_matches_rockspec()
   local spec = load_rockspec(rockspec_files()[1])
   lu.assertEquals(read("LICENSE"):match("^[^\n]*"), spec.description.license .. " License")
