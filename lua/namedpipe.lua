@@ -632,7 +632,13 @@ end
 -- (task_waits.c, np_task_write); elsewhere (Lua 5.1, 5.2, LuaJIT) it is done
 -- here, with raw.write_now, which also keeps count of such writes in a
 -- row, so that a task writing to a fast reader still lets the others run.
+-- Outside a task the same holds, with no budget: a write that need not
+-- step the loop runs no other callback meanwhile, so a callback's waiting
+-- write does not nest the callbacks of every other pipe that is ready
+-- (Lua's C stack would give out at a few dozen). (Windows: every write
+-- completes through the port, so write_now declines and the write steps.)
 local write_now = not layer.task_waits_in_c and raw.write_now
+local raw_write_now = raw.write_now
 
 --- pipe:write(data [, cb | timeout])
 function waiting.write(self, data, a)
@@ -644,6 +650,14 @@ function waiting.write(self, data, a)
   local w, cb = wait_record()
   local sent = 0
   if not w then
+    sent = raw_write_now(self, data, true) -- (false for what is not a pipe and a string)
+    if not sent then
+      sent = 0
+    elseif sent == #data then
+      return sent
+    else -- a byte pipe that took a part: the rest is a write of its own
+      data = data:sub(sent + 1)
+    end
     w, cb = op_begin(self, "write")
   elseif write_now then
     sent = write_now(self, data) -- (false for what is not a pipe and a string)

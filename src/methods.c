@@ -316,21 +316,32 @@ static int try_read(lua_State *L, pipe_ud *u) {
 
 static int raw_try_read(lua_State *L) { return try_read(L, check_pipe(L)); }
 
-/* layer.write_now(pipe, data), for the Lua layer's task waits (where a C
- * method cannot wait, NP_TASK_WAITS_IN_C): the bytes the system took at
- * once, with no completion to follow, or false: then write as usual,
- * which also raises or fails as the call deserves (nothing is checked
- * here beyond what np_write_now needs). */
+/* layer.write_now(pipe, data [, unbudgeted]), for the Lua layer's waiting
+ * writes: a task's (where a C method cannot wait, NP_TASK_WAITS_IN_C),
+ * within the budget of writes in a row that lets other tasks run, and one
+ * outside a task (unbudgeted: it blocks its caller anyway, and one that
+ * need not step the loop runs no other callback, so waiting writes in
+ * callbacks do not nest). The bytes the system took at once, with no
+ * completion to follow, or false: then write as usual, which also raises
+ * or fails as the call deserves (nothing is checked here beyond what
+ * np_write_now needs). */
 static int raw_write_now(lua_State *L) {
   pipe_ud *u = open_pipe_or_null(L);
   size_t len, written;
   const char *data;
+  int taken;
   if (!u || lua_type(L, 2) != LUA_TSTRING) {
     lua_pushboolean(L, 0);
     return 1;
   }
   data = lua_tolstring(L, 2, &len);
-  if (!np_write_now_budget(u->lu, u->p, data, len, &written)) {
+  if (lua_toboolean(L, 3)) {
+    taken = np_write_now(u->p, data, len, &written);
+    if (taken) u->lu->wrote_now = 1; /* as np_write_now_budget */
+  } else {
+    taken = np_write_now_budget(u->lu, u->p, data, len, &written);
+  }
+  if (!taken) {
     lua_pushboolean(L, 0);
     return 1;
   }

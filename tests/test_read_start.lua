@@ -361,6 +361,7 @@ function TestReadStart:test_read_ahead_comes_first()
   assert(client:write("body-2", 2000))
   H.pump(function() return table.concat(got) == "body-1body-2" end, 5000, "the rest")
   server:read_stop()
+  slot_free(server) -- (stopped from outside: free once a step has ended it)
 
   leave_ahead(server, client, "x", "kept")
   server:read_start(function(data) got[#got + 1] = "late " .. data end)
@@ -616,4 +617,50 @@ function TestReadStart:test_a_callback_that_steps_then_raises_keeps_reading()
   server:read_stop()
   H.close_all(server, client)
   lu.assertEquals(np.stats().outstanding, 0)
+end
+
+-- Many pipes ready at once, each callback answering with a waiting write:
+-- a write the system takes at once returns at once, so no callback runs
+-- inside another's (before, every waiting write stepped the loop, which
+-- ran the next ready pipe's callback inside it: 200 pipes nested 200
+-- deep, and Lua's C stack gave out at a few dozen with "C stack overflow"
+-- out of a callback's write). Every echo arrives.
+function TestReadStart:test_waiting_writes_in_callbacks_do_not_nest()
+  -- (Windows: every write completes through the port, so a waiting write
+  -- steps and the other ready callbacks run inside it, a level deeper
+  -- each: README, Pipe methods. There, a few pipes: every echo arrives.)
+  local windows = PLATFORM == "windows"
+  for _, mode in ipairs { "byte", "message" } do
+    local n, servers, clients = windows and 20 or 200, {}, {}
+    local depth, deepest, echoed, errors = 0, 0, 0, {}
+    for i = 1, n do
+      servers[i], clients[i] = H.pair({ pipe_mode = mode }, { pipe_mode = mode })
+      local s = servers[i]
+      s:read_start(function(data)
+        if not data then return end
+        depth = depth + 1
+        deepest = math.max(deepest, depth)
+        local ok, err = pcall(s.write, s, data, 2000)
+        if not ok or err ~= #data then errors[#errors + 1] = tostring(err) end
+        depth = depth - 1
+      end)
+      clients[i]:read_start(function(data)
+        if data == "ping" .. i then echoed = echoed + 1 end
+      end)
+    end
+    -- (with callbacks: every ping is sent before the first step, so all
+    -- n servers are ready at once)
+    for i = 1, n do clients[i]:write("ping" .. i, noop) end
+    H.pump(function() return echoed == n or #errors > 0 end, 10000, "every echo")
+    lu.assertEquals(errors, {}, mode)
+    lu.assertEquals(echoed, n, mode)
+    if not windows then
+      lu.assertEquals(deepest, 1, mode .. ": a callback ran inside another's")
+    end
+    for i = 1, n do
+      servers[i]:close()
+      clients[i]:close()
+    end
+    H.settle(2000)
+  end
 end
