@@ -648,27 +648,17 @@ function waiting.write(self, data, a)
     check_timeout(a, 3, "write", 4)
   end
   local w, cb = wait_record()
-  local sent = 0
-  if not w then
-    sent = raw_write_now(self, data, true) -- (false for what is not a pipe and a string)
-    if not sent then
-      sent = 0
-    elseif sent == #data then
-      return sent
-    else -- a byte pipe that took a part: the rest is a write of its own
-      data = data:sub(sent + 1)
-    end
-    w, cb = op_begin(self, "write")
-  elseif write_now then
-    sent = write_now(self, data) -- (false for what is not a pipe and a string)
-    if not sent then
-      sent = 0
-    elseif sent == #data then
-      return sent
-    else -- a byte pipe that took a part: the rest is a write of its own
-      data = data:sub(sent + 1)
-    end
+  local take_now = w and write_now or (not w and raw_write_now)
+  -- (false for what is not a pipe and a string; unbudgeted outside a task)
+  local sent = take_now and take_now(self, data, not w)
+  if not sent then
+    sent = 0
+  elseif sent == #data then
+    return sent
+  else -- a byte pipe that took a part: the rest is a write of its own
+    data = data:sub(sent + 1)
   end
+  if not w then w, cb = op_begin(self, "write") end
   raw.write(self, data, cb)
   if sent == 0 then return wait_end(w, self, a, "write") end
   local n, msg, name, code = wait_end(w, self, a, "write")
