@@ -329,19 +329,12 @@ static int raw_write_now(lua_State *L) {
   pipe_ud *u = open_pipe_or_null(L);
   size_t len, written;
   const char *data;
-  int taken;
   if (!u || lua_type(L, 2) != LUA_TSTRING) {
     lua_pushboolean(L, 0);
     return 1;
   }
   data = lua_tolstring(L, 2, &len);
-  if (lua_toboolean(L, 3)) {
-    taken = np_write_now(u->p, data, len, &written);
-    if (taken) u->lu->wrote_now = 1; /* as np_write_now_budget */
-  } else {
-    taken = np_write_now_budget(u->lu, u->p, data, len, &written);
-  }
-  if (!taken) {
+  if (!np_write_now_budget(u->lu, u->p, data, len, &written, !lua_toboolean(L, 3))) {
     lua_pushboolean(L, 0);
     return 1;
   }

@@ -18,16 +18,19 @@
  * (np_write_now). Not more than NP_WRITES_NOW in a row, so that a task
  * writing to a fast reader still lets the others run (as Tokio's budget
  * makes a task yield after so many operations that were ready): the next
- * one waits as usual. Counts as a completion for step_loop (wrote_now). */
+ * one waits as usual. Counts as a completion for step_loop (wrote_now).
+ * A waiting write outside a task takes no part in the budget (not
+ * budgeted): it blocks its caller anyway, and one that stepped would run
+ * the other ready callbacks inside the one it was called from. */
 #define NP_WRITES_NOW 32
 int np_write_now_budget(loop_ud *lu, np_pipe *p, const char *data,
-                        size_t len, size_t *written) {
-  if (lu->writes_now >= NP_WRITES_NOW) {
+                        size_t len, size_t *written, int budgeted) {
+  if (budgeted && lu->writes_now >= NP_WRITES_NOW) {
     lu->writes_now = 0;
     return 0;
   }
   if (!np_write_now(p, data, len, written)) return 0;
-  lu->writes_now++;
+  if (budgeted) lu->writes_now++;
   lu->wrote_now = 1;
   return 1;
 }
@@ -156,7 +159,7 @@ int np_task_write(lua_State *L, pipe_ud *u) {
     return -1;
   rec = lua_gettop(L);
   data = lua_tolstring(L, 2, &len);
-  if (np_write_now_budget(u->lu, u->p, data, len, &sent)) {
+  if (np_write_now_budget(u->lu, u->p, data, len, &sent, 1)) {
     if (sent == len) {
       lua_pushinteger(L, (lua_Integer)sent);
       return 1;

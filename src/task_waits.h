@@ -6,11 +6,12 @@
 
 NP_INTERNAL_BEGIN
 
-/* Write data whole at once for a task, with no completion to follow
- * (np_write_now), within the budget of NP_WRITES_NOW in a row: 1 with
- * *written, 0 when the write must go the usual way. */
+/* Write data whole at once, with no completion to follow (np_write_now):
+ * for a task (budgeted) within the budget of NP_WRITES_NOW in a row, for
+ * a waiting write outside a task without it. 1 with *written, 0 when the
+ * write must go the usual way. */
 int np_write_now_budget(loop_ud *lu, np_pipe *p, const char *data,
-                        size_t len, size_t *written);
+                        size_t len, size_t *written, int budgeted);
 
 #if NP_TASK_WAITS_IN_C
 /* The method's call made here, in the running task: its results (the
