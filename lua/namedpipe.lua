@@ -637,8 +637,8 @@ end
 -- write does not nest the callbacks of every other pipe that is ready
 -- (Lua's C stack would give out at a few dozen). (Windows: every write
 -- completes through the port, so write_now declines and the write steps.)
-local write_now = not layer.task_waits_in_c and raw.write_now
-local raw_write_now = raw.write_now
+local write_now = raw.write_now
+local task_writes_now_here = not layer.task_waits_in_c
 
 --- pipe:write(data [, cb | timeout])
 function waiting.write(self, data, a)
@@ -648,9 +648,8 @@ function waiting.write(self, data, a)
     check_timeout(a, 3, "write", 4)
   end
   local w, cb = wait_record()
-  local take_now = w and write_now or (not w and raw_write_now)
   -- (false for what is not a pipe and a string; unbudgeted outside a task)
-  local sent = take_now and take_now(self, data, not w)
+  local sent = (not w or task_writes_now_here) and write_now(self, data, not w)
   if not sent then
     sent = 0
   elseif sent == #data then
