@@ -636,7 +636,9 @@ end
 -- step the loop runs no other callback meanwhile, so a callback's waiting
 -- write does not nest the callbacks of every other pipe that is ready
 -- (Lua's C stack would give out at a few dozen). (Windows: every write
--- completes through the port, so write_now declines and the write steps.)
+-- completes through the port, so write_now declines; raw.write with its
+-- fourth argument, whether the write is a task's, then returns the count
+-- of a write WriteFile finished in the call, and its callback never runs.)
 local write_now = raw.write_now
 local task_writes_now_here = not layer.task_waits_in_c
 
@@ -648,6 +650,7 @@ function waiting.write(self, data, a)
     check_timeout(a, 3, "write", 4)
   end
   local w, cb = wait_record()
+  local in_task = w ~= nil
   -- (false for what is not a pipe and a string; unbudgeted outside a task)
   local sent = (not w or task_writes_now_here) and write_now(self, data, not w)
   if not sent then
@@ -658,7 +661,8 @@ function waiting.write(self, data, a)
     data = data:sub(sent + 1)
   end
   if not w then w, cb = op_begin(self, "write") end
-  raw.write(self, data, cb)
+  local at_once = raw.write(self, data, cb, in_task)
+  if at_once then return sent + at_once end
   if sent == 0 then return wait_end(w, self, a, "write") end
   local n, msg, name, code = wait_end(w, self, a, "write")
   if n then return sent + n end

@@ -274,17 +274,28 @@ static int raw_transact(lua_State *L) {
   return 0;
 }
 
+/* write(data, cb): the callback form. The Lua layer's waiting write adds a
+ * fourth argument, whether it is a task's (budgeted, see task_waits.c):
+ * then a write the backend finished within the call returns its count at
+ * once, and cb is never called (np_write_start_waited). */
 static int raw_write(lua_State *L) {
   pipe_ud *u = check_pipe(L);
   size_t len;
   const char *data = check_data(L, 2, &len);
-  int ref_cb, keeps;
+  int ref_cb, keeps, done = 0, waited = !lua_isnoneornil(L, 4);
   check_callback(L, 3);
   ref_cb = anchor_operation(L, u, 3);
-  if (!np_write_start(u->p, data, len, ref_cb, &keeps)) {
+  if (!(waited ? np_write_start_waited(u->lu, u->p, data, len, ref_cb, &keeps,
+                                       &done, lua_toboolean(L, 4))
+               : np_write_start(u->p, data, len, ref_cb, &keeps, NULL))) {
     release(L, u->lu, ANCHORS_UPV, ref_cb);
     unpin_pipe(L, u, ANCHORS_UPV);
     return luaL_error(L, "not enough memory");
+  }
+  if (done) { /* (its completion, with no callback, unpins the pipe) */
+    release(L, u->lu, ANCHORS_UPV, ref_cb);
+    lua_pushinteger(L, (lua_Integer)len);
+    return 1;
   }
   /* The backend reads straight from the Lua string (no copy); if it still
    * does after the call (a write the socket did not take at once, every

@@ -281,7 +281,15 @@ void np_read_start(np_pipe *p, size_t max, char *dst, int ref_cb,
  * room before the call, so nothing can raise in between). Else data may
  * go at once, and nothing is anchored. */
 int np_write_start(np_pipe *p, const char *data, size_t len, int ref_cb,
-                   int *keeps);
+                   int *keeps, int *done);
+/* done (NULL: not asked) is for a caller that would only wait for the
+ * write: *done 1 says the backend finished it whole within the call and
+ * no earlier write's callback is still to come, so the caller may return
+ * at once. Its callback will never be called (the caller lets ref_cb go;
+ * the operation still counts as in flight until its completion, which
+ * carries no callback, has been released), and nothing is kept. Windows
+ * only: a WriteFile that returned TRUE. (Unix has np_write_now, tried
+ * before any request is made.) */
 /* The anchor of the data of the write p started last (np_write_start's or
  * np_try_write's, see the keep protocol above); it comes back as the
  * completion's ref_data. */
@@ -313,9 +321,18 @@ int np_try_write(np_pipe *p, const char *data, size_t len, size_t *written,
  * and no request, no completion; 0 when nothing was done (writes started
  * earlier not yet released, the pipe full, a failure, or a backend whose
  * writes always finish later: Windows, where the port reports every
- * WriteFile). After 0 the caller starts a write as usual, which then says
- * why. Unlike try_write, it never keeps data. */
+ * WriteFile; np_write_start's done serves it there). After 0 the caller
+ * starts a write as usual, which then says why. Unlike try_write, it never
+ * keeps data. */
 int np_write_now(np_pipe *p, const char *data, size_t len, size_t *written);
+/* Which of the two a backend does a waited-for write at once with: 0,
+ * np_write_now, before any request is made (Unix); 1, np_write_start's
+ * done, after it (Windows). */
+#ifdef _WIN32
+#define NP_WRITE_AT_ONCE_BY_START 1
+#else
+#define NP_WRITE_AT_ONCE_BY_START 0
+#endif
 
 /* Cancel the pending operations of one kind; they complete with `reason`
  * (NP_CANCELLED, NP_TIMEOUT, ...) unless they finished first. */

@@ -23,15 +23,40 @@
  * budgeted): it blocks its caller anyway, and one that stepped would run
  * the other ready callbacks inside the one it was called from. */
 #define NP_WRITES_NOW 32
-int np_write_now_budget(loop_ud *lu, np_pipe *p, const char *data,
-                        size_t len, size_t *written, int budgeted) {
+
+/* May this write be done at once? The budget's one look per write. */
+static int at_once_allowed(loop_ud *lu, int budgeted) {
   if (budgeted && lu->writes_now >= NP_WRITES_NOW) {
     lu->writes_now = 0;
     return 0;
   }
-  if (!np_write_now(p, data, len, written)) return 0;
+  return 1;
+}
+
+static void wrote_at_once(loop_ud *lu, int budgeted) {
   if (budgeted) lu->writes_now++;
   lu->wrote_now = 1;
+}
+
+int np_write_now_budget(loop_ud *lu, np_pipe *p, const char *data,
+                        size_t len, size_t *written, int budgeted) {
+  if (NP_WRITE_AT_ONCE_BY_START || !at_once_allowed(lu, budgeted) ||
+      !np_write_now(p, data, len, written))
+    return 0;
+  wrote_at_once(lu, budgeted);
+  return 1;
+}
+
+/* Where the backend does a waited-for write at once only after starting
+ * it (Windows: np_write_start's done), the same budget applies there. */
+int np_write_start_waited(loop_ud *lu, np_pipe *p, const char *data,
+                          size_t len, int ref_cb, int *keeps, int *done,
+                          int budgeted) {
+  int ask = NP_WRITE_AT_ONCE_BY_START && at_once_allowed(lu, budgeted);
+  *done = 0;
+  if (!np_write_start(p, data, len, ref_cb, keeps, ask ? done : NULL))
+    return 0;
+  if (*done) wrote_at_once(lu, budgeted);
   return 1;
 }
 
@@ -150,7 +175,7 @@ static int task_write_resumed(lua_State *L, int status, lua_KContext base) {
  * it all (np_write_now_budget); else it waits, for the rest of a byte pipe's
  * data when the socket took a part. -1 when the usual way must take it. */
 int np_task_write(lua_State *L, pipe_ud *u) {
-  int top = lua_gettop(L), has_t, rec, keeps, ref_cb;
+  int top = lua_gettop(L), has_t, rec, keeps, ref_cb, done;
   lua_Number ms = 0;
   size_t len, sent = 0;
   const char *data;
@@ -170,10 +195,16 @@ int np_task_write(lua_State *L, pipe_ud *u) {
   arm_record(L, rec);
   push_wake(L, rec);
   ref_cb = anchor_operation(L, u, rec + 1);
-  if (!np_write_start(u->p, data, len, ref_cb, &keeps)) {
+  if (!np_write_start_waited(u->lu, u->p, data, len, ref_cb, &keeps, &done,
+                             1)) {
     release(L, u->lu, ANCHORS_UPV, ref_cb); /* as raw_write */
     unpin_pipe(L, u, ANCHORS_UPV);
     return luaL_error(L, "not enough memory");
+  }
+  if (done) { /* nothing to wait for after all: the record is not woken */
+    release(L, u->lu, ANCHORS_UPV, ref_cb);
+    lua_pushinteger(L, (lua_Integer)(sent + len));
+    return 1;
   }
   if (keeps) { /* the string: anchored while the backend points into it */
     lua_pushvalue(L, 2);

@@ -12,6 +12,12 @@ NP_INTERNAL_BEGIN
  * write must go the usual way. */
 int np_write_now_budget(loop_ud *lu, np_pipe *p, const char *data,
                         size_t len, size_t *written, int budgeted);
+/* np_write_start for a write its caller waits for (a task's, budgeted, or
+ * one outside a task): *done as np_write_start's, asked for where the
+ * backend does such a write at once that way, within the same budget. */
+int np_write_start_waited(loop_ud *lu, np_pipe *p, const char *data,
+                          size_t len, int ref_cb, int *keeps, int *done,
+                          int budgeted);
 
 #if NP_TASK_WAITS_IN_C
 /* The method's call made here, in the running task: its results (the

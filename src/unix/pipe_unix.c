@@ -448,10 +448,11 @@ void np_writable_start(np_pipe *p, int ref_cb) {
 }
 
 int np_write_start(np_pipe *p, const char *data, size_t len, int ref_cb,
-                   int *keeps) {
+                   int *keeps, int *done) {
   np_req *r = np_write_req_new(p->loop);
   np_status st;
   *keeps = 0;
+  if (done) *done = 0; /* a waited-for write tried np_write_now first */
   if (!r) return 0;
   r->wnext = p->writes;
   if (p->writes) p->writes->wprev = r;

@@ -170,6 +170,8 @@ void np_write_drop(np_req *req) {
   if (p->wdeliver == req) p->wdeliver = req->wnext;
   NP_DLIST_REMOVE(p->writes, p->writes_tail, req, wprev, wnext);
   p->nwrites--;
+  p->quiet_writes -= req->quiet;
+  p->finished_writes -= req->finished;
   req->next = loop->free_writes;
   loop->free_writes = req;
 }
@@ -183,7 +185,8 @@ static void release(np_loop *loop, np_req *req) {
   if (req->op == NP_OP_WRITE) {
     np_write_drop(req);
     /* The last write in flight is done: a writable() waiter may go. */
-    if (p->nwrites == 0 && p->writable_req.state == REQ_WAITING)
+    if (p->nwrites == p->finished_writes &&
+        p->writable_req.state == REQ_WAITING)
       np_req_ready(loop, &p->writable_req);
   }
   if (p->closed && p->outstanding == 0) np_pipe_free(p);

@@ -168,7 +168,7 @@ int np_pipe_busy(const np_pipe *p, np_op op) {
     case NP_OP_READABLE:
     case NP_OP_TRANSACT: return p->read_req.state != REQ_IDLE;
     case NP_OP_WRITABLE: return p->writable_req.state != REQ_IDLE;
-    default: return p->nwrites;
+    default: return p->nwrites - p->finished_writes;
   }
 }
 
@@ -336,7 +336,7 @@ void np_readable_start(np_pipe *p, int ref_cb) {
 void np_writable_start(np_pipe *p, int ref_cb) {
   np_req *req = &p->writable_req;
   arm(req, ref_cb);
-  if (p->nwrites == 0)
+  if (p->nwrites == p->finished_writes)
     np_req_ready(p->loop, req);
   else
     np_req_wait(p->loop, req);
@@ -385,9 +385,13 @@ static int continue_message(np_pipe *p) {
   return 1;
 }
 
-static void submit_write(np_req *req) {
+/* 1 when WriteFile finished the write in the call: the kernel took every
+ * byte (its packet still comes, as for every call that returned TRUE). */
+static int submit_write(np_req *req) {
   np_pipe *p = req->pipe;
-  submitted(req, WriteFile(p->h, req->wdata, req->wlen, NULL, &req->ov));
+  BOOL ok = WriteFile(p->h, req->wdata, req->wlen, NULL, &req->ov);
+  submitted(req, ok);
+  return ok != FALSE;
 }
 
 /* A zero-length write waits until no other write of the session is with
@@ -430,9 +434,10 @@ static void flush_write_queue(np_pipe *p, np_err reason) {
 }
 
 int np_write_start(np_pipe *p, const char *data, size_t len, int ref_cb,
-                   int *keeps) {
+                   int *keeps, int *done) {
   np_req *req = np_write_new(p);
   *keeps = 0;
+  if (done) *done = 0;
   if (!req) return 0;
   *keeps = 1; /* the kernel reads data when it gets to it */
   arm(req, ref_cb);
@@ -451,8 +456,18 @@ int np_write_start(np_pipe *p, const char *data, size_t len, int ref_cb,
     else
       p->wqueue_head = req;
     p->wqueue_tail = req;
-  } else {
-    submit_write(req);
+  } else if (submit_write(req) && done &&
+             p->nwrites - p->quiet_writes == 1) {
+    /* Finished in the call, the caller would only wait for it, and no
+     * earlier write has a callback still to run (which must come first):
+     * done now. Its packet, when it comes, calls nothing (as a
+     * try_write's), and the kernel has its own copy of the bytes. */
+    req->ref_cb = NP_NOREF;
+    req->quiet = req->finished = 1;
+    p->quiet_writes++;
+    p->finished_writes++;
+    *keeps = 0;
+    *done = 1;
   }
   return 1;
 }
@@ -592,8 +607,9 @@ int np_try_read(np_pipe *p, size_t max, const char **data, size_t *len,
   return 1;
 }
 
-/* Never at once: the port reports every WriteFile, even one that finished
- * in the call, and that packet must find its request. */
+/* Never without a request: the port reports every WriteFile, even one
+ * that finished in the call, and that packet must find its request. A
+ * waited-for write is done at once through np_write_start's done. */
 int np_write_now(np_pipe *p, const char *data, size_t len, size_t *written) {
   (void)p;
   (void)data;
@@ -611,7 +627,7 @@ int np_try_write(np_pipe *p, const char *data, size_t len, size_t *written,
     p->write_error.err = NP_OK;
     return 0;
   }
-  if (p->nwrites > 0) {
+  if (p->nwrites > p->finished_writes) {
     st->err = NP_WOULDBLOCK;
     st->code = 0;
     return 0;
@@ -628,6 +644,8 @@ int np_try_write(np_pipe *p, const char *data, size_t len, size_t *written,
     return 0;
   }
   arm(req, NP_NOREF); /* its ref_data: np_write_keep, next */
+  req->quiet = 1;
+  p->quiet_writes++;
   if (!WriteFile(p->h, data, (DWORD)len, NULL, &req->ov)) {
     DWORD err = GetLastError();
     if (err != ERROR_IO_PENDING) { /* no packet will come: take it back */

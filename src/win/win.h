@@ -56,6 +56,8 @@ typedef struct np_req {
   DWORD bytes;
   int more;
   int ref_cb, ref_data;
+  int quiet; /* a write whose completion calls nothing (p->quiet_writes) */
+  int finished; /* a write done at once: only its packet is to come */
   const char *wdata; /* write: anchored Lua string */
   DWORD wlen;
   struct np_req *next;                   /* ready queue / free list */
@@ -84,6 +86,15 @@ struct np_pipe {
    * completion. NULL when every write is handed out. */
   np_req *wdeliver;
   int nwrites;
+  /* Of them, those whose completion calls nothing: try_write's, and
+   * waited-for writes the kernel finished in the call (np_write_start's
+   * done). A waited-for write is done at once only if every earlier
+   * write is one of these: a callback of an earlier one comes first. */
+  int quiet_writes;
+  /* ... and of those, the ones done at once: finished, only their packets
+   * are still to come. They are not in flight: writable() and try_write
+   * do not wait for them. */
+  int finished_writes;
   int kernel_writes;             /* of those, how many the kernel owns */
   int session_writes;            /* ... and were started in this session */
   np_req *wqueue_head, *wqueue_tail; /* queued behind them, in order */
