@@ -206,6 +206,7 @@ static int step_loop(lua_State *L, loop_ud *lu) {
     pipe_ud *u;
     int nargs, has_cb;
     int run; /* a read_start's read: its callback runs as a run (reading.c) */
+    int restart; /* its cancelled read, taken over: only the next read */
     unsigned long taken = lu->taken;
     int have = np_loop_peek(loop, &c);
     if (!have && !lu->wrote_now) break;
@@ -240,10 +241,30 @@ static int step_loop(lua_State *L, loop_ud *lu) {
       ((np_buffer *)lua_touserdata(L, -1))->busy = 0;
       lua_pop(L, 1);
     }
-    run = 0;
+    run = restart = 0;
     if (u && c.ref_cb == u->read_cb && c.ref_cb != LUA_NOREF &&
         c.op == NP_OP_READ) {
-      if (c.status.err == NP_OK && !u->read_stopping && !u->read_ending) {
+      if (u->read_restart && c.status.err == NP_CANCELLED &&
+          !u->read_stopping && !u->read_ending) {
+        /* a read_stop's cancel, the reading taken over by a read_start */
+        if (u->p) {
+          restart = 1;
+          lua_pop(L, nargs + 1);
+          has_cb = nargs = 0;
+        } else { /* closed since: the reading's end is close()'s */
+          np_status closed;
+          closed.err = NP_CLOSED;
+          closed.code = 0;
+          lua_pop(L, nargs);
+          nargs = np_push_status(L, &closed);
+          c.status = closed;
+        }
+      }
+      u->read_restart = 0;
+      if (restart) {
+        /* (nothing to call: the next read starts below) */
+      } else if (c.status.err == NP_OK && !u->read_stopping &&
+                 !u->read_ending) {
         run = 1;
         np_reading_running(u);
       } else { /* the reading ends here */
@@ -255,16 +276,20 @@ static int step_loop(lua_State *L, loop_ud *lu) {
         u->read_stopping = u->read_ending = 0;
       }
     }
-    if (!run) release(L, lu, anchors, c.ref_cb);
+    if (!run && !restart) release(L, lu, anchors, c.ref_cb);
     release(L, lu, anchors, c.ref_data);
     np_completion_done(loop, &c); /* may free the pipe block */
+    if (restart) /* the reading's next read, counted as this one was */
+      np_read_start(u->p, 0, NULL, c.ref_cb, NP_NOREF);
     /* A nested step run before this one's first callback (from a
      * finalizer or a hook) may have left a pipe held (its callback
      * raised): settle it before holding another, while u still counts
      * this completion (so u keeps its anchor if it is that pipe). */
     settle_held(L, lu, anchors);
     if (u) {
-      if (!run) u->inflight--; /* (a run stays counted until it is done) */
+      /* (a run stays counted until it is done; a restart's read is counted
+       * as its own completion) */
+      if (!run && !restart) u->inflight--;
       lu->held = u; /* anchored until settled, after the callback */
     }
     if (run) { /* done even if it raises: then the error goes on */

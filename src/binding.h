@@ -77,8 +77,11 @@ typedef struct pipe_ud {
    * its callback runs (none pending); read_stopping: read_stop cancelled
    * its pending read, whose end (an error) then calls nothing;
    * read_ending: cancel("read") did, and that read's end, whatever it is,
-   * is the last call. */
-  int read_cb, run_open, read_stopping, read_ending;
+   * is the last call; read_restart: a read_start came while a stopped
+   * read's end was still to come, and took it over (its callback put in
+   * the same anchor): that end, if it is the cancel's, only starts the
+   * next read. */
+  int read_cb, run_open, read_stopping, read_ending, read_restart;
 } pipe_ud;
 
 /* ---------------------------------------------------------------- anchors */

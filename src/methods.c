@@ -77,7 +77,7 @@ static pipe_ud *pipe_new(lua_State *L, int is_server) {
   u->is_server = is_server;
   u->readahead = 0;
   u->read_cb = LUA_NOREF;
-  u->run_open = u->read_stopping = u->read_ending = 0;
+  u->run_open = u->read_stopping = u->read_ending = u->read_restart = 0;
   return u;
 }
 
@@ -456,6 +456,18 @@ static int m_write(lua_State *L) {
 static int raw_read_start(lua_State *L) {
   pipe_ud *u = check_pipe(L);
   check_callback(L, 2);
+  if (u->read_stopping && !u->read_ending) {
+    /* read_stop from outside, its read's end not yet dispatched: take the
+     * reading over (as luv's read_stop and read_start toggle at once).
+     * The new callback goes into the same anchor, so whatever that read
+     * brings is the new callback's; its cancel's end calls nothing and
+     * starts the next read (step_loop). */
+    lua_pushvalue(L, 2);
+    lua_rawseti(L, ANCHORS_UPV, u->read_cb);
+    u->read_stopping = 0;
+    u->read_restart = 1;
+    return 0;
+  }
   if (read_busy(u))
     np_arg_error(L, 1, "a read is already pending on this pipe");
   u->read_cb = anchor_operation(L, u, 2);

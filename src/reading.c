@@ -23,6 +23,13 @@
  * the userdata anchored, so the userdata is alive when the run is done.
  * u->run_open tells that a run of the current read_start is open (no read
  * of it pending): read_stop then only forgets it.
+ *
+ * A read_stop from elsewhere cancels the pending read; until a step has
+ * dispatched that read's end, the slot is still taken. A read_start in
+ * that time takes the reading over instead of being refused (methods.c):
+ * its callback goes into the same anchor, so the read's data, should it
+ * win, is the new callback's, and the cancel's end only starts the next
+ * read (u->read_restart, step_loop).
  */
 #include "lauxlib.h"
 #include "lua.h"

@@ -69,7 +69,11 @@ local function run_model(seed, mode, seen)
   local stop_in_cb = false            -- the next callback calls read_stop
   local late_allowed = false          -- read_stop from outside: one data callback may follow
   local bad = {}
-  local function note(what) bad[#bad + 1] = ("seed %d %s: %s"):format(seed, mode, what) end
+  local trail = {}                    -- the last actions, for a failure's message
+  local function note(what)
+    bad[#bad + 1] = ("seed %d %s: %s (after %s)"):format(seed, mode, what,
+      table.concat(trail, " ", math.max(1, #trail - 11)))
+  end
 
   local function cb(data, msg, name)
     if not reading then
@@ -114,14 +118,19 @@ local function run_model(seed, mode, seen)
   for _ = 1, 150 do
     local action = g.weighted { { 6, "write" }, { 2, "start" }, { 1, "stop_outside" },
                                 { 1, "stop_inside" }, { 3, "direct" }, { 3, "step" } }
+    trail[#trail + 1] = action
     if action == "write" then
       local s = bytes(g, g.rnd(300))
       sent[#sent + 1] = s
       sent_bytes = sent_bytes + #s
       client:write(s, noop)
     elseif action == "start" and not reading then
+      -- (at once after a read_stop from outside, half the time: the
+      -- stopped read's end still to come, the new reading takes it over;
+      -- else its data, if it won, comes as the one late callback)
+      if g.chance(2) then slot_free(server) end
       late_allowed = false
-      slot_free(server)
+      if server:_busy("read") > 0 then seen.taken_over = seen.taken_over + 1 end
       if np._read_ahead(server) > 0 then seen.ahead = seen.ahead + 1 end
       reading = true
       server:read_start(cb)
@@ -129,7 +138,6 @@ local function run_model(seed, mode, seen)
       reading, stop_in_cb, late_allowed = false, false, true
       seen.outside = seen.outside + 1
       server:read_stop()
-      slot_free(server)
     elseif action == "stop_inside" and reading then
       stop_in_cb = true
       H.pump(function() return not reading or got_bytes == sent_bytes end, 5000, "a callback")
@@ -182,7 +190,7 @@ local function seeds()
 end
 
 local function run_all(mode)
-  local seen = { direct = 0, ahead = 0, outside = 0, inside = 0 }
+  local seen = { direct = 0, ahead = 0, outside = 0, inside = 0, taken_over = 0 }
   for _, seed in ipairs(seeds()) do
     run_model(mode == "byte" and seed or seed * 7 + 1, mode, seen)
   end
@@ -298,6 +306,57 @@ function TestReadStart:test_read_stop_outside_the_callback_calls_nothing()
   server:read_stop()
   H.close_all(server, client)
   server:read_stop() -- closed: nothing either
+end
+
+-- read_start() right after a read_stop() from elsewhere (luv's toggle, as
+-- for flow control), before a step has ended the stopped read: the new
+-- reading takes it over. The old callback is never called again, every
+-- message comes once, in order, to the new one, and the new reading ends
+-- as any does (a second read_stop, cancel, close).
+function TestReadStart:test_read_start_right_after_read_stop_takes_over()
+  for _, mode in ipairs { "byte", "message" } do
+    local opts = { pipe_mode = mode }
+    local server, client = H.pair(opts, opts)
+    local old, new = {}, {}
+    server:read_start(function(data, _, name) old[#old + 1] = data or name end)
+    np.step(0)
+    for i = 1, 50 do -- toggled many times in one go: still one reading
+      server:read_stop()
+      server:read_start(function(data, _, name) new[#new + 1] = (data or name) .. "/" .. i end)
+    end
+    for i = 1, 3 do assert(client:write("m" .. i, 2000)) end
+    H.pump(function() return #table.concat(new):gsub("/50", "") >= 6 end, 5000, "the messages")
+    lu.assertEquals(table.concat(new):gsub("/50", ""), "m1m2m3", mode)
+    lu.assertEquals(old, {}, mode)
+    -- stopped again from outside: nothing more is called
+    server:read_stop()
+    slot_free(server)
+    still_readable(server, client, "after")
+    local n = #new
+
+    -- taken over, then cancelled: CANCELLED is its last call
+    local calls = {}
+    server:read_start(function(data, _, name) calls[#calls + 1] = data or name end)
+    np.step(0)
+    server:read_stop()
+    server:read_start(function(data, _, name) calls[#calls + 1] = "2:" .. (data or name) end)
+    server:cancel("read")
+    slot_free(server)
+    lu.assertEquals(calls, { "2:CANCELLED" }, mode)
+
+    -- taken over, then closed: CLOSED is its last call
+    calls = {}
+    server:read_start(function(data, _, name) calls[#calls + 1] = data or name end)
+    np.step(0)
+    server:read_stop()
+    server:read_start(function(data, _, name) calls[#calls + 1] = "2:" .. (data or name) end)
+    server:close()
+    H.pump(function() return #calls > 0 end, 5000, "the end")
+    for _ = 1, 3 do np.step(1) end
+    lu.assertEquals(calls, { "2:CLOSED" }, mode)
+    lu.assertEquals(#new, n, mode)
+    client:close()
+  end
 end
 
 -- An error raised by the callback comes out of np.step, and reading goes on.
