@@ -53,8 +53,7 @@ function TestTasks:test_a_task_writing_many_at_once_lets_others_run()
     end
   end)
   H.pump(function() return writer_done end, 10000, "the writer")
-  -- (at least once per 33 writes on Linux, per 17 on Windows: a pipe keeps
-  -- at most 16 writes with the kernel, and the 17th waits for them)
+  -- (at least once per 33 writes: the budget)
   lu.assertTrue(ticks_when_done >= 10, "the other task ran " .. ticks_when_done .. " times")
   local want = {}
   for i = 1, 400 do want[i] = string.format("%09d\n", i) end

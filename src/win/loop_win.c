@@ -80,7 +80,9 @@ static void take_packet(np_loop *loop, OVERLAPPED_ENTRY *e) {
   loop->kernel_owned--;
   if (req->op == NP_OP_WRITE) {
     req->pipe->kernel_writes--;
-    if (req->session == req->pipe->session) req->pipe->session_writes--;
+    /* (one done at once left the session's count then) */
+    if (req->session == req->pipe->session && !req->finished)
+      req->pipe->session_writes--;
   }
   req->state = REQ_IDLE; /* np_req_finished decides what comes next */
   req->pipe->outstanding--;

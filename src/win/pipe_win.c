@@ -457,7 +457,8 @@ int np_write_start(np_pipe *p, const char *data, size_t len, int ref_cb,
       p->wqueue_head = req;
     p->wqueue_tail = req;
   } else if (submit_write(req) && done &&
-             p->nwrites - p->quiet_writes == 1) {
+             p->nwrites - p->quiet_writes == 1 &&
+             p->finished_writes < MAX_FINISHED_WRITES) {
     /* Finished in the call, the caller would only wait for it, and no
      * earlier write has a callback still to run (which must come first):
      * done now. Its packet, when it comes, calls nothing (as a
@@ -466,6 +467,7 @@ int np_write_start(np_pipe *p, const char *data, size_t len, int ref_cb,
     req->quiet = req->finished = 1;
     p->quiet_writes++;
     p->finished_writes++;
+    p->session_writes--; /* finished: no longer in flight (write_may_go) */
     *keeps = 0;
     *done = 1;
   }

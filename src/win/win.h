@@ -92,8 +92,8 @@ struct np_pipe {
    * write is one of these: a callback of an earlier one comes first. */
   int quiet_writes;
   /* ... and of those, the ones done at once: finished, only their packets
-   * are still to come. They are not in flight: writable() and try_write
-   * do not wait for them. */
+   * are still to come. They are not in flight: writable(), try_write and
+   * the cap of MAX_WRITES_IN_FLIGHT (session_writes) do not count them. */
   int finished_writes;
   int kernel_writes;             /* of those, how many the kernel owns */
   int session_writes;            /* ... and were started in this session */
@@ -166,6 +166,13 @@ void np_req_finished(np_req *req, DWORD err, DWORD bytes);
  * it spares the kernel (and Wine's server, which walks its pending writes
  * on every read) a queue as long as the caller's burst. */
 #define MAX_WRITES_IN_FLIGHT 16
+
+/* Writes done at once (np_write_start's done) are finished: they do not
+ * count among those in flight, but each keeps its request until the next
+ * step takes its packet. Outside a task nothing else bounds how many a
+ * loop of waiting writes makes before a step; past this many on one pipe
+ * the next one waits as usual (and steps). */
+#define MAX_FINISHED_WRITES 1024
 
 NP_INTERNAL_END
 
