@@ -117,7 +117,8 @@ function Pipe:read_start(cb) end
 --- Stop a `read_start`. From its callback nothing is pending any more; from
 --- elsewhere the pending read is cancelled without a call (the callback
 --- still gets bytes that read had taken), and the read slot is free once
---- that has been dispatched by a step. Does nothing when not reading.
+--- that has been dispatched by a step; meanwhile a `read_start` takes that
+--- read over and a waiting read waits for it. Does nothing when not reading.
 function Pipe:read_stop() end
 
 --- Read into `buf` from its first byte, as `read(#buf)` without a new

@@ -186,6 +186,13 @@ cannot be unwound.
 ]]
 local inflight = setmetatable({}, { __mode = "k" })
 
+-- Pipes whose read_start a read_stop stopped from elsewhere (the core sets
+-- stopped_reads[pipe]: handed over at the end): until a step has ended the
+-- cancelled read, the read slot is still taken, and a waiting read waits
+-- for that end (settle) rather than be refused. Cleared by the next
+-- settle of the read slot.
+local stopped_reads = setmetatable({}, { __mode = "k" })
+
 local SLOT = { read = "read", read_into = "read", readable = "read",
                transact = "read", connect = "connect", writable = "writable" }
 local CANCEL = { read = "read", read_into = "read", readable = "readable",
@@ -347,7 +354,26 @@ end
 --- Wait (up to timeout ms) until no abandoned operation holds the slot:
 --- true and the time left, or false once the timeout ran out. (The
 --- operation was cancelled when abandoned: it completes soon.)
+local function settle_stopped(pipe, timeout)
+  stopped_reads[pipe] = nil
+  local t0 = now()
+  while raw.read_stopping(pipe) do -- (the cancel's end comes at the next step or so)
+    local left = timeout and timeout - (now() - t0)
+    if left and left <= 0 then
+      stopped_reads[pipe] = true
+      return false
+    end
+    if task.current() then task.sleep(0) else step(left or 100) end
+  end
+  return true, timeout and math.max(0, timeout - (now() - t0))
+end
+
 local function settle(pipe, slot, timeout)
+  if slot == "read" and stopped_reads[pipe] then
+    local ok
+    ok, timeout = settle_stopped(pipe, timeout)
+    if not ok then return false end
+  end
   local ops = inflight[pipe]
   if not (ops and ops[slot]) then return true, timeout end
   local op = orphan(pipe, slot)
@@ -537,7 +563,7 @@ function waiting.read(self, a, b)
   if b ~= nil and (math_type(b) == nil or not (b >= 0)) then -- luacheck: ignore 581 (NaN too)
     check_timeout(b, 3, "read", 4)
   end
-  if inflight[self] then
+  if inflight[self] or stopped_reads[self] then
     local ok
     ok, b = settle(self, "read", b)
     if not ok then return timed_out() end
@@ -588,7 +614,7 @@ function waiting.read_into(self, buf, a)
       end
       return raw.read_into(self, buf, cb)
     end
-    if inflight[self] then
+    if inflight[self] or stopped_reads[self] then
       local ok
       ok, t = settle(self, "read", t)
       if not ok then return timed_out() end
@@ -691,7 +717,7 @@ function waiting.transact(self, data, a)
     end
     return raw.transact(self, data, cb)
   end
-  if inflight[self] then
+  if inflight[self] or stopped_reads[self] then
     local ok
     ok, a = settle(self, "read", a)
     if not ok then return timed_out() end
@@ -727,7 +753,7 @@ function waiting.readable(self, a)
     return raw.readable(self, a)
   end
   check_timeout(a, 2, "readable", 4)
-  if inflight[self] then
+  if inflight[self] or stopped_reads[self] then
     local ok
     ok, a = settle(self, "read", a)
     if not ok then return timed_out() end
@@ -1083,7 +1109,8 @@ end
 -- Every waiting function is defined: the core may hand calls over now.
 -- Where its methods make a task's read or write wait themselves
 -- (layer.task_waits_in_c), they arm a record's timeout with arm_deadline.
-layer.hand_over(waiting, { task_records = task_records, arm_deadline = arm_deadline })
+layer.hand_over(waiting, { task_records = task_records, arm_deadline = arm_deadline,
+                           stopped_reads = stopped_reads })
 
 -- Where a C function cannot be suspended (Lua 5.1, LuaJIT), a C method
 -- that would hand its call to this layer returns a marker instead

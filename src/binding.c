@@ -491,6 +491,8 @@ static int layer_hand_over(lua_State *L) {
     lua_rawseti(L, WAITING_UPV, W_TASKS);
     lua_getfield(L, 2, "arm_deadline");
     lua_rawseti(L, WAITING_UPV, W_ARM_DEADLINE);
+    lua_getfield(L, 2, "stopped_reads");
+    lua_rawseti(L, WAITING_UPV, W_STOPPED);
     lua_pushliteral(L, "n");
     lua_rawseti(L, WAITING_UPV, W_KEY_N);
     lua_pushliteral(L, "ticket");

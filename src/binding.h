@@ -203,6 +203,10 @@ enum {
    * of wait records by coroutine, and the Lua layer's function that arms
    * a record's timeout (handed over as "task_records", "arm_deadline"). */
   W_TASKS, W_ARM_DEADLINE,
+  /* The Lua layer's set of pipes whose read_start a read_stop stopped from
+   * elsewhere ("stopped_reads"): a waiting read waits for that read's end
+   * rather than be refused (methods.c, raw_read_stop). */
+  W_STOPPED,
   /* the record fields it reads and writes, as strings made once (a
    * lua_getfield would make each anew from its C string) */
   W_KEY_N, W_KEY_TICKET, W_KEY_WAKE

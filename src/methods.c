@@ -487,8 +487,29 @@ static int m_read_start(lua_State *L) {
  * nothing is pending; elsewhere the pending read is cancelled, and its
  * callback runs again only if it had read something first. */
 static int raw_read_stop(lua_State *L) {
-  np_reading_stop(to_pipe(L));
+  pipe_ud *u = to_pipe(L);
+  int was_stopping = u->read_stopping;
+  np_reading_stop(u);
+  if (u->read_stopping && !was_stopping) {
+    /* stopped from elsewhere: its read's end is still to come, and the
+     * Lua layer's waiting reads wait for it (stopped_reads[pipe] = true) */
+    lua_rawgeti(L, WAITING_UPV, W_STOPPED);
+    if (lua_type(L, -1) == LUA_TTABLE) {
+      lua_pushvalue(L, 1);
+      lua_pushboolean(L, 1);
+      lua_rawset(L, -3);
+    }
+    lua_pop(L, 1);
+  }
   return 0;
+}
+
+/* layer.read_stopping(pipe): is the read slot taken only by the end, still
+ * to come, of a read_start that read_stop stopped from elsewhere? */
+static int raw_read_stopping(lua_State *L) {
+  pipe_ud *u = to_pipe(L);
+  lua_pushboolean(L, u->p && u->read_cb != LUA_NOREF && u->read_stopping);
+  return 1;
 }
 
 static int m_read_stop(lua_State *L) {
@@ -744,6 +765,7 @@ const luaL_Reg np_pipe_layer_funcs[] = {{"connect", raw_connect},
                                         {"writable", raw_writable},
                                         {"try_read", raw_try_read},
                                         {"write_now", raw_write_now},
+                                        {"read_stopping", raw_read_stopping},
                                         {"set_readahead", raw_set_readahead},
                                         {NULL, NULL}};
 

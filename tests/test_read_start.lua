@@ -359,6 +359,59 @@ function TestReadStart:test_read_start_right_after_read_stop_takes_over()
   end
 end
 
+-- A waiting read right after a read_stop() from elsewhere waits for the
+-- stopped read's end (a step away) instead of being refused: every kind,
+-- outside a task and in one; the old callback is not called.
+function TestReadStart:test_a_waiting_read_right_after_read_stop_waits_for_it()
+  local server, client = H.pair({ pipe_mode = "message" }, { pipe_mode = "message" })
+  local old = 0
+  local function stopped_reading()
+    server:read_start(function() old = old + 1 end)
+    np.step(0)
+    server:read_stop()
+  end
+  local reads = {
+    { "read", function() return server:read(nil, 2000) end, "m-read" },
+    { "read_line", function() return server:read_line(2000) end, "m-line" },
+    { "read_exact", function() return server:read_exact(6, 2000) end, "m-exac" },
+    { "read_into", function()
+        local buf = np.buffer(64)
+        local n, err = server:read_into(buf, 2000)
+        return n and buf:sub(1, n), err
+      end, "m-into" },
+    { "readable", function()
+        local ok, err = server:readable(2000)
+        return ok and server:read(nil, 2000), err
+      end, "m-ready" },
+  }
+  for _, in_task in ipairs { false, true } do
+    for _, r in ipairs(reads) do
+      local what = r[1] .. (in_task and " in a task" or "")
+      stopped_reading()
+      assert(client:write(r[3] .. (r[1] == "read_line" and "\n" or ""), 2000))
+      local got, err
+      if in_task then
+        np.spawn(function() got, err = r[2]() end)
+        np.run()
+      else
+        got, err = r[2]()
+      end
+      lu.assertEquals(got, r[3], what .. ": " .. tostring(err))
+    end
+  end
+  -- with a timeout shorter than the wait, and a stop that another
+  -- read_start took over meanwhile: still as usual
+  stopped_reading()
+  server:read_start(function() old = old + 1 end) -- takes the reading over
+  local ok, err = pcall(server.read, server, nil, 10)
+  lu.assertFalse(ok)
+  lu.assertStrContains(tostring(err), "a read is already pending")
+  server:read_stop()
+  slot_free(server)
+  lu.assertEquals(old, 0)
+  H.close_all(server, client)
+end
+
 -- An error raised by the callback comes out of np.step, and reading goes on.
 function TestReadStart:test_a_raising_callback_keeps_reading()
   local server, client = H.pair({ pipe_mode = "message" }, { pipe_mode = "message" })
