@@ -462,7 +462,9 @@ int np_write_start(np_pipe *p, const char *data, size_t len, int ref_cb,
     /* Finished in the call, the caller would only wait for it, and no
      * earlier write has a callback still to run (which must come first):
      * done now. Its packet, when it comes, calls nothing (as a
-     * try_write's), and the kernel has its own copy of the bytes. */
+     * try_write's), and the kernel has its own copy of the bytes. (Whole:
+     * no handle here is in PIPE_NOWAIT mode, where a write may finish
+     * with a part.) */
     req->ref_cb = NP_NOREF;
     req->quiet = req->finished = 1;
     p->quiet_writes++;
