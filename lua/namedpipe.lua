@@ -354,25 +354,37 @@ end
 --- Wait (up to timeout ms) until no abandoned operation holds the slot:
 --- true and the time left, or false once the timeout ran out. (The
 --- operation was cancelled when abandoned: it completes soon.)
+-- Wait (up to timeout ms, but at least one step: even a poll with timeout
+-- 0 lets the end be dispatched) until a stopped read_start's read has
+-- ended: true and the time left; false on timeout; false, "closed" when
+-- the pipe was closed meanwhile. The mark stays until the end is seen (a
+-- wait that times out or unwinds leaves it for the next read).
 local function settle_stopped(pipe, timeout)
-  stopped_reads[pipe] = nil
   local t0 = now()
   while raw.read_stopping(pipe) do -- (the cancel's end comes at the next step or so)
-    local left = timeout and timeout - (now() - t0)
-    if left and left <= 0 then
-      stopped_reads[pipe] = true
-      return false
+    if task.current() then
+      task.sleep(0)
+    else
+      step(timeout and math.max(0, timeout - (now() - t0)) or 100)
     end
-    if task.current() then task.sleep(0) else step(left or 100) end
+    if pipe:state() == "closed" then return false, "closed" end
+    if timeout and now() - t0 >= timeout and raw.read_stopping(pipe) then return false end
   end
+  stopped_reads[pipe] = nil
   return true, timeout and math.max(0, timeout - (now() - t0))
+end
+
+-- What a waiting call returns when settle did not free its slot.
+local function unsettled(why)
+  if why == "closed" then return nil, "pipe closed", "CLOSED", 0 end
+  return timed_out()
 end
 
 local function settle(pipe, slot, timeout)
   if slot == "read" and stopped_reads[pipe] then
     local ok
     ok, timeout = settle_stopped(pipe, timeout)
-    if not ok then return false end
+    if not ok then return false, timeout end
   end
   local ops = inflight[pipe]
   if not (ops and ops[slot]) then return true, timeout end
@@ -566,7 +578,7 @@ function waiting.read(self, a, b)
   if inflight[self] or stopped_reads[self] then
     local ok
     ok, b = settle(self, "read", b)
-    if not ok then return timed_out() end
+    if not ok then return unsettled(b) end
     if has_readahead(self) then
       check_count(n, "read")
       return take_readahead(self, n)
@@ -599,7 +611,7 @@ function waiting.read_into(self, buf, a)
     end
     local ok
     ok, t = settle(self, "read", t)
-    if not ok then return timed_out() end
+    if not ok then return unsettled(t) end
   end
   if not has_readahead(self) then
     if cb then
@@ -617,7 +629,7 @@ function waiting.read_into(self, buf, a)
     if inflight[self] or stopped_reads[self] then
       local ok
       ok, t = settle(self, "read", t)
-      if not ok then return timed_out() end
+      if not ok then return unsettled(t) end
     end
   end
   if has_readahead(self) then
@@ -720,7 +732,7 @@ function waiting.transact(self, data, a)
   if inflight[self] or stopped_reads[self] then
     local ok
     ok, a = settle(self, "read", a)
-    if not ok then return timed_out() end
+    if not ok then return unsettled(a) end
     if has_readahead(self) then return busy_with_unread() end
   end
   local w, done = wait_begin(self, "transact")
@@ -756,7 +768,7 @@ function waiting.readable(self, a)
   if inflight[self] or stopped_reads[self] then
     local ok
     ok, a = settle(self, "read", a)
-    if not ok then return timed_out() end
+    if not ok then return unsettled(a) end
     if has_readahead(self) then return true end
   end
   local w, cb = wait_begin(self, "readable")
@@ -935,7 +947,7 @@ function methods.ready(self, interest, timeout)
   if has_readahead(self) then return { readable = true } end
   local ok, t = settle(self, "read", timeout)
   if ok then ok, t = settle(self, "writable", t) end
-  if not ok then return timed_out() end
+  if not ok then return unsettled(t) end
   if has_readahead(self) then return { readable = true } end
   -- Both slots are checked before either wait starts: a wait started and
   -- left behind would later cancel someone else's.
@@ -1141,6 +1153,7 @@ require("namedpipe.framing").install(M, methods, {
   readahead_rest = readahead_rest, readahead_skip = readahead_skip,
   take_readahead = take_readahead, take_rope = take_rope,
   check_not_reading = check_not_reading,
+  unsettled = unsettled,
   check_timeout = check_timeout, settle = settle,
   wait_begin = wait_begin, wait_end = wait_end, raw = raw,
 })

@@ -247,17 +247,17 @@ static int step_loop(lua_State *L, loop_ud *lu) {
       if (u->read_restart && c.status.err == NP_CANCELLED &&
           !u->read_stopping && !u->read_ending) {
         /* a read_stop's cancel, the reading taken over by a read_start */
-        if (u->p) {
+        if (u->p && u->read_restart != NP_RESTART_DISCONNECTED) {
           restart = 1;
           lua_pop(L, nargs + 1);
           has_cb = nargs = 0;
-        } else { /* closed since: the reading's end is close()'s */
-          np_status closed;
-          closed.err = NP_CLOSED;
-          closed.code = 0;
+        } else { /* closed or disconnected since: the end is theirs */
+          np_status end;
+          end.err = u->p ? NP_NOT_CONNECTED : NP_CLOSED;
+          end.code = 0;
           lua_pop(L, nargs);
-          nargs = np_push_status(L, &closed);
-          c.status = closed;
+          nargs = np_push_status(L, &end);
+          c.status = end;
         }
       }
       u->read_restart = 0;

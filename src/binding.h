@@ -80,9 +80,12 @@ typedef struct pipe_ud {
    * is the last call; read_restart: a read_start came while a stopped
    * read's end was still to come, and took it over (its callback put in
    * the same anchor): that end, if it is the cancel's, only starts the
-   * next read. */
+   * next read (NP_RESTART_DISCONNECTED: unless disconnect() came since:
+   * then it ends the reading as NOT_CONNECTED). */
   int read_cb, run_open, read_stopping, read_ending, read_restart;
 } pipe_ud;
+
+#define NP_RESTART_DISCONNECTED 2 /* pipe_ud.read_restart */
 
 /* ---------------------------------------------------------------- anchors */
 

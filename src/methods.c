@@ -595,6 +595,10 @@ static int m_disconnect(lua_State *L) {
   /* From a read_start's callback: it ends, as after close() there (its
    * pending read's end tells it elsewhere: NOT_CONNECTED). */
   if (u->run_open) np_reading_stop(u);
+  /* A reading taken over after a read_stop: the cancel's end may be
+   * queued already (Linux), and must not start a read of the next
+   * client's: it ends the reading with NOT_CONNECTED instead. */
+  if (u->read_restart) u->read_restart = NP_RESTART_DISCONNECTED;
   lua_pushboolean(L, 1);
   return 1;
 }

@@ -56,7 +56,7 @@ function F.install(M, methods, P)
   local function read_until(self, timeout, kind, scan)
     -- an abandoned read of this pipe first: its bytes come before new ones
     local ok, t = P.settle(self, "read", timeout)
-    if not ok then return nil, "timed out", "TIMEOUT", 0 end
+    if not ok then return P.unsettled(t) end
     local deadline = t and now() + t
     local connection = session(self)
     local pieces, before, from = take_rope(self), 0, 1
