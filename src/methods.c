@@ -465,7 +465,7 @@ static int raw_read_start(lua_State *L) {
     lua_pushvalue(L, 2);
     lua_rawseti(L, ANCHORS_UPV, u->read_cb);
     u->read_stopping = 0;
-    u->read_restart = 1;
+    if (u->read_restart != NP_RESTART_DISCONNECTED) u->read_restart = 1;
     return 0;
   }
   if (read_busy(u))
@@ -595,10 +595,11 @@ static int m_disconnect(lua_State *L) {
   /* From a read_start's callback: it ends, as after close() there (its
    * pending read's end tells it elsewhere: NOT_CONNECTED). */
   if (u->run_open) np_reading_stop(u);
-  /* A reading taken over after a read_stop: the cancel's end may be
-   * queued already (Linux), and must not start a read of the next
-   * client's: it ends the reading with NOT_CONNECTED instead. */
-  if (u->read_restart) u->read_restart = NP_RESTART_DISCONNECTED;
+  /* A reading stopped from elsewhere (taken over, or to be): the cancel's
+   * end may be queued already (Linux), and must not start a read of the
+   * next client's: it ends the reading with NOT_CONNECTED instead. */
+  if (u->read_restart || u->read_stopping)
+    u->read_restart = NP_RESTART_DISCONNECTED; /* (kept by a takeover) */
   lua_pushboolean(L, 1);
   return 1;
 }

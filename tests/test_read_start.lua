@@ -344,23 +344,28 @@ function TestReadStart:test_read_start_right_after_read_stop_takes_over()
     slot_free(server)
     lu.assertEquals(calls, { "2:CANCELLED" }, mode)
 
-    -- taken over, then the client disconnected: NOT_CONNECTED is its last
-    -- call, and the next client's bytes are not read for it
-    calls = {}
-    server:read_start(function(data, _, name) calls[#calls + 1] = data or name end)
-    np.step(0)
-    server:read_stop()
-    server:read_start(function(data, _, name) calls[#calls + 1] = "2:" .. (data or name) end)
-    assert(server:disconnect())
-    client:close()
-    local connected
-    server:connect(function(r) connected = r end)
-    client = assert(np.open(pipe_name, opts))
-    H.pump(function() return connected ~= nil end, 5000, "the next client")
-    assert(client:write("next", 2000))
-    for _ = 1, 5 do np.step(5) end
-    lu.assertEquals(calls, { "2:NOT_CONNECTED" }, mode)
-    lu.assertEquals(server:read(nil, 2000), "next", mode)
+    -- taken over, and the client disconnected (before or after the
+    -- takeover): NOT_CONNECTED is its last call, and the next client's
+    -- bytes are not read for it
+    for _, disconnect_first in ipairs { false, true } do
+      local what = mode .. (disconnect_first and ", disconnected first" or "")
+      calls = {}
+      server:read_start(function(data, _, name) calls[#calls + 1] = data or name end)
+      np.step(0)
+      server:read_stop()
+      if disconnect_first then assert(server:disconnect()) end
+      server:read_start(function(data, _, name) calls[#calls + 1] = "2:" .. (data or name) end)
+      if not disconnect_first then assert(server:disconnect()) end
+      client:close()
+      local connected
+      server:connect(function(r) connected = r end)
+      client = assert(np.open(pipe_name, opts))
+      H.pump(function() return connected ~= nil end, 5000, "the next client")
+      assert(client:write("next", 2000))
+      for _ = 1, 5 do np.step(5) end
+      lu.assertEquals(calls, { "2:NOT_CONNECTED" }, what)
+      lu.assertEquals(server:read(nil, 2000), "next", what)
+    end
 
     -- taken over, then closed: CLOSED is its last call
     calls = {}
