@@ -351,9 +351,6 @@ local function after(op, fn)
   adopters[#adopters + 1] = fn
 end
 
---- Wait (up to timeout ms) until no abandoned operation holds the slot:
---- true and the time left, or false once the timeout ran out. (The
---- operation was cancelled when abandoned: it completes soon.)
 -- Wait (up to timeout ms, but at least one step: even a poll with timeout
 -- 0 lets the end be dispatched) until a stopped read_start's read has
 -- ended: true and the time left; false on timeout; false, "closed" when
@@ -380,6 +377,10 @@ local function unsettled(why)
   return timed_out()
 end
 
+--- Wait (up to timeout ms) until no abandoned operation holds the slot
+--- (nor, for the read slot, a stopped read_start's read): true and the
+--- time left, or false (and settle_stopped's why) once it could not. (The
+--- operation was cancelled when abandoned: it completes soon.)
 local function settle(pipe, slot, timeout)
   if slot == "read" and stopped_reads[pipe] then
     local ok
