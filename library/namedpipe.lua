@@ -310,6 +310,10 @@ function Event:wait(timeout) end
 ---@return boolean
 function Event:is_set() end
 
+--- `np.serve`'s options: create's, and how many instances wait for clients.
+---@class namedpipe.ServeOptions: namedpipe.ServerOptions
+---@field listeners? integer instances listening at all times (default 4, or max_instances if fewer)
+
 --- What `np.serve` returns.
 ---@class namedpipe.Server
 ---@field active integer handlers running now
@@ -398,10 +402,11 @@ function np.run(fn, ...) end
 ---@param ms number
 function np.sleep(ms) end
 
---- The server loop: keeps an instance listening and runs `handler(pipe)`
+--- The server loop: keeps `opts.listeners` instances listening (default 4,
+--- or `max_instances` if fewer) and runs `handler(pipe)`
 --- in a task per client; the pipe is closed when the handler returns.
 ---@param name string
----@param opts? namedpipe.ServerOptions
+---@param opts? namedpipe.ServeOptions
 ---@param handler fun(pipe: namedpipe.Pipe)
 ---@return namedpipe.Server? server
 ---@return string? msg

@@ -425,12 +425,38 @@ function TestServeKeepsName:test_listeners_take_clients_back_to_back()
   H.close_all(a, b, c, d)
 end
 
+-- By default serve keeps 4 instances listening (as libuv does), fewer when
+-- max_instances allows fewer: so many clients get in at once, with no retry.
+function TestServeKeepsName:test_default_listeners()
+  for _, case in ipairs({ { nil, 4 }, { 2, 2 }, { "unlimited", 4 } }) do
+    local max, want = case[1], case[2]
+    local name = H.name("deflisten")
+    local srv = assert(serve(name, { max_instances = max }, function(p)
+      p:read(nil, 2000)
+    end))
+    local clients = {}
+    for i = 1, want do
+      local c, msg, errname = np.open(name)
+      lu.assertNotNil(c, ("client %d of %d, max_instances %s: %s %s")
+        :format(i, want, tostring(max), tostring(msg), tostring(errname)))
+      clients[i] = c
+    end
+    -- every listening instance is taken: the next client is refused
+    local c, _, errname = np.open(name)
+    lu.assertNil(c)
+    lu.assertEquals(errname, "PIPE_BUSY")
+    srv.close()
+    for _, p in ipairs(clients) do p:close() end
+    H.settle(2000)
+  end
+end
+
 -- An instance serve needs is refused as busy by one that is not its own:
 -- serve tries again (it does not wait for one of its handlers to finish).
 function TestServeKeepsName:test_busy_by_a_foreign_instance_is_retried()
   local name = H.name("foreign")
   local release = np.event()
-  local srv = assert(serve(name, { max_instances = 2 }, function()
+  local srv = assert(serve(name, { max_instances = 2, listeners = 1 }, function()
     release:wait(5000)
   end))
   np.step(0)

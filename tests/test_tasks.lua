@@ -404,6 +404,36 @@ function TestTasks:test_serve_many_clients_never_not_found()
   lu.assertEquals(errname, "NOT_FOUND")
 end
 
+-- Clients that find a name busy together must not come back together: of
+-- each such wave only the first gets the instance freed meanwhile. 50
+-- clients open at once against one listening instance, each giving up
+-- after a second. With the back-off's waits the same for all (1, 2, 4 ...
+-- 50 ms), one got in every 50 ms, and the last waited over 2 s.
+function TestTasks:test_clients_busy_together_do_not_retry_together()
+  local name = H.name("burst")
+  local srv = assert(np.serve(name, { listeners = 1 }, function(p)
+    local line = p:read_line(5000)
+    if line then p:write(line .. "\n") end
+  end))
+  local N, replies, failures = 100, 0, {}
+  for i = 1, N do
+    np.spawn(function()
+      local c, msg, errname = np.open(name, { timeout = 1000 })
+      if not c then
+        failures[#failures + 1] = ("client %d: %s %s"):format(i, errname, msg)
+        return
+      end
+      c:write(i .. "\n")
+      if c:read_line(5000) == tostring(i) then replies = replies + 1 end
+      c:close()
+    end)
+  end
+  H.pump(function() return replies + #failures == N end, 10000, "the clients")
+  srv.close()
+  lu.assertEquals(failures, {})
+  lu.assertEquals(replies, N)
+end
+
 function TestTasks:test_serve_close_keeps_what_the_handler_wrote()
   local name = H.name("flush")
   local big = ("0123456789abcdef"):rep(2048) -- 32 KiB: fits the pipe buffer

@@ -387,4 +387,27 @@ function T.sleep(ms, step)
   end
 end
 
+--- A wait of up to ms milliseconds drawn at random, for retrying a name
+--- that was busy (np.open on PIPE_BUSY, serve's create).
+-- The back-off doubles (1 ms to 50 ms, as asyncio's); each wait is drawn
+-- at random below it ("full jitter"). Clients that found a name busy
+-- together otherwise come back together, and of each such wave only the
+-- first gets the instance freed meanwhile: 50 clients opening at once
+-- against one listening instance took 2 s, and take 60-90 ms drawn so.
+-- The draws are this module's own (Park and Miller's minimal generator,
+-- exact in doubles on every Lua), so that math.random's sequence stays the
+-- caller's; seeded from a table's address and the clocks, so that
+-- processes started together draw apart (on Lua 5.1 and LuaJIT,
+-- math.random starts every process on the same sequence).
+local M31 = 2147483647
+local drawn
+function T.jitter(ms)
+  if not drawn then
+    local addr = tonumber(tostring({}):match("(%x+)$"), 16) or 0
+    drawn = (addr % M31 + math.floor(now() * 1000) % M31 + os.time() % M31) % (M31 - 1) + 1
+  end
+  drawn = (drawn * 16807) % M31
+  return ms * drawn / M31
+end
+
 return T
