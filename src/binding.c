@@ -245,7 +245,19 @@ static int step_loop(lua_State *L, loop_ud *lu) {
     if (u && c.ref_cb == u->read_cb && c.ref_cb != LUA_NOREF &&
         c.op == NP_OP_READ) {
       if (u->read_restart && c.status.err == NP_CANCELLED &&
-          !u->read_stopping && !u->read_ending) {
+          !u->read_stopping && u->read_ending) {
+        /* a read_stop's cancel, the reading taken over, then cancelled:
+         * the end is cancel()'s, with its reason. (On Linux read_stop had
+         * already ended the read as CANCELLED; on Windows the cancel in
+         * flight takes the later reason.) */
+        if (u->read_end_reason != NP_CANCELLED) {
+          lua_pop(L, nargs);
+          c.status.err = u->read_end_reason;
+          c.status.code = 0;
+          nargs = np_push_status(L, &c.status);
+        }
+      } else if (u->read_restart && c.status.err == NP_CANCELLED &&
+                 !u->read_stopping && !u->read_ending) {
         /* a read_stop's cancel, the reading taken over by a read_start */
         if (u->p && u->read_restart != NP_RESTART_DISCONNECTED) {
           restart = 1;

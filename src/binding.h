@@ -81,8 +81,10 @@ typedef struct pipe_ud {
    * read's end was still to come, and took it over (its callback put in
    * the same anchor): that end, if it is the cancel's, only starts the
    * next read (NP_RESTART_DISCONNECTED: unless disconnect() came since:
-   * then it ends the reading as NOT_CONNECTED). */
+   * then it ends the reading as NOT_CONNECTED). read_end_reason: the
+   * reason of the last cancel("read"), which a taken-over end reports. */
   int read_cb, run_open, read_stopping, read_ending, read_restart;
+  np_err read_end_reason;
 } pipe_ud;
 
 #define NP_RESTART_DISCONNECTED 2 /* pipe_ud.read_restart */

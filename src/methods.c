@@ -78,6 +78,7 @@ static pipe_ud *pipe_new(lua_State *L, int is_server) {
   u->readahead = 0;
   u->read_cb = LUA_NOREF;
   u->run_open = u->read_stopping = u->read_ending = u->read_restart = 0;
+  u->read_end_reason = NP_CANCELLED;
   return u;
 }
 
@@ -561,7 +562,10 @@ static int raw_cancel(lua_State *L) {
                       : NP_TIMEOUT;
   int all = lua_isnoneornil(L, 2);
   np_op op = all ? NP_OP_READ : check_op(L, 2, NULL);
-  if (op == NP_OP_READ) np_reading_cancel(u); /* a read_start ends */
+  if (op == NP_OP_READ) { /* a read_start ends */
+    u->read_end_reason = reason;
+    np_reading_cancel(u);
+  }
   if (all) {
     np_cancel(u->p, NP_OP_CONNECT, reason);
     np_cancel(u->p, NP_OP_READ, reason);

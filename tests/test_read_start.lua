@@ -334,15 +334,19 @@ function TestReadStart:test_read_start_right_after_read_stop_takes_over()
     still_readable(server, client, "after")
     local n = #new
 
-    -- taken over, then cancelled: CANCELLED is its last call
-    local calls = {}
-    server:read_start(function(data, _, name) calls[#calls + 1] = data or name end)
-    np.step(0)
-    server:read_stop()
-    server:read_start(function(data, _, name) calls[#calls + 1] = "2:" .. (data or name) end)
-    server:cancel("read")
-    slot_free(server)
-    lu.assertEquals(calls, { "2:CANCELLED" }, mode)
+    -- taken over, then cancelled: the reason given is its last call, on
+    -- both platforms (on Linux the stopped read had already ended)
+    local calls
+    for _, reason in ipairs { "CANCELLED", "TIMEOUT" } do
+      calls = {}
+      server:read_start(function(data, _, name) calls[#calls + 1] = data or name end)
+      np.step(0)
+      server:read_stop()
+      server:read_start(function(data, _, name) calls[#calls + 1] = "2:" .. (data or name) end)
+      server:cancel("read", reason)
+      slot_free(server)
+      lu.assertEquals(calls, { "2:" .. reason }, mode)
+    end
 
     -- taken over, and the client disconnected (before or after the
     -- takeover): NOT_CONNECTED is its last call, and the next client's
