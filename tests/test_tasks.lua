@@ -405,10 +405,10 @@ function TestTasks:test_serve_many_clients_never_not_found()
 end
 
 -- Clients that find a name busy together must not come back together: of
--- each such wave only the first gets the instance freed meanwhile. 50
+-- each such wave only the first gets the instance freed meanwhile. 100
 -- clients open at once against one listening instance, each giving up
 -- after a second. With the back-off's waits the same for all (1, 2, 4 ...
--- 50 ms), one got in every 50 ms, and the last waited over 2 s.
+-- 50 ms), one got in every 50 ms, and the last ones timed out.
 function TestTasks:test_clients_busy_together_do_not_retry_together()
   local name = H.name("burst")
   local srv = assert(np.serve(name, { listeners = 1 }, function(p)

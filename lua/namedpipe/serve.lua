@@ -127,7 +127,7 @@ function S.install(M)
         local p, msg, ename, code = listen(later)
         if not p then
           if ename ~= "PIPE_BUSY" then return nil, msg, ename, code end
-          if n_idle + handle.active < max_instances and not retry_timer then
+          if n_idle == 0 and handle.active < max_instances and not retry_timer then
             retry_timer = task.add_timer(task.jitter(retry_delay), function()
               retry_timer = nil
               retry_delay = math.min(retry_delay * 2, RETRY_MAX)

@@ -398,13 +398,22 @@ end
 -- exact in doubles on every Lua), so that math.random's sequence stays the
 -- caller's; seeded from a table's address and the clocks, so that
 -- processes started together draw apart (on Lua 5.1 and LuaJIT,
--- math.random starts every process on the same sequence).
+-- math.random starts every process on the same sequence). Under Wine
+-- every process's first table has the same address, and seeds a few
+-- microseconds apart give nearly the same first draws: the generator is
+-- run a few times before its first draw. (A host may have left out the
+-- os library: then the monotonic clock alone.)
 local M31 = 2147483647
+local floor = math.floor
+local os_time = type(os) == "table" and os.time or function() return 0 end
+local os_clock = type(os) == "table" and os.clock or function() return 0 end
 local drawn
 function T.jitter(ms)
   if not drawn then
     local addr = tonumber(tostring({}):match("(%x+)$"), 16) or 0
-    drawn = (addr % M31 + math.floor(now() * 1000) % M31 + os.time() % M31) % (M31 - 1) + 1
+    drawn = (addr % M31 + floor(now() * 1000) % M31 + os_time() % M31
+      + floor(os_clock() * 1e6) % M31) % (M31 - 1) + 1
+    for _ = 1, 3 do drawn = (drawn * 16807) % M31 end
   end
   drawn = (drawn * 16807) % M31
   return ms * drawn / M31
