@@ -222,9 +222,11 @@ function Pipe:write_frame(data, cb_or_timeout) end
 function Pipe:read_frame(timeout) end
 
 --- Cancels pending operations of one kind (all when nil); they complete
---- with CANCELLED.
+--- with `reason` (CANCELLED by default, or TIMEOUT). "read", "readable"
+--- and "transact" name the same slot, and each ends a `read_start`.
 ---@param what? namedpipe.Operation
-function Pipe:cancel(what) end
+---@param reason? "CANCELLED"|"TIMEOUT"
+function Pipe:cancel(what, reason) end
 
 --- Server only: drop the client; `connect()` then takes the next one.
 --- Everything started for that client ends NOT_CONNECTED, and nothing held

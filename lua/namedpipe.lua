@@ -872,11 +872,21 @@ end
 
 --- pipe:cancel([what] [, reason]): a start waiting here ends as the C
 --- method's reading ends: CANCELLED, unless from its own callback.
+-- A read_start still delivering bytes read ahead ends as the C one would,
+-- whichever name its slot is cancelled by, with the reason given.
+local READ_SLOT = { read = true, readable = true, transact = true }
 function waiting.cancel(self, what, reason)
-  if what == nil or what == "read" then
+  if reason ~= nil and reason ~= "CANCELLED" and reason ~= "TIMEOUT" then
+    return raw.cancel(self, what, reason) -- (raises: bad argument #3)
+  end
+  if what == nil or READ_SLOT[what] then
     local start = withdraw_start(self)
     if start and not start.running then
-      task.soon(start.cb, nil, "operation cancelled", "CANCELLED", 0)
+      if reason == "TIMEOUT" then
+        task.soon(start.cb, timed_out())
+      else
+        task.soon(start.cb, nil, "operation cancelled", "CANCELLED", 0)
+      end
     end
   end
   return raw.cancel(self, what, reason)

@@ -562,8 +562,15 @@ static int raw_cancel(lua_State *L) {
                       : NP_TIMEOUT;
   int all = lua_isnoneornil(L, 2);
   np_op op = all ? NP_OP_READ : check_op(L, 2, NULL);
-  if (op == NP_OP_READ) { /* a read_start ends */
-    u->read_end_reason = reason;
+  /* A read_start ends, whichever name its slot is cancelled by (the
+   * backends cancel the slot's operation for all three). The first
+   * reason stays, as a read already ended keeps its status; a
+   * disconnect() before it ended a taken-over reading already. */
+  if (op == NP_OP_READ || op == NP_OP_READABLE || op == NP_OP_TRANSACT) {
+    if (!u->read_ending)
+      u->read_end_reason = u->read_restart == NP_RESTART_DISCONNECTED
+                               ? NP_NOT_CONNECTED
+                               : reason;
     np_reading_cancel(u);
   }
   if (all) {

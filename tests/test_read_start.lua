@@ -336,16 +336,29 @@ function TestReadStart:test_read_start_right_after_read_stop_takes_over()
 
     -- taken over, then cancelled: the reason given is its last call, on
     -- both platforms (on Linux the stopped read had already ended)
+    -- (by any name of the read slot; after a disconnect(), NOT_CONNECTED)
     local calls
-    for _, reason in ipairs { "CANCELLED", "TIMEOUT" } do
+    for _, case in ipairs { { "read", "CANCELLED" }, { "read", "TIMEOUT" },
+                            { "readable", "TIMEOUT" }, { "transact", "TIMEOUT" },
+                            { "read", "TIMEOUT", "disconnect" } } do
+      local what, reason, disconnect = case[1], case[2], case[3]
+      local label = mode .. " " .. table.concat(case, " ")
       calls = {}
       server:read_start(function(data, _, name) calls[#calls + 1] = data or name end)
       np.step(0)
       server:read_stop()
       server:read_start(function(data, _, name) calls[#calls + 1] = "2:" .. (data or name) end)
-      server:cancel("read", reason)
+      if disconnect then assert(server:disconnect()) end
+      server:cancel(what, reason)
       slot_free(server)
-      lu.assertEquals(calls, { "2:" .. reason }, mode)
+      lu.assertEquals(calls, { "2:" .. (disconnect and "NOT_CONNECTED" or reason) }, label)
+      if disconnect then
+        client:close()
+        local connected
+        server:connect(function(r) connected = r end)
+        client = assert(np.open(pipe_name, opts))
+        H.pump(function() return connected ~= nil end, 5000, "the next client")
+      end
     end
 
     -- taken over, and the client disconnected (before or after the
@@ -600,6 +613,16 @@ function TestReadStart:test_waiting_for_read_ahead_cancelled_or_closed()
   H.pump(function() return #got > 0 end, 5000, "CANCELLED")
   lu.assertEquals(got, { "CANCELLED" })
   lu.assertEquals(server:read(nil, 2000), "ahead")
+  -- with a reason, by any name of the read slot: that reason
+  for _, what in ipairs { "read", "readable", "transact" } do
+    leave_ahead(server, client, "t", "ahead-t")
+    got = {}
+    server:read_start(function(d, _, ename) got[#got + 1] = d or ename end)
+    server:cancel(what, "TIMEOUT")
+    H.pump(function() return #got > 0 end, 5000, "TIMEOUT")
+    lu.assertEquals(got, { "TIMEOUT" }, what)
+    lu.assertEquals(server:read(nil, 2000), "ahead-t", what)
+  end
 
   leave_ahead(server, client, "x", "ahead-2")
   got = {}
