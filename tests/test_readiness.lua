@@ -386,3 +386,40 @@ function TestReadiness:test_random_sequences_keep_every_byte_in_order()
   lu.assertTrue(rounds > 0)
   if os.getenv("NP_READINESS_VERBOSE") then print(("seed %d: %d rounds"):format(seed, rounds)) end
 end
+
+-- writable() answers what try_write would find: NOT_CONNECTED on a server
+-- with no client (new, after disconnect(), after a cancelled connect()),
+-- ACCESS_DENIED on an end that may not write; and a server listening again
+-- after disconnect() says so.
+function TestReadiness:test_writable_refuses_what_try_write_refuses()
+  local function same(p, what, want)
+    local ok, _, ename = p:writable(100)
+    lu.assertNil(ok, what)
+    lu.assertEquals(ename, want, what .. ": writable")
+    local n, _, tname = p:try_write("x")
+    lu.assertNil(n, what)
+    lu.assertEquals(tname, want, what .. ": try_write")
+  end
+  local name = H.name("wrefuse")
+  local server = assert(np.create(name))
+  same(server, "a new instance", "NOT_CONNECTED")
+  server:connect(function() end)
+  server:cancel("connect")
+  H.settle(2000)
+  same(server, "after a cancelled connect", "NOT_CONNECTED")
+  local client = assert(np.open(name))
+  assert(server:connect(2000))
+  lu.assertTrue(server:writable(1000))
+  assert(server:disconnect())
+  same(server, "after disconnect", "NOT_CONNECTED")
+  server:connect(function() end)
+  lu.assertEquals(server:state(), "listening")
+  H.close_all(server, client)
+
+  local reader = assert(np.create(H.name("wrefuse-in"), { access_outbound = false }))
+  same(reader, "a server without access_outbound", "ACCESS_DENIED")
+  reader:close()
+  local s2, c2 = H.pair(nil, { write = false })
+  same(c2, "a client opened without write", "ACCESS_DENIED")
+  H.close_all(s2, c2)
+end

@@ -83,6 +83,7 @@ np_pipe *np_server_create(np_loop *loop, const char *name,
   SECURITY_ATTRIBUTES sa;
   PSECURITY_DESCRIPTOR sd = NULL;
   HANDLE h;
+  np_pipe *p;
   wchar_t wbuf[WNAME_CAP];
   wchar_t *wname = to_wide(name, wbuf, WNAME_CAP, st);
   if (!wname) return NULL;
@@ -125,12 +126,15 @@ np_pipe *np_server_create(np_loop *loop, const char *name,
   if (sd) LocalFree(sd);
   if (wname != wbuf) free(wname);
   if (h == INVALID_HANDLE_VALUE) return NULL;
-  return adopt_handle(loop, h, name, 1, o->pipe_mode, st);
+  p = adopt_handle(loop, h, name, 1, o->pipe_mode, st);
+  if (p) p->may_write = o->access_outbound != 0;
+  return p;
 }
 
 np_pipe *np_client_open(np_loop *loop, const char *name,
                         const np_client_options *o, np_status *st) {
   HANDLE h;
+  np_pipe *p;
   wchar_t wbuf[WNAME_CAP];
   wchar_t *wname;
   /* info() (GetNamedPipeInfo) needs FILE_READ_ATTRIBUTES, which a
@@ -156,7 +160,9 @@ np_pipe *np_client_open(np_loop *loop, const char *name,
     CloseHandle(h);
     return NULL;
   }
-  return adopt_handle(loop, h, name, 0, o->pipe_mode, st);
+  p = adopt_handle(loop, h, name, 0, o->pipe_mode, st);
+  if (p) p->may_write = o->write != 0;
+  return p;
 }
 
 /* (np_pipe_set_user, np_pipe_name and the like: common.c) */
@@ -222,6 +228,8 @@ static void arm(np_req *req, int ref_cb) {
 
 void np_connect_start(np_pipe *p, int ref_cb) {
   np_req *req = &p->connect_req;
+  /* after disconnect(): listening again, as the kernel's instance is */
+  if (p->state == NP_STATE_DISCONNECTED) p->state = NP_STATE_LISTENING;
   arm(req, ref_cb);
   submitted(req, ConnectNamedPipe(p->h, &req->ov));
 }
@@ -331,12 +339,41 @@ void np_readable_start(np_pipe *p, int ref_cb) {
   submitted(req, ReadFile(p->h, &req->bytes, 0, NULL, &req->ov));
 }
 
+/* What a write would be refused now, as try_write would find (1, in *st):
+ * a handle without write access, a server with no client. A server whose
+ * connect() has not been dispatched may have its client already: the
+ * kernel tells (PeekNamedPipe fails without one: ERROR_PIPE_LISTENING, or
+ * ERROR_BAD_PIPE as Wine says; a handle it refuses to peek for another
+ * reason is let through, and the write will tell). */
+static int write_refused(np_pipe *p, np_status *st) {
+  if (!p->may_write) {
+    np_win_status(st, ERROR_ACCESS_DENIED, NP_OP_WRITE);
+    return 1;
+  }
+  if (p->state == NP_STATE_DISCONNECTED) {
+    np_win_status(st, ERROR_PIPE_NOT_CONNECTED, NP_OP_WRITE);
+    return 1;
+  }
+  if (p->state == NP_STATE_LISTENING &&
+      !PeekNamedPipe(p->h, NULL, 0, NULL, NULL, NULL) &&
+      (GetLastError() == ERROR_PIPE_LISTENING ||
+       GetLastError() == ERROR_BAD_PIPE)) {
+    np_win_status(st, ERROR_PIPE_LISTENING, NP_OP_WRITE);
+    return 1;
+  }
+  return 0;
+}
+
 /* Writes are accepted whole (try_write as in mio), so "writable" means no
  * write is in flight any more. */
 void np_writable_start(np_pipe *p, int ref_cb) {
   np_req *req = &p->writable_req;
+  np_status st;
   arm(req, ref_cb);
-  if (p->nwrites == p->finished_writes)
+  if (write_refused(p, &st)) {
+    req->status = st;
+    np_req_ready(p->loop, req);
+  } else if (p->nwrites == p->finished_writes)
     np_req_ready(p->loop, req);
   else
     np_req_wait(p->loop, req);

@@ -69,6 +69,7 @@ struct np_pipe {
   HANDLE h; /* INVALID_HANDLE_VALUE once closed */
   np_mode read_mode; /* how this end reads (message: whole messages) */
   int closed;
+  int may_write; /* opened for writing (access_outbound; a client's write) */
   np_req connect_req;
   np_req read_req; /* read or readable */
   np_req writable_req;
