@@ -422,16 +422,21 @@ end
 local wait_record, suspend, set_deadline = task.wait_record, task.suspend, task.set_deadline
 
 -- Step until op is done, cancelling it once timeout ms have passed.
+-- At least one step comes before the deadline's cancel, so that a poll
+-- (timeout 0) gets what is there already: on Windows a read finishes in
+-- the call when the data is in the pipe, on Linux only at a step.
 local function wait_for(op, pipe, kind, timeout)
   local deadline = timeout and now() + timeout
+  local stepped = false
   while not op.done do
     if deadline then
       local left = deadline - now()
-      if left <= 0 then
+      if left <= 0 and stepped then
         cancel_for_timeout(pipe, CANCEL[kind])
         deadline = nil
       else
-        step(left)
+        step(left > 0 and left or 0)
+        stepped = true
       end
     else
       step(timeout and 100 or 1000)

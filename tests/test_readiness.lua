@@ -423,3 +423,35 @@ function TestReadiness:test_writable_refuses_what_try_write_refuses()
   same(c2, "a client opened without write", "ACCESS_DENIED")
   H.close_all(s2, c2)
 end
+
+-- A poll (timeout 0) outside a task gets what the peer already wrote, on
+-- Linux as on Windows (where the read finishes in the call): the wait
+-- steps the loop once before its deadline cancels it.
+function TestReadiness:test_a_poll_with_timeout_0_gets_what_is_there()
+  for _, mode in ipairs { "byte", "message" } do
+    local opts = { pipe_mode = mode }
+    local server, client = H.pair(opts, opts)
+    local polls = {
+      { "read", function() return server:read(nil, 0) end, "r1" },
+      { "read_line", function() return server:read_line(0) end, "l1\n", "l1" },
+      { "read_exact", function() return server:read_exact(2, 0) end, "e1" },
+      { "readable", function() return server:readable(0) and server:read(nil, 0) end, "a1" },
+      { "read_into", function()
+          local buf = np.buffer(16)
+          local n = server:read_into(buf, 0)
+          return n and buf:sub(1, n)
+        end, "i1" },
+    }
+    for _, p in ipairs(polls) do
+      assert(client:write(p[3], 1000))
+      lu.assertEquals(p[2](), p[4] or p[3], mode .. " " .. p[1])
+    end
+    -- and with nothing there, TIMEOUT at once
+    local t0 = np.now()
+    local d, _, ename = server:read(nil, 0)
+    lu.assertNil(d)
+    lu.assertEquals(ename, "TIMEOUT")
+    lu.assertTrue(np.now() - t0 < 500)
+    H.close_all(server, client)
+  end
+end
