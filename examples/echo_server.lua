@@ -35,7 +35,7 @@ end
 
 local served = 0
 local server
--- np.serve keeps one instance listening at all times (a new client never
+-- np.serve keeps instances listening at all times (a new client never
 -- finds the name missing) and runs the handler in its own task, so the
 -- straight-line code below waits without blocking the other clients.
 server = assert(np.serve(name, nil, function(pipe)

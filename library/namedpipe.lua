@@ -25,7 +25,7 @@
 
 ---@alias namedpipe.PipeMode "byte"|"message"
 ---@alias namedpipe.State "listening"|"connected"|"disconnected"|"closed"
----@alias namedpipe.Operation "connect"|"read"|"write"|"readable"|"writable"
+---@alias namedpipe.Operation "connect"|"read"|"write"|"readable"|"writable"|"transact"
 
 --- Options of `np.create`, Tokio's `ServerOptions`.
 ---@class namedpipe.ServerOptions
@@ -342,8 +342,9 @@ local np = {}
 ---@return integer? code
 function np.create(name, opts) end
 
---- A connected client (Tokio's `ClientOptions::open`); with `timeout` or
---- `wait_for_server` it retries while busy (or missing).
+--- A connected client (Tokio's `ClientOptions::open`); with `timeout` it
+--- retries while busy (with `wait_for_server`, also while missing) until
+--- that many ms have passed (no timeout: one try).
 ---@param name string
 ---@param opts? namedpipe.ClientOptions
 ---@return namedpipe.Pipe? pipe
@@ -371,9 +372,14 @@ function np.now() end
 ---@return namedpipe.Buffer
 function np.buffer(size) end
 
---- What the OS sees: the socket file on Linux, the name on Windows.
+--- What the OS sees: the socket file on Linux, the name on Windows; nil,
+--- msg, name, code where there is none (a path too long, a directory that
+--- fails its checks).
 ---@param name string
----@return string
+---@return string? path
+---@return string? msg
+---@return namedpipe.ErrorName? name
+---@return integer? code
 function np.path(name) end
 
 ---@return namedpipe.Stats
@@ -413,6 +419,7 @@ function np.sleep(ms) end
 ---@return namedpipe.Server? server
 ---@return string? msg
 ---@return namedpipe.ErrorName? name
+---@return integer? code
 function np.serve(name, opts, handler) end
 
 ---@return namedpipe.Event

@@ -1128,7 +1128,7 @@ function M.open(name, opts)
     if left <= 0 then
       return nil, "timed out waiting for the pipe (" .. msg .. ")", "TIMEOUT", 0
     end
-    -- asyncio's back-off, 1 ms doubling to 50 ms, each wait drawn at
+    -- a back-off like asyncio's, 1 ms doubling to 50 ms, each wait drawn at
     -- random below it (task.jitter); never blocks other tasks
     M.sleep(math.min(task.jitter(delay), left))
     delay = math.min(delay * 2, 50)

@@ -22,8 +22,8 @@ local S = {}
 
 -- A client that found every instance busy retries; so does serve when an
 -- instance it needs is refused as busy by instances not its own (another
--- process's, or one Windows still counts after its close): asyncio's
--- back-off, 1 ms doubling to 50 ms, each wait drawn below it (task.jitter).
+-- process's, or one Windows still counts after its close): a back-off like
+-- asyncio's, 1 ms doubling to 50 ms, each wait drawn below it (task.jitter).
 local RETRY_FIRST, RETRY_MAX = 1, 50
 
 -- Clients that come together find one listening instance busy but for the

@@ -389,7 +389,7 @@ end
 
 --- A wait of up to ms milliseconds drawn at random, for retrying a name
 --- that was busy (np.open on PIPE_BUSY, serve's create).
--- The back-off doubles (1 ms to 50 ms, as asyncio's); each wait is drawn
+-- The back-off doubles (1 ms to 50 ms; asyncio's to 100 ms); each wait is drawn
 -- at random below it ("full jitter"). Clients that found a name busy
 -- together otherwise come back together, and of each such wave only the
 -- first gets the instance freed meanwhile: 50 clients opening at once
