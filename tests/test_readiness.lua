@@ -455,3 +455,22 @@ function TestReadiness:test_a_poll_with_timeout_0_gets_what_is_there()
     H.close_all(server, client)
   end
 end
+
+-- peek() once the peer has closed and everything is read: the end of the
+-- stream, as try_read says (PeekNamedPipe on Windows), in both modes.
+function TestReadiness:test_peek_after_the_end_is_eof()
+  for _, mode in ipairs { "byte", "message" } do
+    local opts = { pipe_mode = mode }
+    local server, client = H.pair(opts, opts)
+    assert(client:write("last", 1000))
+    lu.assertEquals(server:read(nil, 1000), "last")
+    client:close()
+    local d, _, ename = server:read(nil, 1000)
+    lu.assertNil(d)
+    lu.assertEquals(ename, "EOF", mode .. ": read")
+    local pk, _, pname = server:peek()
+    lu.assertNil(pk, mode)
+    lu.assertEquals(pname, "EOF", mode .. ": peek")
+    H.close_all(server)
+  end
+end

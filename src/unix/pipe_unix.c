@@ -633,5 +633,18 @@ int np_pipe_peek(np_pipe *p, np_peek *peek, np_status *st) {
       if (n >= 0) peek->message = n;
     }
   }
+  /* Nothing waits and the peer is gone: the end of the stream, as
+   * PeekNamedPipe on Windows (and try_read here) says. (An empty message
+   * still waiting is peek->message 0.) */
+  if (peek->available == 0 && peek->message < 0) {
+    struct pollfd pfd;
+    pfd.fd = p->fd;
+    pfd.events = POLLIN | POLLRDHUP;
+    pfd.revents = 0;
+    if (poll(&pfd, 1, 0) == 1 && (pfd.revents & (POLLHUP | POLLRDHUP))) {
+      np_status_errno(st, NP_EOF, 0);
+      return 0;
+    }
+  }
   return 1;
 }
