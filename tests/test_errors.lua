@@ -199,6 +199,11 @@ function TestMisuse:test_bad_names()
   assert_raises("NUL", np.create, "\\\\.\\pipe\\a\0b")
   assert_raises("longer than 256", np.create, "\\\\.\\pipe\\" .. ("x"):rep(260))
   assert_raises("string", np.open, {})
+  -- the pipe directory itself is no pipe, on either platform
+  for _, dots in ipairs { ".", ".." } do
+    assert_raises("pipe name may not be", np.create, "\\\\.\\pipe\\" .. dots)
+    assert_raises("pipe name may not be", np.open, "\\\\.\\pipe\\" .. dots)
+  end
   if PLATFORM == "windows" then
     assert_raises("pipe name", np.create, "no-prefix")
     assert_raises("pipe name", np.open, "C:\\temp\\file")

@@ -17,6 +17,12 @@ const char *np_name_problem(const char *name, size_t len) {
   if (i == 2 || len - i < 6 || _strnicmp(name + i + 1, "pipe", 4) != 0 ||
       !is_sep(name[i + 5]) || i + 6 >= len)
     return expect;
+  /* \\.\pipe\. (and .., and any NAME of dots only, trailing dots being
+   * dropped from a path) is the pipe file system's directory, which
+   * CreateFile opens as if it were a pipe: refused, as "." and ".." are on
+   * Unix. */
+  for (i += 6; i < len && name[i] == '.'; i++) {}
+  if (i == len) return "pipe name may not be dots only (\".\", \"..\")";
   return NULL;
 }
 
