@@ -48,6 +48,56 @@ static const char *method_name(lua_State *L) {
   return name;
 }
 
+/* A chunk of this library's Lua layer: namedpipe.lua, namedpipe/NAME.lua
+ * for its four modules, and the wrappers it compiles ("=namedpipe.read"). */
+static int ends_with(const char *s, size_t n, const char *tail) {
+  size_t t = strlen(tail);
+  return n >= t && strcmp(s + n - t, tail) == 0;
+}
+
+static int library_source(const char *src) {
+  static const char *const files[] = {"namedpipe.lua", "task.lua", "serve.lua",
+                                      "framing.lua", "compat.lua"};
+  size_t n = strlen(src), i;
+  if (strncmp(src, "=namedpipe.", 11) == 0) return 1;
+  if (src[0] != '@') return 0;
+  for (i = 0; i < sizeof files / sizeof files[0]; i++) {
+    size_t f = strlen(files[i]), dir;
+    char sep;
+    if (!ends_with(src, n, files[i]) || n < f + 1) continue;
+    sep = src[n - f - 1];
+    if (i == 0) { /* namedpipe.lua itself, alone in its name */
+      if (sep == '/' || sep == '\\' || sep == '@') return 1;
+      continue;
+    }
+    /* namedpipe/task.lua and its like */
+    if ((sep != '/' && sep != '\\') || n < f + 11) continue;
+    dir = n - f - 10;
+    if (strncmp(src + dir, "namedpipe", 9) == 0 &&
+        (src[dir - 1] == '/' || src[dir - 1] == '\\' || src[dir - 1] == '@'))
+      return 1;
+  }
+  return 0;
+}
+
+/* Where the error is the caller's: as luaL_where(L, 1), except that a
+ * call the Lua layer made for the caller (a waiting form handed over, an
+ * np.open that retries) is passed through to the caller's own line. */
+static void push_where(lua_State *L) {
+  lua_Debug ar;
+  int level;
+  for (level = 1; lua_getstack(L, level, &ar); level++) {
+    if (!lua_getinfo(L, "Sl", &ar)) break;
+    if (ar.currentline > 0 && !library_source(ar.source)) {
+      lua_pushfstring(L, "%s:%d: ", ar.short_src, ar.currentline);
+      return;
+    }
+    /* through the layer's frames and the C calls between them only */
+    if (level == 1 && !library_source(ar.source)) break;
+  }
+  lua_pushliteral(L, "");
+}
+
 int np_arg_error(lua_State *L, int arg, const char *msg) {
   lua_Debug ar;
   const char *name = NULL;
@@ -57,7 +107,10 @@ int np_arg_error(lua_State *L, int arg, const char *msg) {
     /* no name at the call site (pcall(np.step, ...)): not a method call
      * either, so luaL_argerror numbers alike, and finds the global name */
     return luaL_argerror(L, arg, msg);
-  return luaL_error(L, "bad argument #%d to '%s' (%s)", arg, name, msg);
+  push_where(L);
+  lua_pushfstring(L, "bad argument #%d to '%s' (%s)", arg, name, msg);
+  lua_concat(L, 2);
+  return lua_error(L);
 }
 
 int np_type_error(lua_State *L, int arg, const char *expected) {

@@ -212,6 +212,30 @@ function TestMisuse:test_bad_names()
   end
 end
 
+-- An argument error is the caller's: its position is the caller's line,
+-- also where the Lua layer made the C call for it (a waiting form, an
+-- open that retries), on every Lua.
+function TestMisuse:test_argument_errors_point_at_the_caller()
+  local server, client = H.pair({ pipe_mode = "message" }, { pipe_mode = "message" })
+  local calls = {
+    function() local _ = server:read(0, 10) end,
+    function() local _ = server:read("x") end,
+    function() local _ = server:write(5) end,
+    function() local _ = client:transact(1) end,
+    function() local _ = np.open(42) end,
+    function() local _ = np.open(42, { timeout = 10 }) end,
+    function() local _ = server:read_into("x") end,
+  }
+  for i, f in ipairs(calls) do
+    local info = debug.getinfo(f, "S")
+    local ok, err = pcall(f)
+    lu.assertFalse(ok, i)
+    lu.assertStrContains(err, ("%s:%d: bad argument"):format(info.short_src, info.linedefined),
+      false, "call " .. i)
+  end
+  H.close_all(server, client)
+end
+
 function TestMisuse:test_bad_options()
   local name = H.name("opts")
   assert_raises("unknown option 'frist_pipe_instance'", np.create, name,
