@@ -48,35 +48,27 @@ static const char *method_name(lua_State *L) {
   return name;
 }
 
-/* A chunk of this library's Lua layer: namedpipe.lua, namedpipe/NAME.lua
- * for its four modules, and the wrappers it compiles ("=namedpipe.read"). */
-static int ends_with(const char *s, size_t n, const char *tail) {
-  size_t t = strlen(tail);
-  return n >= t && strcmp(s + n - t, tail) == 0;
-}
+static int is_sep(char c) { return c == '/' || c == '\\'; }
 
+/* A chunk of this library's Lua layer: namedpipe.lua, its four modules in
+ * a directory namedpipe/, and the wrappers it compiles ("=namedpipe.read"). */
 static int library_source(const char *src) {
-  static const char *const files[] = {"namedpipe.lua", "task.lua", "serve.lua",
-                                      "framing.lua", "compat.lua"};
-  size_t n = strlen(src), i;
+  static const char *const modules[] = {"task.lua", "serve.lua", "framing.lua",
+                                        "compat.lua", NULL};
+  const char *base, *dir;
+  int i;
   if (strncmp(src, "=namedpipe.", 11) == 0) return 1;
   if (src[0] != '@') return 0;
-  for (i = 0; i < sizeof files / sizeof files[0]; i++) {
-    size_t f = strlen(files[i]), dir;
-    char sep;
-    if (!ends_with(src, n, files[i]) || n < f + 1) continue;
-    sep = src[n - f - 1];
-    if (i == 0) { /* namedpipe.lua itself, alone in its name */
-      if (sep == '/' || sep == '\\' || sep == '@') return 1;
-      continue;
-    }
-    /* namedpipe/task.lua and its like */
-    if ((sep != '/' && sep != '\\') || n < f + 11) continue;
-    dir = n - f - 10;
-    if (strncmp(src + dir, "namedpipe", 9) == 0 &&
-        (src[dir - 1] == '/' || src[dir - 1] == '\\' || src[dir - 1] == '@'))
-      return 1;
-  }
+  /* base: the last component of the file name; dir: the one before it */
+  base = src + strlen(src);
+  while (base > src + 1 && !is_sep(base[-1])) base--;
+  if (strcmp(base, "namedpipe.lua") == 0) return 1;
+  if (base == src + 1) return 0;
+  dir = base - 1;
+  while (dir > src + 1 && !is_sep(dir[-1])) dir--;
+  if (base - 1 - dir != 9 || strncmp(dir, "namedpipe", 9) != 0) return 0;
+  for (i = 0; modules[i]; i++)
+    if (strcmp(base, modules[i]) == 0) return 1;
   return 0;
 }
 

@@ -132,6 +132,16 @@ static int push_completion(lua_State *L, const np_completion *c) {
   }
 }
 
+/* The completion's status, pushed as nargs values on the top, replaced by
+ * err (an outcome of ours: code 0); how many values are pushed now. */
+static int replace_status(lua_State *L, np_completion *c, int nargs,
+                          np_err err) {
+  lua_pop(L, nargs);
+  c->status.err = err;
+  c->status.code = 0;
+  return np_push_status(L, &c->status);
+}
+
 /* Does the Lua layer have something to run before more completions: work
  * queued for the next step (a task spawned or woken), or a timer come due?
  * (A timer still pending does not count.) */
@@ -245,31 +255,21 @@ static int step_loop(lua_State *L, loop_ud *lu) {
     if (u && c.ref_cb == u->read_cb && c.ref_cb != LUA_NOREF &&
         c.op == NP_OP_READ) {
       if (u->read_restart && c.status.err == NP_CANCELLED &&
-          !u->read_stopping && u->read_ending) {
-        /* a read_stop's cancel, the reading taken over, then cancelled:
-         * the end is cancel()'s, with its reason. (On Linux read_stop had
-         * already ended the read as CANCELLED; on Windows the cancel in
-         * flight takes the later reason.) */
-        if (u->read_end_reason != NP_CANCELLED) {
-          lua_pop(L, nargs);
-          c.status.err = u->read_end_reason;
-          c.status.code = 0;
-          nargs = np_push_status(L, &c.status);
-        }
-      } else if (u->read_restart && c.status.err == NP_CANCELLED &&
-                 !u->read_stopping && !u->read_ending) {
+          !u->read_stopping) {
         /* a read_stop's cancel, the reading taken over by a read_start */
-        if (u->p && u->read_restart != NP_RESTART_DISCONNECTED) {
+        if (u->read_ending) {
+          /* ... then cancelled: the end is cancel()'s, with its reason.
+           * (On Linux read_stop had already ended the read as CANCELLED;
+           * on Windows the cancel in flight takes the later reason.) */
+          if (u->read_end_reason != NP_CANCELLED)
+            nargs = replace_status(L, &c, nargs, u->read_end_reason);
+        } else if (u->p && u->read_restart != NP_RESTART_DISCONNECTED) {
           restart = 1;
           lua_pop(L, nargs + 1);
           has_cb = nargs = 0;
         } else { /* closed or disconnected since: the end is theirs */
-          np_status end;
-          end.err = u->p ? NP_NOT_CONNECTED : NP_CLOSED;
-          end.code = 0;
-          lua_pop(L, nargs);
-          nargs = np_push_status(L, &end);
-          c.status = end;
+          nargs = replace_status(L, &c, nargs,
+                                 u->p ? NP_NOT_CONNECTED : NP_CLOSED);
         }
       }
       u->read_restart = 0;
