@@ -313,3 +313,32 @@ function TestParity:test_a_client_of_another_process_goes_to_the_instance_listen
     H.close_all(a, b, x)
   end
 end
+
+-- An operation stopped twice ends with the first stop's reason: on Linux
+-- the first stop ends it at once; on Windows the kernel's packet comes
+-- later, whatever was asked since (a second cancel, a disconnect, close).
+function TestParity:test_the_first_stop_says_why()
+  local cases = {
+    { "cancel twice", function(s) s:cancel("read", "TIMEOUT"); s:cancel("read") end, "TIMEOUT" },
+    { "cancel, then close", function(s) s:cancel("read", "TIMEOUT"); s:close() end, "TIMEOUT" },
+    { "cancel, then disconnect", function(s) s:cancel("read"); s:disconnect() end, "CANCELLED" },
+    { "disconnect, then cancel", function(s) s:disconnect(); s:cancel("read", "TIMEOUT") end,
+      "NOT_CONNECTED" },
+    { "close alone", function(s) s:close() end, "CLOSED" },
+  }
+  for _, case in ipairs(cases) do
+    local what, stop, want = case[1], case[2], case[3]
+    local name = H.name("stops")
+    local server = assert(np.create(name))
+    local client = assert(np.open(name))
+    assert(server:connect(2000))
+    local cb, res = H.capture()
+    server:read(cb)
+    np.step(0) -- (the read is in the kernel's hands on Windows)
+    stop(server)
+    H.pump(function() return res.done end, 2000, what)
+    lu.assertNil(res[1], what)
+    lu.assertEquals(res[3], want, what)
+    H.close_all(server, client)
+  end
+end

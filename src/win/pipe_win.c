@@ -222,7 +222,7 @@ static void arm(np_req *req, int ref_cb) {
   req->status.code = 0;
   req->bytes = 0;
   req->more = 0;
-  req->abort_reason = NP_CANCELLED;
+  req->abort_reason = NP_OK;
   req->session = req->pipe->session;
 }
 
@@ -530,10 +530,12 @@ static void finish(np_req *req, DWORD err, DWORD bytes) {
     /* The server disconnected while this read was with the kernel, in the
      * middle of a message: the rest of it went with that client, so this
      * read ends there; what follows in the pipe is the next client's. (A
-     * read that finished first keeps its bytes.) */
+     * read that finished first keeps its bytes. One stopped before the
+     * disconnect keeps that stop's reason, below.) */
     p->rlen = 0;
     bytes = 0;
-    err = ERROR_PIPE_NOT_CONNECTED;
+    if (!(err == ERROR_OPERATION_ABORTED && req->abort_reason != NP_OK))
+      err = ERROR_PIPE_NOT_CONNECTED;
   }
   if (req->op == NP_OP_READABLE && !p->closed &&
       (err == ERROR_MORE_DATA || err == ERROR_BROKEN_PIPE ||
@@ -572,7 +574,12 @@ static void finish(np_req *req, DWORD err, DWORD bytes) {
     return;
   }
   if (err == ERROR_OPERATION_ABORTED || p->closed) {
-    np_err why = p->closed ? NP_CLOSED : req->abort_reason;
+    /* The first stop asked for says why, as on Linux, where it ends the
+     * operation at once: a cancel's reason (TIMEOUT from a waiting call)
+     * outlives a close or a disconnect that came before the packet. */
+    np_err why = req->abort_reason != NP_OK ? req->abort_reason
+                 : p->closed                ? NP_CLOSED
+                                            : NP_CANCELLED;
     own = 1;
     /* our own outcomes read as on Linux: code 0, the module's message */
     complete_now(req, why,
@@ -703,7 +710,7 @@ int np_try_write(np_pipe *p, const char *data, size_t len, size_t *written,
 
 static void cancel_req(np_pipe *p, np_req *req, np_err reason) {
   if (req->state != REQ_KERNEL) return;
-  req->abort_reason = reason;
+  if (req->abort_reason == NP_OK) req->abort_reason = reason;
   CancelIoEx(p->h, &req->ov); /* ERROR_NOT_FOUND: it just finished */
 }
 
@@ -792,7 +799,7 @@ void np_pipe_close(np_pipe *p) {
   p->state = NP_STATE_CLOSED;
   /* Closing the handle cancels what is pending too; CancelIoEx first makes
    * it explicit, and costs a kernel call only when something is pending. */
-  /* (their reason is CLOSED whatever it says: p->closed decides) */
+  /* (CLOSED unless a cancel or a disconnect came first: finish) */
   if (p->kernel_writes > 0) cancel_kernel_writes(p, NP_CLOSED);
   if (p->connect_req.state == REQ_KERNEL || p->read_req.state == REQ_KERNEL ||
       p->kernel_writes > 0)

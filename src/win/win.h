@@ -50,7 +50,8 @@ typedef struct np_req {
   np_pipe *pipe;
   np_op op;
   req_state state;
-  np_err abort_reason; /* what ERROR_OPERATION_ABORTED means for us */
+  np_err abort_reason; /* what ERROR_OPERATION_ABORTED means for us: the
+                        * first stop's (NP_OK: none asked yet) */
   unsigned session;    /* the pipe's session when it started */
   np_status status;
   DWORD bytes;
