@@ -324,6 +324,7 @@ function TestParity:test_the_first_stop_says_why()
     { "cancel, then disconnect", function(s) s:cancel("read"); s:disconnect() end, "CANCELLED" },
     { "disconnect, then cancel", function(s) s:disconnect(); s:cancel("read", "TIMEOUT") end,
       "NOT_CONNECTED" },
+    { "disconnect, then close", function(s) s:disconnect(); s:close() end, "NOT_CONNECTED" },
     { "close alone", function(s) s:close() end, "CLOSED" },
   }
   for _, case in ipairs(cases) do

@@ -710,8 +710,12 @@ int np_try_write(np_pipe *p, const char *data, size_t len, size_t *written,
 
 static void cancel_req(np_pipe *p, np_req *req, np_err reason) {
   if (req->state != REQ_KERNEL) return;
+  /* Kept even when the cancel finds nothing (ERROR_NOT_FOUND: the kernel
+   * finished it already; a disconnect fails reads itself): if the packet
+   * then says the operation failed or the pipe closed, this stop came
+   * first, as on Linux. A packet of success is a success all the same. */
   if (req->abort_reason == NP_OK) req->abort_reason = reason;
-  CancelIoEx(p->h, &req->ov); /* ERROR_NOT_FOUND: it just finished */
+  CancelIoEx(p->h, &req->ov);
 }
 
 /* The writes the kernel holds, newest first: once an older write is
