@@ -259,8 +259,8 @@ static int step_loop(lua_State *L, loop_ud *lu) {
         /* a read_stop's cancel, the reading taken over by a read_start */
         if (u->read_ending) {
           /* ... then cancelled: the end is cancel()'s, with its reason.
-           * (On Linux read_stop had already ended the read as CANCELLED;
-           * on Windows the cancel in flight takes the later reason.) */
+           * (read_stop's cancel came first, and the first stop's reason
+           * is what the core reports: CANCELLED, on both platforms.) */
           if (u->read_end_reason != NP_CANCELLED)
             nargs = replace_status(L, &c, nargs, u->read_end_reason);
         } else if (u->p && u->read_restart != NP_RESTART_DISCONNECTED) {
