@@ -408,8 +408,8 @@ end
 -- each such wave only the first gets the instance freed meanwhile. 100
 -- clients open at once against one listening instance, each giving up
 -- after two seconds. With the back-off's waits the same for all (1, 2, 4
--- ... 50 ms), one got in every 50 ms (5 s for all), and half of them
--- timed out; drawn at random, all are in within 0.1-0.3 s (Linux, Wine),
+-- ... 50 ms), one got in every 50 ms (5 s for all): most would time
+-- out; drawn at random, all are in within 0.1-0.3 s (Linux, Wine),
 -- with room left for a loaded machine (a run beside another suite took
 -- more than one second under Wine).
 function TestTasks:test_clients_busy_together_do_not_retry_together()
