@@ -343,3 +343,31 @@ function TestParity:test_the_first_stop_says_why()
     H.close_all(server, client)
   end
 end
+
+-- A write of nothing succeeds (0) while the peer is there, and fails as
+-- any write does once it has gone: Windows refuses it (ERROR_NO_DATA), and
+-- Linux now asks the socket rather than skipping the call.
+function TestParity:test_a_write_of_nothing_to_a_gone_peer_fails()
+  for _, mode in ipairs { "byte", "message" } do
+    local name = H.name("nothing")
+    local server = assert(np.create(name, { pipe_mode = mode }))
+    local client = assert(np.open(name, { pipe_mode = mode }))
+    assert(server:connect(2000))
+    lu.assertEquals(server:write("", 2000), 0, mode)
+    lu.assertEquals(server:try_write(""), 0, mode)
+    client:close()
+    H.settle(50)
+    local n, _, errname = server:write("", 2000)
+    lu.assertNil(n, mode .. ": waiting write")
+    lu.assertEquals(errname, "BROKEN_PIPE", mode)
+    n, _, errname = server:try_write("")
+    lu.assertNil(n, mode .. ": try_write")
+    lu.assertEquals(errname, "BROKEN_PIPE", mode)
+    local cb, res = H.capture()
+    server:write("", cb)
+    H.pump(function() return res.done end, 2000, "the callback write")
+    lu.assertNil(res[1], mode .. ": callback write")
+    lu.assertEquals(res[3], "BROKEN_PIPE", mode)
+    server:close()
+  end
+end

@@ -303,6 +303,22 @@ int np_send_message(np_pipe *p, const char *data, size_t len,
   }
 }
 
+/* A write of nothing to a stream sends nothing, but fails as Windows
+ * fails it (BROKEN_PIPE) once the peer is gone: the peer's close shuts
+ * this end for sending, and a send of zero bytes then fails with EPIPE,
+ * where skipping the call would report success. 1: no error. */
+int np_send_nothing(np_pipe *p, np_status *st) {
+  ssize_t n;
+  do n = send(p->fd, "", 0, MSG_NOSIGNAL | MSG_DONTWAIT);
+  while (n < 0 && errno == EINTR);
+  if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+    np_write_failed(st, errno);
+    return 0;
+  }
+  np_status_errno(st, NP_OK, 0);
+  return 1;
+}
+
 static int write_attempt(np_pipe *p, np_req *r, np_status *st) {
   if (p->sock_type == SOCK_SEQPACKET) {
     if (!np_send_message(p, r->wdata, r->wlen, st)) return IO_AGAIN;
@@ -322,6 +338,10 @@ static int write_attempt(np_pipe *p, np_req *r, np_status *st) {
    * already sent make room when read. (A peer that only shuts its reading
    * side is reported by Linux with neither HUP nor OUT until it closes,
    * whether or not we try again now.) */
+  if (r->wlen == 0) {
+    np_send_nothing(p, st);
+    return IO_DONE;
+  }
   while (r->wdone < r->wlen) {
     size_t want = r->wlen - r->wdone;
     ssize_t n = send(p->fd, r->wdata + r->wdone, want,
@@ -370,10 +390,12 @@ static int send_gathered(np_pipe *p, np_status *st) {
   memset(&mh, 0, sizeof mh);
   mh.msg_iov = iov;
   mh.msg_iovlen = (size_t)k;
-  n = 0; /* only empty writes: done without a call, as write_attempt */
+  n = 0; /* only empty writes: they fail only if the peer is gone */
   if (offered > 0) {
     do n = sendmsg(p->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
     while (n < 0 && errno == EINTR);
+  } else if (!np_send_nothing(p, st)) {
+    return IO_DONE;
   }
   if (n < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK) return IO_AGAIN;

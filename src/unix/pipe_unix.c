@@ -512,6 +512,7 @@ int np_try_write(np_pipe *p, const char *data, size_t len, size_t *written,
     return 1;
   }
   *written = 0;
+  if (len == 0) return np_send_nothing(p, st);
   while (len > 0) {
     ssize_t n = send(p->fd, data, len, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n >= 0) {

@@ -391,6 +391,7 @@ ssize_t np_recv_some(const np_pipe *p, char *buf, size_t len);
 int np_send_message(np_pipe *p, const char *data, size_t len, np_status *st);
 void np_wait_level(np_pipe *p);
 void np_write_failed(np_status *st, int e);
+int np_send_nothing(np_pipe *p, np_status *st);
 
 /* message_unix.c */
 ssize_t np_next_message_size(np_pipe *p, np_status *st);
