@@ -371,3 +371,49 @@ function TestParity:test_a_write_of_nothing_to_a_gone_peer_fails()
     server:close()
   end
 end
+
+-- A long message whose writer stops its write before the reader has it
+-- all must not come out joined to the next one. Windows drops a stopped
+-- write's rest from the pipe without a mark where it ended, so a reader
+-- that had taken the first part could not tell the next message from the
+-- rest; a message read waits with a zero-byte read and takes the message
+-- whole in one call. Both orders: the read waiting first, and the
+-- messages written before the read.
+function TestParity:test_a_stopped_long_message_is_not_joined_to_the_next()
+  for _, read_first in ipairs { true, false } do
+    local what = read_first and "read waiting first" or "written before the read"
+    local name = H.name("cut")
+    local opts = { pipe_mode = "message" }
+    local server = assert(np.create(name, opts))
+    local client = assert(np.open(name, opts))
+    assert(server:connect(2000))
+    local A, B = ("A"):rep(136874), ("B"):rep(100000)
+    local got = {}
+    local function read_next()
+      server:read(function(data, _, errname)
+        got[#got + 1] = data or errname
+        if data and #got < 2 then read_next() end
+      end)
+    end
+    if read_first then read_next(); np.step(0) end
+    local a_cb, a_out = H.capture()
+    client:write(A, a_cb)
+    if not read_first then read_next() end
+    client:cancel("write")
+    local b_cb, b_res = H.capture()
+    client:write(B, b_cb)
+    H.pump(function() return a_out.done and b_res.done and #got >= 1 end, 5000, what)
+    H.pump(function() return #got >= (a_out[1] and 2 or 1) end, 2000, what .. ": the reads")
+    -- A went whole (the socket or the pipe took it before the cancel) or
+    -- not at all; B always whole, after it.
+    local want = {}
+    if a_out[1] then want[#want + 1] = A end
+    want[#want + 1] = B
+    lu.assertEquals(#got, #want, what)
+    for i = 1, #want do
+      lu.assertEquals(#got[i], #want[i], what .. ": message " .. i)
+      lu.assertTrue(got[i] == want[i], what .. ": message " .. i .. " is not what was written")
+    end
+    H.close_all(server, client)
+  end
+end
