@@ -319,17 +319,6 @@ void np_read_start(np_pipe *p, size_t max, char *ext, int ref_cb,
   }
   p->rlen = 0;
   p->rmax = max;
-  if (p->read_mode == NP_MODE_MESSAGE) {
-    /* A message is waited for with a zero-byte read, then taken whole in
-     * one call (take_message): a read given its first part by the kernel
-     * while it waited could not tell its rest from the next message's,
-     * should the writer stop its write before the rest is read (the
-     * rest then leaves the pipe without a mark). */
-    p->read_probing = 1;
-    submitted(&p->read_req,
-              ReadFile(p->h, &p->read_req.bytes, 0, NULL, &p->read_req.ov));
-    return;
-  }
   if (max > 0 && max < want) want = max;
   if (max > want && p->read_mode == NP_MODE_BYTE)
     want = max < READ_CAP ? max : READ_CAP;
@@ -529,55 +518,6 @@ void np_write_keep(np_pipe *p, int ref_data) {
   p->writes_tail->ref_data = ref_data;
 }
 
-/* One synchronous read of up to want bytes into the read's memory after
- * `at` bytes: it completes off the port (the low bit of hEvent). Nothing
- * there (the message the wait found has gone, its writer stopped it): the
- * read is cancelled, and ERROR_OPERATION_ABORTED says so. */
-static DWORD read_now(np_pipe *p, size_t at, size_t want, DWORD *got) {
-  char *base = p->rext;
-  OVERLAPPED ov;
-  DWORD err, n = 0;
-  if (!base) {
-    if (!reserve(p, at + want)) return ERROR_NOT_ENOUGH_MEMORY;
-    base = p->rbuf;
-  }
-  memset(&ov, 0, sizeof ov);
-  ov.hEvent = (HANDLE)((ULONG_PTR)p->loop->try_event | 1);
-  err = ReadFile(p->h, base + at, (DWORD)want, NULL, &ov) ? 0 : GetLastError();
-  if (err == ERROR_IO_PENDING) {
-    CancelIoEx(p->h, &ov);
-    err = GetOverlappedResult(p->h, &ov, &n, TRUE) ? 0 : GetLastError();
-  }
-  *got = (DWORD)ov.InternalHigh; /* also after ERROR_MORE_DATA */
-  return err;
-}
-
-/* The message a message read's zero-byte wait found (nothing of it read
- * yet), taken now: a first synchronous read of the usual size, which is
- * the whole of most messages, then, for a longer one, the rest at once,
- * as much as the pipe says is left, before anything else runs (the rest
- * is never left in the pipe between two steps, where a writer's stop
- * could take it away unseen), up to rmax. 0: the message had gone, and
- * nothing was read: wait again. */
-static int take_message(np_pipe *p, DWORD *err, DWORD *bytes) {
-  size_t total = 0, want = READ_CHUNK;
-  for (;;) {
-    DWORD got = 0, left = 0;
-    if (p->rmax > 0 && want > p->rmax - total) want = p->rmax - total;
-    *err = read_now(p, total, want, &got);
-    total += got;
-    *bytes = (DWORD)total;
-    if (*err == ERROR_OPERATION_ABORTED && total == 0) return 0;
-    if (*err != ERROR_MORE_DATA || (p->rmax > 0 && total >= p->rmax))
-      return 1; /* whole, failed, or the part read(n) asked for */
-    if (!PeekNamedPipe(p->h, NULL, 0, NULL, NULL, &left) || left == 0) {
-      *err = 0; /* its rest has gone meanwhile: what came is the message */
-      return 1;
-    }
-    want = left;
-  }
-}
-
 /* What a finished request means: called for each dequeued packet, and for
  * calls that failed at once. May start the next part of a long message. */
 static void finish(np_req *req, DWORD err, DWORD bytes) {
@@ -596,22 +536,6 @@ static void finish(np_req *req, DWORD err, DWORD bytes) {
     bytes = 0;
     if (!(err == ERROR_OPERATION_ABORTED && req->abort_reason != NP_OK))
       err = ERROR_PIPE_NOT_CONNECTED;
-  }
-  if (req->op == NP_OP_READ && p->read_probing) {
-    p->read_probing = 0;
-    /* ERROR_MORE_DATA: a message waits, nothing of it read; success: the
-     * zero-byte read took an empty message, which is this read's. */
-    if (err == ERROR_MORE_DATA && p->closed) {
-      err = ERROR_OPERATION_ABORTED; /* nothing was read: CLOSED, below */
-    } else if (err == ERROR_MORE_DATA) {
-      if (!take_message(p, &err, &bytes)) {
-        p->read_probing = 1; /* gone before it was taken: wait again */
-        memset(&req->ov, 0, sizeof req->ov);
-        submitted(req, ReadFile(p->h, &req->bytes, 0, NULL, &req->ov));
-        return;
-      }
-      req->bytes = bytes;
-    }
   }
   if (req->op == NP_OP_READABLE && !p->closed &&
       (err == ERROR_MORE_DATA || err == ERROR_BROKEN_PIPE ||

@@ -106,7 +106,6 @@ struct np_pipe {
   unsigned long writes_made, writes_cancelled;
   int pumping;                   /* pump_writes is running (no recursion) */
   int empty_message_taken; /* readable()'s zero-byte read ate a "" message */
-  int read_probing; /* a message read's zero-byte wait is with the kernel */
   np_status write_error; /* a failed try_write, told to the next write */
   /* One client's connection: disconnect() starts the next session. What
    * an operation of an older session does must never touch the current
