@@ -46,15 +46,10 @@ static HANDLE client_token(np_pipe *p, np_status *st) {
   DWORD err = 0;
   /* No client, no account: Wine impersonates the process itself on an
    * instance without one (listening or disconnected), where Windows and
-   * Linux refuse. A client that came before connect() was dispatched is
-   * there all the same: the peek tells (ERROR_PIPE_LISTENING, or Wine's
-   * ERROR_BAD_PIPE, without one). One that has gone since still counts,
-   * as on Linux, until the instance is disconnected. */
-  if (p->state == NP_STATE_DISCONNECTED ||
-      (p->state == NP_STATE_LISTENING &&
-       !PeekNamedPipe(p->h, NULL, 0, NULL, NULL, NULL) &&
-       (GetLastError() == ERROR_PIPE_LISTENING ||
-        GetLastError() == ERROR_BAD_PIPE))) {
+   * Linux refuse. A client that came before connect() was dispatched
+   * counts, and so does one that has gone since, as on Linux, until the
+   * instance is disconnected. */
+  if (np_pipe_clientless(p)) {
     np_win_status(st, ERROR_PIPE_NOT_CONNECTED, NP_OP_CONNECT);
     return NULL;
   }

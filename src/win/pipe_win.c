@@ -339,29 +339,29 @@ void np_readable_start(np_pipe *p, int ref_cb) {
   submitted(req, ReadFile(p->h, &req->bytes, 0, NULL, &req->ov));
 }
 
-/* What a write would be refused now, as try_write would find (1, in *st):
- * a handle without write access, a server with no client. A server whose
- * connect() has not been dispatched may have its client already: the
- * kernel tells (PeekNamedPipe fails without one: ERROR_PIPE_LISTENING, or
- * ERROR_BAD_PIPE as Wine says; a handle it refuses to peek for another
- * reason is let through, and the write will tell). */
-static int write_refused(np_pipe *p, np_status *st) {
-  if (!p->may_write) {
-    np_win_status(st, ERROR_ACCESS_DENIED, NP_OP_WRITE);
-    return 1;
-  }
-  if (p->state == NP_STATE_DISCONNECTED) {
-    np_win_status(st, ERROR_PIPE_NOT_CONNECTED, NP_OP_WRITE);
-    return 1;
-  }
+/* Has a server instance certainly no client: the Win32 error saying so,
+ * or 0. A server whose connect() has not been dispatched may have its
+ * client already: the kernel tells (PeekNamedPipe fails without one:
+ * ERROR_PIPE_LISTENING, or ERROR_BAD_PIPE as Wine says; a handle it
+ * refuses to peek for another reason is let through, and the call that
+ * follows will tell). */
+DWORD np_pipe_clientless(np_pipe *p) {
+  if (p->state == NP_STATE_DISCONNECTED) return ERROR_PIPE_NOT_CONNECTED;
   if (p->state == NP_STATE_LISTENING &&
       !PeekNamedPipe(p->h, NULL, 0, NULL, NULL, NULL) &&
       (GetLastError() == ERROR_PIPE_LISTENING ||
-       GetLastError() == ERROR_BAD_PIPE)) {
-    np_win_status(st, ERROR_PIPE_LISTENING, NP_OP_WRITE);
-    return 1;
-  }
+       GetLastError() == ERROR_BAD_PIPE))
+    return ERROR_PIPE_LISTENING;
   return 0;
+}
+
+/* What a write would be refused now, as try_write would find (1, in *st):
+ * a handle without write access, a server with no client. */
+static int write_refused(np_pipe *p, np_status *st) {
+  DWORD err = p->may_write ? np_pipe_clientless(p) : ERROR_ACCESS_DENIED;
+  if (!err) return 0;
+  np_win_status(st, err, NP_OP_WRITE);
+  return 1;
 }
 
 /* Writes are accepted whole (try_write as in mio), so "writable" means no

@@ -160,8 +160,10 @@ void np_pipe_free(np_pipe *p);
 np_req *np_write_new(np_pipe *p);
 void np_write_drop(np_req *req);
 
-/* pipe_win.c: what a dequeued packet means for its request. */
+/* pipe_win.c: what a dequeued packet means for its request; whether a
+ * server instance certainly has no client (the error to tell, or 0). */
 void np_req_finished(np_req *req, DWORD err, DWORD bytes);
+DWORD np_pipe_clientless(np_pipe *p);
 
 /* At most this many writes of one pipe are with the kernel at once; later
  * ones wait in order in the pipe's queue. Enough to keep the pipe busy, and
