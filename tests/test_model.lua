@@ -1598,11 +1598,19 @@ local function final_checks(baseline)
     violation("status", "open gave %s after every instance was closed, not NOT_FOUND", tostring(ename))
   end
   if not WIN then
+    -- The socket file goes with the last instance; the lock file (and the
+    -- socket file kept aside as PATH.idle for a create of the name before
+    -- the next step) by the next step.
     local path = np.path(R.name)
-    for _, f in ipairs { path, path .. ".lock" } do
+    local function gone(f, when)
       local h, _, errno = io.open(f, "r")
       if h then h:close() end
-      if h or errno ~= 2 then violation("leak", "%s is still there after the last instance closed", f) end
+      if h or errno ~= 2 then violation("leak", "%s is still there %s", f, when) end
+    end
+    gone(path, "after the last instance closed")
+    np.step(0)
+    for _, f in ipairs { path .. ".lock", path .. ".idle" } do
+      gone(f, "after the last instance closed and a step")
     end
   end
 end

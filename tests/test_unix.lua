@@ -296,6 +296,277 @@ function TestUnix:test_files_of_a_killed_server_are_taken_over()
   lu.assertEquals(files_left(dir), "")
 end
 
+-- A server that serves one client at a time closes its instance and creates
+-- the next at once. The name is gone for clients between the two, as on
+-- Windows; made again before a step, it serves as before; and a step after
+-- the last close leaves no file behind.
+function TestUnix:test_a_name_closed_and_made_again_at_once_serves()
+  linux_only()
+  local dir = scratch_dir()
+  local path = dir .. "/again.sock"
+  for round = 1, 3 do
+    local s = assert(np.create(path, { first_pipe_instance = true }))
+    local c = assert(np.open(path))
+    assert(s:connect(2000))
+    assert(c:write("round " .. round, 2000))
+    lu.assertEquals(s:read(2000), "round " .. round)
+    c:close()
+    s:close()
+    lu.assertFalse(exists(path), "the socket file goes with the last instance")
+    local o, _, ename = np.open(path)
+    if o then o:close() end
+    lu.assertEquals(ename, "NOT_FOUND")
+  end
+  np.step(0)
+  lu.assertEquals(files_left(dir), "")
+end
+
+-- Made again with other options before a step: the new ones hold (type,
+-- the socket file's mode, the description clients read).
+function TestUnix:test_a_name_made_again_with_other_options()
+  linux_only()
+  local dir = scratch_dir()
+  local path = dir .. "/other.sock"
+  local s = assert(np.create(path))
+  s:close()
+  s = assert(np.create(path, { pipe_mode = "message", security = "0660", max_instances = 3 }))
+  local c = assert(np.open(path, { pipe_mode = "message" }))
+  assert(s:connect(2000))
+  assert(c:write("one", 2000))
+  assert(c:write("two", 2000))
+  lu.assertEquals(s:read(2000), "one")
+  lu.assertEquals(s:read(2000), "two")
+  lu.assertEquals(c:info().max_instances, 3)
+  local p = io.popen("stat -c %a " .. q(path))
+  lu.assertEquals(p:read("*l"), "660")
+  p:close()
+  lu.assertEquals(read_file(path .. ".lock"),
+    "namedpipe=1 type=message max=3 inbound=1 outbound=1\n")
+  H.close_all(s, c)
+  lu.assertEquals(files_left(dir), "")
+end
+
+-- Between the close and the next step another process may take the name
+-- (the lock is let go at the close), and its files are its own: it removes
+-- the socket file kept aside, and the name made again here afterwards is
+-- made anew.
+function TestUnix:test_a_name_closed_here_may_be_taken_by_another_process()
+  linux_only()
+  local dir = scratch_dir()
+  local path = dir .. "/taken.sock"
+  local s = assert(np.create(path))
+  s:close()
+  local ok, out = H.run_lua([[
+    local np = require "namedpipe"
+    local path = ...
+    local s, _, ename = np.create(path, { first_pipe_instance = true })
+    local idle = io.open(path .. ".idle")
+    io.write(s and "created" or ename, " ", idle and "idle left" or "no idle", "\n")
+    if s then s:close() end
+    np.step(0)
+  ]], path)
+  lu.assertTrue(ok, out)
+  lu.assertEquals(out:gsub("%s+$", ""), "created no idle")
+  lu.assertEquals(files_left(dir), "")
+  s = assert(np.create(path, { first_pipe_instance = true }))
+  local c = assert(np.open(path))
+  assert(s:connect(2000))
+  assert(c:write("mine", 2000))
+  lu.assertEquals(s:read(2000), "mine")
+  H.close_all(s, c)
+  lu.assertEquals(files_left(dir), "")
+end
+
+-- A process that ends between the close and the next step: os.exit removes
+-- the files kept aside (the exit handler); a kill leaves them, and the
+-- next server of the name takes them over.
+function TestUnix:test_files_kept_aside_go_at_exit_or_with_the_next_server()
+  linux_only()
+  local dir = scratch_dir()
+  local path = dir .. "/aside.sock"
+  local code = [[
+    local np = require "namedpipe"
+    local path, ending = ...
+    local s = assert(np.create(path))
+    s:close()
+    if ending == "kill" then os.execute("kill -KILL $PPID") end
+    os.exit(0)
+  ]]
+  local ok, out = H.run_lua(code, path, "exit")
+  lu.assertTrue(ok, out)
+  lu.assertEquals(files_left(dir), "")
+  H.run_lua(code, path, "kill")
+  lu.assertEquals(files_left(dir), "aside.sock.idle aside.sock.lock")
+  local o, _, ename = np.open(path)
+  if o then o:close() end
+  lu.assertEquals(ename, "NOT_FOUND")
+  local s = assert(np.create(path, { first_pipe_instance = true }))
+  lu.assertEquals(files_left(dir), "aside.sock aside.sock.lock")
+  local c = assert(np.open(path))
+  assert(s:connect(2000))
+  H.close_all(s, c)
+  lu.assertEquals(files_left(dir), "")
+end
+
+-- Two processes take turns with one name, in a random order: create
+-- (either type), close, close and create again at once, step, and a client
+-- probe between each. The model: the name belongs to the process with
+-- instances, or to nobody. Checked after every move: a create where the
+-- other process has instances fails ADDRESS_IN_USE (ACCESS_DENIED for
+-- other options than its own instances'), the socket file is there exactly
+-- while someone has instances, no PATH.idle is there then, a client finds
+-- the name exactly then, with the type its owner gave it; and once nobody
+-- has instances and both have stepped, no file is left. The other process
+-- is driven through two FIFOs, so that this one takes no step it was not
+-- told to (a step ends what a close kept aside).
+function TestUnix:test_two_processes_taking_turns_with_a_name()
+  linux_only()
+  if not sh("command -v mkfifo >/dev/null 2>&1 && command -v timeout >/dev/null 2>&1") then
+    lu.skip("needs mkfifo and timeout")
+  end
+  local dir = scratch_dir()
+  local path = dir .. "/turns.sock"
+  local cmdf, repf = dir .. "/cmd.fifo", dir .. "/rep.fifo"
+  assert(sh("mkfifo " .. q(cmdf) .. " " .. q(repf)))
+  local function gone(f)
+    local h, _, errno = io.open(f, "r")
+    if h then h:close() end
+    return errno == 2
+  end
+  local function files()
+    local left = {}
+    for _, f in ipairs { "turns.sock", "turns.sock.lock", "turns.sock.idle" } do
+      if not gone(dir .. "/" .. f) then left[#left + 1] = f end
+    end
+    return table.concat(left, " ")
+  end
+  -- Both sides run the same moves: here directly, there by command.
+  local moves = [[
+    local np = require "namedpipe"
+    local path, inst = ...
+    local M = {}
+    function M.create(mode)
+      local s, _, ename = np.create(path, { pipe_mode = mode })
+      if not s then return ename end
+      inst[#inst + 1] = s
+      return "ok"
+    end
+    function M.close(i) table.remove(inst, tonumber(i)):close() return "ok" end
+    function M.again(i, mode)
+      M.close(i)
+      return M.create(mode)
+    end
+    function M.step() np.step(0) return "ok" end
+    return M
+  ]]
+  local child_code = [[
+    local cmd = assert(io.open(select(2, ...), "r"))
+    local rep = assert(io.open(select(3, ...), "w"))
+    local inst = {}
+    local M = assert(load(select(4, ...)))(select(1, ...), inst)
+    for line in cmd:lines() do
+      local op, a, b = line:match("^(%S+) ?(%S*) ?(%S*)$")
+      if op == "quit" then break end
+      rep:write(M[op](a, b), "\n")
+      rep:flush()
+    end
+    for _, s in ipairs(inst) do s:close() end
+    require("namedpipe").step(0)
+    rep:write("bye\n")
+    rep:close()
+  ]]
+  local child_cmd, script = H.lua_command(child_code, path, cmdf, repf, moves)
+  local out = script .. ".out"
+  assert(sh(("timeout 120 %s > %s 2>&1 &"):format(child_cmd, q(out))))
+  local cmd = assert(io.open(cmdf, "w"))
+  local rep = assert(io.open(repf, "r"))
+  local mine = {}
+  local here = assert(load(moves))(path, mine)
+  local there = {}
+  function there.send(line)
+    cmd:write(line, "\n")
+    cmd:flush()
+    local r = rep:read("*l")
+    if not r then
+      local f = io.open(out)
+      error("the other process ended: " .. (f and f:read("*a") or "?"))
+    end
+    return r
+  end
+
+  local seed = tonumber(os.getenv("NP_TURNS_SEED") or "") or os.time()
+  local g = H.generator(seed)
+  local side = { { name = "here", n = 0 }, { name = "there", n = 0 } }
+  local log = {}
+  local function fail(fmt, ...)
+    error(("seed %d (NP_TURNS_SEED), after: %s\n" .. fmt)
+      :format(seed, table.concat(log, "; ", math.max(1, #log - 12)), ...), 2)
+  end
+  local function run(who, op, a, b)
+    log[#log + 1] = ("%s %s %s %s"):format(who.name, op, a or "", b or "")
+    if who.name == "here" then return here[op](a, b) end
+    return there.send(("%s %s %s"):format(op, a or "", b or ""))
+  end
+  local function expect_create(who, other, mode, got)
+    local want = other.n > 0 and "ADDRESS_IN_USE"
+      or who.n > 0 and who.mode ~= mode and "ACCESS_DENIED" or "ok"
+    if got ~= want then fail("%s create %s: %s, expected %s", who.name, mode, got, want) end
+    if got == "ok" then
+      who.n = who.n + 1
+      who.mode = mode
+    end
+  end
+  for _ = 1, 400 do
+    local i = g.rnd(2)
+    local who, other = side[i], side[3 - i]
+    local mode = g.chance(2) and "byte" or "message"
+    local op = g.weighted { { 4, "create" }, { who.n > 0 and 4 or 0, "close" },
+      { who.n > 0 and 3 or 0, "again" }, { 3, "step" } }
+    if op == "create" then
+      expect_create(who, other, mode, run(who, "create", mode))
+    elseif op == "close" or op == "again" then
+      local k = g.rnd(who.n)
+      local got = run(who, op, tostring(k), mode)
+      who.n = who.n - 1
+      if op == "again" then expect_create(who, other, mode, got) end
+    else
+      run(who, "step")
+      who.stepped = true
+    end
+    if op ~= "step" then who.stepped = false end
+    -- what anyone sees now
+    local owner = side[1].n > 0 and side[1] or side[2].n > 0 and side[2] or nil
+    local left = files()
+    if owner then
+      if left ~= "turns.sock turns.sock.lock" then fail("files: %q while %s has instances", left, owner.name) end
+      local c, _, ename = np.open(path)
+      if c then
+        local info = c:info()
+        c:close()
+        if info.mode ~= owner.mode then fail("a client sees %s, the owner made %s", tostring(info.mode), owner.mode) end
+      elseif ename ~= "PIPE_BUSY" then
+        fail("open: %s while %s has instances", tostring(ename), owner.name)
+      end
+    else
+      if not gone(path) then fail("the socket file is there with no instance") end
+      local c, _, ename = np.open(path)
+      if c then c:close() end
+      if ename ~= "NOT_FOUND" then fail("open: %s with no instance", tostring(c and "ok" or ename)) end
+      if side[1].stepped and side[2].stepped and left ~= "" then
+        fail("files %q left with no instance, both stepped", left)
+      end
+    end
+  end
+  there.send("quit")
+  cmd:close()
+  rep:close()
+  for k = #mine, 1, -1 do here.close(k) end
+  np.step(0)
+  os.remove(script)
+  os.remove(out)
+  lu.assertEquals(files(), "")
+end
+
 -- Several Lua states on several threads, and fork()ed children: the C host
 -- of tests/c/multi_state.c (built by make test-linux), see its header.
 local function multi_state(mode)

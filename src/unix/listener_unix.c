@@ -57,6 +57,22 @@
  *
  * The files go with the process, as a Windows pipe does (see "files removed
  * at exit" below).
+ *
+ * A name closed and made again: a server that serves one client at a time
+ * closes its instance and creates the next one at once, and making the
+ * socket and lock files anew is most of what that costs (two inodes made
+ * and removed per client: the file system's work, and on ext4 about three
+ * times a kept name's whole connection). So a listener whose last instance
+ * closes is kept aside (parked) until the loop's next wait: its socket file
+ * renamed to PATH.idle (the name is gone for clients at once, as on
+ * Windows), its queue emptied, its lock let go (another process may take
+ * the name at once). A create of the same name, with the same options,
+ * before that wait takes the lock again and renames the socket back: no
+ * file made, none removed. Otherwise the next wait removes both files, as
+ * the close itself used to. PATH.idle belongs to whoever holds the lock:
+ * a server that takes over a lock file left there (not one it made) removes
+ * one a parked owner left, and a parked owner that finds its PATH.idle
+ * gone, or someone else's, makes its socket anew.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -94,6 +110,9 @@ struct np_listener {
   int level;        /* registered level-triggered (see Accepting) */
   int plug_wanted;  /* counted in loop->plugs_wanted, in its plug list */
   np_listener *plug_prev, *plug_next;
+  int parked;             /* kept aside: PATH.idle, lock let go */
+  np_listener *park_next; /* the loop's parked list */
+  unsigned mode;          /* the socket file's, as asked */
   np_pipe_meta meta;
   unsigned n_instances, n_free;
   np_pipe *instances;
@@ -133,6 +152,14 @@ static char *lock_path_of(const char *path) {
     memcpy(s + n, ".lock", sizeof ".lock");
   }
   return s;
+}
+
+/* PATH.idle: where a parked listener's socket file waits. */
+#define IDLE_PATH_MAX (NP_SUN_PATH + sizeof ".idle")
+static void idle_path_of(const char *path, char idle[IDLE_PATH_MAX]) {
+  size_t n = strlen(path);
+  memcpy(idle, path, n);
+  memcpy(idle + n, ".idle", sizeof ".idle");
 }
 
 static void owned_elsewhere(int first, np_status *st) {
@@ -206,6 +233,14 @@ static int take_ownership(np_listener *l, int first, unsigned mode,
      * happened between our open and our lock, we hold an orphan. */
     if (stat(l->lock_path, &named) == 0 && held->st_dev == named.st_dev &&
         held->st_ino == named.st_ino) {
+      /* A lock file we did not make (one we make is empty) was left by a
+       * server that died or closed while parked: a PATH.idle beside it is
+       * now ours to remove (see the top of the file). */
+      if (held->st_size > 0) {
+        char idle[IDLE_PATH_MAX];
+        idle_path_of(l->path, idle);
+        unlink(idle);
+      }
       l->lock_fd = fd;
       l->lock_dev = held->st_dev;
       l->lock_ino = held->st_ino;
@@ -295,6 +330,29 @@ static int exit_hooked;
 static void exit_lock(void) { pthread_mutex_lock(&exit_mutex); }
 static void exit_unlock(void) { pthread_mutex_unlock(&exit_mutex); }
 
+static int is_file(const char *path, dev_t dev, ino_t ino) {
+  struct stat sb;
+  return lstat(path, &sb) == 0 && sb.st_dev == dev && sb.st_ino == ino;
+}
+
+/* A parked listener has let its lock go: its files are still its own only
+ * if it gets the lock back and finds its socket file still at PATH.idle.
+ * Another server may have taken the name over meanwhile (it opens the same
+ * lock file, and removes PATH.idle as it does), and hold the name now, or
+ * have closed it, removing the files or parking them in its turn. */
+static void remove_parked_files(np_listener *l) {
+  char idle[IDLE_PATH_MAX];
+  struct flock fl;
+  whole_file_lock(&fl);
+  if (fcntl(l->lock_fd, F_OFD_SETLK, &fl) != 0) return;
+  idle_path_of(l->path, idle);
+  if (!is_file(idle, l->dev, l->ino) ||
+      !is_file(l->lock_path, l->lock_dev, l->lock_ino))
+    return;
+  unlink(idle);
+  unlink(l->lock_path);
+}
+
 /* Socket first, lock last: whoever takes the lock next finds no socket of
  * ours to trip over. A file someone replaced is theirs: left alone.
  * Called with the mutex held. */
@@ -302,6 +360,10 @@ static void remove_files(np_listener *l) {
   struct stat sb;
   if (l->files_gone || l->pid != getpid()) return;
   l->files_gone = 1;
+  if (l->parked) {
+    remove_parked_files(l);
+    return;
+  }
   if (lstat(l->path, &sb) == 0 && sb.st_dev == l->dev && sb.st_ino == l->ino)
     unlink(l->path);
   if (lstat(l->lock_path, &sb) == 0 && sb.st_dev == l->lock_dev &&
@@ -523,6 +585,7 @@ static np_listener *listener_open(np_loop *loop, const char *path,
   l->fd = l->lock_fd = l->plug_fd = -1;
   strcpy(l->path, path);
   l->hash = path_hash(path);
+  l->mode = mode;
   l->meta.sock_type = sock_type;
   l->meta.max_instances = o->max_instances;
   l->meta.inbound = o->access_inbound != 0;
@@ -571,15 +634,133 @@ static void want_plug(np_listener *l, int on) {
   }
 }
 
-static void listener_destroy(np_listener *l) {
-  want_plug(l, 0);
-  table_remove(l);
+/* Its socket closed (a client still queued is reset), its files removed
+ * (exit_unregister), the block freed. */
+static void listener_free(np_listener *l) {
   np_watch_close(l->loop, l->fd);
   if (l->plug_fd >= 0) close(l->plug_fd);
   exit_unregister(l);
   close(l->lock_fd);
   free(l->lock_path);
   free(l);
+}
+
+/* ------------------------------------------- a name closed and made again */
+
+static void parked_unlink(np_listener *l) {
+  np_listener **pp = &l->loop->parked_head;
+  while (*pp != l) pp = &(*pp)->park_next;
+  *pp = l->park_next;
+  l->loop->n_parked--;
+}
+
+/* At most this many kept aside between two waits (a loop that closes
+ * hundreds of names in one callback removes the rest at once). */
+#define NP_PARKED_MAX 8
+
+/* The last instance has gone: kept aside (see the top of the file), or 0
+ * when it cannot be (then listener_free does what it must). */
+static int park(np_listener *l) {
+  np_loop *loop = l->loop;
+  char idle[IDLE_PATH_MAX];
+  struct flock fl;
+  int renamed = 0;
+  if (loop->closing || loop->n_parked >= NP_PARKED_MAX) return 0;
+  idle_path_of(l->path, idle);
+  exit_lock();
+  if (!l->files_gone && l->pid == getpid() &&
+      is_file(l->path, l->dev, l->ino) && rename(l->path, idle) == 0) {
+    l->parked = 1; /* (remove_files: the socket file is PATH.idle now) */
+    renamed = 1;
+  }
+  exit_unlock();
+  if (!renamed) return 0;
+  /* Whatever is queued came for the instances that closed: it goes as
+   * when the socket closed (a namedpipe client reads the end either way),
+   * the plug with it. A client that found the name before the rename may
+   * still queue: it is reset when the listener goes, or taken by the next
+   * instance if the name is made again first. */
+  if (l->plug_fd >= 0) {
+    close(l->plug_fd);
+    l->plug_fd = -1;
+  }
+  for (;;) {
+    int fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC);
+    if (fd >= 0) {
+      close(fd);
+      continue;
+    }
+    if (errno == EINTR || errno == ECONNABORTED) continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) return 0; /* (EMFILE) */
+    break;
+  }
+  l->maybe_queued = 0;
+  whole_file_lock(&fl);
+  fl.l_type = F_UNLCK;
+  if (fcntl(l->lock_fd, F_OFD_SETLK, &fl) != 0) return 0;
+  l->park_next = loop->parked_head;
+  loop->parked_head = l;
+  loop->n_parked++;
+  return 1;
+}
+
+/* The parked listener of path in this loop, out of the parked list, or
+ * NULL. */
+static np_listener *parked_take(np_loop *loop, const char *path) {
+  np_listener *l;
+  for (l = loop->parked_head; l; l = l->park_next)
+    if (strcmp(l->path, path) == 0) {
+      parked_unlink(l);
+      return l;
+    }
+  return NULL;
+}
+
+/* The name again, as it was: the lock taken back, the socket file renamed
+ * back to PATH (never over something someone put there meanwhile). 0: it
+ * cannot be (other options, the name taken over, PATH.idle gone...); the
+ * caller frees l and makes the name anew. */
+static int unpark(np_listener *l, int sock_type, const np_server_options *o,
+                  unsigned mode) {
+  char idle[IDLE_PATH_MAX];
+  struct flock fl;
+  int back = 0;
+  if (l->meta.sock_type != sock_type || l->mode != mode ||
+      l->meta.max_instances != o->max_instances ||
+      l->meta.inbound != (o->access_inbound != 0) ||
+      l->meta.outbound != (o->access_outbound != 0) || l->pid != getpid())
+    return 0;
+  whole_file_lock(&fl);
+  if (fcntl(l->lock_fd, F_OFD_SETLK, &fl) != 0 ||
+      !is_file(l->lock_path, l->lock_dev, l->lock_ino))
+    return 0;
+  idle_path_of(l->path, idle);
+#ifdef RENAME_NOREPLACE
+  exit_lock();
+  if (!l->files_gone && is_file(idle, l->dev, l->ino) &&
+      renameat2(AT_FDCWD, idle, AT_FDCWD, l->path, RENAME_NOREPLACE) == 0) {
+    l->parked = 0;
+    back = 1;
+  }
+  exit_unlock();
+#endif
+  /* as listener_open leaves it: the instances to come set it */
+  if (back && l->backlog != 0 && listen(l->fd, 0) == 0) l->backlog = 0;
+  return back;
+}
+
+void np_listener_drop_parked(np_loop *loop) {
+  while (loop->parked_head) {
+    np_listener *l = loop->parked_head;
+    parked_unlink(l);
+    listener_free(l);
+  }
+}
+
+static void listener_destroy(np_listener *l) {
+  want_plug(l, 0);
+  table_remove(l);
+  if (!park(l)) listener_free(l);
 }
 
 np_listener *np_listener_get(np_loop *loop, const char *path,
@@ -592,6 +773,14 @@ np_listener *np_listener_get(np_loop *loop, const char *path,
     return NULL;
   }
   l = table_find(loop, path);
+  if (!l && loop->parked_head && (l = parked_take(loop, path)) != NULL) {
+    if (unpark(l, sock_type, o, mode)) {
+      table_add(l);
+      return l;
+    }
+    listener_free(l);
+    l = NULL;
+  }
   if (!l) return listener_open(loop, path, o, sock_type, mode, st);
   if (o->first_pipe_instance) {
     np_status_errno(st, NP_ACCESS_DENIED, EACCES);

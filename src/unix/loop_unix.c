@@ -182,7 +182,9 @@ static void dispatch(const struct epoll_event *ev) {
 /* Take what epoll holds now, without waiting: how many events. */
 int np_loop_poll_now(np_loop *loop) {
   struct epoll_event evs[64];
-  int i, n = epoll_wait(loop->epfd, evs, (int)(sizeof evs / sizeof evs[0]), 0);
+  int i, n;
+  if (loop->parked_head) np_listener_drop_parked(loop);
+  n = epoll_wait(loop->epfd, evs, (int)(sizeof evs / sizeof evs[0]), 0);
   for (i = 0; i < n; i++) dispatch(&evs[i]);
   return n < 0 ? 0 : n;
 }
@@ -196,6 +198,9 @@ int np_loop_wait(np_loop *loop, int timeout_ms, np_status *st) {
    * reported until a step that has something waiting (edge-triggered
    * events stay queued; a connect() accepts at once). As the Windows
    * backend skips its port. */
+  /* A name closed since the last wait and not made again goes now
+   * (listener_unix.c, "a name closed and made again"). */
+  if (loop->parked_head) np_listener_drop_parked(loop);
   np_loop_check_readiness(loop, "as a wait begins");
   if (loop->hosted) np_host_wait_begins(loop);
   /* (A host polls the epoll descriptor: what it holds must be taken.) */
@@ -423,6 +428,7 @@ int np_loop_close(np_loop *loop) {
     np_pipe_detach(p);
     np_pipe_free(p);
   }
+  np_listener_drop_parked(loop);
   while (loop->free_writes) {
     np_req *r = loop->free_writes;
     loop->free_writes = r->next;

@@ -215,6 +215,11 @@ struct np_loop {
    * list. */
   unsigned plugs_wanted;
   np_listener *plug_head;
+  /* Listeners whose last instance closed since the last wait, kept aside
+   * for a create of the same name (listener_unix.c, "a name closed and
+   * made again"): how many, and their list, the newest first. */
+  unsigned n_parked;
+  np_listener *parked_head;
   np_dir_cache dir;
   /* Message reads (message_unix.c, recv_message): a spill area of spill_size
    * bytes (mmap'ed on first use), as large as any message can be. */
@@ -317,6 +322,9 @@ np_listener *np_listener_find(np_loop *loop, const char *path);
 const np_pipe_meta *np_listener_meta(const np_listener *l);
 /* np_loop_wait, before epoll_wait: the plugs deferred by the listeners. */
 void np_listener_plug_deferred(np_loop *loop);
+/* np_loop_wait (and loop close): the listeners kept aside since the last
+ * wait go for good, files and all. */
+void np_listener_drop_parked(np_loop *loop);
 
 /* pipe_unix.c, io_unix.c, message_unix.c: one pipe's I/O, in three files. */
 /* What one attempt at a read or a write came to. */
