@@ -166,4 +166,11 @@ end
 
 function H.run_lua(code, ...) return H.run_lua_env("", code, ...) end
 
+--- Linux: where a server keeps the socket file of a name closed and not yet
+--- made again (until the next step): PATH.idle padded with '~' to 108 bytes
+--- (sun_path's size, so that no socket path can be that long).
+function H.idle_path(path)
+  return path .. ".idle" .. ("~"):rep(108 - #path - 5)
+end
+
 return H

@@ -1599,8 +1599,8 @@ local function final_checks(baseline)
   end
   if not WIN then
     -- The socket file goes with the last instance; the lock file (and the
-    -- socket file kept aside as PATH.idle for a create of the name before
-    -- the next step) by the next step.
+    -- socket file kept aside for a create of the name before the next
+    -- step) by the next step.
     local path = np.path(R.name)
     local function gone(f, when)
       local h, _, errno = io.open(f, "r")
@@ -1609,7 +1609,7 @@ local function final_checks(baseline)
     end
     gone(path, "after the last instance closed")
     np.step(0)
-    for _, f in ipairs { path .. ".lock", path .. ".idle" } do
+    for _, f in ipairs { path .. ".lock", H.idle_path(path) } do
       gone(f, "after the last instance closed and a step")
     end
   end

@@ -360,11 +360,11 @@ function TestUnix:test_a_name_closed_here_may_be_taken_by_another_process()
     local np = require "namedpipe"
     local path = ...
     local s, _, ename = np.create(path, { first_pipe_instance = true })
-    local idle = io.open(path .. ".idle")
+    local idle = io.open(select(2, ...))
     io.write(s and "created" or ename, " ", idle and "idle left" or "no idle", "\n")
     if s then s:close() end
     np.step(0)
-  ]], path)
+  ]], path, H.idle_path(path))
   lu.assertTrue(ok, out)
   lu.assertEquals(out:gsub("%s+$", ""), "created no idle")
   lu.assertEquals(files_left(dir), "")
@@ -396,7 +396,7 @@ function TestUnix:test_files_kept_aside_go_at_exit_or_with_the_next_server()
   lu.assertTrue(ok, out)
   lu.assertEquals(files_left(dir), "")
   H.run_lua(code, path, "kill")
-  lu.assertEquals(files_left(dir), "aside.sock.idle aside.sock.lock")
+  lu.assertEquals(files_left(dir), H.idle_path(path):match("[^/]+$") .. " aside.sock.lock")
   local o, _, ename = np.open(path)
   if o then o:close() end
   lu.assertEquals(ename, "NOT_FOUND")
@@ -408,62 +408,66 @@ function TestUnix:test_files_kept_aside_go_at_exit_or_with_the_next_server()
   lu.assertEquals(files_left(dir), "")
 end
 
--- Two processes take turns with one name, in a random order: create
--- (either type), close, close and create again at once, step, and a client
--- probe between each. The model: the name belongs to the process with
--- instances, or to nobody. Checked after every move: a create where the
--- other process has instances fails ADDRESS_IN_USE (ACCESS_DENIED for
--- other options than its own instances'), the socket file is there exactly
--- while someone has instances, no PATH.idle is there then, a client finds
--- the name exactly then, with the type its owner gave it; and once nobody
--- has instances and both have stepped, no file is left. The other process
--- is driven through two FIFOs, so that this one takes no step it was not
--- told to (a step ends what a close kept aside).
-function TestUnix:test_two_processes_taking_turns_with_a_name()
-  linux_only()
+-- What two processes sharing a name do, here directly and in another
+-- process by command through two FIFOs (so that this process takes no step
+-- it was not told to: a step ends what a close kept aside). The moves:
+-- create (a type), close (an instance), again (close and create at once),
+-- step, churn (k cycles of create and close, counting the failed creates).
+local SHARED_MOVES = [[
+  local np = require "namedpipe"
+  local path, inst = ...
+  local M = {}
+  function M.create(mode)
+    local s, _, ename = np.create(path, { pipe_mode = mode ~= "" and mode or nil })
+    if not s then return ename end
+    inst[#inst + 1] = s
+    return "ok"
+  end
+  function M.close(i) table.remove(inst, tonumber(i)):close() return "ok" end
+  function M.again(i, mode)
+    M.close(i)
+    return M.create(mode)
+  end
+  function M.step() np.step(0) return "ok" end
+  function M.churn(k)
+    local failed = {}
+    for _ = 1, tonumber(k) do
+      local r = M.create()
+      if r == "ok" then M.close(#inst) else failed[#failed + 1] = r end
+    end
+    return #failed == 0 and "ok" or table.concat(failed, ",")
+  end
+  return M
+]]
+
+local function gone(f)
+  local h, _, errno = io.open(f, "r")
+  if h then h:close() end
+  return errno == 2
+end
+
+-- The name's files there now, by their last component.
+local function name_files(path)
+  local left = {}
+  for _, f in ipairs { path, path .. ".lock", H.idle_path(path) } do
+    if not gone(f) then left[#left + 1] = f:match("[^/]+$") end
+  end
+  return table.concat(left, " ")
+end
+
+-- here: the moves in this process; there.send(line): one in the other,
+-- its answer; there.quit(): the other closes what it has, steps, ends.
+local function two_sides(dir, path)
   if not sh("command -v mkfifo >/dev/null 2>&1 && command -v timeout >/dev/null 2>&1") then
     lu.skip("needs mkfifo and timeout")
   end
-  local dir = scratch_dir()
-  local path = dir .. "/turns.sock"
   local cmdf, repf = dir .. "/cmd.fifo", dir .. "/rep.fifo"
   assert(sh("mkfifo " .. q(cmdf) .. " " .. q(repf)))
-  local function gone(f)
-    local h, _, errno = io.open(f, "r")
-    if h then h:close() end
-    return errno == 2
-  end
-  local function files()
-    local left = {}
-    for _, f in ipairs { "turns.sock", "turns.sock.lock", "turns.sock.idle" } do
-      if not gone(dir .. "/" .. f) then left[#left + 1] = f end
-    end
-    return table.concat(left, " ")
-  end
-  -- Both sides run the same moves: here directly, there by command.
-  local moves = [[
-    local np = require "namedpipe"
-    local path, inst = ...
-    local M = {}
-    function M.create(mode)
-      local s, _, ename = np.create(path, { pipe_mode = mode })
-      if not s then return ename end
-      inst[#inst + 1] = s
-      return "ok"
-    end
-    function M.close(i) table.remove(inst, tonumber(i)):close() return "ok" end
-    function M.again(i, mode)
-      M.close(i)
-      return M.create(mode)
-    end
-    function M.step() np.step(0) return "ok" end
-    return M
-  ]]
   local child_code = [[
     local cmd = assert(io.open(select(2, ...), "r"))
     local rep = assert(io.open(select(3, ...), "w"))
     local inst = {}
-    local M = assert(load(select(4, ...)))(select(1, ...), inst)
+    local M = assert((loadstring or load)(select(4, ...)))(select(1, ...), inst)
     for line in cmd:lines() do
       local op, a, b = line:match("^(%S+) ?(%S*) ?(%S*)$")
       if op == "quit" then break end
@@ -475,17 +479,20 @@ function TestUnix:test_two_processes_taking_turns_with_a_name()
     rep:write("bye\n")
     rep:close()
   ]]
-  local child_cmd, script = H.lua_command(child_code, path, cmdf, repf, moves)
+  local child_cmd, script = H.lua_command(child_code, path, cmdf, repf, SHARED_MOVES)
   local out = script .. ".out"
   assert(sh(("timeout 120 %s > %s 2>&1 &"):format(child_cmd, q(out))))
   local cmd = assert(io.open(cmdf, "w"))
   local rep = assert(io.open(repf, "r"))
   local mine = {}
-  local here = assert(load(moves))(path, mine)
+  local here = assert((loadstring or load)(SHARED_MOVES))(path, mine) -- luacheck: ignore 113
+  here.mine = mine
   local there = {}
-  function there.send(line)
+  function there.post(line)
     cmd:write(line, "\n")
     cmd:flush()
+  end
+  function there.answer()
     local r = rep:read("*l")
     if not r then
       local f = io.open(out)
@@ -493,7 +500,36 @@ function TestUnix:test_two_processes_taking_turns_with_a_name()
     end
     return r
   end
+  function there.send(line)
+    there.post(line)
+    return there.answer()
+  end
+  function there.quit()
+    lu.assertEquals(there.send("quit"), "bye")
+    cmd:close()
+    rep:close()
+    os.remove(script)
+    os.remove(out)
+  end
+  return here, there
+end
 
+-- Two processes take turns with one name, in a random order: create
+-- (either type), close, close and create again at once, step, and a client
+-- probe between each. The model: the name belongs to the process with
+-- instances, or to nobody. Checked after every move: a create where the
+-- other process has instances fails ADDRESS_IN_USE (ACCESS_DENIED for
+-- other options than its own instances'), the socket file is there exactly
+-- while someone has instances, no PATH.idle is there then, a client finds
+-- the name exactly then, with the type its owner gave it; and once nobody
+-- has instances and both have stepped, no file is left.
+function TestUnix:test_two_processes_taking_turns_with_a_name()
+  linux_only()
+  local dir = scratch_dir()
+  local path = dir .. "/turns.sock"
+  local here, there = two_sides(dir, path)
+  local mine = here.mine
+  local function files() return name_files(path) end
   local seed = tonumber(os.getenv("NP_TURNS_SEED") or "") or os.time()
   local g = H.generator(seed)
   local side = { { name = "here", n = 0 }, { name = "there", n = 0 } }
@@ -557,14 +593,64 @@ function TestUnix:test_two_processes_taking_turns_with_a_name()
       end
     end
   end
-  there.send("quit")
-  cmd:close()
-  rep:close()
+  there.quit()
   for k = #mine, 1, -1 do here.close(k) end
   np.step(0)
-  os.remove(script)
-  os.remove(out)
   lu.assertEquals(files(), "")
+end
+
+-- The same, at the same time: this process makes the name and closes it,
+-- then steps (removing the files it kept aside) while the other makes and
+-- closes the name a few times. The name is never this one's while the
+-- other works, so every create there must succeed; and when both have
+-- stepped no file is left. (A remover that took the lock as an owner does
+-- made creates of the other fail ADDRESS_IN_USE, now and then; two removers
+-- at once left files behind.)
+function TestUnix:test_a_name_kept_aside_while_another_process_churns_it()
+  linux_only()
+  local dir = scratch_dir()
+  local path = dir .. "/churned.sock"
+  local here, there = two_sides(dir, path)
+  local failed = {}
+  for round = 1, 400 do
+    lu.assertEquals(here.create(), "ok")
+    here.close(1)
+    there.post("churn 3")
+    np.step(0)
+    local r = there.answer()
+    if r ~= "ok" then failed[#failed + 1] = ("round %d: %s"):format(round, r) end
+    if round % 50 == 0 then
+      there.send("step")
+      local left = name_files(path)
+      if left ~= "" then failed[#failed + 1] = ("round %d: files %s"):format(round, left) end
+    end
+  end
+  there.quit()
+  np.step(0)
+  lu.assertEquals(failed, {})
+  lu.assertEquals(name_files(path), "")
+end
+
+-- PATH.idle is a name like any: a server of it is not disturbed by PATH
+-- being closed, made again and its files removed (the socket kept aside
+-- has a name no socket can have).
+function TestUnix:test_a_pipe_named_like_a_kept_aside_socket_is_its_own()
+  linux_only()
+  local dir = scratch_dir()
+  local path = dir .. "/svc"
+  local other = assert(np.create(path .. ".idle"))
+  local s = assert(np.create(path))
+  s:close()
+  local c = assert(np.open(path .. ".idle"))
+  s = assert(np.create(path))
+  assert(other:connect(2000))
+  assert(c:write("to svc.idle", 2000))
+  lu.assertEquals(other:read(2000), "to svc.idle")
+  s:close()
+  np.step(0)
+  lu.assertEquals(files_left(dir), "svc.idle svc.idle.lock")
+  H.close_all(other, c)
+  lu.assertEquals(files_left(dir), "")
 end
 
 -- Several Lua states on several threads, and fork()ed children: the C host

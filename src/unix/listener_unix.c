@@ -4,7 +4,8 @@
  * A Windows server makes one pipe instance per CreateNamedPipe call and each
  * instance takes one client. Here all the instances of one name in one loop
  * share one listening socket (the loop's registry: path -> listener, with
- * its instances; unlinked and closed with the last instance). Accepted
+ * its instances; unlinked and closed with the last instance, or kept aside
+ * a while: see "a name closed and made again"). Accepted
  * sockets go at once to a free instance (listening: no client yet,
  * connect() pending or not), the one free the longest (pick_free).
  *
@@ -45,9 +46,10 @@
  * EAGAIN (the queue is empty) it goes back to level-triggered.
  *
  * Ownership across processes: beside the socket PATH the owner keeps
- * PATH.lock, holding an OFD write lock on it (fcntl F_OFD_SETLK: like flock,
- * released when the process dies, and others can test it with F_OFD_GETLK
- * without taking it). The lock file also carries the pipe's description
+ * PATH.lock, holding an OFD write lock on its first byte (fcntl
+ * F_OFD_SETLK: like flock, released when the process dies, and others can
+ * test it with F_OFD_GETLK without taking it; the second byte, see "the
+ * owner's lock"). The lock file also carries the pipe's description
  * (type, max_instances, directions) for clients, which Windows gives them
  * from the kernel. A socket file whose lock is free and that refuses
  * connections was left by a dead server: it is removed. A live owner in
@@ -63,16 +65,18 @@
  * socket and lock files anew is most of what that costs (two inodes made
  * and removed per client: the file system's work, and on ext4 about three
  * times a kept name's whole connection). So a listener whose last instance
- * closes is kept aside (parked) until the loop's next wait: its socket file
- * renamed to PATH.idle (the name is gone for clients at once, as on
+ * closes is kept aside (parked) until the loop next waits for events (the
+ * next np.step, or the next round of this one): its socket file renamed to
+ * PATH.idle~~~ (idle_path_of; the name is gone for clients at once, as on
  * Windows), its queue emptied, its lock let go (another process may take
  * the name at once). A create of the same name, with the same options,
  * before that wait takes the lock again and renames the socket back: no
- * file made, none removed. Otherwise the next wait removes both files, as
- * the close itself used to. PATH.idle belongs to whoever holds the lock:
- * a server that takes over a lock file left there (not one it made) removes
- * one a parked owner left, and a parked owner that finds its PATH.idle
- * gone, or someone else's, makes its socket anew.
+ * file made, none removed. Otherwise that wait removes both files, as the
+ * close itself used to (remove_parked_files). The idle socket file is the
+ * lock holder's to remove: a server that takes over a lock file left there
+ * (not one it made) removes one a parked owner left, and a parked owner
+ * that finds its idle file gone, or someone else's, makes its socket anew
+ * and leaves the files alone.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -84,6 +88,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "unix.h"
@@ -154,12 +159,18 @@ static char *lock_path_of(const char *path) {
   return s;
 }
 
-/* PATH.idle: where a parked listener's socket file waits. */
+/* PATH.idle~~~...: where a parked listener's socket file waits. Padded
+ * with '~' to NP_SUN_PATH bytes or more, longer than any socket path can
+ * be: so it is never the socket of another pipe (PATH.idle is a name like
+ * any), nor, ending in '~' or ".idle", any pipe's lock file. */
 #define IDLE_PATH_MAX (NP_SUN_PATH + sizeof ".idle")
 static void idle_path_of(const char *path, char idle[IDLE_PATH_MAX]) {
   size_t n = strlen(path);
   memcpy(idle, path, n);
-  memcpy(idle + n, ".idle", sizeof ".idle");
+  memcpy(idle + n, ".idle", sizeof ".idle" - 1);
+  n += sizeof ".idle" - 1;
+  while (n < NP_SUN_PATH) idle[n++] = '~';
+  idle[n] = '\0';
 }
 
 static void owned_elsewhere(int first, np_status *st) {
@@ -171,10 +182,55 @@ static void owned_elsewhere(int first, np_status *st) {
 
 /* ------------------------------------------------------ the owner's lock */
 
-static void whole_file_lock(struct flock *fl) {
-  memset(fl, 0, sizeof *fl);
-  fl->l_type = F_WRLCK;
-  fl->l_whence = SEEK_SET;
+/* Two bytes of the lock file are locked. OWNER_BYTE: the name's owner
+ * holds it while it has instances. REMOVER_BYTE: a server removing the
+ * files of a name it parked (remove_parked_files) holds it, then the
+ * owner's byte, for the few system calls that takes; a server that wants
+ * the name then waits for it (lock_waiting_out_removers) instead of
+ * failing as if the name were owned. */
+enum { OWNER_BYTE = 0, REMOVER_BYTE = 1 };
+
+static int set_lock(int fd, short type, off_t byte) {
+  struct flock fl;
+  memset(&fl, 0, sizeof fl);
+  fl.l_type = type;
+  fl.l_whence = SEEK_SET;
+  fl.l_start = byte;
+  fl.l_len = 1;
+  return fcntl(fd, F_OFD_SETLK, &fl);
+}
+
+/* Someone else (another open file description) holds that byte. */
+static int held_elsewhere(int fd, off_t byte) {
+  struct flock fl;
+  memset(&fl, 0, sizeof fl);
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  fl.l_start = byte;
+  fl.l_len = 1;
+  return fcntl(fd, F_OFD_GETLK, &fl) == 0 && fl.l_type != F_UNLCK;
+}
+
+/* That byte locked, waiting while a remover is at work (20 us, doubling,
+ * up to about 20 ms in all: a remover holds it for a few system calls,
+ * longer only if it is preempted). -1 with errno: EAGAIN when someone
+ * holds it with no remover at work (an owner), or for longer than that. */
+static int lock_waiting_out_removers(int fd, off_t byte) {
+  long pause_ns = 20000, waited_ns = 0;
+  for (;;) {
+    struct timespec ts;
+    if (set_lock(fd, F_WRLCK, byte) == 0) return 0;
+    if (errno != EAGAIN && errno != EACCES) return -1;
+    if (waited_ns >= 20000000L || !held_elsewhere(fd, REMOVER_BYTE)) {
+      errno = EAGAIN;
+      return -1;
+    }
+    ts.tv_sec = 0;
+    ts.tv_nsec = pause_ns;
+    nanosleep(&ts, NULL);
+    waited_ns += pause_ns;
+    if (pause_ns < 2000000L) pause_ns *= 2;
+  }
 }
 
 /* The lock file is written (chmod'ed, its description put in), and in a
@@ -201,7 +257,6 @@ static int take_ownership(np_listener *l, int first, unsigned mode,
   int attempt;
   for (attempt = 0; attempt < 8; attempt++) {
     struct stat named;
-    struct flock fl;
     int fd = open(l->lock_path,
                   O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY |
                       O_NONBLOCK,
@@ -214,8 +269,7 @@ static int take_ownership(np_listener *l, int first, unsigned mode,
         np_status_errno(st, np_errno_err(errno), errno);
       return 0;
     }
-    whole_file_lock(&fl);
-    if (fcntl(fd, F_OFD_SETLK, &fl) != 0) {
+    if (lock_waiting_out_removers(fd, OWNER_BYTE) != 0) {
       int e = errno;
       close(fd);
       if (e == EAGAIN || e == EACCES)
@@ -278,7 +332,6 @@ static void publish_meta(np_listener *l, unsigned mode,
 
 int np_read_meta(const char *path, np_pipe_meta *meta) {
   char *lock_path = lock_path_of(path), line[128], type[16];
-  struct flock fl;
   ssize_t n;
   int fd, ok;
   if (!lock_path) return 0;
@@ -286,8 +339,7 @@ int np_read_meta(const char *path, np_pipe_meta *meta) {
   free(lock_path);
   if (fd < 0) return 0;
   /* Nobody holding the lock: what the file says is a dead server's. */
-  whole_file_lock(&fl);
-  if (fcntl(fd, F_OFD_GETLK, &fl) != 0 || fl.l_type == F_UNLCK) {
+  if (!held_elsewhere(fd, OWNER_BYTE)) {
     close(fd);
     return 0;
   }
@@ -339,12 +391,15 @@ static int is_file(const char *path, dev_t dev, ino_t ino) {
  * if it gets the lock back and finds its socket file still at PATH.idle.
  * Another server may have taken the name over meanwhile (it opens the same
  * lock file, and removes PATH.idle as it does), and hold the name now, or
- * have closed it, removing the files or parking them in its turn. */
+ * have closed it, removing the files or parking them in its turn. The
+ * remover's byte first, so that a server wanting the name meanwhile waits
+ * (and so does another remover); then the owner's byte, which only an
+ * owner can be holding then. Both go with the lock file's descriptor. */
 static void remove_parked_files(np_listener *l) {
   char idle[IDLE_PATH_MAX];
-  struct flock fl;
-  whole_file_lock(&fl);
-  if (fcntl(l->lock_fd, F_OFD_SETLK, &fl) != 0) return;
+  if (lock_waiting_out_removers(l->lock_fd, REMOVER_BYTE) != 0 ||
+      set_lock(l->lock_fd, F_WRLCK, OWNER_BYTE) != 0)
+    return;
   idle_path_of(l->path, idle);
   if (!is_file(idle, l->dev, l->ino) ||
       !is_file(l->lock_path, l->lock_dev, l->lock_ino))
@@ -637,9 +692,11 @@ static void want_plug(np_listener *l, int on) {
 /* Its socket closed (a client still queued is reset), its files removed
  * (exit_unregister), the block freed. */
 static void listener_free(np_listener *l) {
+  /* (the files first: a parked socket's inode, still open, cannot have
+   * been reused for another file at PATH.idle) */
+  exit_unregister(l);
   np_watch_close(l->loop, l->fd);
   if (l->plug_fd >= 0) close(l->plug_fd);
-  exit_unregister(l);
   close(l->lock_fd);
   free(l->lock_path);
   free(l);
@@ -663,7 +720,6 @@ static void parked_unlink(np_listener *l) {
 static int park(np_listener *l) {
   np_loop *loop = l->loop;
   char idle[IDLE_PATH_MAX];
-  struct flock fl;
   int renamed = 0;
   if (loop->closing || loop->n_parked >= NP_PARKED_MAX) return 0;
   idle_path_of(l->path, idle);
@@ -695,9 +751,7 @@ static int park(np_listener *l) {
     break;
   }
   l->maybe_queued = 0;
-  whole_file_lock(&fl);
-  fl.l_type = F_UNLCK;
-  if (fcntl(l->lock_fd, F_OFD_SETLK, &fl) != 0) return 0;
+  if (set_lock(l->lock_fd, F_UNLCK, OWNER_BYTE) != 0) return 0;
   l->park_next = loop->parked_head;
   loop->parked_head = l;
   loop->n_parked++;
@@ -723,15 +777,13 @@ static np_listener *parked_take(np_loop *loop, const char *path) {
 static int unpark(np_listener *l, int sock_type, const np_server_options *o,
                   unsigned mode) {
   char idle[IDLE_PATH_MAX];
-  struct flock fl;
   int back = 0;
   if (l->meta.sock_type != sock_type || l->mode != mode ||
       l->meta.max_instances != o->max_instances ||
       l->meta.inbound != (o->access_inbound != 0) ||
       l->meta.outbound != (o->access_outbound != 0) || l->pid != getpid())
     return 0;
-  whole_file_lock(&fl);
-  if (fcntl(l->lock_fd, F_OFD_SETLK, &fl) != 0 ||
+  if (lock_waiting_out_removers(l->lock_fd, OWNER_BYTE) != 0 ||
       !is_file(l->lock_path, l->lock_dev, l->lock_ino))
     return 0;
   idle_path_of(l->path, idle);

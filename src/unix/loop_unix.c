@@ -242,7 +242,8 @@ int np_loop_wait(np_loop *loop, int timeout_ms, np_status *st) {
       n = 0;
     }
     /* Dispatching runs no Lua and frees no block (that only happens in
-     * np_completion_done and np_pipe_close), so every ptr stays valid. */
+     * np_completion_done and np_pipe_close, and before epoll_wait in
+     * np_listener_drop_parked), so every ptr stays valid. */
     for (i = 0; i < n; i++) dispatch(&evs[i]);
     if (loop->ready_count > 0 || t == 0) break;
     /* Readiness without a completion (a write edge nobody waits for, a
