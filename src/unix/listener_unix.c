@@ -214,14 +214,24 @@ static int held_elsewhere(int fd, off_t byte) {
 /* That byte locked, waiting while a remover is at work (20 us, doubling,
  * up to about 20 ms in all: a remover holds it for a few system calls,
  * longer only if it is preempted). -1 with errno: EAGAIN when someone
- * holds it with no remover at work (an owner), or for longer than that. */
+ * holds it with no remover at work (an owner), or for longer than that.
+ * A remover seen gone may just have let go of the byte too: it is tried
+ * once more before the holder is taken for an owner. */
 static int lock_waiting_out_removers(int fd, off_t byte) {
   long pause_ns = 20000, waited_ns = 0;
   for (;;) {
     struct timespec ts;
     if (set_lock(fd, F_WRLCK, byte) == 0) return 0;
     if (errno != EAGAIN && errno != EACCES) return -1;
-    if (waited_ns >= 20000000L || !held_elsewhere(fd, REMOVER_BYTE)) {
+    if (!held_elsewhere(fd, REMOVER_BYTE)) {
+      if (set_lock(fd, F_WRLCK, byte) == 0) return 0;
+      if (errno != EAGAIN && errno != EACCES) return -1;
+      if (!held_elsewhere(fd, REMOVER_BYTE)) {
+        errno = EAGAIN;
+        return -1;
+      }
+    }
+    if (waited_ns >= 20000000L) {
       errno = EAGAIN;
       return -1;
     }
@@ -394,18 +404,27 @@ static int is_file(const char *path, dev_t dev, ino_t ino) {
  * have closed it, removing the files or parking them in its turn. The
  * remover's byte first, so that a server wanting the name meanwhile waits
  * (and so does another remover); then the owner's byte, which only an
- * owner can be holding then. Both go with the lock file's descriptor. */
+ * owner can be holding then. Both are let go explicitly, not by the close
+ * of the descriptor: the lock belongs to the open file, which a fork()ed
+ * child shares, and the exit handler closes nothing. */
 static void remove_parked_files(np_listener *l) {
   char idle[IDLE_PATH_MAX];
-  if (lock_waiting_out_removers(l->lock_fd, REMOVER_BYTE) != 0 ||
-      set_lock(l->lock_fd, F_WRLCK, OWNER_BYTE) != 0)
-    return;
-  idle_path_of(l->path, idle);
-  if (!is_file(idle, l->dev, l->ino) ||
-      !is_file(l->lock_path, l->lock_dev, l->lock_ino))
-    return;
-  unlink(idle);
-  unlink(l->lock_path);
+  struct flock fl;
+  if (lock_waiting_out_removers(l->lock_fd, REMOVER_BYTE) != 0) return;
+  if (set_lock(l->lock_fd, F_WRLCK, OWNER_BYTE) == 0) {
+    idle_path_of(l->path, idle);
+    if (is_file(idle, l->dev, l->ino) &&
+        is_file(l->lock_path, l->lock_dev, l->lock_ino)) {
+      unlink(idle);
+      unlink(l->lock_path);
+    }
+  }
+  memset(&fl, 0, sizeof fl);
+  fl.l_type = F_UNLCK;
+  fl.l_whence = SEEK_SET;
+  fl.l_start = OWNER_BYTE;
+  fl.l_len = 2; /* (both bytes) */
+  if (fcntl(l->lock_fd, F_OFD_SETLK, &fl) != 0) { /* closing does it */ }
 }
 
 /* Socket first, lock last: whoever takes the lock next finds no socket of
