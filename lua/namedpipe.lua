@@ -168,6 +168,18 @@ function M._read_ahead(pipe) return readahead_len(pipe) end
 local sessions = setmetatable({}, { __mode = "k" })
 local function session(pipe) return sessions[pipe] or 0 end
 
+-- A framing read in progress (read_line, read_exact, read_frame: several
+-- reads of the C module's, namedpipe.framing) -> its record; stop: the
+-- first stop that came while it ran (a cancel, a timeout, a disconnect),
+-- which it ends with even when it came between two of its reads, when no
+-- read of the C module's was there to stop. (Its pipe's cancel diverts to
+-- this layer meanwhile: sync_divert.)
+local framing_reads = setmetatable({}, { __mode = "k" })
+local function framing_stop(pipe, reason)
+  local rec = framing_reads[pipe]
+  if rec and not rec.stop and pipe:state() ~= "closed" then rec.stop = reason end
+end
+
 --[[
 Operations whose waiter may be gone. A call without a callback, outside a
 task, steps the loop until its operation is done; whatever a step runs (a
@@ -213,7 +225,7 @@ local raw_set_readahead = raw.set_readahead
 local function sync_divert(pipe)
   local ops = inflight[pipe]
   raw_set_readahead(pipe, readahead[pipe] ~= nil or (ops ~= nil and ops.read ~= nil)
-    or starting[pipe] ~= nil)
+    or starting[pipe] ~= nil or framing_reads[pipe] ~= nil)
 end
 
 local function set_readahead(pipe, buf)
@@ -801,10 +813,11 @@ end
 -- Closed or disconnected since it began: it ends so (true), or false.
 local function start_gone(pipe, start)
   local msg, name
-  if pipe:state() == "closed" then
-    msg, name = "pipe closed", "CLOSED"
-  elseif session(pipe) ~= start.session then
+  -- (a disconnect then a close: the first says why)
+  if session(pipe) ~= start.session then
     msg, name = "disconnected (what had come is dropped)", "NOT_CONNECTED"
+  elseif pipe:state() == "closed" then
+    msg, name = "pipe closed", "CLOSED"
   else
     return false
   end
@@ -885,6 +898,7 @@ function waiting.cancel(self, what, reason)
     return raw.cancel(self, what, reason) -- (raises: bad argument #3)
   end
   if what == nil or READ_SLOT[what] then
+    framing_stop(self, reason or "CANCELLED")
     local start = withdraw_start(self)
     if start and not start.running then
       if reason == "TIMEOUT" then
@@ -931,6 +945,7 @@ function methods.disconnect(...)
   end
   if r[1] then
     local self = ...
+    framing_stop(self, "NOT_CONNECTED")
     sessions[self] = session(self) + 1
     if readahead[self] then set_readahead(self, nil) end
     -- a read_start waiting here: from its own callback it ends with
@@ -1166,6 +1181,7 @@ end
 
 require("namedpipe.framing").install(M, methods, {
   readahead = readahead, set_readahead = set_readahead, session = session,
+  framing_reads = framing_reads, sync_divert = sync_divert,
   readahead_view = readahead_view, readahead_len = readahead_len,
   readahead_rest = readahead_rest, readahead_skip = readahead_skip,
   take_readahead = take_readahead, take_rope = take_rope,

@@ -725,10 +725,7 @@ local STOP_ONLY = { CANCELLED = true, TIMEOUT = true, CLOSED = true }
 local function failed(op, ename)
   local kind = op.kind
   local ok = op.may[ename]
-  -- (read_exact is the Lua layer's, made of several reads: a stop that
-  -- lands between two of them, a disconnect say, ends none, and the next
-  -- read meets the later one, a close)
-  if ok and STOP_ONLY[ename] and op.first_stop ~= ename and kind ~= "read_exact" then
+  if ok and STOP_ONLY[ename] and op.first_stop ~= ename then
     violation("status", "%s failed %s, but was stopped first with %s", opname(op), ename,
       op.first_stop)
   end
@@ -1711,10 +1708,16 @@ function TestModel:test_one_name_lifecycle_against_the_model()
       local ks = {}
       for k, n in pairs(kinds) do ks[#ks + 1] = k .. "=" .. n end
       table.sort(ks)
+      -- (the others' messages too: a round may not replay)
+      local others = {}
+      for i = 2, math.min(#r.violations, 6) do
+        others[#others + 1] = ("    [%s] %s\n"):format(r.violations[i].kind, r.violations[i].msg)
+      end
       lu.fail(("model violation [%s] in round %d (%s pipes, max_instances %s): %s\n"
-        .. "  replay: NP_MODEL_SEED=%d NP_MODEL_ROUNDS=1 (run seed %d)\n  violations: %s\n  last events:\n%s")
+        .. "  replay: NP_MODEL_SEED=%d NP_MODEL_ROUNDS=1 (run seed %d)\n  violations: %s\n%s"
+        .. "  last events:\n%s")
         :format(v.kind, rounds, r.cfg.mode, tostring(r.cfg.max), v.msg, r.seed, SEED,
-          table.concat(ks, " "), v.log or ""))
+          table.concat(ks, " "), table.concat(others), v.log or ""))
     end
     if ROUNDS and rounds >= ROUNDS then break end
     if not ROUNDS and np.now() - t0 >= SECONDS * 1000 then break end

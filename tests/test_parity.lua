@@ -371,3 +371,40 @@ function TestParity:test_a_write_of_nothing_to_a_gone_peer_fails()
     server:close()
   end
 end
+
+-- The same for a framing read (read_exact, in a task) that waits for a
+-- stopped read_start's read to end before reading (its bytes come first):
+-- a stop while it waits, then a close, ends it with the first stop's
+-- reason, as a read of the C module's.
+function TestParity:test_a_framing_read_stopped_while_it_waits_says_why()
+  local cases = {
+    { "cancel, then close", function(s) s:cancel("read"); s:close() end, "CANCELLED" },
+    { "timeout cancel, then close", function(s) s:cancel("read", "TIMEOUT"); s:close() end, "TIMEOUT" },
+    { "disconnect, then close", function(s) s:disconnect(); s:close() end, "NOT_CONNECTED" },
+    { "close alone", function(s) s:close() end, "CLOSED" },
+  }
+  for _, case in ipairs(cases) do
+    local what, stop, want = case[1], case[2], case[3]
+    local name = H.name("fstops")
+    local server = assert(np.create(name))
+    local client = assert(np.open(name))
+    assert(server:connect(2000))
+    server:read_start(function() end)
+    np.step(0)
+    local res
+    -- (two tasks started by the same step, one after the other: the stop
+    -- comes before that step hands out the stopped read's end)
+    np.spawn(function()
+      server:read_stop()
+      res = { server:read_exact(10) }
+    end)
+    np.spawn(function()
+      lu.assertNil(res, what .. ": read_exact waits")
+      stop(server)
+    end)
+    H.pump(function() return res ~= nil end, 2000, what)
+    lu.assertNil(res[1], what)
+    lu.assertEquals(res[3], want, what)
+    H.close_all(server, client)
+  end
+end

@@ -15,6 +15,7 @@ function F.install(M, methods, P)
   local readahead_view, readahead_len, readahead_rest, readahead_skip, take_rope =
     P.readahead_view, P.readahead_len, P.readahead_rest, P.readahead_skip, P.take_rope
   local check_not_reading = P.check_not_reading
+  local framing_reads, sync_divert = P.framing_reads, P.sync_divert
 
   local function deadline_left(deadline)
     if not deadline then return nil end
@@ -53,10 +54,18 @@ function F.install(M, methods, P)
   -- byte once. Kept only while the client they came from is connected:
   -- once the server has disconnected it they are dropped, and a result
   -- not complete by then is NOT_CONNECTED.
-  local function read_until(self, timeout, kind, scan)
+  local STOPPED = { CANCELLED = "operation cancelled", TIMEOUT = "timed out",
+    NOT_CONNECTED = "disconnected while reading (what had come is dropped)" }
+
+  local function read_until_in(self, timeout, kind, scan, rec)
     -- an abandoned read of this pipe first: its bytes come before new ones
+    -- (a stop while waiting for it, then a close or the timeout: the
+    -- first says why)
     local ok, t = P.settle(self, "read", timeout)
-    if not ok then return P.unsettled(t) end
+    if not ok then
+      if rec.stop then return nil, STOPPED[rec.stop], rec.stop, 0 end
+      return P.unsettled(t)
+    end
     local deadline = t and now() + t
     local connection = session(self)
     local pieces, before, from = take_rope(self), 0, 1
@@ -106,12 +115,18 @@ function F.install(M, methods, P)
         keep(concat(pieces, "", 1, pieces.n))
         return nil, skip, name, 0
       elseif i > pieces.n then
-        -- closed by whatever ran while the last read's result was on its
-        -- way: what every pending read gets from close()
-        if self:state() == "closed" then return nil, "pipe closed", "CLOSED", 0 end
-        -- (bytes read before the disconnect, seen after it)
-        if session(self) ~= connection then
-          return nil, "disconnected while reading (what had come is dropped)", "NOT_CONNECTED", 0
+        -- Stopped by whatever ran while the last read's result was on its
+        -- way, the first stop first: a disconnect (the bytes read before
+        -- it, seen after it, are dropped), a cancel or a timeout (they are
+        -- kept), or a close (what every pending read gets from it).
+        local stop = rec.stop or session(self) ~= connection and "NOT_CONNECTED"
+        if stop == "NOT_CONNECTED" then
+          return nil, STOPPED[stop], stop, 0
+        elseif stop then
+          keep_pieces() -- (not after a disconnect: they were the last client's)
+          return nil, STOPPED[stop], stop, 0
+        elseif self:state() == "closed" then
+          return nil, "pipe closed", "CLOSED", 0
         end
         -- pieces: taken from the pipe, read-ahead again should this unwind
         local w, cb = P.wait_begin(self, "read", nil, pieces)
@@ -125,6 +140,23 @@ function F.install(M, methods, P)
         pieces[pieces.n] = data
       end
     end
+  end
+
+  local function read_done(self, rec, ...)
+    if framing_reads[self] == rec then
+      framing_reads[self] = nil
+      sync_divert(self)
+    end
+    return ...
+  end
+
+  -- (the record stays should the read raise: harmless, the next one's
+  -- replaces it)
+  local function read_until(self, timeout, kind, scan)
+    local rec = {}
+    framing_reads[self] = rec
+    sync_divert(self)
+    return read_done(self, rec, read_until_in(self, timeout, kind, scan, rec))
   end
 
   --- pipe:read_line([timeout]): the next line without its "\n" (or
