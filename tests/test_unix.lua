@@ -520,7 +520,7 @@ end
 -- instances, or to nobody. Checked after every move: a create where the
 -- other process has instances fails ADDRESS_IN_USE (ACCESS_DENIED for
 -- other options than its own instances'), the socket file is there exactly
--- while someone has instances, no PATH.idle is there then, a client finds
+-- while someone has instances, no socket kept aside is there then, a client finds
 -- the name exactly then, with the type its owner gave it; and once nobody
 -- has instances and both have stepped, no file is left.
 function TestUnix:test_two_processes_taking_turns_with_a_name()
@@ -603,9 +603,9 @@ end
 -- then steps (removing the files it kept aside) while the other makes and
 -- closes the name a few times. The name is never this one's while the
 -- other works, so every create there must succeed; and when both have
--- stepped no file is left. (A remover that took the lock as an owner does
--- made creates of the other fail ADDRESS_IN_USE, now and then; two removers
--- at once left files behind.)
+-- stepped no file is left. (When a remover took the owner's lock, creates
+-- there failed ADDRESS_IN_USE now and then; two removers at once left
+-- files behind.)
 function TestUnix:test_a_name_kept_aside_while_another_process_churns_it()
   linux_only()
   local dir = scratch_dir()

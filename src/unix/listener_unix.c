@@ -190,24 +190,25 @@ static void owned_elsewhere(int first, np_status *st) {
  * failing as if the name were owned. */
 enum { OWNER_BYTE = 0, REMOVER_BYTE = 1 };
 
+/* A lock of type on n bytes from byte. */
+static void byte_range(struct flock *fl, short type, off_t byte, off_t n) {
+  memset(fl, 0, sizeof *fl);
+  fl->l_type = type;
+  fl->l_whence = SEEK_SET;
+  fl->l_start = byte;
+  fl->l_len = n;
+}
+
 static int set_lock(int fd, short type, off_t byte) {
   struct flock fl;
-  memset(&fl, 0, sizeof fl);
-  fl.l_type = type;
-  fl.l_whence = SEEK_SET;
-  fl.l_start = byte;
-  fl.l_len = 1;
+  byte_range(&fl, type, byte, 1);
   return fcntl(fd, F_OFD_SETLK, &fl);
 }
 
 /* Someone else (another open file description) holds that byte. */
 static int held_elsewhere(int fd, off_t byte) {
   struct flock fl;
-  memset(&fl, 0, sizeof fl);
-  fl.l_type = F_WRLCK;
-  fl.l_whence = SEEK_SET;
-  fl.l_start = byte;
-  fl.l_len = 1;
+  byte_range(&fl, F_WRLCK, byte, 1);
   return fcntl(fd, F_OFD_GETLK, &fl) == 0 && fl.l_type != F_UNLCK;
 }
 
@@ -419,11 +420,7 @@ static void remove_parked_files(np_listener *l) {
       unlink(l->lock_path);
     }
   }
-  memset(&fl, 0, sizeof fl);
-  fl.l_type = F_UNLCK;
-  fl.l_whence = SEEK_SET;
-  fl.l_start = OWNER_BYTE;
-  fl.l_len = 2; /* (both bytes) */
+  byte_range(&fl, F_UNLCK, OWNER_BYTE, 2); /* (both) */
   if (fcntl(l->lock_fd, F_OFD_SETLK, &fl) != 0) { /* closing does it */ }
 }
 
