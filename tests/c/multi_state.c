@@ -40,7 +40,10 @@
  *                          children end (exit(0); lua_close and _exit; a new
  *                          state with a server of its own, then exit(0)):
  *                          the parent's files must stay, usable, the last
- *                          child's must go; then the parent calls exit(0).
+ *                          child's must go; a name the parent closed and
+ *                          another state took over while a child lives
+ *                          must leave no file; then the parent calls
+ *                          exit(0).
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -762,6 +765,55 @@ static void parent_closes_while_child_holds(lua_State *L, const char *dir) {
     failf("fork: a child did not exit cleanly");
 }
 
+/* A name closed and not yet made again is kept aside until the next step
+ * (listener_unix.c): the lock let go, the socket at PATH.idle~~~. Here
+ * another owner (a second state: its own open lock file, as another
+ * process) takes the name over and keeps it aside in its turn; then the
+ * parent's step finds the files not its own, and must let go of the lock
+ * bytes it took to look, although a fork()ed child shares its open lock
+ * file: else the second state's step cannot take them, and leaves its
+ * files behind. */
+static void parked_while_child_lives(lua_State *L, const char *dir) {
+  static const char close_kept[] =
+      "local dir = ...\n"
+      "local np = require 'namedpipe'\n"
+      "assert(np.create(dir .. '/kept.sock')):close()\n";
+  char idle[256];
+  lua_State *other = new_state(8);
+  pid_t pid;
+  int status;
+  size_t n;
+  if (!other || !run_chunk(L, 0, close_kept, dir)) return;
+  pid = fork();
+  if (pid < 0) {
+    failf("fork: failed");
+    return;
+  }
+  if (pid == 0) {
+    sleep_ms(400); /* sharing the parent's open files */
+    _exit(0);
+  }
+  run_chunk(other, 8, close_kept, dir);
+  run_chunk(L, 0, "require('namedpipe').step(0)\n", dir);
+  run_chunk(other, 8, "require('namedpipe').step(0)\n", dir);
+  snprintf(idle, sizeof idle, "%s/kept.sock.idle", dir);
+  for (n = strlen(idle); n < 108; n++) idle[n] = '~';
+  idle[n] = '\0';
+  if (file_exists(dir, "kept.sock.lock") || file_exists(dir, idle + strlen(dir) + 1))
+    failf("fork: a name kept aside left its files while a child lived");
+  run_chunk(other, 8,
+            "local dir = ...\n"
+            "local np = require 'namedpipe'\n"
+            "local s = assert(np.create(dir .. '/kept.sock', { first_pipe_instance = true }))\n"
+            "s:close()\n"
+            "np.step(0)\n",
+            dir);
+  lua_close(other);
+  if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) ||
+      WEXITSTATUS(status) != 0)
+    failf("fork: a child did not exit cleanly");
+}
+
 static int mode_fork(const char *dir) {
   lua_State *L;
   new_tag("fork");
@@ -770,6 +822,7 @@ static int mode_fork(const char *dir) {
   in_child(child_closes_then_exits, L, dir);
   in_child(child_serves_then_exits, L, dir);
   parent_closes_while_child_holds(L, dir);
+  parked_while_child_lives(L, dir);
   if (!file_exists(dir, "s0.sock") || !file_exists(dir, "s0.sock.lock") ||
       !file_exists(dir, "m0.sock") || !file_exists(dir, "m0.sock.lock"))
     failf("fork: a child's end removed its parent's files");
