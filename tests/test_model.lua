@@ -265,6 +265,12 @@ local function gen_listens(g)
   g.free = true
 end
 
+-- A server's write w started before the client rp existed: it can never
+-- reach rp.
+local function written_before(w, rp)
+  return w.party.kind == "server" and rp.kind == "client" and w.start_t < rp.start_t
+end
+
 -- Empty messages rp received before its peer was known: the peer's first
 -- empty writes after what rp had, before seq `upto`.
 local function take_early_empties(rp, upto)
@@ -273,7 +279,7 @@ local function take_early_empties(rp, upto)
   rp.early_empties = 0
   for s = rp.last_seq + 1, math.min(upto - 1, P.seq) do
     local w = P.writes[s]
-    if n > 0 and w.empty and w.status ~= "never" then
+    if n > 0 and w.empty and w.status ~= "never" and not written_before(w, rp) then
       rp.chunks[#rp.chunks + 1] = { w = w, len = 0 }
       rp.last_seq = s
       n = n - 1
@@ -480,12 +486,15 @@ local function empty_message(rp)
     return
   end
   -- (an empty message has no tag: the first empty write not stopped, else
-  -- the first stopped one)
+  -- the first stopped one; a server's write started before its reader, a
+  -- client, existed is none of its: written to an instance with no client,
+  -- it fails NOT_CONNECTED, maybe not reported yet. A client's write may
+  -- come before the instance that takes it: a queued client's)
   local stopped
   for s = rp.last_seq + 1, P.seq do
     local w = P.writes[s]
     if w.empty and w.status ~= "never" then
-      if w.status ~= "stopped" then
+      if w.status ~= "stopped" and not written_before(w, rp) then
         stopped = w
         break
       end
@@ -618,7 +627,7 @@ local function new_write(e, kind, size)
   local data = empty and "" or payload(P.wid, P.seq, blen)
   R.written = R.written + #data
   local w = { party = P, seq = P.seq, data = data, total = #data, sent = #data, epoch = P.epoch,
-    empty = empty, status = "pending", kind = kind }
+    empty = empty, status = "pending", kind = kind, start_t = R.t }
   P.writes[P.seq] = w
   return w
 end
