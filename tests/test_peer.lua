@@ -100,26 +100,31 @@ function TestPeer:test_peer_user_names_the_user_we_run_as()
   H.close_all(server, client)
 end
 
--- No client, no account to name: before any client, and after a
+-- No client, no peer to tell of: before any client, and after a
 -- disconnect. A client that opened before connect() counts at once, and
--- one that has gone counts until the disconnect (as peer() does).
-function TestPeer:test_peer_user_needs_a_client()
-  local name = H.name("pu")
-  local server = assert(np.create(name))
-  local user, _, errname = server:peer_user()
-  lu.assertNil(user, "listening")
-  lu.assertEquals(errname, "NOT_CONNECTED")
-  local client = assert(np.open(name))
-  lu.assertNotNil((server:peer_user()), "a client that came before connect()")
-  assert(server:connect(2000))
-  client:close()
-  H.settle(50)
-  lu.assertNotNil((server:peer_user()), "a client gone, not yet disconnected")
-  assert(server:disconnect())
-  user, _, errname = server:peer_user()
-  lu.assertNil(user, "disconnected")
-  lu.assertEquals(errname, "NOT_CONNECTED")
-  server:close()
+-- one that has gone counts until the disconnect; for peer() and for
+-- peer_user() alike, on both platforms.
+function TestPeer:test_peer_and_peer_user_need_a_client()
+  for _, method in ipairs { "peer", "peer_user" } do
+    local name = H.name("pu")
+    local server = assert(np.create(name))
+    local got, _, errname = server[method](server)
+    lu.assertNil(got, method .. ": listening")
+    lu.assertEquals(errname, "NOT_CONNECTED", method)
+    local client = assert(np.open(name))
+    lu.assertNotNil((server[method](server)), method .. ": a client that came before connect()")
+    assert(server:connect(2000))
+    client:close()
+    H.settle(50)
+    local msg
+    got, msg = server[method](server)
+    lu.assertNotNil(got, method .. ": a client gone, not yet disconnected: " .. tostring(msg))
+    assert(server:disconnect())
+    got, _, errname = server[method](server)
+    lu.assertNil(got, method .. ": disconnected")
+    lu.assertEquals(errname, "NOT_CONNECTED", method)
+    server:close()
+  end
 end
 
 function TestPeer:test_peer_user_of_an_anonymous_client()

@@ -10,11 +10,13 @@
 
 int np_pipe_peer(np_pipe *p, np_peer *peer, np_status *st) {
   ULONG pid = 0, session = 0;
+  DWORD none;
   BOOL ok;
   /* An instance with no client has no peer to ask about (Wine's calls
-   * would succeed anyway): the peek says whether one is there. */
-  if (p->is_server && !PeekNamedPipe(p->h, NULL, 0, NULL, NULL, NULL)) {
-    np_pipe_status(p, st, GetLastError(), NP_OP_CONNECT);
+   * would succeed anyway). A client that has gone still counts until the
+   * disconnect, as for peer_user() and on Linux. */
+  if (p->is_server && (none = np_pipe_clientless(p)) != 0) {
+    np_win_status(st, none, NP_OP_CONNECT);
     return 0;
   }
   ok = p->is_server ? GetNamedPipeClientProcessId(p->h, &pid) &&
