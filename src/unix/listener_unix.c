@@ -718,6 +718,16 @@ static void listener_free(np_listener *l) {
   free(l);
 }
 
+/* The pipe l serves is of the type, directions and max_instances o asks
+ * for (Windows wants them the same for every instance of a name). */
+static int same_kind(const np_listener *l, int sock_type,
+                     const np_server_options *o) {
+  return l->meta.sock_type == sock_type &&
+         l->meta.max_instances == o->max_instances &&
+         l->meta.inbound == (o->access_inbound != 0) &&
+         l->meta.outbound == (o->access_outbound != 0);
+}
+
 /* ------------------------------------------- a name closed and made again */
 
 static void parked_unlink(np_listener *l) {
@@ -794,10 +804,7 @@ static int unpark(np_listener *l, int sock_type, const np_server_options *o,
                   unsigned mode) {
   char idle[IDLE_PATH_MAX];
   int back = 0;
-  if (l->meta.sock_type != sock_type || l->mode != mode ||
-      l->meta.max_instances != o->max_instances ||
-      l->meta.inbound != (o->access_inbound != 0) ||
-      l->meta.outbound != (o->access_outbound != 0) || l->pid != getpid())
+  if (!same_kind(l, sock_type, o) || l->mode != mode || l->pid != getpid())
     return 0;
   if (lock_waiting_out_removers(l->lock_fd, OWNER_BYTE) != 0 ||
       !is_file(l->lock_path, l->lock_dev, l->lock_ino))
@@ -854,12 +861,8 @@ np_listener *np_listener_get(np_loop *loop, const char *path,
     np_status_errno(st, NP_ACCESS_DENIED, EACCES);
     return NULL;
   }
-  /* Windows wants the same type, directions and max_instances for every
-   * instance of a name (ACCESS_DENIED otherwise). */
-  if (l->meta.sock_type != sock_type ||
-      l->meta.max_instances != o->max_instances ||
-      l->meta.inbound != (o->access_inbound != 0) ||
-      l->meta.outbound != (o->access_outbound != 0)) {
+  /* (ACCESS_DENIED otherwise, as on Windows) */
+  if (!same_kind(l, sock_type, o)) {
     np_status_errno(st, NP_ACCESS_DENIED, EACCES);
     return NULL;
   }
