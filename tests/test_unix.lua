@@ -262,6 +262,122 @@ function TestUnix:test_files_go_with_the_process_however_it_exits()
   lu.assertEquals(left, {})
 end
 
+-- Where a \\.\pipe\ name's socket goes follows NAMEDPIPE_DIR and
+-- XDG_RUNTIME_DIR as they are at each create, however the environment was
+-- changed in between: variables set, replaced, unset and set again (which
+-- moves the others), a putenv'ed string rewritten in place, clearenv. A
+-- random sequence of such changes against a model of which directory wins;
+-- after each, a server of a new name and a client of the socket path the
+-- model expects. Changing the environment of this process takes LuaJIT's
+-- ffi (the luajit run of `make test-luas`).
+function TestUnix:test_socket_directory_follows_every_change_of_the_environment()
+  linux_only()
+  local has_ffi, ffi = pcall(require, "ffi")
+  if not has_ffi then lu.skip("changes this process's environment: needs LuaJIT's ffi (make test-luas runs it)") end
+  pcall(ffi.cdef, [[
+    int setenv(const char *name, const char *value, int overwrite);
+    int unsetenv(const char *name);
+    int putenv(char *string);
+    int clearenv(void);
+    char **environ;
+  ]])
+  local C = ffi.C
+  -- The whole environment, put back however the test ends.
+  local saved = {}
+  local e = C.environ
+  local i = 0
+  while e ~= nil and e[i] ~= nil do
+    saved[#saved + 1] = ffi.string(e[i])
+    i = i + 1
+  end
+  local kept = {} -- putenv'ed strings: the environment points into them
+  local function restore()
+    C.clearenv()
+    for _, kv in ipairs(saved) do
+      local k, v = kv:match("^([^=]*)=(.*)$")
+      if k and k ~= "" then C.setenv(k, v, 1) end
+    end
+  end
+  local base = scratch_dir()
+  local dirs = { base .. "/d1", base .. "/d2" }       -- NAMEDPIPE_DIR values
+  local xdgs = { base .. "/x1", base .. "/x2" }       -- XDG_RUNTIME_DIR values
+  for _, x in ipairs(xdgs) do assert(sh("mkdir -m 0700 " .. q(x))) end
+  local uid = io.popen("id -u"):read("*l")
+  local seed = tonumber(os.getenv("NP_ENV_SEED") or "") or os.time()
+  local g = H.generator(seed)
+  local model = {} -- variable -> value (nil: unset)
+  local log = {}
+  local function expected_dir()
+    local d, x = model.NAMEDPIPE_DIR, model.XDG_RUNTIME_DIR
+    if d and d ~= "" then return d end
+    if x and x ~= "" then return x .. "/namedpipe" end
+    return "/tmp/namedpipe-" .. uid
+  end
+  local names = { "NAMEDPIPE_DIR", "XDG_RUNTIME_DIR", "NP_ENV_FILL1", "NP_ENV_FILL2", "NP_ENV_FILL3" }
+  local function value_for(name)
+    if name == "NAMEDPIPE_DIR" then return g.pick({ dirs[1], dirs[2], "" }) end
+    if name == "XDG_RUNTIME_DIR" then return g.pick({ xdgs[1], xdgs[2], "" }) end
+    return ("v"):rep(g.rnd(8))
+  end
+  local put = nil -- the putenv'ed NAMEDPIPE_DIR string, while it is in use
+  local ok, err = pcall(function()
+    C.unsetenv("NAMEDPIPE_DIR")
+    C.unsetenv("XDG_RUNTIME_DIR")
+    for k = 1, 600 do
+      local op = g.weighted({ { 4, "set" }, { 3, "unset" }, { 2, "putenv" }, { 2, "rewrite" }, { 1, "clear" } })
+      local name = g.pick(names)
+      if op == "set" then
+        local v = value_for(name)
+        C.setenv(name, v, 1)
+        model[name] = v
+        if name == "NAMEDPIPE_DIR" then put = nil end
+        log[#log + 1] = ("set %s=%s"):format(name, v)
+      elseif op == "unset" then
+        C.unsetenv(name)
+        model[name] = nil
+        if name == "NAMEDPIPE_DIR" then put = nil end
+        log[#log + 1] = "unset " .. name
+      elseif op == "putenv" then
+        local v = dirs[g.rnd(2)]
+        local s = "NAMEDPIPE_DIR=" .. v
+        local buf = ffi.new("char[?]", #s + 1)
+        ffi.copy(buf, s)
+        kept[#kept + 1] = buf
+        C.putenv(buf)
+        put = buf
+        model.NAMEDPIPE_DIR = v
+        log[#log + 1] = "putenv NAMEDPIPE_DIR=" .. v
+      elseif op == "rewrite" and put then
+        -- the string the environment holds, written to in place
+        local now = ffi.string(put):sub(#"NAMEDPIPE_DIR=" + 1)
+        local v = now == dirs[1] and dirs[2] or dirs[1]
+        ffi.copy(put, "NAMEDPIPE_DIR=" .. v)
+        model.NAMEDPIPE_DIR = v
+        log[#log + 1] = "rewrite in place NAMEDPIPE_DIR=" .. v
+      elseif op == "clear" then
+        C.clearenv()
+        model = {}
+        put = nil
+        log[#log + 1] = "clearenv"
+      end
+      local leaf = ("envdir-%d-%d"):format(seed % 100000, k)
+      local s, m = np.create([[\\.\pipe\]] .. leaf)
+      if not s then error(("create after %s: %s"):format(log[#log] or "nothing", m)) end
+      local path = expected_dir() .. "/" .. leaf
+      local c, cm = np.open(path)
+      H.close_all(s, c)
+      if not c then
+        error(("seed %d (NP_ENV_SEED), step %d: no socket at %s (%s); the last changes: %s")
+          :format(seed, k, path, cm, table.concat(log, "; ", math.max(1, #log - 6))))
+      end
+    end
+  end)
+  restore()
+  kept = nil
+  H.settle(2000)
+  assert(ok, err)
+end
+
 -- \\.\pipe\ names too (their directory stays: it is shared by the user's
 -- pipes).
 function TestUnix:test_pipe_name_files_go_with_the_process()

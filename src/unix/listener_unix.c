@@ -571,14 +571,28 @@ fail:
 /* ------------------------------------------------- the loop's listeners */
 
 /* A loop finds a name's listener on every create and open, and a process
- * may serve thousands of names: a table of chains by a hash of the path
- * (FNV-1a), doubled whenever it holds as many listeners as chains, so that
- * neither walks every name the loop serves. A table that cannot grow (no
- * memory) keeps its size: longer chains, the same answers. */
+ * may serve thousands of names: a table of chains by a hash of the path,
+ * doubled whenever it holds as many listeners as chains, so that neither
+ * walks every name the loop serves. A table that cannot grow (no memory)
+ * keeps its size: longer chains, the same answers.
+ *
+ * The hash takes the path 8 bytes at a time, each block multiplied in and
+ * its high half folded down (the chain is chosen by the low bits): a byte
+ * at a time (FNV-1a) was 250 instructions for a 40-byte path, a tenth of
+ * what namedpipe's C spends on a connection in the churn benchmark. */
 static unsigned path_hash(const char *path) {
-  unsigned h = 2166136261u;
-  for (; *path; path++) h = (h ^ (unsigned char)*path) * 16777619u;
-  return h;
+  size_t n = strlen(path);
+  uint64_t h = 0x9e3779b97f4a7c15u ^ (uint64_t)n, w;
+  for (; n >= 8; path += 8, n -= 8) {
+    memcpy(&w, path, 8);
+    h = (h ^ w) * 0xff51afd7ed558ccdu;
+    h ^= h >> 32;
+  }
+  w = 0;
+  memcpy(&w, path, n);
+  h = (h ^ w) * 0xc4ceb9fe1a85ec53u;
+  h ^= h >> 29;
+  return (unsigned)h;
 }
 
 static np_listener **chain_of(np_loop *loop, unsigned hash) {

@@ -35,12 +35,18 @@
 
 static np_pipe *pipe_new(np_loop *loop, const char *name, np_status *st) {
   size_t len = strlen(name);
-  /* the name lives after the block: one heap block, not two */
-  np_pipe *p = (np_pipe *)calloc(1, sizeof *p + len + 1);
+  /* The name lives after the block: one heap block, not two. malloc, and
+   * the block cleared up to the name, not calloc: glibc's calloc skips the
+   * per-thread cache of freed blocks that malloc takes from (a block as
+   * large as this one, freed by the last pipe closed, is there) and cost
+   * 270 instructions a pipe. (Clearing the whole block would let the
+   * compiler turn malloc and memset back into calloc.) */
+  np_pipe *p = (np_pipe *)malloc(sizeof *p + len + 1);
   if (!p) {
     np_status_errno(st, NP_NO_MEMORY, ENOMEM);
     return NULL;
   }
+  memset(p, 0, sizeof *p);
   p->name = (char *)(p + 1);
   memcpy(p->name, name, len + 1);
   p->watch = NP_WATCH_PIPE;
