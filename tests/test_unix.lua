@@ -265,11 +265,16 @@ end
 -- Where a \\.\pipe\ name's socket goes follows NAMEDPIPE_DIR and
 -- XDG_RUNTIME_DIR as they are at each create, however the environment was
 -- changed in between: variables set, replaced, unset and set again (which
--- moves the others), a putenv'ed string rewritten in place, clearenv. A
--- random sequence of such changes against a model of which directory wins;
--- after each, a server of a new name and a client of the socket path the
--- model expects. Changing the environment of this process takes LuaJIT's
--- ffi (the luajit run of `make test-luas`).
+-- moves the others), a putenv'ed string rewritten in place (its value, or
+-- its name), clearenv. First two fixed sequences that leave the array, its
+-- length and its first and last entries as they were, with another value
+-- in force (glibc reallocs in place and hands back the string it made for
+-- a value it has seen; clearenv frees the array, which the next putenv may
+-- get back at the same address), then a random sequence of batches of such
+-- changes against a model of which directory wins; after each batch, a
+-- server of a new name and a client of the socket path the model expects.
+-- Changing the environment of this process takes LuaJIT's ffi (the luajit
+-- run of `make test-luas`).
 function TestUnix:test_socket_directory_follows_every_change_of_the_environment()
   linux_only()
   local has_ffi, ffi = pcall(require, "ffi")
@@ -313,63 +318,110 @@ function TestUnix:test_socket_directory_follows_every_change_of_the_environment(
     if x and x ~= "" then return x .. "/namedpipe" end
     return "/tmp/namedpipe-" .. uid
   end
+  local function set(name, v)
+    C.setenv(name, v, 1)
+    model[name] = v
+    log[#log + 1] = ("set %s=%s"):format(name, v)
+  end
+  local function unset(name)
+    C.unsetenv(name)
+    model[name] = nil
+    log[#log + 1] = "unset " .. name
+  end
+  local function put(str) -- a string of ours in the environment itself
+    local buf = ffi.new("char[?]", #str + 1)
+    ffi.copy(buf, str)
+    kept[#kept + 1] = buf
+    C.putenv(buf)
+    local k, v = str:match("^([^=]*)=(.*)$")
+    model[k] = v
+    log[#log + 1] = "putenv " .. str
+    return buf
+  end
+  local function clear()
+    C.clearenv()
+    model = {}
+    log[#log + 1] = "clearenv"
+  end
+  local step = 0
+  local function check_create()
+    step = step + 1
+    local leaf = ("envdir-%d-%d"):format(seed % 100000, step)
+    local s, m = np.create([[\\.\pipe\]] .. leaf)
+    if not s then error(("create after %s: %s"):format(log[#log] or "nothing", m)) end
+    local path = expected_dir() .. "/" .. leaf
+    local c, cm = np.open(path)
+    H.close_all(s, c)
+    if not c then
+      error(("seed %d (NP_ENV_SEED), step %d: no socket at %s (%s); the last changes: %s")
+        :format(seed, step, path, cm, table.concat(log, "; ", math.max(1, #log - 8))))
+    end
+  end
   local names = { "NAMEDPIPE_DIR", "XDG_RUNTIME_DIR", "NP_ENV_FILL1", "NP_ENV_FILL2", "NP_ENV_FILL3" }
   local function value_for(name)
     if name == "NAMEDPIPE_DIR" then return g.pick({ dirs[1], dirs[2], "" }) end
     if name == "XDG_RUNTIME_DIR" then return g.pick({ xdgs[1], xdgs[2], "" }) end
     return ("v"):rep(g.rnd(8))
   end
-  local put = nil -- the putenv'ed NAMEDPIPE_DIR string, while it is in use
   local ok, err = pcall(function()
-    C.unsetenv("NAMEDPIPE_DIR")
-    C.unsetenv("XDG_RUNTIME_DIR")
-    for k = 1, 600 do
-      local op = g.weighted({ { 4, "set" }, { 3, "unset" }, { 2, "putenv" }, { 2, "rewrite" }, { 1, "clear" } })
-      local name = g.pick(names)
-      if op == "set" then
-        local v = value_for(name)
-        C.setenv(name, v, 1)
-        model[name] = v
-        if name == "NAMEDPIPE_DIR" then put = nil end
-        log[#log + 1] = ("set %s=%s"):format(name, v)
-      elseif op == "unset" then
-        C.unsetenv(name)
-        model[name] = nil
-        if name == "NAMEDPIPE_DIR" then put = nil end
-        log[#log + 1] = "unset " .. name
-      elseif op == "putenv" then
-        local v = dirs[g.rnd(2)]
-        local s = "NAMEDPIPE_DIR=" .. v
-        local buf = ffi.new("char[?]", #s + 1)
-        ffi.copy(buf, s)
-        kept[#kept + 1] = buf
-        C.putenv(buf)
-        put = buf
-        model.NAMEDPIPE_DIR = v
-        log[#log + 1] = "putenv NAMEDPIPE_DIR=" .. v
-      elseif op == "rewrite" and put then
-        -- the string the environment holds, written to in place
-        local now = ffi.string(put):sub(#"NAMEDPIPE_DIR=" + 1)
-        local v = now == dirs[1] and dirs[2] or dirs[1]
-        ffi.copy(put, "NAMEDPIPE_DIR=" .. v)
-        model.NAMEDPIPE_DIR = v
-        log[#log + 1] = "rewrite in place NAMEDPIPE_DIR=" .. v
-      elseif op == "clear" then
-        C.clearenv()
-        model = {}
-        put = nil
-        log[#log + 1] = "clearenv"
+    -- 1. Another value in force, the array's place, length, first and
+    -- last entries all as they were.
+    unset("NAMEDPIPE_DIR")
+    unset("XDG_RUNTIME_DIR")
+    set("NP_ENV_MIDDLE", "m")
+    set("NP_ENV_LAST", "l")
+    check_create()
+    unset("NP_ENV_MIDDLE")
+    set("NAMEDPIPE_DIR", dirs[1])
+    unset("NP_ENV_LAST")
+    set("NP_ENV_LAST", "l")
+    check_create()
+    -- 2. A large environment cleared, and one string put back: the new
+    -- array may be the old one's memory, the old entries still in it.
+    for k = 1, 200 do set(("NP_ENV_BULK%03d"):format(k), "x") end
+    set("NAMEDPIPE_DIR", dirs[2])
+    check_create()
+    clear()
+    put("NP_ENV_ONE=1")
+    check_create()
+    restore()
+    model = {}
+    unset("NAMEDPIPE_DIR")
+    unset("XDG_RUNTIME_DIR")
+    -- 3. At random, one to four changes between two creates.
+    local mine = nil -- the putenv'ed NAMEDPIPE_DIR string, while in force
+    for _ = 1, 400 do
+      for _ = 1, g.rnd(4) do
+        local op = g.weighted({ { 4, "set" }, { 3, "unset" }, { 2, "putenv" }, { 2, "rewrite" },
+          { 1, "rename" }, { 1, "clear" } })
+        local name = g.pick(names)
+        if op == "set" then
+          set(name, value_for(name))
+          if name == "NAMEDPIPE_DIR" then mine = nil end
+        elseif op == "unset" then
+          unset(name)
+          if name == "NAMEDPIPE_DIR" then mine = nil end
+        elseif op == "putenv" then
+          mine = put("NAMEDPIPE_DIR=" .. dirs[g.rnd(2)])
+        elseif op == "rewrite" and mine then
+          -- the string the environment holds, its value written in place
+          local now = ffi.string(mine):sub(#"NAMEDPIPE_DIR=" + 1)
+          local v = now == dirs[1] and dirs[2] or dirs[1]
+          ffi.copy(mine, "NAMEDPIPE_DIR=" .. v)
+          model.NAMEDPIPE_DIR = v
+          log[#log + 1] = "rewrite in place NAMEDPIPE_DIR=" .. v
+        elseif op == "rename" and mine then
+          -- ... or its name: the variable is gone (same length)
+          ffi.copy(mine, "NP_ENV_RENAME", #"NP_ENV_RENAME")
+          model.NAMEDPIPE_DIR = nil
+          mine = nil
+          log[#log + 1] = "rename in place NAMEDPIPE_DIR -> NP_ENV_RENAME"
+        elseif op == "clear" then
+          clear()
+          mine = nil
+        end
       end
-      local leaf = ("envdir-%d-%d"):format(seed % 100000, k)
-      local s, m = np.create([[\\.\pipe\]] .. leaf)
-      if not s then error(("create after %s: %s"):format(log[#log] or "nothing", m)) end
-      local path = expected_dir() .. "/" .. leaf
-      local c, cm = np.open(path)
-      H.close_all(s, c)
-      if not c then
-        error(("seed %d (NP_ENV_SEED), step %d: no socket at %s (%s); the last changes: %s")
-          :format(seed, k, path, cm, table.concat(log, "; ", math.max(1, #log - 6))))
-      end
+      check_create()
     end
   end)
   restore()

@@ -97,76 +97,27 @@ const char *np_name_problem(const char *name, size_t len) {
 }
 
 /* NAMEDPIPE_DIR, and XDG_RUNTIME_DIR unless that one is set, each NULL when
- * unset or empty: the values of the entries env_walk found. */
-static void env_values(const np_env_seen *seen, const char **env_dir,
-                       const char **env_xdg) {
-  const char *dir = seen->dir_entry ? seen->dir_entry + sizeof "NAMEDPIPE_DIR=" - 1 : NULL;
-  const char *xdg = seen->xdg_entry ? seen->xdg_entry + sizeof "XDG_RUNTIME_DIR=" - 1 : NULL;
-  *env_dir = dir && *dir ? dir : NULL;
-  *env_xdg = !*env_dir && xdg && *xdg ? xdg : NULL;
-}
-
-/* One walk of the environment finds both variables (two getenv calls walk
- * it twice), and notes what env_unchanged needs to tell later that the
- * environment has not changed since. The first entry of a name is its
- * value, as for getenv. */
-static void env_walk(np_env_seen *seen) {
+ * unset or empty. One walk of the environment finds both (two getenv calls
+ * walk it twice, and create and open ask on every call: see the loop's
+ * cache below); the first entry of a name is its value, as for getenv. */
+static void dir_env(const char **env_dir, const char **env_xdg) {
   static const char DIR_EQ[] = "NAMEDPIPE_DIR=", XDG_EQ[] = "XDG_RUNTIME_DIR=";
-  char **e = environ, *s;
-  size_t i = 0;
-  memset(seen, 0, sizeof *seen);
-  seen->at = e;
+  const char *dir = NULL, *xdg = NULL, *s;
+  char **e = environ;
   /* (two letters before strncmp, as glibc's getenv: s[1] is there, if only
    * the terminating NUL, since s[0] is not) */
-  for (; e && (s = e[i]) != NULL; i++) {
-    if (s[0] == 'N' && s[1] == 'A' && !seen->dir_entry &&
+  for (; e && (s = *e) != NULL; e++) {
+    if (s[0] == 'N' && s[1] == 'A' && !dir &&
         strncmp(s, DIR_EQ, sizeof DIR_EQ - 1) == 0) {
-      seen->dir_entry = s;
-      seen->dir_i = i;
-    } else if (s[0] == 'X' && s[1] == 'D' && !seen->xdg_entry &&
+      dir = s + sizeof DIR_EQ - 1;
+      if (*dir) break; /* XDG_RUNTIME_DIR no longer matters */
+    } else if (s[0] == 'X' && s[1] == 'D' && !xdg &&
                strncmp(s, XDG_EQ, sizeof XDG_EQ - 1) == 0) {
-      seen->xdg_entry = s;
-      seen->xdg_i = i;
+      xdg = s + sizeof XDG_EQ - 1;
     }
   }
-  seen->count = i;
-  seen->first = i ? e[0] : NULL;
-  seen->last = i ? e[i - 1] : NULL;
-}
-
-/* Whether the environment is as env_walk saw it, without walking it again:
- * create and open ask on every call, and a walk is most of what working out
- * a path costs (about 450 instructions with 40 variables; this is about
- * 20). setenv, putenv and unsetenv (glibc, musl) change the environment
- * only in ways this sees:
- *  - a variable set anew is appended: the array is moved (environ differs)
- *    or grown in place (its old end is no longer NULL), and the last entry
- *    differs;
- *  - a value replaced puts a new entry pointer in the variable's place
- *    (seen for the two variables that matter; others do not);
- *  - unsetenv moves the later entries down: the last entry, or the place
- *    of one of ours, differs;
- *  - clearenv makes environ NULL or a new array.
- * A value changed in place (a putenv'ed string written to) keeps every
- * pointer: np_socket_path_cached still compares the values themselves.
- * Only a program that stores into environ[] by hand can go unseen, until
- * the environment next changes in one of the ways above. The array never
- * shrinks in place, so reading at the old count stays inside it. */
-static int env_unchanged(const np_env_seen *seen) {
-  char **e = environ;
-  if (e != seen->at) return 0;
-  if (!e) return 1;
-  if (e[seen->count] != NULL) return 0;
-  if (seen->count == 0) return 1;
-  return e[0] == seen->first && e[seen->count - 1] == seen->last &&
-         (!seen->dir_entry || e[seen->dir_i] == seen->dir_entry) &&
-         (!seen->xdg_entry || e[seen->xdg_i] == seen->xdg_entry);
-}
-
-static void dir_env(const char **env_dir, const char **env_xdg) {
-  np_env_seen seen;
-  env_walk(&seen);
-  env_values(&seen, env_dir, env_xdg);
+  *env_dir = dir && *dir ? dir : NULL;
+  *env_xdg = !*env_dir && xdg && *xdg ? xdg : NULL;
 }
 
 /* /tmp is shared: a directory someone else made there is not ours to use,
@@ -268,10 +219,16 @@ int np_socket_path(const char *name, int create_dir, char path[NP_SUN_PATH],
  * geteuid) on every create and open, for an answer that does not change:
  * the loop keeps the directory it worked out, with the environment values
  * it came from, and which checks it passed. Every call still reads the
- * two values (no system call; the environment is walked again only when
- * env_unchanged sees it changed) and compares them with the ones kept, so a
- * changed NAMEDPIPE_DIR or XDG_RUNTIME_DIR is honoured at once. Kept per
- * loop:
+ * environment (dir_env, no system call), so a changed NAMEDPIPE_DIR or
+ * XDG_RUNTIME_DIR is honoured at once. (A snapshot of the environment
+ * that skipped the walk while the array, its length and its end looked
+ * the same was tried and taken out: glibc's setenv hands back the same
+ * string for a value it has seen and reallocs in place, so a few calls can
+ * leave all of those the same with another value in force; clearenv frees
+ * the array, which the next setenv may get back at the same address; and
+ * setenv after unsetenv may shrink the array, so reading at the old length
+ * read past it. Only the walk reads nothing but the current array.) Kept
+ * per loop:
  *  - the effective uid of /tmp/namedpipe-UID, read when the directory is
  *    worked out (a process that changes its euid keeps using the directory
  *    of the uid it had, until the environment changes);
@@ -311,15 +268,12 @@ int np_socket_path_cached(np_loop *loop, const char *name, int create_dir,
   size_t leaf_len;
   if (!(leaf = pipe_leaf(name))) return absolute_path(name, path, st);
   leaf_len = strlen(leaf);
-  if (!env_unchanged(&c->seen)) env_walk(&c->seen);
-  env_values(&c->seen, &env_dir, &env_xdg);
+  dir_env(&env_dir, &env_xdg);
   if (!c->valid || !same_value(c->env_dir, env_dir) ||
       !same_value(c->env_xdg, env_xdg)) {
     char dir[4096];
     int is_tmp, ok = 1, n;
-    np_env_seen seen = c->seen; /* (the cache is emptied: keep this) */
     np_dir_cache_free(loop);
-    c->seen = seen;
     n = socket_dir(env_dir, env_xdg, 0, dir, sizeof dir, &is_tmp);
     if (n < 0) /* too long for any leaf: not worth keeping */
       return np_socket_path(name, create_dir, path, st);

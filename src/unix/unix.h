@@ -186,20 +186,8 @@ struct np_pipe {
 
 /* names_unix.c: the socket directory, worked out and checked once per loop
  * for the environment values it came from (see np_socket_path_cached). */
-/* The environment as dir_env last walked it (names_unix.c, env_unchanged):
- * the array, its length, its first and last entries, and the entries the
- * two values came from with their places (NULL: no such variable). */
-typedef struct np_env_seen {
-  char **at;
-  size_t count;
-  char *first, *last;
-  char *dir_entry, *xdg_entry;
-  size_t dir_i, xdg_i;
-} np_env_seen;
-
 typedef struct np_dir_cache {
   int valid;
-  np_env_seen seen;
   char *env_dir, *env_xdg; /* NAMEDPIPE_DIR, XDG_RUNTIME_DIR (NULL: unset/empty) */
   char *dir;
   size_t dir_len;
