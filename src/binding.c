@@ -82,26 +82,6 @@ const char np_divert_marker = 0;
 
 /* ------------------------------------------------------------------- loop */
 
-/* step_loop takes one operation off the pipe before running its callback
- * but lets the anchor go only after it (here), if nothing is in flight by
- * then: a callback that starts the next operation (a read re-armed, a
- * reply written) finds the pipe anchored, where letting it go first cost a
- * table store to release and one to anchor again for each such callback.
- * A callback that raises leaves lu->held set: the next step settles it.
- * The held pipe is anchored, so the pointer is good until settled; a
- * nested step settles it early, and the outer one then finds held NULL or
- * another pipe, anchored too. t: the anchor table's index. */
-static void settle_held(lua_State *L, loop_ud *lu, int t) {
-  pipe_ud *u = lu->held;
-  if (!u) return;
-  lu->held = NULL;
-  if (u->inflight == 0 && u->self_ref != LUA_NOREF) {
-    release(L, lu, t, u->self_ref);
-    u->self_ref = LUA_NOREF;
-  }
-}
-
-
 /* A read_into's completion: its bytes are in the buffer anchored as its
  * ref_data (a read() has none). */
 static int is_read_into(const np_completion *c) {

@@ -165,6 +165,30 @@ static inline void unpin_pipe(lua_State *L, pipe_ud *u, int t) {
   }
 }
 
+/* step_loop takes one operation off the pipe before running its callback
+ * but lets the anchor go only after it (here), if nothing is in flight by
+ * then: a callback that starts the next operation (a read re-armed, a
+ * reply written) finds the pipe anchored, where letting it go first cost a
+ * table store to release and one to anchor again for each such callback.
+ * A callback that raises leaves lu->held set: the next step settles it,
+ * and so does close() of that pipe (m_close), so that a pipe closed after
+ * its callback raised can be collected without another step. The held
+ * pipe is anchored, so the pointer is good until settled; a nested step
+ * (or that close, from inside the callback) settles it early, and the
+ * outer step then finds held NULL or another pipe, anchored too: it uses
+ * the pipe after its callback only through lu->held, or for a read_start
+ * run, which stays in flight (and so anchored) until np_reading_done. t:
+ * the anchor table's index. */
+static inline void settle_held(lua_State *L, loop_ud *lu, int t) {
+  pipe_ud *u = lu->held;
+  if (!u) return;
+  lu->held = NULL;
+  if (u->inflight == 0 && u->self_ref != LUA_NOREF) {
+    release(L, lu, t, u->self_ref);
+    u->self_ref = LUA_NOREF;
+  }
+}
+
 /* Is the read slot taken: a read, read_into, readable() or transact
  * pending, or a read_start reading (between its reads too)? */
 static inline int read_busy(const pipe_ud *u) {

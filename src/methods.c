@@ -715,6 +715,10 @@ static int m_close(lua_State *L) {
      * (CLOSED) still come through step() and release it. */
     np_pipe_close(p);
   }
+  /* Held since its callback raised (or its callback runs now): with
+   * nothing in flight, nothing is left to come through a step that would
+   * let it go. */
+  if (u->lu->held == u) settle_held(L, u->lu, ANCHORS_UPV);
   lua_pushboolean(L, 1);
   return 1;
 }
