@@ -282,12 +282,22 @@ static int step_loop(lua_State *L, loop_ud *lu) {
       /* (a run stays counted until it is done; a restart's read is counted
        * as its own completion) */
       if (!run && !restart) u->inflight--;
-      lu->held = u; /* anchored until settled, after the callback */
+      if (u->p || u->inflight > 0) {
+        lu->held = u; /* anchored until settled, after the callback */
+      } else if (u->self_ref != LUA_NOREF) {
+        /* closed, its last completion: nothing can anchor it again, so
+         * let it go now (a raise would leave it held until a next step) */
+        release(L, lu, anchors, u->self_ref);
+        u->self_ref = LUA_NOREF;
+      }
     }
     if (run) { /* done even if it raises: then the error goes on */
       int status = lua_pcall(L, nargs, 0, 0);
       np_reading_done(L, lu, u, c.ref_cb, anchors);
-      if (status != 0) lua_error(L);
+      if (status != 0) {
+        settle_held(L, lu, anchors); /* (the pcall is there anyway) */
+        lua_error(L);
+      }
     } else if (has_cb) {
       lua_call(L, nargs, 0); /* an error propagates; the queue stays sound */
     } else {

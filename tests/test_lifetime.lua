@@ -117,7 +117,8 @@ end
 -- step need not catch every callback's error; closing it lets it go at
 -- once: closed, with nothing in flight, and no step after, it is
 -- collected. (The model found it so: its last check collects without a
--- step.) Both forms: a read(cb), and a read_start run.
+-- step.) Both forms: a read(cb), and a read_start run. The other order is
+-- the next test's.
 function TestLifetime:test_a_pipe_closed_after_its_callback_raised_is_collected_without_a_step()
   for _, form in ipairs { "read", "read_start" } do
     local weak = setmetatable({}, { __mode = "v" })
@@ -150,6 +151,55 @@ function TestLifetime:test_a_pipe_closed_after_its_callback_raised_is_collected_
     collectgarbage()
     collectgarbage()
     lu.assertNil(weak.server, form)
+  end
+end
+
+-- ... and a pipe closed first, whose callbacks then raise as their
+-- operations end CLOSED (an assert on each result, the usual way): its
+-- last completion lets it go before its callback runs, so the raise
+-- leaves nothing held. read, write and connect callbacks; and a read
+-- callback that closes its pipe while a write of it is pending, whose
+-- CLOSED callback raises later in the same step.
+function TestLifetime:test_a_pipe_whose_callbacks_raise_after_its_close_is_collected_without_a_step()
+  for _, form in ipairs { "read", "write", "connect", "close_in_read" } do
+    local weak = setmetatable({}, { __mode = "v" })
+    local client
+    do
+      local server
+      if form == "connect" then
+        local name = H.name("raise-connect")
+        server = assert(np.create(name))
+        server:connect(function(ok, err) assert(ok, err) end)
+      else
+        server, client = H.pair()
+      end
+      weak.server = server
+      if form == "read" then
+        server:read(function(data, err) assert(data, err) end)
+      elseif form == "write" then
+        -- a write that cannot finish at once: the client never reads
+        server:write(("w"):rep(4 * 1024 * 1024), function(n, err) assert(n, err) end)
+      elseif form == "close_in_read" then
+        server:write(("w"):rep(4 * 1024 * 1024), function(n, err) assert(n, err) end)
+        server:read(function() server:close() end)
+        lu.assertEquals(client:try_write("x"), 1)
+      end
+      if form ~= "close_in_read" then server:close() end
+    end
+    local raised = false
+    local deadline = np.now() + 5000
+    while np.pending() > 0 and np.now() < deadline do
+      local ok, err = pcall(np.step, 10)
+      if not ok then
+        lu.assertStrContains(tostring(err), "closed", false, form)
+        raised = true
+      end
+    end
+    lu.assertTrue(raised, form .. ": a callback raised")
+    collectgarbage()
+    collectgarbage()
+    lu.assertNil(weak.server, form .. ": closed, nothing in flight, no step since the raise")
+    if client then H.close_all(client) end
   end
 end
 
