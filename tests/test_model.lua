@@ -926,7 +926,9 @@ local function callback_for(op)
   return function(...)
     complete(op, ...)
     if R.drain[op.e] and op.kind == "read" and select(1, ...) == nil then R.drain_done[op.e] = true end
-    if op.boom and not R.winding then
+    -- (an operation started to raise raises also when it ends while the
+    -- round winds down: closed by it, its pipe must still be let go)
+    if op.boom then
       note("%s raises on purpose", opname(op))
       error(BOOM .. " (callback of " .. opname(op) .. ")", 0)
     end
