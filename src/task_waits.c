@@ -72,8 +72,12 @@ int np_write_start_waited(loop_ud *lu, np_pipe *p, const char *data,
 
 /* The running task's wait record, pushed; 0 (nothing pushed) outside a
  * task (the main thread, a coroutine of the caller's own: those block
- * instead, in the Lua layer). */
+ * instead, in the Lua layer), and in a task that cannot yield where it is
+ * (inside a C function's call of Lua, such as a callback of a step the
+ * task called): started here, the operation would outlive the failed
+ * yield with the task's wake as its callback (namedpipe.task). */
 static int push_task_record(lua_State *L) {
+  if (!lua_isyieldable(L)) return 0;
   if (lua_rawgeti(L, WAITING_UPV, W_TASKS) != LUA_TTABLE) {
     lua_pop(L, 1);
     return 0;

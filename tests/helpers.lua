@@ -104,6 +104,10 @@ function H.checksum(s)
   return b * 65536 + a
 end
 
+--- Lua 5.1 itself (not LuaJIT): where a task cannot yield, its waiting
+--- calls raise there (namedpipe.task); elsewhere they block.
+H.PUC_LUA51 = _VERSION == "Lua 5.1" and rawget(coroutine, "isyieldable") == nil
+
 function H.close_all(...)
   for i = 1, select("#", ...) do
     local p = select(i, ...)

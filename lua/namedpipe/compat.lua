@@ -1,6 +1,7 @@
 --[[
 namedpipe.compat - what the Lua files need that not every Lua has: 5.1
-and LuaJIT lack table.pack/unpack and math.type, 5.1 and 5.2 string.pack.
+and LuaJIT lack table.pack/unpack and math.type, 5.1 and 5.2 string.pack
+and coroutine.isyieldable.
 Each is the version's own where it has one. (luacheck reads lua/ as the
 common subset of every version, so a use of one outside this file shows.)
 ]]
@@ -11,6 +12,9 @@ C.pack = table.pack or function(...) -- luacheck: ignore 143
 end
 
 C.unpack = table.unpack or unpack -- luacheck: ignore 113 143
+
+--- coroutine.isyieldable, or nil (Lua 5.1 and 5.2 have none; LuaJIT has).
+C.co_isyieldable = coroutine.isyieldable -- luacheck: ignore 143
 
 local floor = math.floor
 

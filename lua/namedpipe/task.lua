@@ -21,6 +21,34 @@ local co_create, co_resume, co_running, co_status, co_yield =
 local compat = require "namedpipe.compat"
 local pack, unpack = compat.pack, compat.unpack
 
+--[[
+A task can suspend only where its coroutine can yield: not inside a C
+function's call of Lua (a table.sort comparator, a callback run by an
+np.step that the task itself called), nor, on Lua 5.1, across a pcall or a
+metamethod. A wait that started its operation there and then failed to
+yield would leave the operation behind with the task's wake as its
+callback, to resume the task's next wait with another operation's result.
+Where Lua can tell (5.3, 5.4 and LuaJIT: coroutine.isyieldable), a task
+that cannot yield is not a task for its waits: they block and step the
+loop, as in the main thread. Lua 5.1 and 5.2 cannot tell beforehand, so a
+task's wait first yields a probe, which the resumer hands straight back,
+before it starts anything: where the yield fails, the call raises with
+nothing started. (On 5.2 a pcall can catch that probe's failure, and the
+wait then blocks as on 5.3; on 5.1 a pcall cannot be yielded across at
+all, so the wait raises.)
+]]
+local co_isyieldable = compat.co_isyieldable
+local PROBE = {}
+local probe_once -- (5.1 and 5.2: the probe, yielded where it is safe)
+if not co_isyieldable then
+  if _VERSION == "Lua 5.2" then
+    -- true: the task can suspend (the probe went and came back)
+    probe_once = function() return (pcall(co_yield, PROBE)) end
+  else
+    probe_once = function() co_yield(PROBE) return true end
+  end
+end
+
 local T = {}
 
 -- coroutine -> its record while alive (T.wait_record): rec.n is its
@@ -102,10 +130,12 @@ local function unlink(t)
   return i
 end
 
---- The task running now, or nil (main thread or a user coroutine).
+--- The task running now, or nil (main thread, a user coroutine, or a
+--- task where it cannot yield: see the top of the file).
 function T.current()
   local co, main = co_running()
-  if not main and tasks[co] then return co end
+  if not main and tasks[co] and (not co_isyieldable or co_isyieldable())
+    and (not probe_once or probe_once()) then return co end
   return nil
 end
 
@@ -117,6 +147,7 @@ local finally = setmetatable({}, { __mode = "k" })
 local ENDED = {}
 
 local function finish(co, ok, err)
+  while ok and err == PROBE do ok, err = co_resume(co) end -- (5.1, 5.2: see the top)
   if ok and err ~= ENDED then return end -- suspended (a wait yields nothing)
   if co_status(co) == "dead" then
     local after = finally[co]
@@ -156,8 +187,8 @@ behind by a wait that never suspended (its start raised) is spent too.
 --- The current task and a new ticket for its next suspension; nil
 --- outside a task.
 function T.arm()
-  local co, main = co_running()
-  local rec = not main and tasks[co]
+  local co = T.current()
+  local rec = co and tasks[co]
   if not rec then return nil end
   local n = rec.n + 1
   rec.n = n
@@ -192,8 +223,8 @@ work at all; the price is a wake-up at the stale key, at most once per
 timeout, and np.timeout() that may say earlier than need be.
 ]]
 function T.wait_record()
-  local co, main = co_running()
-  local rec = not main and tasks[co]
+  local co = T.current()
+  local rec = co and tasks[co]
   if not rec then return nil end
   local n = rec.n + 1
   rec.n, rec.ticket = n, n
