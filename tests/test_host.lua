@@ -131,6 +131,30 @@ function TestHost:test_fd_quiet_after_step()
   H.close_all(server, client)
 end
 
+-- A task that raises leaves its step by the error: the next step tells
+-- the core that nothing is queued any more, so the descriptor goes quiet
+-- (it stayed readable, and a host polling it woke in a loop, 13,000 times
+-- in 200 ms). The same for a timer's function that raises.
+function TestHost:test_fd_quiet_after_a_task_raised()
+  local uv = need_luv()
+  np.fd()
+  np.spawn(function() error("task error", 0) end)
+  local ok, err = pcall(np.step, 0)
+  lu.assertFalse(ok)
+  lu.assertStrContains(tostring(err), "task error")
+  np.step(0)
+  lu.assertEquals(run_luv(uv, 200), 0)
+  np.spawn(function()
+    np.sleep(5)
+    error("woken task error", 0)
+  end)
+  ok, err = pcall(H.pump, function() return false end, 2000, "the raise")
+  lu.assertFalse(ok)
+  lu.assertStrContains(tostring(err), "woken task error")
+  np.step(0)
+  lu.assertEquals(run_luv(uv, 200), 0)
+end
+
 function TestHost:test_timeout_tells_the_next_timer()
   lu.assertNil(np.timeout())
   local done

@@ -75,9 +75,13 @@ local soon, soon_head, soon_tail = {}, 1, 0
 -- order they were set.
 local heap, nheap, seq = {}, 0, 0
 
+-- What the core was told last (run_due compares)
+local told_soon, told_at = false, nil
+
 local function tell_core()
   local first = heap[1]
-  set_task_work(soon_head <= soon_tail, first and first.at)
+  told_soon, told_at = soon_head <= soon_tail, first and first.at
+  set_task_work(told_soon, told_at)
 end
 
 local function earlier(a, b)
@@ -372,8 +376,13 @@ function T.run_due()
       end
     end
   end
-  -- (the queue or the heap changed: the core hears of it once, here)
-  if changed then tell_core() end
+  -- (the queue or the heap changed: the core hears of it once, here; and
+  -- after a run that raised, which left it with a stale view (work queued,
+  -- a timer past due: a host polling np.fd() would wake for nothing, again
+  -- and again), at the next step's)
+  if changed or told_soon ~= (soon_head <= soon_tail) or told_at ~= (heap[1] and heap[1].at) then
+    tell_core()
+  end
   return n
 end
 
