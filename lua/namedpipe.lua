@@ -418,6 +418,8 @@ local function settle(pipe, slot, timeout)
       step(left or 100)
     end
   end
+  -- (closed while this call waited: as close() ends a pending operation)
+  if pipe:state() == "closed" then return false, "closed" end
   return true, timeout and math.max(0, timeout - (now() - t0))
 end
 
@@ -555,7 +557,7 @@ function waiting.connect(self, a)
   if inflight[self] then
     local ok
     ok, a = settle(self, "connect", a)
-    if not ok then return timed_out() end
+    if not ok then return unsettled(a) end
   end
   local w, cb = wait_begin(self, "connect")
   raw.connect(self, cb)
@@ -918,7 +920,7 @@ function waiting.writable(self, a)
   if inflight[self] then
     local ok
     ok, a = settle(self, "writable", a)
-    if not ok then return timed_out() end
+    if not ok then return unsettled(a) end
   end
   local w, cb = wait_begin(self, "writable")
   raw.writable(self, cb)

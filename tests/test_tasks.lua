@@ -669,3 +669,37 @@ function TestTasks:test_a_waiting_call_in_a_callback_of_a_task_s_step()
   end
   H.close_all(s, c, s2, c2)
 end
+
+-- A waiting call that waits for an operation an unwound call left behind
+-- (settle) ends with CLOSED when the pipe is closed meanwhile, as every
+-- pending operation does; it raised "pipe is closed" from the method it
+-- went on to call.
+function TestTasks:test_a_wait_for_an_abandoned_operation_ends_closed_when_the_pipe_closes()
+  for _, how in ipairs { "read", "readable", "connect" } do
+    local s, c, s2, c2
+    if how == "connect" then
+      s = assert(np.create(H.name("abandoned-connect")))
+    else
+      s, c = H.pair()
+    end
+    s2, c2 = H.pair()
+    -- a callback that raises while the main thread waits unwinds that wait
+    c2:write("x")
+    s2:read(function() error("boom from a callback", 0) end)
+    local function wait()
+      if how == "read" then return s:read(nil, 2000) end
+      return s[how](s, 2000)
+    end
+    local ok, err = pcall(wait)
+    lu.assertFalse(ok, how)
+    lu.assertEquals(err, "boom from a callback")
+    local got
+    np.spawn(function()
+      got = { wait() }
+    end)
+    np.spawn(function() s:close() end)
+    np.run()
+    lu.assertEquals(got, { nil, "pipe closed", "CLOSED", 0 }, how)
+    H.close_all(s, c, s2, c2)
+  end
+end
