@@ -576,6 +576,12 @@ function waiting.read(self, a, b)
   local n = a
   -- (the usual case, a task's read with a timeout, asks type() once)
   local is_cb = b ~= nil and type(b) == "function"
+  -- (check_timeout's test, inline: read and write are the waits a task
+  -- makes most, and the call it saves is a measurable part of one; a bad
+  -- timeout is refused also when bytes read ahead would answer at once)
+  if b ~= nil and not is_cb and (math_type(b) == nil or not (b >= 0)) then -- luacheck: ignore 581 (NaN too)
+    check_timeout(b, 3, "read", 4)
+  end
   if readahead[self] ~= nil and has_readahead(self) then
     check_count(n, "read")
     local data = take_readahead(self, n)
@@ -589,11 +595,6 @@ function waiting.read(self, a, b)
       return call_after(op, self, b, function() return methods.read(self, n, b) end)
     end
     return raw.read(self, n, b)
-  end
-  -- (check_timeout's test, inline: read and write are the waits a task
-  -- makes most, and the call it saves is a measurable part of one)
-  if b ~= nil and (math_type(b) == nil or not (b >= 0)) then -- luacheck: ignore 581 (NaN too)
-    check_timeout(b, 3, "read", 4)
   end
   if inflight[self] or stopped_reads[self] then
     local ok
@@ -763,18 +764,25 @@ end
 --- pipe:peek(): what is waiting, bytes read ahead included.
 function waiting.peek(self)
   local t, msg, name, code = raw.peek(self)
-  if not t then return nil, msg, name, code end
-  if readahead[self] ~= nil then -- (an empty message read ahead counts)
-    local ahead = readahead_len(self)
-    t.available = t.available + ahead
-    if t.message then t.message = ahead end
+  if readahead[self] == nil then
+    if not t then return nil, msg, name, code end
+    return t
   end
+  -- Bytes read ahead are the first a read gets, whatever the pipe says
+  -- behind them (it may have reached its end: the peer closed or was
+  -- disconnected after they came). In message mode they are read as one
+  -- message. (An empty message read ahead counts.)
+  local ahead = readahead_len(self)
+  if not t then t = { available = 0 } end
+  t.available = t.available + ahead
+  if raw.reads_messages(self) then t.message = ahead end
   return t
 end
 
 --- pipe:readable([cb | timeout]): true once try_read would not block.
 function waiting.readable(self, a)
   check_not_reading(self, "readable")
+  if type(a) ~= "function" then check_timeout(a, 2, "readable", 4) end
   if has_readahead(self) then
     if type(a) == "function" then return task.soon(a, true) end
     return true
@@ -784,7 +792,6 @@ function waiting.readable(self, a)
     if op then return call_after(op, self, a, function() return methods.readable(self, a) end) end
     return raw.readable(self, a)
   end
-  check_timeout(a, 2, "readable", 4)
   if inflight[self] or stopped_reads[self] then
     local ok
     ok, a = settle(self, "read", a)

@@ -513,6 +513,14 @@ static int raw_read_stopping(lua_State *L) {
   return 1;
 }
 
+/* layer.reads_messages(pipe): does an open pipe read messages (its
+ * read-ahead is then handed out as one message)? */
+static int raw_reads_messages(lua_State *L) {
+  pipe_ud *u = to_pipe(L);
+  lua_pushboolean(L, u->p && np_pipe_read_mode(u->p) == NP_MODE_MESSAGE);
+  return 1;
+}
+
 static int m_read_stop(lua_State *L) {
   pipe_ud *u = to_pipe(L);
   int n;
@@ -786,6 +794,7 @@ const luaL_Reg np_pipe_layer_funcs[] = {{"connect", raw_connect},
                                         {"try_read", raw_try_read},
                                         {"write_now", raw_write_now},
                                         {"read_stopping", raw_read_stopping},
+                                        {"reads_messages", raw_reads_messages},
                                         {"set_readahead", raw_set_readahead},
                                         {NULL, NULL}};
 

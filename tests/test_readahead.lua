@@ -84,18 +84,26 @@ local function read_raw(g, pipe, want)
   return table.concat(got)
 end
 
-local function run_seed(seed)
+-- peer_gone: the writer closes once it has written, so the pipe reaches
+-- its end while bytes are still read ahead (they are still what the next
+-- read gets, and peek counts them).
+local function run_seed(seed, peer_gone)
   local g = H.generator(seed)
   local server, client = H.pair()
   local records, stream = make_stream(g, 300)
   assert(client:write(stream, 5000))
+  if peer_gone then client:close() end
   local consumed = 0
   for i, r in ipairs(records) do
-    local what = ("seed %d, record %d (%s)"):format(seed, i, r.kind)
+    local what = ("seed %d%s, record %d (%s)"):format(seed, peer_gone and " (peer gone)" or "", i,
+      r.kind)
     if g.chance(8) then -- every byte not yet read is in the pipe or read ahead, once
       local ahead = np._read_ahead(server)
       lu.assertTrue(ahead <= #stream - consumed, what)
-      lu.assertEquals(assert(server:peek()).available, #stream - consumed, what)
+      local t, msg = server:peek()
+      lu.assertEquals(t and t.available, #stream - consumed, what .. ": " .. tostring(msg))
+      lu.assertNil(t.message, what) -- (byte mode)
+      lu.assertTrue(server:readable(0), what)
     end
     local got
     if r.kind == "line" then
@@ -109,8 +117,15 @@ local function run_seed(seed)
     consumed = consumed + r.size
   end
   lu.assertEquals(np._read_ahead(server), 0, ("seed %d: nothing left over"):format(seed))
-  assert(client:write("tail\n", 2000))
-  lu.assertEquals(server:read_line(2000), "tail")
+  if peer_gone then
+    local data, _, name = server:read(nil, 2000)
+    lu.assertNil(data)
+    lu.assertEquals(name, "EOF")
+    lu.assertEquals(select(3, server:peek()), "EOF")
+  else
+    assert(client:write("tail\n", 2000))
+    lu.assertEquals(server:read_line(2000), "tail")
+  end
   H.close_all(server, client)
 end
 
@@ -118,7 +133,40 @@ function TestReadahead:test_every_kind_of_read_takes_the_read_ahead_in_order()
   local seeds = { 1, 2, 3, 7, 42, 1000, 65535, 123456789 }
   local env = os.getenv("NP_READAHEAD_SEED")
   if env then seeds = { assert(tonumber(env), "NP_READAHEAD_SEED: a number") } end
-  for _, seed in ipairs(seeds) do run_seed(seed) end
+  for _, seed in ipairs(seeds) do
+    run_seed(seed)
+    run_seed(seed, true)
+  end
+end
+
+-- In message mode what a framing read leaves of a message is read as one
+-- message: peek says so, as it says for one still in the pipe.
+function TestReadahead:test_peek_counts_the_rest_of_a_message_read_ahead()
+  local server, client = H.pair({ pipe_mode = "message" }, { pipe_mode = "message" })
+  assert(client:write("ab\ncd", 2000))
+  lu.assertEquals(server:read_line(2000), "ab")
+  lu.assertEquals(server:peek(), { available = 2, message = 2 })
+  lu.assertEquals(server:read(nil, 2000), "cd")
+  H.close_all(server, client)
+end
+
+-- A bad timeout or a callback after it is refused as it is without bytes
+-- read ahead, and what is read ahead stays for the next read.
+function TestReadahead:test_bad_arguments_are_refused_when_bytes_are_read_ahead()
+  local server, client = H.pair()
+  assert(client:write("one\ntwo\n", 2000))
+  lu.assertEquals(server:read_line(2000), "one")
+  lu.assertTrue(np._read_ahead(server) > 0)
+  local function cb() error("never called") end
+  lu.assertErrorMsgContains("bad argument #3 to 'read'", server.read, server, nil, -1)
+  lu.assertErrorMsgContains("bad argument #3 to 'read'", server.read, server, 2, 0 / 0)
+  lu.assertErrorMsgContains("bad argument #2 to 'readable'", server.readable, server, "soon")
+  lu.assertErrorMsgContains("bad argument #2 to 'readable'", server.readable, server, -5)
+  lu.assertErrorMsgContains("bad argument #3 to 'read_line'", server.read_line, server, 50, cb)
+  lu.assertErrorMsgContains("bad argument #4 to 'read_exact'", server.read_exact, server, 3, 50, cb)
+  lu.assertErrorMsgContains("bad argument #3 to 'read_frame'", server.read_frame, server, 50, cb)
+  lu.assertEquals(server:read_line(2000), "two")
+  H.close_all(server, client)
 end
 
 -- A burst of short lines read one by one, in a task and outside one, with

@@ -38,6 +38,18 @@ function F.install(M, methods, P)
   -- itself, so the error points at the caller)
   local check_timeout = P.check_timeout
 
+  -- Anything but nil after the last argument is refused, as the C methods
+  -- refuse it: a callback given after the timeout would never run. first:
+  -- the position of the first of ... (the rest of the call's arguments).
+  local function check_nothing_after(fname, first, ...)
+    for i = 1, select("#", ...) do
+      if (select(i, ...)) ~= nil then
+        error(("bad argument #%d to '%s' (nothing expected after the callback or timeout: "
+          .. "give one of them, last)"):format(first + i - 1, fname), 3)
+      end
+    end
+  end
+
   local concat = table.concat
 
   -- Read until scan(piece, before, pieces) says where to cut. Each piece
@@ -162,8 +174,9 @@ function F.install(M, methods, P)
   --- pipe:read_line([timeout]): the next line without its "\n" (or
   --- "\r\n"); at the end of the stream a last unterminated line is
   --- returned, then nil, msg, "EOF".
-  function methods.read_line(self, timeout)
+  function methods.read_line(self, timeout, ...)
     check_pipe(self, "read_line")
+    check_nothing_after("read_line", 3, ...)
     check_not_reading(self, "read_line", 3) -- (a read_start waiting for the read-ahead)
     check_timeout(timeout, 2, "read_line")
     -- A line already read ahead is cut from it in place (its bytes come
@@ -209,8 +222,9 @@ function F.install(M, methods, P)
 
   --- pipe:read_exact(n [, timeout]): exactly n bytes, or nil, msg, name
   --- (what arrived stays readable).
-  function methods.read_exact(self, n, timeout)
+  function methods.read_exact(self, n, timeout, ...)
     check_pipe(self, "read_exact")
+    check_nothing_after("read_exact", 4, ...)
     check_not_reading(self, "read_exact", 3) -- (a read_start waiting for the read-ahead)
     if math_type(n) ~= "integer" or n < 0 then
       error("bad argument #2 to 'read_exact' (byte count >= 0 expected)", 2)
@@ -229,13 +243,7 @@ function F.install(M, methods, P)
     if type(data) ~= "string" then
       error("bad argument #2 to 'write_frame' (string expected, got " .. type(data) .. ")", 2)
     end
-    for i = 1, select("#", ...) do -- as the C methods refuse them
-      if (select(i, ...)) ~= nil then
-        error(("bad argument #%d to 'write_frame' (nothing expected after the callback or timeout: "
-          .. "give one of them, last)")
-          :format(3 + i), 2)
-      end
-    end
+    check_nothing_after("write_frame", 4, ...)
     if #data > 0xFFFFFFFF then
       error("bad argument #2 to 'write_frame' (a frame's length must fit 4 bytes)", 2)
     end
@@ -251,8 +259,9 @@ function F.install(M, methods, P)
   --- pipe:read_frame([timeout]): the next frame written by write_frame; a
   --- frame longer than np.max_frame_size gives nil, msg, "FRAME_TOO_LARGE"
   --- and is left unread (its length too), so a larger limit can read it.
-  function methods.read_frame(self, timeout)
+  function methods.read_frame(self, timeout, ...)
     check_pipe(self, "read_frame")
+    check_nothing_after("read_frame", 3, ...)
     check_not_reading(self, "read_frame", 3) -- (a read_start waiting for the read-ahead)
     check_timeout(timeout, 2, "read_frame")
     local max = M.max_frame_size
