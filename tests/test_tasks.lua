@@ -703,3 +703,62 @@ function TestTasks:test_a_wait_for_an_abandoned_operation_ends_closed_when_the_p
     H.close_all(s, c, s2, c2)
   end
 end
+
+-- np.serve when the create of the next instance fails (NO_MEMORY, made up
+-- here by a failing np.create): the step raises, as README says, and the
+-- client just accepted is still served (it was stranded, its pipe never
+-- handed to a handler nor closed); the instance made when that handler
+-- ends takes the next client. A handler that raises while the create at
+-- its end fails: both errors come out, one step after the other (the
+-- create's hid the handler's).
+function TestTasks:test_serve_serves_the_accepted_client_when_the_next_create_fails()
+  local name = H.name("serve-create-fails")
+  local real_create, failing = np.create, 0
+  np.create = function(...)
+    if failing > 0 then
+      failing = failing - 1
+      return nil, "not enough memory", "NO_MEMORY", 12
+    end
+    return real_create(...)
+  end
+  local function step_until(n, errors)
+    local t0 = np.now()
+    while #errors < n and np.now() - t0 < 5000 do
+      local sok, serr = pcall(np.step, 20)
+      if not sok then errors[#errors + 1] = tostring(serr) end
+    end
+    return table.concat(errors, "\n")
+  end
+  local ok, err = pcall(function()
+    local raise_in_handler = false
+    local h = assert(np.serve(name, { listeners = 1 }, function(p)
+      local line = p:read_line(2000)
+      p:write("got " .. tostring(line) .. "\n", 2000)
+      if raise_in_handler then error("HANDLER ERROR", 0) end
+    end))
+    failing = 1 -- the replacement made when the first client connects
+    local c = assert(np.open(name))
+    c:write("hello\n", function() end)
+    local errors = {}
+    lu.assertStrContains(step_until(1, errors), "serve: cannot create the next instance")
+    lu.assertEquals(c:read_line(2000), "got hello")
+    c:close()
+    -- the handler's end made the next instance: the next client is served;
+    -- this time both creates fail, and its handler raises
+    raise_in_handler = true
+    failing = 2
+    local c2 = assert(np.open(name, { timeout = 2000 }))
+    c2:write("again\n", function() end)
+    errors = {}
+    local all = step_until(3, errors)
+    lu.assertEquals(c2:read_line(2000), "got again")
+    lu.assertEquals(#errors, 3, all)
+    lu.assertStrContains(errors[2], "HANDLER ERROR")
+    lu.assertStrContains(errors[3], "serve: cannot create the next instance")
+    lu.assertEquals(h.active, 0)
+    h.close()
+    c2:close()
+  end)
+  np.create = real_create
+  if not ok then error(err, 0) end
+end

@@ -94,8 +94,6 @@ function S.install(M)
       end
       handle.active = handle.active + 1
       handle.accepted = handle.accepted + 1
-      -- the replacement first, then the handler
-      fill()
       -- The handler is the task's body itself: a task suspends inside it,
       -- which no pcall between them would allow on Lua 5.1. When it ends,
       -- however it ends, its pipe is closed (and an error surfaces from
@@ -105,6 +103,10 @@ function S.install(M)
         handle.active = handle.active - 1
         fill() -- with no yield since the close: the name never vanishes
       end, handler, p)
+      -- The replacement before the handler runs (a task runs from the
+      -- next step). Spawned first, the handler serves its client (and
+      -- closes its pipe) even when this create fails and raises.
+      fill()
     end
 
     -- Create one listening instance: the pipe, or nil, msg, name, code.

@@ -163,7 +163,14 @@ local function finish(co, ok, err)
     end
     finally[co] = nil
     live = live - 1
-    if after then after(ok) end
+    if after then
+      if ok then
+        after(ok)
+      else -- (its error must not hide the task's: it comes from the next step)
+        local after_ok, after_err = pcall(after, ok)
+        if not after_ok then T.soon(error, after_err, 0) end
+      end
+    end
     if not ok then
       error(debug.traceback(co, "namedpipe task failed: " .. tostring(err)), 0)
     end
