@@ -83,6 +83,11 @@ end
 --- np.run([fn, ...]): spawn fn if given, then step until no task, timer or
 --- operation is left.
 function M.run(fn, ...)
+  -- (the task itself is one left: it would wait for its own end)
+  if task.in_task() then
+    error("np.run called from a task: it would wait for that task's own end "
+      .. "(wait for what it needs instead: an event, np.sleep, a waiting call)", 2)
+  end
   if fn ~= nil then task.spawn(fn, ...) end
   while task.busy() or core.pending() > 0 do step(1000) end
 end

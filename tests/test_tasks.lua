@@ -762,3 +762,16 @@ function TestTasks:test_serve_serves_the_accepted_client_when_the_next_create_fa
   np.create = real_create
   if not ok then error(err, 0) end
 end
+
+-- np.run waits until no task is left; from a task that would be forever
+-- (the task itself is one): it raises instead, and the task goes on.
+function TestTasks:test_np_run_from_a_task_raises_instead_of_waiting_for_itself()
+  local ok, err, after
+  np.spawn(function()
+    ok, err = pcall(np.run)
+    after = true
+  end)
+  H.pump(function() return after end, 5000, "the task")
+  lu.assertFalse(ok)
+  lu.assertStrContains(tostring(err), "np.run called from a task")
+end

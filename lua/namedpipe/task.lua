@@ -143,6 +143,12 @@ function T.current()
   return nil
 end
 
+--- Is the running coroutine a task (whether or not it can yield here)?
+function T.in_task()
+  local co, main = co_running()
+  return not main and tasks[co] ~= nil
+end
+
 -- coroutine -> what to run when it ends (T.spawn_finally)
 local finally = setmetatable({}, { __mode = "k" })
 
