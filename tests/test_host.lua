@@ -155,6 +155,30 @@ function TestHost:test_fd_quiet_after_a_task_raised()
   lu.assertEquals(run_luv(uv, 200), 0)
 end
 
+-- A timeout of math.huge (or 1e300) is a timer too: the descriptor's
+-- timer is armed for a day at most (a time_t made of inf was refused, and
+-- the descriptor stayed readable: 25,000 wake-ups in 300 ms), and
+-- np.timeout() says a day at most (a host timer armed for inf fails).
+function TestHost:test_an_endless_timeout_neither_spins_nor_overflows()
+  local uv = need_luv()
+  np.fd()
+  local ev = np.event()
+  local ended = {}
+  for i, ms in ipairs { math.huge, 1e300 } do
+    np.spawn(function()
+      ev:wait(ms)
+      ended[i] = true
+    end)
+  end
+  np.spawn(function() np.sleep(5) end) -- an earlier timer that fires first
+  H.pump(function() return np.timeout() and np.timeout() > 1000 end, 2000, "the short timer")
+  lu.assertTrue(np.timeout() <= 86400000)
+  lu.assertEquals(run_luv(uv, 200), 0)
+  ev:set()
+  H.pump(function() return ended[1] and ended[2] end, 2000, "the endless waits")
+  lu.assertNil(np.timeout())
+end
+
 function TestHost:test_timeout_tells_the_next_timer()
   lu.assertNil(np.timeout())
   local done

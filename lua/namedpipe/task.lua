@@ -410,11 +410,15 @@ function T.wait_budget(wait)
   return wait
 end
 
---- Milliseconds until the earliest timer is due (0 if it is), or nil.
+--- Milliseconds until the earliest timer is due (0 if it is), or nil; a
+--- day at most (a timeout of math.huge is a timer too: a host timer armed
+--- for inf fails, and one armed for a day is simply armed again).
+local DAY_MS = 86400000
 function T.next_timer()
   local first = heap[1]
   if not first then return nil end
   local left = first.at - now()
+  if not (left <= DAY_MS) then return DAY_MS end -- luacheck: ignore 581 (NaN too)
   return left > 0 and left or 0
 end
 

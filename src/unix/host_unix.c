@@ -42,6 +42,7 @@ int np_loop_host_fd(np_loop *loop, np_status *st) {
   loop->hosted = 1;
   loop->host_signalled = 0;
   loop->host_timer_at = -1;
+  loop->host_capped_at = -1;
   if (loop->ready_count > 0) np_host_ready(loop);
   return loop->epfd;
 }
@@ -68,11 +69,21 @@ void np_host_wait_begins(np_loop *loop) {
 }
 
 /* Re-arming (or disarming) also clears an expiry not yet read. */
+/* The longest a timer is armed for (a day); one due later (a timeout of
+ * math.huge, 1e300 ms) is armed for that and re-armed when it fires: a
+ * time_t from such a double is undefined (it came out negative, and the
+ * refused timerfd_settime left the descriptor readable for good). */
+#define HOST_TIMER_MAX_MS 86400000.0
+
 static void arm_timer(np_loop *loop, int has_timer, double at) {
   struct itimerspec its;
+  double capped_at = -1;
+  int capped = 0;
   memset(&its, 0, sizeof its);
   if (has_timer) {
-    double ms = at - np_now_ms();
+    double now = np_now_ms(), ms = at - now;
+    capped = !(ms <= HOST_TIMER_MAX_MS); /* (NaN too) */
+    if (capped) ms = HOST_TIMER_MAX_MS;
     if (ms > 0) {
       its.it_value.tv_sec = (time_t)(ms / 1000);
       its.it_value.tv_nsec =
@@ -81,9 +92,12 @@ static void arm_timer(np_loop *loop, int has_timer, double at) {
     /* 0 would disarm it: a timer due now fires in a nanosecond */
     if (its.it_value.tv_sec == 0 && its.it_value.tv_nsec == 0)
       its.it_value.tv_nsec = 1;
+    if (capped) capped_at = now + HOST_TIMER_MAX_MS;
   }
-  if (timerfd_settime(loop->host_tfd, 0, &its, NULL) == 0)
+  if (timerfd_settime(loop->host_tfd, 0, &its, NULL) == 0) {
     loop->host_timer_at = has_timer ? at : -1;
+    loop->host_capped_at = capped_at;
+  }
 }
 
 void np_loop_host_sync(np_loop *loop, int work, int has_timer,
@@ -101,8 +115,11 @@ void np_loop_host_sync(np_loop *loop, int work, int has_timer,
   }
   /* a deadline it is armed for already: nothing to do (a timer come due
    * and run is followed by the next one's, or by none) */
-  if (has_timer ? timer_at != loop->host_timer_at : loop->host_timer_at >= 0)
-    arm_timer(loop, has_timer, timer_at);
+  if (has_timer ? timer_at != loop->host_timer_at ||
+                      (loop->host_capped_at >= 0 &&
+                       np_now_ms() >= loop->host_capped_at)
+                : loop->host_timer_at >= 0)
+    arm_timer(loop, has_timer, timer_at); /* (a capped one that fired too) */
 }
 
 void np_host_close(np_loop *loop) {

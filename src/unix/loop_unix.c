@@ -98,6 +98,7 @@ np_loop *np_loop_new(np_status *st) {
   }
   loop->host_efd = loop->host_tfd = -1;
   loop->host_timer_at = -1;
+  loop->host_capped_at = -1;
   loop->forks_at_birth = forks_now();
   loop->epfd = epoll_create1(EPOLL_CLOEXEC);
   if (loop->epfd < 0) {

@@ -203,6 +203,8 @@ struct np_loop {
   int hosted, host_efd, host_tfd;
   int host_signalled;     /* host_efd holds a count */
   double host_timer_at;   /* what host_tfd is armed for (np_now_ms), or -1 */
+  double host_capped_at;  /* when host_tfd fires if armed short of that (a
+                           * deadline too far: arm_timer), else -1 */
   np_req *ready_head, *ready_tail;
   size_t ready_count;
   NP_LOOP_COMMON_FIELDS
