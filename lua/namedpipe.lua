@@ -1073,6 +1073,14 @@ function M.event()
   -- by one must not cost a walk each), and the holes are squeezed out once
   -- they are half the list
   local ev, waiters, at, holes, values = {}, {}, {}, 0, nil
+  -- (ev.wait(200) for ev:wait(200) took 200 for self and waited for ever;
+  -- ev.set(42) set the event without its value)
+  local function check_self(self, fname)
+    if self ~= ev then
+      error(("bad argument #1 to '%s' (namedpipe event expected, got %s: call it as ev:%s)")
+        :format(fname, type(self), fname), 3)
+    end
+  end
   local function leave(resume)
     local i = at[resume]
     if not i then return end -- set() woke it: the list is gone
@@ -1090,6 +1098,7 @@ function M.event()
     end
   end
   function ev:set(...)
+    check_self(self, "set")
     if values then return false end
     values = pack(...)
     -- woken from the next step, never inside set(): the setter may be in
@@ -1100,9 +1109,16 @@ function M.event()
     waiters, at, holes = {}, {}, 0
     return true
   end
-  function ev:is_set() return values ~= nil end
-  function ev:wait(timeout)
+  function ev:is_set()
+    check_self(self, "is_set")
+    return values ~= nil
+  end
+  function ev:wait(timeout, ...)
+    check_self(self, "wait")
     check_timeout(timeout, 2, "wait")
+    if select("#", ...) > 0 and (...) ~= nil then
+      error("bad argument #3 to 'wait' (nothing expected after the timeout)", 2)
+    end
     if not values then
       if task.current() then
         -- set() and the timer share one resume: whichever comes first

@@ -775,3 +775,26 @@ function TestTasks:test_np_run_from_a_task_raises_instead_of_waiting_for_itself(
   lu.assertFalse(ok)
   lu.assertStrContains(tostring(err), "np.run called from a task")
 end
+
+-- An event's methods called with '.' (ev.wait(200) for ev:wait(200)) took
+-- the argument for self: wait() waited for ever, set() dropped its value.
+-- They raise now, naming the call; and a serve with unlimited instances
+-- refuses a listeners count no name may have (a huge one made instances
+-- until memory ran out).
+function TestTasks:test_event_methods_need_their_event_and_listeners_a_bound()
+  local ev = np.event()
+  -- (ev.wait(5, 5): the old code took the first 5 for self and timed out)
+  lu.assertErrorMsgContains("bad argument #1 to 'wait' (namedpipe event expected", ev.wait, 5, 5)
+  lu.assertErrorMsgContains("bad argument #1 to 'set' (namedpipe event expected", ev.set, 42)
+  lu.assertErrorMsgContains("bad argument #1 to 'is_set'", ev.is_set)
+  lu.assertErrorMsgContains("bad argument #1 to 'wait'", ev.wait, np.event(), 1)
+  lu.assertErrorMsgContains("bad argument #3 to 'wait'", ev.wait, ev, 10, function() end)
+  lu.assertFalse(ev:is_set())
+  lu.assertTrue(ev:set(42))
+  lu.assertEquals(ev:wait(0), 42)
+  local big = math.maxinteger or 2 ^ 53
+  lu.assertErrorMsgContains("option 'listeners': 1 to 254 expected", np.serve, H.name("listeners"),
+    { listeners = big }, function() end)
+  lu.assertErrorMsgContains("option 'listeners': 1 to 254 expected", np.serve, H.name("listeners"),
+    { listeners = 255 }, function() end)
+end

@@ -52,6 +52,12 @@ function S.install(M)
       error(("bad argument #2 to 'serve' (option 'listeners': %d is more than max_instances, %d)")
         :format(n, max), 3)
     end
+    -- (unlimited instances: as many as a limited name may have; a huge
+    -- number made instances until memory ran out)
+    if n > 254 then
+      error(("bad argument #2 to 'serve' (option 'listeners': 1 to 254 expected, got %d)")
+        :format(n), 3)
+    end
     return n
   end
 
