@@ -17,6 +17,8 @@ const char *np_own_message(const np_status *st) {
     case NP_CANCELLED: return "operation cancelled";
     case NP_WOULDBLOCK: return "operation would block";
     case NP_TIMEOUT: return st->code == 0 ? "timed out" : NULL;
+    /* (ended by a disconnect() before the system saw it: no code) */
+    case NP_NOT_CONNECTED: return st->code == 0 ? "not connected" : NULL;
     default: return NULL;
   }
 }

@@ -356,3 +356,79 @@ function TestPeer:test_unwound_transact_hands_its_reply_over()
   lu.assertEquals(errname, "TIMEOUT")
   H.close_all(server, client)
 end
+
+-- A cancel of writes leaves a transact alone, also one whose request
+-- waits behind those writes (a full pipe): on Linux it ended the transact
+-- with the writes' reason, and the request never went; on Windows the
+-- transact went on. Its stops are "transact", "read" and "readable".
+function TestPeer:test_a_cancel_of_writes_leaves_a_transact_queued_behind_them()
+  local s, c = H.pair({ pipe_mode = "message" }, { pipe_mode = "message" })
+  local big = ("m"):rep(100000)
+  local wres = {}
+  for i = 1, 6 do c:write(big, function(n, _, e) wres[i] = n or e end) end
+  np.step(0)
+  local tres
+  c:transact("REQ", function(r, _, e) tres = r or e end)
+  np.step(0)
+  c:cancel("write")
+  local got, done = {}, false
+  np.spawn(function()
+    while true do
+      local m = s:read(nil, 2000)
+      if not m then break end
+      if m == "REQ" then
+        assert(s:write("REPLY", 2000))
+        break
+      end
+      got[#got + 1] = #m
+    end
+    done = true
+  end)
+  H.pump(function() return done and tres ~= nil end, 10000, "the transact")
+  lu.assertEquals(tres, "REPLY")
+  local went = 0
+  for i = 1, 6 do
+    lu.assertTrue(wres[i] == #big or wres[i] == "CANCELLED", tostring(wres[i]))
+    if wres[i] == #big then went = went + 1 end
+  end
+  lu.assertEquals(#got, went) -- each write whole or not at all, the request after them
+  for i = 1, #got do lu.assertEquals(got[i], #big) end
+  H.close_all(s, c)
+end
+
+-- After readable() has taken an empty message (Windows: a zero-byte read
+-- takes it), peek() still counts what waits behind it (it said 0).
+function TestPeer:test_peek_after_readable_took_an_empty_message()
+  local s, c = H.pair({ pipe_mode = "message" }, { pipe_mode = "message" })
+  assert(c:write("", 2000))
+  assert(c:write("abc", 2000))
+  np.step(10)
+  lu.assertTrue(s:readable(2000))
+  lu.assertEquals(s:peek(), { available = 3, message = 0 })
+  lu.assertEquals(s:read(nil, 2000), "")
+  lu.assertEquals(s:read(nil, 2000), "abc")
+  H.close_all(s, c)
+end
+
+-- What disconnect() ends before the system saw it (a writable() wait, a
+-- write still queued) says so in words: on Windows its message was
+-- "Success" (FormatMessage of code 0).
+function TestPeer:test_operations_a_disconnect_ends_say_not_connected_in_words()
+  local s, c = H.pair({ out_buffer_size = 4096, in_buffer_size = 4096 })
+  local big = ("x"):rep(1048576)
+  local results = {}
+  for i = 1, 20 do s:write(big, function(...) results[i] = { ... } end) end
+  s:writable(function(...) results.writable = { ... } end)
+  np.step(0)
+  assert(s:disconnect())
+  H.pump(function() return results.writable and results[20] end, 5000, "the ends")
+  for _, r in pairs(results) do
+    if r[1] == nil then
+      lu.assertEquals(r[3], "NOT_CONNECTED")
+      lu.assertNotStrContains(string.lower(tostring(r[2])), "success")
+      lu.assertTrue(#tostring(r[2]) > 0)
+    end
+  end
+  lu.assertNil(results.writable[1])
+  H.close_all(s, c)
+end

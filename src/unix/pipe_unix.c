@@ -170,10 +170,21 @@ static void finish_pending(np_pipe *p, np_op op, np_err err, long code) {
     p->pending_writable = NULL;
     np_req_ready(r, err, code);
   } else if (op == NP_OP_WRITE) {
-    /* A partly sent write says how much went (len), as on Windows. */
+    /* A partly sent write says how much went (len), as on Windows. A
+     * transact's request queued behind them is the transact's, which a
+     * cancel of writes leaves alone (its own stops are "transact", "read"
+     * and "readable"): it stays, and goes once they are gone. */
+    np_req *keep = NULL;
     while ((r = p->wq_head) != NULL) {
       np_wq_unlink(p, r);
-      np_req_ready(r, err, code);
+      if (r == p->transact_write)
+        keep = r;
+      else
+        np_req_ready(r, err, code);
+    }
+    if (keep) {
+      np_wq_push(p, keep);
+      np_pump_writes(p);
     }
   }
 }

@@ -43,6 +43,10 @@ const char *np_status_message(const np_status *st, char *buf, size_t size) {
   const char *own = np_own_message(st);
   DWORD n;
   if (own) return own;
+  if (st->code == 0) { /* an outcome of ours: FormatMessage would say "success" */
+    snprintf(buf, size, "%s", np_err_name(st->err));
+    return buf;
+  }
   n = FormatMessageA(FORMAT_MESSAGE_FROM_SYSTEM | FORMAT_MESSAGE_IGNORE_INSERTS,
                      NULL, (DWORD)st->code, MAKELANGID(LANG_NEUTRAL, SUBLANG_DEFAULT),
                      buf, (DWORD)size, NULL);

@@ -819,8 +819,11 @@ void np_pipe_close(np_pipe *p) {
  * next message (its whole size, as nothing of it was read). */
 int np_pipe_peek(np_pipe *p, np_peek *peek, np_status *st) {
   DWORD avail = 0, left = 0;
-  if (p->empty_message_taken) { /* the zero-byte read took an empty one */
-    peek->available = 0;
+  if (p->empty_message_taken) {
+    /* The zero-byte read took an empty message: it is the next one, and
+     * what waits behind it counts as available (as Linux counts it). */
+    if (!PeekNamedPipe(p->h, NULL, 0, NULL, &avail, NULL)) avail = 0;
+    peek->available = avail;
     peek->message = 0;
     return 1;
   }
