@@ -432,3 +432,76 @@ function TestPeer:test_operations_a_disconnect_ends_say_not_connected_in_words()
   lu.assertNil(results.writable[1])
   H.close_all(s, c)
 end
+
+-- A transact's request goes after every write started before it: on
+-- Windows, with more writes than the kernel is given at once (the rest
+-- wait in namedpipe), the request went straight to the kernel, ahead of
+-- the waiting ones (m1 .. m16, REQ, m17 .. m20).
+function TestPeer:test_a_transact_request_follows_the_writes_before_it()
+  local s, c = H.pair({ pipe_mode = "message" }, { pipe_mode = "message" })
+  local ended = 0
+  for i = 1, 20 do
+    c:write("m" .. i, function(n) if n then ended = ended + 1 end end)
+  end
+  local reply
+  c:transact("REQ", function(r, _, e) reply = r or e end)
+  local got, done = {}, false
+  np.spawn(function()
+    while true do
+      local m = s:read(nil, 2000)
+      if not m then break end
+      got[#got + 1] = m
+      if m == "REQ" then
+        assert(s:write("REPLY", 2000))
+        break
+      end
+    end
+    done = true
+  end)
+  H.pump(function() return done and reply ~= nil and ended == 20 end, 10000, "the exchange")
+  local want = {}
+  for i = 1, 20 do want[i] = "m" .. i end
+  want[21] = "REQ"
+  lu.assertEquals(got, want)
+  lu.assertEquals(reply, "REPLY")
+  H.close_all(s, c)
+end
+
+-- The same transact, stopped while it waits for those writes: by a cancel
+-- of its own, a disconnect or a close; the writes go on (or end with the
+-- disconnect or close), and nothing of its request is sent.
+function TestPeer:test_a_transact_waiting_behind_writes_can_be_stopped()
+  for _, how in ipairs { "cancel", "disconnect", "close" } do
+    local s, c = H.pair({ pipe_mode = "message" }, { pipe_mode = "message" })
+    -- (large enough to wait on Linux too: the socket takes two or so)
+    local big = ("m"):rep(100000)
+    for _ = 1, 20 do c:write(big, function() end) end
+    local reply
+    c:transact("REQ", function(r, _, e) reply = r or e end)
+    local want
+    if how == "cancel" then
+      c:cancel("transact")
+      want = "CANCELLED"
+    elseif how == "disconnect" then
+      assert(s:disconnect())
+      want = "EOF_OR_GONE"
+    else
+      c:close()
+      want = "CLOSED"
+    end
+    H.pump(function() return reply ~= nil end, 5000, how)
+    if want == "EOF_OR_GONE" then
+      lu.assertNotEquals(reply, "REPLY", how)
+      lu.assertNotEquals(reply, nil, how)
+    else
+      lu.assertEquals(reply, want, how)
+    end
+    if how == "cancel" then
+      local got = {}
+      for _ = 1, 20 do got[#got + 1] = s:read(nil, 2000) end
+      lu.assertEquals(got[20], big)
+      lu.assertEquals({ s:read(nil, 50) }, { nil, "timed out", "TIMEOUT", 0 }) -- no REQ
+    end
+    H.close_all(s, c)
+  end
+end

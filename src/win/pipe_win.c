@@ -397,9 +397,34 @@ void np_transact_start(np_pipe *p, const char *data, size_t len, int ref_cb,
     complete_now(req, NP_INVALID_ARGUMENT, ERROR_INVALID_PARAMETER);
   else if (!reserve(p, READ_CHUNK))
     complete_now(req, NP_NO_MEMORY, ERROR_NOT_ENOUGH_MEMORY);
-  else
+  else if (p->wqueue_tail) {
+    /* writes queued here, not yet the kernel's: after them (pump_writes) */
+    req->wdata = data;
+    req->wlen = (DWORD)len;
+    p->transact_after = p->wqueue_tail;
+    np_req_wait(p->loop, req);
+  } else
     submitted(req, TransactNamedPipe(p->h, (void *)data, (DWORD)len, p->rbuf,
                                      READ_CHUNK, NULL, &req->ov));
+}
+
+/* The writes a waiting transact followed have gone to the kernel (or
+ * ended without going): its turn. */
+static void start_waiting_transact(np_pipe *p) {
+  np_req *req = &p->read_req;
+  p->transact_after = NULL;
+  if (req->state != REQ_WAITING || req->op != NP_OP_TRANSACT) return;
+  if (!reserve(p, READ_CHUNK)) {
+    req->status.err = NP_NO_MEMORY;
+    req->status.code = ERROR_NOT_ENOUGH_MEMORY;
+    np_req_ready(p->loop, req);
+    return;
+  }
+  req->state = REQ_IDLE; /* back from WAITING: submitted() counts it */
+  p->outstanding--;
+  p->loop->outstanding--;
+  submitted(req, TransactNamedPipe(p->h, (void *)req->wdata, req->wlen,
+                                   p->rbuf, READ_CHUNK, NULL, &req->ov));
 }
 
 np_mode np_pipe_read_mode(const np_pipe *p) { return p->read_mode; }
@@ -455,6 +480,7 @@ static void pump_writes(np_pipe *p) {
       complete_now(req, NP_NOT_CONNECTED, 0);
     else
       submit_write(req);
+    if (req == p->transact_after) start_waiting_transact(p);
   }
   p->pumping = 0;
 }
@@ -467,6 +493,8 @@ static void flush_write_queue(np_pipe *p, np_err reason) {
     p->wqueue_head = req->next;
     if (!p->wqueue_head) p->wqueue_tail = NULL;
     complete_now(req, reason, 0);
+    /* (a cancel of writes leaves a transact alone: it goes now) */
+    if (req == p->transact_after && !p->closed) start_waiting_transact(p);
   }
 }
 
@@ -735,11 +763,19 @@ static void cancel_waiting(np_pipe *p, np_req *req, np_err reason) {
   np_req_ready(p->loop, req);
 }
 
+/* A transact waiting for queued writes (start_waiting_transact) ends. */
+static void cancel_waiting_transact(np_pipe *p, np_err reason) {
+  p->transact_after = NULL;
+  cancel_waiting(p, &p->read_req, reason);
+}
+
 void np_cancel(np_pipe *p, np_op op, np_err reason) {
   if (p->closed) return;
   if (op == NP_OP_CONNECT) cancel_req(p, &p->connect_req, reason);
-  if (op == NP_OP_READ || op == NP_OP_READABLE || op == NP_OP_TRANSACT)
+  if (op == NP_OP_READ || op == NP_OP_READABLE || op == NP_OP_TRANSACT) {
     cancel_req(p, &p->read_req, reason);
+    cancel_waiting_transact(p, reason);
+  }
   if (op == NP_OP_WRITABLE) cancel_waiting(p, &p->writable_req, reason);
   if (op == NP_OP_WRITE && p->writes_cancelled != p->writes_made) {
     flush_write_queue(p, reason);
@@ -772,6 +808,7 @@ int np_disconnect(np_pipe *p, np_status *st) {
    * sure of (a cancel of what has finished is refused). */
   cancel_req(p, &p->connect_req, NP_NOT_CONNECTED);
   cancel_req(p, &p->read_req, NP_NOT_CONNECTED);
+  cancel_waiting_transact(p, NP_NOT_CONNECTED);
   flush_write_queue(p, NP_NOT_CONNECTED);
   cancel_kernel_writes(p, NP_NOT_CONNECTED);
   cancel_waiting(p, &p->writable_req, NP_NOT_CONNECTED);
@@ -811,6 +848,7 @@ void np_pipe_close(np_pipe *p) {
   CloseHandle(p->h);
   p->h = INVALID_HANDLE_VALUE;
   cancel_waiting(p, &p->writable_req, NP_CLOSED);
+  cancel_waiting_transact(p, NP_CLOSED);
   flush_write_queue(p, NP_CLOSED);
   if (p->outstanding == 0) np_pipe_free(p);
 }

@@ -100,6 +100,10 @@ struct np_pipe {
   int kernel_writes;             /* of those, how many the kernel owns */
   int session_writes;            /* ... and were started in this session */
   np_req *wqueue_head, *wqueue_tail; /* queued behind them, in order */
+  /* A transact started while writes were queued here waits (read_req,
+   * REQ_WAITING, its request in wdata/wlen) until the last of them, this
+   * one, has gone to the kernel: its request must not overtake them. */
+  np_req *transact_after;
   /* Writes made, and how many of them a cancel("write") had seen: when
    * no write came since, another has nothing to do (N tasks whose writes
    * time out together each cancel the kind: one walk, not N). */
