@@ -73,9 +73,12 @@ M.spawn = task.spawn
 --- host loop's own timer; np.fd() is the descriptor to poll).
 M.timeout = task.next_timer
 
-function M.sleep(ms)
+function M.sleep(ms, ...)
   if math_type(ms) == nil or not (ms >= 0) then -- luacheck: ignore 581 (NaN too)
     error("bad argument #1 to 'sleep' (milliseconds >= 0 expected)", 2)
+  end
+  if select("#", ...) > 0 and (...) ~= nil then -- (a callback would never run)
+    error("bad argument #2 to 'sleep' (nothing expected after the milliseconds)", 2)
   end
   task.sleep(ms, step)
 end
@@ -974,21 +977,26 @@ end
 --- pipe:ready(interest [, timeout]): interest "readable", "writable" or
 --- "both"; returns a set { readable = true?, writable = true? } of what was
 --- ready first (as Tokio's ready(Interest)), or nil, msg, name.
-function methods.ready(self, interest, timeout)
-  if interest == "readable" or interest == "writable" then
-    local ok, msg, name, code = methods[interest](self, timeout)
-    if not ok then return nil, msg, name, code end
-    return { [interest] = true }
-  end
-  if interest ~= "both" then
-    error("bad argument #2 to 'ready' (\"readable\", \"writable\" or \"both\" expected)", 2)
-  end
-  check_timeout(timeout, 3, "ready")
+function methods.ready(self, interest, timeout, ...)
+  -- (every check, whatever the interest: one alone was handed on as it
+  -- came, a callback in the timeout's place taken, one after it dropped)
   local mt = type(self) == "userdata" and getmetatable(self)
   if not (mt and mt.__index == methods) then
     error(("bad argument #1 to 'ready' (namedpipe.pipe expected, got %s)"):format(type(self)), 2)
   end
+  if interest ~= "readable" and interest ~= "writable" and interest ~= "both" then
+    error("bad argument #2 to 'ready' (\"readable\", \"writable\" or \"both\" expected)", 2)
+  end
+  check_timeout(timeout, 3, "ready")
+  if select("#", ...) > 0 and (...) ~= nil then
+    error("bad argument #4 to 'ready' (nothing expected after the timeout)", 2)
+  end
   if self:state() == "closed" then error("bad argument #1 to 'ready' (pipe is closed)", 2) end
+  if interest ~= "both" then
+    local ok, msg, name, code = methods[interest](self, timeout)
+    if not ok then return nil, msg, name, code end
+    return { [interest] = true }
+  end
   if has_readahead(self) then return { readable = true } end
   local ok, t = settle(self, "read", timeout)
   if ok then ok, t = settle(self, "writable", t) end

@@ -142,7 +142,21 @@ int np_check_option(lua_State *L, int arg, const char *def,
   }
   for (i = 0; list[i]; i++)
     if (strlen(list[i]) == len && memcmp(list[i], name, len) == 0) return i;
-  if (strlen(name) != len) /* say where the NUL is, not just what precedes it */
-    return np_arg_error(L, arg, lua_pushfstring(L, "invalid option '%s\\0...'", name));
-  return np_arg_error(L, arg, lua_pushfstring(L, "invalid option '%s'", name));
+  {
+    /* what was given, then what would do: "a", "b" or "c" expected */
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    lua_pushfstring(L, "invalid option '%s%s'; ", name,
+                    strlen(name) != len ? "\\0..." : ""); /* (where a NUL is) */
+    luaL_addvalue(&b);
+    for (i = 0; list[i]; i++) {
+      if (i > 0) luaL_addstring(&b, list[i + 1] ? ", " : " or ");
+      luaL_addchar(&b, '"');
+      luaL_addstring(&b, list[i]);
+      luaL_addchar(&b, '"');
+    }
+    luaL_addstring(&b, " expected");
+    luaL_pushresult(&b);
+    return np_arg_error(L, arg, lua_tostring(L, -1));
+  }
 }

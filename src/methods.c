@@ -354,12 +354,23 @@ static int raw_write_now(lua_State *L) {
   return 1;
 }
 
+/* try_read and try_write take no callback or timeout: one given (a
+ * callback that would never run) is refused, not dropped. */
+static void check_no_wait_after(lua_State *L, int last) {
+  int i, top = lua_gettop(L);
+  for (i = last + 1; i <= top; i++)
+    if (!lua_isnil(L, i))
+      np_arg_error(L, i, "nothing expected: it returns at once, with no "
+                         "callback or timeout");
+}
+
 static int m_try_write(lua_State *L) {
   pipe_ud *u = check_pipe(L);
   size_t len, written;
   const char *data = check_data(L, 2, &len);
   int keeps;
   np_status st;
+  check_no_wait_after(L, 2);
   /* The keep protocol of write() (np.h): if the backend keeps the bytes in
    * flight, their anchor is handed over at once (room reserved first, so
    * nothing raises in between); a completion with no callback releases it.
@@ -541,6 +552,7 @@ static int m_transact(lua_State *L) {
 static int m_try_read(lua_State *L) {
   pipe_ud *u = check_pipe(L);
   int n;
+  check_no_wait_after(L, 2);
   if (u->readahead && (n = divert(L, W_TRY_READ)) >= 0) return n;
   return try_read(L, u);
 }

@@ -286,7 +286,11 @@ function TestMisuse:test_argument_numbers_count_self_in_every_form()
   lu.assertStrContains(msg(function() return server:read(0) end), "bad argument #2 to 'read'")
   lu.assertStrContains(msg(function() return server:read(nil, "soon") end), "bad argument #3 to 'read'")
   lu.assertStrContains(msg(function() return client:connect(cb) end), "bad argument #1 to 'connect' (server pipe expected")
-  lu.assertStrContains(msg(function() return server:cancel("everything") end), "bad argument #2 to 'cancel' (invalid option 'everything')")
+  lu.assertStrContains(msg(function() return server:cancel("everything") end),
+    "bad argument #2 to 'cancel' (invalid option 'everything'; \"connect\", \"read\", \"write\", "
+      .. "\"readable\", \"writable\" or \"transact\" expected)")
+  lu.assertStrContains(msg(function() return server:cancel("read", "BOGUS") end),
+    "bad argument #3 to 'cancel' (invalid option 'BOGUS'; \"CANCELLED\" or \"TIMEOUT\" expected)")
   lu.assertStrContains(msg(function() return server:cancel("read\0x") end), "invalid option")
   lu.assertStrContains(msg(function() return server:readable({}) end), "bad argument #2 to 'readable'")
   H.close_all(server, client)
@@ -356,4 +360,45 @@ function TestMisuse:test_bad_arguments()
   H.pump(function() return res.done end)
   lu.assertEquals(res[1], "ok")
   H.close_all(server, client)
+end
+
+-- Arguments nothing would use are refused, not dropped: a callback given
+-- to try_read, try_write, sleep or ready (which take none) would never
+-- run, a timeout given to lines() would never apply; and ready() checks
+-- what it is given whatever the interest (one interest alone was handed
+-- on unchecked: a callback in the timeout's place started a callback
+-- wait, an error named 'readable' at a line of the library).
+function TestMisuse:test_arguments_nothing_would_use_are_refused()
+  local server, client = H.pair()
+  local function cb() error("never called") end
+  local function msg(fn)
+    local ok, err = pcall(fn)
+    lu.assertFalse(ok)
+    return tostring(err)
+  end
+  lu.assertStrContains(msg(function() return client:try_write("x", cb) end),
+    "bad argument #3 to 'try_write' (nothing expected")
+  lu.assertStrContains(msg(function() return client:try_write("x", 500) end),
+    "bad argument #3 to 'try_write' (nothing expected")
+  lu.assertStrContains(msg(function() return server:try_read(nil, cb) end),
+    "bad argument #3 to 'try_read' (nothing expected")
+  lu.assertStrContains(msg(function() return server:lines(500) end),
+    "bad argument #2 to 'lines' (nothing expected")
+  lu.assertStrContains(msg(function() return np.sleep(10, cb) end),
+    "bad argument #2 to 'sleep' (nothing expected")
+  for _, interest in ipairs { "readable", "writable", "both" } do
+    lu.assertStrContains(msg(function() return server:ready(interest, cb) end),
+      "bad argument #3 to 'ready' (timeout in milliseconds expected")
+    lu.assertStrContains(msg(function() return server:ready(interest, -1) end),
+      "bad argument #3 to 'ready' (timeout in milliseconds expected, got -1)")
+    lu.assertStrContains(msg(function() return server:ready(interest, 10, cb) end),
+      "bad argument #4 to 'ready' (nothing expected")
+    lu.assertStrContains(msg(function() return np.methods.ready(5, interest) end),
+      "bad argument #1 to 'ready' (namedpipe.pipe expected")
+  end
+  -- nothing was sent or started by the refused calls
+  lu.assertEquals({ server:try_read() }, { nil, "operation would block", "WOULDBLOCK", 0 })
+  H.close_all(server, client)
+  lu.assertStrContains(msg(function() return server:ready("readable", 10) end),
+    "bad argument #1 to 'ready' (pipe is closed)")
 end

@@ -209,8 +209,11 @@ function F.install(M, methods, P)
 
   --- for line in pipe:lines() do ... end: ends at the end of the stream;
   --- any other failure raises.
-  function methods.lines(self)
+  function methods.lines(self, ...)
     check_pipe(self, "lines")
+    if select("#", ...) > 0 and (...) ~= nil then -- (a timeout would be dropped)
+      error("bad argument #2 to 'lines' (nothing expected: lines() waits for each line)", 2)
+    end
     return function()
       if self:state() == "closed" then return nil end -- closed in the loop's body
       local line, msg, name = methods.read_line(self)
