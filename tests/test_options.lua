@@ -201,3 +201,18 @@ function TestOptions:test_byte_client_on_message_pipe_reads_a_stream()
   lu.assertEquals(client:read(), "abcd")
   H.close_all(server, client)
 end
+
+-- An instance no client has reached reports its buffer sizes as given,
+-- the default and 0 included (Linux reported its listening socket's for
+-- those two, 212992 where 65536 or 0 was given).
+function TestOptions:test_an_instance_with_no_client_reports_its_buffer_sizes_as_given()
+  for _, o in ipairs { {}, { out_buffer_size = 65536, in_buffer_size = 65536 },
+                       { out_buffer_size = 0, in_buffer_size = 0 },
+                       { out_buffer_size = 4096, in_buffer_size = 8192 } } do
+    local s = assert(np.create(H.name("info-given"), o))
+    local i = assert(s:info())
+    lu.assertEquals({ i.out_buffer_size, i.in_buffer_size },
+      { o.out_buffer_size or 65536, o.in_buffer_size or 65536 })
+    s:close()
+  end
+end

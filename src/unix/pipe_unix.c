@@ -240,6 +240,8 @@ np_pipe *np_server_create(np_loop *loop, const char *name,
   p->sndbuf = o->out_buffer_size == NP_DEFAULT_BUFFER_SIZE ? 0
                                                            : o->out_buffer_size;
   p->rcvbuf = o->in_buffer_size;
+  p->out_given = o->out_buffer_size;
+  p->in_given = o->in_buffer_size;
   p->state = NP_STATE_LISTENING;
   np_listener_add(l, p);
   np_listener_set_free(l, p, 1);
@@ -611,9 +613,9 @@ int np_pipe_info(np_pipe *p, np_info *info, np_status *st) {
     np_status_errno(st, np_errno_err(errno), errno);
     return 0;
   }
-  if (p->fd < 0) {
-    if (p->sndbuf) info->out_buffer_size = p->sndbuf;
-    if (p->rcvbuf) info->in_buffer_size = p->rcvbuf;
+  if (p->fd < 0) { /* (the listener's socket says nothing of this instance) */
+    info->out_buffer_size = p->out_given;
+    info->in_buffer_size = p->in_given;
   }
   return 1;
 }

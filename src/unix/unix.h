@@ -151,6 +151,9 @@ struct np_pipe {
   unsigned max_instances; /* as info() reports it */
   size_t read_size;       /* byte-mode read(0): up to this much */
   uint32_t sndbuf, rcvbuf; /* server: SO_SNDBUF/SO_RCVBUF to set, 0: keep */
+  /* server: out_buffer_size and in_buffer_size as given, which info()
+   * reports while no client is connected (0 and the default included) */
+  uint32_t out_given, in_given;
   /* SO_RCVBUF not set yet on this socket: AF_UNIX ignores it (unix(7), and
    * checked: the amount a peer can queue does not change), so it is only
    * set when info() is about to read it back. */
