@@ -1157,7 +1157,9 @@ end
 --- instance is busy, as Tokio's documented loop does) and `wait_for_server`
 --- (also retry while the name does not exist yet).
 function M.open(name, opts)
-  if type(opts) ~= "table" or (opts.timeout == nil and opts.wait_for_server == nil) then
+  -- (a table with a metatable: the C function refuses it, as create does)
+  if type(opts) ~= "table" or getmetatable(opts) ~= nil
+      or (opts.timeout == nil and opts.wait_for_server == nil) then
     return core.open(name, opts)
   end
   local rest, timeout, wait = {}, opts.timeout, opts.wait_for_server

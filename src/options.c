@@ -12,6 +12,7 @@
 
 #include "compat.h"
 
+#include "args.h"
 #include "np.h"
 #include "options.h"
 
@@ -57,7 +58,7 @@ static int is_string(lua_State *L, const char *lit) {
 /* Raise "bad argument #arg to 'fn' (option 'key': why)". */
 static int option_error(lua_State *L, int arg, const char *key,
                         const char *why) {
-  return luaL_argerror(
+  return np_arg_error(
       L, arg, lua_pushfstring(L, "option '%s': %s", key, why));
 }
 
@@ -127,19 +128,24 @@ typedef int (*set_option_fn)(lua_State *L, int arg, const char *key,
 
 static void parse_table(lua_State *L, int arg, set_option_fn set, void *opts) {
   if (lua_isnoneornil(L, arg)) return;
-  luaL_checktype(L, arg, LUA_TTABLE);
+  if (lua_type(L, arg) != LUA_TTABLE) np_type_error(L, arg, "table");
+  /* The options are read as they are (lua_next): one a metatable would
+   * supply (__index) would be dropped without a word, a protection such
+   * as first_pipe_instance among them. */
+  if (lua_getmetatable(L, arg))
+    np_arg_error(L, arg, "a table without a metatable expected (options are "
+                         "read as they are, not through one)");
   lua_pushnil(L);
   while (lua_next(L, arg)) {
     const char *key;
     size_t len;
     if (lua_type(L, -2) != LUA_TSTRING)
-      luaL_argerror(L, arg, "option keys must be strings");
+      np_arg_error(L, arg, "option keys must be strings");
     key = lua_tolstring(L, -2, &len);
     if (strlen(key) != len) /* "read\0" must not pass for "read" */
-      luaL_argerror(L, arg, "option key contains a NUL byte");
+      np_arg_error(L, arg, "option key contains a NUL byte");
     if (!set(L, arg, key, opts))
-      luaL_argerror(L, arg,
-                    lua_pushfstring(L, "unknown option '%s'", key));
+      np_arg_error(L, arg, lua_pushfstring(L, "unknown option '%s'", key));
     lua_pop(L, 1);
   }
 }

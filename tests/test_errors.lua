@@ -402,3 +402,33 @@ function TestMisuse:test_arguments_nothing_would_use_are_refused()
   lu.assertStrContains(msg(function() return server:ready("readable", 10) end),
     "bad argument #1 to 'ready' (pipe is closed)")
 end
+
+-- Option tables are read as they are: one with a metatable is refused (an
+-- option its __index supplied was dropped without a word, a
+-- first_pipe_instance among them, while np.open's timeout was read through
+-- it); and an option error points at the caller's line, np.open's too.
+function TestMisuse:test_option_tables_are_plain_and_their_errors_point_at_the_caller()
+  local name = H.name("opt-meta")
+  local via = setmetatable({}, { __index = { pipe_mode = "message", first_pipe_instance = true } })
+  local function msg(fn)
+    local ok, err = pcall(fn)
+    lu.assertFalse(ok)
+    return tostring(err)
+  end
+  lu.assertStrContains(msg(function() return (np.create(name, via)) end),
+    "bad argument #2 to 'create' (a table without a metatable expected")
+  local s = assert(np.create(name))
+  lu.assertStrContains(msg(function() return (np.open(name, via)) end),
+    "bad argument #2 to 'open' (a table without a metatable expected")
+  lu.assertStrContains(msg(function() return (np.open(name, setmetatable({ timeout = 100 }, {}))) end),
+    "bad argument #2 to 'open' (a table without a metatable expected")
+  for _, opts in ipairs { { bogus = 1 }, { bogus = 1, timeout = 100 } } do
+    local err = msg(function() return (np.open(name, opts)) end)
+    lu.assertStrContains(err, "test_errors.lua:")
+    lu.assertStrContains(err, "bad argument #2 to 'open' (unknown option 'bogus')")
+  end
+  lu.assertStrContains(msg(function() return (np.open(name, "message")) end), "test_errors.lua:")
+  lu.assertStrContains(msg(function() return (np.serve(H.name("opt-meta-serve"), via, function() end)) end),
+    "bad argument #2 to 'serve' (a table without a metatable expected")
+  s:close()
+end

@@ -68,6 +68,10 @@ function S.install(M)
     if opts ~= nil and type(opts) ~= "table" then
       error("bad argument #2 to 'serve' (table expected, got " .. type(opts) .. ")", 2)
     end
+    if opts ~= nil and getmetatable(opts) ~= nil then -- (as create and open refuse it)
+      error("bad argument #2 to 'serve' (a table without a metatable expected (options are read "
+        .. "as they are, not through one))", 2)
+    end
     local listeners = check_listeners(opts)
     local max_instances = opts and math_type(opts.max_instances) == "integer"
       and opts.max_instances or math.huge
