@@ -86,6 +86,9 @@ end
 --- np.run([fn, ...]): spawn fn if given, then step until no task, timer or
 --- operation is left.
 function M.run(fn, ...)
+  if fn ~= nil and type(fn) ~= "function" then -- (spawn would name itself)
+    error("bad argument #1 to 'run' (function expected, got " .. type(fn) .. ")", 2)
+  end
   -- (the task itself is one left: it would wait for its own end)
   if task.in_task() then
     error("np.run called from a task: it would wait for that task's own end "
@@ -748,6 +751,9 @@ function waiting.transact(self, data, a)
   local cb = type(a) == "function" and a or nil
   if not cb then check_timeout(a, 3, "transact", 4) end
   if has_readahead(self) then
+    -- (a request that is no string is refused as the C method refuses it,
+    -- also when the read-ahead answers at once: it raises, starting nothing)
+    if type(data) ~= "string" then return raw.transact(self, data, cb or task.soon) end
     if cb then return task.soon(cb, busy_with_unread()) end
     return busy_with_unread()
   end

@@ -432,3 +432,27 @@ function TestMisuse:test_option_tables_are_plain_and_their_errors_point_at_the_c
     "bad argument #2 to 'serve' (a table without a metatable expected")
   s:close()
 end
+
+-- Errors name the function the caller called: np.serve's options and name
+-- (create's checks), np.run's function (spawn's), and transact's request
+-- also while bytes read ahead would answer it PIPE_BUSY at once.
+function TestMisuse:test_errors_name_the_function_called()
+  local function msg(fn)
+    local ok, err = pcall(fn)
+    lu.assertFalse(ok)
+    return tostring(err)
+  end
+  local err = msg(function() return (np.serve(H.name("serve-bogus"), { bogus = 1 }, function() end)) end)
+  lu.assertStrContains(err, "bad argument #2 to 'serve' (unknown option 'bogus')")
+  lu.assertStrContains(err, "test_errors.lua:")
+  lu.assertStrContains(msg(function() return (np.serve(42, nil, function() end)) end),
+    "bad argument #1 to 'serve'")
+  lu.assertStrContains(msg(function() return (np.run(42)) end),
+    "bad argument #1 to 'run' (function expected, got number)")
+  local s, c = H.pair({ pipe_mode = "message" }, { pipe_mode = "message" })
+  assert(c:write("one\ntwo", 2000))
+  lu.assertEquals(s:read_line(2000), "one") -- "two" is read ahead
+  lu.assertStrContains(msg(function() return (s:transact(5)) end),
+    "bad argument #2 to 'transact' (string expected, got number)")
+  H.close_all(s, c)
+end

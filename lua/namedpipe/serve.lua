@@ -174,9 +174,11 @@ function S.install(M)
 
     -- The first instance now, so a bad name or option raises here and an
     -- OS refusal (NOT_FOUND, ACCESS_DENIED...) is returned.
-    local p, msg, ename, code = listen(first)
+    local ok, p, msg, ename, code = pcall(listen, first)
+    if not ok then -- (create's argument errors are serve's: its #1 and #2 too)
+      error((tostring(p):gsub("to 'create' %(", "to 'serve' (", 1)), 0)
+    end
     if not p then return nil, msg, ename, code end
-    local ok
     ok, msg, ename, code = top_up()
     if not ok then
       handle.close()
