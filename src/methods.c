@@ -354,15 +354,19 @@ static int raw_write_now(lua_State *L) {
   return 1;
 }
 
-/* try_read and try_write take no callback or timeout: one given (a
- * callback that would never run) is refused, not dropped. */
-static void check_no_wait_after(lua_State *L, int last) {
+/* Anything but nil after argument `last` is refused with why: a callback
+ * given after a timeout would never run, one given to try_read or
+ * try_write (which take none) neither. */
+static void refuse_after(lua_State *L, int last, const char *why) {
   int i, top = lua_gettop(L);
   for (i = last + 1; i <= top; i++)
-    if (!lua_isnil(L, i))
-      np_arg_error(L, i, "nothing expected: it returns at once, with no "
-                         "callback or timeout");
+    if (!lua_isnil(L, i)) np_arg_error(L, i, why);
 }
+
+/* try_read and try_write: no callback or timeout. */
+#define check_no_wait_after(L, last)                                       \
+  refuse_after(L, last, "nothing expected: it returns at once, with no "  \
+                        "callback or timeout")
 
 static int m_try_write(lua_State *L) {
   pipe_ud *u = check_pipe(L);
@@ -392,11 +396,8 @@ static int m_try_write(lua_State *L) {
  * word, a callback given after a timeout (read(n, 5, cb)) would never run,
  * or a timeout after a callback never fire. */
 static void check_nothing_after(lua_State *L, int last) {
-  int i, top = lua_gettop(L);
-  for (i = last + 1; i <= top; i++)
-    if (!lua_isnil(L, i))
-      np_arg_error(L, i, "nothing expected after the callback or timeout: "
-                         "give one of them, last");
+  refuse_after(L, last, "nothing expected after the callback or timeout: "
+                        "give one of them, last");
 }
 
 /* The methods: the callback form here, the rest diverted (see divert). */
