@@ -445,6 +445,7 @@ end
 -- "readable" or "writable"; prefix: the bytes a framing read has taken (a
 -- table of strings), read-ahead again should the call unwind.
 local wait_record, suspend, set_deadline = task.wait_record, task.suspend, task.set_deadline
+local in_task = task.in_task
 
 -- Step until op is done, cancelling it once timeout ms have passed.
 -- At least one step comes before the deadline's cancel, so that a poll
@@ -719,10 +720,12 @@ function waiting.write(self, data, a)
   if a ~= nil and (math_type(a) == nil or not (a >= 0)) then -- luacheck: ignore 581 (NaN too)
     check_timeout(a, 3, "write", 4)
   end
-  local w, cb = wait_record()
-  local in_task = w ~= nil
+  -- (the task's wait record only once it must wait: on Lua 5.1 taking it
+  -- yields a probe, which fails inside a pcall, and a write done at once
+  -- has no wait to fail)
+  local task_here = in_task()
   -- (false for what is not a pipe and a string; unbudgeted outside a task)
-  local sent = (not w or task_writes_now_here) and write_now(self, data, not w)
+  local sent = (not task_here or task_writes_now_here) and write_now(self, data, not task_here)
   if not sent then
     sent = 0
   elseif sent == #data then
@@ -730,8 +733,10 @@ function waiting.write(self, data, a)
   else -- a byte pipe that took a part: the rest is a write of its own
     data = data:sub(sent + 1)
   end
+  local w, cb = wait_record()
+  local in_task_wait = w ~= nil
   if not w then w, cb = op_begin(self, "write") end
-  local at_once = raw.write(self, data, cb, in_task)
+  local at_once = raw.write(self, data, cb, in_task_wait)
   if at_once then return sent + at_once end
   if sent == 0 then return wait_end(w, self, a, "write") end
   local n, msg, name, code = wait_end(w, self, a, "write")

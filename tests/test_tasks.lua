@@ -798,3 +798,18 @@ function TestTasks:test_event_methods_need_their_event_and_listeners_a_bound()
   lu.assertErrorMsgContains("option 'listeners': 1 to 254 expected", np.serve, H.name("listeners"),
     { listeners = 255 }, function() end)
 end
+
+-- A task's write that the pipe takes at once has nothing to wait for, so
+-- it works where the task cannot yield too (inside a pcall on Lua 5.1:
+-- taking the task's wait record first yielded a probe there, which failed
+-- and raised before anything was written).
+function TestTasks:test_a_task_s_write_taken_at_once_works_inside_a_pcall()
+  local s, c = H.pair()
+  local ok, n
+  np.spawn(function() ok, n = pcall(function() return (c:write("hello")) end) end)
+  H.pump(function() return ok ~= nil end, 5000, "the task")
+  lu.assertTrue(ok, tostring(n))
+  lu.assertEquals(n, 5)
+  lu.assertEquals(s:read(nil, 2000), "hello")
+  H.close_all(s, c)
+end
