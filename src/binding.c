@@ -282,14 +282,10 @@ static int step_loop(lua_State *L, loop_ud *lu) {
       /* (a run stays counted until it is done; a restart's read is counted
        * as its own completion) */
       if (!run && !restart) u->inflight--;
-      if (u->p || u->inflight > 0) {
-        lu->held = u; /* anchored until settled, after the callback */
-      } else if (u->self_ref != LUA_NOREF) {
-        /* closed, its last completion: nothing can anchor it again, so
-         * let it go now (a raise would leave it held until a next step) */
-        release(L, lu, anchors, u->self_ref);
-        u->self_ref = LUA_NOREF;
-      }
+      lu->held = u; /* anchored until settled, after the callback */
+      /* closed, its last completion: nothing can anchor it again, so let
+       * it go now (a raise would leave it held until a next step) */
+      if (!u->p && u->inflight == 0) settle_held(L, lu, anchors);
     }
     if (run) { /* done even if it raises: then the error goes on */
       int status = lua_pcall(L, nargs, 0, 0);

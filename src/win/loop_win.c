@@ -58,6 +58,14 @@ void np_req_wait(np_loop *loop, np_req *req) {
   req->state = REQ_WAITING;
 }
 
+/* Back from waiting, about to go to the kernel: idle and not counted, as
+ * submitted() expects (it counts it again). */
+void np_req_unwait(np_loop *loop, np_req *req) {
+  req->pipe->outstanding--;
+  loop->outstanding--;
+  req->state = REQ_IDLE;
+}
+
 void np_req_ready(np_loop *loop, np_req *req) {
   if (req->state == REQ_IDLE) {
     req->pipe->outstanding++;

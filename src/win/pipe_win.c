@@ -415,14 +415,10 @@ static void start_waiting_transact(np_pipe *p) {
   p->transact_after = NULL;
   if (req->state != REQ_WAITING || req->op != NP_OP_TRANSACT) return;
   if (!reserve(p, READ_CHUNK)) {
-    req->status.err = NP_NO_MEMORY;
-    req->status.code = ERROR_NOT_ENOUGH_MEMORY;
-    np_req_ready(p->loop, req);
+    complete_now(req, NP_NO_MEMORY, ERROR_NOT_ENOUGH_MEMORY);
     return;
   }
-  req->state = REQ_IDLE; /* back from WAITING: submitted() counts it */
-  p->outstanding--;
-  p->loop->outstanding--;
+  np_req_unwait(p->loop, req);
   submitted(req, TransactNamedPipe(p->h, (void *)req->wdata, req->wlen,
                                    p->rbuf, READ_CHUNK, NULL, &req->ov));
 }
@@ -473,9 +469,7 @@ static void pump_writes(np_pipe *p) {
     np_req *req = p->wqueue_head;
     p->wqueue_head = req->next;
     if (!p->wqueue_head) p->wqueue_tail = NULL;
-    req->state = REQ_IDLE; /* back from WAITING: submitted() counts it */
-    p->outstanding--;
-    p->loop->outstanding--;
+    np_req_unwait(p->loop, req);
     if (req->session != p->session) /* np_disconnect flushes: never */
       complete_now(req, NP_NOT_CONNECTED, 0);
     else

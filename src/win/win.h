@@ -160,6 +160,7 @@ void np_read_buffer_drop(np_pipe *p);
 void np_req_ready(np_loop *loop, np_req *req);
 void np_req_kernel(np_loop *loop, np_req *req);
 void np_req_wait(np_loop *loop, np_req *req);
+void np_req_unwait(np_loop *loop, np_req *req);
 void np_pipe_free(np_pipe *p);
 np_req *np_write_new(np_pipe *p);
 void np_write_drop(np_req *req);
