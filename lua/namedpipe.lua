@@ -73,13 +73,22 @@ M.spawn = task.spawn
 --- host loop's own timer; np.fd() is the descriptor to poll).
 M.timeout = task.next_timer
 
+-- Anything but nil among a call's last arguments (..., from argument
+-- number `first` on) is refused with why, not dropped: a callback or a
+-- timeout nothing would use. The error points at the caller of fname.
+local function refuse_after(fname, first, why, ...)
+  for i = 1, select("#", ...) do
+    if (select(i, ...)) ~= nil then
+      error(("bad argument #%d to '%s' (%s)"):format(first + i - 1, fname, why), 3)
+    end
+  end
+end
+
 function M.sleep(ms, ...)
   if math_type(ms) == nil or not (ms >= 0) then -- luacheck: ignore 581 (NaN too)
     error("bad argument #1 to 'sleep' (milliseconds >= 0 expected)", 2)
   end
-  if select("#", ...) > 0 and (...) ~= nil then -- (a callback would never run)
-    error("bad argument #2 to 'sleep' (nothing expected after the milliseconds)", 2)
-  end
+  refuse_after("sleep", 2, "nothing expected after the milliseconds", ...)
   task.sleep(ms, step)
 end
 
@@ -999,9 +1008,7 @@ function methods.ready(self, interest, timeout, ...)
     error("bad argument #2 to 'ready' (\"readable\", \"writable\" or \"both\" expected)", 2)
   end
   check_timeout(timeout, 3, "ready")
-  if select("#", ...) > 0 and (...) ~= nil then
-    error("bad argument #4 to 'ready' (nothing expected after the timeout)", 2)
-  end
+  refuse_after("ready", 4, "nothing expected after the timeout", ...)
   if self:state() == "closed" then error("bad argument #1 to 'ready' (pipe is closed)", 2) end
   if interest ~= "both" then
     local ok, msg, name, code = methods[interest](self, timeout)
@@ -1135,9 +1142,7 @@ function M.event()
   function ev:wait(timeout, ...)
     check_self(self, "wait")
     check_timeout(timeout, 2, "wait")
-    if select("#", ...) > 0 and (...) ~= nil then
-      error("bad argument #3 to 'wait' (nothing expected after the timeout)", 2)
-    end
+    refuse_after("wait", 3, "nothing expected after the timeout", ...)
     if not values then
       if task.current() then
         -- set() and the timer share one resume: whichever comes first
@@ -1238,7 +1243,7 @@ require("namedpipe.framing").install(M, methods, {
   take_readahead = take_readahead, take_rope = take_rope,
   check_not_reading = check_not_reading,
   unsettled = unsettled,
-  check_timeout = check_timeout, settle = settle,
+  check_timeout = check_timeout, refuse_after = refuse_after, settle = settle,
   wait_begin = wait_begin, wait_end = wait_end, raw = raw,
 })
 M.serve = require("namedpipe.serve").install(M)

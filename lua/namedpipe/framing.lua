@@ -41,14 +41,8 @@ function F.install(M, methods, P)
   -- Anything but nil after the last argument is refused, as the C methods
   -- refuse it: a callback given after the timeout would never run. first:
   -- the position of the first of ... (the rest of the call's arguments).
-  local function check_nothing_after(fname, first, ...)
-    for i = 1, select("#", ...) do
-      if (select(i, ...)) ~= nil then
-        error(("bad argument #%d to '%s' (nothing expected after the callback or timeout: "
-          .. "give one of them, last)"):format(first + i - 1, fname), 3)
-      end
-    end
-  end
+  local refuse_after = P.refuse_after
+  local AFTER_LAST = "nothing expected after the callback or timeout: give one of them, last"
 
   local concat = table.concat
 
@@ -176,7 +170,7 @@ function F.install(M, methods, P)
   --- returned, then nil, msg, "EOF".
   function methods.read_line(self, timeout, ...)
     check_pipe(self, "read_line")
-    check_nothing_after("read_line", 3, ...)
+    refuse_after("read_line", 3, AFTER_LAST, ...)
     check_not_reading(self, "read_line", 3) -- (a read_start waiting for the read-ahead)
     check_timeout(timeout, 2, "read_line")
     -- A line already read ahead is cut from it in place (its bytes come
@@ -211,9 +205,7 @@ function F.install(M, methods, P)
   --- any other failure raises.
   function methods.lines(self, ...)
     check_pipe(self, "lines")
-    if select("#", ...) > 0 and (...) ~= nil then -- (a timeout would be dropped)
-      error("bad argument #2 to 'lines' (nothing expected: lines() waits for each line)", 2)
-    end
+    refuse_after("lines", 2, "nothing expected: lines() waits for each line", ...)
     return function()
       if self:state() == "closed" then return nil end -- closed in the loop's body
       local line, msg, name = methods.read_line(self)
@@ -227,7 +219,7 @@ function F.install(M, methods, P)
   --- (what arrived stays readable).
   function methods.read_exact(self, n, timeout, ...)
     check_pipe(self, "read_exact")
-    check_nothing_after("read_exact", 4, ...)
+    refuse_after("read_exact", 4, AFTER_LAST, ...)
     check_not_reading(self, "read_exact", 3) -- (a read_start waiting for the read-ahead)
     if math_type(n) ~= "integer" or n < 0 then
       error("bad argument #2 to 'read_exact' (byte count >= 0 expected)", 2)
@@ -246,7 +238,7 @@ function F.install(M, methods, P)
     if type(data) ~= "string" then
       error("bad argument #2 to 'write_frame' (string expected, got " .. type(data) .. ")", 2)
     end
-    check_nothing_after("write_frame", 4, ...)
+    refuse_after("write_frame", 4, AFTER_LAST, ...)
     if #data > 0xFFFFFFFF then
       error("bad argument #2 to 'write_frame' (a frame's length must fit 4 bytes)", 2)
     end
@@ -264,7 +256,7 @@ function F.install(M, methods, P)
   --- and is left unread (its length too), so a larger limit can read it.
   function methods.read_frame(self, timeout, ...)
     check_pipe(self, "read_frame")
-    check_nothing_after("read_frame", 3, ...)
+    refuse_after("read_frame", 3, AFTER_LAST, ...)
     check_not_reading(self, "read_frame", 3) -- (a read_start waiting for the read-ahead)
     check_timeout(timeout, 2, "read_frame")
     local max = M.max_frame_size
