@@ -142,6 +142,48 @@ local readahead = setmetatable({}, { __mode = "k" })
 local readahead_at = setmetatable({}, { __mode = "k" })
 local concat = table.concat
 
+-- A message pipe's read-ahead keeps its messages apart: ahead_lens[pipe]
+-- holds their lengths in order (lens[lens.h .. lens.n], the first what is
+-- left of it; an empty message is a 0), so that a read takes one message,
+-- as it would from the pipe, while the framing reads take bytes across
+-- them. Kept beside the bytes, not instead of them: the framing reads'
+-- cuts in place and ropes stay as they are. nil for a byte pipe.
+local ahead_lens = setmetatable({}, { __mode = "k" })
+
+local function new_lens(n)
+  local lens = { h = 1, n = 0 }
+  if n then lens.n, lens[1] = 1, n end
+  return lens
+end
+
+local function lens_push(lens, n)
+  lens.n = lens.n + 1
+  lens[lens.n] = n
+end
+
+-- other's messages after those of lens (other is used up)
+local function lens_append(lens, other)
+  for i = other.h, other.n do lens_push(lens, other[i]) end
+end
+
+-- The first k bytes have been taken: whole messages go, and the one they
+-- end in keeps its rest. (Empty messages before the last byte taken go
+-- with them: a framing read took bytes across them; those after it stay.)
+local function lens_drop(lens, k)
+  local i = lens.h
+  while i <= lens.n and k > 0 do
+    local m = lens[i]
+    if m > k then
+      lens[i] = m - k
+      break
+    end
+    k = k - m
+    lens[i] = nil
+    i = i + 1
+  end
+  lens.h = i
+end
+
 local function flatten(pipe)
   local r = readahead[pipe]
   if type(r) == "table" then readahead[pipe] = concat(r, "", 1, r.n) end
@@ -175,9 +217,17 @@ local function readahead_rest(pipe)
   return buf
 end
 
---- np._read_ahead(pipe): how many bytes this layer holds for the pipe (a
---- read-only view, for tests and debugging).
-function M._read_ahead(pipe) return readahead_len(pipe) end
+--- np._read_ahead(pipe): how many bytes this layer holds for the pipe,
+--- and on a message pipe a list of its messages' lengths (a read-only
+--- view, for tests and debugging).
+function M._read_ahead(pipe)
+  local lens, list = ahead_lens[pipe], nil
+  if lens then
+    list = {}
+    for i = lens.h, lens.n do list[#list + 1] = lens[i] end
+  end
+  return readahead_len(pipe), list
+end
 
 -- Which connection of a server instance this is: disconnect() (below)
 -- counts them. Bytes this layer took from one connection are handed on
@@ -248,29 +298,55 @@ local function sync_divert(pipe)
     or starting[pipe] ~= nil or framing_reads[pipe] ~= nil)
 end
 
-local function set_readahead(pipe, buf)
+-- The read-ahead is buf now (nil: none). lens: its messages, on a message
+-- pipe (none given: buf is one message).
+local function set_readahead(pipe, buf, lens)
   readahead[pipe], readahead_at[pipe] = buf, nil
+  if buf ~= nil and raw.reads_messages(pipe) then
+    ahead_lens[pipe] = lens or new_lens(type(buf) == "table" and buf.bytes or #buf)
+  else
+    ahead_lens[pipe] = nil
+  end
   sync_divert(pipe)
 end
 
+-- The read-ahead's messages, taken (as its bytes are about to be: a
+-- framing read's start), or nil on a byte pipe.
+local function take_lens(pipe)
+  local lens = ahead_lens[pipe]
+  ahead_lens[pipe] = nil
+  if lens == nil and raw.reads_messages(pipe) then lens = new_lens() end
+  return lens
+end
+
 -- The bytes before position `at` of the read-ahead string have been taken.
+-- (On a message pipe empty messages may stay after the last byte.)
 local function readahead_skip(pipe, at)
-  if at > #readahead[pipe] then
+  local lens = ahead_lens[pipe]
+  if lens then lens_drop(lens, at - (readahead_at[pipe] or 1)) end
+  if at > #readahead[pipe] and not (lens and lens.h <= lens.n) then
     set_readahead(pipe, nil)
   else
     readahead_at[pipe] = at
   end
 end
 
+-- s comes after the read-ahead (one message: an abandoned read's), or
+-- before it (one message, or those slens gives: a framing read's).
 local function append_readahead(pipe, s)
-  local old = readahead_rest(pipe)
-  set_readahead(pipe, old and old .. s or s)
+  local old, lens = readahead_rest(pipe), ahead_lens[pipe]
+  if lens then lens_push(lens, #s) end
+  set_readahead(pipe, old and old .. s or s, lens)
 end
 
-local function prepend_readahead(pipe, s)
-  if s == "" then return end
-  local old = readahead_rest(pipe)
-  set_readahead(pipe, old and s .. old or s)
+local function prepend_readahead(pipe, s, slens)
+  if s == "" and (not slens or slens.h > slens.n) then return end
+  local old, lens = readahead_rest(pipe), ahead_lens[pipe]
+  if lens then
+    slens = slens or new_lens(#s)
+    lens_append(slens, lens)
+  end
+  set_readahead(pipe, old and s .. old or s, slens)
 end
 
 local function new_op(pipe, kind)
@@ -323,7 +399,7 @@ local function abandon(op)
   if op.abandoned then return end
   op.abandoned = true
   if op.prefix then -- bytes a framing read had taken come back first
-    if op.session == session(op.pipe) then prepend_readahead(op.pipe, table.concat(op.prefix)) end
+    if op.session == session(op.pipe) then prepend_readahead(op.pipe, table.concat(op.prefix), op.prefix.lens) end
     op.prefix = nil
   end
   if op.done then
@@ -537,9 +613,24 @@ local function has_readahead(pipe)
   return readahead[pipe] ~= nil and pipe:state() ~= "closed"
 end
 
-local function take_readahead(pipe, n)
+-- Up to n bytes of the read-ahead (n nil: all there is), or nil. On a
+-- message pipe no more than its first message (what is left of it),
+-- unless bytes (a framing read, which takes bytes across messages).
+local function take_readahead(pipe, n, bytes)
   local buf, at = readahead_view(pipe)
   if not buf then return nil end
+  local lens = not bytes and ahead_lens[pipe]
+  if lens and lens.h < lens.n then -- (the last message: all there is, below)
+    local m = lens[lens.h]
+    if m == 0 then -- an empty message
+      lens[lens.h] = nil
+      lens.h = lens.h + 1
+      return ""
+    end
+    if not n or n > m then n = m end
+    readahead_skip(pipe, at + n)
+    return buf:sub(at, at + n - 1)
+  end
   if n and n < #buf - at + 1 then
     readahead_skip(pipe, at + n)
     return buf:sub(at, at + n - 1)
@@ -798,12 +889,12 @@ function waiting.peek(self)
   end
   -- Bytes read ahead are the first a read gets, whatever the pipe says
   -- behind them (it may have reached its end: the peer closed or was
-  -- disconnected after they came). In message mode they are read as one
-  -- message. (An empty message read ahead counts.)
-  local ahead = readahead_len(self)
+  -- disconnected after they came). In message mode the next message is
+  -- the first read ahead. (An empty message read ahead counts.)
+  local ahead, lens = readahead_len(self), ahead_lens[self]
   if not t then t = { available = 0 } end
   t.available = t.available + ahead
-  if raw.reads_messages(self) then t.message = ahead end
+  if lens then t.message = lens[lens.h] end
   return t
 end
 
@@ -1239,6 +1330,9 @@ require("namedpipe.framing").install(M, methods, {
   readahead = readahead, set_readahead = set_readahead, session = session,
   framing_reads = framing_reads, sync_divert = sync_divert,
   readahead_view = readahead_view, readahead_len = readahead_len,
+  take_lens = take_lens, lens_push = lens_push, lens_drop = lens_drop,
+  lens_append = lens_append, ahead_lens = ahead_lens,
+  prepend_readahead = prepend_readahead,
   readahead_rest = readahead_rest, readahead_skip = readahead_skip,
   take_readahead = take_readahead, take_rope = take_rope,
   check_not_reading = check_not_reading,

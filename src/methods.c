@@ -526,7 +526,7 @@ static int raw_read_stopping(lua_State *L) {
 }
 
 /* layer.reads_messages(pipe): does an open pipe read messages (its
- * read-ahead is then handed out as one message)? */
+ * read-ahead then keeps their lengths, and a read takes one)? */
 static int raw_reads_messages(lua_State *L) {
   pipe_ud *u = to_pipe(L);
   lua_pushboolean(L, u->p && np_pipe_read_mode(u->p) == NP_MODE_MESSAGE);

@@ -14,6 +14,8 @@ function F.install(M, methods, P)
   local readahead, set_readahead, now, session = P.readahead, P.set_readahead, M.now, P.session
   local readahead_view, readahead_len, readahead_rest, readahead_skip, take_rope =
     P.readahead_view, P.readahead_len, P.readahead_rest, P.readahead_skip, P.take_rope
+  local take_lens, lens_push, lens_drop, lens_append, ahead_lens =
+    P.take_lens, P.lens_push, P.lens_drop, P.lens_append, P.ahead_lens
   local check_not_reading = P.check_not_reading
   local framing_reads, sync_divert = P.framing_reads, P.sync_divert
 
@@ -82,25 +84,34 @@ function F.install(M, methods, P)
       pieces = { readahead_rest(self) or "" }
       pieces.n = 1
     end
+    -- on a message pipe, where its messages begin and end: what this read
+    -- leaves is read as the messages it came in (nil on a byte pipe)
+    local lens = take_lens(self)
+    pieces.lens = lens -- (for an abandoned read's bytes to come back as such)
     set_readahead(self, nil)
-    local function keep(s)
-      if #s > 0 and session(self) == connection then
-        set_readahead(self, s .. (readahead_rest(self) or ""))
-      end
+    -- what is left after byte `skip`: read ahead again, before anything
+    -- read ahead meanwhile (an abandoned read's)
+    local function keep(s, skip)
+      if session(self) ~= connection then return end
+      if lens then lens_drop(lens, skip) end
+      P.prepend_readahead(self, s, lens) -- (nothing, unless s or an empty message)
     end
     -- unfinished: the pieces stay as they are, with where the scan got
     local function keep_pieces()
       if session(self) ~= connection then return end
       local bytes = before -- (every piece has been looked at)
       local rest = readahead_rest(self) -- (an abandoned read's, meanwhile)
-      pieces.kind, pieces.scanned, pieces.before = kind, pieces.n, bytes
+      local rest_lens = ahead_lens[self]
+      pieces.kind, pieces.scanned, pieces.before, pieces.lens = kind, pieces.n, bytes, nil
       if rest then
         pieces.n = pieces.n + 1
         pieces[pieces.n] = rest
         bytes = bytes + #rest
+        if lens and rest_lens then lens_append(lens, rest_lens) end
       end
       pieces.bytes = bytes
-      if bytes > 0 then set_readahead(self, pieces) end
+      -- (empty messages alone are kept too: each is a message to read)
+      if bytes > 0 or lens and lens.h <= lens.n then set_readahead(self, pieces, lens) end
     end
     local i = from
     while true do
@@ -115,10 +126,10 @@ function F.install(M, methods, P)
       end
       if cut then
         local all = pieces.n == 1 and pieces[1] or concat(pieces, "", 1, pieces.n)
-        if skip < #all then keep(all:sub(skip + 1)) end
+        keep(all:sub(skip + 1), skip)
         return all:sub(1, cut)
       elseif cut == false then
-        keep(concat(pieces, "", 1, pieces.n))
+        keep(concat(pieces, "", 1, pieces.n), 0)
         return nil, skip, name, 0
       elseif i > pieces.n then
         -- Stopped by whatever ran while the last read's result was on its
@@ -144,6 +155,7 @@ function F.install(M, methods, P)
         end
         pieces.n = pieces.n + 1
         pieces[pieces.n] = data
+        if lens then lens_push(lens, #data) end
       end
     end
   end
@@ -225,7 +237,7 @@ function F.install(M, methods, P)
       error("bad argument #2 to 'read_exact' (byte count >= 0 expected)", 2)
     end
     check_timeout(timeout, 3, "read_exact")
-    if readahead_len(self) >= n and readahead[self] then return P.take_readahead(self, n) end
+    if readahead_len(self) >= n and readahead[self] then return P.take_readahead(self, n, true) end
     return read_until(self, timeout, n, function(piece, before)
       if before + #piece >= n then return n, n end
     end)
