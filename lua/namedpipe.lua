@@ -598,13 +598,23 @@ local function wait_end(w, pipe, timeout, kind)
   return unpack(op.r, 1, op.r.n)
 end
 
--- The C methods check n themselves; data read ahead is handed out here, so
--- check it the same way first.
+-- The C methods check n themselves (as lua_tointegerx converts: a numeric
+-- string or a float with an integer value will do); data read ahead is
+-- handed out here, so check it the same way first, with the same words,
+-- and take what they take: the count as a number, or nil.
+local tointeger = math.tointeger or function(v) return v end -- luacheck: ignore 143
 local function check_count(n, fname)
-  if n ~= nil and (math_type(n) ~= "integer" or n < 1) then
-    error(("bad argument #2 to '%s' (positive byte count expected, got %s)")
-      :format(fname, math_type(n) or type(n)), 4)
+  if n == nil then return nil end
+  local v, why = tonumber(n), nil
+  if v == nil or (type(n) ~= "number" and type(n) ~= "string") then
+    why = "number expected, got " .. type(n)
+  elseif v ~= v or v % 1 ~= 0 or v >= 2 ^ 63 or v < -2 ^ 63 then
+    why = "number has no integer representation"
+  elseif v < 1 then
+    why = "positive byte count expected"
   end
+  if why then error(("bad argument #2 to '%s' (%s)"):format(fname, why), 4) end
+  return tointeger(v)
 end
 
 -- Read-ahead data, if the pipe is open (a closed pipe raises in the C
@@ -695,7 +705,7 @@ function waiting.read(self, a, b)
     check_timeout(b, 3, "read", 4)
   end
   if readahead[self] ~= nil and has_readahead(self) then
-    check_count(n, "read")
+    n = check_count(n, "read")
     local data = take_readahead(self, n)
     if is_cb then return task.soon(b, data) end
     return data
@@ -703,7 +713,7 @@ function waiting.read(self, a, b)
   if is_cb then
     local op = orphan(self, "read")
     if op then
-      check_count(n, "read")
+      n = check_count(n, "read")
       return call_after(op, self, b, function() return methods.read(self, n, b) end)
     end
     return raw.read(self, n, b)
@@ -713,7 +723,7 @@ function waiting.read(self, a, b)
     ok, b = settle(self, "read", b)
     if not ok then return unsettled(b) end
     if has_readahead(self) then
-      check_count(n, "read")
+      n = check_count(n, "read")
       return take_readahead(self, n)
     end
   end
@@ -787,7 +797,7 @@ end
 function waiting.try_read(self, n)
   check_not_reading(self, "try_read")
   if has_readahead(self) then
-    check_count(n, "try_read")
+    n = check_count(n, "try_read")
     return take_readahead(self, n)
   end
   if orphan(self, "read") then -- what it gets comes later: nothing now
@@ -978,11 +988,16 @@ local function deliver_ahead(pipe, start)
   if not ok then error(err, 0) end
 end
 
+-- (Handed over with a plain call on every Lua, as step is: its errors
+-- point at the method's caller, level 3, or 4 past the Lua wrapper the
+-- method is where C cannot yield, below.)
+local START_LEVEL = raw.c_can_yield and 3 or 4
 function waiting.read_start(self, cb)
   if type(cb) ~= "function" then
-    error(("bad argument #2 to 'read_start' (function expected, got %s)"):format(type(cb)), 4)
+    error(("bad argument #2 to 'read_start' (function expected, got %s)"):format(type(cb)),
+      START_LEVEL)
   end
-  check_not_reading(self, "read_start")
+  check_not_reading(self, "read_start", START_LEVEL + 1)
   local start = { cb = cb, session = session(self) }
   if has_readahead(self) then
     start.data = take_readahead(self)

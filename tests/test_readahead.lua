@@ -383,3 +383,55 @@ function TestReadahead:test_an_unwound_framing_read_gives_back_its_messages()
   lu.assertEquals(select(3, server:read(nil, 20)), "TIMEOUT")
   H.close_all(server, client)
 end
+
+-- A byte count is taken and refused as the C methods take and refuse it,
+-- whether bytes are read ahead or not: a numeric string or a float with
+-- an integer value will do, and the same words refuse the rest.
+function TestReadahead:test_counts_are_checked_alike_with_bytes_read_ahead()
+  local server, client = H.pair()
+  local function refusal(...)
+    local ok, err = pcall(server.read, server, ...)
+    lu.assertFalse(ok)
+    return (tostring(err):gsub("^[^:]*:%d+: ", ""))
+  end
+  local bad = { "x", 2.5, 0, -1, true, {}, 2 ^ 63, 0 / 0 }
+  local plain = {}
+  for i, v in ipairs(bad) do plain[i] = refusal(v, 10) end
+  assert(client:write("one\nabcdefghij", 2000))
+  lu.assertEquals(server:read_line(2000), "one")
+  lu.assertTrue(np._read_ahead(server) > 0)
+  for i, v in ipairs(bad) do lu.assertEquals(refusal(v, 10), plain[i], tostring(v)) end
+  lu.assertEquals(server:read("3", 2000), "abc")
+  lu.assertEquals(server:read(3.0, 2000), "def")
+  lu.assertEquals(server:try_read("2"), "gh")
+  lu.assertEquals(server:read(nil, 2000), "ij")
+  H.close_all(server, client)
+end
+
+-- read_start's refusals point at its caller's line, bytes read ahead or
+-- not (the Lua layer that hands the read-ahead out raises them then).
+function TestReadahead:test_read_start_refusals_point_at_the_caller()
+  local server, client = H.pair()
+  local function line_of(f)
+    local ok, err = pcall(f)
+    lu.assertFalse(ok)
+    return tostring(err):match("^[^:]*:(%d+):"), tostring(err)
+  end
+  local here = debug.getinfo(1, "l").currentline
+  local l1, e1 = line_of(function() server:read_start(5) end)
+  lu.assertEquals(tonumber(l1), here + 1, e1)
+  assert(client:write("one\ntwo", 2000))
+  lu.assertEquals(server:read_line(2000), "one")
+  here = debug.getinfo(1, "l").currentline
+  local l2, e2 = line_of(function() server:read_start(5) end)
+  lu.assertEquals(tonumber(l2), here + 1, e2)
+  lu.assertStrContains(e2, "bad argument #2 to 'read_start' (function expected, got number)")
+  -- and a read_start while one waits for the read-ahead is refused so too
+  server:read_start(function() end)
+  here = debug.getinfo(1, "l").currentline
+  local l3, e3 = line_of(function() server:read_start(function() end) end)
+  lu.assertEquals(tonumber(l3), here + 1, e3)
+  lu.assertStrContains(e3, "already pending")
+  server:read_stop()
+  H.close_all(server, client)
+end
