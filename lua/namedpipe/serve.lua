@@ -61,6 +61,8 @@ function S.install(M)
     return n
   end
 
+  local AS_SERVE = { serve = M.create }
+
   return function(name, opts, handler)
     if type(handler) ~= "function" then
       error("bad argument #3 to 'serve' (function expected, got " .. type(handler) .. ")", 2)
@@ -120,8 +122,15 @@ function S.install(M)
     end
 
     -- Create one listening instance: the pipe, or nil, msg, name, code.
-    local function listen(opts_)
-      local p, msg, ename, code = M.create(name, opts_)
+    -- The first is created by serve's name (create's checks name the
+    -- function as its call site does): an argument error is serve's.
+    local function listen(opts_, first_one)
+      local p, msg, ename, code
+      if first_one then
+        p, msg, ename, code = AS_SERVE.serve(name, opts_)
+      else
+        p, msg, ename, code = M.create(name, opts_)
+      end
       if not p then return nil, msg, ename, code end
       idle[p] = true
       n_idle = n_idle + 1
@@ -174,10 +183,8 @@ function S.install(M)
 
     -- The first instance now, so a bad name or option raises here and an
     -- OS refusal (NOT_FOUND, ACCESS_DENIED...) is returned.
-    local ok, p, msg, ename, code = pcall(listen, first)
-    if not ok then -- (create's argument errors are serve's: its #1 and #2 too)
-      error((tostring(p):gsub("to 'create' %(", "to 'serve' (", 1)), 0)
-    end
+    local ok, p, msg, ename, code = pcall(listen, first, true)
+    if not ok then error(p, 0) end -- (its position is serve's caller's)
     if not p then return nil, msg, ename, code end
     ok, msg, ename, code = top_up()
     if not ok then
