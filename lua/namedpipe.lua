@@ -629,6 +629,11 @@ end
 local function take_readahead(pipe, n, bytes)
   local buf, at = readahead_view(pipe)
   if not buf then return nil end
+  if bytes and ahead_lens[pipe] then -- (empty messages after the last byte stay)
+    if n > #buf - at + 1 then n = #buf - at + 1 end
+    readahead_skip(pipe, at + n)
+    return buf:sub(at, at + n - 1)
+  end
   local lens = not bytes and ahead_lens[pipe]
   if lens and lens.h < lens.n then -- (the last message: all there is, below)
     local m = lens[lens.h]
@@ -1020,7 +1025,10 @@ local function withdraw_start(self)
   local start = starting[self]
   if not start then return nil end
   clear_start(self)
-  if start.data and start.session == session(self) then prepend_readahead(self, start.data) end
+  if start.data and start.session == session(self) then
+    -- (one message: an empty one too)
+    prepend_readahead(self, start.data, raw.reads_messages(self) and new_lens(#start.data) or nil)
+  end
   start.data = nil
   return start
 end

@@ -435,3 +435,45 @@ function TestReadahead:test_read_start_refusals_point_at_the_caller()
   server:read_stop()
   H.close_all(server, client)
 end
+
+-- Empty messages read ahead stay messages: after a read_exact that takes
+-- the bytes before them, after a read_start withdrawn before its first
+-- call, and at the end of the stream, where read_line gives no line for
+-- them (a later read() does give each).
+function TestReadahead:test_empty_messages_read_ahead_are_kept()
+  local mopts = { pipe_mode = "message" }
+  local function pair_with(...)
+    local server, client = H.pair(mopts, mopts)
+    for _, m in ipairs { ... } do assert(client:write(m, 2000)) end
+    lu.assertEquals(select(3, server:read_line(50)), "TIMEOUT") -- all read ahead
+    return server, client
+  end
+  local server, client = pair_with("ab", "")
+  lu.assertEquals(server:read_exact(2, 2000), "ab")
+  lu.assertEquals(server:read(nil, 2000), "")
+  lu.assertEquals(select(3, server:read(nil, 20)), "TIMEOUT")
+  H.close_all(server, client)
+
+  server, client = pair_with("")
+  lu.assertEquals(server:read_exact(0, 2000), "")
+  lu.assertEquals(server:read(nil, 2000), "")
+  H.close_all(server, client)
+
+  server, client = pair_with("", "xy")
+  server:read_start(function() error("withdrawn before its first call") end)
+  server:read_stop()
+  lu.assertEquals(server:read(nil, 2000), "")
+  lu.assertEquals(server:read(nil, 2000), "xy")
+  H.close_all(server, client)
+
+  server, client = H.pair(mopts, mopts)
+  assert(client:write("x\n", 2000))
+  assert(client:write("", 2000))
+  client:close()
+  local lines = {}
+  for line in server:lines() do lines[#lines + 1] = line end
+  lu.assertEquals(lines, { "x" })
+  lu.assertEquals(server:read(nil, 2000), "")
+  lu.assertEquals(select(3, server:read(nil, 2000)), "EOF")
+  H.close_all(server, client)
+end

@@ -205,7 +205,7 @@ function F.install(M, methods, P)
       if line:byte(-1) == 13 then line = line:sub(1, -2) end
       return line
     end
-    if name == "EOF" and readahead[self] then
+    if name == "EOF" and readahead[self] and readahead_len(self) > 0 then
       local last = readahead_rest(self)
       set_readahead(self, nil)
       return last
