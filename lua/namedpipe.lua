@@ -291,11 +291,16 @@ local function dead(thread) return thread ~= nil and co_status(thread) == "dead"
 -- A read_start waiting for what this layer holds of the pipe (below,
 -- waiting.read_start) diverts them as well.
 local starting = setmetatable({}, { __mode = "k" })
+-- Callback-form calls queued behind an abandoned operation (call_after,
+-- below), in order, by pipe: their pipe's cancel diverts here until each
+-- has been made or ended, also in the step between the operation's end and
+-- their turn.
+local queued_calls = setmetatable({}, { __mode = "k" })
 local raw_set_readahead = raw.set_readahead
 local function sync_divert(pipe)
   local ops = inflight[pipe]
   raw_set_readahead(pipe, readahead[pipe] ~= nil or (ops ~= nil and ops.read ~= nil)
-    or starting[pipe] ~= nil or framing_reads[pipe] ~= nil)
+    or starting[pipe] ~= nil or framing_reads[pipe] ~= nil or queued_calls[pipe] ~= nil)
 end
 
 -- The read-ahead is buf now (nil: none). lens: its messages, on a message
@@ -656,12 +661,58 @@ end
 
 -- A callback-form call made while an abandoned operation holds its slot
 -- is made again once that one has completed; a pipe closed by then gives
--- the callback what a pending operation gets from close().
-local function call_after(op, pipe, cb, again)
+-- the callback what a pending operation gets from close(). Until then it
+-- is queued here (queued_calls, declared above sync_divert), so that a
+-- cancel of its slot ends it as it would end it pending
+-- (end_queued_calls). buf: a read_into's buffer, busy while the call
+-- waits here (the pending call's, as a pending read's is), free again
+-- when it is made or ended.
+
+local function call_after(op, pipe, cb, again, buf)
+  local queue = queued_calls[pipe]
+  if not queue then
+    queue = {}
+    queued_calls[pipe] = queue
+    sync_divert(pipe)
+  end
+  local entry = { cb = cb, buf = buf }
+  queue[#queue + 1] = entry
+  if buf then raw.buffer_busy(buf, true) end
   after(op, function()
+    if entry.ended then return end
+    entry.ended = true
+    for i = 1, #queue do
+      if queue[i] == entry then
+        table.remove(queue, i)
+        break
+      end
+    end
+    if #queue == 0 and queued_calls[pipe] == queue then
+      queued_calls[pipe] = nil
+      sync_divert(pipe)
+    end
+    if buf then raw.buffer_busy(buf, false) end
     if pipe:state() == "closed" then return cb(nil, "pipe closed", "CLOSED", 0) end
     return again()
   end)
+end
+
+-- A cancel of the read slot: the calls queued behind an abandoned
+-- operation end with its reason, from the next step, in order.
+local function end_queued_calls(pipe, reason)
+  local queue = queued_calls[pipe]
+  if not queue then return end
+  queued_calls[pipe] = nil
+  sync_divert(pipe)
+  for _, entry in ipairs(queue) do
+    entry.ended = true
+    if entry.buf then raw.buffer_busy(entry.buf, false) end
+    if reason == "TIMEOUT" then
+      task.soon(entry.cb, timed_out())
+    else
+      task.soon(entry.cb, nil, "operation cancelled", "CANCELLED", 0)
+    end
+  end
 end
 
 -- The functions below get the calls the C methods hand over (binding.c,
@@ -765,12 +816,7 @@ function waiting.read_into(self, buf, a)
     if cb then
       local op = orphan(self, "read")
       if op then
-        -- the buffer is the pending call's meanwhile, as a pending read's is
-        raw.buffer_busy(buf, true)
-        return call_after(op, self, cb, function()
-          raw.buffer_busy(buf, false)
-          return methods.read_into(self, buf, cb)
-        end)
+        return call_after(op, self, cb, function() return methods.read_into(self, buf, cb) end, buf)
       end
       return raw.read_into(self, buf, cb)
     end
@@ -1050,6 +1096,7 @@ function waiting.cancel(self, what, reason)
   end
   if what == nil or READ_SLOT[what] then
     framing_stop(self, reason or "CANCELLED")
+    end_queued_calls(self, reason)
     local start = withdraw_start(self)
     if start and not start.running then
       if reason == "TIMEOUT" then

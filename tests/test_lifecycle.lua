@@ -196,6 +196,45 @@ function TestUnwind:test_abandoned_read_data_goes_to_the_next_reader()
   H.close_all(server, client)
 end
 
+-- A callback-form call queued behind an abandoned read is ended by a
+-- cancel of the read slot, as it would be pending (with the cancel's
+-- reason, its read_into buffer free again), and by close() as any pending
+-- call is; the abandoned read's bytes still go to the next reader.
+function TestUnwind:test_calls_queued_behind_an_abandoned_read_end_with_a_cancel()
+  for _, reason in ipairs { "CANCELLED", "TIMEOUT" } do
+    local server, client = H.pair()
+    unwound(function() return server:read(nil, 1000) end)
+    local cb, res = H.capture()
+    server:read(cb) -- waits for the abandoned read's end
+    local buf = np.buffer(8)
+    local cb2, res2 = H.capture()
+    server:read_into(buf, cb2)
+    lu.assertErrorMsgContains("buffer is being filled", buf.sub, buf)
+    server:cancel("read", reason)
+    H.pump(function() return res.done and res2.done end, 2000, "the queued calls' ends")
+    lu.assertEquals({ res[1], res[3] }, { nil, reason })
+    lu.assertEquals({ res2[1], res2[3] }, { nil, reason })
+    lu.assertEquals(buf:sub(1, 0), "") -- free again
+    assert(client:write("late", 2000))
+    lu.assertEquals(server:read_into(buf, 2000), 4)
+    lu.assertEquals(buf:sub(1, 4), "late")
+    H.close_all(server, client)
+  end
+  local server, client = H.pair()
+  unwound(function() return server:read(nil, 1000) end)
+  local buf = np.buffer(8)
+  local cb, res = H.capture()
+  server:read_into(buf, cb)
+  server:close()
+  H.pump(function() return res.done end, 2000, "the queued read_into's end")
+  lu.assertEquals(res[3], "CLOSED")
+  local s2, c2 = H.pair() -- the buffer serves another pipe
+  assert(c2:write("next", 2000))
+  lu.assertEquals(s2:read_into(buf, 2000), 4)
+  lu.assertEquals(buf:sub(1, 4), "next")
+  H.close_all(server, client, s2, c2)
+end
+
 -- The next reader is a task: it waits for the abandoned read, then reads.
 function TestUnwind:test_next_reader_in_a_task()
   local server, client = H.pair()
