@@ -433,6 +433,8 @@ local function op_done(op, ...)
   op.done, op.r = true, pack(...)
   if op.abandoned then
     hand_over(op)
+    -- (its buffer is promised to a read_into queued after it: call_after)
+    if op.buf_claimed then raw.buffer_busy(op.buf, true) end
     release(op)
   elseif dead(op.thread) then
     abandon(op)
@@ -666,18 +668,24 @@ end
 -- cancel of its slot ends it as it would end it pending
 -- (end_queued_calls). buf: a read_into's buffer, busy while the call
 -- waits here (the pending call's, as a pending read's is), free again
--- when it is made or ended.
+-- when it is made or ended. own: it is the buffer the abandoned read_into
+-- still fills; promised to this call (op.buf_claimed), it is refused to
+-- any other and held busy from that read's end (op_done) to this call's.
 
-local function call_after(op, pipe, cb, again, buf)
+local function call_after(op, pipe, cb, again, buf, own)
   local queue = queued_calls[pipe]
   if not queue then
     queue = {}
     queued_calls[pipe] = queue
     sync_divert(pipe)
   end
-  local entry = { cb = cb, buf = buf }
+  local entry = { cb = cb, buf = buf, claimed_from = own and op or nil }
   queue[#queue + 1] = entry
-  if buf then raw.buffer_busy(buf, true) end
+  if own then
+    op.buf_claimed = true
+  elseif buf then
+    raw.buffer_busy(buf, true)
+  end
   after(op, function()
     if entry.ended then return end
     entry.ended = true
@@ -706,7 +714,12 @@ local function end_queued_calls(pipe, reason)
   sync_divert(pipe)
   for _, entry in ipairs(queue) do
     entry.ended = true
-    if entry.buf then raw.buffer_busy(entry.buf, false) end
+    local from = entry.claimed_from
+    if from and not from.done then
+      from.buf_claimed = nil -- (still being filled: that read's end frees it)
+    elseif entry.buf then
+      raw.buffer_busy(entry.buf, false)
+    end
     if reason == "TIMEOUT" then
       task.soon(entry.cb, timed_out())
     else
@@ -801,12 +814,14 @@ function waiting.read_into(self, buf, a)
   -- something of this pipe's)
   if (readahead[self] or inflight[self]) and raw.buffer_busy(buf) then
     local op = orphan(self, "read")
-    if not (op and op.buf == buf) then
+    -- (op.buf_claimed: promised to a read_into queued after that one)
+    if not (op and op.buf == buf) or op.buf_claimed then
       error("bad argument #2 to 'read_into' (buffer is being filled by a pending read_into)", 4)
     end
     -- a read_into this pipe abandoned still fills it: after that one
     if cb then
-      return call_after(op, self, cb, function() return methods.read_into(self, buf, cb) end)
+      return call_after(op, self, cb, function() return methods.read_into(self, buf, cb) end,
+        buf, true)
     end
     local ok
     ok, t = settle(self, "read", t)

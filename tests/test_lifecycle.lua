@@ -235,6 +235,47 @@ function TestUnwind:test_calls_queued_behind_an_abandoned_read_end_with_a_cancel
   H.close_all(server, client, s2, c2)
 end
 
+-- The buffer an abandoned read_into still fills, given to a read_into
+-- queued behind it, is that call's: refused to any other read_into (of
+-- this pipe or another, waiting or not) until the queued one has run, and
+-- not freed by a cancel of the queued call while the abandoned read may
+-- still write into it.
+function TestUnwind:test_a_buffer_promised_to_a_queued_read_into_is_refused_to_others()
+  local server, client = H.pair()
+  local s3, c3 = H.pair()
+  local buf = np.buffer(8)
+  unwound(function() return server:read_into(buf, 1000) end)
+  local cb, res = H.capture()
+  server:read_into(buf, cb) -- after the abandoned one, into the same buffer
+  lu.assertErrorMsgContains("being filled", server.read_into, server, buf, function() end)
+  lu.assertErrorMsgContains("being filled", server.read_into, server, buf, 10)
+  assert(client:write("hello", 2000))
+  for _ = 1, 3 do -- the abandoned read ends; the queued call has not run yet...
+    np.step(0)
+    if res.done then break end
+    lu.assertErrorMsgContains("being filled", s3.read_into, s3, buf, function() end)
+  end
+  H.pump(function() return res.done end, 2000, "the queued read_into")
+  lu.assertEquals(res[1], 5) -- ... and gets the bytes the abandoned one read
+  lu.assertEquals(buf:sub(1, 5), "hello")
+  assert(c3:write("third", 2000))
+  lu.assertEquals(s3:read_into(buf, 2000), 5)
+  lu.assertEquals(buf:sub(1, 5), "third")
+
+  -- cancelled while the abandoned read is still pending: the buffer stays
+  -- busy until that read has ended, and what it read comes next
+  unwound(function() return server:read_into(buf, 1000) end)
+  local cb2, res2 = H.capture()
+  server:read_into(buf, cb2)
+  server:cancel("read")
+  H.pump(function() return res2.done end, 2000, "the cancelled read_into")
+  lu.assertEquals(res2[3], "CANCELLED")
+  H.pump(function() return (pcall(buf.sub, buf)) end, 2000, "the abandoned read's end")
+  assert(client:write("later", 2000))
+  lu.assertEquals(server:read(nil, 2000), "later")
+  H.close_all(server, client, s3, c3)
+end
+
 -- The next reader is a task: it waits for the abandoned read, then reads.
 function TestUnwind:test_next_reader_in_a_task()
   local server, client = H.pair()
