@@ -149,6 +149,7 @@ static int step_loop(lua_State *L, loop_ud *lu) {
   timeout = t >= (lua_Number)INT_MAX ? INT_MAX : (int)(t + 0.999);
   settle_held(L, lu, ANCHORS_UPV); /* a callback raised in an earlier step */
   lu->wrote_now = 0; /* (this wait looks) */
+  lu->writes_now = 0; /* the loop turns: a task's writes in a row start again */
   ready = np_loop_wait(loop, timeout, &st);
   if (ready < 0) return np_push_status(L, &st);
   if (ready == 0) {

@@ -18,7 +18,10 @@
  * (np_write_now). Not more than NP_WRITES_NOW in a row, so that a task
  * writing to a fast reader still lets the others run (as Tokio's budget
  * makes a task yield after so many operations that were ready): the next
- * one waits as usual. Counts as a completion for step_loop (wrote_now).
+ * one waits as usual. In a row: with no step between them (step_loop
+ * starts the count again), so that a task that writes now and then never
+ * waits for a write the pipe would take (on Lua 5.1, inside a pcall, such
+ * a wait raises). Counts as a completion for step_loop (wrote_now).
  * A waiting write outside a task takes no part in the budget (not
  * budgeted): it blocks its caller anyway, and one that stepped would run
  * the other ready callbacks inside the one it was called from. */
