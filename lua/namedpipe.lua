@@ -705,6 +705,13 @@ local function call_after(op, pipe, cb, again, buf, own)
   end)
 end
 
+-- A callback called from the next step as a cancel (with this reason)
+-- ends its operation.
+local function cancelled_soon(cb, reason)
+  if reason == "TIMEOUT" then return task.soon(cb, timed_out()) end
+  return task.soon(cb, nil, "operation cancelled", "CANCELLED", 0)
+end
+
 -- A cancel of the read slot: the calls queued behind an abandoned
 -- operation end with its reason, from the next step, in order.
 local function end_queued_calls(pipe, reason)
@@ -720,11 +727,7 @@ local function end_queued_calls(pipe, reason)
     elseif entry.buf then
       raw.buffer_busy(entry.buf, false)
     end
-    if reason == "TIMEOUT" then
-      task.soon(entry.cb, timed_out())
-    else
-      task.soon(entry.cb, nil, "operation cancelled", "CANCELLED", 0)
-    end
+    cancelled_soon(entry.cb, reason)
   end
 end
 
@@ -1113,13 +1116,7 @@ function waiting.cancel(self, what, reason)
     framing_stop(self, reason or "CANCELLED")
     end_queued_calls(self, reason)
     local start = withdraw_start(self)
-    if start and not start.running then
-      if reason == "TIMEOUT" then
-        task.soon(start.cb, timed_out())
-      else
-        task.soon(start.cb, nil, "operation cancelled", "CANCELLED", 0)
-      end
-    end
+    if start and not start.running then cancelled_soon(start.cb, reason) end
   end
   return raw.cancel(self, what, reason)
 end
