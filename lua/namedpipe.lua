@@ -345,12 +345,10 @@ local function append_readahead(pipe, s)
 end
 
 local function prepend_readahead(pipe, s, slens)
+  if slens == nil and raw.reads_messages(pipe) then slens = new_lens(#s) end -- (an empty one too)
   if s == "" and (not slens or slens.h > slens.n) then return end
   local old, lens = readahead_rest(pipe), ahead_lens[pipe]
-  if lens then
-    slens = slens or new_lens(#s)
-    lens_append(slens, lens)
-  end
+  if lens then lens_append(slens, lens) end
   set_readahead(pipe, old and s .. old or s, slens)
 end
 
@@ -1089,10 +1087,7 @@ local function withdraw_start(self)
   local start = starting[self]
   if not start then return nil end
   clear_start(self)
-  if start.data and start.session == session(self) then
-    -- (one message: an empty one too)
-    prepend_readahead(self, start.data, raw.reads_messages(self) and new_lens(#start.data) or nil)
-  end
+  if start.data and start.session == session(self) then prepend_readahead(self, start.data) end
   start.data = nil
   return start
 end
