@@ -269,7 +269,13 @@ static int step_loop(lua_State *L, loop_ud *lu) {
         u->read_stopping = u->read_ending = 0;
       }
     }
-    if (!run && !restart) release(L, lu, anchors, c.ref_cb);
+    if (run || restart) {
+      /* (the reading keeps its callback) */
+    } else if (u && c.op == NP_OP_WRITE) {
+      release_write_callback(L, u, anchors, c.ref_cb);
+    } else {
+      release(L, lu, anchors, c.ref_cb);
+    }
     release(L, lu, anchors, c.ref_data);
     np_completion_done(loop, &c); /* may free the pipe block */
     if (restart) /* the reading's next read, counted as this one was */

@@ -85,6 +85,12 @@ typedef struct pipe_ud {
    * reason of the last cancel("read"), which a taken-over end reports. */
   int read_cb, run_open, read_stopping, read_ending, read_restart;
   np_err read_end_reason;
+  /* The write callback kept anchored (write_callback_anchor): its anchor
+   * (LUA_NOREF: none), the function's identity (lua_topointer: it cannot
+   * be collected and its address reused while anchored) and the writes
+   * in flight that use it. */
+  int wcb_ref, wcb_uses;
+  const void *wcb_id;
 } pipe_ud;
 
 #define NP_RESTART_DISCONNECTED 2 /* pipe_ud.read_restart */
@@ -158,10 +164,13 @@ static inline void pin_pipe(lua_State *L, pipe_ud *u) {
 /* One operation fewer, at once (an operation that could not start): the
  * last one lets the userdata go, unless its callback is running
  * (settle_held lets it go then). t: the anchor table's index. */
+static inline void drop_write_callback(lua_State *L, pipe_ud *u, int t);
+
 static inline void unpin_pipe(lua_State *L, pipe_ud *u, int t) {
   if (--u->inflight == 0 && u->lu->held != u) {
     release(L, u->lu, t, u->self_ref);
     u->self_ref = LUA_NOREF;
+    drop_write_callback(L, u, t);
   }
 }
 
@@ -186,6 +195,7 @@ static inline void settle_held(lua_State *L, loop_ud *lu, int t) {
   if (u->inflight == 0 && u->self_ref != LUA_NOREF) {
     release(L, lu, t, u->self_ref);
     u->self_ref = LUA_NOREF;
+    drop_write_callback(L, u, t);
   }
 }
 
@@ -204,6 +214,58 @@ static inline int anchor_operation(lua_State *L, pipe_ud *u, int arg) {
   ref = anchor(L, u->lu, ANCHORS_UPV);
   pin_pipe(L, u);
   return ref;
+}
+
+/* A write's callback: as anchor_operation, but the anchor of a callback
+ * given to every write (an on_write function, the usual way) is kept from
+ * one write to the next, where anchoring and letting it go cost two table
+ * stores a write (a fifth of a write's cost in the binding, bench/README.md).
+ * It is kept only while the pipe itself is anchored (inflight > 0), so it
+ * can hold nothing alive that the pipe's operations did not already: a
+ * callback that refers to its pipe never keeps an idle pipe from being
+ * collected. Another callback takes the place once no write uses the
+ * kept one; until then it is anchored as any operation's. */
+static inline int write_callback_anchor(lua_State *L, pipe_ud *u, int arg) {
+  const void *id = lua_topointer(L, arg);
+  int ref;
+  reserve_anchors(L, u->lu, 3);
+  if (u->wcb_ref != LUA_NOREF && u->wcb_id == id) {
+    u->wcb_uses++;
+    pin_pipe(L, u);
+    return u->wcb_ref;
+  }
+  if (u->wcb_ref != LUA_NOREF && u->wcb_uses == 0) {
+    release(L, u->lu, ANCHORS_UPV, u->wcb_ref);
+    u->wcb_ref = LUA_NOREF;
+  }
+  lua_pushvalue(L, arg);
+  ref = anchor(L, u->lu, ANCHORS_UPV);
+  pin_pipe(L, u);
+  if (u->wcb_ref == LUA_NOREF) {
+    u->wcb_ref = ref;
+    u->wcb_id = id;
+    u->wcb_uses = 1;
+  }
+  return ref;
+}
+
+/* A write's callback anchor let go: the kept one only counts one use
+ * fewer. (A slot is one value's while taken, so an operation's ref equals
+ * wcb_ref only if it is the kept anchor.) */
+static inline void release_write_callback(lua_State *L, pipe_ud *u, int t,
+                                          int ref) {
+  if (ref != LUA_NOREF && ref == u->wcb_ref)
+    u->wcb_uses--;
+  else
+    release(L, u->lu, t, ref);
+}
+
+/* The pipe is let go (nothing in flight, so no write uses it): so is the
+ * kept write callback. */
+static inline void drop_write_callback(lua_State *L, pipe_ud *u, int t) {
+  if (u->wcb_ref == LUA_NOREF) return;
+  release(L, u->lu, t, u->wcb_ref);
+  u->wcb_ref = LUA_NOREF;
 }
 
 static inline np_loop *check_loop(lua_State *L) {

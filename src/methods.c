@@ -79,6 +79,9 @@ static pipe_ud *pipe_new(lua_State *L, int is_server) {
   u->read_cb = LUA_NOREF;
   u->run_open = u->read_stopping = u->read_ending = u->read_restart = 0;
   u->read_end_reason = NP_CANCELLED;
+  u->wcb_ref = LUA_NOREF;
+  u->wcb_uses = 0;
+  u->wcb_id = NULL;
   return u;
 }
 
@@ -278,23 +281,27 @@ static int raw_transact(lua_State *L) {
 /* write(data, cb): the callback form. The Lua layer's waiting write adds a
  * fourth argument, whether it is a task's (budgeted, see task_waits.c):
  * then a write the backend finished within the call returns its count at
- * once, and cb is never called (np_write_start_waited). */
-static int raw_write(lua_State *L) {
+ * once, and cb is never called (np_write_start_waited). m_write has seen
+ * that cb is a function (cb_checked) and that nothing follows it. */
+static int start_write(lua_State *L, int cb_checked) {
   pipe_ud *u = check_pipe(L);
   size_t len;
   const char *data = check_data(L, 2, &len);
-  int ref_cb, keeps, done = 0, waited = !lua_isnoneornil(L, 4);
-  check_callback(L, 3);
-  ref_cb = anchor_operation(L, u, 3);
+  int ref_cb, keeps, done = 0, waited = 0;
+  if (!cb_checked) {
+    check_callback(L, 3);
+    waited = !lua_isnoneornil(L, 4);
+  }
+  ref_cb = write_callback_anchor(L, u, 3);
   if (!(waited ? np_write_start_waited(u->lu, u->p, data, len, ref_cb, &keeps,
                                        &done, lua_toboolean(L, 4))
                : np_write_start(u->p, data, len, ref_cb, &keeps, NULL))) {
-    release(L, u->lu, ANCHORS_UPV, ref_cb);
+    release_write_callback(L, u, ANCHORS_UPV, ref_cb);
     unpin_pipe(L, u, ANCHORS_UPV);
     return luaL_error(L, "not enough memory");
   }
   if (done) { /* (its completion, with no callback, unpins the pipe) */
-    release(L, u->lu, ANCHORS_UPV, ref_cb);
+    release_write_callback(L, u, ANCHORS_UPV, ref_cb);
     lua_pushinteger(L, (lua_Integer)len);
     return 1;
   }
@@ -309,6 +316,8 @@ static int raw_write(lua_State *L) {
   }
   return 0;
 }
+
+static int raw_write(lua_State *L) { return start_write(L, 0); }
 
 static int try_read(lua_State *L, pipe_ud *u) {
   size_t max = opt_read_size(L, 2), len;
@@ -455,11 +464,11 @@ static int m_writable(lua_State *L) {
 static int m_write(lua_State *L) {
   int n;
   check_nothing_after(L, 3);
+  if (lua_type(L, 3) == LUA_TFUNCTION) return start_write(L, 1);
 #if NP_TASK_WAITS_IN_C
-  if (lua_type(L, 3) != LUA_TFUNCTION && (n = np_task_write(L, open_pipe_or_null(L))) >= 0)
-    return n;
+  if ((n = np_task_write(L, open_pipe_or_null(L))) >= 0) return n;
 #endif
-  if (lua_type(L, 3) != LUA_TFUNCTION && (n = divert(L, W_WRITE)) >= 0) return n;
+  if ((n = divert(L, W_WRITE)) >= 0) return n;
   return raw_write(L);
 }
 

@@ -76,6 +76,125 @@ function TestLifetime:test_pipe_let_go_after_its_last_callback()
   end
 end
 
+-- A callback given to write after write (an on_write function) stays
+-- anchored from one write to the next only while the pipe has something
+-- in flight: one that refers to its pipe does not keep an idle pipe from
+-- being collected (closed: its client reads the end), and it is garbage
+-- itself once the pipe is idle, though the pipe is still referenced.
+function TestLifetime:test_a_reused_write_callback_holds_nothing_once_the_pipe_is_idle()
+  for _, keep_pipe in ipairs { false, true } do
+    local server, client = H.pair()
+    local weak = setmetatable({}, { __mode = "v" })
+    local wrote = 0
+    do
+      local srv = server
+      local function on_write(n)
+        assert(srv, "the callback refers to its pipe")
+        wrote = wrote + n
+      end
+      weak.cb = on_write
+      for i = 1, 5 do assert(server:write(("w"):rep(i), on_write) == nil) end
+    end
+    H.pump(function() return wrote == 15 end, 5000, "the five write callbacks")
+    H.settle()
+    if not keep_pipe then server = nil end
+    collectgarbage()
+    collectgarbage()
+    lu.assertNil(weak.cb, "the write callback collected once its pipe is idle")
+    if keep_pipe then
+      lu.assertNil(server:write("more", function(n) wrote = wrote + n end))
+      H.pump(function() return wrote == 19 end, 5000, "a write with another callback")
+    else
+      -- collected, so closed: the client reads the bytes, then the end
+      local got = {}
+      repeat
+        local data, _, errname = client:read(nil, 2000)
+        got[#got + 1] = data or errname
+      until not data
+      lu.assertEquals(table.concat(got, "", 1, #got - 1), "wwwwwwwwwwwwwww")
+      lu.assertEquals(got[#got], "EOF")
+    end
+    H.close_all(server, client)
+  end
+end
+
+-- Writes whose callbacks come from a small set (one given to many writes)
+-- or are made anew, with steps between them at random and some large
+-- enough to stay pending: each write's callback is called once, with its
+-- own count, in the order of its writes, whichever callback took which
+-- anchor; every byte arrives in order; and at the end, the pipes idle,
+-- nothing the writes were given is still anchored.
+function TestLifetime:test_write_callbacks_shared_or_not_are_each_called_once()
+  local seed = tonumber(os.getenv("NP_WRITECB_SEED") or "") or 4242
+  local g = H.generator(seed)
+  local server, client = H.pair({ pipe_mode = "byte" }, nil)
+  local weak = setmetatable({}, { __mode = "k" })
+  local calls, expected, sizes_sent, total_sent = {}, {}, {}, 0
+  local function make_cb(key)
+    local cb = function(n, err)
+      calls[key] = calls[key] or {}
+      table.insert(calls[key], n or err)
+    end
+    weak[cb] = true
+    return cb
+  end
+  local received, reading = {}, true
+  client:read_start(function(data)
+    if data then received[#received + 1] = data else reading = false end
+  end)
+  local sizes = { 1, 7, 100, 4096, 300000 }
+  do -- (the callbacks are referenced from here only while writing)
+    local shared = { make_cb("a"), make_cb("b"), make_cb("c") }
+    for i = 1, 120 do
+      local key, cb
+      if g.chance(4) then
+        key = "fresh" .. i
+        cb = make_cb(key)
+      else
+        local k = g.rnd(3)
+        key, cb = ({ "a", "b", "c" })[k], shared[k]
+      end
+      local size = sizes[g.rnd(g.chance(8) and 5 or 4)]
+      local data = string.char(65 + i % 26):rep(size)
+      expected[key] = expected[key] or {}
+      table.insert(expected[key], size)
+      sizes_sent[i] = size
+      total_sent = total_sent + size
+      lu.assertNil(server:write(data, cb))
+      if g.chance(3) then np.step(0) end
+    end
+  end
+  local function received_bytes()
+    local n = 0
+    for _, d in ipairs(received) do n = n + #d end
+    return n
+  end
+  H.pump(function()
+    local n = 0
+    for _, l in pairs(calls) do n = n + #l end
+    return n == 120 and received_bytes() == total_sent
+  end, 20000, ("every write's callback and byte (seed %d)"):format(seed))
+  lu.assertEquals(calls, expected, ("seed %d"):format(seed))
+  -- the bytes, in order: write i was 65 + i % 26, repeated
+  local all = table.concat(received)
+  local pos = 1
+  for i = 1, 120 do
+    local c = string.char(65 + i % 26)
+    local size = 0
+    while all:sub(pos + size, pos + size) == c do size = size + 1 end
+    lu.assertEquals(size, sizes_sent[i], ("write %d's bytes (seed %d)"):format(i, seed))
+    pos = pos + size
+  end
+  lu.assertEquals(pos, #all + 1)
+  client:read_stop()
+  H.settle()
+  collectgarbage()
+  collectgarbage()
+  lu.assertNil(next(weak), ("a write callback still anchored (seed %d)"):format(seed))
+  lu.assertTrue(reading)
+  H.close_all(server, client)
+end
+
 -- A nested step run before an outer step's first callback (here from a
 -- call hook; a finalizer does the same) whose callback raises leaves its
 -- pipe held: the outer step must let it go, not overwrite it.
