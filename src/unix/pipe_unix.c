@@ -380,8 +380,9 @@ static void take_queued(np_pipe *p) {
     np_listener_service_now(p->listener);
 }
 
-/* Can this end do I/O in that direction now? Else why not, in *st. */
-int np_io_allowed(np_pipe *p, np_op op, np_status *st) {
+/* np_io_allowed's look when the quick one said no (unix.h); returns 1 if
+ * allowed after all (a client queued meanwhile has just been taken). */
+int np_io_refused(np_pipe *p, np_op op, np_status *st) {
   take_queued(p);
   if (p->closed)
     np_status_errno(st, NP_CLOSED, 0);
