@@ -148,6 +148,7 @@ static int step_loop(lua_State *L, loop_ud *lu) {
   if (!loop) luaL_error(L, "namedpipe: the loop is closed");
   timeout = t >= (lua_Number)INT_MAX ? INT_MAX : (int)(t + 0.999);
   settle_held(L, lu, ANCHORS_UPV); /* a callback raised in an earlier step */
+  flush_unused_kept(L, lu, ANCHORS_UPV); /* (so did that step) */
   lu->wrote_now = 0; /* (this wait looks) */
   lu->writes_now = 0; /* the loop turns: a task's writes in a row start again */
   ready = np_loop_wait(loop, timeout, &st);
@@ -308,6 +309,7 @@ static int step_loop(lua_State *L, loop_ud *lu) {
     }
     settle_held(L, lu, anchors);
   }
+  flush_unused_kept(L, lu, anchors); /* (none before its first round) */
   np_loop_host_sync(loop, lu->soon_work, lu->has_timer, lu->timer_at);
   lua_pushinteger(L, dispatched);
   return 1;

@@ -30,6 +30,10 @@
 
 NP_INTERNAL_BEGIN
 
+/* Kept write callbacks with no write left that wait for the step's end
+ * (loop_ud.unused_kept); one more is let go at once. */
+#define NP_UNUSED_KEPT 16
+
 typedef struct loop_ud {
   np_loop *loop; /* NULL once closed (lua_close) */
   /* The anchor table's free slots (anchor/release below): the table has
@@ -60,6 +64,10 @@ typedef struct loop_ud {
   int wrote_now;
   /* Writes tasks did at once in a row (methods.c, write_now_budget). */
   int writes_now;
+  /* Pipes whose kept write callback no write uses any more
+   * (write_callback_anchor): let go at the end of the step. */
+  struct pipe_ud *unused_kept[NP_UNUSED_KEPT];
+  int n_unused_kept;
 } loop_ud;
 
 typedef struct pipe_ud {
@@ -87,9 +95,9 @@ typedef struct pipe_ud {
   np_err read_end_reason;
   /* The write callback kept anchored (write_callback_anchor): its anchor
    * (LUA_NOREF: none), the function's identity (lua_topointer: it cannot
-   * be collected and its address reused while anchored) and the writes
-   * in flight that use it. */
-  int wcb_ref, wcb_uses;
+   * be collected and its address reused while anchored), the writes in
+   * flight that use it, and whether it is in loop_ud.unused_kept. */
+  int wcb_ref, wcb_uses, wcb_listed;
   const void *wcb_id;
 } pipe_ud;
 
@@ -220,11 +228,17 @@ static inline int anchor_operation(lua_State *L, pipe_ud *u, int arg) {
  * given to every write (an on_write function, the usual way) is kept from
  * one write to the next, where anchoring and letting it go cost two table
  * stores a write (a fifth of a write's cost in the binding, bench/README.md).
- * It is kept only while the pipe itself is anchored (inflight > 0), so it
- * can hold nothing alive that the pipe's operations did not already: a
- * callback that refers to its pipe never keeps an idle pipe from being
- * collected. Another callback takes the place once no write uses the
- * kept one; until then it is anchored as any operation's. */
+ * Once no write uses it, it is kept only until the end of the step that
+ * ran its last call (a reply written from a read's callback finds it
+ * there) and never while nothing of the pipe is in flight: so it keeps
+ * nothing alive after that step that the writes' own anchors would not
+ * have kept. (Kept for as long as the pipe had anything in flight, a
+ * callback that referred to another pipe kept that one from being
+ * collected for as long as this one read.) Another callback takes the
+ * place once no write uses the kept one; until then it is anchored as any
+ * operation's. */
+static inline void drop_write_callback(lua_State *L, pipe_ud *u, int t);
+
 static inline int write_callback_anchor(lua_State *L, pipe_ud *u, int arg) {
   const void *id = lua_topointer(L, arg);
   int ref;
@@ -234,10 +248,8 @@ static inline int write_callback_anchor(lua_State *L, pipe_ud *u, int arg) {
     pin_pipe(L, u);
     return u->wcb_ref;
   }
-  if (u->wcb_ref != LUA_NOREF && u->wcb_uses == 0) {
-    release(L, u->lu, ANCHORS_UPV, u->wcb_ref);
-    u->wcb_ref = LUA_NOREF;
-  }
+  if (u->wcb_ref != LUA_NOREF && u->wcb_uses == 0)
+    drop_write_callback(L, u, ANCHORS_UPV);
   lua_pushvalue(L, arg);
   ref = anchor(L, u->lu, ANCHORS_UPV);
   pin_pipe(L, u);
@@ -249,23 +261,55 @@ static inline int write_callback_anchor(lua_State *L, pipe_ud *u, int arg) {
   return ref;
 }
 
-/* A write's callback anchor let go: the kept one only counts one use
- * fewer. (A slot is one value's while taken, so an operation's ref equals
- * wcb_ref only if it is the kept anchor.) */
+/* A write's callback anchor let go: the kept one counts one use fewer,
+ * and with none left waits for the step's end (flush_unused_kept), or
+ * goes now if too many wait. (A slot is one value's while taken, so an
+ * operation's ref equals wcb_ref only if it is the kept anchor.) */
 static inline void release_write_callback(lua_State *L, pipe_ud *u, int t,
                                           int ref) {
-  if (ref != LUA_NOREF && ref == u->wcb_ref)
-    u->wcb_uses--;
-  else
-    release(L, u->lu, t, ref);
+  loop_ud *lu = u->lu;
+  if (ref == LUA_NOREF || ref != u->wcb_ref) {
+    release(L, lu, t, ref);
+  } else if (--u->wcb_uses == 0 && !u->wcb_listed) {
+    if (lu->n_unused_kept < NP_UNUSED_KEPT) {
+      lu->unused_kept[lu->n_unused_kept++] = u;
+      u->wcb_listed = 1;
+    } else {
+      drop_write_callback(L, u, t);
+    }
+  }
 }
 
-/* The pipe is let go (nothing in flight, so no write uses it): so is the
- * kept write callback. */
+/* The kept write callback let go (no write uses it): at the step's end,
+ * when the pipe is let go (nothing in flight), or when another callback
+ * takes its place. A listed pipe is anchored (it is let go only through
+ * here), so the list never points at a collected userdata. */
 static inline void drop_write_callback(lua_State *L, pipe_ud *u, int t) {
   if (u->wcb_ref == LUA_NOREF) return;
   release(L, u->lu, t, u->wcb_ref);
   u->wcb_ref = LUA_NOREF;
+  if (u->wcb_listed) {
+    loop_ud *lu = u->lu;
+    int i;
+    for (i = 0; lu->unused_kept[i] != u; i++) {
+    }
+    lu->unused_kept[i] = lu->unused_kept[--lu->n_unused_kept];
+    u->wcb_listed = 0;
+  }
+}
+
+/* The step's end (or the start of the next, after one that raised): the
+ * kept write callbacks no write uses go. */
+static inline void flush_unused_kept(lua_State *L, loop_ud *lu, int t) {
+  while (lu->n_unused_kept > 0) {
+    pipe_ud *u = lu->unused_kept[lu->n_unused_kept - 1];
+    if (u->wcb_uses == 0) {
+      drop_write_callback(L, u, t); /* (takes it off the list) */
+    } else { /* written again since: kept, and off the list */
+      lu->n_unused_kept--;
+      u->wcb_listed = 0;
+    }
+  }
 }
 
 static inline np_loop *check_loop(lua_State *L) {

@@ -80,7 +80,7 @@ static pipe_ud *pipe_new(lua_State *L, int is_server) {
   u->run_open = u->read_stopping = u->read_ending = u->read_restart = 0;
   u->read_end_reason = NP_CANCELLED;
   u->wcb_ref = LUA_NOREF;
-  u->wcb_uses = 0;
+  u->wcb_uses = u->wcb_listed = 0;
   u->wcb_id = NULL;
   return u;
 }

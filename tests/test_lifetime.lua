@@ -118,6 +118,68 @@ function TestLifetime:test_a_reused_write_callback_holds_nothing_once_the_pipe_i
   end
 end
 
+-- ... nor for as long as its pipe reads: once no write uses it, it goes
+-- with the step that ran its last call. A callback of a finished write
+-- that refers to the writer's peer (which the writer reads from until it
+-- goes) or to some other idle pipe would otherwise keep it alive, open,
+-- and reading, for good; and a task's waiting write (Lua 5.1 and 5.2 make
+-- it through the callback form, with the task's own wake function) would
+-- keep the ended task's coroutine.
+function TestLifetime:test_a_finished_write_s_callback_goes_though_its_pipe_still_reads()
+  local weak = setmetatable({}, { __mode = "v" })
+  local wrote = false
+  local other_client
+  do
+    local server, client = H.pair()
+    local other_server
+    other_server, other_client = H.pair()
+    weak.server, weak.client, weak.other = server, client, other_server
+    server:read_start(function() end) -- ends when its client goes (EOF)
+    lu.assertNil(server:write("hi", function(n)
+      wrote = n
+      local _ = client, other_server
+    end))
+  end
+  H.pump(function() return wrote end, 5000, "the write's callback")
+  local deadline = np.now() + 3000
+  while (weak.server or weak.client or weak.other) and np.now() < deadline do
+    collectgarbage()
+    np.step(10)
+  end
+  lu.assertNil(weak.other, "the idle pipe the callback referred to")
+  lu.assertNil(weak.client, "the reading server's client the callback referred to")
+  lu.assertNil(weak.server, "the reading server (its client gone, its read ended)")
+  local data, _, errname = other_client:read(nil, 2000)
+  lu.assertNil(data)
+  lu.assertEquals(errname, "EOF", "the collected idle pipe's client reads the end")
+  H.close_all(other_client)
+  H.settle()
+  lu.assertEquals(np.stats().pipes, 0)
+
+  -- a task's waiting write, the task ended, its pipe still reading
+  local server, client = H.pair()
+  server:read_start(function() end)
+  local task_weak = setmetatable({}, { __mode = "k" })
+  local done = false
+  np.spawn(function()
+    task_weak[coroutine.running()] = true
+    -- large enough not to be taken at once: the task waits for it
+    assert(server:write(("x"):rep(4 * 1024 * 1024), 10000))
+    done = true
+  end)
+  local got = 0
+  H.pump(function()
+    local d = client:try_read()
+    if d then got = got + #d end
+    return done
+  end, 10000, "the task's write")
+  for _ = 1, 3 do np.step(0) end
+  collectgarbage()
+  collectgarbage()
+  lu.assertNil(next(task_weak), "the ended task's coroutine")
+  H.close_all(server, client)
+end
+
 -- Writes whose callbacks come from a small set (one given to many writes)
 -- or are made anew, with steps between them at random and some large
 -- enough to stay pending: each write's callback is called once, with its
