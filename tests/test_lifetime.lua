@@ -137,7 +137,7 @@ function TestLifetime:test_a_finished_write_s_callback_goes_though_its_pipe_stil
     server:read_start(function() end) -- ends when its client goes (EOF)
     lu.assertNil(server:write("hi", function(n)
       wrote = n
-      local _ = client, other_server
+      local _ = client and other_server -- (both referred to)
     end))
   end
   H.pump(function() return wrote end, 5000, "the write's callback")
