@@ -237,8 +237,6 @@ static inline int anchor_operation(lua_State *L, pipe_ud *u, int arg) {
  * collected for as long as this one read.) Another callback takes the
  * place once no write uses the kept one; until then it is anchored as any
  * operation's. */
-static inline void drop_write_callback(lua_State *L, pipe_ud *u, int t);
-
 static inline int write_callback_anchor(lua_State *L, pipe_ud *u, int arg) {
   const void *id = lua_topointer(L, arg);
   int ref;

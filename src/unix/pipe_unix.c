@@ -380,9 +380,10 @@ static void take_queued(np_pipe *p) {
     np_listener_service_now(p->listener);
 }
 
-/* np_io_allowed's look when the quick one said no (unix.h); returns 1 if
- * allowed after all (a client queued meanwhile has just been taken). */
-int np_io_refused(np_pipe *p, np_op op, np_status *st) {
+/* np_io_allowed's whole look, when the quick one said no (unix.h): 1 if
+ * allowed after all (a client queued meanwhile has just been taken), else
+ * 0 with why in *st. */
+int np_io_check(np_pipe *p, np_op op, np_status *st) {
   take_queued(p);
   if (p->closed)
     np_status_errno(st, NP_CLOSED, 0);

@@ -350,7 +350,7 @@ enum { IO_AGAIN = 0, IO_DONE = 1 };
 #define WRITE_EVENTS (EPOLLOUT | EPOLLHUP | EPOLLERR)
 
 /* pipe_unix.c */
-int np_io_refused(np_pipe *p, np_op op, np_status *st);
+int np_io_check(np_pipe *p, np_op op, np_status *st);
 /* Can this end do I/O in that direction now? Else why not, in *st (the
  * usual case, a connected open end, without a call: it is asked on every
  * read and write). */
@@ -358,7 +358,7 @@ static inline int np_io_allowed(np_pipe *p, np_op op, np_status *st) {
   if (p->fd >= 0 && !p->closed &&
       (op == NP_OP_READ ? p->may_read : p->may_write))
     return 1;
-  return np_io_refused(p, op, st);
+  return np_io_check(p, op, st);
 }
 int np_set_mask(np_pipe *p, int level, int out_armed);
 int np_want_writable(np_pipe *p);
