@@ -240,17 +240,15 @@ static inline int anchor_operation(lua_State *L, pipe_ud *u, int arg) {
 static inline int write_callback_anchor(lua_State *L, pipe_ud *u, int arg) {
   const void *id = lua_topointer(L, arg);
   int ref;
-  reserve_anchors(L, u->lu, 3);
   if (u->wcb_ref != LUA_NOREF && u->wcb_id == id) {
+    reserve_anchors(L, u->lu, 3); /* (as anchor_operation leaves) */
     u->wcb_uses++;
     pin_pipe(L, u);
     return u->wcb_ref;
   }
   if (u->wcb_ref != LUA_NOREF && u->wcb_uses == 0)
     drop_write_callback(L, u, ANCHORS_UPV);
-  lua_pushvalue(L, arg);
-  ref = anchor(L, u->lu, ANCHORS_UPV);
-  pin_pipe(L, u);
+  ref = anchor_operation(L, u, arg);
   if (u->wcb_ref == LUA_NOREF) {
     u->wcb_ref = ref;
     u->wcb_id = id;

@@ -309,7 +309,7 @@ static int start_write(lua_State *L, int cb_checked) {
    * does after the call (a write the socket did not take at once, every
    * write on Windows), the string is anchored until the completion has
    * been released. (It is on the stack until then: nothing ran between.
-   * anchor_operation left room: this cannot raise.) */
+   * write_callback_anchor left room: this cannot raise.) */
   if (keeps) {
     lua_pushvalue(L, 2);
     np_write_keep(u->p, anchor(L, u->lu, ANCHORS_UPV));
