@@ -14,6 +14,7 @@ prints the tables; this script alone prints one line per workload:
     pingpong_tasks_untimed rtt_per_s=<median> ...
     stream mib_per_s=<median> ...
     stream_string mib_per_s=<median> ...
+    stream_string_large mib_per_s=<median> ...
     churn conn_per_s=<median> ...
     churn_vanish conn_per_s=<median> ...
     queued msgs_per_s=<median> ...
@@ -37,6 +38,9 @@ Workloads (the same as bench/baseline_*.c and bench/bench_luv.lua do):
             MiB/s
   stream_string  the same read with read(): a new string per read (as luv
             reads: the row to compare luv with)
+  stream_string_large  the same read with read(262144): strings of up to
+            256 KiB, a quarter as many reads (no luv figure: luv reads
+            64 KiB)
   churn     per connection: open a client, connect the listening instance,
             create the next instance first (the name never vanishes), one
             64-byte request + reply, close both; connections/s
@@ -61,7 +65,8 @@ Options:
   --runs N           timed runs per workload (default 5); median, min-max
   --only w[,w]       pingpong, pingpong_byte, pingpong_tasks,
                      pingpong_tasks_untimed, stream,
-                     stream_string, churn, churn_vanish, queued, memory,
+                     stream_string, stream_string_large, churn,
+                     churn_vanish, queued, memory,
                      step0
   --api np|core      np (default): require "namedpipe", the public API (its
                      Lua method wrappers and np.step with tasks/timers);
@@ -253,8 +258,9 @@ local CHUNK = common.CHUNK
 
 local blocks_plain, blocks_verify
 
--- into: read with read_into into one buffer, else with read() (strings).
-local function stream(total, inflight, verify, into)
+-- into: read with read_into into one buffer, else with read(read_n)
+-- (strings; read_n nil: read(), up to 64 KiB).
+local function stream(total, inflight, verify, into, read_n)
   local server, client = connected_pair("st")
   local blocks
   if verify then
@@ -314,12 +320,15 @@ local function stream(total, inflight, verify, into)
     end
     client:read_into(buf, on_read)
   else
+    local function read_next()
+      if read_n then client:read(read_n, on_read) else client:read(on_read) end
+    end
     on_read = function(data, err)
       if not data then fail("stream read:", tostring(err)) end
       if verify then check(data, received) end
-      if got(#data) then client:read(on_read) end
+      if got(#data) then read_next() end
     end
-    client:read(on_read)
+    read_next()
   end
   local t0 = now()
   for _ = 1, math.min(inflight, nwrites) do start_write() end
@@ -562,13 +571,15 @@ if wanted("pingpong_tasks_untimed") and opt.api == "np" then
     ("n=%d msg=64 mode=message api=np tasks timeout=none"):format(opt.pp))
 end
 
-for _, wl in ipairs { "stream", "stream_string" } do
+local STREAM_READ_N = { stream_string_large = 262144 }
+for _, wl in ipairs { "stream", "stream_string", "stream_string_large" } do
   if wanted(wl) then
-    local into = wl == "stream"
-    stream(4 * CHUNK * opt.inflight, opt.inflight, true, into) -- warm-up, bytes checked
-    local v = timed(stream, opt.stream_mib * 1048576, opt.inflight, verify, into)
+    local into, read_n = wl == "stream", STREAM_READ_N[wl]
+    stream(4 * CHUNK * opt.inflight, opt.inflight, true, into, read_n) -- warm-up, bytes checked
+    local v = timed(stream, opt.stream_mib * 1048576, opt.inflight, verify, into, read_n)
     report(wl, "mib_per_s", v, ("mib=%d write=%d inflight=%d mode=byte api=%s read=%s")
-      :format(opt.stream_mib, CHUNK, opt.inflight, opt.api, into and "read_into" or "read"))
+      :format(opt.stream_mib, CHUNK, opt.inflight, opt.api,
+              into and "read_into" or read_n and ("read(%d)"):format(read_n) or "read"))
   end
 end
 
