@@ -271,17 +271,29 @@ local function written_before(w, rp)
   return w.party.kind == "server" and rp.kind == "client" and w.start_t < rp.start_t
 end
 
--- Empty messages rp received before its peer was known: the peer's first
--- empty writes after what rp had, before seq `upto`.
+-- Empty messages rp received before its peer was known: the peer's empty
+-- writes after what rp had, before seq `upto`, in order, passing over a
+-- stopped one while enough that were not stopped come after it (as
+-- empty_message prefers them).
 local function take_early_empties(rp, upto)
   local n, P = rp.early_empties, rp.peer
   if n == 0 or not P then return true end
   rp.early_empties = 0
+  local cands, unstopped_after = {}, {}
   for s = rp.last_seq + 1, math.min(upto - 1, P.seq) do
     local w = P.writes[s]
-    if n > 0 and w.empty and w.status ~= "never" and not written_before(w, rp) then
+    if w.empty and w.status ~= "never" and not written_before(w, rp) then cands[#cands + 1] = w end
+  end
+  local u = 0
+  for i = #cands, 1, -1 do
+    unstopped_after[i] = u
+    if cands[i].status ~= "stopped" then u = u + 1 end
+  end
+  for i, w in ipairs(cands) do
+    if n == 0 then break end
+    if w.status ~= "stopped" or unstopped_after[i] < n then
       rp.chunks[#rp.chunks + 1] = { w = w, len = 0 }
-      rp.last_seq = s
+      rp.last_seq = w.seq
       n = n - 1
     end
   end
@@ -509,8 +521,30 @@ local function empty_message(rp)
   violation("phantom", "%s received an empty message, but %s wrote none after seq %d", rp.name, P.name, rp.last_seq)
 end
 
+-- Windows: a message write stopped after its reader took a first part
+-- loses the rest without a mark in the pipe, and the read that was to take
+-- the rest goes on for the size the pipe then says is left: the next
+-- message's (README, "Windows notes"). So a read's bytes may be the cut
+-- message's last part, then the start of a later message of the same
+-- writer. Is w, which d's bytes follow up to byte `at` (a MARK), such a cut?
+local function cut_join(w, d, at)
+  if not WIN or d:sub(at, at) ~= MARK then return false end
+  return w.status == "stopped" or w.epoch ~= w.party.epoch
+end
+
 --- Message-mode reading: d is one message, or the next part of one.
 local function feed_message(rp, d, op)
+  if #rp.pend > 0 then
+    -- the start of a message joined to a cut one, shorter than a header
+    -- (cut_join): its next part, if the read after it has one, completes it
+    local frag = rp.pend
+    rp.pend = ""
+    if d ~= "" and d:sub(1, 1) ~= MARK then
+      return feed_message(rp, frag .. d, op)
+    end
+    cut_header(rp, frag)
+    if R.failed then return end
+  end
   local cur = rp.cur
   if cur then
     if d ~= "" and d:sub(1, 1) ~= MARK then -- the rest of a message read in parts
@@ -518,6 +552,17 @@ local function feed_message(rp, d, op)
       local want = w.data:sub(cur.off + 1, cur.off + #d)
       if d ~= want then
         local k = common_prefix(d, want)
+        if cut_join(w, d, k + 1) then
+          R.stats.cut_joined = (R.stats.cut_joined or 0) + 1
+          note("%s: %s seq %d cut after %d bytes, a later message joined to it (Windows)", rp.name,
+            w.party.name, w.seq, cur.off + k)
+          cur.off = cur.off + k
+          cur.chunk.len = cur.off
+          rp.cur = nil
+          local rest = d:sub(k + 1)
+          if #rest < HDR then rp.pend = rest return end
+          return feed_message(rp, rest, op)
+        end
         violation("corrupt", "%s: a part of %s seq %d differs at its byte %d: %s where %s was written%s%s",
           rp.name, w.party.name, w.seq, cur.off + k + 1, show(d:sub(k + 1, k + 8)),
           show(want:sub(k + 1, k + 8)), #d > #want and " (longer than the message: joined?)" or "",
@@ -549,16 +594,16 @@ local function feed_message(rp, d, op)
     local other = d:find(MARK, 2, true)
     local ow, oseq
     if other then ow, oseq = parse_header(d:sub(other, other + HDR - 1)) end
-    if WIN and other == k + 1 and other - 1 < w.total and ow == wid and oseq and oseq > seq
-      and (w.status == "stopped" or w.epoch ~= P.epoch) then
-      -- Windows: a message write stopped after the reader took its first
-      -- part loses the rest without a mark in the pipe; the read goes on
-      -- for the size the pipe then says is left, which is the next
-      -- message's (README, "Windows notes"). Two messages, the first cut.
+    if other == k + 1 and other - 1 < w.total and cut_join(w, d, other)
+      and (#d - other + 1 < HDR or ow == wid and oseq > seq) then
+      -- two messages, the first cut (cut_join); the second's start may be
+      -- shorter than a header (a read of a few bytes more than 64 KiB)
       R.stats.cut_joined = (R.stats.cut_joined or 0) + 1
-      note("%s: %s seq %d cut after %d bytes, %s seq %d joined to it (Windows)", rp.name, P.name, seq,
-        other - 1, P.name, oseq)
+      note("%s: %s seq %d cut after %d bytes, %s joined to it (Windows)", rp.name, P.name, seq,
+        other - 1, ow and ("seq %d"):format(oseq) or "the start of a later message")
       feed_message(rp, d:sub(1, other - 1), op)
+      if R.failed then return end
+      if #d - other + 1 < HDR then rp.pend = d:sub(other) return end
       return feed_message(rp, d:sub(other), op)
     end
     violation("corrupt", "%s: message %s seq %d differs from its byte %d%s", rp.name, P.name, seq, k + 1,
