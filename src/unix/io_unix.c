@@ -255,8 +255,10 @@ void np_pump_read(np_pipe *p) {
   if (r->op == NP_OP_READABLE) {
     if (!read_ready(p)) return;
     np_status_errno(&st, NP_OK, 0);
-  } else if (!np_read_attempt(p, r->max, dst, &r->len, &r->more, &st)) {
-    return;
+  } else {
+    int more;
+    if (!np_read_attempt(p, r->max, dst, &r->len, &more, &st)) return;
+    r->more = (unsigned char)more;
   }
   if (r->ext && dst != &into && st.err == NP_OK) memcpy(r->ext, r->buf.data, r->len);
   p->pending_read = NULL;

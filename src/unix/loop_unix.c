@@ -290,20 +290,23 @@ void np_loop_take(np_loop *loop, np_completion *c) {
 
 void np_req_start(np_pipe *p, np_req *r, np_op op, int ref_cb, int ref_data) {
   r->pipe = p;
-  r->op = op;
+  r->op = (unsigned char)op;
   r->state = REQ_PENDING;
   r->ref_cb = ref_cb;
   r->ref_data = ref_data;
   r->status.err = NP_OK;
   r->status.code = 0;
   r->next = NULL;
-  r->wdata = NULL;
-  r->wlen = r->wdone = 0;
-  r->max = 0;
-  r->len = 0;
   r->more = 0;
-  r->ext = NULL;
   r->eager = 0;
+  if (op == NP_OP_WRITE) { /* (its list links are np_write_start's) */
+    r->wdata = NULL;
+    r->wlen = r->wdone = 0;
+  } else {
+    r->max = 0;
+    r->len = 0;
+    r->ext = NULL;
+  }
   p->busy[op]++;
   p->outstanding++;
   p->loop->outstanding++;

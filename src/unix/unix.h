@@ -82,31 +82,42 @@ typedef enum req_state {
 /* One operation. Connect, read (or readable: they share the read slot) and
  * writable are embedded in the pipe block (one at a time each, the binding
  * checks np_pipe_busy); writes are allocated, any number queue up. */
+/* A request. Kept small: every pipe embeds three (an idle pair's memory is
+ * mostly these), and a write allocates one. Its small fields are bytes
+ * (op: np_op, state: req_state); what only a write or only a read uses
+ * shares memory (op tells which; np_req_start clears the side its op
+ * uses, and leaves the write lists' links to their owners). */
 typedef struct np_req {
   np_pipe *pipe;
-  np_op op;
-  req_state state;
-  int embedded;
   int ref_cb, ref_data;
-  np_status status;
-  struct np_req *next; /* write queue, or the loop's ready queue */
-  struct np_req *qprev; /* write queue: the one before (np_wq_*) */
-  struct np_req *wprev, *wnext; /* the pipe's allocated writes (all states) */
-  /* write: the anchored Lua string and how much of it the socket took */
-  const char *wdata;
-  size_t wlen, wdone;
-  /* read: the caller's limit and the bytes read (owned by the request) */
-  size_t max;
-  np_buf buf;
-  size_t len;
-  int more;
-  /* a read_into (np_read_start): the caller's memory (max bytes), else NULL */
-  char *ext;
+  unsigned char op;       /* np_op */
+  unsigned char state;    /* req_state */
+  unsigned char embedded; /* one of the pipe's three, else a write's own */
   /* a read that finished at its start (counted in loop->eager_ready) */
-  int eager;
+  unsigned char eager;
   /* a transact's request (np_transact_start): finished by np_transact_sent,
    * never handed out */
-  int transact;
+  unsigned char transact;
+  unsigned char more; /* read: more of the message follows */
+  np_status status;
+  struct np_req *next; /* write queue, or the loop's ready queue */
+  np_buf buf; /* read: the bytes read (owned by the request) */
+  union {
+    struct { /* NP_OP_WRITE */
+      struct np_req *qprev; /* write queue: the one before (np_wq_*) */
+      struct np_req *wprev, *wnext; /* the pipe's allocated writes (all states) */
+      /* the anchored Lua string and how much of it the socket took */
+      const char *wdata;
+      size_t wlen, wdone;
+    };
+    struct { /* the others */
+      size_t max; /* read: the caller's limit */
+      size_t len; /* read: the bytes read */
+      /* a read_into (np_read_start): the caller's memory (max bytes), else
+       * NULL */
+      char *ext;
+    };
+  };
 } np_req;
 
 /* What is known of a connected socket's readiness, and how it sits in the
