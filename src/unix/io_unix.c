@@ -258,7 +258,7 @@ void np_pump_read(np_pipe *p) {
   } else {
     int more;
     if (!np_read_attempt(p, r->max, dst, &r->len, &more, &st)) return;
-    r->more = (unsigned char)more;
+    r->more = more != 0;
   }
   if (r->ext && dst != &into && st.err == NP_OK) memcpy(r->ext, r->buf.data, r->len);
   p->pending_read = NULL;

@@ -299,7 +299,8 @@ void np_req_start(np_pipe *p, np_req *r, np_op op, int ref_cb, int ref_data) {
   r->next = NULL;
   r->more = 0;
   r->eager = 0;
-  if (op == NP_OP_WRITE) { /* (its list links are np_write_start's) */
+  if (op == NP_OP_WRITE) { /* (np_write_start and np_transact_start set
+                            * its list links before) */
     r->wdata = NULL;
     r->wlen = r->wdone = 0;
   } else {

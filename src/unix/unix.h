@@ -79,14 +79,15 @@ typedef enum req_state {
   REQ_HANDED   /* given out by np_loop_take, not yet released */
 } req_state;
 
-/* One operation. Connect, read (or readable: they share the read slot) and
- * writable are embedded in the pipe block (one at a time each, the binding
- * checks np_pipe_busy); writes are allocated, any number queue up. */
-/* A request. Kept small: every pipe embeds three (an idle pair's memory is
- * mostly these), and a write allocates one. Its small fields are bytes
- * (op: np_op, state: req_state); what only a write or only a read uses
- * shares memory (op tells which; np_req_start clears the side its op
- * uses, and leaves the write lists' links to their owners). */
+/* One operation. Connect, read (or readable or transact: they share the
+ * read slot) and writable are embedded in the pipe block (one at a time
+ * each, the binding checks np_pipe_busy); writes are allocated, any number
+ * queue up. Kept small: an idle pair's memory is mostly its six embedded
+ * requests. The small fields are bytes (op: np_op, state: req_state), and
+ * what only a write uses shares memory with what only the others use: a
+ * request is a write or not for its whole life (np_write_req_new makes
+ * the writes), np_req_start clears the side its op uses, and a write's
+ * list links are set by their owners. */
 typedef struct np_req {
   np_pipe *pipe;
   int ref_cb, ref_data;
