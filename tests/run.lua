@@ -242,6 +242,20 @@ if r.skippedTests and #r.skippedTests > 0 then
   end
 end
 
+-- One line per failed test, "FAILED <label> <test>: <first line>", just
+-- above the summary: tools/test-all.sh repeats these lines at the end of a
+-- whole run, where a CI log that keeps only its head and tail still shows
+-- which test failed and why.
+local function first_line(msg)
+  return (tostring(msg):gsub("\r", ""):match("^[^\n]*"))
+end
+for _, list in ipairs({ r.failedTests or {}, r.errorTests or {} }) do
+  for _, node in ipairs(list) do
+    print(string.format("FAILED %s %s: %s", label or platform,
+      tostring(node.testName), first_line(node.msg)))
+  end
+end
+
 print(string.format("%s: %d passed, %d failed, %d skipped", label or platform, passed, failed, skipped))
 io.stdout:flush()
 os.exit(failed == 0 and 0 or 1, true) -- close the state: the loop drains and frees

@@ -13,6 +13,8 @@
 # `make rock-check` (LuaRocks builds and installs the source rock natively
 # and cross-built for Windows; both installed trees run a round trip), and
 # `make lint` (luacheck over every Lua file).
+# Each run's "FAILED <label> <test>: <message>" lines are repeated above the
+# summary, so the end of the output names what failed.
 # Full outputs: build/test-<platform>.log (linux, windows, winjit, lua5.1,
 # ...), build/check.log,
 # build/bench-quick.log, build/rock-check.log, build/lint.log.
@@ -25,6 +27,7 @@ mkdir -p build
 
 tp=0 tf=0 ts=0 status=0
 lines=()
+failures=()   # run.lua's "FAILED <label> <test>: <message>" lines, repeated at the end
 for plat in linux windows winjit lua5.1 lua5.2 lua5.3 luajit; do
     log="build/test-$plat.log"
     echo "=== make test-$plat ==="
@@ -42,6 +45,9 @@ for plat in linux windows winjit lua5.1 lua5.2 lua5.3 luajit; do
         f=1
     fi
     [ "$f" -eq 0 ] || status=1
+    while IFS= read -r failure; do
+        failures+=("$failure")
+    done < <(tr -d '\r' <"$log" | grep -E '^FAILED ' | head -n 20)
     tp=$((tp + p)) tf=$((tf + f)) ts=$((ts + s))
     lines+=("$line")
 done
@@ -68,6 +74,7 @@ gate rock-check "LuaRocks installs the rock on Linux and, cross-built, for Windo
 gate lint "luacheck over every Lua file" "luacheck clean"
 
 echo "=== summary ==="
+[ "${#failures[@]}" -eq 0 ] || printf '%s\n' "${failures[@]}"
 printf '%s\n' "${lines[@]}"
 echo "$tp passed, $tf failed, $ts skipped"
 exit "$status"
