@@ -251,20 +251,22 @@ local function framing_stop(pipe, reason)
 end
 
 --[[
-Operations whose waiter may be gone. A call without a callback, outside a
+Operations whose waiter is gone. A call without a callback, outside a
 task, steps the loop until its operation is done; whatever a step runs (a
 task, a callback) may raise, and the error unwinds out of the call while
-the operation is still the pipe's. So such an operation is recorded in
-inflight[pipe][slot] while it is waited for ("read": read, read_into and
-readable, which share the pipe's read slot; "connect"; "writable"). Once
-its waiter is gone (the call unwound, or the coroutine it ran in died) it
-is abandoned: cancelled, and when it completes what it got is handed over
-(bytes read become read-ahead, after any bytes taken before it; a
-connection, a readiness or a failure the next call finds again by itself).
-Until then the next call of its slot waits for it instead of raising
-"already pending". A write has no slot: abandoned, it goes on and its
-bytes arrive, as try_write's do. Tasks need none of this: a suspended task
-cannot be unwound.
+the operation is still the pipe's. Such an operation is then recorded in
+inflight[pipe][slot] ("read": read, read_into and readable, which share
+the pipe's read slot; "connect"; "writable"), and abandoned: cancelled,
+and when it completes what it got is handed over (bytes read become
+read-ahead, after any bytes taken before it; a connection, a readiness or
+a failure the next call finds again by itself). Until then the next call
+of its slot waits for it instead of raising "already pending". While its
+waiter is there, nothing of this is needed (a call of its slot meanwhile
+gets the C method's "already pending"), so nothing is recorded: a waiting
+call costs a table, a closure and the results' table, no more. (ready()
+records its two waits from the start.) A write has no slot: abandoned, it
+goes on and its bytes arrive, as try_write's do. Tasks need none of this:
+a suspended task cannot be unwound.
 ]]
 local inflight = setmetatable({}, { __mode = "k" })
 
@@ -353,8 +355,9 @@ local function prepend_readahead(pipe, s, slens)
 end
 
 local function new_op(pipe, kind)
-  return { pipe = pipe, kind = kind, slot = SLOT[kind], thread = co_running(),
-           session = session(pipe) }
+  local co, main = co_running()
+  return { pipe = pipe, kind = kind, slot = SLOT[kind], thread = not main and co or nil,
+           session = session(pipe), done = false, r = false }
 end
 
 local function register(op)
@@ -595,11 +598,11 @@ local function wait_end(w, pipe, timeout, kind)
     return suspend()
   end
   local op = w
-  if op.slot then register(op) end
-  -- from here on, an error abandons the operation (a write: lets it go on)
-  guarded(op.slot and { op } or {}, wait_for, op, pipe, op.kind, timeout)
-  op.delivered = true
-  if op.slot then release(op) end
+  local ok, err = pcall(wait_for, op, pipe, op.kind, timeout)
+  if not ok then
+    if op.slot then register(op); abandon(op) end
+    error(err, 0)
+  end
   return unpack(op.r, 1, op.r.n)
 end
 
