@@ -12,6 +12,7 @@ prints the tables; this script alone prints one line per workload:
     pingpong_byte rtt_per_s=<median> ...
     pingpong_tasks rtt_per_s=<median> ...
     pingpong_tasks_untimed rtt_per_s=<median> ...
+    pingpong_waiting rtt_per_s=<median> ...
     stream mib_per_s=<median> ...
     stream_string mib_per_s=<median> ...
     stream_string_large mib_per_s=<median> ...
@@ -32,6 +33,11 @@ Workloads (the same as bench/baseline_*.c and bench/bench_luv.lua do):
             coroutines calling write and read, each call with a 5 s
             timeout (so each has a timer); compared with the C ping-pong
   pingpong_tasks_untimed  the same with no timeouts
+  pingpong_waiting  namedpipe only: the message ping-pong as a plain
+            script writes it, no task and no callback of its own: the
+            client's write and read wait on the main thread, the server
+            answers from its read_start callback with a waiting write;
+            compared with the C ping-pong
   stream    server -> client, byte mode, 64 KiB writes (one anchored string,
             so zero-copy), 4 in flight, 256 MiB, read with read_into into
             one 64 KiB np.buffer (as the C program reads into one buffer);
@@ -64,7 +70,7 @@ Options:
                      (message contents, stream order); asserts no time
   --runs N           timed runs per workload (default 5); median, min-max
   --only w[,w]       pingpong, pingpong_byte, pingpong_tasks,
-                     pingpong_tasks_untimed, stream,
+                     pingpong_tasks_untimed, pingpong_waiting, stream,
                      stream_string, stream_string_large, churn,
                      churn_vanish, queued, memory,
                      step0
@@ -250,6 +256,35 @@ local function pingpong_tasks(n, verify, timeout)
     done = true
   end)
   pump(function() return done end, "pingpong_tasks")
+  return n / stop_clock(t0, server, client)
+end
+
+-- ----------------------------------------------------- pingpong_waiting
+-- The message ping-pong as a plain script writes it: waiting calls on the
+-- main thread (each steps the loop until its operation is done; a write the
+-- socket takes at once returns at once), the server's answer a waiting
+-- write from its read_start callback.
+local function pingpong_waiting(n, verify)
+  local mopts = { pipe_mode = "message" }
+  local server, client = connected_pair("pw", mopts, mopts)
+  local msg = msg_for(0)
+  server:read_start(function(data, err, ename)
+    if not data then
+      if ename == "CLOSED" or ename == "EOF" then return end
+      fail("pingpong_waiting server read:", tostring(err))
+    end
+    local nw, werr = server:write(data)
+    if nw ~= #data then fail("pingpong_waiting server write:", tostring(werr)) end
+  end)
+  local t0 = now()
+  for i = 1, n do
+    local nw, err = client:write(msg)
+    if nw ~= 64 then fail("pingpong_waiting write:", tostring(nw), tostring(err)) end
+    local reply, rerr = client:read()
+    if reply ~= msg then fail("pingpong_waiting: reply differs:", tostring(reply), tostring(rerr)) end
+    if verify then msg = msg_for(i) end
+  end
+  server:read_stop()
   return n / stop_clock(t0, server, client)
 end
 
@@ -582,6 +617,13 @@ if wanted("pingpong_tasks_untimed") and opt.api == "np" then
   local v = timed(pingpong_tasks, opt.pp, verify)
   report("pingpong_tasks_untimed", "rtt_per_s", v,
     ("n=%d msg=64 mode=message api=np tasks timeout=none"):format(opt.pp))
+end
+
+if wanted("pingpong_waiting") and opt.api == "np" then
+  pingpong_waiting(math.max(idiv(opt.pp, 20), 50), true) -- warm-up, contents checked
+  local v = timed(pingpong_waiting, opt.pp, verify)
+  report("pingpong_waiting", "rtt_per_s", v,
+    ("n=%d msg=64 mode=message api=np waiting calls, main thread"):format(opt.pp))
 end
 
 local STREAM_READ_N = { stream_string_large = 262144 }
