@@ -592,6 +592,21 @@ local function arm_deadline(rec, pipe, kind, ms)
   set_deadline(rec, ms)
 end
 
+-- A waiting read the C method made itself (the main thread: main_waits.c)
+-- that an error unwound: its operation becomes one of this layer's,
+-- abandoned. moved: the instance was disconnected since it began (what it
+-- gets is not the next reader's). done: it had ended, with the results
+-- that follow; else its end comes later, through the function returned.
+local function abandon_wait(pipe, kind, moved, done, ...)
+  local op = new_op(pipe, kind)
+  if moved then op.session = -1 end
+  register(op)
+  if done then op.done, op.r = true, pack(...) end
+  abandon(op)
+  if not done then return function(...) op_done(op, ...) end end
+  return nil
+end
+
 local function wait_end(w, pipe, timeout, kind)
   if w.wake then
     if timeout then arm_deadline(w, pipe, kind, timeout) end
@@ -1379,9 +1394,12 @@ end
 
 -- Every waiting function is defined: the core may hand calls over now.
 -- Where its methods make a task's read or write wait themselves
--- (layer.task_waits_in_c), they arm a record's timeout with arm_deadline.
+-- (layer.task_waits_in_c), they arm a record's timeout with arm_deadline; a
+-- waiting read on the main thread made in C (main_waits.c) steps with
+-- main_step, and abandon_wait takes it over when an error unwinds it.
 layer.hand_over(waiting, { task_records = task_records, arm_deadline = arm_deadline,
-                           stopped_reads = stopped_reads })
+                           stopped_reads = stopped_reads,
+                           main_step = step, abandon_wait = abandon_wait })
 
 -- Where a C function cannot be suspended (Lua 5.1, LuaJIT), a C method
 -- that would hand its call to this layer returns a marker instead

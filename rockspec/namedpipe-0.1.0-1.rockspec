@@ -73,7 +73,8 @@ build = {
             ["namedpipe.core"] = {
                sources = {
                   "src/args.c", "src/binding.c", "src/buffer.c", "src/common.c",
-                  "src/errors.c", "src/methods.c", "src/options.c", "src/reading.c", "src/task_waits.c",
+                  "src/errors.c", "src/main_waits.c", "src/methods.c", "src/options.c",
+                  "src/reading.c", "src/task_waits.c",
                   "src/unix/errors_unix.c", "src/unix/host_unix.c", "src/unix/io_unix.c",
                   "src/unix/listener_unix.c", "src/unix/loop_unix.c",
                   "src/unix/message_unix.c", "src/unix/names_unix.c",
@@ -94,7 +95,8 @@ build = {
             ["namedpipe.core"] = {
                sources = {
                   "src/args.c", "src/binding.c", "src/buffer.c", "src/common.c",
-                  "src/errors.c", "src/methods.c", "src/options.c", "src/reading.c", "src/task_waits.c",
+                  "src/errors.c", "src/main_waits.c", "src/methods.c", "src/options.c",
+                  "src/reading.c", "src/task_waits.c",
                   "src/win/errors_win.c", "src/win/host_win.c", "src/win/loop_win.c",
                   "src/win/names_win.c", "src/win/peer_win.c", "src/win/pipe_win.c",
                },

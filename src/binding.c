@@ -468,7 +468,9 @@ static int raw_set_task_work(lua_State *L) {
  * method name (fns.read, fns.step, ...), each put in its slot of the
  * waiting table; a name that is not a slot's is refused, so a misspelt one
  * cannot go unnoticed. tasks: what methods.c needs to make a task wait
- * by itself (tasks.task_records, tasks.arm_deadline: binding.h). */
+ * by itself (tasks.task_records, tasks.arm_deadline: binding.h), and a
+ * waiting read on the main thread (tasks.main_step, tasks.abandon_wait:
+ * main_waits.c). */
 static int layer_hand_over(lua_State *L) {
   int w;
   luaL_checktype(L, 1, LUA_TTABLE);
@@ -500,6 +502,10 @@ static int layer_hand_over(lua_State *L) {
     lua_rawseti(L, WAITING_UPV, W_ARM_DEADLINE);
     lua_getfield(L, 2, "stopped_reads");
     lua_rawseti(L, WAITING_UPV, W_STOPPED);
+    lua_getfield(L, 2, "main_step");
+    lua_rawseti(L, WAITING_UPV, W_MAIN_STEP);
+    lua_getfield(L, 2, "abandon_wait");
+    lua_rawseti(L, WAITING_UPV, W_ABANDON_WAIT);
     lua_pushliteral(L, "n");
     lua_rawseti(L, WAITING_UPV, W_KEY_N);
     lua_pushliteral(L, "ticket");

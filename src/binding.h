@@ -99,6 +99,10 @@ typedef struct pipe_ud {
    * flight that use it, and whether it is in loop_ud.unused_kept. */
   int wcb_ref, wcb_uses, wcb_listed;
   const void *wcb_id;
+  /* disconnect()s that succeeded: a waiting read made in C tells the Lua
+   * layer whether its connection is still the one it began on
+   * (main_waits.c), as the layer's own sessions count them. */
+  unsigned disconnects;
 } pipe_ud;
 
 #define NP_RESTART_DISCONNECTED 2 /* pipe_ud.read_restart */
@@ -338,6 +342,11 @@ enum {
    * elsewhere ("stopped_reads"): a waiting read waits for that read's end
    * rather than be refused (methods.c, raw_read_stop). */
   W_STOPPED,
+  /* What main_waits.c needs to make a waiting read on the main thread by
+   * itself: the module's step (core.step: tasks and timers run as with
+   * any step) and the Lua layer's function that takes the read over when
+   * an error unwinds the call ("main_step", "abandon_wait"). */
+  W_MAIN_STEP, W_ABANDON_WAIT,
   /* the record fields it reads and writes, as strings made once (a
    * lua_getfield would make each anew from its C string) */
   W_KEY_N, W_KEY_TICKET, W_KEY_WAKE
@@ -386,6 +395,17 @@ static inline int divert_call(lua_State *L, int w) {
   lua_insert(L, 1);
   lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
   return lua_gettop(L);
+}
+
+/* A timeout argument a wait made in C can take as it is: nil (*has 0), or
+ * a number >= 0 (NaN is not). Else 0: the usual way raises. */
+static inline int np_plain_timeout(lua_State *L, int arg, lua_Number *ms,
+                                   int *has) {
+  *has = !lua_isnoneornil(L, arg);
+  if (!*has) return 1;
+  if (lua_type(L, arg) != LUA_TNUMBER) return 0;
+  *ms = lua_tonumber(L, arg);
+  return *ms >= 0;
 }
 
 /* ------------------------------------------------------------- shared */

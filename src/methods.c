@@ -13,6 +13,7 @@
 #include "args.h"
 #include "binding.h"
 #include "buffer.h"
+#include "main_waits.h"
 #include "np.h"
 #include "options.h"
 #include "reading.h"
@@ -82,6 +83,7 @@ static pipe_ud *pipe_new(lua_State *L, int is_server) {
   u->wcb_ref = LUA_NOREF;
   u->wcb_uses = u->wcb_listed = 0;
   u->wcb_id = NULL;
+  u->disconnects = 0;
   return u;
 }
 
@@ -424,6 +426,9 @@ static int m_read(lua_State *L) {
 #if NP_TASK_WAITS_IN_C
   if (!u->readahead && (n = np_task_read(L, u)) >= 0) return n;
 #endif
+  if (!u->readahead && lua_type(L, lua_gettop(L)) != LUA_TFUNCTION &&
+      (n = np_main_read(L, u)) >= 0)
+    return n;
   if ((u->readahead || lua_type(L, lua_gettop(L)) != LUA_TFUNCTION) &&
       (n = divert(L, W_READ)) >= 0)
     return n;
@@ -473,17 +478,17 @@ static int m_writable(lua_State *L) {
  * write completes through the port). Only where divert calls the Lua layer
  * from here, so that the part's count can be added to what it returns. */
 static int main_thread_write(lua_State *L) {
-  int top = lua_gettop(L), main, n;
+  int top = lua_gettop(L), on_main, n, has_t;
+  lua_Number ms;
   pipe_ud *u;
   size_t len, sent;
   const char *data;
   if (top < 2 || top > 3 || lua_type(L, 2) != LUA_TSTRING ||
-      !(lua_isnoneornil(L, 3) ||
-        (lua_type(L, 3) == LUA_TNUMBER && lua_tonumber(L, 3) >= 0)))
+      !np_plain_timeout(L, 3, &ms, &has_t))
     return -1;
-  main = lua_pushthread(L);
+  on_main = lua_pushthread(L);
   lua_pop(L, 1);
-  if (!main || !(u = open_pipe_or_null(L)) || !push_waiting(L, W_WRITE))
+  if (!on_main || !(u = open_pipe_or_null(L)) || !push_waiting(L, W_WRITE))
     return -1;
   lua_pop(L, 1);
   data = lua_tolstring(L, 2, &len);
@@ -678,6 +683,7 @@ static int m_disconnect(lua_State *L) {
   pipe_ud *u = check_server(L);
   np_status st;
   if (!np_disconnect(u->p, &st)) return np_push_status(L, &st);
+  u->disconnects++;
   /* From a read_start's callback: it ends, as after close() there (its
    * pending read's end tells it elsewhere: NOT_CONNECTED). */
   if (u->run_open) np_reading_stop(u);

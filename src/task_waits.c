@@ -114,16 +114,6 @@ static void push_wake(lua_State *L, int rec) {
   lua_rawget(L, rec);
 }
 
-/* A timeout argument a task's wait can take as it is: nil (*has 0), or a
- * number >= 0 (NaN is not). Else 0: the usual way raises. */
-static int plain_timeout(lua_State *L, int arg, lua_Number *ms, int *has) {
-  *has = !lua_isnoneornil(L, arg);
-  if (!*has) return 1;
-  if (lua_type(L, arg) != LUA_TNUMBER) return 0;
-  *ms = lua_tonumber(L, arg);
-  return *ms >= 0;
-}
-
 /* After the operation started with the record (at rec) as callback: its
  * deadline, if any, then the yield. What resumes the task (the record's
  * wake) is what the method returns: above base on the stack. */
@@ -155,7 +145,7 @@ int np_task_read(lua_State *L, pipe_ud *u) {
   if (top >= 2 && !lua_isnil(L, 2)) {
     if (!lua_isinteger(L, 2) || (n = lua_tointeger(L, 2)) < 1) return -1;
   }
-  if (!plain_timeout(L, 3, &ms, &has_t)) return -1;
+  if (!np_plain_timeout(L, 3, &ms, &has_t)) return -1;
   if (read_busy(u) || !push_task_record(L)) return -1;
   rec = lua_gettop(L);
   arm_record(L, rec);
@@ -187,7 +177,7 @@ int np_task_write(lua_State *L, pipe_ud *u) {
   size_t len, sent = 0;
   const char *data;
   if (top < 2 || top > 3 || !u || lua_type(L, 2) != LUA_TSTRING ||
-      !plain_timeout(L, 3, &ms, &has_t) || !push_task_record(L))
+      !np_plain_timeout(L, 3, &ms, &has_t) || !push_task_record(L))
     return -1;
   rec = lua_gettop(L);
   data = lua_tolstring(L, 2, &len);
