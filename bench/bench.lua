@@ -594,36 +594,23 @@ if wanted("memory") then
   io.stdout:flush()
 end
 
-if wanted("pingpong") then
-  pingpong(math.max(idiv(opt.pp, 20), 50), true, "message") -- warm-up, contents checked
-  local v = timed(pingpong, opt.pp, verify, "message")
-  report("pingpong", "rtt_per_s", v, ("n=%d msg=64 mode=message api=%s"):format(opt.pp, opt.api))
+-- A ping-pong row: a short run with every reply checked first (warm-up),
+-- then the timed runs; arg goes to the workload's function after verify.
+local function pingpong_row(wl, fn, arg, what)
+  if not wanted(wl) then return end
+  fn(math.max(idiv(opt.pp, 20), 50), true, arg)
+  local v = timed(fn, opt.pp, verify, arg)
+  report(wl, "rtt_per_s", v, ("n=%d msg=64 %s"):format(opt.pp, what))
 end
 
-if wanted("pingpong_byte") then
-  pingpong(math.max(idiv(opt.pp, 20), 50), true, "byte")
-  local v = timed(pingpong, opt.pp, verify, "byte")
-  report("pingpong_byte", "rtt_per_s", v, ("n=%d msg=64 mode=byte api=%s"):format(opt.pp, opt.api))
-end
-
-if wanted("pingpong_tasks") and opt.api == "np" then
-  pingpong_tasks(math.max(idiv(opt.pp, 20), 50), true, 5000) -- warm-up, contents checked
-  local v = timed(pingpong_tasks, opt.pp, verify, 5000)
-  report("pingpong_tasks", "rtt_per_s", v, ("n=%d msg=64 mode=message api=np tasks timeout=5000"):format(opt.pp))
-end
-
-if wanted("pingpong_tasks_untimed") and opt.api == "np" then
-  pingpong_tasks(math.max(idiv(opt.pp, 20), 50), true) -- warm-up, contents checked
-  local v = timed(pingpong_tasks, opt.pp, verify)
-  report("pingpong_tasks_untimed", "rtt_per_s", v,
-    ("n=%d msg=64 mode=message api=np tasks timeout=none"):format(opt.pp))
-end
-
-if wanted("pingpong_waiting") and opt.api == "np" then
-  pingpong_waiting(math.max(idiv(opt.pp, 20), 50), true) -- warm-up, contents checked
-  local v = timed(pingpong_waiting, opt.pp, verify)
-  report("pingpong_waiting", "rtt_per_s", v,
-    ("n=%d msg=64 mode=message api=np waiting calls, main thread"):format(opt.pp))
+pingpong_row("pingpong", pingpong, "message", "mode=message api=" .. opt.api)
+pingpong_row("pingpong_byte", pingpong, "byte", "mode=byte api=" .. opt.api)
+if opt.api == "np" then -- (these measure the Lua layer's ways of calling)
+  pingpong_row("pingpong_tasks", pingpong_tasks, 5000, "mode=message api=np tasks timeout=5000")
+  pingpong_row("pingpong_tasks_untimed", pingpong_tasks, nil,
+    "mode=message api=np tasks timeout=none")
+  pingpong_row("pingpong_waiting", pingpong_waiting, nil,
+    "mode=message api=np waiting calls, main thread")
 end
 
 local STREAM_READ_N = { stream_string_large = 262144 }
