@@ -592,19 +592,33 @@ local function arm_deadline(rec, pipe, kind, ms)
   set_deadline(rec, ms)
 end
 
--- A waiting read the C method made itself (the main thread: main_waits.c)
--- that an error unwound: its operation becomes one of this layer's,
--- abandoned. moved: the instance was disconnected since it began (what it
--- gets is not the next reader's). done: it had ended, with the results
--- that follow; else its end comes later, through the function returned.
-local function abandon_wait(pipe, kind, moved, done, ...)
-  local op = new_op(pipe, kind)
-  if moved then op.session = -1 end
+-- A waiting read the C method made itself (the main thread: main_waits.c),
+-- cancelled as this layer's waits cancel theirs: at its timeout, or once
+-- an error has unwound it.
+local function cancel_main_read(pipe, at_deadline)
+  if pipe:state() ~= "closed" then pipe:cancel("read", at_deadline and "TIMEOUT" or nil) end
+end
+
+-- Such a read that an error unwound: its operation becomes one of this
+-- layer's, abandoned (the C side cancels it after this). moved: the
+-- instance was disconnected since it began (what it gets is not the next
+-- reader's). done: it had ended, with the results that follow; else its
+-- end comes later, through the function returned. What can fail (out of
+-- memory) is made before the operation is recorded, and nothing after it:
+-- either the record is there with its function, or the C side calls this
+-- again with the end when it comes.
+local function abandon_wait(pipe, moved, done, ...)
+  local op = { pipe = pipe, kind = "read", slot = "read", abandoned = false,
+               session = moved and -1 or session(pipe), done = done, r = false }
+  if done then
+    op.r = pack(...)
+    hand_over(op)
+    return nil
+  end
+  local forward = function(...) op_done(op, ...) end
   register(op)
-  if done then op.done, op.r = true, pack(...) end
-  abandon(op)
-  if not done then return function(...) op_done(op, ...) end end
-  return nil
+  op.abandoned = true
+  return forward
 end
 
 local function wait_end(w, pipe, timeout, kind)
@@ -1396,10 +1410,12 @@ end
 -- Where its methods make a task's read or write wait themselves
 -- (layer.task_waits_in_c), they arm a record's timeout with arm_deadline; a
 -- waiting read on the main thread made in C (main_waits.c) steps with
--- main_step, and abandon_wait takes it over when an error unwinds it.
+-- main_step, cancels with cancel_main_read, and abandon_wait takes it over
+-- when an error unwinds it.
 layer.hand_over(waiting, { task_records = task_records, arm_deadline = arm_deadline,
                            stopped_reads = stopped_reads,
-                           main_step = step, abandon_wait = abandon_wait })
+                           main_step = step, cancel_main_read = cancel_main_read,
+                           abandon_wait = abandon_wait })
 
 -- Where a C function cannot be suspended (Lua 5.1, LuaJIT), a C method
 -- that would hand its call to this layer returns a marker instead

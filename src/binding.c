@@ -469,8 +469,8 @@ static int raw_set_task_work(lua_State *L) {
  * waiting table; a name that is not a slot's is refused, so a misspelt one
  * cannot go unnoticed. tasks: what methods.c needs to make a task wait
  * by itself (tasks.task_records, tasks.arm_deadline: binding.h), and a
- * waiting read on the main thread (tasks.main_step, tasks.abandon_wait:
- * main_waits.c). */
+ * waiting read on the main thread (tasks.main_step, tasks.cancel_main_read,
+ * tasks.abandon_wait: main_waits.c). */
 static int layer_hand_over(lua_State *L) {
   int w;
   luaL_checktype(L, 1, LUA_TTABLE);
@@ -504,6 +504,8 @@ static int layer_hand_over(lua_State *L) {
     lua_rawseti(L, WAITING_UPV, W_STOPPED);
     lua_getfield(L, 2, "main_step");
     lua_rawseti(L, WAITING_UPV, W_MAIN_STEP);
+    lua_getfield(L, 2, "cancel_main_read");
+    lua_rawseti(L, WAITING_UPV, W_MAIN_CANCEL);
     lua_getfield(L, 2, "abandon_wait");
     lua_rawseti(L, WAITING_UPV, W_ABANDON_WAIT);
     lua_pushliteral(L, "n");

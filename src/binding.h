@@ -344,9 +344,10 @@ enum {
   W_STOPPED,
   /* What main_waits.c needs to make a waiting read on the main thread by
    * itself: the module's step (core.step: tasks and timers run as with
-   * any step) and the Lua layer's function that takes the read over when
-   * an error unwinds the call ("main_step", "abandon_wait"). */
-  W_MAIN_STEP, W_ABANDON_WAIT,
+   * any step), the Lua layer's function that cancels the read as its own
+   * waits do, and the one that takes the read over when an error unwinds
+   * the call ("main_step", "cancel_main_read", "abandon_wait"). */
+  W_MAIN_STEP, W_MAIN_CANCEL, W_ABANDON_WAIT,
   /* the record fields it reads and writes, as strings made once (a
    * lua_getfield would make each anew from its C string) */
   W_KEY_N, W_KEY_TICKET, W_KEY_WAKE
@@ -413,6 +414,10 @@ static inline int np_plain_timeout(lua_State *L, int arg, lua_Number *ms,
 /* binding.c: nil, message, name, code: the shape of every OS failure. */
 int np_push_status(lua_State *L, const np_status *st);
 
+/* methods.c: cancel("read", reason)'s work for the open pipe u, which
+ * raises nothing and makes no Lua value (main_waits.c, when the method
+ * could not be called). */
+void np_pipe_cancel_read(pipe_ud *u, np_err reason);
 /* methods.c: the pipe name at arg, checked (a clear error if it is none). */
 const char *np_check_name(lua_State *L, int arg);
 /* methods.c: what binding.c registers, each with the N_UPVALUES upvalues:

@@ -18,7 +18,12 @@
  * while the read is still the pipe's. The Lua layer then takes it over as
  * one of its own abandoned operations ("abandon_wait"): cancelled, and what
  * it gets goes to the next read of the same connection. From then on the
- * closure hands what comes to the function abandon_wait returned.
+ * closure hands what comes to the function abandon_wait returned. Nothing
+ * between the read's start and that take-over may raise outside a pcall,
+ * or the read's bytes would end in a closure nobody asks: so nothing there
+ * allocates (a collection could run a finalizer, whose error Lua 5.1 to
+ * 5.3 raise), and a take-over that runs out of memory is made again by the
+ * closure when the end comes.
  */
 #include "lauxlib.h"
 #include "lua.h"
@@ -29,10 +34,15 @@
 #include "main_waits.h"
 #include "np.h"
 
-/* The callback's upvalues: whether the read has ended, where to hand its
- * end once the Lua layer has taken it over, how many results, and the
- * results (a read's end is data, or nil, message, name, code). */
-enum { MW_DONE = 1, MW_FORWARD, MW_NRES, MW_RESULTS };
+/* The callback's upvalues: whether the read has ended; once an error has
+ * unwound the call, where its end goes (FORWARD: the Lua layer's function
+ * for the operation it took over) or, if the layer could not take it over
+ * then (out of memory), who takes it when it comes (TAKER: abandon_wait,
+ * with the pipe and its disconnect count at the start); how many results,
+ * and the results (a read's end is data, or nil, message, name, code). */
+enum {
+  MW_DONE = 1, MW_FORWARD, MW_TAKER, MW_PIPE, MW_START, MW_NRES, MW_RESULTS
+};
 #define MW_MAX_RESULTS 4
 #define MW_NUPVALUES (MW_RESULTS + MW_MAX_RESULTS - 1)
 
@@ -42,6 +52,21 @@ static int main_wake(lua_State *L) {
     lua_pushvalue(L, lua_upvalueindex(MW_FORWARD));
     lua_insert(L, 1);
     lua_call(L, n, 0);
+    return 0;
+  }
+  if (!lua_isnil(L, lua_upvalueindex(MW_TAKER))) {
+    /* taker(pipe, moved, true, results...) */
+    pipe_ud *u = (pipe_ud *)lua_touserdata(L, lua_upvalueindex(MW_PIPE));
+    lua_pushvalue(L, lua_upvalueindex(MW_TAKER));
+    lua_insert(L, 1);
+    lua_pushvalue(L, lua_upvalueindex(MW_PIPE));
+    lua_insert(L, 2);
+    lua_pushboolean(L, u->disconnects != (unsigned)lua_tointeger(
+                                             L, lua_upvalueindex(MW_START)));
+    lua_insert(L, 3);
+    lua_pushboolean(L, 1);
+    lua_insert(L, 4);
+    lua_call(L, n + 3, 0);
     return 0;
   }
   if (n > MW_MAX_RESULTS) n = MW_MAX_RESULTS; /* (no end has more) */
@@ -74,10 +99,10 @@ static int push_results(lua_State *L, int wake) {
   return n;
 }
 
-/* The waiting table's function in slot w may take this call: the Lua layer
- * is there (namedpipe.core alone has no waiting form), and holds no mark
- * of a read_start stopped from elsewhere for the pipe at index 1 (its
- * waiting read settles that first). */
+/* May the read of the pipe at index 1 be waited for here? The Lua layer
+ * is there to take it over (namedpipe.core alone has no waiting form),
+ * and holds no mark of a read_start stopped from elsewhere for the pipe
+ * (its own waiting read settles that first). */
 static int layer_allows(lua_State *L) {
   int ok;
   lua_rawgeti(L, WAITING_UPV, W_ABANDON_WAIT);
@@ -95,39 +120,61 @@ static int layer_allows(lua_State *L) {
   return ok;
 }
 
-/* The error on top unwinds the call: the Lua layer takes the read over
- * (abandon_wait(pipe, kind, moved, done, results...): moved, the instance
- * was disconnected since the read began, so what it gets is not the next
- * reader's), and the error goes on. */
-static void unwound(lua_State *L, pipe_ud *u, int wake, unsigned disconnects) {
+/* pipe:cancel("read" [, "TIMEOUT"]) for the read waited for, as the Lua
+ * layer's waits make it (a script or a test watching cancel sees it):
+ * through the layer's cancel_main_read, protected. 0 if that raised. */
+static int cancel_read(lua_State *L, int timed_out) {
+  lua_rawgeti(L, WAITING_UPV, W_MAIN_CANCEL);
+  lua_pushvalue(L, 1);
+  lua_pushboolean(L, timed_out);
+  if (lua_pcall(L, 2, 0, 0) == LUA_OK) return 1;
+  return 0;
+}
+
+/* The error on top unwinds the call. The Lua layer takes the read over:
+ * abandon_wait(pipe, moved, done, results...), moved if the instance was
+ * disconnected since the read began (what it gets is not the next
+ * reader's); should that fail (out of memory, or a finalizer's error on
+ * Lua 5.1 to 5.3), the callback calls it with the end when that comes.
+ * Then the read is cancelled unless it has ended, as the layer abandons
+ * one of its own (by the backend itself, should the method fail), and the
+ * error goes on. From the read's start to here nothing raises outside a
+ * pcall: nothing allocates, so no collection runs a finalizer either. */
+static void unwound(lua_State *L, pipe_ud *u, int wake, unsigned start) {
   int err = lua_gettop(L), n = 0, done = wake_done(L, wake);
   lua_rawgeti(L, WAITING_UPV, W_ABANDON_WAIT);
+  lua_pushvalue(L, -1);
+  lua_setupvalue(L, wake, MW_TAKER);
   lua_pushvalue(L, 1);
-  lua_pushliteral(L, "read");
-  lua_pushboolean(L, u->disconnects != disconnects);
+  lua_setupvalue(L, wake, MW_PIPE);
+  lua_pushinteger(L, (lua_Integer)start);
+  lua_setupvalue(L, wake, MW_START);
+  lua_pushvalue(L, 1);
+  lua_pushboolean(L, u->disconnects != start);
   lua_pushboolean(L, done);
   if (done) n = push_results(L, wake);
-  lua_call(L, 4 + n, 1);
-  if (lua_isnil(L, -1))
-    lua_pop(L, 1);
-  else
+  if (lua_pcall(L, 3 + n, 1, 0) == LUA_OK && !lua_isnil(L, -1))
     lua_setupvalue(L, wake, MW_FORWARD);
+  lua_settop(L, err);
+  if (!done && u->p && !cancel_read(L, 0) && u->p)
+    np_pipe_cancel_read(u, NP_CANCELLED);
   lua_settop(L, err);
   lua_error(L);
 }
 
-/* One protected call of fn (already pushed below its nargs arguments);
- * an error unwinds the call (above). */
-static void call_or_unwind(lua_State *L, int nargs, pipe_ud *u, int wake,
-                           unsigned disconnects) {
-  if (lua_pcall(L, nargs, 0, 0) != LUA_OK) unwound(L, u, wake, disconnects);
+/* One step of the loop, protected: an error unwinds the call (above). */
+static void step_or_unwind(lua_State *L, lua_Number ms, pipe_ud *u, int wake,
+                           unsigned start) {
+  lua_rawgeti(L, WAITING_UPV, W_MAIN_STEP);
+  lua_pushnumber(L, ms);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) unwound(L, u, wake, start);
 }
 
 int np_main_read(lua_State *L, pipe_ud *u) {
   int top = lua_gettop(L), has_t, wake, i, on_main, stepped = 0, timed_out = 0;
   lua_Number ms = 0, deadline = 0;
   lua_Integer n = 0;
-  unsigned disconnects = u->disconnects;
+  unsigned start = u->disconnects;
   if (top > 3) return -1;
   if (top >= 2 && !lua_isnil(L, 2)) {
     if (!lua_isinteger(L, 2) || (n = lua_tointeger(L, 2)) < 1) return -1;
@@ -141,33 +188,25 @@ int np_main_read(lua_State *L, pipe_ud *u) {
   wake = lua_gettop(L);
   np_read_start(u->p, (size_t)n, NULL, anchor_operation(L, u, wake),
                 NP_NOREF);
+  /* The Lua layer's wait_for, step for step: at least one step before the
+   * deadline's cancel (a poll, timeout 0, gets what is there already), a
+   * cancel with TIMEOUT at the deadline, then steps until the end comes
+   * (what came meanwhile wins); the same step lengths. */
   if (has_t) deadline = np_now_ms() + ms;
   while (!wake_done(L, wake)) {
-    lua_Number step_ms;
     if (has_t) {
       lua_Number left = deadline - np_now_ms();
       if (left <= 0 && stepped) {
-        /* (as the Lua layer's cancel_for_timeout: pipe:cancel, which
-         * also ends what the layer may hold by then) */
-        if (u->p) {
-          lua_getfield(L, 1, "cancel");
-          lua_pushvalue(L, 1);
-          lua_pushliteral(L, "read");
-          lua_pushliteral(L, "TIMEOUT");
-          call_or_unwind(L, 3, u, wake, disconnects);
-        }
+        if (!cancel_read(L, 1)) unwound(L, u, wake, start);
         has_t = 0;
         timed_out = 1;
         continue;
       }
-      step_ms = left > 0 ? left : 0;
       stepped = 1;
+      step_or_unwind(L, left > 0 ? left : 0, u, wake, start);
     } else {
-      step_ms = timed_out ? 100 : 1000;
+      step_or_unwind(L, timed_out ? 100 : 1000, u, wake, start);
     }
-    lua_rawgeti(L, WAITING_UPV, W_MAIN_STEP);
-    lua_pushnumber(L, step_ms);
-    call_or_unwind(L, 1, u, wake, disconnects);
   }
   return push_results(L, wake);
 }

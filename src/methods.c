@@ -634,6 +634,18 @@ static np_op check_op(lua_State *L, int arg, const char *def) {
 
 /* cancel([what] [, reason]): what is "connect", "read", "write",
  * "readable", "writable", or nil for all. */
+/* A read_start ends, whichever name its read slot is cancelled by (the
+ * backends cancel the slot's operation for all three). The first reason
+ * stays, as a read already ended keeps its status; a disconnect() before
+ * it ended a taken-over reading already. */
+static void end_reading(pipe_ud *u, np_err reason) {
+  if (!u->read_ending)
+    u->read_end_reason = u->read_restart == NP_RESTART_DISCONNECTED
+                             ? NP_NOT_CONNECTED
+                             : reason;
+  np_reading_cancel(u);
+}
+
 static int raw_cancel(lua_State *L) {
   pipe_ud *u = check_pipe(L);
   static const char *const reasons[] = {"CANCELLED", "TIMEOUT", NULL};
@@ -642,17 +654,8 @@ static int raw_cancel(lua_State *L) {
                       : NP_TIMEOUT;
   int all = lua_isnoneornil(L, 2);
   np_op op = all ? NP_OP_READ : check_op(L, 2, NULL);
-  /* A read_start ends, whichever name its slot is cancelled by (the
-   * backends cancel the slot's operation for all three). The first
-   * reason stays, as a read already ended keeps its status; a
-   * disconnect() before it ended a taken-over reading already. */
-  if (op == NP_OP_READ || op == NP_OP_READABLE || op == NP_OP_TRANSACT) {
-    if (!u->read_ending)
-      u->read_end_reason = u->read_restart == NP_RESTART_DISCONNECTED
-                               ? NP_NOT_CONNECTED
-                               : reason;
-    np_reading_cancel(u);
-  }
+  if (op == NP_OP_READ || op == NP_OP_READABLE || op == NP_OP_TRANSACT)
+    end_reading(u, reason);
   if (all) {
     np_cancel(u->p, NP_OP_CONNECT, reason);
     np_cancel(u->p, NP_OP_READ, reason);
@@ -662,6 +665,11 @@ static int raw_cancel(lua_State *L) {
     np_cancel(u->p, op, reason);
   }
   return 0;
+}
+
+void np_pipe_cancel_read(pipe_ud *u, np_err reason) {
+  end_reading(u, reason);
+  np_cancel(u->p, NP_OP_READ, reason);
 }
 
 /* A read_start the Lua layer is still starting (bytes read ahead go

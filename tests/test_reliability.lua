@@ -684,6 +684,49 @@ function TestReliability:test_out_of_memory_inside_calls()
   H.pump(function() return calls == 2 end, 5000, "the read after an out-of-memory step")
   lu.assertTrue(np.now() - t0 < 1000, "the next steps waited for a completion already there")
   lu.assertEquals(seen, sent)
+  -- A waiting read on the main thread, unwound by a callback's error
+  -- while memory runs out at every point in turn: whatever was cut short
+  -- (the call before its read began, its steps, the Lua layer's taking the
+  -- read over, the cancel), its bytes come once, to this read or the next,
+  -- and the pipe reads on.
+  local unwound = 0
+  local function settle() -- (the write's callback may raise in these steps)
+    local settled, why = pcall(H.settle, 20)
+    if not settled and not tostring(why):find("callback failed on purpose", 1, true) then
+      error(why, 0)
+    end
+  end
+  for extra = 0, 6000, 8 do
+    local marker = ("m%05d"):format(extra)
+    client:write(marker, function() error("callback failed on purpose") end)
+    collectgarbage()
+    limit(extra)
+    local read_ok, res = pcall(server.read, server, nil, 2000) -- (nothing made under the cap here)
+    limit(-1)
+    local marker_got
+    if read_ok then
+      marker_got = res
+    else
+      local why = tostring(res)
+      if not (why:find("callback failed on purpose", 1, true)
+              or why:find("not enough memory", 1, true)) then
+        lu.fail("waiting read under a memory cap: " .. why)
+      end
+      unwound = unwound + 1
+      -- (the unwound read, cancelled, ends at a step; if the layer could
+      -- take it over only then, for lack of memory, the pipe's read slot
+      -- is busy until that step)
+      local since = np.now()
+      repeat settle() until server:_busy("read") == 0 or np.now() - since > 2000
+      marker_got = server:read(nil, 2000)
+    end
+    lu.assertEquals(marker_got, marker, "cap " .. extra)
+    settle()
+    local left, _, ename = server:try_read()
+    lu.assertNil(left, "cap " .. extra .. ": the marker came twice")
+    lu.assertEquals(ename, "WOULDBLOCK")
+  end
+  lu.assertTrue(unwound > 0)
   H.close_all(server, client, p, c)
   H.settle(2000)
   lu.assertEquals(np.stats().outstanding, 0)
