@@ -629,7 +629,13 @@ local function wait_end(w, pipe, timeout, kind)
   local op = w
   local ok, err = pcall(wait_for, op, pipe, op.kind, timeout)
   if not ok then
-    if op.slot then register(op); abandon(op) end
+    -- (one that has ended needs no record, and must not take the place
+    -- of one that a nested wait abandoned meanwhile; one still pending
+    -- holds its slot, so no other can be recorded there)
+    if op.slot then
+      if not op.done then register(op) end
+      abandon(op)
+    end
     error(err, 0)
   end
   return unpack(op.r, 1, op.r.n)

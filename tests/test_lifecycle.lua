@@ -392,6 +392,47 @@ function TestUnwind:test_in_a_user_coroutine()
   H.close_all(server, client)
 end
 
+-- A waiting read (the outer) has ended, and in the same step a later
+-- callback makes a nested waiting read of the same pipe, whose step
+-- raises: the nested one is abandoned, and the error then unwinds the
+-- outer one too. The next read still waits for the abandoned one (and
+-- gets the bytes after it), read_start is accepted: the outer read's end
+-- takes no place that was the nested one's. On the main thread (the C
+-- methods' wait) and in a coroutine of the script's (the Lua layer's).
+function TestUnwind:test_an_ended_wait_unwound_keeps_a_nested_abandoned_one()
+  for _, where in ipairs { "main", "coroutine" } do
+    local server, client = H.pair()
+    local s2, c2 = H.pair()
+    s2:read(function() -- in the outer read's step, after its end
+      c2:writable(function() error("callback failed on purpose", 0) end)
+      return server:read() -- the nested read: its step raises
+    end)
+    np.spawn(function() -- at the outer read's first step: data for both
+      client:write("a")
+      c2:write("b")
+    end)
+    local function outer() return pcall(server.read, server) end
+    local ok, err
+    if where == "main" then
+      ok, err = outer()
+    else
+      ok, err = coroutine.wrap(outer)()
+    end
+    lu.assertFalse(ok, where)
+    lu.assertEquals(err, "callback failed on purpose", where)
+    lu.assertEquals(server:read(nil, 1000), "a", where) -- what the outer read got
+    client:write("c")
+    lu.assertEquals(server:read(nil, 1000), "c", where) -- (not "already pending")
+    local got
+    server:read_start(function(d) got = got or d end)
+    client:write("d")
+    H.pump(function() return got ~= nil end, 2000, "read_start's bytes")
+    lu.assertEquals(got, "d", where)
+    server:read_stop()
+    H.close_all(server, client, s2, c2)
+  end
+end
+
 TestLuaMisuse = {}
 
 function TestLuaMisuse:tearDown() H.settle(2000) end
