@@ -471,6 +471,17 @@ static int raw_set_task_work(lua_State *L) {
  * by itself (tasks.task_records, tasks.arm_deadline: binding.h), and a
  * waiting read on the main thread (tasks.main_step, tasks.cancel_main_read,
  * tasks.abandon_wait: main_waits.c). */
+static const struct {
+  const char *name;
+  int slot;
+} layer_parts[] = {{"task_records", W_TASKS},
+                   {"arm_deadline", W_ARM_DEADLINE},
+                   {"stopped_reads", W_STOPPED},
+                   {"main_step", W_MAIN_STEP},
+                   {"cancel_main_read", W_MAIN_CANCEL},
+                   {"abandon_wait", W_ABANDON_WAIT},
+                   {NULL, 0}};
+
 static int layer_hand_over(lua_State *L) {
   int w;
   luaL_checktype(L, 1, LUA_TTABLE);
@@ -494,20 +505,12 @@ static int layer_hand_over(lua_State *L) {
                         waiting_names[w], luaL_typename(L, -1));
     lua_rawseti(L, WAITING_UPV, w);
   }
-  /* what a task's wait made in C needs (binding.h, W_TASKS) */
+  /* what the waits made in C need (binding.h, W_TASKS ...) */
   if (lua_istable(L, 2)) {
-    lua_getfield(L, 2, "task_records");
-    lua_rawseti(L, WAITING_UPV, W_TASKS);
-    lua_getfield(L, 2, "arm_deadline");
-    lua_rawseti(L, WAITING_UPV, W_ARM_DEADLINE);
-    lua_getfield(L, 2, "stopped_reads");
-    lua_rawseti(L, WAITING_UPV, W_STOPPED);
-    lua_getfield(L, 2, "main_step");
-    lua_rawseti(L, WAITING_UPV, W_MAIN_STEP);
-    lua_getfield(L, 2, "cancel_main_read");
-    lua_rawseti(L, WAITING_UPV, W_MAIN_CANCEL);
-    lua_getfield(L, 2, "abandon_wait");
-    lua_rawseti(L, WAITING_UPV, W_ABANDON_WAIT);
+    for (w = 0; layer_parts[w].name; w++) {
+      lua_getfield(L, 2, layer_parts[w].name);
+      lua_rawseti(L, WAITING_UPV, layer_parts[w].slot);
+    }
     lua_pushliteral(L, "n");
     lua_rawseti(L, WAITING_UPV, W_KEY_N);
     lua_pushliteral(L, "ticket");
