@@ -606,7 +606,9 @@ end
 -- end comes later, through the function returned. What can fail (out of
 -- memory) is made before the operation is recorded, and nothing after it:
 -- either the record is there with its function, or the C side calls this
--- again with the end when it comes.
+-- again with the end when it comes. (new_op's table, made here with
+-- `abandoned` in it, so that setting it after register allocates nothing;
+-- new_op leaves it out: every waiting call's table would be larger.)
 local function abandon_wait(pipe, moved, done, ...)
   local op = { pipe = pipe, kind = "read", slot = "read", abandoned = false,
                session = moved and -1 or session(pipe), done = done, r = false }

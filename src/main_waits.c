@@ -1,8 +1,8 @@
 /*
- * main_waits.c - a waiting read on the main thread (a plain script, a
- * REPL, a callback's own waiting read), made from its C method instead of
- * through the Lua layer. methods.c calls it first and takes the usual way
- * when it declines (-1).
+ * main_waits.c - a waiting read and write on the main thread (a plain
+ * script, a REPL, a callback's own waiting call), made from their C
+ * methods instead of through the Lua layer. methods.c calls them first and
+ * takes the usual way when they decline (-1).
  *
  * The Lua layer's waiting read (lua/namedpipe.lua: waiting.read, wait_end)
  * makes a table for the operation, a closure for its callback and a table
@@ -33,6 +33,7 @@
 #include "binding.h"
 #include "main_waits.h"
 #include "np.h"
+#include "task_waits.h"
 
 /* The callback's upvalues: whether the read has ended; once an error has
  * unwound the call, where its end goes (FORWARD: the Lua layer's function
@@ -99,6 +100,13 @@ static int push_results(lua_State *L, int wake) {
   return n;
 }
 
+/* Called on the main thread (never a task's, nor a coroutine's)? */
+static int on_main_thread(lua_State *L) {
+  int on_main = lua_pushthread(L);
+  lua_pop(L, 1);
+  return on_main;
+}
+
 /* May the read of the pipe at index 1 be waited for here? The Lua layer
  * is there to take it over (namedpipe.core alone has no waiting form),
  * and holds no mark of a read_start stopped from elsewhere for the pipe
@@ -156,7 +164,7 @@ static void unwound(lua_State *L, pipe_ud *u, int wake, unsigned start) {
   if (lua_pcall(L, 3 + n, 1, 0) == LUA_OK && !lua_isnil(L, -1))
     lua_setupvalue(L, wake, MW_FORWARD);
   lua_settop(L, err);
-  if (!done && u->p && !cancel_read(L, 0) && u->p)
+  if (!done && !cancel_read(L, 0) && u->p)
     np_pipe_cancel_read(u, NP_CANCELLED);
   lua_settop(L, err);
   lua_error(L);
@@ -171,7 +179,7 @@ static void step_or_unwind(lua_State *L, lua_Number ms, pipe_ud *u, int wake,
 }
 
 int np_main_read(lua_State *L, pipe_ud *u) {
-  int top = lua_gettop(L), has_t, wake, i, on_main, stepped = 0, timed_out = 0;
+  int top = lua_gettop(L), has_t, wake, i, stepped = 0, timed_out = 0;
   lua_Number ms = 0, deadline = 0;
   lua_Integer n = 0;
   unsigned start = u->disconnects;
@@ -179,10 +187,9 @@ int np_main_read(lua_State *L, pipe_ud *u) {
   if (top >= 2 && !lua_isnil(L, 2)) {
     if (!lua_isinteger(L, 2) || (n = lua_tointeger(L, 2)) < 1) return -1;
   }
-  if (!np_plain_timeout(L, 3, &ms, &has_t) || read_busy(u)) return -1;
-  on_main = lua_pushthread(L);
-  lua_pop(L, 1);
-  if (!on_main || !layer_allows(L)) return -1;
+  if (!np_plain_timeout(L, 3, &ms, &has_t) || read_busy(u) ||
+      !on_main_thread(L) || !layer_allows(L))
+    return -1;
   for (i = 0; i < MW_NUPVALUES; i++) lua_pushnil(L);
   lua_pushcclosure(L, main_wake, MW_NUPVALUES);
   wake = lua_gettop(L);
@@ -210,3 +217,41 @@ int np_main_read(lua_State *L, pipe_ud *u) {
   }
   return push_results(L, wake);
 }
+
+#if NP_C_CAN_YIELD
+/* A waiting write on the main thread (a plain script, a callback) that the
+ * system takes at once (Linux, a socket with room): what the Lua layer's
+ * waiting.write does with layer.write_now, unbudgeted, done here without
+ * the call into it, which costs more than the write. Taken whole: its
+ * count. A part taken (a byte pipe): the rest is the Lua layer's waiting
+ * write, and the count it returns includes the part. -1 (nothing done) for
+ * anything else: a task or a coroutine, an argument the usual way refuses,
+ * no Lua layer (namedpipe.core alone has no waiting form), Windows (every
+ * write completes through the port). Only where divert calls the Lua layer
+ * from here, so that the part's count can be added to what it returns. */
+int np_main_write(lua_State *L, pipe_ud *u) {
+  int top = lua_gettop(L), n, has_t;
+  lua_Number ms;
+  size_t len, sent;
+  const char *data;
+  if (top < 2 || top > 3 || !u || lua_type(L, 2) != LUA_TSTRING ||
+      !np_plain_timeout(L, 3, &ms, &has_t) || !on_main_thread(L) ||
+      !push_waiting(L, W_WRITE))
+    return -1;
+  lua_pop(L, 1);
+  data = lua_tolstring(L, 2, &len);
+  if (!np_write_now_budget(u->lu, u->p, data, len, &sent, 0)) return -1;
+  if (sent == len) {
+    lua_pushinteger(L, (lua_Integer)sent);
+    return 1;
+  }
+  lua_pushlstring(L, data + sent, len - sent);
+  lua_replace(L, 2);
+  n = divert(L, W_WRITE); /* (results at 1..n: the main thread never yields) */
+  if (n >= 1 && lua_type(L, 1) == LUA_TNUMBER) {
+    lua_pushinteger(L, lua_tointeger(L, 1) + (lua_Integer)sent);
+    lua_replace(L, 1);
+  }
+  return n;
+}
+#endif

@@ -421,17 +421,14 @@ static int m_connect(lua_State *L) {
 
 static int m_read(lua_State *L) {
   pipe_ud *u = check_pipe(L);
-  int n;
+  int n, waits;
   check_nothing_after(L, 3);
 #if NP_TASK_WAITS_IN_C
   if (!u->readahead && (n = np_task_read(L, u)) >= 0) return n;
 #endif
-  if (!u->readahead && lua_type(L, lua_gettop(L)) != LUA_TFUNCTION &&
-      (n = np_main_read(L, u)) >= 0)
-    return n;
-  if ((u->readahead || lua_type(L, lua_gettop(L)) != LUA_TFUNCTION) &&
-      (n = divert(L, W_READ)) >= 0)
-    return n;
+  waits = lua_type(L, lua_gettop(L)) != LUA_TFUNCTION;
+  if (!u->readahead && waits && (n = np_main_read(L, u)) >= 0) return n;
+  if ((u->readahead || waits) && (n = divert(L, W_READ)) >= 0) return n;
   return start_read(L, u);
 }
 
@@ -466,48 +463,6 @@ static int m_writable(lua_State *L) {
   return raw_writable(L);
 }
 
-#if NP_C_CAN_YIELD
-/* A waiting write on the main thread (a plain script, a callback) that the
- * system takes at once (Linux, a socket with room): what the Lua layer's
- * waiting.write does with layer.write_now, unbudgeted, done here without
- * the call into it, which costs more than the write. Taken whole: its
- * count. A part taken (a byte pipe): the rest is the Lua layer's waiting
- * write, and the count it returns includes the part. -1 (nothing done) for
- * anything else: a task or a coroutine, an argument the usual way refuses,
- * no Lua layer (namedpipe.core alone has no waiting form), Windows (every
- * write completes through the port). Only where divert calls the Lua layer
- * from here, so that the part's count can be added to what it returns. */
-static int main_thread_write(lua_State *L) {
-  int top = lua_gettop(L), on_main, n, has_t;
-  lua_Number ms;
-  pipe_ud *u;
-  size_t len, sent;
-  const char *data;
-  if (top < 2 || top > 3 || lua_type(L, 2) != LUA_TSTRING ||
-      !np_plain_timeout(L, 3, &ms, &has_t))
-    return -1;
-  on_main = lua_pushthread(L);
-  lua_pop(L, 1);
-  if (!on_main || !(u = open_pipe_or_null(L)) || !push_waiting(L, W_WRITE))
-    return -1;
-  lua_pop(L, 1);
-  data = lua_tolstring(L, 2, &len);
-  if (!np_write_now_budget(u->lu, u->p, data, len, &sent, 0)) return -1;
-  if (sent == len) {
-    lua_pushinteger(L, (lua_Integer)sent);
-    return 1;
-  }
-  lua_pushlstring(L, data + sent, len - sent);
-  lua_replace(L, 2);
-  n = divert(L, W_WRITE); /* (results at 1..n: the main thread never yields) */
-  if (n >= 1 && lua_type(L, 1) == LUA_TNUMBER) {
-    lua_pushinteger(L, lua_tointeger(L, 1) + (lua_Integer)sent);
-    lua_replace(L, 1);
-  }
-  return n;
-}
-#endif
-
 static int m_write(lua_State *L) {
   int n;
   check_nothing_after(L, 3);
@@ -516,7 +471,7 @@ static int m_write(lua_State *L) {
   if ((n = np_task_write(L, open_pipe_or_null(L))) >= 0) return n;
 #endif
 #if NP_C_CAN_YIELD
-  if ((n = main_thread_write(L)) >= 0) return n;
+  if ((n = np_main_write(L, open_pipe_or_null(L))) >= 0) return n;
 #endif
   if ((n = divert(L, W_WRITE)) >= 0) return n;
   return raw_write(L);
