@@ -305,6 +305,13 @@ local function sync_divert(pipe)
     or starting[pipe] ~= nil or framing_reads[pipe] ~= nil or queued_calls[pipe] ~= nil)
 end
 
+-- Nothing of the pipe's is held here (what sync_divert asks, but for a
+-- framing read's mark): its reads would not divert.
+local function holds_nothing(pipe)
+  return readahead[pipe] == nil and inflight[pipe] == nil and stopped_reads[pipe] == nil
+    and starting[pipe] == nil and framing_reads[pipe] == nil and queued_calls[pipe] == nil
+end
+
 -- The read-ahead is buf now (nil: none). lens: its messages, on a message
 -- pipe (none given: buf is one message).
 local function set_readahead(pipe, buf, lens)
@@ -1450,7 +1457,7 @@ end
 
 require("namedpipe.framing").install(M, methods, {
   readahead = readahead, set_readahead = set_readahead, session = session,
-  framing_reads = framing_reads, sync_divert = sync_divert,
+  framing_reads = framing_reads, sync_divert = sync_divert, holds_nothing = holds_nothing,
   readahead_view = readahead_view, readahead_len = readahead_len,
   take_lens = take_lens, lens_push = lens_push, lens_drop = lens_drop,
   lens_append = lens_append, ahead_lens = ahead_lens,

@@ -186,6 +186,24 @@ static int start_read(lua_State *L, pipe_ud *u) {
 
 static int raw_read(lua_State *L) { return start_read(L, check_pipe(L)); }
 
+/* layer.held_read(pipe, nil, timeout): the waiting read a task's or the
+ * main thread's read() makes in C (task_waits.c, main_waits.c), made also
+ * while the Lua layer diverts the pipe's reads: the first read of a
+ * framing read (read_line, read_exact, read_frame) that found nothing
+ * held, whose own mark is what sets the divert (its cancels must reach
+ * the layer). false where neither can make it (a coroutine that is not a
+ * task, a Lua without waits made in C): the layer's own wait then. */
+static int raw_held_read(lua_State *L) {
+  pipe_ud *u = check_pipe(L);
+  int n;
+#if NP_TASK_WAITS_IN_C
+  if ((n = np_task_read(L, u)) >= 0) return n;
+#endif
+  if ((n = np_main_read(L, u)) >= 0) return n;
+  lua_pushboolean(L, 0);
+  return 1;
+}
+
 /* read_into(buf, cb): the buffer is anchored (as a write's string is) and
  * marked busy until the completion is dispatched: the backend, and under
  * Windows the kernel, writes into its bytes meanwhile. */
@@ -816,6 +834,7 @@ const luaL_Reg np_pipe_meta[] = {{"__gc", m_gc},
  * and what the Lua layer tells the core about a pipe. */
 const luaL_Reg np_pipe_layer_funcs[] = {{"connect", raw_connect},
                                         {"read", raw_read},
+                                        {"held_read", raw_held_read},
                                         {"read_into", raw_read_into},
                                         {"read_start", raw_read_start},
                                         {"read_stop", raw_read_stop},

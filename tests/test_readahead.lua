@@ -274,6 +274,67 @@ function TestReadahead:test_an_unwound_framing_read_gives_back_its_messages()
   H.close_all(server, client)
 end
 
+-- A framing read whose first read has ended, cancelled before it has
+-- looked at what came (a callback of the same step cancels it): a whole
+-- line is returned, as a read() returns what it got, and what follows it
+-- stays readable; a line not whole ends with the cancel's reason and its
+-- start stays readable. On the main thread and in a task, on both kinds of
+-- pipe, with either reason.
+function TestReadahead:test_a_cancel_once_the_first_read_has_ended_stops_a_framing_read()
+  local cases = { { "whole\nrest", "whole", nil, "rest" }, { "part", nil, "CANCELLED", "part" },
+    { "part", nil, "TIMEOUT", "part" } }
+  for _, mode in ipairs { "byte", "message" } do
+    for _, where in ipairs { "main", "task" } do
+      for _, case in ipairs(cases) do
+        local what = ("%s pipe, %s, %q"):format(mode, where, case[1])
+        local opts = { pipe_mode = mode }
+        local server, client = H.pair(opts, opts)
+        local reason = case[3] or "CANCELLED"
+        local r
+        if where == "main" then
+          client:write(case[1], function() -- from the read_line's first step
+            H.pump(function() return server:_busy("read") == 0 end, 2000, what)
+            server:cancel("read", reason)
+          end)
+          r = table.pack(server:read_line(2000))
+        else
+          -- (a read of another pipe, ended by the same step after the
+          -- read_line's read: its callback cancels before the task resumes)
+          local other, other_client = H.pair()
+          other:read(function() server:cancel("read", reason) end)
+          np.spawn(function() r = table.pack(server:read_line(2000)) end)
+          H.pump(function() return server:_busy("read") == 1 end, 2000, what)
+          assert(client:write(case[1], 2000))
+          assert(other_client:write("x", 2000))
+          H.pump(function() return r ~= nil end, 3000, what)
+          H.close_all(other, other_client)
+        end
+        lu.assertEquals(r[1], case[2], what)
+        lu.assertEquals(r[3], case[3], what)
+        lu.assertEquals(server:read(nil, 2000), case[4], what)
+        H.close_all(server, client)
+      end
+    end
+  end
+end
+
+-- read_exact(0) needs no bytes: "" at once, with nothing held and the
+-- pipe empty (not a read that waits for some), in a task too.
+function TestReadahead:test_read_exact_of_no_bytes_reads_nothing()
+  for _, mode in ipairs { "byte", "message" } do
+    local opts = { pipe_mode = mode }
+    local server, client = H.pair(opts, opts)
+    lu.assertEquals(table.pack(server:read_exact(0, 50)), { "", n = 1 }, mode)
+    local r
+    np.spawn(function() r = table.pack(server:read_exact(0, 50)) end)
+    H.pump(function() return r ~= nil end, 2000, mode)
+    lu.assertEquals(r, { "", n = 1 }, mode .. ", task")
+    assert(client:write("x", 2000))
+    lu.assertEquals(server:read(nil, 2000), "x", mode)
+    H.close_all(server, client)
+  end
+end
+
 -- A byte count is taken and refused as the C methods take and refuse it,
 -- whether bytes are read ahead or not: a numeric string or a float with
 -- an integer value will do, and the same words refuse the rest.

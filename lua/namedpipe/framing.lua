@@ -18,6 +18,8 @@ function F.install(M, methods, P)
     P.take_lens, P.lens_push, P.lens_drop, P.lens_append, P.ahead_lens
   local check_not_reading = P.check_not_reading
   local framing_reads, sync_divert = P.framing_reads, P.sync_divert
+  local holds_nothing, held_read, prepend_readahead = P.holds_nothing, P.raw.held_read, P.prepend_readahead
+  local set_divert = P.raw.set_readahead
 
   local function deadline_left(deadline)
     if not deadline then return nil end
@@ -65,30 +67,11 @@ function F.install(M, methods, P)
   local STOPPED = { CANCELLED = "operation cancelled", TIMEOUT = "timed out",
     NOT_CONNECTED = "disconnected while reading (what had come is dropped)" }
 
-  local function read_until_in(self, timeout, kind, scan, rec)
-    -- an abandoned read of this pipe first: its bytes come before new ones
-    -- (a stop while waiting for it, then a close or the timeout: the
-    -- first says why)
-    local ok, t = P.settle(self, "read", timeout)
-    if not ok then
-      if rec.stop then return nil, STOPPED[rec.stop], rec.stop, 0 end
-      return P.unsettled(t)
-    end
-    local deadline = t and now() + t
-    local connection = session(self)
-    local pieces, before, from = take_rope(self), 0, 1
-    if pieces then
-      if pieces.kind == kind then from, before = pieces.scanned + 1, pieces.before end
-      pieces.kind, pieces.scanned, pieces.before, pieces.bytes = nil, nil, nil, nil
-    else
-      pieces = { readahead_rest(self) or "" }
-      pieces.n = 1
-    end
-    -- on a message pipe, where its messages begin and end: what this read
-    -- leaves is read as the messages it came in (nil on a byte pipe)
-    local lens = take_lens(self)
+  -- The scan goes on from piece i (before: the bytes of the pieces before
+  -- it), reading more until it can tell; connection: the pipe's session
+  -- when the framing read began; lens: the pieces' messages (below).
+  local function read_on(self, deadline, kind, scan, rec, connection, pieces, before, i, lens)
     pieces.lens = lens -- (for an abandoned read's bytes to come back as such)
-    set_readahead(self, nil)
     -- what is left after byte `skip`: read ahead again, before anything
     -- read ahead meanwhile (an abandoned read's)
     local function keep(s, skip)
@@ -113,12 +96,11 @@ function F.install(M, methods, P)
       -- (empty messages alone are kept too: each is a message to read)
       if bytes > 0 or lens and lens.h <= lens.n then set_readahead(self, pieces, lens) end
     end
-    local i = from
     while true do
       local cut, skip, name
       if i <= pieces.n then
         local piece = pieces[i]
-        cut, skip, name = scan(piece, before, pieces)
+        cut, skip, name = scan(piece, before, pieces, rec)
         if cut == nil then
           before = before + #piece
           i = i + 1
@@ -160,6 +142,32 @@ function F.install(M, methods, P)
     end
   end
 
+  local function read_until_in(self, timeout, kind, scan, rec)
+    -- an abandoned read of this pipe first: its bytes come before new ones
+    -- (a stop while waiting for it, then a close or the timeout: the
+    -- first says why)
+    local ok, t = P.settle(self, "read", timeout)
+    if not ok then
+      if rec.stop then return nil, STOPPED[rec.stop], rec.stop, 0 end
+      return P.unsettled(t)
+    end
+    local deadline = t and now() + t
+    local connection = session(self)
+    local pieces, before, from = take_rope(self), 0, 1
+    if pieces then
+      if pieces.kind == kind then from, before = pieces.scanned + 1, pieces.before end
+      pieces.kind, pieces.scanned, pieces.before, pieces.bytes = nil, nil, nil, nil
+    else
+      pieces = { readahead_rest(self) or "" }
+      pieces.n = 1
+    end
+    -- on a message pipe, where its messages begin and end: what this read
+    -- leaves is read as the messages it came in (nil on a byte pipe)
+    local lens = take_lens(self)
+    set_readahead(self, nil)
+    return read_on(self, deadline, kind, scan, rec, connection, pieces, before, from, lens)
+  end
+
   local function read_done(self, rec, ...)
     if framing_reads[self] == rec then
       framing_reads[self] = nil
@@ -168,13 +176,90 @@ function F.install(M, methods, P)
     return ...
   end
 
-  -- (the record stays should the read raise: harmless, the next one's
-  -- replaces it)
-  local function read_until(self, timeout, kind, scan)
-    local rec = {}
+  -- The usual framing read, when this layer holds nothing of the pipe's:
+  -- its first read is the waiting read a task's or the main thread's read()
+  -- makes in C, and when that brings the whole line or frame, nothing of
+  -- read_on's is needed (its tables, closures and the layer's own wait
+  -- cost several times the read). The framing read's mark (rec) is set
+  -- meanwhile, as for read_on's reads: a cancel, a timeout or a disconnect
+  -- that comes once the read has ended stops it all the same. Otherwise
+  -- read_on goes on from what came. (Nothing is held, so there is nothing
+  -- to settle, and what the read leaves over is all there is to keep.)
+  local function read_first(self, timeout, kind, scan, rec)
+    local deadline = timeout and now() + timeout
+    local connection = session(self)
+    local data, msg, name, code = held_read(self, nil, timeout)
+    if data == false then return read_done(self, rec, read_until_in(self, timeout, kind, scan, rec)) end
+    if not data then
+      read_done(self, rec)
+      return nil, msg, name, code
+    end
+    local cut, skip, why = scan(data, 0, nil, rec)
+    if cut then
+      if skip < #data and session(self) == connection then
+        prepend_readahead(self, data:sub(skip + 1))
+      end
+      read_done(self, rec)
+      if cut == #data then return data end
+      return data:sub(1, cut)
+    elseif cut == false then
+      if session(self) == connection then prepend_readahead(self, data) end
+      read_done(self, rec)
+      return nil, skip, why, 0
+    end
+    local lens = take_lens(self)
+    if lens then lens_push(lens, #data) end
+    return read_done(self, rec,
+      read_on(self, deadline, kind, scan, rec, connection, { data, n = 1 }, #data, 2, lens))
+  end
+
+  -- rec: the framing read's mark, with what its scan needs (scan(piece,
+  -- before, pieces, rec)). (The mark stays should the read raise:
+  -- harmless, the next one's replaces it.)
+  local function read_until(self, timeout, kind, scan, rec)
+    -- (read_exact(0), kind 0, is answered by nothing: read_until_in's
+    -- first scan, of no bytes, cuts it)
+    if kind ~= 0 and holds_nothing(self) then
+      framing_reads[self] = rec
+      set_divert(self, true) -- (what sync_divert would find)
+      return read_first(self, timeout, kind, scan, rec)
+    end
     framing_reads[self] = rec
     sync_divert(self)
     return read_done(self, rec, read_until_in(self, timeout, kind, scan, rec))
+  end
+
+  -- The scans (module-level: no closure per call).
+  local function scan_line(piece, before)
+    local i = piece:find("\n", 1, true)
+    if i then return before + i - 1, before + i end
+  end
+
+  local function scan_exact(piece, before, _, rec)
+    local n = rec.n
+    if before + #piece >= n then return n, n end
+  end
+
+  -- (pieces is nil when piece is the first and only one: read_first)
+  local function scan_frame(piece, before, pieces, rec)
+    local need = rec.need
+    if not need then
+      if before + #piece < 4 then return nil end
+      local head = before == 0 and piece or pieces[1]
+      local i = 1
+      while #head < 4 do -- the length may come in several pieces
+        i = i + 1
+        head = head .. pieces[i]
+      end
+      local len, max = from_u32be(head), rec.max
+      if len > max then
+        return false, ("frame of %d bytes is longer than np.max_frame_size (%d)"):format(len, max),
+          "FRAME_TOO_LARGE"
+      end
+      need = 4 + len
+      rec.need = need
+    end
+    if before + #piece >= need then return need, need end
   end
 
   --- pipe:read_line([timeout]): the next line without its "\n" (or
@@ -197,10 +282,7 @@ function F.install(M, methods, P)
       if stop >= at and buf:byte(stop) == 13 then stop = stop - 1 end
       return buf:sub(at, stop)
     end
-    local line, msg, name, code = read_until(self, timeout, "line", function(piece, before)
-      local i = piece:find("\n", 1, true)
-      if i then return before + i - 1, before + i end
-    end)
+    local line, msg, name, code = read_until(self, timeout, "line", scan_line, {})
     if line then
       if line:byte(-1) == 13 then line = line:sub(1, -2) end
       return line
@@ -238,9 +320,7 @@ function F.install(M, methods, P)
     end
     check_timeout(timeout, 3, "read_exact")
     if readahead_len(self) >= n and readahead[self] then return P.take_readahead(self, n, true) end
-    return read_until(self, timeout, n, function(piece, before)
-      if before + #piece >= n then return n, n end
-    end)
+    return read_until(self, timeout, n, scan_exact, { n = n })
   end
 
   --- pipe:write_frame(data [, cb | timeout]): a 4-byte big-endian length,
@@ -262,6 +342,9 @@ function F.install(M, methods, P)
   --- make us wait for (and buffer) 4 GiB. Tokio's LengthDelimitedCodec
   --- has the same default.
   M.max_frame_size = 8 * 1024 * 1024
+  -- what a rope a frame's read kept is for: the scan and its limit (kept
+  -- for the last limit: made once, not per call)
+  local frame_max, frame_kind
 
   --- pipe:read_frame([timeout]): the next frame written by write_frame; a
   --- frame longer than np.max_frame_size gives nil, msg, "FRAME_TOO_LARGE"
@@ -286,25 +369,8 @@ function F.install(M, methods, P)
         return buf:sub(at + 4, at + 3 + len)
       end
     end
-    local need
-    local frame, msg, name, code = read_until(self, timeout, "frame " .. max, function(piece, before, pieces)
-      if not need then
-        if before + #piece < 4 then return nil end
-        local head = pieces[1]
-        local i = 1
-        while #head < 4 do -- the length may come in several pieces
-          i = i + 1
-          head = head .. pieces[i]
-        end
-        local len = from_u32be(head)
-        if len > max then
-          return false, ("frame of %d bytes is longer than np.max_frame_size (%d)"):format(len, max),
-            "FRAME_TOO_LARGE"
-        end
-        need = 4 + len
-      end
-      if before + #piece >= need then return need, need end
-    end)
+    if max ~= frame_max then frame_max, frame_kind = max, "frame " .. max end
+    local frame, msg, name, code = read_until(self, timeout, frame_kind, scan_frame, { max = max })
     if not frame then return nil, msg, name, code end
     return frame:sub(5)
   end
