@@ -599,15 +599,21 @@ local function arm_deadline(rec, pipe, kind, ms)
   set_deadline(rec, ms)
 end
 
--- A waiting read the C method made itself (the main thread: main_waits.c),
--- cancelled as this layer's waits cancel theirs: at its timeout, or once
--- an error has unwound it.
-local function cancel_main_read(pipe, at_deadline)
-  if pipe:state() ~= "closed" then pipe:cancel("read", at_deadline and "TIMEOUT" or nil) end
+-- The kinds of read a C method waits for itself (the main thread:
+-- main_waits.c), by the number it passes.
+local MAIN_KIND = { [0] = "read", "read_into", "transact", "readable" }
+
+-- Such a read, cancelled as this layer's waits cancel theirs: at its
+-- timeout, or once an error has unwound it.
+local function cancel_main_read(pipe, at_deadline, kind)
+  if pipe:state() ~= "closed" then
+    pipe:cancel(CANCEL[MAIN_KIND[kind]], at_deadline and "TIMEOUT" or nil)
+  end
 end
 
 -- Such a read that an error unwound: its operation becomes one of this
--- layer's, abandoned (the C side cancels it after this). moved: the
+-- layer's, abandoned (the C side cancels it after this). kind: its number
+-- (above); buf: a read_into's buffer. moved: the
 -- instance was disconnected since it began (what it gets is not the next
 -- reader's). done: it had ended, with the results that follow; else its
 -- end comes later, through the function returned. What can fail (out of
@@ -616,8 +622,8 @@ end
 -- again with the end when it comes. (new_op's table, made here with
 -- `abandoned` in it, so that setting it after register allocates nothing;
 -- new_op leaves it out: every waiting call's table would be larger.)
-local function abandon_wait(pipe, moved, done, ...)
-  local op = { pipe = pipe, kind = "read", slot = "read", abandoned = false,
+local function abandon_wait(pipe, kind, buf, moved, done, ...)
+  local op = { pipe = pipe, kind = MAIN_KIND[kind], slot = "read", abandoned = false, buf = buf,
                session = moved and -1 or session(pipe), done = done, r = false }
   if done then
     op.r = pack(...)

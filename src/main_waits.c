@@ -1,8 +1,9 @@
 /*
- * main_waits.c - a waiting read and write on the main thread (a plain
- * script, a REPL, a callback's own waiting call), made from their C
- * methods instead of through the Lua layer. methods.c calls them first and
- * takes the usual way when they decline (-1).
+ * main_waits.c - a waiting read (read, read_into, transact, readable) and
+ * write on the main thread (a plain script, a REPL, a callback's own
+ * waiting call), made from their C methods instead of through the Lua
+ * layer. methods.c calls them first and takes the usual way when they
+ * decline (-1).
  *
  * The Lua layer's waiting read (lua/namedpipe.lua: waiting.read, wait_end)
  * makes a table for the operation, a closure for its callback and a table
@@ -31,6 +32,7 @@
 #include "compat.h"
 
 #include "binding.h"
+#include "buffer.h"
 #include "main_waits.h"
 #include "np.h"
 #include "task_waits.h"
@@ -39,10 +41,12 @@
  * unwound the call, where its end goes (FORWARD: the Lua layer's function
  * for the operation it took over) or, if the layer could not take it over
  * then (out of memory), who takes it when it comes (TAKER: abandon_wait,
- * with the pipe and its disconnect count at the start); how many results,
- * and the results (a read's end is data, or nil, message, name, code). */
+ * with the pipe, its disconnect count at the start, the kind of read and a
+ * read_into's buffer); how many results, and the results (a read's end is
+ * data or a count, or nil, message, name, code). */
 enum {
-  MW_DONE = 1, MW_FORWARD, MW_TAKER, MW_PIPE, MW_START, MW_NRES, MW_RESULTS
+  MW_DONE = 1, MW_FORWARD, MW_TAKER, MW_PIPE, MW_START, MW_KIND, MW_BUF,
+  MW_NRES, MW_RESULTS
 };
 #define MW_MAX_RESULTS 4
 #define MW_NUPVALUES (MW_RESULTS + MW_MAX_RESULTS - 1)
@@ -56,18 +60,22 @@ static int main_wake(lua_State *L) {
     return 0;
   }
   if (!lua_isnil(L, lua_upvalueindex(MW_TAKER))) {
-    /* taker(pipe, moved, true, results...) */
+    /* taker(pipe, kind, buf, moved, true, results...) */
     pipe_ud *u = (pipe_ud *)lua_touserdata(L, lua_upvalueindex(MW_PIPE));
     lua_pushvalue(L, lua_upvalueindex(MW_TAKER));
     lua_insert(L, 1);
     lua_pushvalue(L, lua_upvalueindex(MW_PIPE));
     lua_insert(L, 2);
+    lua_pushvalue(L, lua_upvalueindex(MW_KIND));
+    lua_insert(L, 3);
+    lua_pushvalue(L, lua_upvalueindex(MW_BUF));
+    lua_insert(L, 4);
     lua_pushboolean(L, u->disconnects != (unsigned)lua_tointeger(
                                              L, lua_upvalueindex(MW_START)));
-    lua_insert(L, 3);
+    lua_insert(L, 5);
     lua_pushboolean(L, 1);
-    lua_insert(L, 4);
-    lua_call(L, n + 3, 0);
+    lua_insert(L, 6);
+    lua_call(L, n + 5, 0);
     return 0;
   }
   if (n > MW_MAX_RESULTS) n = MW_MAX_RESULTS; /* (no end has more) */
@@ -128,19 +136,22 @@ static int layer_allows(lua_State *L) {
   return ok;
 }
 
-/* pipe:cancel("read" [, "TIMEOUT"]) for the read waited for, as the Lua
- * layer's waits make it (a script or a test watching cancel sees it):
- * through the layer's cancel_main_read, protected. 0 if that raised. */
-static int cancel_read(lua_State *L, int timed_out) {
+/* pipe:cancel(what [, "TIMEOUT"]) for the read waited for, as the Lua
+ * layer's waits make it ("read", or "transact": a script or a test
+ * watching cancel sees it): through the layer's cancel_main_read, with the
+ * kind of read (a number: nothing here allocates), protected. 0 if that
+ * raised. */
+static int cancel_read(lua_State *L, int wake, int timed_out) {
   lua_rawgeti(L, WAITING_UPV, W_MAIN_CANCEL);
   lua_pushvalue(L, 1);
   lua_pushboolean(L, timed_out);
-  if (lua_pcall(L, 2, 0, 0) == LUA_OK) return 1;
+  lua_getupvalue(L, wake, MW_KIND);
+  if (lua_pcall(L, 3, 0, 0) == LUA_OK) return 1;
   return 0;
 }
 
 /* The error on top unwinds the call. The Lua layer takes the read over:
- * abandon_wait(pipe, moved, done, results...), moved if the instance was
+ * abandon_wait(pipe, kind, buf, moved, done, results...), moved if the instance was
  * disconnected since the read began (what it gets is not the next
  * reader's); should that fail (out of memory, or a finalizer's error on
  * Lua 5.1 to 5.3), the callback calls it with the end when that comes.
@@ -158,13 +169,15 @@ static void unwound(lua_State *L, pipe_ud *u, int wake, unsigned start) {
   lua_pushinteger(L, (lua_Integer)start);
   lua_setupvalue(L, wake, MW_START);
   lua_pushvalue(L, 1);
+  lua_getupvalue(L, wake, MW_KIND);
+  lua_getupvalue(L, wake, MW_BUF);
   lua_pushboolean(L, u->disconnects != start);
   lua_pushboolean(L, done);
   if (done) n = push_results(L, wake);
-  if (lua_pcall(L, 3 + n, 1, 0) == LUA_OK && !lua_isnil(L, -1))
+  if (lua_pcall(L, 5 + n, 1, 0) == LUA_OK && !lua_isnil(L, -1))
     lua_setupvalue(L, wake, MW_FORWARD);
   lua_settop(L, err);
-  if (!done && !cancel_read(L, 0) && u->p)
+  if (!done && !cancel_read(L, wake, 0) && u->p)
     np_pipe_cancel_read(u, NP_CANCELLED);
   lua_settop(L, err);
   lua_error(L);
@@ -178,23 +191,68 @@ static void step_or_unwind(lua_State *L, lua_Number ms, pipe_ud *u, int wake,
   if (lua_pcall(L, 1, 0, 0) != LUA_OK) unwound(L, u, wake, start);
 }
 
-int np_main_read(lua_State *L, pipe_ud *u) {
-  int top = lua_gettop(L), has_t, wake, i, stepped = 0, timed_out = 0;
-  lua_Number ms = 0, deadline = 0;
-  lua_Integer n = 0;
-  unsigned start = u->disconnects;
-  if (top > 3) return -1;
-  if (top >= 2 && !lua_isnil(L, 2)) {
-    if (!lua_isinteger(L, 2) || (n = lua_tointeger(L, 2)) < 1) return -1;
+void np_wait_start(lua_State *L, pipe_ud *u, int kind, int cb, size_t n) {
+  int ref_cb = anchor_operation(L, u, cb), ref_data;
+  if (kind == NP_WAIT_READ) {
+    np_read_start(u->p, n, NULL, ref_cb, NP_NOREF);
+    return;
   }
-  if (!np_plain_timeout(L, 3, &ms, &has_t) || read_busy(u) ||
+  if (kind == NP_WAIT_READABLE) {
+    np_readable_start(u->p, ref_cb);
+    return;
+  }
+  lua_pushvalue(L, 2);
+  ref_data = anchor(L, u->lu, ANCHORS_UPV); /* room left by anchor_operation */
+  if (kind == NP_WAIT_READ_INTO) {
+    np_buffer *b = (np_buffer *)lua_touserdata(L, 2);
+    b->busy = 1;
+    np_read_start(u->p, b->size, b->bytes, ref_cb, ref_data);
+  } else {
+    size_t len;
+    const char *data = lua_tolstring(L, 2, &len);
+    np_transact_start(u->p, data, len, ref_cb, ref_data);
+  }
+}
+
+int np_wait_args(lua_State *L, pipe_ud *u, int kind) {
+  np_buffer *b;
+  switch (kind) {
+  case NP_WAIT_READ_INTO:
+    b = np_buffer_to(L, 2);
+    return lua_gettop(L) <= 3 && b && b->bytes && !b->busy;
+  case NP_WAIT_TRANSACT:
+    return lua_gettop(L) <= 3 && lua_type(L, 2) == LUA_TSTRING &&
+           np_pipe_read_mode(u->p) == NP_MODE_MESSAGE;
+  case NP_WAIT_READABLE:
+    return lua_gettop(L) <= 2;
+  default:
+    return 0;
+  }
+}
+
+/* The wait itself, for a read whose arguments the caller has checked (the
+ * timeout at t_arg): -1 when it must be the usual way's (a timeout of
+ * another form, a read pending, not the main thread, no Lua layer to take
+ * it over). */
+static int main_wait(lua_State *L, pipe_ud *u, int kind, size_t n,
+                     int t_arg) {
+  int has_t, wake, i, stepped = 0, timed_out = 0;
+  lua_Number ms = 0, deadline = 0;
+  unsigned disconnects = u->disconnects;
+  if (!np_plain_timeout(L, t_arg, &ms, &has_t) || read_busy(u) ||
       !on_main_thread(L) || !layer_allows(L))
     return -1;
-  for (i = 0; i < MW_NUPVALUES; i++) lua_pushnil(L);
+  for (i = 0; i < MW_NUPVALUES; i++) {
+    if (i + 1 == MW_KIND)
+      lua_pushinteger(L, kind);
+    else if (i + 1 == MW_BUF && kind == NP_WAIT_READ_INTO)
+      lua_pushvalue(L, 2);
+    else
+      lua_pushnil(L);
+  }
   lua_pushcclosure(L, main_wake, MW_NUPVALUES);
   wake = lua_gettop(L);
-  np_read_start(u->p, (size_t)n, NULL, anchor_operation(L, u, wake),
-                NP_NOREF);
+  np_wait_start(L, u, kind, wake, n);
   /* The Lua layer's wait_for, step for step: at least one step before the
    * deadline's cancel (a poll, timeout 0, gets what is there already), a
    * cancel with TIMEOUT at the deadline, then steps until the end comes
@@ -204,18 +262,32 @@ int np_main_read(lua_State *L, pipe_ud *u) {
     if (has_t) {
       lua_Number left = deadline - np_now_ms();
       if (left <= 0 && stepped) {
-        if (!cancel_read(L, 1)) unwound(L, u, wake, start);
+        if (!cancel_read(L, wake, 1)) unwound(L, u, wake, disconnects);
         has_t = 0;
         timed_out = 1;
         continue;
       }
       stepped = 1;
-      step_or_unwind(L, left > 0 ? left : 0, u, wake, start);
+      step_or_unwind(L, left > 0 ? left : 0, u, wake, disconnects);
     } else {
-      step_or_unwind(L, timed_out ? 100 : 1000, u, wake, start);
+      step_or_unwind(L, timed_out ? 100 : 1000, u, wake, disconnects);
     }
   }
   return push_results(L, wake);
+}
+
+int np_main_read(lua_State *L, pipe_ud *u) {
+  lua_Integer n = 0;
+  if (lua_gettop(L) > 3) return -1;
+  if (lua_gettop(L) >= 2 && !lua_isnil(L, 2)) {
+    if (!lua_isinteger(L, 2) || (n = lua_tointeger(L, 2)) < 1) return -1;
+  }
+  return main_wait(L, u, NP_WAIT_READ, (size_t)n, 3);
+}
+
+int np_main_wait(lua_State *L, pipe_ud *u, int kind) {
+  if (!np_wait_args(L, u, kind)) return -1;
+  return main_wait(L, u, kind, 0, kind == NP_WAIT_READABLE ? 2 : 3);
 }
 
 #if NP_C_CAN_YIELD

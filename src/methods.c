@@ -459,6 +459,12 @@ static int m_read_into(lua_State *L) {
      * something of this pipe's (a read_into it abandoned may be the one
      * filling buf: the next read_into waits for it) */
     np_buffer_check(L, 2, !u->readahead);
+#if NP_TASK_WAITS_IN_C
+    if (!u->readahead && (n = np_task_wait(L, u, NP_WAIT_READ_INTO)) >= 0)
+      return n;
+#endif
+    if (!u->readahead && (n = np_main_wait(L, u, NP_WAIT_READ_INTO)) >= 0)
+      return n;
     if ((n = divert(L, W_READ_INTO)) >= 0) return n;
   }
   return start_read_into(L, u);
@@ -468,6 +474,12 @@ static int m_readable(lua_State *L) {
   pipe_ud *u = check_pipe(L);
   int n;
   check_nothing_after(L, 2);
+  if (!u->readahead && lua_type(L, 2) != LUA_TFUNCTION) {
+#if NP_TASK_WAITS_IN_C
+    if ((n = np_task_wait(L, u, NP_WAIT_READABLE)) >= 0) return n;
+#endif
+    if ((n = np_main_wait(L, u, NP_WAIT_READABLE)) >= 0) return n;
+  }
   if ((u->readahead || lua_type(L, 2) != LUA_TFUNCTION) &&
       (n = divert(L, W_READABLE)) >= 0)
     return n;
@@ -576,6 +588,12 @@ static int m_transact(lua_State *L) {
   pipe_ud *u = check_pipe(L);
   int n;
   check_nothing_after(L, 3);
+  if (!u->readahead && lua_type(L, 3) != LUA_TFUNCTION) {
+#if NP_TASK_WAITS_IN_C
+    if ((n = np_task_wait(L, u, NP_WAIT_TRANSACT)) >= 0) return n;
+#endif
+    if ((n = np_main_wait(L, u, NP_WAIT_TRANSACT)) >= 0) return n;
+  }
   if ((u->readahead || lua_type(L, 3) != LUA_TFUNCTION) &&
       (n = divert(L, W_TRANSACT)) >= 0)
     return n;

@@ -10,6 +10,7 @@
 #include "compat.h"
 
 #include "binding.h"
+#include "main_waits.h"
 #include "np.h"
 #include "task_waits.h"
 
@@ -150,9 +151,26 @@ int np_task_read(lua_State *L, pipe_ud *u) {
   rec = lua_gettop(L);
   arm_record(L, rec);
   push_wake(L, rec);
-  np_read_start(u->p, (size_t)n, NULL, anchor_operation(L, u, rec + 1),
-                NP_NOREF);
+  np_wait_start(L, u, NP_WAIT_READ, rec + 1, (size_t)n);
   return task_wait(L, rec, "read", has_t, ms, top, task_resumed);
+}
+
+/* read_into, transact or readable ([timeout]) in a task, as np_task_read
+ * (the kind's name is the one the Lua layer's deadline cancels by). */
+int np_task_wait(lua_State *L, pipe_ud *u, int kind) {
+  static const char *const names[] = {"read", "read_into", "transact",
+                                      "readable"};
+  int top = lua_gettop(L), has_t, rec;
+  lua_Number ms = 0;
+  if (!np_wait_args(L, u, kind) ||
+      !np_plain_timeout(L, kind == NP_WAIT_READABLE ? 2 : 3, &ms, &has_t))
+    return -1;
+  if (read_busy(u) || !push_task_record(L)) return -1;
+  rec = lua_gettop(L);
+  arm_record(L, rec);
+  push_wake(L, rec);
+  np_wait_start(L, u, kind, rec + 1, 0);
+  return task_wait(L, rec, names[kind], has_t, ms, top, task_resumed);
 }
 
 /* A write the socket took part of at once: its count is below base. */

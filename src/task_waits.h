@@ -25,6 +25,8 @@ int np_write_start_waited(loop_ud *lu, np_pipe *p, const char *data,
  * it (u: the open pipe at index 1, or NULL for write). */
 int np_task_read(lua_State *L, pipe_ud *u);
 int np_task_write(lua_State *L, pipe_ud *u);
+/* read_into, transact or readable: kind as main_waits.h numbers them */
+int np_task_wait(lua_State *L, pipe_ud *u, int kind);
 #endif
 
 NP_INTERNAL_END

@@ -309,6 +309,60 @@ function TestUnwind:test_read_into()
   H.close_all(server, client)
 end
 
+-- A waiting read_into, transact or readable unwound once it had ended
+-- (the error comes from a callback of the step that ended it): the next
+-- read gets the bytes, as a string, once. On the main thread (these waits
+-- are made in C) and in a script's coroutine (the Lua layer's).
+function TestUnwind:test_read_into_transact_and_readable_unwound_once_ended()
+  for _, where in ipairs { "main", "coroutine" } do
+    local function call(fn)
+      if where == "main" then return raises(fn) end
+      local co = coroutine.create(fn)
+      local ok, err = coroutine.resume(co)
+      lu.assertFalse(ok, where)
+      return tostring(err)
+    end
+    -- read_into
+    local server, client = H.pair()
+    local buf = np.buffer(16)
+    client:write("bytes", function() -- from the read_into's first step
+      H.pump(function() return server:_busy("read") == 0 end, 2000, "the read")
+      error("callback failed on purpose")
+    end)
+    lu.assertStrContains(call(function() return server:read_into(buf, 2000) end),
+      "callback failed on purpose")
+    lu.assertEquals(server:read(nil, 2000), "bytes", where)
+    lu.assertEquals(select(3, server:read(nil, 20)), "TIMEOUT", where)
+    H.close_all(server, client)
+    -- transact
+    local mopts = { pipe_mode = "message" }
+    server, client = H.pair(mopts, mopts)
+    server:read(function(req)
+      server:write("reply to " .. req, function()
+        H.pump(function() return client:_busy("read") == 0 end, 2000, "the transact")
+        error("callback failed on purpose")
+      end)
+    end)
+    lu.assertStrContains(call(function() return client:transact("req", 2000) end),
+      "callback failed on purpose")
+    lu.assertEquals(client:read(nil, 2000), "reply to req", where)
+    lu.assertEquals(select(3, client:read(nil, 20)), "TIMEOUT", where)
+    H.close_all(server, client)
+    -- readable
+    server, client = H.pair()
+    client:write("ready", function()
+      H.pump(function() return server:_busy("read") == 0 end, 2000, "the readable")
+      error("callback failed on purpose")
+    end)
+    lu.assertStrContains(call(function() return server:readable(2000) end),
+      "callback failed on purpose")
+    lu.assertTrue(server:readable(2000), where)
+    lu.assertEquals(server:read(nil, 2000), "ready", where)
+    lu.assertEquals(select(3, server:read(nil, 20)), "TIMEOUT", where)
+    H.close_all(server, client)
+  end
+end
+
 function TestUnwind:test_read_line_keeps_its_partial_line()
   local server, client = H.pair()
   client:write("par")

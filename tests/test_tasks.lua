@@ -670,6 +670,51 @@ function TestTasks:test_a_waiting_call_in_a_callback_of_a_task_s_step()
   H.close_all(s, c, s2, c2)
 end
 
+-- read_into, transact and readable wait in C on the main thread and in a
+-- task, in the Lua layer in a coroutine of the script's own: the same
+-- results in all three, for a timeout, a poll of what is there already
+-- (timeout 0, but in a task, whose poll README promises only outside one),
+-- and what comes later.
+function TestTasks:test_reads_answer_alike_wherever_they_wait()
+  local function run_in(where, fn)
+    if where == "main" then return table.pack(fn()) end
+    if where == "coroutine" then
+      local co = coroutine.create(function() return table.pack(fn()) end)
+      local ok, r = coroutine.resume(co)
+      assert(ok, r)
+      return r
+    end
+    local r
+    np.spawn(function() r = table.pack(fn()) end)
+    H.pump(function() return r ~= nil end, 3000, where)
+    return r
+  end
+  local TIMEOUT = { nil, "timed out", "TIMEOUT", 0, n = 4 }
+  for _, where in ipairs { "main", "task", "coroutine" } do
+    local mopts = { pipe_mode = "message" }
+    local server, client = H.pair(mopts, mopts)
+    local buf = np.buffer(8)
+    lu.assertEquals(run_in(where, function() return server:read_into(buf, 30) end), TIMEOUT, where)
+    lu.assertEquals(run_in(where, function() return server:readable(30) end), TIMEOUT, where)
+    assert(client:write("abc", 2000))
+    H.settle(20) -- (in the pipe)
+    local poll = where == "task" and 2000 or 0
+    lu.assertEquals(run_in(where, function() return server:readable(poll) end), { true, n = 1 }, where)
+    lu.assertEquals(run_in(where, function() return server:read_into(buf, poll) end), { 3, n = 1 }, where)
+    lu.assertEquals(buf:sub(1, 3), "abc", where)
+    lu.assertEquals(run_in(where, function() return client:transact("q", 30) end), TIMEOUT, where)
+    lu.assertEquals(server:read(nil, 2000), "q", where) -- (the request went)
+    server:read_start(function(req) if req then server:write("re:" .. req, function() end) end end)
+    lu.assertEquals(run_in(where, function() return client:transact("q2", 2000) end),
+      { "re:q2", n = 1 }, where)
+    server:read_stop()
+    np.spawn(function() np.sleep(20); client:write("later", 2000) end)
+    lu.assertEquals(run_in(where, function() return server:read_into(buf, 2000) end), { 5, n = 1 }, where)
+    lu.assertEquals(buf:sub(1, 5), "later", where)
+    H.close_all(server, client)
+  end
+end
+
 -- A waiting call that waits for an operation an unwound call left behind
 -- (settle) ends with CLOSED when the pipe is closed meanwhile, as every
 -- pending operation does; it raised "pipe is closed" from the method it
