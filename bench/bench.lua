@@ -13,6 +13,7 @@ prints the tables; this script alone prints one line per workload:
     pingpong_tasks rtt_per_s=<median> ...
     pingpong_tasks_untimed rtt_per_s=<median> ...
     pingpong_waiting rtt_per_s=<median> ...
+    pingpong_lines rtt_per_s=<median> ...
     stream mib_per_s=<median> ...
     stream_string mib_per_s=<median> ...
     stream_string_large mib_per_s=<median> ...
@@ -38,6 +39,11 @@ Workloads (the same as bench/baseline_*.c and bench/bench_luv.lua do):
             client's write and read wait on the main thread, the server
             answers from its read_start callback with a waiting write;
             compared with the C ping-pong
+  pingpong_lines  namedpipe only: the byte ping-pong as a line protocol
+            in a plain script: the client writes a 64-byte line and
+            waits on the main thread for the reply with read_line, the
+            server echoes what its read_start callback gets with a
+            waiting write; compared with the C byte ping-pong
   stream    server -> client, byte mode, 64 KiB writes (one anchored string,
             so zero-copy), 4 in flight, 256 MiB, read with read_into into
             one 64 KiB np.buffer (as the C program reads into one buffer);
@@ -70,7 +76,8 @@ Options:
                      (message contents, stream order); asserts no time
   --runs N           timed runs per workload (default 5); median, min-max
   --only w[,w]       pingpong, pingpong_byte, pingpong_tasks,
-                     pingpong_tasks_untimed, pingpong_waiting, stream,
+                     pingpong_tasks_untimed, pingpong_waiting,
+                     pingpong_lines, stream,
                      stream_string, stream_string_large, churn,
                      churn_vanish, queued, memory,
                      step0
@@ -263,26 +270,34 @@ end
 -- The message ping-pong as a plain script writes it: waiting calls on the
 -- main thread (each steps the loop until its operation is done; a write the
 -- socket takes at once returns at once), the server's answer a waiting
--- write from its read_start callback.
-local function pingpong_waiting(n, verify)
-  local mopts = { pipe_mode = "message" }
-  local server, client = connected_pair("pw", mopts, mopts)
-  local msg = msg_for(0)
+-- write from its read_start callback. lines (pingpong_lines): the byte
+-- ping-pong as a line protocol, each reply read with read_line.
+local function pingpong_waiting(n, verify, lines)
+  local what = lines and "pingpong_lines" or "pingpong_waiting"
+  local mopts = not lines and { pipe_mode = "message" } or nil
+  local server, client = connected_pair(lines and "pl" or "pw", mopts, mopts)
+  local function msg_at(i) return lines and msg_for(i):sub(1, 63) .. "\n" or msg_for(i) end
+  local msg = msg_at(0)
+  local want = lines and msg:sub(1, 63) or msg
   server:read_start(function(data, err, ename)
     if not data then
       if ename == "CLOSED" or ename == "EOF" then return end
-      fail("pingpong_waiting server read:", tostring(err))
+      fail(what .. " server read:", tostring(err))
     end
     local nw, werr = server:write(data)
-    if nw ~= #data then fail("pingpong_waiting server write:", tostring(werr)) end
+    if nw ~= #data then fail(what .. " server write:", tostring(werr)) end
   end)
   local t0 = now()
   for i = 1, n do
     local nw, err = client:write(msg)
-    if nw ~= 64 then fail("pingpong_waiting write:", tostring(nw), tostring(err)) end
-    local reply, rerr = client:read()
-    if reply ~= msg then fail("pingpong_waiting: reply differs:", tostring(reply), tostring(rerr)) end
-    if verify then msg = msg_for(i) end
+    if nw ~= 64 then fail(what .. " write:", tostring(nw), tostring(err)) end
+    local reply, rerr
+    if lines then reply, rerr = client:read_line() else reply, rerr = client:read() end
+    if reply ~= want then fail(what .. ": reply differs:", tostring(reply), tostring(rerr)) end
+    if verify then
+      msg = msg_at(i)
+      want = lines and msg:sub(1, 63) or msg
+    end
   end
   server:read_stop()
   return n / stop_clock(t0, server, client)
@@ -611,6 +626,8 @@ if opt.api == "np" then -- (these measure the Lua layer's ways of calling)
     "mode=message api=np tasks timeout=none")
   pingpong_row("pingpong_waiting", pingpong_waiting, nil,
     "mode=message api=np waiting calls, main thread")
+  pingpong_row("pingpong_lines", pingpong_waiting, true,
+    "mode=byte api=np write and read_line, main thread")
 end
 
 local STREAM_READ_N = { stream_string_large = 262144 }

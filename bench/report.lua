@@ -130,6 +130,7 @@ local labels = {
   pingpong_tasks = "ping-pong 64 B, message mode, in tasks with timeouts (round trips/s)",
   pingpong_tasks_untimed = "ping-pong 64 B, message mode, in tasks without timeouts (round trips/s)",
   pingpong_waiting = "ping-pong 64 B, message mode, waiting calls on the main thread (round trips/s)",
+  pingpong_lines = "ping-pong 64 B lines, byte mode, write and read_line on the main thread (round trips/s)",
   stream = "stream 64 KiB, read_into a buffer (MiB/s)",
   stream_string = "stream 64 KiB, read() strings (MiB/s)",
   stream_string_large = "stream 64 KiB, read(262144) strings (MiB/s)",
@@ -142,7 +143,8 @@ local labels = {
 local borrowed_baseline = { stream_string = "stream", stream_string_large = "stream",
                             pingpong_tasks = "pingpong",
                             pingpong_tasks_untimed = "pingpong",
-                            pingpong_waiting = "pingpong" }
+                            pingpong_waiting = "pingpong",
+                            pingpong_lines = "pingpong_byte" }
 
 -- Rows whose target is against the same implementation's own figure for
 -- another workload (bench/README.md, Targets): workload, the one it is
@@ -191,7 +193,7 @@ for _, platform in ipairs(order) do
   header[#header + 1] = "target np/C"
   local rows = {}
   for _, wl in ipairs { "pingpong", "pingpong_byte", "pingpong_tasks", "pingpong_tasks_untimed",
-                        "pingpong_waiting", "stream", "stream_string", "stream_string_large", "churn",
+                        "pingpong_waiting", "pingpong_lines", "stream", "stream_string", "stream_string_large", "churn",
                         "churn_vanish", "queued", "step0" } do
     local function get(impl, as)
       local w = impl and impl[as or wl]
@@ -205,7 +207,7 @@ for _, platform in ipairs(order) do
     local b = get(base, borrows)
     -- luv's stream reads strings of 64 KiB: its row is stream_string
     local l = wl ~= "stream" and wl ~= "stream_string_large" and not wl:match("^pingpong_tasks")
-      and wl ~= "pingpong_waiting"
+      and wl ~= "pingpong_waiting" and wl ~= "pingpong_lines"
       and get(luv, borrows) or nil
     if a or c or l or (b and not borrows) then
       local label = labels[wl]

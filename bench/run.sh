@@ -79,9 +79,11 @@ else
     WIN_ARGS=(--runs 1 --pp 10000 --stream-mib 256 --churn 5000 --steps 50000 --queued 100000)
 fi
 # stream_string and stream_string_large are compared with the C program's
-# and luv's one stream, pingpong_tasks and pingpong_waiting with the C ping-pong
+# and luv's one stream, pingpong_tasks and pingpong_waiting with the C ping-pong,
+# pingpong_lines with the C byte ping-pong
 case ",$ONLY," in *,stream_string,*|*,stream_string_large,*) case ",$ONLY," in *,stream,*) ;; *) ONLY="$ONLY,stream" ;; esac ;; esac
 case ",$ONLY," in *,pingpong_tasks,*|*,pingpong_tasks_untimed,*|*,pingpong_waiting,*) case ",$ONLY," in *,pingpong,*) ;; *) ONLY="$ONLY,pingpong" ;; esac ;; esac
+case ",$ONLY," in *,pingpong_lines,*) case ",$ONLY," in *,pingpong_byte,*) ;; *) ONLY="$ONLY,pingpong_byte" ;; esac ;; esac
 # queued and churn_vanish are each compared with the same implementation's
 # ping-pong and churn
 case ",$ONLY," in *,queued,*) case ",$ONLY," in *,pingpong,*) ;; *) ONLY="$ONLY,pingpong" ;; esac ;; esac
@@ -110,7 +112,7 @@ run_impl() {
     local log="$OUT/last-$platform-$impl.log" rc
     "$@" >"$log" 2>&1
     rc=$?
-    tr -d '\r' <"$log" | grep -E "^(pingpong|pingpong_byte|pingpong_tasks|pingpong_tasks_untimed|pingpong_waiting|stream|stream_string|stream_string_large|churn|churn_vanish|queued|memory|step0) " |
+    tr -d '\r' <"$log" | grep -E "^(pingpong|pingpong_byte|pingpong_tasks|pingpong_tasks_untimed|pingpong_waiting|pingpong_lines|stream|stream_string|stream_string_large|churn|churn_vanish|queued|memory|step0) " |
         sed "s/^/$platform $impl /" >>"$RESULTS"
     if [ "$rc" -ne 0 ] || { [ "$QUICK" = 1 ] && ! tr -d '\r' <"$log" | grep -q '^quick ok'; }; then
         echo "bench: $platform $impl FAILED (exit $rc); output:" >&2
