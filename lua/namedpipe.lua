@@ -613,9 +613,9 @@ end
 
 -- Such a read that an error unwound: its operation becomes one of this
 -- layer's, abandoned (the C side cancels it after this). kind: its number
--- (above); buf: a read_into's buffer. moved: the
--- instance was disconnected since it began (what it gets is not the next
--- reader's). done: it had ended, with the results that follow; else its
+-- (above); buf: a read_into's buffer. moved: the instance was
+-- disconnected since it began (what it gets is not the next reader's).
+-- done: it had ended, with the results that follow; else its
 -- end comes later, through the function returned. What can fail (out of
 -- memory) is made before the operation is recorded, and nothing after it:
 -- either the record is there with its function, or the C side calls this

@@ -137,10 +137,10 @@ static int layer_allows(lua_State *L) {
 }
 
 /* pipe:cancel(what [, "TIMEOUT"]) for the read waited for, as the Lua
- * layer's waits make it ("read", or "transact": a script or a test
- * watching cancel sees it): through the layer's cancel_main_read, with the
- * kind of read (a number: nothing here allocates), protected. 0 if that
- * raised. */
+ * layer's waits make it (what: the name its kind is cancelled by, "read",
+ * "transact" or "readable"; a script or a test watching cancel sees it):
+ * through the layer's cancel_main_read, given the kind as a number
+ * (nothing here allocates), protected. 0 if that raised. */
 static int cancel_read(lua_State *L, int wake, int timed_out) {
   lua_rawgeti(L, WAITING_UPV, W_MAIN_CANCEL);
   lua_pushvalue(L, 1);
