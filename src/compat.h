@@ -22,7 +22,7 @@
 #define NP_C_CAN_YIELD 0
 #endif
 
-/* A task's read or write can wait from its C method (task_waits.c, np_task_read
+/* A task's read or write can wait from its C method (task_waits.c, np_task_wait
  * and np_task_write: lua_yieldk with a continuation taking a lua_KContext,
  * as 5.3 has it); elsewhere the Lua layer makes the task wait. */
 #if LUA_VERSION_NUM >= 503

@@ -214,17 +214,29 @@ void np_wait_start(lua_State *L, pipe_ud *u, int kind, int cb, size_t n) {
   }
 }
 
-int np_wait_args(lua_State *L, pipe_ud *u, int kind) {
+int np_wait_args(lua_State *L, pipe_ud *u, int kind, size_t *n) {
+  int top = lua_gettop(L);
   np_buffer *b;
+  *n = 0;
   switch (kind) {
+  case NP_WAIT_READ:
+    if (top > 3) return 0;
+    if (top >= 2 && !lua_isnil(L, 2)) {
+      lua_Integer count;
+      if (!lua_isinteger(L, 2) || (count = lua_tointeger(L, 2)) < 1) return 0;
+      *n = (size_t)count;
+    }
+    return 3;
   case NP_WAIT_READ_INTO:
     b = np_buffer_to(L, 2);
-    return lua_gettop(L) <= 3 && b && b->bytes && !b->busy;
+    return top <= 3 && b && b->bytes && !b->busy ? 3 : 0;
   case NP_WAIT_TRANSACT:
-    return lua_gettop(L) <= 3 && lua_type(L, 2) == LUA_TSTRING &&
-           np_pipe_read_mode(u->p) == NP_MODE_MESSAGE;
+    return top <= 3 && lua_type(L, 2) == LUA_TSTRING &&
+                   np_pipe_read_mode(u->p) == NP_MODE_MESSAGE
+               ? 3
+               : 0;
   case NP_WAIT_READABLE:
-    return lua_gettop(L) <= 2;
+    return top <= 2 ? 2 : 0;
   default:
     return 0;
   }
@@ -276,18 +288,11 @@ static int main_wait(lua_State *L, pipe_ud *u, int kind, size_t n,
   return push_results(L, wake);
 }
 
-int np_main_read(lua_State *L, pipe_ud *u) {
-  lua_Integer n = 0;
-  if (lua_gettop(L) > 3) return -1;
-  if (lua_gettop(L) >= 2 && !lua_isnil(L, 2)) {
-    if (!lua_isinteger(L, 2) || (n = lua_tointeger(L, 2)) < 1) return -1;
-  }
-  return main_wait(L, u, NP_WAIT_READ, (size_t)n, 3);
-}
-
 int np_main_wait(lua_State *L, pipe_ud *u, int kind) {
-  if (!np_wait_args(L, u, kind)) return -1;
-  return main_wait(L, u, kind, 0, kind == NP_WAIT_READABLE ? 2 : 3);
+  size_t n;
+  int t_arg = np_wait_args(L, u, kind, &n);
+  if (!t_arg) return -1;
+  return main_wait(L, u, kind, n, t_arg);
 }
 
 #if NP_C_CAN_YIELD

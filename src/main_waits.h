@@ -7,14 +7,9 @@
 
 NP_INTERNAL_BEGIN
 
-/* read([n] [, timeout]) on the main thread, nothing of the pipe's held by
- * the Lua layer (u->readahead clear): its results, the loop stepped until
- * they came, or -1 when the usual way must take it. */
-int np_main_read(lua_State *L, pipe_ud *u);
-
-/* The other reads waited for in C, here and in a task (task_waits.c), by
- * kind: the numbers abandon_wait and cancel_main_read (lua/namedpipe.lua)
- * know them by. */
+/* The reads waited for in C, on the main thread (here) and in a task
+ * (task_waits.c), by kind: the numbers abandon_wait and cancel_main_read
+ * (lua/namedpipe.lua) know them by. */
 enum {
   NP_WAIT_READ = 0,      /* read([n]) */
   NP_WAIT_READ_INTO = 1, /* read_into(buf): a buffer not being filled */
@@ -22,14 +17,16 @@ enum {
                           * reads messages */
   NP_WAIT_READABLE = 3   /* readable() */
 };
-/* The arguments at 2 (and the timeout after them) are the plain case of
- * that kind of read (NP_WAIT_READ's are checked by its callers). */
-int np_wait_args(lua_State *L, pipe_ud *u, int kind);
+/* Are the arguments at 2 the plain case of that kind of read? The index of
+ * the timeout after them, or 0 for anything else; *n: a read's count (0:
+ * any). */
+int np_wait_args(lua_State *L, pipe_ud *u, int kind, size_t *n);
 /* Start the read of its kind with the callback at index cb (read: n bytes
  * at most, 0 for any; the others take their argument from index 2). */
 void np_wait_start(lua_State *L, pipe_ud *u, int kind, int cb, size_t n);
-/* read_into, transact or readable ([timeout]) on the main thread, as
- * np_main_read. */
+/* That read ([timeout]) on the main thread, nothing of the pipe's held by
+ * the Lua layer (u->readahead clear): its results, the loop stepped until
+ * they came, or -1 when the usual way must take it. */
 int np_main_wait(lua_State *L, pipe_ud *u, int kind);
 
 #if NP_C_CAN_YIELD

@@ -197,9 +197,9 @@ static int raw_held_read(lua_State *L) {
   pipe_ud *u = check_pipe(L);
   int n;
 #if NP_TASK_WAITS_IN_C
-  if ((n = np_task_read(L, u)) >= 0) return n;
+  if ((n = np_task_wait(L, u, NP_WAIT_READ)) >= 0) return n;
 #endif
-  if ((n = np_main_read(L, u)) >= 0) return n;
+  if ((n = np_main_wait(L, u, NP_WAIT_READ)) >= 0) return n;
   lua_pushboolean(L, 0);
   return 1;
 }
@@ -442,10 +442,11 @@ static int m_read(lua_State *L) {
   int n, waits;
   check_nothing_after(L, 3);
 #if NP_TASK_WAITS_IN_C
-  if (!u->readahead && (n = np_task_read(L, u)) >= 0) return n;
+  if (!u->readahead && (n = np_task_wait(L, u, NP_WAIT_READ)) >= 0) return n;
 #endif
   waits = lua_type(L, lua_gettop(L)) != LUA_TFUNCTION;
-  if (!u->readahead && waits && (n = np_main_read(L, u)) >= 0) return n;
+  if (!u->readahead && waits && (n = np_main_wait(L, u, NP_WAIT_READ)) >= 0)
+    return n;
   if ((u->readahead || waits) && (n = divert(L, W_READ)) >= 0) return n;
   return start_read(L, u);
 }

@@ -136,40 +136,23 @@ static int task_wait(lua_State *L, int rec, const char *kind, int has_t,
   return lua_yieldk(L, 0, (lua_KContext)base, k);
 }
 
-/* read([n] [, timeout]) in a task, nothing read ahead: -1 when the usual
- * way must take it. */
-int np_task_read(lua_State *L, pipe_ud *u) {
-  int top = lua_gettop(L), has_t, rec;
-  lua_Number ms = 0;
-  lua_Integer n = 0;
-  if (top > 3) return -1;
-  if (top >= 2 && !lua_isnil(L, 2)) {
-    if (!lua_isinteger(L, 2) || (n = lua_tointeger(L, 2)) < 1) return -1;
-  }
-  if (!np_plain_timeout(L, 3, &ms, &has_t)) return -1;
-  if (read_busy(u) || !push_task_record(L)) return -1;
-  rec = lua_gettop(L);
-  arm_record(L, rec);
-  push_wake(L, rec);
-  np_wait_start(L, u, NP_WAIT_READ, rec + 1, (size_t)n);
-  return task_wait(L, rec, "read", has_t, ms, top, task_resumed);
-}
-
-/* read_into, transact or readable ([timeout]) in a task, as np_task_read
- * (the kind's name is the one the Lua layer's deadline cancels by). */
+/* A read of its kind (main_waits.h) in a task, nothing read ahead: -1 when
+ * the usual way must take it. (The kind's name is the one the Lua layer's
+ * deadline cancels by.) */
 int np_task_wait(lua_State *L, pipe_ud *u, int kind) {
   static const char *const names[] = {"read", "read_into", "transact",
                                       "readable"};
-  int top = lua_gettop(L), has_t, rec;
+  int top = lua_gettop(L), has_t, rec, t_arg;
   lua_Number ms = 0;
-  if (!np_wait_args(L, u, kind) ||
-      !np_plain_timeout(L, kind == NP_WAIT_READABLE ? 2 : 3, &ms, &has_t))
+  size_t n;
+  if (!(t_arg = np_wait_args(L, u, kind, &n)) ||
+      !np_plain_timeout(L, t_arg, &ms, &has_t))
     return -1;
   if (read_busy(u) || !push_task_record(L)) return -1;
   rec = lua_gettop(L);
   arm_record(L, rec);
   push_wake(L, rec);
-  np_wait_start(L, u, kind, rec + 1, 0);
+  np_wait_start(L, u, kind, rec + 1, n);
   return task_wait(L, rec, names[kind], has_t, ms, top, task_resumed);
 }
 

@@ -22,11 +22,10 @@ int np_write_start_waited(loop_ud *lu, np_pipe *p, const char *data,
 #if NP_TASK_WAITS_IN_C
 /* The method's call made here, in the running task: its results (the
  * task suspended until they came), or -1 when the usual way must take
- * it (u: the open pipe at index 1, or NULL for write). */
-int np_task_read(lua_State *L, pipe_ud *u);
-int np_task_write(lua_State *L, pipe_ud *u);
-/* read_into, transact or readable: kind as main_waits.h numbers them */
+ * it (u: the open pipe at index 1, or NULL for write). kind: one of
+ * main_waits.h's reads. */
 int np_task_wait(lua_State *L, pipe_ud *u, int kind);
+int np_task_write(lua_State *L, pipe_ud *u);
 #endif
 
 NP_INTERNAL_END

@@ -219,12 +219,12 @@ function F.install(M, methods, P)
   local function read_until(self, timeout, kind, scan, rec)
     -- (read_exact(0), kind 0, is answered by nothing: read_until_in's
     -- first scan, of no bytes, cuts it)
-    if kind ~= 0 and holds_nothing(self) then
-      framing_reads[self] = rec
+    local first = kind ~= 0 and holds_nothing(self)
+    framing_reads[self] = rec
+    if first then
       set_divert(self, true) -- (what sync_divert would find)
       return read_first(self, timeout, kind, scan, rec)
     end
-    framing_reads[self] = rec
     sync_divert(self)
     return read_done(self, rec, read_until_in(self, timeout, kind, scan, rec))
   end
