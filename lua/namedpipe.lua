@@ -787,9 +787,11 @@ end
 
 -- A read_start holds the read slot from its call on, also while it waits
 -- here for what this layer holds (as the C methods refuse a read while a
--- read_start's reads go on).
+-- read_start's reads go on); so does a framing read between its reads
+-- (held: namedpipe.framing, read_until).
 local function check_not_reading(pipe, fname, level)
-  if starting[pipe] then
+  local framing = framing_reads[pipe]
+  if starting[pipe] or framing and framing.held then
     error(("bad argument #1 to '%s' (a read is already pending on this pipe)"):format(fname),
       level or 4)
   end

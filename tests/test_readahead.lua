@@ -318,6 +318,87 @@ function TestReadahead:test_a_cancel_once_the_first_read_has_ended_stops_a_frami
   end
 end
 
+-- A framing read owns the read slot from its call to its return, also in
+-- the gap between two of its reads, when the pipe has no read of its own
+-- pending: every other reading call a callback makes then is refused as
+-- one made while a read is pending is, and the framing read loses and
+-- reorders nothing. The callbacks here run in the step that ended the
+-- framing read's first read or its second one (the first read of its own
+-- general loop), on the main thread, in a coroutine of the script's own
+-- (which waits by stepping, as the main thread does) and in a task; the
+-- reader is the client, so that transact is one of the calls.
+function TestReadahead:test_a_framing_read_owns_the_read_slot_between_its_reads()
+  local calls = {
+    read = function(p) p:read(function() end) end,
+    read_into = function(p) p:read_into(np.buffer(16), function() end) end,
+    readable = function(p) p:readable(function() end) end,
+    try_read = function(p) p:try_read() end,
+    read_start = function(p) p:read_start(function() end) end,
+    read_line = function(p) p:read_line(100) end,
+    transact = function(p) p:transact("q", function() end) end,
+  }
+  local names = {}
+  for name in pairs(calls) do names[#names + 1] = name end
+  table.sort(names)
+  for _, mode in ipairs { "byte", "message" } do
+    for _, where in ipairs { "main", "coroutine", "task" } do
+      for _, gap in ipairs { 1, 2 } do
+        for _, call in ipairs(names) do
+          if call ~= "transact" or mode == "message" then
+            local what = ("%s pipe, %s, gap %d, %s"):format(mode, where, gap, call)
+            local opts = { pipe_mode = mode }
+            local server, client = H.pair(opts, opts)
+            local refused
+            local function try_in_gap()
+              -- (a task is resumed by its read's end and reads on at once)
+              if where ~= "task" then
+                H.pump(function() return client:_busy("read") == 0 end, 2000, what)
+              end
+              local ok, err = pcall(calls[call], client)
+              refused = not ok and tostring(err) or ("accepted: " .. call)
+            end
+            local r
+            local function read_line()
+              -- (not inside a pcall in a task: Lua 5.1 cannot yield across one)
+              if where == "task" then
+                r = table.pack(true, client:read_line(3000))
+              else
+                r = table.pack(pcall(client.read_line, client, 3000))
+              end
+            end
+            -- "par", then "t" (gap 2), then the rest, each in a read of its own
+            if gap == 1 then
+              server:write("par", try_in_gap)
+            else
+              server:write("par")
+              np.spawn(function()
+                np.sleep(30)
+                server:write("t", try_in_gap)
+              end)
+            end
+            np.spawn(function()
+              np.sleep(gap == 1 and 30 or 80)
+              assert(server:write(gap == 1 and "tial\nz" or "ial\nz", 2000))
+            end)
+            if where == "main" then
+              read_line()
+            elseif where == "coroutine" then
+              coroutine.wrap(read_line)()
+            else
+              np.spawn(read_line)
+              H.pump(function() return r ~= nil end, 3000, what)
+            end
+            lu.assertStrContains(refused or "no callback ran", "a read is already pending", false, what)
+            lu.assertEquals({ r[1], r[2] }, { true, "partial" }, what)
+            lu.assertEquals(client:read(nil, 2000), "z", what)
+            H.close_all(server, client)
+          end
+        end
+      end
+    end
+  end
+end
+
 -- read_exact(0) needs no bytes: "" at once, with nothing held and the
 -- pipe empty (not a read that waits for some), in a task too.
 function TestReadahead:test_read_exact_of_no_bytes_reads_nothing()
