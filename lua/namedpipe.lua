@@ -245,6 +245,10 @@ local function session(pipe) return sessions[pipe] or 0 end
 -- read of the C module's was there to stop. (Its pipe's cancel diverts to
 -- this layer meanwhile: sync_divert.)
 local framing_reads = setmetatable({}, { __mode = "k" })
+-- Pipes whose framing read holds the read slot while one of this layer's
+-- waits for its reads steps the loop (true: wait_for, wait_end); the C
+-- waits hold it themselves (raw.read_held). See check_not_reading.
+local framing_held = setmetatable({}, { __mode = "k" })
 local function framing_stop(pipe, reason)
   local rec = framing_reads[pipe]
   if rec and not rec.stop and pipe:state() ~= "closed" then rec.stop = reason end
@@ -552,6 +556,8 @@ local in_task = task.in_task
 -- (timeout 0) gets what is there already: on Windows a read finishes in
 -- the call when the data is in the pipe, on Linux only at a step.
 local function wait_for(op, pipe, kind, timeout)
+  -- (a framing read's: cleared by wait_end, whatever happens here)
+  if op.prefix then framing_held[pipe] = true end
   local deadline = timeout and now() + timeout
   local stepped = false
   while not op.done do
@@ -642,7 +648,9 @@ local function wait_end(w, pipe, timeout, kind)
     return suspend()
   end
   local op = w
+  local held = op.prefix ~= nil -- (wait_for holds the slot for a framing read)
   local ok, err = pcall(wait_for, op, pipe, op.kind, timeout)
+  if held then framing_held[pipe] = nil end -- (allocates nothing: cannot fail)
   if not ok then
     -- (one that has ended needs no record, and must not take the place
     -- of one that a nested wait abandoned meanwhile; one still pending
@@ -787,11 +795,19 @@ end
 
 -- A read_start holds the read slot from its call on, also while it waits
 -- here for what this layer holds (as the C methods refuse a read while a
--- read_start's reads go on); so does a framing read between its reads
--- (held: namedpipe.framing, read_until).
+-- read_start's reads go on). So does a framing read (read_line,
+-- read_exact, read_frame: several reads) until it has looked at what each
+-- of its reads brought and made the next: the step that ended a read of
+-- its runs other callbacks after that end, and a read one of them started
+-- would take the bytes that follow (and the framing read's next read
+-- would be refused, losing what it had). Outside a task the framing
+-- read's waits step the loop, and hold the slot to the end of that step
+-- (framing_held for this layer's waits; raw.read_held for its first
+-- read, waited for in C). A task is resumed by its read's end itself, and
+-- makes its next read before it yields again: nothing runs between.
+local raw_read_held = raw.read_held
 local function check_not_reading(pipe, fname, level)
-  local framing = framing_reads[pipe]
-  if starting[pipe] or framing and framing.held then
+  if starting[pipe] or framing_reads[pipe] ~= nil and (framing_held[pipe] or raw_read_held(pipe)) then
     error(("bad argument #1 to '%s' (a read is already pending on this pipe)"):format(fname),
       level or 4)
   end
@@ -1465,7 +1481,8 @@ end
 
 require("namedpipe.framing").install(M, methods, {
   readahead = readahead, set_readahead = set_readahead, session = session,
-  framing_reads = framing_reads, sync_divert = sync_divert, holds_nothing = holds_nothing,
+  framing_reads = framing_reads, framing_held = framing_held, sync_divert = sync_divert,
+  holds_nothing = holds_nothing,
   readahead_view = readahead_view, readahead_len = readahead_len,
   take_lens = take_lens, lens_push = lens_push, lens_drop = lens_drop,
   lens_append = lens_append, ahead_lens = ahead_lens,

@@ -103,6 +103,13 @@ typedef struct pipe_ud {
    * layer whether its connection is still the one it began on
    * (main_waits.c), as the layer's own sessions count them. */
   unsigned disconnects;
+  /* A framing read's read waited for in C on the main thread (held_read:
+   * main_waits.c) holds the read slot from its start until that wait
+   * returns, also in the rest of the step that ended it: the callbacks
+   * run there must not start a read of their own before the framing read
+   * has looked at its bytes and made its next read (theirs would take the
+   * bytes that follow, and the framing read's next one would be refused). */
+  int read_held;
 } pipe_ud;
 
 #define NP_RESTART_DISCONNECTED 2 /* pipe_ud.read_restart */
@@ -212,9 +219,11 @@ static inline void settle_held(lua_State *L, loop_ud *lu, int t) {
 }
 
 /* Is the read slot taken: a read, read_into, readable() or transact
- * pending, or a read_start reading (between its reads too)? */
+ * pending, a read_start reading (between its reads too), or a framing
+ * read's held read not yet returned (read_held)? */
 static inline int read_busy(const pipe_ud *u) {
-  return u->read_cb != LUA_NOREF || np_pipe_busy(u->p, NP_OP_READ);
+  return u->read_cb != LUA_NOREF || u->read_held ||
+         np_pipe_busy(u->p, NP_OP_READ);
 }
 
 /* Anchor the callback at `arg` (and the pipe) before the backend sees the

@@ -161,6 +161,7 @@ static int cancel_read(lua_State *L, int wake, int timed_out) {
  * pcall: nothing allocates, so no collection runs a finalizer either. */
 static void unwound(lua_State *L, pipe_ud *u, int wake, unsigned start) {
   int err = lua_gettop(L), n = 0, done = wake_done(L, wake);
+  u->read_held = 0; /* (no other wait of the pipe's can have held it) */
   lua_rawgeti(L, WAITING_UPV, W_ABANDON_WAIT);
   lua_pushvalue(L, -1);
   lua_setupvalue(L, wake, MW_TAKER);
@@ -245,9 +246,11 @@ int np_wait_args(lua_State *L, pipe_ud *u, int kind, size_t *n) {
 /* The wait itself, for a read whose arguments the caller has checked (the
  * timeout at t_arg): -1 when it must be the usual way's (a timeout of
  * another form, a read pending, not the main thread, no Lua layer to take
- * it over). */
+ * it over). hold: the read slot stays taken until the wait returns
+ * (read_held; set once the read has started, and cleared on each way out,
+ * unwound's included: nothing between can fail to clear it). */
 static int main_wait(lua_State *L, pipe_ud *u, int kind, size_t n,
-                     int t_arg) {
+                     int t_arg, int hold) {
   int has_t, wake, i, stepped = 0, timed_out = 0;
   lua_Number ms = 0, deadline = 0;
   unsigned disconnects = u->disconnects;
@@ -265,6 +268,7 @@ static int main_wait(lua_State *L, pipe_ud *u, int kind, size_t n,
   lua_pushcclosure(L, main_wake, MW_NUPVALUES);
   wake = lua_gettop(L);
   np_wait_start(L, u, kind, wake, n);
+  u->read_held = hold;
   /* The Lua layer's wait_for, step for step: at least one step before the
    * deadline's cancel (a poll, timeout 0, gets what is there already), a
    * cancel with TIMEOUT at the deadline, then steps until the end comes
@@ -285,6 +289,7 @@ static int main_wait(lua_State *L, pipe_ud *u, int kind, size_t n,
       step_or_unwind(L, timed_out ? 100 : 1000, u, wake, disconnects);
     }
   }
+  u->read_held = 0;
   return push_results(L, wake);
 }
 
@@ -292,7 +297,14 @@ int np_main_wait(lua_State *L, pipe_ud *u, int kind) {
   size_t n;
   int t_arg = np_wait_args(L, u, kind, &n);
   if (!t_arg) return -1;
-  return main_wait(L, u, kind, n, t_arg);
+  return main_wait(L, u, kind, n, t_arg, 0);
+}
+
+int np_main_read_held(lua_State *L, pipe_ud *u) {
+  size_t n;
+  int t_arg = np_wait_args(L, u, NP_WAIT_READ, &n);
+  if (!t_arg) return -1;
+  return main_wait(L, u, NP_WAIT_READ, n, t_arg, 1);
 }
 
 #if NP_C_CAN_YIELD

@@ -28,6 +28,9 @@ void np_wait_start(lua_State *L, pipe_ud *u, int kind, int cb, size_t n);
  * the Lua layer (u->readahead clear): its results, the loop stepped until
  * they came, or -1 when the usual way must take it. */
 int np_main_wait(lua_State *L, pipe_ud *u, int kind);
+/* A framing read's read([n] [, timeout]) on the main thread: as
+ * np_main_wait's, holding the read slot until it returns (read_held). */
+int np_main_read_held(lua_State *L, pipe_ud *u);
 
 #if NP_C_CAN_YIELD
 /* write(data [, timeout]) on the main thread that the system takes at

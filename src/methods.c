@@ -84,6 +84,7 @@ static pipe_ud *pipe_new(lua_State *L, int is_server) {
   u->wcb_uses = u->wcb_listed = 0;
   u->wcb_id = NULL;
   u->disconnects = 0;
+  u->read_held = 0;
   return u;
 }
 
@@ -199,8 +200,17 @@ static int raw_held_read(lua_State *L) {
 #if NP_TASK_WAITS_IN_C
   if ((n = np_task_wait(L, u, NP_WAIT_READ)) >= 0) return n;
 #endif
-  if ((n = np_main_wait(L, u, NP_WAIT_READ)) >= 0) return n;
+  if ((n = np_main_read_held(L, u)) >= 0) return n;
   lua_pushboolean(L, 0);
+  return 1;
+}
+
+/* layer.read_held(pipe): is a framing read's read waited for in C holding
+ * the read slot (read_held)? For the Lua layer's own refusals, made before
+ * any C method would refuse the call. */
+static int raw_read_held(lua_State *L) {
+  pipe_ud *u = open_pipe_or_null(L);
+  lua_pushboolean(L, u && u->read_held);
   return 1;
 }
 
@@ -854,6 +864,7 @@ const luaL_Reg np_pipe_meta[] = {{"__gc", m_gc},
 const luaL_Reg np_pipe_layer_funcs[] = {{"connect", raw_connect},
                                         {"read", raw_read},
                                         {"held_read", raw_held_read},
+                                        {"read_held", raw_read_held},
                                         {"read_into", raw_read_into},
                                         {"read_start", raw_read_start},
                                         {"read_stop", raw_read_stop},

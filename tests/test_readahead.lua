@@ -399,6 +399,33 @@ function TestReadahead:test_a_framing_read_owns_the_read_slot_between_its_reads(
   end
 end
 
+-- A framing read refused in another's gap (above) leaves that one as it
+-- was: a cancel that follows still stops it, and what it had read stays
+-- readable, in order.
+function TestReadahead:test_a_framing_read_refused_in_anothers_gap_leaves_it_alone()
+  for _, mode in ipairs { "byte", "message" } do
+    for _, where in ipairs { "main", "coroutine" } do
+      local what = ("%s pipe, %s"):format(mode, where)
+      local opts = { pipe_mode = mode }
+      local server, client = H.pair(opts, opts)
+      local refused
+      server:write("par", function()
+        H.pump(function() return client:_busy("read") == 0 end, 2000, what)
+        refused = select(2, pcall(client.read_exact, client, 2, 100))
+        client:cancel("read")
+      end)
+      local r
+      local function read_line() r = table.pack(client:read_line(3000)) end
+      if where == "main" then read_line() else coroutine.wrap(read_line)() end
+      lu.assertStrContains(tostring(refused), "a read is already pending", false, what)
+      lu.assertEquals({ r[1], r[3] }, { nil, "CANCELLED" }, what)
+      assert(server:write("tial\n", 2000))
+      lu.assertEquals(client:read_line(2000), "partial", what)
+      H.close_all(server, client)
+    end
+  end
+end
+
 -- read_exact(0) needs no bytes: "" at once, with nothing held and the
 -- pipe empty (not a read that waits for some), in a task too.
 function TestReadahead:test_read_exact_of_no_bytes_reads_nothing()

@@ -20,7 +20,6 @@ function F.install(M, methods, P)
   local framing_reads, sync_divert = P.framing_reads, P.sync_divert
   local holds_nothing, held_read, prepend_readahead = P.holds_nothing, P.raw.held_read, P.prepend_readahead
   local set_divert = P.raw.set_readahead
-  local task_current = require("namedpipe.task").current
 
   local function deadline_left(deadline)
     if not deadline then return nil end
@@ -217,7 +216,7 @@ function F.install(M, methods, P)
   -- rec: the framing read's mark, with what its scan needs (scan(piece,
   -- before, pieces, rec)). (The mark stays should the read raise:
   -- harmless, the next one's replaces it.)
-  local function read_marked(self, timeout, kind, scan, rec)
+  local function read_until(self, timeout, kind, scan, rec)
     -- (read_exact(0), kind 0, is answered by nothing: read_until_in's
     -- first scan, of no bytes, cuts it)
     local first = kind ~= 0 and holds_nothing(self)
@@ -228,34 +227,6 @@ function F.install(M, methods, P)
     end
     sync_divert(self)
     return read_done(self, rec, read_until_in(self, timeout, kind, scan, rec))
-  end
-
-  local function read_held(self, timeout, kind, scan, rec)
-    rec.held = true
-    return read_marked(self, timeout, kind, scan, rec)
-  end
-
-  -- The read slot is the framing read's from its call to its return: the
-  -- bytes it has taken come before any that a read started meanwhile
-  -- would get, and its next read must find the slot free. While one of
-  -- its reads is pending the C methods refuse any other; between two,
-  -- its mark does (rec.held, seen by check_not_reading: the mark diverts
-  -- every read of the pipe to the Lua layer). Where the framing read's
-  -- waits step the loop (the main thread, a coroutine that is not a task
-  -- or a task that cannot yield there), callbacks run in that gap: the
-  -- rest of the step that ended a read. (A task is resumed by its read's
-  -- end itself and starts its next read before it yields again: nothing
-  -- runs between.) The mark must not outlive the framing read, or the
-  -- pipe's reads would be refused for good: it is set inside a pcall,
-  -- which no yield crosses there, and cleared after it (a field already
-  -- there: nothing allocated, nothing can fail).
-  local function read_until(self, timeout, kind, scan, rec)
-    if task_current() then return read_marked(self, timeout, kind, scan, rec) end
-    local ok, a, b, c, d = pcall(read_held, self, timeout, kind, scan, rec)
-    rec.held = false
-    if not ok then error(a, 0) end
-    if a ~= nil then return a end -- (the result, or nil, msg, name, code)
-    return a, b, c, d
   end
 
   -- The scans (module-level: no closure per call).
