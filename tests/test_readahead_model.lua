@@ -5,8 +5,8 @@ try_read, read(cb), read_start in several forms, reads in tasks), the
 framing reads with timeouts of 0, 10 and 2000 ms (so that what they take
 is kept as read-ahead, as a rope or cut in place), waiting reads unwound
 by an error (their bytes handed over), cancels and disconnects while a
-framing read or a read_start waits, and transact while bytes are read
-ahead.
+framing read or a read_start waits, transact while bytes are read ahead,
+and reading calls that callbacks try between a read_line's reads.
 
 The model is the writer's messages not yet taken, the first perhaps in
 part. On a message pipe a plain read takes one message (read(n) its first
@@ -47,6 +47,22 @@ local OPS = {
   { 2, "abandon_transact" }, { 2, "disconnect" }, { 2, "disconnect_during_line" },
   { 3, "cancel_during_line" }, { 2, "disconnect_during_start" }, { 2, "transact" },
   { 4, "task_line" }, { 3, "task_read" }, { 2, "stop_then_read_in_callback" },
+  { 4, "reads_in_a_lines_gaps" },
+}
+
+-- Reading calls a callback may try while a framing read is in progress:
+-- each must be refused ("already pending").
+local INTRUDERS = {
+  function(p) p:read(function() end) end,
+  function(p) p:read(3, function() end) end,
+  function(p) p:read_into(np.buffer(8), function() end) end,
+  function(p) p:readable(function() end) end,
+  function(p) p:try_read() end,
+  function(p) p:read_start(function() end) end,
+  function(p) p:read_line(0) end,
+  function(p) p:read_exact(1, 0) end,
+  function(p) p:read_frame(0) end,
+  function(p) p:read(nil, 0) end,
 }
 
 local function run(seed, steps, bytes_only)
@@ -396,6 +412,62 @@ local function run(seed, steps, bytes_only)
       if #queue > 0 then
         local n = g.chance(2) and g.rnd(10) or nil
         took(in_task(function() return server:read(n, 2000) end), n, what)
+      end
+    elseif op == "reads_in_a_lines_gaps" then
+      -- The end of a line comes in pieces while read_line waits (on the
+      -- main thread, in a coroutine that steps as it does, or in a task);
+      -- the callback of each piece's write but the last, run in the step
+      -- that ended one of read_line's reads or later, tries another
+      -- reading call. Every one is refused, and the line comes whole.
+      if not next_line() then
+        local where = ({ "main", "coroutine", "task" })[g.rnd(3)]
+        local tail = text():gsub("\n", "") .. "\n"
+        local pieces, at = {}, 1
+        while at <= #tail do
+          local k = g.rnd(#tail - at + 1)
+          pieces[#pieces + 1] = tail:sub(at, at + k - 1)
+          at = at + k
+        end
+        local refusals, tries = {}, 0
+        local written = false
+        np.spawn(function()
+          for i, piece in ipairs(pieces) do
+            np.sleep(g.rnd(3))
+            if i < #pieces then
+              tries = tries + 1
+              local intruder = INTRUDERS[g.rnd(#INTRUDERS)]
+              client:write(piece, function()
+                if where ~= "task" then -- (a task reads on at once: no gap to wait for)
+                  H.pump(function() return server:_busy("read") == 0 end, 2000, what)
+                end
+                local ok, err = pcall(intruder, server)
+                refusals[#refusals + 1] = not ok and tostring(err) or "accepted"
+              end)
+            else
+              assert(client:write(piece, 2000))
+            end
+          end
+          written = true
+        end)
+        local r
+        local function read_line() r = compat.pack(server:read_line(3000)) end
+        if where == "main" then
+          read_line()
+        elseif where == "coroutine" then
+          coroutine.wrap(read_line)()
+        else
+          np.spawn(read_line)
+        end
+        H.pump(function() return r ~= nil and written and #refusals == tries end, 5000, what)
+        for i = 1, #pieces do queue[#queue + 1] = pieces[i] end
+        local want, nl = next_line()
+        eq(r[1], want, what .. " (" .. where .. ")")
+        take_bytes(nl)
+        for i, why in ipairs(refusals) do
+          if not why:find("a read is already pending", 1, true) then
+            fail(("%s (%s): call %d in a gap: %s"):format(what, where, i, why))
+          end
+        end
       end
     elseif op == "stop_then_read_in_callback" then
       if #queue >= 2 and not bytes_only then
