@@ -401,26 +401,41 @@ local function release(op)
 end
 
 -- What an abandoned operation got goes to whoever reads next (of its own
--- connection: none, once the instance has been disconnected).
-local function hand_over(op)
+-- connection: none, once the instance has been disconnected). ended_first:
+-- it had ended before it was abandoned, so its bytes go before any the
+-- read-ahead holds: those came after them. (One error can unwind two
+-- waits of the pipe's at once: a callback of the step that ended the
+-- outer one's read made the inner one, whose step raised. The inner one
+-- is abandoned first.) Else it ends now, and the read-ahead holds only
+-- what came before it.
+local function hand_over(op, ended_first)
   local r = op.r
-  if op.session ~= session(op.pipe) then return end
-  if (op.kind == "read" or op.kind == "transact") and r[1] then
-    append_readahead(op.pipe, r[1])
-  elseif op.kind == "read_into" and r[1] then
-    append_readahead(op.pipe, op.buf:sub(1, r[1]))
+  if op.session ~= session(op.pipe) or not r[1] then return end
+  local s
+  if op.kind == "read" or op.kind == "transact" then
+    s = r[1]
+  elseif op.kind == "read_into" then
+    s = op.buf:sub(1, r[1])
+  else
+    return
+  end
+  if ended_first then
+    prepend_readahead(op.pipe, s)
+  else
+    append_readahead(op.pipe, s)
   end
 end
 
-local function abandon(op)
+-- ended_now: op_done abandons an operation as it ends (its waiter died).
+local function abandon(op, ended_now)
   if op.abandoned then return end
   op.abandoned = true
+  if op.done then hand_over(op, not ended_now) end
   if op.prefix then -- bytes a framing read had taken come back first
     if op.session == session(op.pipe) then prepend_readahead(op.pipe, table.concat(op.prefix), op.prefix.lens) end
     op.prefix = nil
   end
   if op.done then
-    hand_over(op)
     release(op)
   elseif op.slot and op.pipe:state() ~= "closed" then
     op.pipe:cancel(CANCEL[op.kind])
@@ -449,7 +464,7 @@ local function op_done(op, ...)
     if op.buf_claimed then raw.buffer_busy(op.buf, true) end
     release(op)
   elseif dead(op.thread) then
-    abandon(op)
+    abandon(op, true)
   elseif op.notify then
     op.notify(op)
   end
@@ -633,7 +648,7 @@ local function abandon_wait(pipe, kind, buf, moved, done, ...)
                session = moved and -1 or session(pipe), done = done, r = false }
   if done then
     op.r = pack(...)
-    hand_over(op)
+    hand_over(op, true)
     return nil
   end
   local forward = function(...) op_done(op, ...) end

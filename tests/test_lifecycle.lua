@@ -487,6 +487,70 @@ function TestUnwind:test_an_ended_wait_unwound_keeps_a_nested_abandoned_one()
   end
 end
 
+-- One error can unwind two waits of one pipe: a callback of the step that
+-- ended the outer wait's read makes the inner one, and a callback of the
+-- step that ended the inner one's read raises. Both had ended: what they
+-- read is handed over in the order it came (the inner wait is abandoned
+-- first, and its bytes came second). The inner wait is also a read_line
+-- that had made two reads (its first bytes handed back first).
+function TestUnwind:test_two_ended_waits_of_a_pipe_unwound_at_once_keep_their_order()
+  local function read_into(p)
+    local b = np.buffer(64)
+    local n = p:read_into(b, 2000)
+    return b:sub(1, n)
+  end
+  local waits = {
+    read = function(p) return p:read(nil, 2000) end,
+    read_into = read_into,
+    read_line = function(p) return p:read_line(2000) end,
+  }
+  for _, mode in ipairs { "byte", "message" } do
+    for _, where in ipairs { "main", "coroutine" } do
+      for _, outer in ipairs { "read", "read_into" } do
+        for _, inner in ipairs { "read", "read_into", "read_line" } do
+          local what = ("%s pipe, %s, %s in %s"):format(mode, where, inner, outer)
+          local opts = { pipe_mode = mode }
+          local server, client = H.pair(opts, opts)
+          local function read_ended() return server:_busy("read") == 0 end
+          client:write("first", function() -- in the outer wait's step, after its read
+            H.pump(read_ended, 2000, what)
+            if inner == "read_line" then
+              np.spawn(function()
+                np.sleep(20)
+                client:write("nd", function()
+                  H.pump(read_ended, 2000, what)
+                  error("callback failed on purpose", 0)
+                end)
+              end)
+              client:write("seco")
+            else
+              client:write("second", function()
+                H.pump(read_ended, 2000, what)
+                error("callback failed on purpose", 0)
+              end)
+            end
+            waits[inner](server)
+            error("the inner wait returned", 0)
+          end)
+          local function call() return pcall(waits[outer], server) end
+          local ok, err
+          if where == "main" then ok, err = call() else ok, err = coroutine.wrap(call)() end
+          lu.assertEquals({ ok, err }, { false, "callback failed on purpose" }, what)
+          H.settle(20)
+          local got = {}
+          for _ = 1, 4 do
+            local d = server:try_read()
+            if not d then break end
+            got[#got + 1] = d
+          end
+          lu.assertEquals(table.concat(got), "firstsecond", what)
+          H.close_all(server, client)
+        end
+      end
+    end
+  end
+end
+
 TestLuaMisuse = {}
 
 function TestLuaMisuse:tearDown() H.settle(2000) end
