@@ -415,7 +415,11 @@ local function hand_over(op, ended_first)
   if op.kind == "read" or op.kind == "transact" then
     s = r[1]
   elseif op.kind == "read_into" then
-    s = op.buf:sub(1, r[1])
+    -- (nothing, should the script have freed the buffer by hand meanwhile:
+    -- its bytes went with it, and the slot must still be released)
+    local ok, bytes = pcall(op.buf.sub, op.buf, 1, r[1])
+    if not ok then return end
+    s = bytes
   else
     return
   end
