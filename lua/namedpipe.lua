@@ -826,7 +826,8 @@ end
 -- makes its next read before it yields again: nothing runs between.
 local raw_read_held = raw.read_held
 local function check_not_reading(pipe, fname, level)
-  if starting[pipe] or framing_reads[pipe] ~= nil and (framing_held[pipe] or raw_read_held(pipe)) then
+  if starting[pipe] or queued_calls[pipe] ~= nil
+      or framing_reads[pipe] ~= nil and (framing_held[pipe] or raw_read_held(pipe)) then
     error(("bad argument #1 to '%s' (a read is already pending on this pipe)"):format(fname),
       level or 4)
   end

@@ -202,23 +202,26 @@ end
 -- call is; the abandoned read's bytes still go to the next reader.
 function TestUnwind:test_calls_queued_behind_an_abandoned_read_end_with_a_cancel()
   for _, reason in ipairs { "CANCELLED", "TIMEOUT" } do
-    local server, client = H.pair()
-    unwound(function() return server:read(nil, 1000) end)
-    local cb, res = H.capture()
-    server:read(cb) -- waits for the abandoned read's end
-    local buf = np.buffer(8)
-    local cb2, res2 = H.capture()
-    server:read_into(buf, cb2)
-    lu.assertErrorMsgContains("buffer is being filled", buf.sub, buf)
-    server:cancel("read", reason)
-    H.pump(function() return res.done and res2.done end, 2000, "the queued calls' ends")
-    lu.assertEquals({ res[1], res[3] }, { nil, reason })
-    lu.assertEquals({ res2[1], res2[3] }, { nil, reason })
-    lu.assertEquals(buf:sub(1, 0), "") -- free again
-    assert(client:write("late", 2000))
-    lu.assertEquals(server:read_into(buf, 2000), 4)
-    lu.assertEquals(buf:sub(1, 4), "late")
-    H.close_all(server, client)
+    for _, into in ipairs { false, true } do
+      local server, client = H.pair()
+      unwound(function() return server:read(nil, 1000) end)
+      local cb, res = H.capture()
+      local buf = np.buffer(8)
+      if into then
+        server:read_into(buf, cb) -- waits for the abandoned read's end
+        lu.assertErrorMsgContains("buffer is being filled", buf.sub, buf)
+      else
+        server:read(cb)
+      end
+      server:cancel("read", reason)
+      H.pump(function() return res.done end, 2000, "the queued call's end")
+      lu.assertEquals({ res[1], res[3] }, { nil, reason })
+      lu.assertEquals(buf:sub(1, 0), "") -- free again
+      assert(client:write("late", 2000))
+      lu.assertEquals(server:read_into(buf, 2000), 4)
+      lu.assertEquals(buf:sub(1, 4), "late")
+      H.close_all(server, client)
+    end
   end
   local server, client = H.pair()
   unwound(function() return server:read(nil, 1000) end)
@@ -235,6 +238,43 @@ function TestUnwind:test_calls_queued_behind_an_abandoned_read_end_with_a_cancel
   H.close_all(server, client, s2, c2)
 end
 
+-- A callback-form call queued behind an abandoned read counts as pending:
+-- every reading call after it, waiting or not, is refused as it would be
+-- were that call pending, and the queued call gets the abandoned read's
+-- bytes (a waiting read made after it used to take them, and the queued
+-- call then raised "already pending" from a step).
+function TestUnwind:test_a_call_queued_behind_an_abandoned_read_is_not_overtaken()
+  local later = {
+    read = function(p) return p:read(nil, 500) end,
+    read_into = function(p) return p:read_into(np.buffer(8), 500) end,
+    read_cb = function(p) return p:read(function() end) end,
+    try_read = function(p) return p:try_read() end,
+    readable = function(p) return p:readable(500) end,
+    read_line = function(p) return p:read_line(500) end,
+  }
+  for _, queued in ipairs { "read", "read_into" } do
+    for _, name in ipairs { "read", "read_into", "read_cb", "try_read", "readable", "read_line" } do
+      local what = ("%s after a queued %s"):format(name, queued)
+      local server, client = H.pair()
+      unwound(function() return server:read(nil, 1000) end)
+      local got
+      local buf = np.buffer(8)
+      if queued == "read" then
+        server:read(function(d) got = d end)
+      else
+        server:read_into(buf, function(n) got = n and buf:sub(1, n) end)
+      end
+      lu.assertErrorMsgContains("already pending", later[name], server)
+      assert(client:write("first", 2000))
+      H.pump(function() return got ~= nil end, 2000, what)
+      lu.assertEquals(got, "first", what)
+      assert(client:write("next", 2000))
+      lu.assertEquals(server:read(nil, 2000), "next", what)
+      H.close_all(server, client)
+    end
+  end
+end
+
 -- The buffer an abandoned read_into still fills, given to a read_into
 -- queued behind it, is that call's: refused to any other read_into (of
 -- this pipe or another, waiting or not) until the queued one has run, and
@@ -247,8 +287,10 @@ function TestUnwind:test_a_buffer_promised_to_a_queued_read_into_is_refused_to_o
   unwound(function() return server:read_into(buf, 1000) end)
   local cb, res = H.capture()
   server:read_into(buf, cb) -- after the abandoned one, into the same buffer
-  lu.assertErrorMsgContains("being filled", server.read_into, server, buf, function() end)
-  lu.assertErrorMsgContains("being filled", server.read_into, server, buf, 10)
+  -- (this pipe's read slot is that call's meanwhile)
+  lu.assertErrorMsgContains("already pending", server.read_into, server, buf, function() end)
+  lu.assertErrorMsgContains("already pending", server.read_into, server, buf, 10)
+  lu.assertErrorMsgContains("being filled", s3.read_into, s3, buf, 10)
   assert(client:write("hello", 2000))
   for _ = 1, 3 do -- the abandoned read ends; the queued call has not run yet...
     np.step(0)
