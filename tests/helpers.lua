@@ -52,6 +52,21 @@ function H.pump(cond, timeout, what)
   end
 end
 
+--- Run fn() where a waiting call may be made: "main" (the main thread),
+--- "coroutine" (a coroutine of the script's own, whose waits step the loop
+--- as the main thread's do) or "task" (np.spawn; stepped until it has
+--- ended, failing the test after timeout ms).
+function H.run_in(where, fn, timeout, what)
+  if where == "main" then return fn() end
+  if where == "coroutine" then return coroutine.wrap(fn)() end
+  local ended = false
+  np.spawn(function()
+    fn()
+    ended = true
+  end)
+  H.pump(function() return ended end, timeout, what)
+end
+
 --- Drain: step until nothing is in flight (bounded).
 function H.settle(timeout)
   local deadline = np.now() + (timeout or 5000)

@@ -361,9 +361,8 @@ function TestUnwind:test_an_unwound_read_into_whose_buffer_is_freed_frees_the_sl
     local server, client = H.pair()
     local buf = np.buffer(16)
     client:write("gone", function() error("callback failed on purpose", 0) end)
-    local function call() return pcall(server.read_into, server, buf, 2000) end
     local ok, err
-    if where == "main" then ok, err = call() else ok, err = coroutine.wrap(call)() end
+    H.run_in(where, function() ok, err = pcall(server.read_into, server, buf, 2000) end)
     lu.assertEquals({ ok, err }, { false, "callback failed on purpose" }, where)
     getmetatable(buf).__gc(buf)
     H.settle(50) -- (the end comes: nothing raises)
@@ -600,9 +599,8 @@ function TestUnwind:test_two_ended_waits_of_a_pipe_unwound_at_once_keep_their_or
             waits[inner](server)
             error("the inner wait returned", 0)
           end)
-          local function call() return pcall(waits[outer], server) end
           local ok, err
-          if where == "main" then ok, err = call() else ok, err = coroutine.wrap(call)() end
+          H.run_in(where, function() ok, err = pcall(waits[outer], server) end)
           lu.assertEquals({ ok, err }, { false, "callback failed on purpose" }, what)
           H.settle(20)
           local got = {}

@@ -380,14 +380,7 @@ function TestReadahead:test_a_framing_read_owns_the_read_slot_between_its_reads(
               np.sleep(gap == 1 and 30 or 80)
               assert(server:write(gap == 1 and "tial\nz" or "ial\nz", 2000))
             end)
-            if where == "main" then
-              read_line()
-            elseif where == "coroutine" then
-              coroutine.wrap(read_line)()
-            else
-              np.spawn(read_line)
-              H.pump(function() return r ~= nil end, 3000, what)
-            end
+            H.run_in(where, read_line, 3000, what)
             lu.assertStrContains(refused or "no callback ran", "a read is already pending", false, what)
             lu.assertEquals({ r[1], r[2] }, { true, "partial" }, what)
             lu.assertEquals(client:read(nil, 2000), "z", what)
@@ -415,8 +408,7 @@ function TestReadahead:test_a_framing_read_refused_in_anothers_gap_leaves_it_alo
         client:cancel("read")
       end)
       local r
-      local function read_line() r = table.pack(client:read_line(3000)) end
-      if where == "main" then read_line() else coroutine.wrap(read_line)() end
+      H.run_in(where, function() r = table.pack(client:read_line(3000)) end)
       lu.assertStrContains(tostring(refused), "a read is already pending", false, what)
       lu.assertEquals({ r[1], r[3] }, { nil, "CANCELLED" }, what)
       assert(server:write("tial\n", 2000))

@@ -450,15 +450,8 @@ local function run(seed, steps, bytes_only)
           written = true
         end)
         local r
-        local function read_line() r = compat.pack(server:read_line(3000)) end
-        if where == "main" then
-          read_line()
-        elseif where == "coroutine" then
-          coroutine.wrap(read_line)()
-        else
-          np.spawn(read_line)
-        end
-        H.pump(function() return r ~= nil and written and #refusals == tries end, 5000, what)
+        H.run_in(where, function() r = compat.pack(server:read_line(3000)) end, 5000, what)
+        H.pump(function() return written and #refusals == tries end, 5000, what)
         for i = 1, #pieces do queue[#queue + 1] = pieces[i] end
         local want, nl = next_line()
         eq(r[1], want, what .. " (" .. where .. ")")
