@@ -1242,6 +1242,8 @@ function methods.disconnect(...)
   if r[1] then
     local self = ...
     framing_stop(self, "NOT_CONNECTED")
+    -- (its framing read makes no other read: the next client's may start)
+    framing_held[self] = nil
     sessions[self] = session(self) + 1
     if readahead[self] then set_readahead(self, nil) end
     -- a read_start waiting here: from its own callback it ends with
@@ -1274,6 +1276,7 @@ function methods.ready(self, interest, timeout, ...)
     if not ok then return nil, msg, name, code end
     return { [interest] = true }
   end
+  check_not_reading(self, "ready", 3) -- (as readable() refuses it)
   if has_readahead(self) then return { readable = true } end
   local ok, t = settle(self, "read", timeout)
   if ok then ok, t = settle(self, "writable", t) end

@@ -702,6 +702,10 @@ static int m_disconnect(lua_State *L) {
    * next client's: it ends the reading with NOT_CONNECTED instead. */
   if (u->read_restart || u->read_stopping)
     u->read_restart = NP_RESTART_DISCONNECTED; /* (kept by a takeover) */
+  /* A framing read's hold (read_held) is the last client's: that read
+   * makes no other, it ends NOT_CONNECTED; the next client's reads may
+   * start at once. */
+  u->read_held = 0;
   lua_pushboolean(L, 1);
   return 1;
 }

@@ -336,6 +336,7 @@ function TestReadahead:test_a_framing_read_owns_the_read_slot_between_its_reads(
     read_start = function(p) p:read_start(function() end) end,
     read_line = function(p) p:read_line(100) end,
     transact = function(p) p:transact("q", function() end) end,
+    ready_both = function(p) p:ready("both", 100) end,
   }
   local names = {}
   for name in pairs(calls) do names[#names + 1] = name end
@@ -416,6 +417,58 @@ function TestReadahead:test_a_framing_read_refused_in_anothers_gap_leaves_it_alo
       H.close_all(server, client)
     end
   end
+end
+
+-- A disconnect in a framing read's gap ends it (NOT_CONNECTED, making no
+-- other read), and the next client's reads may start at once: the hold
+-- was the last client's. On the main thread (the hold of the first read,
+-- waited for in C) and in a coroutine (the Lua layer's waits').
+function TestReadahead:test_a_disconnect_in_a_framing_reads_gap_frees_the_slot()
+  for _, where in ipairs { "main", "coroutine" } do
+    local server, client, name = H.pair()
+    local next_client, got
+    client:write("par", function()
+      H.pump(function() return server:_busy("read") == 0 end, 2000, where)
+      assert(server:disconnect())
+      local connected
+      server:connect(function(ok) connected = ok end)
+      next_client = assert(np.open(name))
+      H.pump(function() return connected ~= nil end, 2000, where)
+      server:read(function(d) got = d end) -- (refused while the hold was kept)
+      assert(next_client:write("new", 2000))
+    end)
+    local r
+    H.run_in(where, function() r = table.pack(server:read_line(2000)) end)
+    lu.assertEquals(r[3], "NOT_CONNECTED", where)
+    H.pump(function() return got ~= nil end, 2000, where)
+    lu.assertEquals(got, "new", where)
+    H.close_all(server, client, next_client)
+  end
+end
+
+-- A task that cannot yield where it calls read_line (inside a pcall on
+-- Lua 5.1: the call raises) loses nothing that an earlier read_line kept:
+-- either it gets the line, or the next read_line does.
+function TestReadahead:test_a_framing_read_that_cannot_wait_keeps_what_was_kept()
+  local server, client = H.pair()
+  assert(server:write("par", 2000))
+  H.pump(function() return np._read_ahead(client) > 0 or select(3, client:read_line(0)) ~= "TIMEOUT" end,
+    2000, "the kept start")
+  lu.assertEquals(np._read_ahead(client), 3)
+  local r
+  np.spawn(function() r = table.pack(pcall(client.read_line, client, 2000)) end)
+  np.spawn(function()
+    np.sleep(30)
+    assert(server:write("tial\n", 2000))
+  end)
+  H.pump(function() return r ~= nil end, 3000, "the task's read_line")
+  if r[1] then
+    lu.assertEquals(r[2], "partial")
+  else -- (Lua 5.1)
+    lu.assertStrContains(tostring(r[2]), "yield")
+    lu.assertEquals(client:read_line(2000), "partial")
+  end
+  H.close_all(server, client)
 end
 
 -- read_exact(0) needs no bytes: "" at once, with nothing held and the

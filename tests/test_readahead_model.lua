@@ -63,6 +63,7 @@ local INTRUDERS = {
   function(p) p:read_exact(1, 0) end,
   function(p) p:read_frame(0) end,
   function(p) p:read(nil, 0) end,
+  function(p) p:ready("both", 0) end,
 }
 
 local function run(seed, steps, bytes_only)
@@ -418,7 +419,8 @@ local function run(seed, steps, bytes_only)
       -- main thread, in a coroutine that steps as it does, or in a task);
       -- the callback of each piece's write but the last, run in the step
       -- that ended one of read_line's reads or later, tries another
-      -- reading call. Every one is refused, and the line comes whole.
+      -- reading call (ready("both") too). Every one is refused, and the
+      -- line comes whole.
       if not next_line() then
         local where = ({ "main", "coroutine", "task" })[g.rnd(3)]
         local tail = text():gsub("\n", "") .. "\n"

@@ -20,6 +20,8 @@ function F.install(M, methods, P)
   local framing_reads, sync_divert = P.framing_reads, P.sync_divert
   local holds_nothing, held_read, prepend_readahead = P.holds_nothing, P.raw.held_read, P.prepend_readahead
   local set_divert = P.raw.set_readahead
+  local task_current = require("namedpipe.task").current
+  local probe_first = _VERSION == "Lua 5.1" and rawget(_G, "jit") == nil
 
   local function deadline_left(deadline)
     if not deadline then return nil end
@@ -143,6 +145,9 @@ function F.install(M, methods, P)
   end
 
   local function read_until_in(self, timeout, kind, scan, rec)
+    -- (Lua 5.1: a task that cannot yield here raises at its first wait's
+    -- probe: before anything held is taken, not after)
+    if probe_first then task_current() end
     -- an abandoned read of this pipe first: its bytes come before new ones
     -- (a stop while waiting for it, then a close or the timeout: the
     -- first says why)
