@@ -596,8 +596,14 @@ local function wait_for(op, pipe, kind, timeout)
 end
 
 -- A task's timed-out wait: cancel the operation (its callback, with
--- TIMEOUT or what it got meanwhile, resumes the task).
+-- TIMEOUT or what it got meanwhile, resumes the task). Not before a step
+-- has looked for completions since the wait began (rec.looks): as a
+-- waiting call outside a task steps once before its deadline, so that a
+-- poll (timeout 0) gets what the peer wrote already, on Linux too, where
+-- even a message waiting in the socket comes with the next step's look.
+-- false: not yet (namedpipe.task's run_due tries again at the next step).
 local function wait_timed_out(rec)
+  if rec.looks == raw.looks() then return false end
   cancel_for_timeout(rec.target, CANCEL[rec.kind])
 end
 
@@ -618,9 +624,11 @@ local function wait_begin(pipe, kind, buf, prefix)
 end
 
 -- A task's wait record times out its operation after ms (also armed so by
--- the core's own task waits: hand_over, at the end).
-local function arm_deadline(rec, pipe, kind, ms)
-  rec.target, rec.kind, rec.fn = pipe, kind, wait_timed_out
+-- the core's own task waits: hand_over, at the end, which pass looks, the
+-- count of steps that looked for completions so far).
+local raw_looks = raw.looks
+local function arm_deadline(rec, pipe, kind, ms, looks)
+  rec.target, rec.kind, rec.fn, rec.looks = pipe, kind, wait_timed_out, looks or raw_looks()
   set_deadline(rec, ms)
 end
 

@@ -151,6 +151,7 @@ static int step_loop(lua_State *L, loop_ud *lu) {
   flush_unused_kept(L, lu, ANCHORS_UPV); /* (so did that step) */
   lu->wrote_now = 0; /* (this wait looks) */
   lu->writes_now = 0; /* the loop turns: a task's writes in a row start again */
+  lu->looks++;
   ready = np_loop_wait(loop, timeout, &st);
   if (ready < 0) return np_push_status(L, &st);
   if (ready == 0) {
@@ -326,6 +327,12 @@ static int l_step(lua_State *L) {
 
 static int raw_step(lua_State *L) {
   return step_loop(L, (loop_ud *)lua_touserdata(L, LOOP_UPV));
+}
+
+/* layer.looks(): how many steps have looked for completions (loop_ud). */
+static int raw_looks(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)((loop_ud *)lua_touserdata(L, LOOP_UPV))->looks);
+  return 1;
 }
 
 /* np.path(name): the socket file on Unix, the name itself on Windows. */
@@ -525,6 +532,7 @@ static int layer_hand_over(lua_State *L) {
  * without divert, and what the Lua layer tells the core; the pipes' are
  * methods.c's (np_pipe_layer_funcs). */
 static const luaL_Reg layer_funcs[] = {{"step", raw_step},
+                                       {"looks", raw_looks},
                                        {"set_task_work", raw_set_task_work},
                                        {"hand_over", layer_hand_over},
                                        {NULL, NULL}};

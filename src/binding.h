@@ -53,6 +53,12 @@ typedef struct loop_ud {
   /* Completions handed out so far (step_loop: did a nested step take one
    * while this one prepared?). */
   unsigned long taken;
+  /* The steps that looked for completions (np_loop_wait) so far: a task's
+   * timed wait is cancelled only once one has looked since it began (the
+   * Lua layer's wait_timed_out), as a waiting call outside a task steps
+   * once before its deadline, so that a poll (timeout 0) gets what is
+   * there already. */
+  unsigned long looks;
   /* Buffers collected while being filled (buffer.c). */
   np_orphans orphans;
   /* The pipe whose completion's callback runs (step_loop): it keeps its

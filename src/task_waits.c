@@ -130,7 +130,10 @@ static int task_wait(lua_State *L, int rec, const char *kind, int has_t,
     lua_pushvalue(L, 1);
     lua_pushstring(L, kind);
     lua_pushnumber(L, ms);
-    lua_call(L, 4, 0);
+    /* (the steps that looked so far: the layer's own call would ask) */
+    lua_pushinteger(L,
+                    (lua_Integer)((loop_ud *)lua_touserdata(L, LOOP_UPV))->looks);
+    lua_call(L, 5, 0);
   }
   lua_settop(L, base);
   return lua_yieldk(L, 0, (lua_KContext)base, k);

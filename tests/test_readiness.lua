@@ -424,11 +424,15 @@ function TestReadiness:test_writable_refuses_what_try_write_refuses()
   H.close_all(s2, c2)
 end
 
--- A poll (timeout 0) outside a task gets what the peer already wrote, on
--- Linux as on Windows (where the read finishes in the call): the wait
--- steps the loop once before its deadline cancels it.
+-- A poll (timeout 0) gets what the peer already wrote, on Linux as on
+-- Windows (where the read finishes in the call), on the main thread, in a
+-- coroutine and in a task: a wait outside a task steps the loop once
+-- before its deadline cancels it, and a task's deadline does not cancel
+-- before a step has looked for completions since the wait began.
 function TestReadiness:test_a_poll_with_timeout_0_gets_what_is_there()
-  for _, mode in ipairs { "byte", "message" } do
+  for _, case in ipairs { { "byte", "main" }, { "message", "main" }, { "byte", "coroutine" },
+      { "message", "coroutine" }, { "byte", "task" }, { "message", "task" } } do
+    local mode, where = case[1], case[2]
     local opts = { pipe_mode = mode }
     local server, client = H.pair(opts, opts)
     local polls = {
@@ -442,16 +446,19 @@ function TestReadiness:test_a_poll_with_timeout_0_gets_what_is_there()
           return n and buf:sub(1, n)
         end, "i1" },
     }
+    local what = mode .. ", " .. where
     for _, p in ipairs(polls) do
       assert(client:write(p[3], 1000))
-      lu.assertEquals(p[2](), p[4] or p[3], mode .. " " .. p[1])
+      local got
+      H.run_in(where, function() got = p[2]() end, 2000, what)
+      lu.assertEquals(got, p[4] or p[3], what .. ": " .. p[1])
     end
     -- and with nothing there, TIMEOUT at once
     local t0 = np.now()
-    local d, _, ename = server:read(nil, 0)
-    lu.assertNil(d)
-    lu.assertEquals(ename, "TIMEOUT")
-    lu.assertTrue(np.now() - t0 < 500)
+    local r
+    H.run_in(where, function() r = table.pack(server:read(nil, 0)) end, 2000, what)
+    lu.assertEquals({ r[1], r[3] }, { nil, "TIMEOUT" }, what)
+    lu.assertTrue(np.now() - t0 < 500, what)
     H.close_all(server, client)
   end
 end

@@ -673,8 +673,7 @@ end
 -- read_into, transact and readable wait in C on the main thread and in a
 -- task, in the Lua layer in a coroutine of the script's own: the same
 -- results in all three, for a timeout, a poll of what is there already
--- (timeout 0, but in a task, whose poll README promises only outside one),
--- and what comes later.
+-- (timeout 0), and what comes later.
 function TestTasks:test_reads_answer_alike_wherever_they_wait()
   local function run_in(where, fn)
     if where == "main" then return table.pack(fn()) end
@@ -698,9 +697,8 @@ function TestTasks:test_reads_answer_alike_wherever_they_wait()
     lu.assertEquals(run_in(where, function() return server:readable(30) end), TIMEOUT, where)
     assert(client:write("abc", 2000))
     H.settle(20) -- (in the pipe)
-    local poll = where == "task" and 2000 or 0
-    lu.assertEquals(run_in(where, function() return server:readable(poll) end), { true, n = 1 }, where)
-    lu.assertEquals(run_in(where, function() return server:read_into(buf, poll) end), { 3, n = 1 }, where)
+    lu.assertEquals(run_in(where, function() return server:readable(0) end), { true, n = 1 }, where)
+    lu.assertEquals(run_in(where, function() return server:read_into(buf, 0) end), { 3, n = 1 }, where)
     lu.assertEquals(buf:sub(1, 3), "abc", where)
     lu.assertEquals(run_in(where, function() return client:transact("q", 30) end), TIMEOUT, where)
     lu.assertEquals(server:read(nil, 2000), "q", where) -- (the request went)

@@ -369,6 +369,7 @@ function T.run_due()
   end
   local t = now()
   local changed = n > 0
+  local again -- wait records whose fn said not yet: due again at the next step
   while heap[1] and heap[1].at <= t do
     local timer = heap[1]
     changed = true
@@ -385,7 +386,20 @@ function T.run_due()
       elseif due then
         timer.due = nil
         n = n + 1
-        timer.fn(timer)
+        if timer.fn(timer) == false then
+          again = again or {}
+          again[#again + 1] = timer
+        end
+      end
+    end
+  end
+  if again then
+    for i = 1, #again do
+      local timer = again[i]
+      -- (its wait still the live one, and not re-armed by what ran meanwhile)
+      if not timer.slot and timer.n == timer.ticket then
+        timer.due = t
+        insert(timer, t)
       end
     end
   end
