@@ -792,9 +792,10 @@ local function call_after(op, pipe, cb, again, buf, own)
 end
 
 -- A callback called from the next step as a cancel (with this reason)
--- ends its operation.
+-- or a disconnect (NOT_CONNECTED) ends its operation.
 local function cancelled_soon(cb, reason)
   if reason == "TIMEOUT" then return task.soon(cb, timed_out()) end
+  if reason == "NOT_CONNECTED" then return task.soon(cb, nil, "not connected", "NOT_CONNECTED", 0) end
   return task.soon(cb, nil, "operation cancelled", "CANCELLED", 0)
 end
 
@@ -1252,6 +1253,9 @@ function methods.disconnect(...)
     framing_stop(self, "NOT_CONNECTED")
     -- (its framing read makes no other read: the next client's may start)
     framing_held[self] = nil
+    -- calls queued behind an abandoned read end as a pending one does (else
+    -- they would read the next client's bytes)
+    end_queued_calls(self, "NOT_CONNECTED")
     sessions[self] = session(self) + 1
     if readahead[self] then set_readahead(self, nil) end
     -- a read_start waiting here: from its own callback it ends with

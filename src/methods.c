@@ -250,9 +250,18 @@ static int raw_buffer_put(lua_State *L) {
 
 /* layer.buffer_busy(buf, busy): the Lua layer holds buf for a
  * read_into's callback still to come (bytes read ahead, copied at once).
- * buffer_busy(buf): is it busy? */
+ * buffer_busy(buf): is it busy? A buffer the script freed by hand (its
+ * __gc called) is left alone and is not busy: the layer marks and frees
+ * buffers inside a step's callbacks (an abandoned read's end, a cancel),
+ * where a raise would leave the read slot taken. */
 static int raw_buffer_busy(lua_State *L) {
-  np_buffer *b = np_buffer_check(L, 1, 0);
+  np_buffer *b = np_buffer_to(L, 1);
+  if (!b) b = np_buffer_check(L, 1, 0); /* (raises: not a buffer) */
+  if (!b->bytes) {
+    if (!lua_isnone(L, 2)) return 0;
+    lua_pushboolean(L, 0);
+    return 1;
+  }
   if (lua_isnone(L, 2)) {
     lua_pushboolean(L, b->busy);
     return 1;

@@ -275,6 +275,72 @@ function TestUnwind:test_a_call_queued_behind_an_abandoned_read_is_not_overtaken
   end
 end
 
+-- A callback-form call queued behind an abandoned read ends at a
+-- disconnect as a pending one does (NOT_CONNECTED): it never reads the
+-- next client's bytes, and the next client's reads are not refused.
+function TestUnwind:test_a_call_queued_behind_an_abandoned_read_ends_at_a_disconnect()
+  for _, queued in ipairs { "read", "read_into" } do
+    local server, client, name = H.pair()
+    unwound(function() return server:read(nil, 1000) end)
+    local r
+    local buf = np.buffer(16)
+    if queued == "read" then
+      server:read(function(...) r = table.pack(...) end)
+    else
+      server:read_into(buf, function(...) r = table.pack(...) end)
+    end
+    assert(server:disconnect())
+    client:close()
+    -- the next client at once, its bytes there before the abandoned read ends
+    local connected
+    server:connect(function(ok) connected = ok end)
+    local next_client = assert(np.open(name))
+    next_client:write("for the next reader", function() end)
+    H.pump(function() return r ~= nil and connected ~= nil end, 2000, queued)
+    lu.assertEquals({ r[1], r[3] }, { nil, "NOT_CONNECTED" }, queued)
+    lu.assertEquals(server:read(nil, 2000), "for the next reader", queued)
+    lu.assertEquals(buf:sub(1, 0), "", queued) -- (free again)
+    H.close_all(server, next_client)
+  end
+end
+
+-- The buffer an abandoned read_into still fills, promised to a read_into
+-- queued behind it, then freed by hand: the read slot is free again, both
+-- when the abandoned read ends (the queued call then raises "buffer is
+-- freed" from the step that would make it, naming it) and when a cancel
+-- ends the queued call first (its callback gets CANCELLED).
+function TestUnwind:test_a_promised_buffer_freed_by_hand_frees_the_slot()
+  for _, how in ipairs { "end", "cancel" } do
+    local server, client = H.pair()
+    local buf = np.buffer(16)
+    unwound(function() return server:read_into(buf, 1000) end)
+    local r
+    server:read_into(buf, function(...) r = table.pack(...) end)
+    getmetatable(buf).__gc(buf)
+    local raised = {}
+    if how == "cancel" then
+      server:cancel("read")
+      H.pump(function() return r ~= nil end, 2000, how)
+      lu.assertEquals(r[3], "CANCELLED", how)
+    else
+      assert(client:write("x", 2000))
+      for _ = 1, 20 do
+        local ok, err = pcall(np.step, 10)
+        if not ok then raised[#raised + 1] = tostring(err) end
+      end
+      lu.assertEquals(#raised, 1, how)
+      lu.assertStrContains(raised[1], "buffer is freed", false, how)
+      lu.assertNil(r, how)
+    end
+    lu.assertEquals(server:_busy("read"), 0, how)
+    assert(client:write("y", 2000))
+    local got = {}
+    for _ = 1, 2 do got[#got + 1] = server:read(nil, 300) end
+    lu.assertStrContains(table.concat(got), "y", false, how)
+    H.close_all(server, client)
+  end
+end
+
 -- The buffer an abandoned read_into still fills, given to a read_into
 -- queued behind it, is that call's: refused to any other read_into (of
 -- this pipe or another, waiting or not) until the queued one has run, and
