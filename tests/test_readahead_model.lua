@@ -6,7 +6,8 @@ framing reads with timeouts of 0, 10 and 2000 ms (so that what they take
 is kept as read-ahead, as a rope or cut in place), waiting reads unwound
 by an error (their bytes handed over), cancels and disconnects while a
 framing read or a read_start waits, transact while bytes are read ahead,
-and reading calls that callbacks try between a read_line's reads.
+reading calls that callbacks try between a read_line's reads, and calls
+queued behind an abandoned read when the client is disconnected.
 
 The model is the writer's messages not yet taken, the first perhaps in
 part. On a message pipe a plain read takes one message (read(n) its first
@@ -47,7 +48,7 @@ local OPS = {
   { 2, "abandon_transact" }, { 2, "disconnect" }, { 2, "disconnect_during_line" },
   { 3, "cancel_during_line" }, { 2, "disconnect_during_start" }, { 2, "transact" },
   { 4, "task_line" }, { 3, "task_read" }, { 2, "stop_then_read_in_callback" },
-  { 4, "reads_in_a_lines_gaps" },
+  { 4, "reads_in_a_lines_gaps" }, { 2, "queued_then_disconnect" },
 }
 
 -- Reading calls a callback may try while a framing read is in progress:
@@ -363,6 +364,30 @@ local function run(seed, steps, bytes_only)
     elseif op == "disconnect" then
       server:disconnect()
       reconnect()
+    elseif op == "queued_then_disconnect" then
+      -- a callback-form read queued behind an abandoned one, then a
+      -- disconnect: it ends NOT_CONNECTED, and what the next client writes
+      -- is left for the reads that follow
+      if #queue == 0 then
+        np.spawn(function()
+          np.sleep(10)
+          error("task failed on purpose")
+        end)
+        local ok = pcall(server.read, server, nil, 2000)
+        if ok then fail(what .. ": not unwound") end
+        local r
+        local buf = np.buffer(16)
+        if g.chance(2) then
+          server:read(function(...) r = compat.pack(...) end)
+        else
+          server:read_into(buf, function(...) r = compat.pack(...) end)
+        end
+        server:disconnect()
+        reconnect()
+        write(text())
+        H.pump(function() return r ~= nil end, 2000, what)
+        eq(r[3], "NOT_CONNECTED", what .. ": the queued call")
+      end
     elseif op == "disconnect_during_line" or op == "cancel_during_line" then
       if not next_line() then
         local m = g.chance(2) and text():gsub("\n", "") or nil
