@@ -598,13 +598,8 @@ function TestUnwind:test_an_ended_wait_unwound_keeps_a_nested_abandoned_one()
       client:write("a")
       c2:write("b")
     end)
-    local function outer() return pcall(server.read, server) end
     local ok, err
-    if where == "main" then
-      ok, err = outer()
-    else
-      ok, err = coroutine.wrap(outer)()
-    end
+    H.run_in(where, function() ok, err = pcall(server.read, server) end)
     lu.assertFalse(ok, where)
     lu.assertEquals(err, "callback failed on purpose", where)
     lu.assertEquals(server:read(nil, 1000), "a", where) -- what the outer read got

@@ -675,17 +675,9 @@ end
 -- results in all three, for a timeout, a poll of what is there already
 -- (timeout 0), and what comes later.
 function TestTasks:test_reads_answer_alike_wherever_they_wait()
-  local function run_in(where, fn)
-    if where == "main" then return table.pack(fn()) end
-    if where == "coroutine" then
-      local co = coroutine.create(function() return table.pack(fn()) end)
-      local ok, r = coroutine.resume(co)
-      assert(ok, r)
-      return r
-    end
+  local function run_in(where, fn) -- (fn's results, packed)
     local r
-    np.spawn(function() r = table.pack(fn()) end)
-    H.pump(function() return r ~= nil end, 3000, where)
+    H.run_in(where, function() r = table.pack(fn()) end, 3000, where)
     return r
   end
   local TIMEOUT = { nil, "timed out", "TIMEOUT", 0, n = 4 }
