@@ -245,10 +245,6 @@ local function session(pipe) return sessions[pipe] or 0 end
 -- read of the C module's was there to stop. (Its pipe's cancel diverts to
 -- this layer meanwhile: sync_divert.)
 local framing_reads = setmetatable({}, { __mode = "k" })
--- Pipes whose framing read holds the read slot while one of this layer's
--- waits for its reads steps the loop (true: wait_for, wait_end); the C
--- waits hold it themselves (raw.read_held). See check_not_reading.
-local framing_held = setmetatable({}, { __mode = "k" })
 local function framing_stop(pipe, reason)
   local rec = framing_reads[pipe]
   if rec and not rec.stop and pipe:state() ~= "closed" then rec.stop = reason end
@@ -280,6 +276,7 @@ local inflight = setmetatable({}, { __mode = "k" })
 -- for that end (settle) rather than be refused. Cleared by the next
 -- settle of the read slot.
 local stopped_reads = setmetatable({}, { __mode = "k" })
+local raw_hold_read = raw.hold_read
 
 local SLOT = { read = "read", read_into = "read", readable = "read",
                transact = "read", connect = "connect", writable = "writable" }
@@ -403,10 +400,9 @@ end
 -- What an abandoned operation got goes to whoever reads next (of its own
 -- connection: none, once the instance has been disconnected). ended_first:
 -- it had ended before it was abandoned, so its bytes go before any the
--- read-ahead holds: those came after them. (One error can unwind two
--- waits of the pipe's at once: a callback of the step that ended the
--- outer one's read made the inner one, whose step raised. The inner one
--- is abandoned first.) Else it ends now, and the read-ahead holds only
+-- read-ahead holds: those came after them. (While its waiter was there it
+-- held the read slot to the end, so nothing can have read past it; the
+-- order holds regardless.) Else it ends now, and the read-ahead holds only
 -- what came before it.
 local function hand_over(op, ended_first)
   local r = op.r
@@ -527,7 +523,7 @@ end
 --- (nor, for the read slot, a stopped read_start's read): true and the
 --- time left, or false (and settle_stopped's why) once it could not. (The
 --- operation was cancelled when abandoned: it completes soon.)
-local function settle(pipe, slot, timeout)
+local function settle_slot(pipe, slot, timeout)
   if slot == "read" and stopped_reads[pipe] then
     local ok
     ok, timeout = settle_stopped(pipe, timeout)
@@ -557,6 +553,27 @@ local function settle(pipe, slot, timeout)
   return true, timeout and math.max(0, timeout - (now() - t0))
 end
 
+-- A waiting read holds the read slot while it settles too (see
+-- check_not_reading): the step that frees the slot runs other callbacks
+-- after that, and a read one of them started would take the bytes that
+-- were this call's. Cleared before the call makes its own read (which
+-- holds it again outside a task: wait_for), or once an error unwinds it.
+-- (In a task too: the task is resumed from a step after the slot is free.)
+local function settle(pipe, slot, timeout)
+  if slot ~= "read" then return settle_slot(pipe, slot, timeout) end
+  raw_hold_read(pipe, true)
+  if task.current() then -- (no pcall to yield across on Lua 5.1; a task's
+    -- suspension raises nothing, it is resumed)
+    local settled, left = settle_slot(pipe, slot, timeout)
+    raw_hold_read(pipe, false)
+    return settled, left
+  end
+  local ok, settled, left = pcall(settle_slot, pipe, slot, timeout)
+  raw_hold_read(pipe, false)
+  if not ok then error(settled, 0) end
+  return settled, left
+end
+
 -- Wait for one operation: the method's own C entry starts it between the
 -- two halves, so its argument errors name the method:
 --   local w, cb = wait_begin(self, "read"); raw.read(self, n, cb)
@@ -575,8 +592,8 @@ local in_task = task.in_task
 -- (timeout 0) gets what is there already: on Windows a read finishes in
 -- the call when the data is in the pipe, on Linux only at a step.
 local function wait_for(op, pipe, kind, timeout)
-  -- (a framing read's: cleared by wait_end, whatever happens here)
-  if op.prefix then framing_held[pipe] = true end
+  -- (cleared by wait_end, whatever happens here)
+  if op.slot == "read" then raw_hold_read(pipe, true) end
   local deadline = timeout and now() + timeout
   local stepped = false
   while not op.done do
@@ -675,9 +692,9 @@ local function wait_end(w, pipe, timeout, kind)
     return suspend()
   end
   local op = w
-  local held = op.prefix ~= nil -- (wait_for holds the slot for a framing read)
   local ok, err = pcall(wait_for, op, pipe, op.kind, timeout)
-  if held then framing_held[pipe] = nil end -- (allocates nothing: cannot fail)
+  -- (wait_for held the read slot; allocates nothing: cannot fail)
+  if op.slot == "read" then raw_hold_read(pipe, false) end
   if not ok then
     -- (one that has ended needs no record, and must not take the place
     -- of one that a nested wait abandoned meanwhile; one still pending
@@ -823,20 +840,18 @@ end
 
 -- A read_start holds the read slot from its call on, also while it waits
 -- here for what this layer holds (as the C methods refuse a read while a
--- read_start's reads go on). So does a framing read (read_line,
--- read_exact, read_frame: several reads) until it has looked at what each
--- of its reads brought and made the next: the step that ended a read of
--- its runs other callbacks after that end, and a read one of them started
--- would take the bytes that follow (and the framing read's next read
--- would be refused, losing what it had). Outside a task the framing
--- read's waits step the loop, and hold the slot to the end of that step
--- (framing_held for this layer's waits; raw.read_held for its first
--- read, waited for in C). A task is resumed by its read's end itself, and
--- makes its next read before it yields again: nothing runs between.
+-- read_start's reads go on). A waiting read outside a task holds it until
+-- it returns (raw.read_held: wait_for, and the main thread's waits made
+-- in C): the step that ended its read runs other callbacks after that
+-- end, and a read one of them started would take the bytes that follow
+-- (should the step raise, the waiting read's bytes would be handed over
+-- behind them; a framing read, which makes several reads, would have its
+-- next one refused and lose what it had). A task is resumed by its read's
+-- end itself, and makes its next read before it yields again: nothing
+-- runs between.
 local raw_read_held = raw.read_held
 local function check_not_reading(pipe, fname, level)
-  if starting[pipe] or queued_calls[pipe] ~= nil
-      or framing_reads[pipe] ~= nil and (framing_held[pipe] or raw_read_held(pipe)) then
+  if starting[pipe] or queued_calls[pipe] ~= nil or raw_read_held(pipe) then
     error(("bad argument #1 to '%s' (a read is already pending on this pipe)"):format(fname),
       level or 4)
   end
@@ -1251,8 +1266,6 @@ function methods.disconnect(...)
   if r[1] then
     local self = ...
     framing_stop(self, "NOT_CONNECTED")
-    -- (its framing read makes no other read: the next client's may start)
-    framing_held[self] = nil
     -- calls queued behind an abandoned read end as a pending one does (else
     -- they would read the next client's bytes)
     end_queued_calls(self, "NOT_CONNECTED")
@@ -1516,7 +1529,7 @@ end
 
 require("namedpipe.framing").install(M, methods, {
   readahead = readahead, set_readahead = set_readahead, session = session,
-  framing_reads = framing_reads, framing_held = framing_held, sync_divert = sync_divert,
+  framing_reads = framing_reads, sync_divert = sync_divert,
   holds_nothing = holds_nothing,
   readahead_view = readahead_view, readahead_len = readahead_len,
   take_lens = take_lens, lens_push = lens_push, lens_drop = lens_drop,

@@ -109,12 +109,16 @@ typedef struct pipe_ud {
    * layer whether its connection is still the one it began on
    * (main_waits.c), as the layer's own sessions count them. */
   unsigned disconnects;
-  /* A framing read's read waited for in C on the main thread (held_read:
-   * main_waits.c) holds the read slot from its start until that wait
-   * returns, also in the rest of the step that ended it: the callbacks
-   * run there must not start a read of their own before the framing read
-   * has looked at its bytes and made its next read (theirs would take the
-   * bytes that follow, and the framing read's next one would be refused). */
+  /* A waiting read outside a task (the main thread's, made in C:
+   * main_waits.c; the Lua layer's, on the main thread or in a coroutine
+   * of the script's: layer.hold_read) holds the read slot from its start
+   * until that wait returns (and while it waits for an abandoned read to
+   * end first, in a task too), also in the rest of the step that ended its
+   * read: the callbacks run there must not start a read of their own
+   * before it has returned its bytes (theirs would take the bytes that
+   * follow; should the step raise, the wait's would be handed over behind
+   * them; and a framing read's next read would be refused). A task needs
+   * none: it is resumed by its read's end itself. */
   int read_held;
 } pipe_ud;
 
@@ -225,8 +229,8 @@ static inline void settle_held(lua_State *L, loop_ud *lu, int t) {
 }
 
 /* Is the read slot taken: a read, read_into, readable() or transact
- * pending, a read_start reading (between its reads too), or a framing
- * read's held read not yet returned (read_held)? */
+ * pending, a read_start reading (between its reads too), or a waiting
+ * read not yet returned (read_held)? */
 static inline int read_busy(const pipe_ud *u) {
   return u->read_cb != LUA_NOREF || u->read_held ||
          np_pipe_busy(u->p, NP_OP_READ);

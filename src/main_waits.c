@@ -246,11 +246,14 @@ int np_wait_args(lua_State *L, pipe_ud *u, int kind, size_t *n) {
 /* The wait itself, for a read whose arguments the caller has checked (the
  * timeout at t_arg): -1 when it must be the usual way's (a timeout of
  * another form, a read pending, not the main thread, no Lua layer to take
- * it over). hold: the read slot stays taken until the wait returns
- * (read_held; set once the read has started, and cleared on each way out,
- * unwound's included: nothing between can fail to clear it). */
+ * it over). The read slot stays taken until the wait returns (read_held:
+ * set once the read has started, and cleared on each way out, unwound's
+ * included: nothing between can fail to clear it). Once the read has
+ * ended, the rest of that step runs other callbacks: a read one of them
+ * started would take the bytes that follow, and should the step then
+ * raise, the bytes this read got would be handed over behind them. */
 static int main_wait(lua_State *L, pipe_ud *u, int kind, size_t n,
-                     int t_arg, int hold) {
+                     int t_arg) {
   int has_t, wake, i, stepped = 0, timed_out = 0;
   lua_Number ms = 0, deadline = 0;
   unsigned disconnects = u->disconnects;
@@ -268,7 +271,7 @@ static int main_wait(lua_State *L, pipe_ud *u, int kind, size_t n,
   lua_pushcclosure(L, main_wake, MW_NUPVALUES);
   wake = lua_gettop(L);
   np_wait_start(L, u, kind, wake, n);
-  u->read_held = hold;
+  u->read_held = 1;
   /* The Lua layer's wait_for, step for step: at least one step before the
    * deadline's cancel (a poll, timeout 0, gets what is there already), a
    * cancel with TIMEOUT at the deadline, then steps until the end comes
@@ -297,14 +300,7 @@ int np_main_wait(lua_State *L, pipe_ud *u, int kind) {
   size_t n;
   int t_arg = np_wait_args(L, u, kind, &n);
   if (!t_arg) return -1;
-  return main_wait(L, u, kind, n, t_arg, 0);
-}
-
-int np_main_read_held(lua_State *L, pipe_ud *u) {
-  size_t n;
-  int t_arg = np_wait_args(L, u, NP_WAIT_READ, &n);
-  if (!t_arg) return -1;
-  return main_wait(L, u, NP_WAIT_READ, n, t_arg, 1);
+  return main_wait(L, u, kind, n, t_arg);
 }
 
 #if NP_C_CAN_YIELD

@@ -24,13 +24,13 @@ int np_wait_args(lua_State *L, pipe_ud *u, int kind, size_t *n);
 /* Start the read of its kind with the callback at index cb (read: n bytes
  * at most, 0 for any; the others take their argument from index 2). */
 void np_wait_start(lua_State *L, pipe_ud *u, int kind, int cb, size_t n);
-/* That read ([timeout]) on the main thread, nothing of the pipe's held by
- * the Lua layer (u->readahead clear): its results, the loop stepped until
- * they came, or -1 when the usual way must take it. */
+/* That read ([timeout]) on the main thread: its results, the loop stepped
+ * until they came, or -1 when the usual way must take it. The caller
+ * checks that the Lua layer holds nothing of the pipe's (u->readahead
+ * clear), but for a framing read's first read, which the layer makes
+ * itself (layer.held_read). It holds the read slot until it returns
+ * (u->read_held). */
 int np_main_wait(lua_State *L, pipe_ud *u, int kind);
-/* A framing read's read([n] [, timeout]) on the main thread: as
- * np_main_wait's, holding the read slot until it returns (read_held). */
-int np_main_read_held(lua_State *L, pipe_ud *u);
 
 #if NP_C_CAN_YIELD
 /* write(data [, timeout]) on the main thread that the system takes at

@@ -200,18 +200,25 @@ static int raw_held_read(lua_State *L) {
 #if NP_TASK_WAITS_IN_C
   if ((n = np_task_wait(L, u, NP_WAIT_READ)) >= 0) return n;
 #endif
-  if ((n = np_main_read_held(L, u)) >= 0) return n;
+  if ((n = np_main_wait(L, u, NP_WAIT_READ)) >= 0) return n;
   lua_pushboolean(L, 0);
   return 1;
 }
 
-/* layer.read_held(pipe): is a framing read's read waited for in C holding
- * the read slot (read_held)? For the Lua layer's own refusals, made before
- * any C method would refuse the call. */
+/* layer.read_held(pipe): does a waiting read hold the read slot until it
+ * returns (read_held)? For the Lua layer's own refusals, made before any
+ * C method would refuse the call. layer.hold_read(pipe, on): the Lua
+ * layer's own waits hold it so (wait_for and wait_end; settle). */
 static int raw_read_held(lua_State *L) {
   pipe_ud *u = open_pipe_or_null(L);
   lua_pushboolean(L, u && u->read_held);
   return 1;
+}
+
+static int raw_hold_read(lua_State *L) {
+  pipe_ud *u = open_pipe_or_null(L);
+  if (u) u->read_held = lua_toboolean(L, 2);
+  return 0;
 }
 
 /* read_into(buf, cb): the buffer is anchored (as a write's string is) and
@@ -711,9 +718,9 @@ static int m_disconnect(lua_State *L) {
    * next client's: it ends the reading with NOT_CONNECTED instead. */
   if (u->read_restart || u->read_stopping)
     u->read_restart = NP_RESTART_DISCONNECTED; /* (kept by a takeover) */
-  /* A framing read's hold (read_held) is the last client's: that read
-   * makes no other, it ends NOT_CONNECTED; the next client's reads may
-   * start at once. */
+  /* A waiting read's hold (read_held) is the last client's: that read
+   * makes no other (a framing read ends NOT_CONNECTED); the next client's
+   * reads may start at once. */
   u->read_held = 0;
   lua_pushboolean(L, 1);
   return 1;
@@ -878,6 +885,7 @@ const luaL_Reg np_pipe_layer_funcs[] = {{"connect", raw_connect},
                                         {"read", raw_read},
                                         {"held_read", raw_held_read},
                                         {"read_held", raw_read_held},
+                                        {"hold_read", raw_hold_read},
                                         {"read_into", raw_read_into},
                                         {"read_start", raw_read_start},
                                         {"read_stop", raw_read_stop},

@@ -67,6 +67,26 @@ function H.run_in(where, fn, timeout, what)
   H.pump(function() return ended end, timeout, what)
 end
 
+--- Every call that reads a pipe, by name, each made with a callback or a
+--- short timeout (so that one accepted where it should be refused returns
+--- soon): the calls a read holding the read slot must refuse. transact
+--- needs a pipe that reads messages. Also H.reading_call_names: the names,
+--- sorted (an order the same on every run).
+H.reading_calls = {
+  read = function(p) p:read(function() end) end,
+  read_waiting = function(p) p:read(nil, 100) end,
+  read_into = function(p) p:read_into(np.buffer(16), function() end) end,
+  readable = function(p) p:readable(function() end) end,
+  try_read = function(p) p:try_read() end,
+  read_start = function(p) p:read_start(function() end) end,
+  read_line = function(p) p:read_line(100) end,
+  transact = function(p) p:transact("q", function() end) end,
+  ready_both = function(p) p:ready("both", 100) end,
+}
+H.reading_call_names = {}
+for name in pairs(H.reading_calls) do H.reading_call_names[#H.reading_call_names + 1] = name end
+table.sort(H.reading_call_names)
+
 --- Drain: step until nothing is in flight (bounded).
 function H.settle(timeout)
   local deadline = np.now() + (timeout or 5000)

@@ -275,6 +275,36 @@ function TestUnwind:test_a_call_queued_behind_an_abandoned_read_is_not_overtaken
   end
 end
 
+-- A waiting read made while an abandoned read is still the pipe's waits
+-- for it (settles) and holds the read slot meanwhile, as the call queued
+-- above does: every reading call made in that time (here by a task, from
+-- the first step the wait makes) is refused, and the waiting read gets
+-- the next bytes. On the main thread, in a coroutine of the script's, and
+-- in a task (which the abandoned read's end resumes from a later step).
+function TestUnwind:test_a_waiting_read_that_settles_is_not_overtaken()
+  for _, where in ipairs { "main", "coroutine", "task" } do
+    for _, call in ipairs(H.reading_call_names) do
+      if call ~= "transact" then
+        local what = ("%s, %s"):format(where, call)
+        local server, client = H.pair()
+        unwound(function() return server:read(nil, 1000) end)
+        local refused, got
+        H.run_in(where, function()
+          np.spawn(function() -- (runs once the read below waits)
+            local ok, err = pcall(H.reading_calls[call], server)
+            refused = not ok and tostring(err) or ("accepted: " .. call)
+            client:write("first")
+          end)
+          got = server:read(nil, 2000)
+        end, 3000, what)
+        lu.assertStrContains(refused or "no task ran", "a read is already pending", false, what)
+        lu.assertEquals(got, "first", what)
+        H.close_all(server, client)
+      end
+    end
+  end
+end
+
 -- A callback-form call queued behind an abandoned read ends at a
 -- disconnect as a pending one does (NOT_CONNECTED): it never reads the
 -- next client's bytes, and the next client's reads are not refused.
@@ -579,99 +609,70 @@ function TestUnwind:test_in_a_user_coroutine()
   H.close_all(server, client)
 end
 
--- A waiting read (the outer) has ended, and in the same step a later
--- callback makes a nested waiting read of the same pipe, whose step
--- raises: the nested one is abandoned, and the error then unwinds the
--- outer one too. The next read still waits for the abandoned one (and
--- gets the bytes after it), read_start is accepted: the outer read's end
--- takes no place that was the nested one's. On the main thread (the C
--- methods' wait) and in a coroutine of the script's (the Lua layer's).
-function TestUnwind:test_an_ended_wait_unwound_keeps_a_nested_abandoned_one()
-  for _, where in ipairs { "main", "coroutine" } do
-    local server, client = H.pair()
-    local s2, c2 = H.pair()
-    s2:read(function() -- in the outer read's step, after its end
-      c2:writable(function() error("callback failed on purpose", 0) end)
-      return server:read() -- the nested read: its step raises
-    end)
-    np.spawn(function() -- at the outer read's first step: data for both
-      client:write("a")
-      c2:write("b")
-    end)
-    local ok, err
-    H.run_in(where, function() ok, err = pcall(server.read, server) end)
-    lu.assertFalse(ok, where)
-    lu.assertEquals(err, "callback failed on purpose", where)
-    lu.assertEquals(server:read(nil, 1000), "a", where) -- what the outer read got
-    client:write("c")
-    lu.assertEquals(server:read(nil, 1000), "c", where) -- (not "already pending")
-    local got
-    server:read_start(function(d) got = got or d end)
-    client:write("d")
-    H.pump(function() return got ~= nil end, 2000, "read_start's bytes")
-    lu.assertEquals(got, "d", where)
-    server:read_stop()
-    H.close_all(server, client, s2, c2)
-  end
-end
-
--- One error can unwind two waits of one pipe: a callback of the step that
--- ended the outer wait's read makes the inner one, and a callback of the
--- step that ended the inner one's read raises. Both had ended: what they
--- read is handed over in the order it came (the inner wait is abandoned
--- first, and its bytes came second). The inner wait is also a read_line
--- that had made two reads (its first bytes handed back first).
-function TestUnwind:test_two_ended_waits_of_a_pipe_unwound_at_once_keep_their_order()
-  local function read_into(p)
-    local b = np.buffer(64)
-    local n = p:read_into(b, 2000)
-    return b:sub(1, n)
-  end
+-- A waiting read outside a task holds the read slot until it returns, also
+-- in the rest of the step that ended its read: every reading call a
+-- callback makes there is refused as one made while a read is pending is.
+-- Else a read started there would take the bytes that follow, and should
+-- the step then raise, the waiting read's own bytes, handed over to the
+-- next read, would come after them. For each waiting read (read on both
+-- kinds of pipe, read_into, readable, transact), on the main thread (the
+-- C methods' waits) and in a coroutine of the script's (the Lua layer's):
+-- the callback's call is refused, and either the wait returns, or the
+-- callback raises and unwinds it; the bytes come out in order either way.
+function TestUnwind:test_a_waiting_read_holds_the_read_slot_until_it_returns()
   local waits = {
     read = function(p) return p:read(nil, 2000) end,
-    read_into = read_into,
-    read_line = function(p) return p:read_line(2000) end,
+    read_into = function(p)
+      local b = np.buffer(64)
+      local n, msg = p:read_into(b, 2000)
+      if not n then return nil, msg end
+      return b:sub(1, n)
+    end,
+    readable = function(p) return p:readable(2000) and "" end,
+    transact = function(p) return p:transact("q", 2000) end,
   }
-  for _, mode in ipairs { "byte", "message" } do
+  local cases = { { "read", "byte" }, { "read", "message" }, { "read_into", "byte" },
+    { "readable", "byte" }, { "transact", "message" } }
+  for _, case in ipairs(cases) do
+    local kind, mode = case[1], case[2]
     for _, where in ipairs { "main", "coroutine" } do
-      for _, outer in ipairs { "read", "read_into" } do
-        for _, inner in ipairs { "read", "read_into", "read_line" } do
-          local what = ("%s pipe, %s, %s in %s"):format(mode, where, inner, outer)
-          local opts = { pipe_mode = mode }
-          local server, client = H.pair(opts, opts)
-          local function read_ended() return server:_busy("read") == 0 end
-          client:write("first", function() -- in the outer wait's step, after its read
-            H.pump(read_ended, 2000, what)
-            if inner == "read_line" then
-              np.spawn(function()
-                np.sleep(20)
-                client:write("nd", function()
-                  H.pump(read_ended, 2000, what)
-                  error("callback failed on purpose", 0)
-                end)
-              end)
-              client:write("seco")
+      for _, call in ipairs(H.reading_call_names) do
+        for _, raise in ipairs { false, true } do
+          if call ~= "transact" or mode == "message" then
+            local what = ("%s on a %s pipe, %s, %s%s"):format(kind, mode, where, call,
+              raise and ", raising" or "")
+            local opts = { pipe_mode = mode }
+            local server, client = H.pair(opts, opts)
+            local refused
+            -- (the reader is the client, so that transact is one of them)
+            server:write("first", function() -- in the wait's step, after its read ended
+              H.pump(function() return client:_busy("read") == 0 end, 2000, what)
+              local ok, err = pcall(H.reading_calls[call], client)
+              refused = not ok and tostring(err) or ("accepted: " .. call)
+              server:write("second")
+              if raise then error("callback failed on purpose", 0) end
+            end)
+            local r
+            H.run_in(where, function() r = table.pack(pcall(waits[kind], client)) end)
+            lu.assertStrContains(refused or "no callback ran", "a read is already pending", false, what)
+            local got = {}
+            if raise then
+              lu.assertEquals({ r[1], r[2] }, { false, "callback failed on purpose" }, what)
             else
-              client:write("second", function()
-                H.pump(read_ended, 2000, what)
-                error("callback failed on purpose", 0)
-              end)
+              lu.assertTrue(r[1], what)
+              got[1] = r[2]
             end
-            waits[inner](server)
-            error("the inner wait returned", 0)
-          end)
-          local ok, err
-          H.run_in(where, function() ok, err = pcall(waits[outer], server) end)
-          lu.assertEquals({ ok, err }, { false, "callback failed on purpose" }, what)
-          H.settle(20)
-          local got = {}
-          for _ = 1, 4 do
-            local d = server:try_read()
-            if not d then break end
-            got[#got + 1] = d
+            while #table.concat(got) < #"firstsecond" do
+              local d, msg = client:read(nil, 2000)
+              if not d then
+                got[#got + 1] = "<" .. tostring(msg) .. ">"
+                break
+              end
+              got[#got + 1] = d
+            end
+            lu.assertEquals(table.concat(got), "firstsecond", what)
+            H.close_all(server, client)
           end
-          lu.assertEquals(table.concat(got), "firstsecond", what)
-          H.close_all(server, client)
         end
       end
     end

@@ -328,19 +328,7 @@ end
 -- (which waits by stepping, as the main thread does) and in a task; the
 -- reader is the client, so that transact is one of the calls.
 function TestReadahead:test_a_framing_read_owns_the_read_slot_between_its_reads()
-  local calls = {
-    read = function(p) p:read(function() end) end,
-    read_into = function(p) p:read_into(np.buffer(16), function() end) end,
-    readable = function(p) p:readable(function() end) end,
-    try_read = function(p) p:try_read() end,
-    read_start = function(p) p:read_start(function() end) end,
-    read_line = function(p) p:read_line(100) end,
-    transact = function(p) p:transact("q", function() end) end,
-    ready_both = function(p) p:ready("both", 100) end,
-  }
-  local names = {}
-  for name in pairs(calls) do names[#names + 1] = name end
-  table.sort(names)
+  local calls, names = H.reading_calls, H.reading_call_names
   for _, mode in ipairs { "byte", "message" } do
     for _, where in ipairs { "main", "coroutine", "task" } do
       for _, gap in ipairs { 1, 2 } do

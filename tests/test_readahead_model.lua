@@ -6,8 +6,10 @@ framing reads with timeouts of 0, 10 and 2000 ms (so that what they take
 is kept as read-ahead, as a rope or cut in place), waiting reads unwound
 by an error (their bytes handed over), cancels and disconnects while a
 framing read or a read_start waits, transact while bytes are read ahead,
-reading calls that callbacks try between a read_line's reads, and calls
-queued behind an abandoned read when the client is disconnected.
+reading calls that callbacks try between a read_line's reads or after a
+waiting read's read ended (before it returned, or as an error unwinds
+it), and calls queued behind an abandoned read when the client is
+disconnected.
 
 The model is the writer's messages not yet taken, the first perhaps in
 part. On a message pipe a plain read takes one message (read(n) its first
@@ -48,11 +50,12 @@ local OPS = {
   { 2, "abandon_transact" }, { 2, "disconnect" }, { 2, "disconnect_during_line" },
   { 3, "cancel_during_line" }, { 2, "disconnect_during_start" }, { 2, "transact" },
   { 4, "task_line" }, { 3, "task_read" }, { 2, "stop_then_read_in_callback" },
-  { 4, "reads_in_a_lines_gaps" }, { 2, "queued_then_disconnect" },
+  { 4, "reads_in_a_lines_gaps" }, { 2, "queued_then_disconnect" }, { 4, "reads_in_a_reads_gap" },
 }
 
--- Reading calls a callback may try while a framing read is in progress:
--- each must be refused ("already pending").
+-- Reading calls a callback may try while a framing read is in progress,
+-- or once a waiting read's read has ended but before it has returned: each
+-- must be refused ("already pending").
 local INTRUDERS = {
   function(p) p:read(function() end) end,
   function(p) p:read(3, function() end) end,
@@ -487,6 +490,64 @@ local function run(seed, steps, bytes_only)
           if not why:find("a read is already pending", 1, true) then
             fail(("%s (%s): call %d in a gap: %s"):format(what, where, i, why))
           end
+        end
+      end
+    elseif op == "reads_in_a_reads_gap" then
+      -- A waiting read (read, read(n), read_into, readable; on the main
+      -- thread or in a coroutine that steps as it does) waits for a
+      -- message; the callback of its write, once the read has ended, tries
+      -- another reading call, and half the time raises, unwinding the wait.
+      -- The call is refused; the wait returns the message, or the next
+      -- read gets it.
+      local ahead = np._read_ahead(server)
+      if #queue == 0 and ahead == 0 then
+        local where = g.chance(2) and "main" or "coroutine"
+        local kind = ({ "read", "read_n", "read_into", "readable" })[g.rnd(4)]
+        local raise = g.chance(2)
+        local n = kind == "read_n" and g.rnd(12) or nil
+        local m = text()
+        if bytes_only and m == "" then m = "x" end -- (else nothing would arrive)
+        local which = g.rnd(#INTRUDERS)
+        local intruder = INTRUDERS[which]
+        local refusal
+        client:write(m, function()
+          H.pump(function() return server:_busy("read") == 0 end, 2000, what)
+          local ok, err = pcall(intruder, server)
+          refusal = not ok and tostring(err) or "accepted"
+          if raise then error("callback failed on purpose", 0) end
+        end)
+        queue[#queue + 1] = m
+        local function wait()
+          if kind == "read_into" then
+            local b = np.buffer(64)
+            local k = server:read_into(b, 2000)
+            return k and b:sub(1, k)
+          elseif kind == "readable" then
+            return server:readable(2000)
+          end
+          return server:read(n, 2000)
+        end
+        local r
+        H.run_in(where, function() r = compat.pack(pcall(wait)) end)
+        local how = ("%s (%s, %s%s)"):format(what, kind, where, raise and ", raising" or "")
+        if raise then
+          eq(r[2], "callback failed on purpose", how)
+          -- (read(n) of a message took its first n bytes: handed over as
+          -- a message of their own, the rest comes as the next. Unless
+          -- the error came while the wait still settled behind an
+          -- abandoned read, before it had read anything)
+          if n and n < #m and not bytes_only and np._read_ahead(server) > 0 then
+            queue[#queue] = m:sub(1, n)
+            queue[#queue + 1] = m:sub(n + 1)
+          end
+        elseif kind == "readable" then
+          eq(r[2], true, how)
+        else
+          eq(r[1], true, how)
+          took(r[2], n, how)
+        end
+        if not (refusal or ""):find("a read is already pending", 1, true) then
+          fail(("%s: call %d in the gap: %s"):format(how, which, tostring(refusal)))
         end
       end
     elseif op == "stop_then_read_in_callback" then
