@@ -516,6 +516,7 @@ end
 -- What a waiting call returns when settle did not free its slot.
 local function unsettled(why)
   if why == "closed" then return nil, "pipe closed", "CLOSED", 0 end
+  if why == "moved" then return nil, "not connected", "NOT_CONNECTED", 0 end
   return timed_out()
 end
 
@@ -559,18 +560,30 @@ end
 -- were this call's. Cleared before the call makes its own read (which
 -- holds it again outside a task: wait_for), or once an error unwinds it.
 -- (In a task too: the task is resumed from a step after the slot is free.)
+-- A disconnect meanwhile ends the call as it ends a pending read
+-- (NOT_CONNECTED: what comes next is the next client's), and the hold:
+-- one set since is another call's, left alone.
+local function release_hold(pipe, held_in)
+  if session(pipe) == held_in then raw_hold_read(pipe, false) end
+end
+
 local function settle(pipe, slot, timeout)
   if slot ~= "read" then return settle_slot(pipe, slot, timeout) end
+  -- (asked first: on Lua 5.1 its probe raises where a task cannot yield,
+  -- and must find no hold set)
+  local in_task = task.current()
+  local held_in = session(pipe)
   raw_hold_read(pipe, true)
-  if task.current() then -- (no pcall to yield across on Lua 5.1; a task's
+  local ok, settled, left
+  if in_task then -- (no pcall to yield across on Lua 5.1; a task's
     -- suspension raises nothing, it is resumed)
-    local settled, left = settle_slot(pipe, slot, timeout)
-    raw_hold_read(pipe, false)
-    return settled, left
+    ok, settled, left = true, settle_slot(pipe, slot, timeout)
+  else
+    ok, settled, left = pcall(settle_slot, pipe, slot, timeout)
   end
-  local ok, settled, left = pcall(settle_slot, pipe, slot, timeout)
-  raw_hold_read(pipe, false)
+  release_hold(pipe, held_in)
   if not ok then error(settled, 0) end
+  if settled and session(pipe) ~= held_in then return false, "moved" end
   return settled, left
 end
 
@@ -694,7 +707,7 @@ local function wait_end(w, pipe, timeout, kind)
   local op = w
   local ok, err = pcall(wait_for, op, pipe, op.kind, timeout)
   -- (wait_for held the read slot; allocates nothing: cannot fail)
-  if op.slot == "read" then raw_hold_read(pipe, false) end
+  if op.slot == "read" then release_hold(pipe, op.session) end
   if not ok then
     -- (one that has ended needs no record, and must not take the place
     -- of one that a nested wait abandoned meanwhile; one still pending

@@ -150,6 +150,14 @@ static int cancel_read(lua_State *L, int wake, int timed_out) {
   return 0;
 }
 
+/* The wait's hold of the read slot ends (read_held). Unless the instance
+ * was disconnected since the wait began (start: its disconnect count
+ * then): that ended it, and a hold set since is a wait's of the next
+ * client's. (No other wait of this connection's can have held it.) */
+static void release_hold(pipe_ud *u, unsigned start) {
+  if (u->disconnects == start) u->read_held = 0;
+}
+
 /* The error on top unwinds the call. The Lua layer takes the read over:
  * abandon_wait(pipe, kind, buf, moved, done, results...), moved if the instance was
  * disconnected since the read began (what it gets is not the next
@@ -161,7 +169,7 @@ static int cancel_read(lua_State *L, int wake, int timed_out) {
  * pcall: nothing allocates, so no collection runs a finalizer either. */
 static void unwound(lua_State *L, pipe_ud *u, int wake, unsigned start) {
   int err = lua_gettop(L), n = 0, done = wake_done(L, wake);
-  u->read_held = 0; /* (no other wait of the pipe's can have held it) */
+  release_hold(u, start);
   lua_rawgeti(L, WAITING_UPV, W_ABANDON_WAIT);
   lua_pushvalue(L, -1);
   lua_setupvalue(L, wake, MW_TAKER);
@@ -292,7 +300,7 @@ static int main_wait(lua_State *L, pipe_ud *u, int kind, size_t n,
       step_or_unwind(L, timed_out ? 100 : 1000, u, wake, disconnects);
     }
   }
-  u->read_held = 0;
+  release_hold(u, disconnects);
   return push_results(L, wake);
 }
 

@@ -305,6 +305,49 @@ function TestUnwind:test_a_waiting_read_that_settles_is_not_overtaken()
   end
 end
 
+-- A waiting read settling behind an abandoned read when the instance is
+-- disconnected and the next client connects ends as a pending read does,
+-- NOT_CONNECTED: it was the last client's, and the next client's bytes go
+-- to the next read. On the main thread, in a coroutine and in a task.
+function TestUnwind:test_a_waiting_read_that_settles_ends_at_a_disconnect()
+  for _, where in ipairs { "main", "coroutine", "task" } do
+    local server, client, name = H.pair()
+    unwound(function() return server:read(nil, 1000) end)
+    local r, next_client
+    H.run_in(where, function()
+      np.spawn(function() -- (runs once the read below waits)
+        assert(server:disconnect())
+        server:connect(function() assert(next_client:write("new", 2000)) end)
+        next_client = assert(np.open(name))
+      end)
+      r = table.pack(server:read(nil, 2000))
+    end, 3000, where)
+    lu.assertEquals(r[3], "NOT_CONNECTED", where)
+    lu.assertEquals(server:read(nil, 2000), "new", where)
+    H.close_all(server, client, next_client)
+  end
+end
+
+-- A task's waiting read that cannot wait where it is made (inside a pcall
+-- on Lua 5.1, which cannot yield across one) while it would settle behind
+-- an abandoned read raises holding nothing: the next read is not refused.
+-- (Elsewhere it waits and reads.)
+function TestUnwind:test_a_task_read_that_cannot_settle_holds_nothing()
+  local server, client = H.pair()
+  unwound(function() return server:read(nil, 1000) end)
+  local r
+  np.spawn(function() r = table.pack(pcall(server.read, server, nil, 2000)) end)
+  assert(client:write("x", 2000))
+  H.pump(function() return r ~= nil end, 3000, "the task's read")
+  if r[1] then
+    lu.assertEquals(r[2], "x")
+  else
+    lu.assertStrContains(tostring(r[2]), "yield")
+    lu.assertEquals(server:read(nil, 2000), "x")
+  end
+  H.close_all(server, client)
+end
+
 -- A callback-form call queued behind an abandoned read ends at a
 -- disconnect as a pending one does (NOT_CONNECTED): it never reads the
 -- next client's bytes, and the next client's reads are not refused.
