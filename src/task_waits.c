@@ -115,16 +115,14 @@ static void push_wake(lua_State *L, int rec) {
   lua_rawget(L, rec);
 }
 
-/* After the operation started with the record (at rec) as callback: its
- * deadline, if any, then the yield. What resumes the task (the record's
- * wake) is what the method returns: above base on the stack. */
-static int task_resumed(lua_State *L, int status, lua_KContext base) {
-  (void)status;
-  return lua_gettop(L) - (int)base;
-}
-
-static int task_wait(lua_State *L, int rec, const char *kind, int has_t,
-                     lua_Number ms, int base, lua_KFunction k) {
+/* The record's (at rec) deadline, for a wait with a timeout; before the
+ * operation starts, as what may raise (out of memory) must come: once the
+ * operation has started with the record's wake as its callback, an error
+ * would end the call with its result still to come to the task, which
+ * would then never see it (a read's bytes lost; a write done, while its
+ * caller was told it failed). */
+static void arm_deadline(lua_State *L, int rec, const char *kind, int has_t,
+                         lua_Number ms) {
   if (has_t && lua_rawgeti(L, WAITING_UPV, W_ARM_DEADLINE) == LUA_TFUNCTION) {
     lua_pushvalue(L, rec);
     lua_pushvalue(L, 1);
@@ -134,7 +132,30 @@ static int task_wait(lua_State *L, int rec, const char *kind, int has_t,
     lua_pushinteger(L,
                     (lua_Integer)((loop_ud *)lua_touserdata(L, LOOP_UPV))->looks);
     lua_call(L, 5, 0);
+  } else if (has_t) {
+    lua_pop(L, 1);
   }
+}
+
+/* The deadline armed for a wait that has nothing to wait for after all
+ * (its operation could not start, or finished in the call): a record
+ * whose deadline is gone does nothing when its key in the timer heap comes
+ * due (namedpipe.task, run_due). The field exists: nothing allocates. */
+static void disarm_deadline(lua_State *L, int rec, int has_t) {
+  if (!has_t) return;
+  lua_pushnil(L);
+  lua_setfield(L, rec, "due");
+}
+
+/* The yield, after the operation started with the record as callback.
+ * What resumes the task (the record's wake) is what the method returns:
+ * above base on the stack. */
+static int task_resumed(lua_State *L, int status, lua_KContext base) {
+  (void)status;
+  return lua_gettop(L) - (int)base;
+}
+
+static int task_wait(lua_State *L, int base, lua_KFunction k) {
   lua_settop(L, base);
   return lua_yieldk(L, 0, (lua_KContext)base, k);
 }
@@ -155,8 +176,12 @@ int np_task_wait(lua_State *L, pipe_ud *u, int kind) {
   rec = lua_gettop(L);
   arm_record(L, rec);
   push_wake(L, rec);
+  /* what may raise first: the anchors the start takes, the deadline; the
+   * start itself then cannot fail */
+  reserve_anchors(L, u->lu, 3);
+  arm_deadline(L, rec, names[kind], has_t, ms);
   np_wait_start(L, u, kind, rec + 1, n);
-  return task_wait(L, rec, names[kind], has_t, ms, top, task_resumed);
+  return task_wait(L, top, task_resumed);
 }
 
 /* A write the socket took part of at once: its count is below base. */
@@ -195,15 +220,20 @@ int np_task_write(lua_State *L, pipe_ud *u) {
   }
   arm_record(L, rec);
   push_wake(L, rec);
+  /* what may raise first (the anchors, the deadline), as for a read */
+  reserve_anchors(L, u->lu, 3);
+  arm_deadline(L, rec, "write", has_t, ms);
   ref_cb = anchor_operation(L, u, rec + 1);
   if (!np_write_start_waited(u->lu, u->p, data, len, ref_cb, &keeps, &done,
                              1)) {
     release(L, u->lu, ANCHORS_UPV, ref_cb); /* as raw_write */
     unpin_pipe(L, u, ANCHORS_UPV);
+    disarm_deadline(L, rec, has_t);
     return luaL_error(L, "not enough memory");
   }
   if (done) { /* nothing to wait for after all: the record is not woken */
     release(L, u->lu, ANCHORS_UPV, ref_cb);
+    disarm_deadline(L, rec, has_t);
     lua_pushinteger(L, (lua_Integer)(sent + len));
     return 1;
   }
@@ -211,11 +241,10 @@ int np_task_write(lua_State *L, pipe_ud *u) {
     lua_pushvalue(L, 2);
     np_write_keep(u->p, anchor(L, u->lu, ANCHORS_UPV));
   }
-  if (sent == 0)
-    return task_wait(L, rec, "write", has_t, ms, top, task_resumed);
+  if (sent == 0) return task_wait(L, top, task_resumed);
   lua_settop(L, rec);
   lua_pushinteger(L, (lua_Integer)sent); /* at top + 2: the base */
-  return task_wait(L, rec, "write", has_t, ms, top + 2, task_write_resumed);
+  return task_wait(L, top + 2, task_write_resumed);
 }
 #endif
 

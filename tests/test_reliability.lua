@@ -736,6 +736,64 @@ function TestReliability:test_out_of_memory_inside_calls()
     lu.assertEquals(ename, "WOULDBLOCK")
   end
   lu.assertTrue(unwound > 0)
+  -- A task's read with a timeout (read, and read_into every other cap)
+  -- while memory runs out at every point of its call up to its yield:
+  -- either the call fails with nothing started, or its read is the
+  -- task's; the marker comes once, to this read or the next. (One task
+  -- makes every call, inside a pcall: the cap is for its calls, lifted
+  -- once it waits, not for the scheduler's own work around a task.)
+  local failed_in_task, calls_done, at = 0, 0, nil
+  local results = {}
+  local reader = np.spawn(function()
+    for extra = 0, 3000, 8 do
+      local into = extra % 16 == 8
+      at = extra
+      collectgarbage()
+      limit(extra)
+      local called, res
+      if into then
+        called, res = pcall(server.read_into, server, buf, 2000)
+      else
+        called, res = pcall(server.read, server, nil, 2000)
+      end
+      limit(-1)
+      if called and into and res then res = buf:sub(1, res) end
+      results[extra] = { called, res }
+      calls_done = calls_done + 1
+    end
+  end)
+  local marked = {}
+  while coroutine.status(reader) ~= "dead" do
+    local stepped, why = pcall(np.step, 0) -- (the cap may bite after the task waits)
+    limit(-1)
+    if not stepped and not tostring(why):find("not enough memory", 1, true) then
+      error(why, 0)
+    end
+    local extra = at
+    if extra and not marked[extra] and results[extra] == nil and server:_busy("read") == 1 then
+      marked[extra] = true -- its read waits: this is its marker
+      assert(client:write(("t%05d"):format(extra), 2000))
+    end
+    np.step(1)
+  end
+  for extra = 0, 3000, 8 do
+    local what = "cap " .. extra
+    local r = results[extra]
+    lu.assertNotNil(r, what)
+    if r[1] then
+      lu.assertEquals(r[2], ("t%05d"):format(extra), what)
+      lu.assertTrue(marked[extra], what)
+    else
+      lu.assertStrContains(tostring(r[2]), "not enough memory", false, what)
+      lu.assertNil(marked[extra], what .. ": failed, yet its read waited")
+      failed_in_task = failed_in_task + 1
+    end
+  end
+  local left, _, ename = server:try_read()
+  lu.assertNil(left, "a marker was left unread")
+  lu.assertEquals(ename, "WOULDBLOCK")
+  lu.assertEquals(calls_done, math.floor(3000 / 8) + 1)
+  lu.assertTrue(failed_in_task > 0, "no task's call ran out of memory: the cap did not bite")
   H.close_all(server, client, p, c)
   H.settle(2000)
   lu.assertEquals(np.stats().outstanding, 0)

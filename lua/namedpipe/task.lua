@@ -318,10 +318,13 @@ end
 T.suspend = co_yield
 
 -- Put timer t (not in the heap) in it, due at `at`; the core hears of it
--- only if it is the first due.
+-- only if it is the first due. What may allocate comes first (t's fields,
+-- the heap's next entry), so that running out of memory here leaves the
+-- heap as it was; sift_up then only stores into entries that exist.
 local function insert(t, at)
+  t.slot, t.at, t.seq = false, at, seq + 1
+  heap[nheap + 1] = t
   seq = seq + 1
-  t.at, t.seq = at, seq
   nheap = nheap + 1
   sift_up(t, nheap)
   if t.slot == 1 then tell_core() end
