@@ -589,8 +589,9 @@ end
 
 -- Wait for one operation: the method's own C entry starts it between the
 -- two halves, so its argument errors name the method:
---   local w, cb = wait_begin(self, "read"); raw.read(self, n, cb)
---   return wait_end(w, self, timeout, "read")
+--   local w, cb = wait_begin(self, "read", nil, nil, timeout)
+--   raw.read(self, n, cb)
+--   return wait_end(w, self, timeout)
 -- On timeout the operation is cancelled and we still wait for its
 -- completion: if it finished in the meantime its real result wins
 -- (nothing read or written is ever dropped on the floor). kind: "read",
@@ -633,6 +634,10 @@ end
 -- even a message waiting in the socket comes with the next step's look.
 -- false: not yet (namedpipe.task's run_due tries again at the next step).
 local function wait_timed_out(rec)
+  -- (armed for a wait that is not the current one, or whose operation
+  -- never started: its start raised, or a write was done at once)
+  local ticket = rec.ticket
+  if rec.armed ~= ticket or rec.started ~= ticket then return end
   if rec.looks == raw.looks() then return false end
   cancel_for_timeout(rec.target, CANCEL[rec.kind])
 end
@@ -644,22 +649,33 @@ local function op_begin(pipe, kind, buf, prefix)
   return op, function(...) op_done(op, ...) end
 end
 
--- A task's wait uses its wait record (task.wait_record) as callback and
--- timer: nothing is allocated per call. (read and write, the most
--- frequent, make these two calls themselves: one call less per wait.)
-local function wait_begin(pipe, kind, buf, prefix)
-  local rec, wake = wait_record()
-  if rec then return rec, wake end
-  return op_begin(pipe, kind, buf, prefix)
-end
-
--- A task's wait record times out its operation after ms (also armed so by
--- the core's own task waits: hand_over, at the end, which pass looks, the
--- count of steps that looked for completions so far).
+-- A task's wait record times out its operation after ms. Armed before
+-- the operation starts: arming can run out of memory, and once the
+-- operation has started with the task's wake as its callback, an error
+-- would leave its result to a wake that resumes the task in a later wait.
+-- The start may still raise (a refusal): the wait's end (wait_end) marks
+-- it started, and a deadline of a wait that never started does nothing
+-- (wait_timed_out). The core's own task waits arm it too (hand_over, at
+-- the end), right before a start that cannot fail: they pass looks, the
+-- count of steps that looked for completions so far, and it is started.
 local raw_looks = raw.looks
 local function arm_deadline(rec, pipe, kind, ms, looks)
   rec.target, rec.kind, rec.fn, rec.looks = pipe, kind, wait_timed_out, looks or raw_looks()
+  rec.armed = rec.ticket
+  if looks then rec.started = rec.ticket end
   set_deadline(rec, ms)
+end
+
+-- A task's wait uses its wait record (task.wait_record) as callback and
+-- timer: nothing is allocated per call. (read and write, the most
+-- frequent, make these calls themselves: one call less per wait.)
+local function wait_begin(pipe, kind, buf, prefix, timeout)
+  local rec, wake = wait_record()
+  if rec then
+    if timeout then arm_deadline(rec, pipe, kind, timeout) end
+    return rec, wake
+  end
+  return op_begin(pipe, kind, buf, prefix)
 end
 
 -- The kinds of read a C method waits for itself (the main thread:
@@ -699,9 +715,9 @@ local function abandon_wait(pipe, kind, buf, moved, done, ...)
   return forward
 end
 
-local function wait_end(w, pipe, timeout, kind)
+local function wait_end(w, pipe, timeout)
   if w.wake then
-    if timeout then arm_deadline(w, pipe, kind, timeout) end
+    w.started = w.ticket -- (a field of the record's from its start: allocates nothing)
     return suspend()
   end
   local op = w
@@ -879,9 +895,9 @@ function waiting.connect(self, a)
     ok, a = settle(self, "connect", a)
     if not ok then return unsettled(a) end
   end
-  local w, cb = wait_begin(self, "connect")
+  local w, cb = wait_begin(self, "connect", nil, nil, a)
   raw.connect(self, cb)
-  return wait_end(w, self, a, "connect")
+  return wait_end(w, self, a)
 end
 
 --- pipe:read([n] [, cb | timeout])
@@ -926,9 +942,13 @@ function waiting.read(self, a, b)
     end
   end
   local w, cb = wait_record()
-  if not w then w, cb = op_begin(self, "read") end
+  if not w then
+    w, cb = op_begin(self, "read")
+  elseif b then
+    arm_deadline(w, self, "read", b)
+  end
   raw.read(self, n, cb)
-  return wait_end(w, self, b, "read")
+  return wait_end(w, self, b)
 end
 
 --- pipe:read_into(buf [, cb | timeout]): bytes read into buf (from its
@@ -983,9 +1003,9 @@ function waiting.read_into(self, buf, a)
     end
     return n
   end
-  local w, done = wait_begin(self, "read_into", buf)
+  local w, done = wait_begin(self, "read_into", buf, nil, t)
   raw.read_into(self, buf, done)
-  return wait_end(w, self, t, "read_into")
+  return wait_end(w, self, t)
 end
 
 --- pipe:try_read([n])
@@ -1040,11 +1060,15 @@ function waiting.write(self, data, a)
   end
   local w, cb = wait_record()
   local in_task_wait = w ~= nil
-  if not w then w, cb = op_begin(self, "write") end
+  if not w then
+    w, cb = op_begin(self, "write")
+  elseif a then
+    arm_deadline(w, self, "write", a)
+  end
   local at_once = raw.write(self, data, cb, in_task_wait)
   if at_once then return sent + at_once end
-  if sent == 0 then return wait_end(w, self, a, "write") end
-  local n, msg, name, code = wait_end(w, self, a, "write")
+  if sent == 0 then return wait_end(w, self, a) end
+  local n, msg, name, code = wait_end(w, self, a)
   if n then return sent + n end
   return n, msg, name, code
 end
@@ -1080,9 +1104,9 @@ function waiting.transact(self, data, a)
     if not ok then return unsettled(a) end
     if has_readahead(self) then return busy_with_unread() end
   end
-  local w, done = wait_begin(self, "transact")
+  local w, done = wait_begin(self, "transact", nil, nil, a)
   raw.transact(self, data, done)
-  return wait_end(w, self, a, "transact")
+  return wait_end(w, self, a)
 end
 
 --- pipe:peek(): what is waiting, bytes read ahead included.
@@ -1122,9 +1146,9 @@ function waiting.readable(self, a)
     if not ok then return unsettled(a) end
     if has_readahead(self) then return true end
   end
-  local w, cb = wait_begin(self, "readable")
+  local w, cb = wait_begin(self, "readable", nil, nil, a)
   raw.readable(self, cb)
-  return wait_end(w, self, a, "readable")
+  return wait_end(w, self, a)
 end
 
 --- pipe:read_start(cb) with bytes read ahead, or an abandoned read still
@@ -1253,9 +1277,9 @@ function waiting.writable(self, a)
     ok, a = settle(self, "writable", a)
     if not ok then return unsettled(a) end
   end
-  local w, cb = wait_begin(self, "writable")
+  local w, cb = wait_begin(self, "writable", nil, nil, a)
   raw.writable(self, cb)
-  return wait_end(w, self, a, "writable")
+  return wait_end(w, self, a)
 end
 
 --- server:disconnect(): the C method's; once it has dropped the client,

@@ -794,6 +794,39 @@ function TestReliability:test_out_of_memory_inside_calls()
   lu.assertEquals(ename, "WOULDBLOCK")
   lu.assertEquals(calls_done, math.floor(3000 / 8) + 1)
   lu.assertTrue(failed_in_task > 0, "no task's call ran out of memory: the cap did not bite")
+  -- The same for a wait the Lua layer makes in a task (writable, on every
+  -- Lua): a call that ran out of memory started nothing, so the next one
+  -- is not refused ("already pending"), and no end of it resumes the task
+  -- in a later wait.
+  local writable_results = {}
+  local writer = np.spawn(function()
+    for extra = 0, 3000, 8 do
+      collectgarbage()
+      limit(extra)
+      local called, res = pcall(server.writable, server, 2000)
+      limit(-1)
+      writable_results[#writable_results + 1] = { extra, called, res }
+    end
+  end)
+  while coroutine.status(writer) ~= "dead" do
+    local stepped, why = pcall(np.step, 0)
+    limit(-1)
+    if not stepped and not tostring(why):find("not enough memory", 1, true) then
+      error(why, 0)
+    end
+    np.step(1)
+  end
+  local writable_failed = 0
+  for _, r in ipairs(writable_results) do
+    if r[2] then
+      lu.assertEquals(r[3], true, "writable, cap " .. r[1])
+    else
+      lu.assertStrContains(tostring(r[3]), "not enough memory", false, "writable, cap " .. r[1])
+      writable_failed = writable_failed + 1
+    end
+  end
+  lu.assertEquals(#writable_results, math.floor(3000 / 8) + 1)
+  lu.assertTrue(writable_failed > 0, "no writable ran out of memory: the cap did not bite")
   H.close_all(server, client, p, c)
   H.settle(2000)
   lu.assertEquals(np.stats().outstanding, 0)

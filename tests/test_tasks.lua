@@ -858,3 +858,44 @@ function TestTasks:test_a_task_s_write_taken_at_once_works_inside_a_pcall()
   lu.assertEquals(s:read(nil, 2000), "hello")
   H.close_all(s, c)
 end
+
+-- A task's waiting call arms its timeout before its operation starts
+-- (arming may run out of memory; started, the operation's end would go to
+-- a wake nobody waits for). When the start then raises (here: a read is
+-- pending already), that deadline does nothing when it comes due: it
+-- cancels no read of the pipe's, neither the one pending (another's) nor
+-- the task's next wait without a timeout.
+function TestTasks:test_a_deadline_armed_for_a_start_that_raised_cancels_nothing()
+  for _, next_wait in ipairs { "sleep", "untimed read" } do
+    local server, client = H.pair()
+    local pending
+    server:read(function(...) pending = table.pack(...) end) -- (another's read)
+    local refused, got
+    np.spawn(function()
+      local ok, err = pcall(server.read, server, nil, 30)
+      refused = not ok and tostring(err) or "accepted"
+      if next_wait == "sleep" then
+        np.sleep(100)
+      else
+        server:cancel("read")
+        H.pump(function() return pending ~= nil end, 2000, next_wait)
+        got = server:read() -- no timeout: the refused call's 30 ms must not end it
+      end
+    end)
+    np.spawn(function()
+      np.sleep(150)
+      assert(client:write("late", 2000))
+    end)
+    H.pump(function() return (next_wait == "sleep" and pending or got) ~= nil end, 3000, next_wait)
+    -- (on Lua 5.1 the pcall itself refuses first: a task cannot yield
+    -- across one, and the call raises at its probe, before it arms)
+    lu.assertTrue(refused:find("a read is already pending", 1, true) ~= nil
+      or (_VERSION == "Lua 5.1" and refused:find("yield", 1, true) ~= nil), next_wait .. ": " .. refused)
+    if next_wait == "sleep" then
+      lu.assertEquals(pending[1], "late", next_wait) -- (not TIMEOUT at 30 ms)
+    else
+      lu.assertEquals(got, "late", next_wait)
+    end
+    H.close_all(server, client)
+  end
+end

@@ -130,9 +130,10 @@ function F.install(M, methods, P)
           return nil, "pipe closed", "CLOSED", 0
         end
         -- pieces: taken from the pipe, read-ahead again should this unwind
-        local w, cb = P.wait_begin(self, "read", nil, pieces)
+        local left = deadline_left(deadline)
+        local w, cb = P.wait_begin(self, "read", nil, pieces, left)
         P.raw.read(self, nil, cb)
-        local data, msg, ename, code = P.wait_end(w, self, deadline_left(deadline), "read")
+        local data, msg, ename, code = P.wait_end(w, self, left)
         if not data then
           keep_pieces()
           return nil, msg, ename, code

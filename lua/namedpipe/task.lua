@@ -250,7 +250,9 @@ end
 
 -- A new task's record (made once: its wake is every wait's callback).
 local function new_record(co)
-  local rec = { n = 0, lazy = true }
+  -- (started: stored after a wait's operation has started, where nothing
+  -- may allocate; armed: the ticket its deadline was armed for)
+  local rec = { n = 0, lazy = true, started = false, armed = false }
   rec.wake = function(...) -- (T.resume_once, inline: it runs per wait)
     rec.due, rec.target = nil, nil
     local ticket = rec.ticket
