@@ -575,8 +575,8 @@ local function settle(pipe, slot, timeout)
   local held_in = session(pipe)
   raw_hold_read(pipe, true)
   local ok, settled, left
-  if in_task then -- (no pcall to yield across on Lua 5.1; a task's
-    -- suspension raises nothing, it is resumed)
+  if in_task and not task.pcall_yields then -- (Lua 5.1: unprotected; what
+    -- raises there is running out of memory)
     ok, settled, left = true, settle_slot(pipe, slot, timeout)
   else
     ok, settled, left = pcall(settle_slot, pipe, slot, timeout)
@@ -662,8 +662,9 @@ local raw_looks = raw.looks
 local function arm_deadline(rec, pipe, kind, ms, looks)
   rec.target, rec.kind, rec.fn, rec.looks = pipe, kind, wait_timed_out, looks or raw_looks()
   rec.armed = rec.ticket
-  if looks then rec.started = rec.ticket end
   set_deadline(rec, ms)
+  -- (after: should arming raise, the deadline it may leave does nothing)
+  if looks then rec.started = rec.ticket end
 end
 
 -- A task's wait uses its wait record (task.wait_record) as callback and

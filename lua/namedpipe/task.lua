@@ -51,6 +51,9 @@ end
 
 local T = {}
 
+-- Can a task yield across a pcall (all but Lua 5.1)?
+T.pcall_yields = co_isyieldable ~= nil or _VERSION == "Lua 5.2"
+
 -- coroutine -> its record while alive (T.wait_record): rec.n is its
 -- ticket, the number of the wait it was last armed for (T.arm), -1 once
 -- it has ended. (The core's methods arm records too, as T.wait_record
@@ -328,8 +331,19 @@ local function insert(t, at)
   heap[nheap + 1] = t
   seq = seq + 1
   nheap = nheap + 1
-  sift_up(t, nheap)
-  if t.slot == 1 then tell_core() end
+  -- (sift_up, inline: calling it could run out of memory for its frame,
+  -- with t counted and out of place)
+  local i, tseq = nheap, t.seq
+  while i > 1 do
+    local parent = (i - i % 2) / 2
+    local p = heap[parent]
+    local pat = p.at
+    if not (at < pat or (at == pat and tseq < p.seq)) then break end
+    heap[i], p.slot = p, i
+    i = parent
+  end
+  heap[i], t.slot = t, i
+  if i == 1 then tell_core() end
 end
 
 --- Time out the current wait of record rec (T.wait_record) in ms
