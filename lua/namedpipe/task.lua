@@ -325,7 +325,8 @@ T.suspend = co_yield
 -- Put timer t (not in the heap) in it, due at `at`; the core hears of it
 -- only if it is the first due. What may allocate comes first (t's fields,
 -- the heap's next entry), so that running out of memory here leaves the
--- heap as it was; sift_up then only stores into entries that exist.
+-- heap as it was; the sift below then only stores into entries that
+-- exist.
 local function insert(t, at)
   t.slot, t.at, t.seq = false, at, seq + 1
   heap[nheap + 1] = t
