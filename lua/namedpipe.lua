@@ -1039,6 +1039,21 @@ end
 local write_now = raw.write_now
 local task_writes_now_here = not layer.task_waits_in_c
 
+-- The rest of a write the system took a part of at once (a byte pipe),
+-- which write_now (or the C method) started already, with no callback:
+-- nothing that fails after a part went may cut the write short, so the
+-- rest is on its way before this makes its wait, and should that raise
+-- (out of memory), it goes on, as an unwound write's bytes do. Its count
+-- is added to sent. Also the C method's (main_waits.c: "write_rest").
+local write_attach = raw.write_attach
+local function write_rest(self, sent, timeout)
+  local w, cb = wait_begin(self, "write", nil, nil, timeout)
+  write_attach(self, cb)
+  local n, msg, name, code = wait_end(w, self, timeout)
+  if n then return sent + n end
+  return n, msg, name, code
+end
+
 --- pipe:write(data [, cb | timeout])
 function waiting.write(self, data, a)
   if a ~= nil and type(a) == "function" then return raw.write(self, data, a) end
@@ -1052,12 +1067,9 @@ function waiting.write(self, data, a)
   local task_here = in_task()
   -- (false for what is not a pipe and a string; unbudgeted outside a task)
   local sent = (not task_here or task_writes_now_here) and write_now(self, data, not task_here)
-  if not sent then
-    sent = 0
-  elseif sent == #data then
-    return sent
-  else -- a byte pipe that took a part: the rest is a write of its own
-    data = data:sub(sent + 1)
+  if sent then
+    if sent == #data then return sent end
+    return write_rest(self, sent, a) -- a byte pipe took a part
   end
   local w, cb = wait_record()
   local in_task_wait = w ~= nil
@@ -1067,11 +1079,8 @@ function waiting.write(self, data, a)
     arm_deadline(w, self, "write", a)
   end
   local at_once = raw.write(self, data, cb, in_task_wait)
-  if at_once then return sent + at_once end
-  if sent == 0 then return wait_end(w, self, a) end
-  local n, msg, name, code = wait_end(w, self, a)
-  if n then return sent + n end
-  return n, msg, name, code
+  if at_once then return at_once end
+  return wait_end(w, self, a)
 end
 
 -- Bytes this layer holds are unread data in the pipe: as the kernel
@@ -1536,11 +1545,12 @@ end
 -- (layer.task_waits_in_c), they arm a record's timeout with arm_deadline; a
 -- waiting read on the main thread made in C (main_waits.c) steps with
 -- main_step, cancels with cancel_main_read, and abandon_wait takes it over
--- when an error unwinds it.
+-- when an error unwinds it; a waiting write there that sent a part waits
+-- for the rest with write_rest.
 layer.hand_over(waiting, { task_records = task_records, arm_deadline = arm_deadline,
                            stopped_reads = stopped_reads,
                            main_step = step, cancel_main_read = cancel_main_read,
-                           abandon_wait = abandon_wait })
+                           abandon_wait = abandon_wait, write_rest = write_rest })
 
 -- Where a C function cannot be suspended (Lua 5.1, LuaJIT), a C method
 -- that would hand its call to this layer returns a marker instead

@@ -487,6 +487,7 @@ static const struct {
                    {"main_step", W_MAIN_STEP},
                    {"cancel_main_read", W_MAIN_CANCEL},
                    {"abandon_wait", W_ABANDON_WAIT},
+                   {"write_rest", W_WRITE_REST},
                    {NULL, 0}};
 
 static int layer_hand_over(lua_State *L) {

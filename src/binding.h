@@ -367,6 +367,10 @@ enum {
    * waits do, and the one that takes the read over when an error unwinds
    * the call ("main_step", "cancel_main_read", "abandon_wait"). */
   W_MAIN_STEP, W_MAIN_CANCEL, W_ABANDON_WAIT,
+  /* The Lua layer's wait for the rest of a write that the system took a
+   * part of at once, already started ("write_rest": main_waits.c, and
+   * np_write_now_or_rest). */
+  W_WRITE_REST,
   /* the record fields it reads and writes, as strings made once (a
    * lua_getfield would make each anew from its C string) */
   W_KEY_N, W_KEY_TICKET, W_KEY_WAKE

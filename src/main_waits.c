@@ -316,35 +316,33 @@ int np_main_wait(lua_State *L, pipe_ud *u, int kind) {
  * system takes at once (Linux, a socket with room): what the Lua layer's
  * waiting.write does with layer.write_now, unbudgeted, done here without
  * the call into it, which costs more than the write. Taken whole: its
- * count. A part taken (a byte pipe): the rest is the Lua layer's waiting
- * write, and the count it returns includes the part. -1 (nothing done) for
- * anything else: a task or a coroutine, an argument the usual way refuses,
- * no Lua layer (namedpipe.core alone has no waiting form), Windows (every
- * write completes through the port). Only where divert calls the Lua layer
- * from here, so that the part's count can be added to what it returns. */
+ * count. A part taken (a byte pipe): the rest, started at once
+ * (np_write_now_or_rest), is waited for by the Lua layer's write_rest,
+ * whose count includes the part. -1 (nothing done) for anything else: a
+ * task or a coroutine, an argument the usual way refuses, no Lua layer
+ * (namedpipe.core alone has no waiting form), Windows (every write
+ * completes through the port). */
 int np_main_write(lua_State *L, pipe_ud *u) {
-  int top = lua_gettop(L), n, has_t;
+  int top = lua_gettop(L), has_t;
   lua_Number ms;
-  size_t len, sent;
-  const char *data;
+  size_t sent;
   if (top < 2 || top > 3 || !u || lua_type(L, 2) != LUA_TSTRING ||
       !np_plain_timeout(L, 3, &ms, &has_t) || !on_main_thread(L) ||
-      !push_waiting(L, W_WRITE))
+      !push_waiting(L, W_WRITE_REST))
     return -1;
   lua_pop(L, 1);
-  data = lua_tolstring(L, 2, &len);
-  if (!np_write_now_budget(u->lu, u->p, data, len, &sent, 0)) return -1;
-  if (sent == len) {
-    lua_pushinteger(L, (lua_Integer)sent);
-    return 1;
+  switch (np_write_now_or_rest(L, u, 2, &sent, 0)) {
+    case 0:
+      return -1;
+    case 1:
+      lua_pushinteger(L, (lua_Integer)sent);
+      return 1;
   }
-  lua_pushlstring(L, data + sent, len - sent);
-  lua_replace(L, 2);
-  n = divert(L, W_WRITE); /* (results at 1..n: the main thread never yields) */
-  if (n >= 1 && lua_type(L, 1) == LUA_TNUMBER) {
-    lua_pushinteger(L, lua_tointeger(L, 1) + (lua_Integer)sent);
-    lua_replace(L, 1);
-  }
-  return n;
+  push_waiting(L, W_WRITE_REST); /* write_rest(pipe, sent, timeout) */
+  lua_pushvalue(L, 1);
+  lua_pushinteger(L, (lua_Integer)sent);
+  if (top >= 3) lua_pushvalue(L, 3); else lua_pushnil(L);
+  lua_call(L, 3, LUA_MULTRET);
+  return lua_gettop(L) - top;
 }
 #endif

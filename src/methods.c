@@ -388,25 +388,32 @@ static int raw_try_read(lua_State *L) { return try_read(L, check_pipe(L)); }
  * within the budget of writes in a row that lets other tasks run, and one
  * outside a task (unbudgeted: it blocks its caller anyway, and one that
  * need not step the loop runs no other callback, so waiting writes in
- * callbacks do not nest). The bytes the system took at once, with no
- * completion to follow, or false: then write as usual, which also raises
- * or fails as the call deserves (nothing is checked here beyond what
- * np_write_now needs). */
+ * callbacks do not nest). The bytes the system took at once, or false:
+ * then write as usual, which also raises or fails as the call deserves
+ * (nothing is checked here beyond what np_write_now needs). All of them:
+ * no completion follows. A part (a byte pipe): the rest is on its way as
+ * a write of its own, with no callback until layer.write_attach gives it
+ * the caller's (np_write_now_or_rest). */
 static int raw_write_now(lua_State *L) {
   pipe_ud *u = open_pipe_or_null(L);
-  size_t len, written;
-  const char *data;
-  if (!u || lua_type(L, 2) != LUA_TSTRING) {
-    lua_pushboolean(L, 0);
-    return 1;
-  }
-  data = lua_tolstring(L, 2, &len);
-  if (!np_write_now_budget(u->lu, u->p, data, len, &written, !lua_toboolean(L, 3))) {
+  size_t written;
+  if (!u || lua_type(L, 2) != LUA_TSTRING ||
+      !np_write_now_or_rest(L, u, 2, &written, !lua_toboolean(L, 3))) {
     lua_pushboolean(L, 0);
     return 1;
   }
   lua_pushinteger(L, (lua_Integer)written);
   return 1;
+}
+
+/* layer.write_attach(pipe, cb): cb is the callback of the rest that
+ * layer.write_now started (raises if another write came in between). */
+static int raw_write_attach(lua_State *L) {
+  pipe_ud *u = check_pipe(L);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_settop(L, 2);
+  np_write_attach_top(L, u);
+  return 0;
 }
 
 /* Anything but nil after argument `last` is refused with why: a callback
@@ -899,6 +906,7 @@ const luaL_Reg np_pipe_layer_funcs[] = {{"connect", raw_connect},
                                         {"writable", raw_writable},
                                         {"try_read", raw_try_read},
                                         {"write_now", raw_write_now},
+                                        {"write_attach", raw_write_attach},
                                         {"read_stopping", raw_read_stopping},
                                         {"reads_messages", raw_reads_messages},
                                         {"set_readahead", raw_set_readahead},

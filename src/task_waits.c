@@ -51,6 +51,49 @@ int np_write_now_budget(loop_ud *lu, np_pipe *p, const char *data,
   return 1;
 }
 
+/* A part taken at once must not be followed by anything that can fail
+ * before the rest is on its way: the caller would be told the write
+ * failed, the part would be in the pipe and the rest nowhere, and the
+ * reader would take the next write's bytes for the rest of this one. So
+ * what the rest needs is made before the try (its anchors here; its
+ * request, by the backend: np_write_now), and the rest is started at once
+ * with no callback. What the caller then does to wait for it (a table, a
+ * closure, a deadline) may run out of memory: the rest goes on all the
+ * same, as the bytes of a write that an error unwound do (README). */
+int np_write_now_or_rest(lua_State *L, pipe_ud *u, int data_arg,
+                         size_t *written, int budgeted) {
+  size_t len;
+  const char *data = lua_tolstring(L, data_arg, &len);
+  int keeps;
+  /* the rest's: its bytes' anchor and the pipe's; one left for its
+   * callback (np_write_attach_top) */
+  reserve_anchors(L, u->lu, 3);
+  if (!np_write_now_budget(u->lu, u->p, data, len, written, budgeted))
+    return 0;
+  if (*written == len) return 1;
+  pin_pipe(L, u);
+  if (!np_write_start(u->p, data + *written, len - *written, NP_NOREF,
+                      &keeps, NULL)) { /* (cannot happen: set aside) */
+    unpin_pipe(L, u, ANCHORS_UPV);
+    return luaL_error(L, "not enough memory");
+  }
+  if (keeps) {
+    lua_pushvalue(L, data_arg);
+    np_write_keep(u->p, anchor(L, u->lu, ANCHORS_UPV));
+  }
+  return 2;
+}
+
+void np_write_attach_top(lua_State *L, pipe_ud *u) {
+  int ref;
+  reserve_anchors(L, u->lu, 1);
+  ref = anchor(L, u->lu, ANCHORS_UPV);
+  if (!np_write_attach(u->p, ref)) { /* (another write started since) */
+    release(L, u->lu, ANCHORS_UPV, ref);
+    luaL_error(L, "namedpipe: the rest of a write was overtaken by another write");
+  }
+}
+
 /* Where the backend does a waited-for write at once only after starting
  * it (Windows: np_write_start's done), the same budget applies there. */
 int np_write_start_waited(loop_ud *lu, np_pipe *p, const char *data,
@@ -199,7 +242,8 @@ static int task_write_resumed(lua_State *L, int status, lua_KContext base) {
 
 /* write(data [, timeout]) in a task: done at once when the system takes
  * it all (np_write_now_budget); else it waits, for the rest of a byte pipe's
- * data when the socket took a part. -1 when the usual way must take it. */
+ * data when the socket took a part (np_write_now_or_rest). -1 when the
+ * usual way must take it. */
 int np_task_write(lua_State *L, pipe_ud *u) {
   int top = lua_gettop(L), has_t, rec, keeps, ref_cb, done;
   lua_Number ms = 0;
@@ -210,13 +254,20 @@ int np_task_write(lua_State *L, pipe_ud *u) {
     return -1;
   rec = lua_gettop(L);
   data = lua_tolstring(L, 2, &len);
-  if (np_write_now_budget(u->lu, u->p, data, len, &sent, 1)) {
-    if (sent == len) {
+  switch (np_write_now_or_rest(L, u, 2, &sent, 1)) {
+    case 1:
       lua_pushinteger(L, (lua_Integer)sent);
       return 1;
-    }
-    data += sent;
-    len -= sent;
+    case 2: /* the rest started: its end is what the task waits for */
+      arm_record(L, rec);
+      push_wake(L, rec);
+      /* (the deadline before the wake is attached: should arming raise,
+       * no wake of this record is left to resume the task's next wait) */
+      arm_deadline(L, rec, "write", has_t, ms);
+      np_write_attach_top(L, u);
+      lua_settop(L, rec);
+      lua_pushinteger(L, (lua_Integer)sent); /* at top + 2: the base */
+      return task_wait(L, top + 2, task_write_resumed);
   }
   arm_record(L, rec);
   push_wake(L, rec);
@@ -234,17 +285,14 @@ int np_task_write(lua_State *L, pipe_ud *u) {
   if (done) { /* nothing to wait for after all: the record is not woken */
     release(L, u->lu, ANCHORS_UPV, ref_cb);
     disarm_deadline(L, rec, has_t);
-    lua_pushinteger(L, (lua_Integer)(sent + len));
+    lua_pushinteger(L, (lua_Integer)len);
     return 1;
   }
   if (keeps) { /* the string: anchored while the backend points into it */
     lua_pushvalue(L, 2);
     np_write_keep(u->p, anchor(L, u->lu, ANCHORS_UPV));
   }
-  if (sent == 0) return task_wait(L, top, task_resumed);
-  lua_settop(L, rec);
-  lua_pushinteger(L, (lua_Integer)sent); /* at top + 2: the base */
-  return task_wait(L, top + 2, task_write_resumed);
+  return task_wait(L, top, task_resumed);
 }
 #endif
 

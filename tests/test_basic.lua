@@ -246,27 +246,36 @@ function TestBasic:test_byte_mode_large_stream_intact()
   H.close_all(server, client)
 end
 
--- A waiting write outside a task larger than the pipe holds: the part the
--- system takes at once and the rest, waited for while the reader's
--- callbacks drain the pipe, arrive whole and in order, and the write says
--- it wrote all of it; one the reader does not drain in time stops with
--- TIMEOUT.
+-- A waiting write larger than the pipe holds, on the main thread, in a
+-- coroutine of the script's and in a task: the part the system takes at
+-- once and the rest, waited for while the reader's callbacks drain the
+-- pipe, arrive whole and in order, and the write says it wrote all of it;
+-- one the reader does not drain in time stops with TIMEOUT.
 function TestBasic:test_a_waiting_write_larger_than_the_pipe_is_written_whole()
-  local server, client = H.pair({ out_buffer_size = 4096, in_buffer_size = 4096 })
   local parts = {}
   for i = 1, 30000 do parts[i] = string.format("%07d\n", i) end
   local big = table.concat(parts) -- 240,000 bytes
-  local got = {}
-  server:read_start(function(data) got[#got + 1] = data end)
-  lu.assertEquals(client:write(big, 5000), #big)
-  lu.assertEquals(client:write("end"), 3)
-  H.pump(function() return #table.concat(got) >= #big + 3 end, 5000, "every byte")
-  lu.assertEquals(table.concat(got), big .. "end")
-  server:read_stop()
-  local r = table.pack(client:write(string.rep("x", 4 * 1024 * 1024), 50))
-  lu.assertNil(r[1])
-  lu.assertEquals(r[3], "TIMEOUT")
-  H.close_all(server, client)
+  for _, where in ipairs { "main", "coroutine", "task" } do
+    local server, client = H.pair({ out_buffer_size = 4096, in_buffer_size = 4096 })
+    local got = {}
+    server:read_start(function(data) got[#got + 1] = data end)
+    local r1, r2, r
+    H.run_in(where, function()
+      r1 = client:write(big, 5000)
+      r2 = client:write("end")
+    end, 10000, where)
+    lu.assertEquals(r1, #big, where)
+    lu.assertEquals(r2, 3, where)
+    H.pump(function() return #table.concat(got) >= #big + 3 end, 5000, "every byte")
+    lu.assertEquals(table.concat(got), big .. "end", where)
+    server:read_stop()
+    H.run_in(where, function()
+      r = table.pack(client:write(string.rep("x", 4 * 1024 * 1024), 50))
+    end, 10000, where)
+    lu.assertNil(r[1], where)
+    lu.assertEquals(r[3], "TIMEOUT", where)
+    H.close_all(server, client)
+  end
 end
 
 function TestBasic:test_writes_complete_in_order()

@@ -347,6 +347,16 @@ np_req *np_write_req_new(np_loop *loop) {
   return r;
 }
 
+int np_write_req_reserve(np_loop *loop) {
+  np_req *r;
+  if (loop->free_writes) return 1;
+  if (!(r = (np_req *)calloc(1, sizeof *r))) return 0;
+  r->next = NULL;
+  loop->free_writes = r;
+  loop->n_free_writes++;
+  return 1;
+}
+
 static void write_req_release(np_loop *loop, np_req *r) {
   if (loop->n_free_writes >= KEEP_WRITE_REQS) {
     free(r);

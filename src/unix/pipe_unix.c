@@ -495,6 +495,13 @@ int np_write_start(np_pipe *p, const char *data, size_t len, int ref_cb,
 /* The write started last is the newest of p->writes. */
 void np_write_keep(np_pipe *p, int ref_data) { p->writes->ref_data = ref_data; }
 
+int np_write_attach(np_pipe *p, int ref_cb) {
+  np_req *r = p->writes;
+  if (!r || r->ref_cb != NP_NOREF || r->state == REQ_HANDED) return 0;
+  r->ref_cb = ref_cb;
+  return 1;
+}
+
 int np_try_read(np_pipe *p, size_t max, const char **data, size_t *len,
                 int *more, np_status *st) {
   if (!np_io_allowed(p, NP_OP_READ, st)) return 0;
@@ -552,10 +559,12 @@ int np_try_write(np_pipe *p, const char *data, size_t len, size_t *written,
 }
 
 /* try_write's attempt, which never keeps data here: what it does not do at
- * once is left to a write. */
+ * once is left to a write. A byte stream's may send a part: the request
+ * for the rest is set aside first, so that starting it cannot fail. */
 int np_write_now(np_pipe *p, const char *data, size_t len, size_t *written) {
   np_status st;
   int keeps;
+  if (p->sock_type == SOCK_STREAM && !np_write_req_reserve(p->loop)) return 0;
   return np_try_write(p, data, len, written, &keeps, &st);
 }
 

@@ -279,6 +279,9 @@ void np_host_close(np_loop *loop);
 int np_loop_poll_now(np_loop *loop);
 void np_pipe_free(np_pipe *p);
 np_req *np_write_req_new(np_loop *loop);
+/* One write request set aside in the loop's spares, so that the next
+ * np_write_req_new cannot fail: 0 when there is no memory for it. */
+int np_write_req_reserve(np_loop *loop);
 /* A write request let go: released after its completion, or a
  * transact's request, which never reaches the ready queue. */
 void np_write_req_drop(np_pipe *p, np_req *r);
