@@ -1380,6 +1380,10 @@ function methods.ready(self, interest, timeout, ...)
     end
   end
   local on_readable, on_writable = on("readable", "writable"), on("writable", "readable")
+  -- Like ready("readable"), it holds the read slot until it returns (see
+  -- check_not_reading), also once its readable half has ended while it
+  -- waits for the other's cancel: a reading call made meanwhile is refused.
+  local held_in = session(self)
   if resume then
     raw.readable(self, on_readable)
     raw.writable(self, on_writable)
@@ -1388,7 +1392,9 @@ function methods.ready(self, interest, timeout, ...)
       if self:state() == "closed" then return end
       for which in pairs(pending) do self:cancel(which, "TIMEOUT") end
     end)
+    raw_hold_read(self, true) -- (after what may raise)
     task.suspend()
+    release_hold(self, held_in)
     if timer then task.cancel_timer(timer) end
   else
     local r, w = new_op(self, "readable"), new_op(self, "writable")
@@ -1398,11 +1404,12 @@ function methods.ready(self, interest, timeout, ...)
     register(r)
     -- from here on, an error abandons both waits
     local ops = { r }
-    guarded(ops, function()
+    local waited, err = pcall(guarded, ops, function()
       raw.writable(self, function(...) op_done(w, ...) end)
       pending.writable = true
       register(w)
       ops[2] = w
+      raw_hold_read(self, true)
       local deadline = t and now() + t
       while pending.readable or pending.writable do
         if deadline and now() >= deadline then
@@ -1414,6 +1421,8 @@ function methods.ready(self, interest, timeout, ...)
         step(deadline and math.max(0, deadline - now()) or 100)
       end
     end)
+    release_hold(self, held_in) -- (allocates nothing: cannot fail)
+    if not waited then error(err, 0) end
     r.delivered, w.delivered = true, true
     release(r)
     release(w)

@@ -673,9 +673,10 @@ function TestUnwind:test_a_waiting_read_holds_the_read_slot_until_it_returns()
     end,
     readable = function(p) return p:readable(2000) and "" end,
     transact = function(p) return p:transact("q", 2000) end,
+    ready_both = function(p) return p:ready("both", 2000) and "" end,
   }
   local cases = { { "read", "byte" }, { "read", "message" }, { "read_into", "byte" },
-    { "readable", "byte" }, { "transact", "message" } }
+    { "readable", "byte" }, { "transact", "message" }, { "ready_both", "byte" } }
   for _, case in ipairs(cases) do
     local kind, mode = case[1], case[2]
     for _, where in ipairs { "main", "coroutine" } do
