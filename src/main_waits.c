@@ -325,13 +325,15 @@ int np_main_wait(lua_State *L, pipe_ud *u, int kind) {
 int np_main_write(lua_State *L, pipe_ud *u) {
   int top = lua_gettop(L), has_t;
   lua_Number ms;
-  size_t sent;
+  size_t len, sent;
+  const char *data;
   if (top < 2 || top > 3 || !u || lua_type(L, 2) != LUA_TSTRING ||
       !np_plain_timeout(L, 3, &ms, &has_t) || !on_main_thread(L) ||
       !push_waiting(L, W_WRITE_REST))
     return -1;
   lua_pop(L, 1);
-  switch (np_write_now_or_rest(L, u, 2, &sent, 0)) {
+  data = lua_tolstring(L, 2, &len);
+  switch (np_write_now_or_rest(L, u, 2, data, len, &sent, 0)) {
     case 0:
       return -1;
     case 1:

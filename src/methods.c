@@ -396,9 +396,12 @@ static int raw_try_read(lua_State *L) { return try_read(L, check_pipe(L)); }
  * the caller's (np_write_now_or_rest). */
 static int raw_write_now(lua_State *L) {
   pipe_ud *u = open_pipe_or_null(L);
-  size_t written;
+  size_t len, written;
+  const char *data;
   if (!u || lua_type(L, 2) != LUA_TSTRING ||
-      !np_write_now_or_rest(L, u, 2, &written, !lua_toboolean(L, 3))) {
+      (data = lua_tolstring(L, 2, &len),
+       !np_write_now_or_rest(L, u, 2, data, len, &written,
+                             !lua_toboolean(L, 3)))) {
     lua_pushboolean(L, 0);
     return 1;
   }

@@ -55,25 +55,18 @@ int np_write_now_budget(loop_ud *lu, np_pipe *p, const char *data,
  * before the rest is on its way: the caller would be told the write
  * failed, the part would be in the pipe and the rest nowhere, and the
  * reader would take the next write's bytes for the rest of this one. So
- * what the rest needs is made before the try (its anchors here; its
+ * what the rest needs is made before the try (its anchors: in
+ * np_write_now_or_rest, task_waits.h; its
  * request, by the backend: np_write_now), and the rest is started at once
  * with no callback. What the caller then does to wait for it (a table, a
  * closure, a deadline) may run out of memory: the rest goes on all the
  * same, as the bytes of a write that an error unwound do (README). */
-int np_write_now_or_rest(lua_State *L, pipe_ud *u, int data_arg,
-                         size_t *written, int budgeted) {
-  size_t len;
-  const char *data = lua_tolstring(L, data_arg, &len);
+int np_write_rest_now(lua_State *L, pipe_ud *u, int data_arg,
+                      const char *data, size_t len, size_t written) {
   int keeps;
-  /* the rest's: its bytes' anchor and the pipe's; one left for its
-   * callback (np_write_attach_top) */
-  reserve_anchors(L, u->lu, 3);
-  if (!np_write_now_budget(u->lu, u->p, data, len, written, budgeted))
-    return 0;
-  if (*written == len) return 1;
   pin_pipe(L, u);
-  if (!np_write_start(u->p, data + *written, len - *written, NP_NOREF,
-                      &keeps, NULL)) { /* (cannot happen: set aside) */
+  if (!np_write_start(u->p, data + written, len - written, NP_NOREF, &keeps,
+                      NULL)) { /* (cannot happen: set aside) */
     unpin_pipe(L, u, ANCHORS_UPV);
     return luaL_error(L, "not enough memory");
   }
@@ -254,7 +247,7 @@ int np_task_write(lua_State *L, pipe_ud *u) {
     return -1;
   rec = lua_gettop(L);
   data = lua_tolstring(L, 2, &len);
-  switch (np_write_now_or_rest(L, u, 2, &sent, 1)) {
+  switch (np_write_now_or_rest(L, u, 2, data, len, &sent, 1)) {
     case 1:
       lua_pushinteger(L, (lua_Integer)sent);
       return 1;

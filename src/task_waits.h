@@ -12,14 +12,28 @@ NP_INTERNAL_BEGIN
  * write must go the usual way. */
 int np_write_now_budget(loop_ud *lu, np_pipe *p, const char *data,
                         size_t len, size_t *written, int budgeted);
-/* A waiting write of the string at data_arg (the pipe u at index 1) tried
- * at once, as np_write_now_budget: 0 when nothing was done (the write goes
- * the usual way), 1 when the system took it whole, 2 when it took a part
- * (a byte pipe; *written bytes): the rest is then started at once, as a
- * write of its own with no callback yet, which np_write_attach_top gives
- * it once the caller has made its wait. */
-int np_write_now_or_rest(lua_State *L, pipe_ud *u, int data_arg,
-                         size_t *written, int budgeted);
+/* A waiting write of the string at data_arg (data, len; the pipe u at
+ * index 1) tried at once, as np_write_now_budget: 0 when nothing was done
+ * (the write goes the usual way), 1 when the system took it whole, 2 when
+ * it took a part (a byte pipe; *written bytes): the rest is then started
+ * at once (np_write_rest_now, task_waits.c), as a write of its own with no
+ * callback yet, which np_write_attach_top gives it once the caller has
+ * made its wait. Inline: a write taken whole, the usual case, is the hot
+ * path of a task's or a plain script's writes. */
+int np_write_rest_now(lua_State *L, pipe_ud *u, int data_arg,
+                      const char *data, size_t len, size_t written);
+static inline int np_write_now_or_rest(lua_State *L, pipe_ud *u,
+                                       int data_arg, const char *data,
+                                       size_t len, size_t *written,
+                                       int budgeted) {
+  /* the rest's: its bytes' anchor and the pipe's; one left for its
+   * callback (np_write_attach_top) */
+  reserve_anchors(L, u->lu, 3);
+  if (!np_write_now_budget(u->lu, u->p, data, len, written, budgeted))
+    return 0;
+  if (*written == len) return 1;
+  return np_write_rest_now(L, u, data_arg, data, len, *written);
+}
 /* The function on top of the stack (popped) becomes the callback of that
  * rest: anchored, and given to the backend. May raise (out of memory)
  * before that; the rest then goes on with no callback. */
