@@ -50,7 +50,7 @@ The framing helpers get what they need of it from install() (private).
 ]]
 local layer = core._attach()
 local raw, waiting = layer, {}
-local task_records = task.attach(layer.set_task_work)
+local task_records = task.attach(layer.set_task_work, layer.make_room)
 
 --- np.step([timeout_ms]): run due tasks and timers, dispatch completions
 --- (waiting up to timeout_ms, less if a timer is due sooner); returns how

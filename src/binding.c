@@ -134,6 +134,41 @@ static int nothing(lua_State *L) {
   return 0;
 }
 
+/* Calls nested as deep as its argument says: each leaves a CallInfo
+ * behind, which the next call at that depth takes without allocating. */
+static int nest(lua_State *L) {
+  lua_Integer depth = lua_tointeger(L, 1);
+  if (depth > 1) {
+    lua_pushcfunction(L, nest);
+    lua_pushinteger(L, depth - 1);
+    lua_call(L, 1, 0);
+  }
+  return 0;
+}
+
+/* How deep make_room's frames go: a queued item's call (T.resume), the
+ * coroutine.resume it makes, the task's finish after it, and what finish
+ * calls (coroutine.status, the timer's unlink), with one to spare. */
+#define ROOM_DEPTH 6
+
+/* layer.make_room(): what the Lua layer's queues (namedpipe.task: the
+ * calls queued for the next step, the timers due) need before they take
+ * an item off to run it, as step_loop needs it before it takes a
+ * completion: stack for the largest frame, and CallInfos for the calls
+ * the item's call makes (a call frame is allocated the first time a depth
+ * is reached, and may be freed by a collection at a shallower one). With
+ * them made first, nothing between taking the item and running it can run
+ * out of memory; where that failed, a task's start or wake-up was lost for
+ * good (the task never ran on, and np.run waited for it forever). Raises
+ * "not enough memory" before anything is taken. */
+static int raw_make_room(lua_State *L) {
+  if (!lua_checkstack(L, 300)) luaL_error(L, "not enough memory");
+  lua_pushcfunction(L, nest);
+  lua_pushinteger(L, ROOM_DEPTH);
+  lua_call(L, 1, 0);
+  return 0;
+}
+
 static int step_loop(lua_State *L, loop_ud *lu) {
   np_loop *loop = lu->loop;
   lua_Number t = 0;
@@ -535,6 +570,7 @@ static int layer_hand_over(lua_State *L) {
 static const luaL_Reg layer_funcs[] = {{"step", raw_step},
                                        {"looks", raw_looks},
                                        {"set_task_work", raw_set_task_work},
+                                       {"make_room", raw_make_room},
                                        {"hand_over", layer_hand_over},
                                        {NULL, NULL}};
 

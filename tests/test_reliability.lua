@@ -932,6 +932,75 @@ function TestReliability:test_out_of_memory_after_a_part_of_a_write_went()
   lu.assertEquals(np.stats().outstanding, 0)
 end
 
+-- The scheduler while memory runs out (a host that caps Lua's memory):
+-- a task whose start, whose sleep's end or whose event's wake-up comes in
+-- a step that runs out of memory either fails with it or runs on later;
+-- it never stays suspended with nothing left to resume it, nor ends
+-- still counted as live, so np.run does not wait for it forever.
+function TestReliability:test_out_of_memory_in_the_scheduler()
+  local limit = rawget(_G, "np_test_memory_limit")
+  if not limit then
+    lu.skip("needs the capped allocator of the make check host (tests/c/lua_host.c)")
+  end
+  local task = require "namedpipe.task"
+  local live_before = task.live()
+  local server, client = H.pair()
+  local function not_the_cap(ok, err)
+    if not ok and not tostring(err):find("not enough memory", 1, true) then error(err, 0) end
+  end
+  local bit = 0 -- capped steps that ran out of memory
+  -- (made from a few depths of calls: which call frames a collection
+  -- leaves depends on the depth it runs at)
+  local function capped_step(extra, depth)
+    if depth > 0 then return capped_step(extra, depth - 1) or false end
+    collectgarbage()
+    limit(extra)
+    local ok, err = pcall(np.step, 0)
+    limit(-1)
+    not_the_cap(ok, err)
+    if not ok then bit = bit + 1 end
+  end
+  local ran = 0
+  for extra = 0, 3000, 8 do
+    for _, how in ipairs { "start", "sleep", "event", "read" } do
+      local what = ("%s, cap %d"):format(how, extra)
+      local done, ev = false, np.event()
+      local co = np.spawn(function()
+        if how == "sleep" then
+          np.sleep(1)
+        elseif how == "event" then
+          ev:wait()
+        elseif how == "read" then
+          server:read(nil, 5000)
+        end
+        done = true
+      end)
+      if how ~= "start" then
+        np.step(0) -- (it starts, and waits)
+        if how == "sleep" then
+          local since = np.now()
+          repeat until np.now() - since >= 2
+        elseif how == "event" then
+          ev:set(true)
+        else
+          assert(client:write("x", 2000))
+        end
+      end
+      capped_step(extra, extra / 8 % 4)
+      local since = np.now()
+      while coroutine.status(co) ~= "dead" and np.now() - since < 2000 do
+        not_the_cap(pcall(np.step, 1))
+      end
+      lu.assertEquals(coroutine.status(co), "dead", what .. ": the task never ran on")
+      if done then ran = ran + 1 end
+    end
+  end
+  lu.assertEquals(task.live(), live_before, "a task that ended is still counted as live")
+  lu.assertTrue(bit > 0, "no step ran out of memory: the cap did not bite")
+  lu.assertTrue(ran > 0)
+  H.close_all(server, client)
+end
+
 -- A finalizer that steps, run by the collector while a step makes a
 -- callback's arguments (a read's string): the completion is delivered
 -- once, by whichever step takes it (the outer step, left with arguments

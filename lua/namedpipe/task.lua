@@ -61,10 +61,14 @@ T.pcall_yields = co_isyieldable ~= nil or _VERSION == "Lua 5.2"
 local tasks = setmetatable({}, { __mode = "k" })
 
 --- Once, from lua/namedpipe.lua: tell the core through fn(soon, timer_at)
---- from now on. Returns the records, which that file hands to the core
---- (its methods make a task's read or write wait themselves).
-function T.attach(fn)
+--- from now on, and make room with room() before an item is taken off the
+--- queues below to run (the core's layer.make_room). Returns the records,
+--- which that file hands to the core (its methods make a task's read or
+--- write wait themselves).
+local make_room = function() end
+function T.attach(fn, room)
   set_task_work = fn
+  make_room = room or make_room
   return tasks
 end
 local live = 0
@@ -163,15 +167,19 @@ local function finish(co, ok, err)
   while ok and err == PROBE do ok, err = co_resume(co) end -- (5.1, 5.2: see the top)
   if ok and err ~= ENDED then return end -- suspended (a wait yields nothing)
   if co_status(co) == "dead" then
+    -- (the bookkeeping first, in stores that cannot fail; then the calls,
+    -- which may run out of memory: a dead task still counted as live
+    -- would keep np.run waiting for it forever)
     local after = finally[co]
     local rec = tasks[co]
     tasks[co] = nil
-    if rec then
-      rec.n = -1 -- (no ticket of it is live any more)
-      T.cancel_timer(rec)
-    end
     finally[co] = nil
     live = live - 1
+    if rec then
+      rec.n = -1 -- (no ticket of it is live any more)
+      rec.due = nil -- (its deadline, should the timer outlive the cancel)
+      T.cancel_timer(rec)
+    end
     if after then
       if ok then
         after(ok)
@@ -382,6 +390,9 @@ end
 function T.run_due()
   local n = 0
   for _ = 1, soon_tail - soon_head + 1 do
+    -- (first: nothing between taking an item and running it may run out
+    -- of memory, or the item is lost: a task never started or resumed)
+    make_room()
     local item = take_soon()
     if not item then break end -- a queued item stepped the loop itself
     n = n + 1
@@ -391,6 +402,7 @@ function T.run_due()
   local changed = n > 0
   local again -- wait records whose fn said not yet: due again at the next step
   while heap[1] and heap[1].at <= t do
+    make_room() -- (as for the queue above)
     local timer = heap[1]
     changed = true
     local due = timer.due
