@@ -67,6 +67,17 @@ function waiting.step(timeout)
 end
 local step = M.step
 
+-- A waiting call steps the loop in slices of at most WAIT_SLICE ms and
+-- looks at its operation between them: a step nested in one of its own
+-- (a call hook's or a finalizer's np.step, run before the outer step
+-- waits) may have taken the completion it waits for, and the outer step
+-- would then wait out its whole time for nothing.
+local WAIT_SLICE = 100
+local function wait_step(ms)
+  if not ms or ms > WAIT_SLICE then ms = WAIT_SLICE end
+  return step(ms)
+end
+
 M.spawn = task.spawn
 
 --- np.timeout(): milliseconds until the next timer is due, or nil (for a
@@ -104,7 +115,7 @@ function M.run(fn, ...)
       .. "(wait for what it needs instead: an event, np.sleep, a waiting call)", 2)
   end
   if fn ~= nil then task.spawn(fn, ...) end
-  while task.busy() or core.pending() > 0 do step(1000) end
+  while task.busy() or core.pending() > 0 do wait_step() end
 end
 
 -- level: where the error points, from the caller of check_timeout's
@@ -504,7 +515,7 @@ local function settle_stopped(pipe, timeout)
     if task.current() then
       task.sleep(0)
     else
-      step(timeout and math.max(0, timeout - (now() - t0)) or 100)
+      wait_step(timeout and math.max(0, timeout - (now() - t0)))
     end
     if pipe:state() == "closed" then return false, "closed" end
     if timeout and now() - t0 >= timeout and raw.read_stopping(pipe) then return false end
@@ -546,7 +557,7 @@ local function settle_slot(pipe, slot, timeout)
     while not op.released do
       local left = timeout and timeout - (now() - t0)
       if left and left <= 0 then return false end
-      step(left or 100)
+      wait_step(left)
     end
   end
   -- (closed while this call waited: as close() ends a pending operation)
@@ -617,11 +628,11 @@ local function wait_for(op, pipe, kind, timeout)
         cancel_for_timeout(pipe, CANCEL[kind])
         deadline = nil
       else
-        step(left > 0 and left or 0)
+        wait_step(left > 0 and left or 0)
         stepped = true
       end
     else
-      step(timeout and 100 or 1000)
+      wait_step()
     end
   end
 end
@@ -1048,8 +1059,11 @@ local task_writes_now_here = not layer.task_waits_in_c
 local write_attach = raw.write_attach
 local function write_rest(self, sent, timeout)
   local w, cb = wait_begin(self, "write", nil, nil, timeout)
-  write_attach(self, cb)
-  local n, msg, name, code = wait_end(w, self, timeout)
+  local attached, n, msg, name, code = write_attach(self, cb, sent)
+  -- (a step nested in the lines above, from a hook or a finalizer, may
+  -- have ended the rest already: what it ended with, sent included)
+  if not attached then return n, msg, name, code end
+  n, msg, name, code = wait_end(w, self, timeout)
   if n then return sent + n end
   return n, msg, name, code
 end
@@ -1362,24 +1376,35 @@ function methods.ready(self, interest, timeout, ...)
   if self:_busy("writable") > 0 then
     error("bad argument #1 to 'ready' (a writable() wait is already pending on this pipe)", 2)
   end
-  -- pending: the waits started and not yet completed (only those may be
-  -- cancelled: once one has completed, its kind may be someone else's)
-  local got, errs, pending = {}, {}, { readable = true }
+  -- pending_r, pending_w: the waits started and not yet completed (only
+  -- those may be cancelled: once one has completed, its kind may be
+  -- someone else's). What the waits' ends record goes into locals, which
+  -- allocate nothing: in a task, running out of memory there would leave
+  -- the task never resumed, and the read slot held.
+  local pending_r, pending_w = true, false
+  local got_r, got_w, failed, emsg, ename, ecode = false, false, false, nil, nil, nil
   local resume = task.current() and task.waiter()
-  local function on(which, other)
-    return function(ok_, msg, name, code)
-      pending[which] = nil
-      if ok_ then
-        got[which] = true
-        -- the first one ready wins; the other wait, if still ours, is called off
-        if pending[other] and self:state() ~= "closed" then self:cancel(other) end
-      else
-        errs[#errs + 1] = pack(nil, msg, name, code)
+  local function ended(readable, ok_, msg, name, code)
+    if readable then pending_r = false else pending_w = false end
+    local other_pending = readable and pending_w or not readable and pending_r
+    if ok_ then
+      if readable then got_r = true else got_w = true end
+      -- the first one ready wins; the other wait, if still ours, is called off
+      if other_pending and self:state() ~= "closed" then
+        self:cancel(readable and "writable" or "readable")
       end
-      if resume and not pending[other] then resume() end
+    elseif not failed then
+      failed, emsg, ename, ecode = true, msg, name, code
     end
+    if resume and not other_pending then resume() end
   end
-  local on_readable, on_writable = on("readable", "writable"), on("writable", "readable")
+  local function on_readable(...) return ended(true, ...) end
+  local function on_writable(...) return ended(false, ...) end
+  local function cancel_pending()
+    if self:state() == "closed" then return end
+    if pending_r then self:cancel("readable", "TIMEOUT") end
+    if pending_w then self:cancel("writable", "TIMEOUT") end
+  end
   -- Like ready("readable"), it holds the read slot until it returns (see
   -- check_not_reading), also once its readable half has ended while it
   -- waits for the other's cancel: a reading call made meanwhile is refused.
@@ -1387,11 +1412,8 @@ function methods.ready(self, interest, timeout, ...)
   if resume then
     raw.readable(self, on_readable)
     raw.writable(self, on_writable)
-    pending.writable = true
-    local timer = t and task.add_timer(t, function()
-      if self:state() == "closed" then return end
-      for which in pairs(pending) do self:cancel(which, "TIMEOUT") end
-    end)
+    pending_w = true
+    local timer = t and task.add_timer(t, cancel_pending)
     raw_hold_read(self, true) -- (after what may raise)
     task.suspend()
     release_hold(self, held_in)
@@ -1406,19 +1428,17 @@ function methods.ready(self, interest, timeout, ...)
     local ops = { r }
     local waited, err = pcall(guarded, ops, function()
       raw.writable(self, function(...) op_done(w, ...) end)
-      pending.writable = true
+      pending_w = true
       register(w)
       ops[2] = w
       raw_hold_read(self, true)
       local deadline = t and now() + t
-      while pending.readable or pending.writable do
+      while pending_r or pending_w do
         if deadline and now() >= deadline then
-          if self:state() ~= "closed" then
-            for which in pairs(pending) do self:cancel(which, "TIMEOUT") end
-          end
+          cancel_pending()
           deadline = nil
         end
-        step(deadline and math.max(0, deadline - now()) or 100)
+        wait_step(deadline and math.max(0, deadline - now()))
       end
     end)
     release_hold(self, held_in) -- (allocates nothing: cannot fail)
@@ -1427,8 +1447,8 @@ function methods.ready(self, interest, timeout, ...)
     release(r)
     release(w)
   end
-  if next(got) then return got end
-  return unpack(errs[1], 1, 4)
+  if got_r or got_w then return { readable = got_r or nil, writable = got_w or nil } end
+  return nil, emsg, ename, ecode
 end
 
 --- np.event(): a one-shot event for tasks to hand each other results.
@@ -1502,7 +1522,7 @@ function M.event()
         while not values do
           local left = deadline and deadline - now()
           if left and left <= 0 then break end
-          step(left or 1000)
+          wait_step(left)
         end
       end
     end

@@ -309,6 +309,13 @@ static int step_loop(lua_State *L, loop_ud *lu) {
     if (run || restart) {
       /* (the reading keeps its callback) */
     } else if (u && c.op == NP_OP_WRITE) {
+      if (!has_cb && u->rest_state == NP_REST_WAITING) {
+        /* a write's rest, ended before its wait could take it: kept for it */
+        u->rest_state = NP_REST_ENDED;
+        u->rest_err = c.status.err;
+        u->rest_code = c.status.code;
+        u->rest_len = c.len;
+      }
       release_write_callback(L, u, anchors, c.ref_cb);
     } else {
       release(L, lu, anchors, c.ref_cb);

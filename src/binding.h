@@ -120,7 +120,18 @@ typedef struct pipe_ud {
    * them; and a framing read's next read would be refused). A task needs
    * none: it is resumed by its read's end itself. */
   int read_held;
+  /* The rest of a waiting write that the system took a part of at once
+   * (task_waits.c, np_write_rest_now), started before its caller's wait
+   * gives it a callback: NP_REST_WAITING until then; NP_REST_ENDED when a
+   * step nested in between (a hook, a finalizer) handed its completion
+   * out first, with what it ended with, which the wait then returns. */
+  int rest_state;
+  np_err rest_err;
+  long rest_code;
+  size_t rest_len;
 } pipe_ud;
+
+enum { NP_REST_NONE, NP_REST_WAITING, NP_REST_ENDED }; /* pipe_ud.rest_state */
 
 #define NP_RESTART_DISCONNECTED 2 /* pipe_ud.read_restart */
 

@@ -192,6 +192,10 @@ static void unwound(lua_State *L, pipe_ud *u, int wake, unsigned start) {
   lua_error(L);
 }
 
+/* The longest step a waiting call makes before it looks at its operation
+ * again (lua/namedpipe.lua has the same, WAIT_SLICE). */
+#define WAIT_SLICE_MS 100
+
 /* One step of the loop, protected: an error unwinds the call (above). */
 static void step_or_unwind(lua_State *L, lua_Number ms, pipe_ud *u, int wake,
                            unsigned start) {
@@ -262,7 +266,7 @@ int np_wait_args(lua_State *L, pipe_ud *u, int kind, size_t *n) {
  * raise, the bytes this read got would be handed over behind them. */
 static int main_wait(lua_State *L, pipe_ud *u, int kind, size_t n,
                      int t_arg) {
-  int has_t, wake, i, stepped = 0, timed_out = 0;
+  int has_t, wake, i, stepped = 0;
   lua_Number ms = 0, deadline = 0;
   unsigned disconnects = u->disconnects;
   if (!np_plain_timeout(L, t_arg, &ms, &has_t) || read_busy(u) ||
@@ -283,7 +287,10 @@ static int main_wait(lua_State *L, pipe_ud *u, int kind, size_t n,
   /* The Lua layer's wait_for, step for step: at least one step before the
    * deadline's cancel (a poll, timeout 0, gets what is there already), a
    * cancel with TIMEOUT at the deadline, then steps until the end comes
-   * (what came meanwhile wins); the same step lengths. */
+   * (what came meanwhile wins); the same step lengths: at most
+   * WAIT_SLICE_MS each, so that a step nested in the call of one (a call
+   * hook's, a finalizer's) that took this read's end first costs no more
+   * than a slice. */
   if (has_t) deadline = np_now_ms() + ms;
   while (!wake_done(L, wake)) {
     if (has_t) {
@@ -291,13 +298,13 @@ static int main_wait(lua_State *L, pipe_ud *u, int kind, size_t n,
       if (left <= 0 && stepped) {
         if (!cancel_read(L, wake, 1)) unwound(L, u, wake, disconnects);
         has_t = 0;
-        timed_out = 1;
         continue;
       }
       stepped = 1;
-      step_or_unwind(L, left > 0 ? left : 0, u, wake, disconnects);
+      step_or_unwind(L, left > WAIT_SLICE_MS ? WAIT_SLICE_MS : left > 0 ? left : 0,
+                     u, wake, disconnects);
     } else {
-      step_or_unwind(L, timed_out ? 100 : 1000, u, wake, disconnects);
+      step_or_unwind(L, WAIT_SLICE_MS, u, wake, disconnects);
     }
   }
   release_hold(u, disconnects);

@@ -85,6 +85,10 @@ static pipe_ud *pipe_new(lua_State *L, int is_server) {
   u->wcb_id = NULL;
   u->disconnects = 0;
   u->read_held = 0;
+  u->rest_state = NP_REST_NONE;
+  u->rest_err = NP_OK;
+  u->rest_code = 0;
+  u->rest_len = 0;
   return u;
 }
 
@@ -409,14 +413,21 @@ static int raw_write_now(lua_State *L) {
   return 1;
 }
 
-/* layer.write_attach(pipe, cb): cb is the callback of the rest that
- * layer.write_now started (raises if another write came in between). */
+/* layer.write_attach(pipe, cb, sent): cb is the callback of the rest
+ * that layer.write_now started: true; or false and what the write
+ * returns (sent included), when the rest has ended already (a step nested
+ * in between handed it out, or the pipe was closed). */
 static int raw_write_attach(lua_State *L) {
-  pipe_ud *u = check_pipe(L);
+  pipe_ud *u = to_pipe(L);
+  lua_Integer sent = luaL_checkinteger(L, 3);
   luaL_checktype(L, 2, LUA_TFUNCTION);
   lua_settop(L, 2);
-  np_write_attach_top(L, u);
-  return 0;
+  if (np_write_attach_top(L, u)) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  lua_pushboolean(L, 0);
+  return 1 + np_push_rest_end(L, u, (size_t)sent);
 }
 
 /* Anything but nil after argument `last` is refused with why: a callback

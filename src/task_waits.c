@@ -70,6 +70,7 @@ int np_write_rest_now(lua_State *L, pipe_ud *u, int data_arg,
     unpin_pipe(L, u, ANCHORS_UPV);
     return luaL_error(L, "not enough memory");
   }
+  u->rest_state = NP_REST_WAITING;
   if (keeps) {
     lua_pushvalue(L, data_arg);
     np_write_keep(u->p, anchor(L, u->lu, ANCHORS_UPV));
@@ -77,14 +78,39 @@ int np_write_rest_now(lua_State *L, pipe_ud *u, int data_arg,
   return 2;
 }
 
-void np_write_attach_top(lua_State *L, pipe_ud *u) {
+int np_write_attach_top(lua_State *L, pipe_ud *u) {
   int ref;
+  if (!u->p && u->rest_state == NP_REST_WAITING) {
+    /* closed since (a finalizer): the rest ends CLOSED, its callback would
+     * be told so; its completion, still to come, calls nothing */
+    u->rest_state = NP_REST_ENDED;
+    u->rest_err = NP_CLOSED;
+    u->rest_code = 0;
+  }
+  if (u->rest_state == NP_REST_ENDED) { /* (a nested step handed it out) */
+    lua_pop(L, 1);
+    return 0;
+  }
   reserve_anchors(L, u->lu, 1);
   ref = anchor(L, u->lu, ANCHORS_UPV);
-  if (!np_write_attach(u->p, ref)) { /* (another write started since) */
+  if (u->rest_state != NP_REST_WAITING || !np_write_attach(u->p, ref)) {
     release(L, u->lu, ANCHORS_UPV, ref);
-    luaL_error(L, "namedpipe: the rest of a write was overtaken by another write");
+    return luaL_error(L, "namedpipe: no rest of a write to wait for");
   }
+  u->rest_state = NP_REST_NONE;
+  return 1;
+}
+
+int np_push_rest_end(lua_State *L, pipe_ud *u, size_t sent) {
+  np_status st;
+  u->rest_state = NP_REST_NONE;
+  if (u->rest_err == NP_OK) {
+    lua_pushinteger(L, (lua_Integer)(sent + u->rest_len));
+    return 1;
+  }
+  st.err = u->rest_err;
+  st.code = u->rest_code;
+  return np_push_status(L, &st);
 }
 
 /* Where the backend does a waited-for write at once only after starting
@@ -257,7 +283,10 @@ int np_task_write(lua_State *L, pipe_ud *u) {
       /* (the deadline before the wake is attached: should arming raise,
        * no wake of this record is left to resume the task's next wait) */
       arm_deadline(L, rec, "write", has_t, ms);
-      np_write_attach_top(L, u);
+      if (!np_write_attach_top(L, u)) { /* ended already: nothing to wait for */
+        disarm_deadline(L, rec, has_t);
+        return np_push_rest_end(L, u, sent);
+      }
       lua_settop(L, rec);
       lua_pushinteger(L, (lua_Integer)sent); /* at top + 2: the base */
       return task_wait(L, top + 2, task_write_resumed);

@@ -35,9 +35,13 @@ static inline int np_write_now_or_rest(lua_State *L, pipe_ud *u,
   return np_write_rest_now(L, u, data_arg, data, len, *written);
 }
 /* The function on top of the stack (popped) becomes the callback of that
- * rest: anchored, and given to the backend. May raise (out of memory)
- * before that; the rest then goes on with no callback. */
-void np_write_attach_top(lua_State *L, pipe_ud *u);
+ * rest: anchored, and given to the backend: 1. May raise (out of memory)
+ * before that; the rest then goes on with no callback. 0 when the rest has
+ * ended already (a step nested in the caller's wait-making, from a hook or
+ * a finalizer, handed it out): then np_push_rest_end pushes what the call
+ * returns, sent included, as a write's callback would have had it. */
+int np_write_attach_top(lua_State *L, pipe_ud *u);
+int np_push_rest_end(lua_State *L, pipe_ud *u, size_t sent);
 /* np_write_start for a write its caller waits for (a task's, budgeted, or
  * one outside a task): *done as np_write_start's, asked for where the
  * backend does such a write at once that way, within the same budget. */

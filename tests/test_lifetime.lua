@@ -252,6 +252,52 @@ function TestLifetime:test_write_callbacks_shared_or_not_are_each_called_once()
   H.close_all(server, client)
 end
 
+-- A step nested anywhere in a waiting write that a byte pipe takes a part
+-- of at once (here from a call hook, stepping at the Nth call the write
+-- makes; a finalizer can do the same): the rest, started before the call
+-- makes its wait, may end in those steps, before the wait is there to be
+-- told. The write still returns its count, on the main thread, in a
+-- coroutine and in a task, and every byte arrives once, in order; and
+-- not its whole timeout later (a step nested in the call of the wait's
+-- own step takes the end that step would have waited for).
+function TestLifetime:test_a_step_nested_in_a_waiting_write()
+  local data = ("0123456789abcdef"):rep(300000 / 16) -- more than the socket takes at once
+  -- (a task cannot wait inside a pcall on Lua 5.1: called directly there)
+  local no_pcall_in_tasks = _VERSION == "Lua 5.1" and not rawget(_G, "jit")
+  local function direct(f, ...) return true, f(...) end
+  for _, where in ipairs { "main", "coroutine", "task" } do
+    local call = (where == "task" and no_pcall_in_tasks) and direct or pcall
+    for n = 1, 40 do
+      local what = ("%s, a step nested at call %d"):format(where, n)
+      local server, client = H.pair({ pipe_mode = "byte" }, { pipe_mode = "byte" })
+      local got = {}
+      server:read_start(function(d) if type(d) == "string" then got[#got + 1] = d end end)
+      local r
+      H.run_in(where, function()
+        local calls = 0
+        debug.sethook(function()
+          calls = calls + 1
+          if calls == n then
+            debug.sethook()
+            for _ = 1, 10 do np.step(1) end
+          end
+        end, "c")
+        local t0 = np.now()
+        r = table.pack(call(client.write, client, data, 5000))
+        r.took = np.now() - t0
+        debug.sethook()
+      end, 10000, what)
+      lu.assertEquals({ r[1], r[2] }, { true, #data }, what)
+      lu.assertTrue(r.took < 4000, what .. ": waited out its timeout")
+      H.pump(function() return #table.concat(got) >= #data end, 5000, what)
+      lu.assertEquals(table.concat(got), data, what)
+      H.close_all(server, client)
+    end
+  end
+  H.settle(200)
+  lu.assertEquals(np.stats().outstanding, 0)
+end
+
 -- A nested step run before an outer step's first callback (here from a
 -- call hook; a finalizer does the same) whose callback raises leaves its
 -- pipe held: the outer step must let it go, not overwrite it.

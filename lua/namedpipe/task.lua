@@ -201,6 +201,23 @@ function T.resume(co, ...)
   finish(co, co_resume(co, ...))
 end
 
+-- A wake-up that came while its task was running, not suspended: a step
+-- nested in the task's own call (from a call hook, or a finalizer) ended
+-- the wait the task is about to suspend in. It cannot be resumed now; it
+-- is from a later step, with the same values, once it has suspended (a
+-- step still nested in the task puts it off again).
+local function resume_suspended(co, ...)
+  if co_status(co) == "running" then return T.soon(resume_suspended, co, ...) end
+  finish(co, co_resume(co, ...))
+end
+
+-- (Asked only of a resume that failed.)
+local function woken_while_running(co, ...)
+  if co_status(co) ~= "running" then return false end
+  T.soon(resume_suspended, co, ...)
+  return true
+end
+
 --[[
 The one way to end a suspension: a ticket. Before it suspends, a task
 takes one (T.arm); whatever may end the wait gets it, and resumes with
@@ -229,7 +246,8 @@ function T.resume_once(co, ticket, ...)
   local rec = tasks[co]
   if not rec or rec.n ~= ticket then return false end
   rec.n = ticket + 1
-  finish(co, co_resume(co, ...))
+  local ok, err = co_resume(co, ...)
+  if ok or not woken_while_running(co, ...) then finish(co, ok, err) end
   return true
 end
 
@@ -269,7 +287,8 @@ local function new_record(co)
     local ticket = rec.ticket
     if rec.n ~= ticket then return false end
     rec.n = ticket + 1
-    finish(co, co_resume(co, ...))
+    local ok, err = co_resume(co, ...)
+    if ok or not woken_while_running(co, ...) then finish(co, ok, err) end
     return true
   end
   return rec
