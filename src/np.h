@@ -327,11 +327,11 @@ int np_try_write(np_pipe *p, const char *data, size_t len, size_t *written,
  * fail: the backend set its request aside before sending (or sent nothing
  * and returned 0, for want of memory for it). */
 int np_write_now(np_pipe *p, const char *data, size_t len, size_t *written);
-/* The write p started last, if it is still to be handed out and was
- * started with no callback (ref_cb NP_NOREF), takes ref_cb as its
- * callback: 1; else 0, nothing changed. For the rest of a part that
- * np_write_now sent: started at once, before anything that may fail, and
- * given its caller's callback once the caller has made its wait. */
+/* The write of p started with no callback (ref_cb NP_NOREF) and still to
+ * be handed out takes ref_cb as its callback: 1; else 0, nothing changed.
+ * For the rest of a part that np_write_now sent: started at once, before
+ * anything that may fail, and given its caller's callback once the
+ * caller has made its wait (other writes may have been started since). */
 int np_write_attach(np_pipe *p, int ref_cb);
 /* Which of the two a backend does a waited-for write at once with: 0,
  * np_write_now, before any request is made (Unix); 1, np_write_start's

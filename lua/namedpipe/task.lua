@@ -206,15 +206,21 @@ end
 -- the wait the task is about to suspend in. It cannot be resumed now; it
 -- is from a later step, with the same values, once it has suspended (a
 -- step still nested in the task puts it off again).
-local function resume_suspended(co, ...)
-  if co_status(co) == "running" then return T.soon(resume_suspended, co, ...) end
+-- ticket: the one the wake spent (rec.n is ticket + 1 until the task arms
+-- its next wait). A task that did not suspend in that wait (it raised, or
+-- ended) is not resumed: its next wait is not the one the values are for.
+local function resume_suspended(co, ticket, ...)
+  local rec = tasks[co]
+  if not rec or rec.n ~= ticket + 1 then return end
+  if co_status(co) ~= "suspended" then return T.soon(resume_suspended, co, ticket, ...) end
   finish(co, co_resume(co, ...))
 end
 
--- (Asked only of a resume that failed.)
-local function woken_while_running(co, ...)
-  if co_status(co) ~= "running" then return false end
-  T.soon(resume_suspended, co, ...)
+-- (Asked only of a resume that failed: the task raised (dead), or it was
+-- not suspended: running, or normal, having resumed another coroutine.)
+local function woken_while_running(co, ticket, ...)
+  if co_status(co) == "dead" then return false end
+  T.soon(resume_suspended, co, ticket, ...)
   return true
 end
 
@@ -247,7 +253,7 @@ function T.resume_once(co, ticket, ...)
   if not rec or rec.n ~= ticket then return false end
   rec.n = ticket + 1
   local ok, err = co_resume(co, ...)
-  if ok or not woken_while_running(co, ...) then finish(co, ok, err) end
+  if ok or not woken_while_running(co, ticket, ...) then finish(co, ok, err) end
   return true
 end
 
@@ -288,7 +294,7 @@ local function new_record(co)
     if rec.n ~= ticket then return false end
     rec.n = ticket + 1
     local ok, err = co_resume(co, ...)
-    if ok or not woken_while_running(co, ...) then finish(co, ok, err) end
+    if ok or not woken_while_running(co, ticket, ...) then finish(co, ok, err) end
     return true
   end
   return rec

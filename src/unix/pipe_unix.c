@@ -495,11 +495,20 @@ int np_write_start(np_pipe *p, const char *data, size_t len, int ref_cb,
 /* The write started last is the newest of p->writes. */
 void np_write_keep(np_pipe *p, int ref_data) { p->writes->ref_data = ref_data; }
 
+/* The rest is the one write with no callback that is still to be handed
+ * out (a write started since, from a step nested in between, has its
+ * own): np_write_now starts no rest while another write is counted, and
+ * the other writes without one, transacts', are a message pipe's, where
+ * no part is ever sent. */
 int np_write_attach(np_pipe *p, int ref_cb) {
-  np_req *r = p->writes;
-  if (!r || r->ref_cb != NP_NOREF || r->state == REQ_HANDED) return 0;
-  r->ref_cb = ref_cb;
-  return 1;
+  np_req *r;
+  for (r = p->writes; r; r = r->wnext) {
+    if (r->ref_cb == NP_NOREF && r->state != REQ_HANDED) {
+      r->ref_cb = ref_cb;
+      return 1;
+    }
+  }
+  return 0;
 }
 
 int np_try_read(np_pipe *p, size_t max, const char **data, size_t *len,
