@@ -583,6 +583,17 @@ function TestReliability:test_dropped_write_strings_survive_collection()
   H.close_all(server, client)
 end
 
+-- The capped allocator's np_test_memory_limit(extra) (the make check host,
+-- tests/c/lua_host.c: from then on Lua may take extra bytes more; a
+-- negative extra lifts the cap); the test is skipped elsewhere.
+local function memory_cap()
+  local limit = rawget(_G, "np_test_memory_limit")
+  if not limit then
+    lu.skip("needs the capped allocator of the make check host (tests/c/lua_host.c)")
+  end
+  return limit
+end
+
 -- Step until the task co has ended, lifting the memory cap (limit) after
 -- each step: the task's calls may wait with their cap on, and it is for
 -- them only. Running out of memory in a step is the cap's doing; any
@@ -604,10 +615,7 @@ end
 -- fails once. Needs the capped allocator of the make check host
 -- (tests/c/lua_host.c); make check runs it under ASan and valgrind.
 function TestReliability:test_out_of_memory_inside_calls()
-  local limit = rawget(_G, "np_test_memory_limit")
-  if not limit then
-    lu.skip("needs the capped allocator of the make check host (tests/c/lua_host.c)")
-  end
+  local limit = memory_cap()
   -- (a full collection first: Lua collects before it reports a failed
   -- allocation, and garbage left over would make room under the cap)
   local function until_ok(what, f)
@@ -848,10 +856,7 @@ end
 -- whole (the rest goes on, as an unwound write's does), and one that
 -- returned its count arrives whole.
 function TestReliability:test_out_of_memory_after_a_part_of_a_write_went()
-  local limit = rawget(_G, "np_test_memory_limit")
-  if not limit then
-    lu.skip("needs the capped allocator of the make check host (tests/c/lua_host.c)")
-  end
+  local limit = memory_cap()
   local opts = { pipe_mode = "byte" }
   local server, client = H.pair(opts, opts)
   -- (larger than what the socket takes at once, so the first try sends a part)
@@ -938,10 +943,7 @@ end
 -- it never stays suspended with nothing left to resume it, nor ends
 -- still counted as live, so np.run does not wait for it forever.
 function TestReliability:test_out_of_memory_in_the_scheduler()
-  local limit = rawget(_G, "np_test_memory_limit")
-  if not limit then
-    lu.skip("needs the capped allocator of the make check host (tests/c/lua_host.c)")
-  end
+  local limit = memory_cap()
   local task = require "namedpipe.task"
   local live_before = task.live()
   local server, client = H.pair()
