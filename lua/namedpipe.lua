@@ -1409,10 +1409,23 @@ function methods.ready(self, interest, timeout, ...)
   -- check_not_reading), also once its readable half has ended while it
   -- waits for the other's cancel: a reading call made meanwhile is refused.
   local held_in = session(self)
+  -- pending_w is set before either wait starts: a step nested in these
+  -- calls (a call hook's, a finalizer's) may end the readable wait first,
+  -- and the writable one is then to be called off, not waited for nor left
+  -- behind. A cancel made before its start cancelled nothing, so once both
+  -- have started, a readable half that ended ready calls the other off.
+  local function call_off_late()
+    if got_r and pending_w and self:state() ~= "closed" then self:cancel("writable") end
+  end
+  pending_w = true
   if resume then
     raw.readable(self, on_readable)
-    raw.writable(self, on_writable)
-    pending_w = true
+    local started, err = pcall(raw.writable, self, on_writable)
+    if not started then
+      pending_w = false -- (no end of it will come)
+      error(err, 0)
+    end
+    call_off_late()
     local timer = t and task.add_timer(t, cancel_pending)
     raw_hold_read(self, true) -- (after what may raise)
     task.suspend()
@@ -1428,9 +1441,9 @@ function methods.ready(self, interest, timeout, ...)
     local ops = { r }
     local waited, err = pcall(guarded, ops, function()
       raw.writable(self, function(...) op_done(w, ...) end)
-      pending_w = true
       register(w)
       ops[2] = w
+      call_off_late()
       raw_hold_read(self, true)
       local deadline = t and now() + t
       while pending_r or pending_w do
@@ -1442,6 +1455,7 @@ function methods.ready(self, interest, timeout, ...)
       end
     end)
     release_hold(self, held_in) -- (allocates nothing: cannot fail)
+    if not ops[2] then pending_w = false end -- (not started: no end will come)
     if not waited then error(err, 0) end
     r.delivered, w.delivered = true, true
     release(r)
