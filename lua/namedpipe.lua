@@ -460,8 +460,9 @@ end
 local function guarded(ops, fn, ...)
   local ok, err = pcall(fn, ...)
   if not ok then
-    for i = 1, #ops do
-      if not ops[i].delivered then abandon(ops[i]) end
+    for i = 1, #ops do -- (false: a place for one not started)
+      local op = ops[i]
+      if op and not op.delivered then abandon(op) end
     end
     error(err, 0)
   end
@@ -1419,14 +1420,24 @@ function methods.ready(self, interest, timeout, ...)
   end
   pending_w = true
   if resume then
-    raw.readable(self, on_readable)
-    local started, err = pcall(raw.writable, self, on_writable)
+    -- The timer is armed before the waits start: arming can run out of
+    -- memory, and a readable wait left running with no owner would keep
+    -- the read slot taken until data came. A start that fails calls off
+    -- what has started (its end wakes nobody: the task has left this wait).
+    local timer = t and task.add_timer(t, cancel_pending)
+    local started, err = pcall(raw.readable, self, on_readable)
+    if started then
+      started, err = pcall(raw.writable, self, on_writable)
+    else
+      pending_r = false
+    end
     if not started then
       pending_w = false -- (no end of it will come)
+      if timer then task.cancel_timer(timer) end
+      cancel_pending()
       error(err, 0)
     end
     call_off_late()
-    local timer = t and task.add_timer(t, cancel_pending)
     raw_hold_read(self, true) -- (after what may raise)
     task.suspend()
     release_hold(self, held_in)
@@ -1435,14 +1446,20 @@ function methods.ready(self, interest, timeout, ...)
     local r, w = new_op(self, "readable"), new_op(self, "writable")
     r.notify = function(op) on_readable(unpack(op.r, 1, op.r.n)) end
     w.notify = function(op) on_writable(unpack(op.r, 1, op.r.n)) end
-    raw.readable(self, function(...) op_done(r, ...) end)
-    register(r)
-    -- from here on, an error abandons both waits
-    local ops = { r }
+    -- Each wait goes into ops as soon as it has started, and an error
+    -- after that (running out of memory in register, say) abandons it:
+    -- a readable wait left running with no owner would keep the read slot
+    -- taken until data came. (ops is made first, with its two places, so
+    -- that filling them allocates nothing.)
+    local on_r, on_w = function(...) op_done(r, ...) end, function(...) op_done(w, ...) end
+    local ops = { false, false }
     local waited, err = pcall(guarded, ops, function()
-      raw.writable(self, function(...) op_done(w, ...) end)
-      register(w)
+      raw.readable(self, on_r)
+      ops[1] = r
+      register(r)
+      raw.writable(self, on_w)
       ops[2] = w
+      register(w)
       call_off_late()
       raw_hold_read(self, true)
       local deadline = t and now() + t
