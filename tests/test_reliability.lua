@@ -671,48 +671,46 @@ function TestReliability:test_out_of_memory_inside_calls()
   H.pump(function() return ready ~= nil end)
   lu.assertTrue(ready)
   lu.assertEquals(p:read(nil, 2000), "r")
-  -- ready("both") on the main thread with nothing to read: its readable
-  -- half waits while the writable half ends. Cut short anywhere, it leaves
-  -- no wait behind: a read made after it is not refused as already
-  -- pending (which a readable wait left with no owner would do until data
-  -- came).
-  for extra = 0, 2 ^ 20, 32 do
-    collectgarbage()
-    limit(extra)
-    local ok, set = pcall(p.ready, p, "both", 2000)
-    limit(-1)
-    if ok then
-      lu.assertEquals(set, { writable = true })
-      break
-    end
-    if not tostring(set):find("not enough memory", 1, true) then
-      lu.fail("ready under a memory cap: " .. tostring(set))
-    end
-    H.settle(20)
-    local after = table.pack(pcall(p.read, p, nil, 10))
-    lu.assertEquals({ after[1], after[2], after[4] }, { true, nil, "TIMEOUT" },
-      ("ready cut short under a cap of %d bytes: %s"):format(extra, tostring(after[2])))
-  end
-  -- the same in a task (which may also die of the cap outside the call)
-  for extra = 0, 2 ^ 20, 32 do
-    local ok, set
-    run_capped_task(np.spawn(function()
+  -- ready("both") with nothing to read: its readable half waits while the
+  -- writable half ends. Cut short anywhere, it leaves no wait behind: a
+  -- read made after it is not refused as already pending (which a
+  -- readable wait left with no owner would do until data came). Under
+  -- caps that grow until it succeeds, on the main thread and in a task
+  -- (which may also die of the cap outside the call: then set is nil).
+  local capped_ready = {
+    main = function(extra)
       collectgarbage()
       limit(extra)
-      ok, set = pcall(p.ready, p, "both", 2000)
+      local ok, set = pcall(p.ready, p, "both", 2000)
       limit(-1)
-    end), limit)
-    if ok then
-      lu.assertEquals(set, { writable = true })
-      break
+      return ok, set
+    end,
+    task = function(extra)
+      local ok, set
+      run_capped_task(np.spawn(function()
+        collectgarbage()
+        limit(extra)
+        ok, set = pcall(p.ready, p, "both", 2000)
+        limit(-1)
+      end), limit)
+      return ok, set
+    end,
+  }
+  for _, where in ipairs { "main", "task" } do
+    for extra = 0, 2 ^ 20, 32 do
+      local ok, set = capped_ready[where](extra)
+      if ok then
+        lu.assertEquals(set, { writable = true })
+        break
+      end
+      if set ~= nil and not tostring(set):find("not enough memory", 1, true) then
+        lu.fail(("ready (%s) under a memory cap: %s"):format(where, tostring(set)))
+      end
+      H.settle(20)
+      local after = table.pack(pcall(p.read, p, nil, 10))
+      lu.assertEquals({ after[1], after[2], after[4] }, { true, nil, "TIMEOUT" },
+        ("ready (%s) cut short under a cap of %d bytes: %s"):format(where, extra, tostring(after[2])))
     end
-    if set ~= nil and not tostring(set):find("not enough memory", 1, true) then
-      lu.fail("ready in a task under a memory cap: " .. tostring(set))
-    end
-    H.settle(20)
-    local after = table.pack(pcall(p.read, p, nil, 10))
-    lu.assertEquals({ after[1], after[2], after[4] }, { true, nil, "TIMEOUT" },
-      ("ready in a task cut short under a cap of %d bytes: %s"):format(extra, tostring(after[2])))
   end
   -- a step that cannot make the string a read returns: the read is
   -- delivered by a later step, once, with its data
