@@ -155,3 +155,71 @@ function TestTimers:test_many_tasks_each_wait_ends_once()
   end
   lu.assertNil(np.timeout(), "a timer left after every task ended")
 end
+
+-- A step nested in the timers' own calls (a call hook's here; a
+-- finalizer's does the same), at each call in turn of the steps that run
+-- them: every sleep still wakes once and not early, every event wait ends
+-- once, with its value when set in time and TIMEOUT when not, and no step
+-- raises (a timer taken out of the heap by the nested step, or a heap
+-- changed in the middle of a move, broke the outer step's next move).
+function TestTimers:test_a_step_nested_in_the_timers_own_calls()
+  for n = 1, 120 do
+    local what = ("a step nested at call %d"):format(n)
+    local woke, ended, evs = {}, {}, {}
+    for k = 1, 4 do
+      np.spawn(function()
+        local t0 = np.now()
+        np.sleep(k)
+        woke[#woke + 1] = { k = k, took = np.now() - t0 }
+      end)
+    end
+    for k = 1, 3 do
+      local ev = np.event()
+      evs[k] = ev
+      np.spawn(function()
+        local t0 = np.now()
+        ended[k] = table.pack(ev:wait(k == 3 and 2 or 2000))
+        ended[k].took = np.now() - t0
+      end)
+    end
+    np.spawn(function()
+      np.sleep(2)
+      evs[1]:set("one")
+      evs[2]:set("two")
+    end)
+    -- (the tasks start and set their timers; then every timer comes due
+    -- with no step between, so that the hooked steps run them all)
+    np.step(0)
+    local due = np.now() + 5
+    while np.now() < due do end
+    local calls, me = 0, coroutine.running()
+    debug.sethook(function()
+      if coroutine.running() ~= me then return end -- (LuaJIT: every coroutine's)
+      calls = calls + 1
+      if calls == n then
+        debug.sethook()
+        for _ = 1, 3 do np.step(0) end
+      end
+    end, "c")
+    local deadline = np.now() + 5000
+    local ok, err = pcall(function()
+      while (#woke < 4 or not (ended[1] and ended[2] and ended[3])) and np.now() < deadline do
+        np.step(1)
+      end
+    end)
+    debug.sethook()
+    lu.assertTrue(ok, what .. ": " .. tostring(err))
+    lu.assertEquals(#woke, 4, what)
+    local seen = {}
+    for _, w in ipairs(woke) do
+      lu.assertNil(seen[w.k], what .. ": a sleep woke twice")
+      seen[w.k] = true
+      lu.assertTrue(w.took >= w.k - SLACK, what .. ": a sleep woke early")
+    end
+    lu.assertEquals({ ended[1][1], ended[2][1] }, { "one", "two" }, what)
+    lu.assertEquals({ ended[3][1], ended[3][3] }, { nil, "TIMEOUT" }, what)
+    lu.assertTrue(ended[3].took >= 2 - SLACK, what .. ": the event's wait timed out early")
+    H.settle(5)
+  end
+  lu.assertNil(np.timeout(), "a timer left after every task ended")
+end

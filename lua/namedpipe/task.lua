@@ -91,52 +91,59 @@ local function tell_core()
   set_task_work(told_soon, told_at)
 end
 
-local function earlier(a, b)
-  return a.at < b.at or (a.at == b.at and a.seq < b.seq)
-end
-
 -- (i - i % 2) / 2: the parent's place on every Lua version (no //); a
 -- float with an integer value on 5.3+, which indexes the same entry.
-local function sift_up(t, i)
+
+-- Move t, in the heap, to its place: up past later parents, else down
+-- past earlier children. Nothing here calls a function, and t.slot is
+-- read here: a call could run a step (a call hook's, a finalizer's) whose
+-- timers change the heap, and one at the call of sift finds it whole
+-- (only t maybe out of order), or t taken out (nothing to do).
+local function sift(t)
+  local i = t.slot
+  if not i then return end
+  local at, tseq = t.at, t.seq
+  local from = i
   while i > 1 do
     local parent = (i - i % 2) / 2
     local p = heap[parent]
-    if not earlier(t, p) then break end
+    local pat = p.at
+    if not (at < pat or (at == pat and tseq < p.seq)) then break end
     heap[i], p.slot = p, i
     i = parent
   end
-  heap[i], t.slot = t, i
-end
-
-local function sift_down(t, i)
-  while true do
-    local child = 2 * i
-    if child > nheap then break end
-    local c = heap[child]
-    if child < nheap then
-      local right = heap[child + 1]
-      if earlier(right, c) then child, c = child + 1, right end
+  if i == from then -- (not up: down, maybe)
+    while true do
+      local child = 2 * i
+      if child > nheap then break end
+      local c = heap[child]
+      if child < nheap then
+        local right = heap[child + 1]
+        if right.at < c.at or (right.at == c.at and right.seq < c.seq) then
+          child, c = child + 1, right
+        end
+      end
+      if not (c.at < at or (c.at == at and c.seq < tseq)) then break end
+      heap[i], c.slot = c, i
+      i = child
     end
-    if not earlier(c, t) then break end
-    heap[i], c.slot = c, i
-    i = child
   end
   heap[i], t.slot = t, i
 end
 
--- Take t out of the heap (it is in it).
+-- Take t out of the heap; its place, or nil if it was not in it (a step
+-- nested in this call took it out first). The last entry goes into its
+-- place before sift is called (see sift).
 local function unlink(t)
   local i = t.slot
+  if not i then return nil end
   t.slot = nil
   local last = heap[nheap]
   heap[nheap] = nil
   nheap = nheap - 1
   if last ~= t then
-    if i > 1 and earlier(last, heap[(i - i % 2) / 2]) then
-      sift_up(last, i)
-    else
-      sift_down(last, i)
-    end
+    heap[i], last.slot = last, i
+    sift(last)
   end
   return i
 end
@@ -365,7 +372,7 @@ local function insert(t, at)
   heap[nheap + 1] = t
   seq = seq + 1
   nheap = nheap + 1
-  -- (sift_up, inline: calling it could run out of memory for its frame,
+  -- (sift, inline: calling it could run out of memory for its frame,
   -- with t counted and out of place)
   local i, tseq = nheap, t.seq
   while i > 1 do
@@ -390,7 +397,7 @@ function T.set_deadline(rec, ms)
     insert(rec, due)
   elseif due < rec.at then -- a shorter timeout than the key: move it up
     rec.at = due
-    sift_up(rec, rec.slot)
+    sift(rec)
     if rec.slot == 1 then tell_core() end
   end
 end
@@ -428,15 +435,16 @@ function T.run_due()
   local again -- wait records whose fn said not yet: due again at the next step
   while heap[1] and heap[1].at <= t do
     make_room() -- (as for the queue above)
+    -- (looked at again: a step nested in that call may have run it)
     local timer = heap[1]
+    if not timer or timer.at > t then break end
     changed = true
     local due = timer.due
     if due and due > t then -- a wait record whose deadline moved on: re-key it
       seq = seq + 1
       timer.at, timer.seq = due, seq
-      sift_down(timer, 1)
-    else
-      unlink(timer)
+      sift(timer)
+    elseif unlink(timer) then -- (else a step nested in that call took it)
       if not timer.lazy then
         n = n + 1
         timer.fn()
