@@ -1385,13 +1385,17 @@ function methods.ready(self, interest, timeout, ...)
   local pending_r, pending_w = true, false
   local got_r, got_w, failed, emsg, ename, ecode = false, false, false, nil, nil, nil
   local resume = task.current() and task.waiter()
+  -- started_r, started_w: the wait has started (only a started wait is
+  -- this call's to cancel); expired: the timer went off meanwhile
+  local started_r, started_w, expired = false, false, false
   local function ended(readable, ok_, msg, name, code)
     if readable then pending_r = false else pending_w = false end
     local other_pending = readable and pending_w or not readable and pending_r
     if ok_ then
       if readable then got_r = true else got_w = true end
       -- the first one ready wins; the other wait, if still ours, is called off
-      if other_pending and self:state() ~= "closed" then
+      if other_pending and (readable and started_w or not readable and started_r)
+        and self:state() ~= "closed" then
         self:cancel(readable and "writable" or "readable")
       end
     elseif not failed then
@@ -1402,9 +1406,10 @@ function methods.ready(self, interest, timeout, ...)
   local function on_readable(...) return ended(true, ...) end
   local function on_writable(...) return ended(false, ...) end
   local function cancel_pending()
+    expired = true
     if self:state() == "closed" then return end
-    if pending_r then self:cancel("readable", "TIMEOUT") end
-    if pending_w then self:cancel("writable", "TIMEOUT") end
+    if pending_r and started_r then self:cancel("readable", "TIMEOUT") end
+    if pending_w and started_w then self:cancel("writable", "TIMEOUT") end
   end
   -- Like ready("readable"), it holds the read slot until it returns (see
   -- check_not_reading), also once its readable half has ended while it
@@ -1427,7 +1432,9 @@ function methods.ready(self, interest, timeout, ...)
     local timer = t and task.add_timer(t, cancel_pending)
     local started, err = pcall(raw.readable, self, on_readable)
     if started then
+      started_r = true
       started, err = pcall(raw.writable, self, on_writable)
+      started_w = started
     else
       pending_r = false
     end
@@ -1438,6 +1445,7 @@ function methods.ready(self, interest, timeout, ...)
       error(err, 0)
     end
     call_off_late()
+    if expired then cancel_pending() end -- (went off before the starts)
     raw_hold_read(self, true) -- (after what may raise)
     task.suspend()
     release_hold(self, held_in)
@@ -1455,9 +1463,11 @@ function methods.ready(self, interest, timeout, ...)
     local ops = { false, false }
     local waited, err = pcall(guarded, ops, function()
       raw.readable(self, on_r)
+      started_r = true
       ops[1] = r
       register(r)
       raw.writable(self, on_w)
+      started_w = true
       ops[2] = w
       register(w)
       call_off_late()

@@ -409,6 +409,75 @@ function TestLifetime:test_a_step_nested_in_ready_both()
   lu.assertEquals(np.stats().outstanding, 0)
 end
 
+-- The same nested step, with nothing to read and a timeout that may come
+-- due in it (0, or a few milliseconds): ready("both") returns TIMEOUT in
+-- about its time, not waiting on with its deadline spent before its waits
+-- had started. And a writable wait the hook starts itself is not ready's
+-- to call off: the readable half ending first leaves it alone.
+function TestLifetime:test_a_step_nested_in_ready_both_leaves_what_is_not_its_own()
+  local block = ("z"):rep(65536)
+  local function full_pair()
+    local server, client = H.pair({ pipe_mode = "byte" }, { pipe_mode = "byte" })
+    repeat
+      local k = server:try_write(block)
+    until not k or k == 0
+    return server, client
+  end
+  local function hook_at(n, me, act)
+    local calls = 0
+    debug.sethook(function()
+      if coroutine.running() ~= me then return end -- (LuaJIT: every coroutine's)
+      calls = calls + 1
+      if calls == n then
+        debug.sethook()
+        if act then act() end
+        for _ = 1, 5 do np.step(1) end
+      end
+    end, "c")
+  end
+  -- (Linux's socket is full: not writable; on Windows a pipe is writable
+  -- while no write waits for the system, so ready may say so there)
+  local writable_at_once = PLATFORM == "windows"
+  for _, where in ipairs { "main", "coroutine", "task" } do
+    for _, ms in ipairs { 0, 3 } do
+      for n = 1, 60 do
+        local what = ("%s, timeout %d, a step nested at call %d"):format(where, ms, n)
+        local server, client = full_pair()
+        local r
+        H.run_in(where, function()
+          hook_at(n, (coroutine.running()))
+          local t0 = np.now()
+          r = table.pack(server:ready("both", ms))
+          r.took = np.now() - t0
+          debug.sethook()
+        end, 10000, what)
+        if not (writable_at_once and r[1]) then
+          lu.assertEquals({ r[1], r[3] }, { nil, "TIMEOUT" }, what)
+        end
+        lu.assertTrue(r.took < 1000, what .. ": waited past its timeout")
+        H.close_all(server, client)
+      end
+    end
+  end
+  if writable_at_once then return end -- (the hook's writable wait ends at once)
+  for n = 1, 60 do
+    local what = ("a writable wait started at call %d"):format(n)
+    local server, client = full_pair()
+    lu.assertEquals(client:try_write("x"), 1) -- (the readable half ends first)
+    local foreign
+    hook_at(n, (coroutine.running()), function()
+      pcall(server.writable, server, function(...) foreign = table.pack(...) end)
+    end)
+    pcall(server.ready, server, "both", 200)
+    debug.sethook()
+    H.settle(20)
+    lu.assertNil(foreign, what .. ": it ended, " .. tostring(foreign and foreign[3]))
+    H.close_all(server, client)
+  end
+  H.settle(200)
+  lu.assertEquals(np.stats().outstanding, 0)
+end
+
 -- A nested step run before an outer step's first callback (here from a
 -- call hook; a finalizer does the same) whose callback raises leaves its
 -- pipe held: the outer step must let it go, not overwrite it.
