@@ -1429,7 +1429,15 @@ function methods.ready(self, interest, timeout, ...)
     -- memory, and a readable wait left running with no owner would keep
     -- the read slot taken until data came. A start that fails calls off
     -- what has started (its end wakes nobody: the task has left this wait).
-    local timer = t and task.add_timer(t, cancel_pending)
+    -- (as a task's other waits: the deadline calls the waits off only once
+    -- a step has looked since they began, so that a poll, timeout 0, gets
+    -- what is already there)
+    local looks = raw.looks()
+    local function at_deadline()
+      if raw.looks() == looks then return task.soon(at_deadline) end
+      cancel_pending()
+    end
+    local timer = t and task.add_timer(t, at_deadline)
     local started, err = pcall(raw.readable, self, on_readable)
     if started then
       started_r = true
@@ -1473,12 +1481,14 @@ function methods.ready(self, interest, timeout, ...)
       call_off_late()
       raw_hold_read(self, true)
       local deadline = t and now() + t
+      local stepped = false -- (as wait_for: a poll gets what is there)
       while pending_r or pending_w do
-        if deadline and now() >= deadline then
+        if deadline and stepped and now() >= deadline then
           cancel_pending()
           deadline = nil
         end
         wait_step(deadline and math.max(0, deadline - now()))
+        stepped = true
       end
     end)
     release_hold(self, held_in) -- (allocates nothing: cannot fail)

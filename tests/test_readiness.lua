@@ -463,6 +463,26 @@ function TestReadiness:test_a_poll_with_timeout_0_gets_what_is_there()
   end
 end
 
+-- ready("both") polled (timeout 0) with data already waiting and, on
+-- Linux, the socket full (its writable half waits): readable, as
+-- ready("readable", 0) says, not TIMEOUT before a step has looked.
+function TestReadiness:test_ready_both_polled_gets_what_is_there()
+  local block = ("z"):rep(65536)
+  for _, where in ipairs { "main", "coroutine", "task" } do
+    local server, client = H.pair({ pipe_mode = "byte" }, { pipe_mode = "byte" })
+    repeat
+      local k = server:try_write(block)
+    until not k or k == 0
+    assert(client:write("x", 1000))
+    np.step(0) -- (the step that tells of the data has come and gone)
+    local r
+    H.run_in(where, function() r = table.pack(server:ready("both", 0)) end, 2000, where)
+    lu.assertEquals(type(r[1]), "table", where .. ": " .. tostring(r[3]))
+    lu.assertTrue(r[1].readable, where)
+    H.close_all(server, client)
+  end
+end
+
 -- peek() once the peer has closed and everything is read: the end of the
 -- stream, as try_read says (PeekNamedPipe on Windows), in both modes.
 function TestReadiness:test_peek_after_the_end_is_eof()
