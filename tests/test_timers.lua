@@ -223,3 +223,117 @@ function TestTimers:test_a_step_nested_in_the_timers_own_calls()
   end
   lu.assertNil(np.timeout(), "a timer left after every task ended")
 end
+
+-- Steps nested at random calls everywhere (a call hook on the main thread
+-- and in every task: a finalizer's step can come at any allocation, which
+-- is most calls), while tasks sleep, wait for events with and without
+-- timeouts, and stream data through a pipe of each kind with timed reads
+-- and writes. Whatever the nested steps take in turn, every task ends,
+-- every byte arrives once and in order, no sleep or timeout ends early,
+-- an event's wait returns its value or TIMEOUT, and nothing is left
+-- pending. (The class of the timer heap's nested-step bug, and of
+-- ready()'s: state read before a call and used after it.)
+function TestTimers:test_steps_nested_at_random_calls()
+  local seed = SEED + 3
+  local g = H.generator(seed)
+  for round = 1, 6 do
+    local what = ("round %d, seed %d"):format(round, seed)
+    local every = 3 + g.rnd(8) -- a nested step every `every` calls or so
+    local nesting, hooked = false, 0
+    local function hook()
+      if nesting then return end
+      hooked = hooked + 1
+      if hooked % every == 0 then
+        nesting = true
+        np.step(0)
+        nesting = false
+      end
+    end
+    local function hooked_task(fn) -- (hooked from its first call on)
+      local co = np.spawn(fn)
+      debug.sethook(co, hook, "c")
+      return co
+    end
+    local done, expected, problems = 0, 0, {}
+    local function task(fn)
+      expected = expected + 1
+      hooked_task(function()
+        fn()
+        done = done + 1
+      end)
+    end
+    local function problem(s) problems[#problems + 1] = s end
+    debug.sethook(hook, "c") -- (the spawns, sets and writes below too)
+    -- sleepers
+    for k = 1, 3 do
+      local ms = {}
+      for i = 1, 3 do ms[i] = g.rnd(6) - 1 end
+      task(function()
+        for i = 1, 3 do
+          local t0 = np.now()
+          np.sleep(ms[i])
+          if np.now() - t0 < ms[i] - SLACK then problem(("sleeper %d woke early"):format(k)) end
+        end
+      end)
+    end
+    -- events: set after a few ms, waited for with a timeout that may be shorter
+    for k = 1, 2 do
+      local ev, set_after, timeout = np.event(), g.rnd(6), g.rnd(10) - 1
+      task(function()
+        np.sleep(set_after)
+        ev:set("v" .. k)
+      end)
+      task(function()
+        local t0 = np.now()
+        local v, _, ename = ev:wait(timeout)
+        local took = np.now() - t0
+        if v ~= "v" .. k and not (v == nil and ename == "TIMEOUT" and took >= timeout - SLACK) then
+          problem(("event %d: %s %s after %d ms (timeout %d)"):format(k, tostring(v), tostring(ename), took, timeout))
+        end
+      end)
+    end
+    -- a stream through a pipe of each kind
+    local pipes = {}
+    for _, mode in ipairs { "message", "byte" } do
+      local server, client = H.pair({ pipe_mode = mode }, { pipe_mode = mode })
+      pipes[#pipes + 1] = server
+      pipes[#pipes + 1] = client
+      local chunks, total = {}, 0
+      for i = 1, 8 do
+        chunks[i] = ("%s%d:"):format(mode, i) .. ("x"):rep(g.rnd(3000))
+        total = total + #chunks[i]
+      end
+      task(function()
+        for i = 1, #chunks do
+          local n, err = client:write(chunks[i], 5000)
+          if n ~= #chunks[i] then problem(("%s write %d: %s"):format(mode, i, tostring(err))) end
+          if i % 3 == 0 then np.sleep(1) end
+        end
+      end)
+      task(function()
+        local got, n = {}, 0
+        while n < total do
+          local d, err = server:read(nil, 5000)
+          if not d then
+            problem(("%s read: %s"):format(mode, tostring(err)))
+            break
+          end
+          got[#got + 1] = d
+          n = n + #d
+        end
+        if table.concat(got) ~= table.concat(chunks) then
+          problem(("%s: %d bytes arrived, not the %d written in order"):format(mode, n, total))
+        end
+      end)
+    end
+    local ok, err = pcall(H.pump, function() return done == expected end, 20000, what)
+    debug.sethook()
+    lu.assertTrue(ok, what .. ": " .. tostring(err))
+    lu.assertEquals(problems, {}, what)
+    for _, p in ipairs(pipes) do p:close() end
+    H.settle(2000)
+  end
+  H.settle(50)
+  lu.assertEquals(np.stats().outstanding, 0)
+  lu.assertNil(np.timeout(), "a timer left after every task ended")
+end

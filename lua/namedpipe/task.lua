@@ -317,8 +317,13 @@ end
 
 --- Run fn(...) at the next step.
 function T.soon(fn, ...)
-  soon_tail = soon_tail + 1
-  soon[soon_tail] = pack(fn, ...)
+  -- (the item is made first: pack is a call, and a step nested in it (a
+  -- call hook's, a finalizer's) would take a place counted and still
+  -- empty for the end of the queue, and the item put there later be lost)
+  local item = pack(fn, ...)
+  local tail = soon_tail + 1
+  soon[tail] = item
+  soon_tail = tail
   tell_core()
 end
 
