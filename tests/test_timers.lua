@@ -326,6 +326,52 @@ function TestTimers:test_steps_nested_at_random_calls()
         end
       end)
     end
+    -- lines through a byte pipe, read with read_line; blocks read with
+    -- read_into; and ready() on the idle ends meanwhile
+    do
+      local server, client = H.pair({ pipe_mode = "byte" }, { pipe_mode = "byte" })
+      pipes[#pipes + 1] = server
+      pipes[#pipes + 1] = client
+      local lines = {}
+      for i = 1, 10 do lines[i] = ("line %d %s"):format(i, ("y"):rep(g.rnd(200))) end
+      task(function()
+        for i = 1, #lines do
+          local n, err = client:write(lines[i] .. "\n", 5000)
+          if not n then problem(("line write %d: %s"):format(i, tostring(err))) end
+        end
+      end)
+      task(function()
+        for i = 1, #lines do
+          local l, err = server:read_line(5000)
+          if l ~= lines[i] then
+            problem(("line %d: %s (%s)"):format(i, tostring(l), tostring(err)))
+            break
+          end
+        end
+      end)
+      local back = {}
+      for i = 1, 6 do back[i] = ("b%d"):format(i) .. ("z"):rep(g.rnd(100)) end
+      task(function()
+        for i = 1, #back do
+          local n, err = server:write(back[i], 5000)
+          if not n then problem(("block write %d: %s"):format(i, tostring(err))) end
+          local set = server:ready("both", g.rnd(3) - 1)
+          if set ~= nil and type(set) ~= "table" then problem("ready: " .. tostring(set)) end
+        end
+      end)
+      task(function()
+        local buf, got, want = np.buffer(4096), {}, table.concat(back)
+        while #table.concat(got) < #want do
+          local n, err = client:read_into(buf, 5000)
+          if not n then
+            problem("read_into: " .. tostring(err))
+            break
+          end
+          got[#got + 1] = buf:sub(1, n)
+        end
+        if table.concat(got) ~= want then problem("read_into: the blocks came wrong") end
+      end)
+    end
     local ok, err = pcall(H.pump, function() return done == expected end, 20000, what)
     debug.sethook()
     lu.assertTrue(ok, what .. ": " .. tostring(err))
