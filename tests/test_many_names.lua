@@ -102,7 +102,7 @@ end
 
 function TestManyNames:test_names_come_and_go_in_every_order()
   local env = os.getenv("NP_MANY_NAMES_SEED")
-  local seeds = env and { assert(tonumber(env), "NP_MANY_NAMES_SEED: a number") } or { 1, 2, 3 }
+  local seeds = env and { (assert(tonumber(env), "NP_MANY_NAMES_SEED: a number")) } or { 1, 2, 3 }
   -- (fewer names under Wine: each pipe call is a round trip to the wineserver)
   local n_names = UNDER_WINE and 60 or 300
   for _, seed in ipairs(seeds) do run_seed(seed, n_names, n_names * 10) end
