@@ -650,6 +650,9 @@ local function wait_timed_out(rec)
   -- never started: its start raised, or a write was done at once)
   local ticket = rec.ticket
   if rec.armed ~= ticket or rec.started ~= ticket then return end
+  -- (run_due cleared due before this call: a step nested in it ended the
+  -- wait, and the next one has its own deadline)
+  if rec.due ~= nil then return end
   if rec.looks == raw.looks() then return false end
   cancel_for_timeout(rec.target, CANCEL[rec.kind])
 end

@@ -86,23 +86,40 @@ local heap, nheap, seq = {}, 0, 0
 local told_soon, told_at = false, nil
 
 local function tell_core()
-  local first = heap[1]
-  told_soon, told_at = soon_head <= soon_tail, first and first.at
-  set_task_work(told_soon, told_at)
+  repeat -- (again if a step nested in the call changed what to tell)
+    local first = heap[1]
+    local is_soon, at = soon_head <= soon_tail, first and first.at
+    told_soon, told_at = is_soon, at
+    set_task_work(is_soon, at)
+    first = heap[1]
+  until is_soon == (soon_head <= soon_tail) and at == (first and first.at)
 end
 
 -- (i - i % 2) / 2: the parent's place on every Lua version (no //); a
 -- float with an integer value on 5.3+, which indexes the same entry.
 
--- Move t, in the heap, to its place: up past later parents, else down
--- past earlier children. Nothing here calls a function, and t.slot is
--- read here: a call could run a step (a call hook's, a finalizer's) whose
--- timers change the heap, and one at the call of sift finds it whole
--- (only t maybe out of order), or t taken out (nothing to do).
-local function sift(t)
+-- Take t out of the heap (out), or give it the key (at, tseq); then move
+-- what is out of order to its place. Returns t's place, or nil if t was
+-- not in the heap. Nothing here calls a function, and every change
+-- happens here: at any call (a call hook's or a finalizer's step may run
+-- there) the heap is whole. (Not so at the call of a separate sift, after
+-- the last entry or a raised key is put in place: another entry sifted up
+-- by the nested step can pass that one and settle above a child earlier
+-- than it.)
+local function reheap(t, out, at, tseq)
   local i = t.slot
-  if not i then return end
-  local at, tseq = t.at, t.seq
+  if not i then return nil end
+  local place = i
+  if out then
+    t.slot = nil
+    local last = heap[nheap]
+    heap[nheap] = nil
+    nheap = nheap - 1
+    if last == t then return place end
+    t, at, tseq = last, last.at, last.seq
+  else
+    t.at, t.seq = at, tseq
+  end
   local from = i
   while i > 1 do
     local parent = (i - i % 2) / 2
@@ -129,23 +146,7 @@ local function sift(t)
     end
   end
   heap[i], t.slot = t, i
-end
-
--- Take t out of the heap; its place, or nil if it was not in it (a step
--- nested in this call took it out first). The last entry goes into its
--- place before sift is called (see sift).
-local function unlink(t)
-  local i = t.slot
-  if not i then return nil end
-  t.slot = nil
-  local last = heap[nheap]
-  heap[nheap] = nil
-  nheap = nheap - 1
-  if last ~= t then
-    heap[i], last.slot = last, i
-    sift(last)
-  end
-  return i
+  return place
 end
 
 --- The task running now, or nil (main thread, a user coroutine, or a
@@ -372,7 +373,14 @@ T.suspend = co_yield
 -- the heap's next entry), so that running out of memory here leaves the
 -- heap as it was; the sift below then only stores into entries that
 -- exist.
-local function insert(t, at)
+local function insert(t, at, due)
+  -- (t put in meanwhile by a step nested in this call: left as it is; due,
+  -- for a record, its deadline, set here where nothing nests)
+  if t.slot then return end
+  if due then -- (a record's wait, still the live one)
+    if t.n ~= t.ticket then return end
+    t.due = due
+  end
   t.slot, t.at, t.seq = false, at, seq + 1
   heap[nheap + 1] = t
   seq = seq + 1
@@ -401,8 +409,7 @@ function T.set_deadline(rec, ms)
   if not rec.slot then
     insert(rec, due)
   elseif due < rec.at then -- a shorter timeout than the key: move it up
-    rec.at = due
-    sift(rec)
+    reheap(rec, false, due, rec.seq)
     if rec.slot == 1 then tell_core() end
   end
 end
@@ -419,7 +426,7 @@ end
 --- Stop timer t if it is set (a timer that went off or was cancelled
 --- is not).
 function T.cancel_timer(t)
-  if t.slot and unlink(t) == 1 then tell_core() end
+  if t.slot and reheap(t, true) == 1 then tell_core() end
 end
 
 --- Run what is due: things queued with soon() before this call, then
@@ -447,12 +454,14 @@ function T.run_due()
     local due = timer.due
     if due and due > t then -- a wait record whose deadline moved on: re-key it
       seq = seq + 1
-      timer.at, timer.seq = due, seq
-      sift(timer)
-    elseif unlink(timer) then -- (else a step nested in that call took it)
+      reheap(timer, false, due, seq)
+    elseif reheap(timer, true) then -- (else a step nested in that call took it)
+      due = timer.due -- (again: a step nested in that call may have moved it)
       if not timer.lazy then
         n = n + 1
         timer.fn()
+      elseif due and due > t then -- (a later deadline set meanwhile)
+        insert(timer, due)
       elseif due then
         timer.due = nil
         n = n + 1
@@ -468,8 +477,7 @@ function T.run_due()
       local timer = again[i]
       -- (its wait still the live one, and not re-armed by what ran meanwhile)
       if not timer.slot and timer.n == timer.ticket then
-        timer.due = t
-        insert(timer, t)
+        insert(timer, t, t) -- (insert looks at the slot again)
       end
     end
   end
