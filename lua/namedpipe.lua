@@ -646,6 +646,10 @@ end
 -- even a message waiting in the socket comes with the next step's look.
 -- false: not yet (namedpipe.task's run_due tries again at the next step).
 local function wait_timed_out(rec)
+  -- (the count first: it is a call, and a step nested in one (a call
+  -- hook's, a finalizer's) may end the wait; what follows reads the record
+  -- after it)
+  local looks = raw.looks()
   -- (armed for a wait that is not the current one, or whose operation
   -- never started: its start raised, or a write was done at once)
   local ticket = rec.ticket
@@ -653,7 +657,10 @@ local function wait_timed_out(rec)
   -- (run_due cleared due before this call: a step nested in it ended the
   -- wait, and the next one has its own deadline)
   if rec.due ~= nil then return end
-  if rec.looks == raw.looks() then return false end
+  -- (ended: its wake came in such a step, moved rec.n past the ticket and
+  -- let the target go)
+  if rec.n ~= ticket or rec.target == nil then return end
+  if rec.looks == looks then return false end
   cancel_for_timeout(rec.target, CANCEL[rec.kind])
 end
 
