@@ -41,6 +41,38 @@ function H.generator(seed)
   return g
 end
 
+--- Fill pipe's way out with try_write (64 KiB at a time) until it takes
+--- no more; the bytes it took. On Linux the socket is then not writable
+--- until the peer reads; on Windows a pipe stays writable (try_write is
+--- refused once a write waits for the system).
+local FILL_BLOCK = ("f"):rep(65536)
+function H.fill(pipe)
+  local total = 0
+  repeat
+    local k = pipe:try_write(FILL_BLOCK)
+    total = total + (k or 0)
+  until not k or k == 0
+  return total
+end
+
+--- A step nested in the n-th call made on this thread from now on (a call
+--- hook's; a finalizer's comes the same way): the hook goes, act() runs if
+--- given, then `steps` steps of `ms` milliseconds (5 and 1 by default).
+--- (LuaJIT's hook is every coroutine's: other threads' calls are not
+--- counted.) debug.sethook() takes it away before it has fired.
+function H.step_nested_at_call(n, act, steps, ms)
+  local calls, me = 0, coroutine.running()
+  debug.sethook(function()
+    if coroutine.running() ~= me then return end
+    calls = calls + 1
+    if calls == n then
+      debug.sethook()
+      if act then act() end
+      for _ = 1, steps or 5 do np.step(ms or 1) end
+    end
+  end, "c")
+end
+
 --- Step the loop until cond() is true; fails the test after timeout ms.
 function H.pump(cond, timeout, what)
   local deadline = np.now() + (timeout or 5000)

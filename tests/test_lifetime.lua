@@ -352,7 +352,6 @@ end
 -- ready() made right after it is not refused as "already pending", and a
 -- task is not woken in a later wait.
 function TestLifetime:test_a_step_nested_in_ready_both()
-  local block = ("z"):rep(65536)
   -- (a task cannot wait inside a pcall on Lua 5.1: called directly there)
   local no_pcall_in_tasks = _VERSION == "Lua 5.1" and not rawget(_G, "jit")
   local function direct(f, ...) return true, f(...) end
@@ -361,24 +360,11 @@ function TestLifetime:test_a_step_nested_in_ready_both()
     for n = 1, 60 do -- (its waits start at about the 40th call)
       local what = ("%s, a step nested at call %d"):format(where, n)
       local server, client = H.pair({ pipe_mode = "byte" }, { pipe_mode = "byte" })
-      local filled = 0
-      repeat
-        local k = server:try_write(block)
-        filled = filled + (k or 0)
-      until not k or k == 0
-      lu.assertTrue(filled > 0, what)
+      lu.assertTrue(H.fill(server) > 0, what)
       lu.assertEquals(client:try_write("x"), 1) -- (the readable half ends at once)
       local r, after, again, slept
       H.run_in(where, function()
-        local calls, me = 0, coroutine.running()
-        debug.sethook(function()
-          if coroutine.running() ~= me then return end -- (LuaJIT: every coroutine's)
-          calls = calls + 1
-          if calls == n then
-            debug.sethook()
-            for _ = 1, 5 do np.step(1) end
-          end
-        end, "c")
+        H.step_nested_at_call(n)
         local t0 = np.now()
         r = table.pack(call(server.ready, server, "both", 2000))
         r.took = np.now() - t0
@@ -415,25 +401,10 @@ end
 -- had started. And a writable wait the hook starts itself is not ready's
 -- to call off: the readable half ending first leaves it alone.
 function TestLifetime:test_a_step_nested_in_ready_both_leaves_what_is_not_its_own()
-  local block = ("z"):rep(65536)
   local function full_pair()
     local server, client = H.pair({ pipe_mode = "byte" }, { pipe_mode = "byte" })
-    repeat
-      local k = server:try_write(block)
-    until not k or k == 0
+    H.fill(server)
     return server, client
-  end
-  local function hook_at(n, me, act)
-    local calls = 0
-    debug.sethook(function()
-      if coroutine.running() ~= me then return end -- (LuaJIT: every coroutine's)
-      calls = calls + 1
-      if calls == n then
-        debug.sethook()
-        if act then act() end
-        for _ = 1, 5 do np.step(1) end
-      end
-    end, "c")
   end
   -- (Linux's socket is full: not writable; on Windows a pipe is writable
   -- while no write waits for the system, so ready may say so there)
@@ -445,7 +416,7 @@ function TestLifetime:test_a_step_nested_in_ready_both_leaves_what_is_not_its_ow
         local server, client = full_pair()
         local r
         H.run_in(where, function()
-          hook_at(n, (coroutine.running()))
+          H.step_nested_at_call(n)
           local t0 = np.now()
           r = table.pack(server:ready("both", ms))
           r.took = np.now() - t0
@@ -465,7 +436,7 @@ function TestLifetime:test_a_step_nested_in_ready_both_leaves_what_is_not_its_ow
     local server, client = full_pair()
     lu.assertEquals(client:try_write("x"), 1) -- (the readable half ends first)
     local foreign
-    hook_at(n, (coroutine.running()), function()
+    H.step_nested_at_call(n, function()
       pcall(server.writable, server, function(...) foreign = table.pack(...) end)
     end)
     pcall(server.ready, server, "both", 200)

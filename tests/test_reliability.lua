@@ -678,10 +678,7 @@ function TestReliability:test_out_of_memory_inside_calls()
   -- Under caps that grow until it returns, on the main thread and in a
   -- task (which may also die of the cap outside the call: then set is
   -- nil). (On Windows p is writable at once, and ready says so.)
-  local block = ("f"):rep(65536)
-  repeat
-    local k = p:try_write(block)
-  until not k or k == 0
+  H.fill(p)
   local capped_ready = {
     main = function(extra)
       collectgarbage()

@@ -192,15 +192,7 @@ function TestTimers:test_a_step_nested_in_the_timers_own_calls()
     np.step(0)
     local due = np.now() + 5
     while np.now() < due do end
-    local calls, me = 0, coroutine.running()
-    debug.sethook(function()
-      if coroutine.running() ~= me then return end -- (LuaJIT: every coroutine's)
-      calls = calls + 1
-      if calls == n then
-        debug.sethook()
-        for _ = 1, 3 do np.step(0) end
-      end
-    end, "c")
+    H.step_nested_at_call(n, nil, 3, 0)
     local deadline = np.now() + 5000
     local ok, err = pcall(function()
       while (#woke < 4 or not (ended[1] and ended[2] and ended[3])) and np.now() < deadline do
