@@ -1398,16 +1398,23 @@ function methods.ready(self, interest, timeout, ...)
   -- started_r, started_w: the wait has started (only a started wait is
   -- this call's to cancel); expired: the timer went off meanwhile
   local started_r, started_w, expired = false, false, false
+  -- One half called off (reason nil: CANCELLED), if it is this call's:
+  -- started and still pending.
+  local function call_off(readable, reason)
+    local mine = readable and pending_r and started_r
+      or not readable and pending_w and started_w
+    if mine and self:state() ~= "closed" then
+      self:cancel(readable and "readable" or "writable", reason)
+    end
+  end
   local function ended(readable, ok_, msg, name, code)
     if readable then pending_r = false else pending_w = false end
-    local other_pending = readable and pending_w or not readable and pending_r
+    -- (read before the cancel's calls: a step nested in them may end the
+    -- other half, whose end then resumes the task)
+    local other_pending = pending_r or pending_w
     if ok_ then
       if readable then got_r = true else got_w = true end
-      -- the first one ready wins; the other wait, if still ours, is called off
-      if other_pending and (readable and started_w or not readable and started_r)
-        and self:state() ~= "closed" then
-        self:cancel(readable and "writable" or "readable")
-      end
+      call_off(not readable) -- the first one ready wins
     elseif not failed then
       failed, emsg, ename, ecode = true, msg, name, code
     end
@@ -1417,9 +1424,8 @@ function methods.ready(self, interest, timeout, ...)
   local function on_writable(...) return ended(false, ...) end
   local function cancel_pending()
     expired = true
-    if self:state() == "closed" then return end
-    if pending_r and started_r then self:cancel("readable", "TIMEOUT") end
-    if pending_w and started_w then self:cancel("writable", "TIMEOUT") end
+    call_off(true, "TIMEOUT")
+    call_off(false, "TIMEOUT")
   end
   -- Like ready("readable"), it holds the read slot until it returns (see
   -- check_not_reading), also once its readable half has ended while it
@@ -1431,7 +1437,7 @@ function methods.ready(self, interest, timeout, ...)
   -- behind. A cancel made before its start cancelled nothing, so once both
   -- have started, a readable half that ended ready calls the other off.
   local function call_off_late()
-    if got_r and pending_w and self:state() ~= "closed" then self:cancel("writable") end
+    if got_r then call_off(false) end
   end
   pending_w = true
   if resume then
