@@ -131,9 +131,25 @@ end
 
 local function timed_out() return nil, "timed out", "TIMEOUT", 0 end
 
-local function cancel_for_timeout(pipe, what)
-  if pipe:state() ~= "closed" then pipe:cancel(what, "TIMEOUT") end
+-- A deadline's cancel, made only if t[key] is still value (the wait has
+-- not ended), checked where nothing can nest (raw.cancel_if: a step
+-- nested in any call here may end the wait, and start the next operation
+-- of its kind, which is not the one whose time ran out). Not through
+-- pipe:cancel, for that reason: what watches the timeouts (a model of the
+-- pipes in a test) is told through M._watch_timeouts instead.
+local raw_cancel_if = raw.cancel_if
+local timeout_watcher
+local function cancel_for_timeout(pipe, what, t, key, value)
+  if raw_cancel_if(pipe, what, "TIMEOUT", t, key, value) and timeout_watcher then
+    timeout_watcher(pipe, what)
+  end
 end
+
+--- np._watch_timeouts(fn | nil): fn(pipe, what) is called after each
+--- cancel a timeout makes (what: the kind cancelled, as pipe:cancel's
+--- first argument), before its operation's end is handed out. For tests
+--- and debugging.
+function M._watch_timeouts(fn) timeout_watcher = fn end
 
 -- Data read ahead by the framing helpers (or by a read nobody waited for
 -- any more, below), handed out before the pipe's. Set only through
@@ -626,7 +642,7 @@ local function wait_for(op, pipe, kind, timeout)
     if deadline then
       local left = deadline - now()
       if left <= 0 and stepped then
-        cancel_for_timeout(pipe, CANCEL[kind])
+        cancel_for_timeout(pipe, CANCEL[kind], op, "done", false)
         deadline = nil
       else
         wait_step(left > 0 and left or 0)
@@ -661,7 +677,7 @@ local function wait_timed_out(rec)
   -- let the target go)
   if rec.n ~= ticket or rec.target == nil then return end
   if rec.looks == looks then return false end
-  cancel_for_timeout(rec.target, CANCEL[rec.kind])
+  cancel_for_timeout(rec.target, CANCEL[rec.kind], rec, "n", ticket)
 end
 
 -- Outside a task: an operation recorded while it is waited for (above).

@@ -711,6 +711,33 @@ void np_pipe_cancel_read(pipe_ud *u, np_err reason) {
   np_cancel(u->p, NP_OP_READ, reason);
 }
 
+/* cancel_if(pipe, what, reason, t, key, value): the Lua layer's cancel at
+ * a deadline, made only if t[key] (raw) is still value, that is if the
+ * wait whose time ran out has not ended (a task's wait record still has
+ * its ticket; an operation waited for outside a task is not done); true if
+ * it cancelled, else nothing. The check and the cancel are one C call,
+ * with nothing between them that runs Lua code: a step nested in any call
+ * of the layer's (a call hook's, a finalizer's) may end that wait, and the
+ * operation of the same kind started next (by the task that waited, or by
+ * whatever ran in that step) is not the one whose time ran out.
+ * (lua_getfield runs no collector step, so no finalizer, and t has no
+ * metatable; the reason comes as an argument, made before the check.) A
+ * closed pipe has nothing to cancel. A pipe whose reads the Lua layer
+ * holds (read-ahead, a framing read) is cancelled through the layer's
+ * cancel, as pipe:cancel is: that one is a Lua call again. */
+static int raw_cancel_if(lua_State *L) {
+  pipe_ud *u = open_pipe_or_null(L);
+  if (!u) return 0;
+  luaL_checktype(L, 4, LUA_TTABLE);
+  lua_settop(L, 6);
+  lua_getfield(L, 4, luaL_checkstring(L, 5));
+  if (!lua_rawequal(L, -1, 6)) return 0;
+  lua_settop(L, 3);
+  if (!u->readahead || divert_call(L, W_CANCEL) < 0) raw_cancel(L);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 /* A read_start the Lua layer is still starting (bytes read ahead go
  * first) is its to cancel. */
 static int m_cancel(lua_State *L) {
@@ -911,6 +938,7 @@ const luaL_Reg np_pipe_layer_funcs[] = {{"connect", raw_connect},
                                         {"read_start", raw_read_start},
                                         {"read_stop", raw_read_stop},
                                         {"cancel", raw_cancel},
+                                        {"cancel_if", raw_cancel_if},
                                         {"buffer_put", raw_buffer_put},
                                         {"buffer_busy", raw_buffer_busy},
                                         {"write", raw_write},

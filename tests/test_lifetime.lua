@@ -449,6 +449,105 @@ function TestLifetime:test_a_step_nested_in_ready_both_leaves_what_is_not_its_ow
   lu.assertEquals(np.stats().outstanding, 0)
 end
 
+-- A timed wait's deadline cancels that wait's operation and nothing else:
+-- a step nested in the deadline's own calls (a call hook's here; a
+-- finalizer's comes the same way) may end the wait meanwhile, and the
+-- operation of the same kind started next on that pipe (by the task that
+-- waited, or by the hook) is not the one whose time ran out. The hook
+-- counts calls from the deadline on, on the thread that steps for the
+-- wait: the waiting one for the main thread and a coroutine of the
+-- script's own, the main thread for a task (its timer runs in the main
+-- thread's step). A read (message mode: what each read gets is known),
+-- and on Linux a writable wait (on Windows a pipe is writable while no
+-- write waits for the system: it would not wait).
+function TestLifetime:test_a_step_nested_at_a_deadline_cancels_only_its_own()
+  local MESSAGES = { pipe_mode = "message" }
+  local kinds = {
+    read = {
+      prepare = function() end,
+      wait = function(server, _, ms) return server:read(nil, ms) end,
+      -- (the hook's: the wait can end now, and what comes next is known)
+      ending = function(_, client) client:write("x") end,
+      foreign = function(server, _, cb) return pcall(server.read, server, cb) end,
+      after = function(_, client) client:write("y") end,
+      first = "x", -- (what the wait gets if it ends in the hook's step)
+      next = function(r1) return r1[1] and "y" or "x" end,
+    },
+    writable = {
+      prepare = function(_, client) H.fill(client) end,
+      wait = function(_, client, ms) return client:writable(ms) end,
+      ending = function(server)
+        repeat local d = server:try_read() until not d
+      end,
+      foreign = function(_, client, cb) return pcall(client.writable, client, cb) end,
+      after = function() end,
+      first = true,
+      next = function() return true end,
+    },
+  }
+  for _, kind in ipairs { "read", "writable" } do
+    local k = kinds[kind]
+    for _, where in ipairs { "main", "coroutine", "task" } do
+      for n = 1, 40 do
+        if kind == "writable" and PLATFORM == "windows" then break end
+        local what = ("%s, %s, a step nested at call %d after the deadline"):format(kind, where, n)
+        local server, client = H.pair(MESSAGES, MESSAGES)
+        k.prepare(server, client)
+        local deadline, calls, foreign
+        local function hook()
+          if not deadline or np.now() < deadline then return end
+          calls = calls + 1
+          if calls ~= n then return end
+          debug.sethook()
+          k.ending(server, client)
+          for _ = 1, 5 do np.step(1) end
+          -- (refused while the wait is still pending; a task's own next
+          -- wait is the one to look at there)
+          if where ~= "task" then
+            k.foreign(server, client, function(...) foreign = table.pack(...) end)
+          end
+          k.after(server, client)
+        end
+        local r1, r2
+        local function waits()
+          calls, deadline = 0, np.now() + 5
+          if where ~= "task" then debug.sethook(hook, "c") end
+          r1 = table.pack(k.wait(server, client, 5))
+          -- (a task's next wait matters only if the step was nested
+          -- before this wait ended; LuaJIT's hook is global: a task's
+          -- sethook takes the main thread's off too)
+          if where ~= "task" or calls >= n then debug.sethook() end
+          if where == "task" and calls >= n then
+            r2 = table.pack(k.wait(server, client, 2000))
+          end
+        end
+        if where == "task" then
+          local ended = false
+          np.spawn(function() waits(); ended = true end)
+          debug.sethook(hook, "c")
+          H.pump(function() return ended end, 5000, what)
+          debug.sethook()
+        else
+          H.run_in(where, waits, 5000, what)
+        end
+        debug.sethook()
+        if r1[1] == nil then
+          lu.assertEquals(r1[3], "TIMEOUT", what)
+        else
+          lu.assertEquals(r1[1], k.first, what)
+        end
+        if r2 or foreign then
+          H.pump(function() return (r2 or foreign).n end, 3000, what)
+          local second = r2 or foreign
+          lu.assertEquals(second[1], k.next(r1),
+            what .. ": the next one ended " .. tostring(second[3]))
+        end
+        H.close_all(server, client)
+      end
+    end
+  end
+end
+
 -- A nested step run before an outer step's first callback (here from a
 -- call hook; a finalizer does the same) whose callback raises leaves its
 -- pipe held: the outer step must let it go, not overwrite it.

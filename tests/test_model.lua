@@ -719,7 +719,8 @@ local function mark_pending(e, reason)
   stop_writes(e, reason)
 end
 
--- np.methods.cancel, watched: the waiting layer's timeouts come through it.
+-- np.methods.cancel, watched, and the waiting layer's timeouts
+-- (np._watch_timeouts).
 local function on_cancel(pipe, what, reason)
   local e = R and R.by_pipe[pipe]
   if not e or e.closed then return end
@@ -1744,9 +1745,11 @@ function TestModel:setUp()
     on_cancel(pipe, what, reason)
     return original_cancel(pipe, what, reason)
   end
+  np._watch_timeouts(function(pipe, what) on_cancel(pipe, what, "TIMEOUT") end)
 end
 
 function TestModel:tearDown()
+  np._watch_timeouts(nil)
   np.methods.cancel = original_cancel
   R = nil
   H.settle(2000)
