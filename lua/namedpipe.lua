@@ -131,25 +131,29 @@ end
 
 local function timed_out() return nil, "timed out", "TIMEOUT", 0 end
 
--- A deadline's cancel, made only if t[key] is still value (the wait has
--- not ended), checked where nothing can nest (raw.cancel_if: a step
--- nested in any call here may end the wait, and start the next operation
--- of its kind, which is not the one whose time ran out). Not through
--- pipe:cancel, for that reason: what watches the timeouts (a model of the
--- pipes in a test) is told through M._watch_timeouts instead.
+-- This layer's own cancel of a wait's operation (at its deadline; the
+-- half of ready("both") that lost), made only if t[key] is still value
+-- (the wait has not ended), checked where nothing can nest (raw.cancel_if:
+-- a step nested in any call here may end the wait, and start the next
+-- operation of its kind, which is not this wait's). Not through
+-- pipe:cancel, for that reason: what watches these cancels (a model of the
+-- pipes in a test) is told through M._watch_cancels instead.
 local raw_cancel_if = raw.cancel_if
-local timeout_watcher
-local function cancel_for_timeout(pipe, what, t, key, value)
-  if raw_cancel_if(pipe, what, "TIMEOUT", t, key, value) and timeout_watcher then
-    timeout_watcher(pipe, what)
+local cancel_watcher
+local function cancel_if_live(pipe, what, reason, t, key, value)
+  if raw_cancel_if(pipe, what, reason, t, key, value) and cancel_watcher then
+    cancel_watcher(pipe, what, reason)
   end
 end
+local function cancel_for_timeout(pipe, what, t, key, value)
+  cancel_if_live(pipe, what, "TIMEOUT", t, key, value)
+end
 
---- np._watch_timeouts(fn | nil): fn(pipe, what) is called after each
---- cancel a timeout makes (what: the kind cancelled, as pipe:cancel's
---- first argument), before its operation's end is handed out. For tests
---- and debugging.
-function M._watch_timeouts(fn) timeout_watcher = fn end
+--- np._watch_cancels(fn | nil): fn(pipe, what, reason) is called after
+--- each cancel this layer makes of a wait's operation (at its timeout;
+--- the half of ready("both") that lost), with pipe:cancel's arguments,
+--- before that operation's end is handed out. For tests and debugging.
+function M._watch_cancels(fn) cancel_watcher = fn end
 
 -- Data read ahead by the framing helpers (or by a read nobody waited for
 -- any more, below), handed out before the pipe's. Set only through
@@ -1405,26 +1409,29 @@ function methods.ready(self, interest, timeout, ...)
   end
   -- pending_r, pending_w: the waits started and not yet completed (only
   -- those may be cancelled: once one has completed, its kind may be
-  -- someone else's). What the waits' ends record goes into locals, which
-  -- allocate nothing: in a task, running out of memory there would leave
-  -- the task never resumed, and the read slot held.
+  -- someone else's). What the waits' ends record goes into locals (and
+  -- live's two fields, below), which allocate nothing: in a task, running
+  -- out of memory there would leave the task never resumed, and the read
+  -- slot held.
   local pending_r, pending_w = true, false
   local got_r, got_w, failed, emsg, ename, ecode = false, false, false, nil, nil, nil
   local resume = task.current() and task.waiter()
-  -- started_r, started_w: the wait has started (only a started wait is
-  -- this call's to cancel); expired: the timer went off meanwhile
-  local started_r, started_w, expired = false, false, false
-  -- One half called off (reason nil: CANCELLED), if it is this call's:
-  -- started and still pending.
+  -- expired: the timer has gone off (what it called off before both waits
+  -- had started is called off again once they have)
+  local expired = false
+  -- live.readable, live.writable: that half is this call's to cancel,
+  -- started and still pending (cancel_if_live checks it where nothing can
+  -- nest: a step nested in the calls before may end the half, and start
+  -- a wait of its kind that is someone else's)
+  local live = { readable = false, writable = false }
+  -- One half called off (reason nil: CANCELLED), if it is this call's.
   local function call_off(readable, reason)
-    local mine = readable and pending_r and started_r
-      or not readable and pending_w and started_w
-    if mine and self:state() ~= "closed" then
-      self:cancel(readable and "readable" or "writable", reason)
-    end
+    local what = readable and "readable" or "writable"
+    if live[what] then cancel_if_live(self, what, reason or "CANCELLED", live, what, true) end
   end
   local function ended(readable, ok_, msg, name, code)
     if readable then pending_r = false else pending_w = false end
+    live[readable and "readable" or "writable"] = false
     -- (read before the cancel's calls: a step nested in them may end the
     -- other half, whose end then resumes the task)
     local other_pending = pending_r or pending_w
@@ -1472,9 +1479,9 @@ function methods.ready(self, interest, timeout, ...)
     local timer = t and task.add_timer(t, at_deadline)
     local started, err = pcall(raw.readable, self, on_readable)
     if started then
-      started_r = true
+      live.readable = pending_r
       started, err = pcall(raw.writable, self, on_writable)
-      started_w = started
+      live.writable = started and pending_w
     else
       pending_r = false
     end
@@ -1503,11 +1510,11 @@ function methods.ready(self, interest, timeout, ...)
     local ops = { false, false }
     local waited, err = pcall(guarded, ops, function()
       raw.readable(self, on_r)
-      started_r = true
+      live.readable = pending_r
       ops[1] = r
       register(r)
       raw.writable(self, on_w)
-      started_w = true
+      live.writable = pending_w
       ops[2] = w
       register(w)
       call_off_late()

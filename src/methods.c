@@ -722,9 +722,20 @@ void np_pipe_cancel_read(pipe_ud *u, np_err reason) {
  * whatever ran in that step) is not the one whose time ran out.
  * (lua_getfield runs no collector step, so no finalizer, and t has no
  * metatable; the reason comes as an argument, made before the check.) A
- * closed pipe has nothing to cancel. A pipe whose reads the Lua layer
- * holds (read-ahead, a framing read) is cancelled through the layer's
- * cancel, as pipe:cancel is: that one is a Lua call again. */
+ * closed pipe has nothing to cancel. The read slot of a pipe whose reads
+ * the Lua layer holds (read-ahead, a framing read, an operation it
+ * records) is cancelled through the layer's cancel, as pipe:cancel does:
+ * that one is a Lua call again (a wait that holds the read slot, as every
+ * waiting read does, keeps other reads out until it returns). */
+/* cancel's what (index 2) takes in the read slot, the only one the Lua
+ * layer's cancel handles itself (its other cancels are raw_cancel's). */
+static int cancels_read_slot(lua_State *L) {
+  np_op op;
+  if (lua_isnoneornil(L, 2)) return 1;
+  op = check_op(L, 2, NULL);
+  return op == NP_OP_READ || op == NP_OP_READABLE || op == NP_OP_TRANSACT;
+}
+
 static int raw_cancel_if(lua_State *L) {
   pipe_ud *u = open_pipe_or_null(L);
   if (!u) return 0;
@@ -733,7 +744,8 @@ static int raw_cancel_if(lua_State *L) {
   lua_getfield(L, 4, luaL_checkstring(L, 5));
   if (!lua_rawequal(L, -1, 6)) return 0;
   lua_settop(L, 3);
-  if (!u->readahead || divert_call(L, W_CANCEL) < 0) raw_cancel(L);
+  if (!u->readahead || !cancels_read_slot(L) || divert_call(L, W_CANCEL) < 0)
+    raw_cancel(L);
   lua_pushboolean(L, 1);
   return 1;
 }

@@ -62,9 +62,9 @@ function TestExports:test_the_core_lua_protocol_is_private()
     end
   end
   table.sort(underscored)
-  -- _read_ahead is a read-only count; _watch_timeouts only tells a
-  -- function of the cancels that timeouts made
-  lu.assertEquals(underscored, { "_VERSION", "_VERSION", "_read_ahead", "_watch_timeouts" })
+  -- _read_ahead is a read-only count; _watch_cancels only tells a
+  -- function of the cancels the Lua layer made
+  lu.assertEquals(underscored, { "_VERSION", "_VERSION", "_read_ahead", "_watch_cancels" })
   lu.assertNil(np._attach)
   -- the core hands its private half out once, and namedpipe took it
   local ok, err = pcall(core._attach)

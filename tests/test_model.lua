@@ -719,8 +719,8 @@ local function mark_pending(e, reason)
   stop_writes(e, reason)
 end
 
--- np.methods.cancel, watched, and the waiting layer's timeouts
--- (np._watch_timeouts).
+-- np.methods.cancel, watched, and the waiting layer's own cancels (its
+-- timeouts, ready("both")'s: np._watch_cancels).
 local function on_cancel(pipe, what, reason)
   local e = R and R.by_pipe[pipe]
   if not e or e.closed then return end
@@ -1745,11 +1745,11 @@ function TestModel:setUp()
     on_cancel(pipe, what, reason)
     return original_cancel(pipe, what, reason)
   end
-  np._watch_timeouts(function(pipe, what) on_cancel(pipe, what, "TIMEOUT") end)
+  np._watch_cancels(on_cancel)
 end
 
 function TestModel:tearDown()
-  np._watch_timeouts(nil)
+  np._watch_cancels(nil)
   np.methods.cancel = original_cancel
   R = nil
   H.settle(2000)
