@@ -468,8 +468,8 @@ local function abandon(op, ended_now)
   end
   if op.done then
     release(op)
-  elseif op.slot and op.pipe:state() ~= "closed" then
-    op.pipe:cancel(CANCEL[op.kind])
+  elseif op.slot then -- (unless it ends meanwhile: cancel_if_live)
+    cancel_if_live(op.pipe, CANCEL[op.kind], "CANCELLED", op, "done", false)
   end
 end
 
