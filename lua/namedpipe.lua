@@ -1669,7 +1669,8 @@ end
 layer.hand_over(waiting, { task_records = task_records, arm_deadline = arm_deadline,
                            stopped_reads = stopped_reads,
                            main_step = step, cancel_main_read = cancel_main_read,
-                           abandon_wait = abandon_wait, write_rest = write_rest })
+                           abandon_wait = abandon_wait, write_rest = write_rest,
+                           framing_reads = framing_reads })
 
 -- Where a C function cannot be suspended (Lua 5.1, LuaJIT), a C method
 -- that would hand its call to this layer returns a marker instead

@@ -530,6 +530,7 @@ static const struct {
                    {"cancel_main_read", W_MAIN_CANCEL},
                    {"abandon_wait", W_ABANDON_WAIT},
                    {"write_rest", W_WRITE_REST},
+                   {"framing_reads", W_FRAMING},
                    {NULL, 0}};
 
 static int layer_hand_over(lua_State *L) {

@@ -382,6 +382,10 @@ enum {
    * part of at once, already started ("write_rest": main_waits.c, and
    * np_write_now_or_rest). */
   W_WRITE_REST,
+  /* The Lua layer's framing reads in progress, by pipe ("framing_reads"):
+   * the record whose stop a deadline's cancel of the read slot sets
+   * (methods.c, raw_cancel_if). */
+  W_FRAMING,
   /* the record fields it reads and writes, as strings made once (a
    * lua_getfield would make each anew from its C string) */
   W_KEY_N, W_KEY_TICKET, W_KEY_WAKE

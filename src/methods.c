@@ -711,24 +711,7 @@ void np_pipe_cancel_read(pipe_ud *u, np_err reason) {
   np_cancel(u->p, NP_OP_READ, reason);
 }
 
-/* cancel_if(pipe, what, reason, t, key, value): the Lua layer's cancel at
- * a deadline, made only if t[key] (raw) is still value, that is if the
- * wait whose time ran out has not ended (a task's wait record still has
- * its ticket; an operation waited for outside a task is not done); true if
- * it cancelled, else nothing. The check and the cancel are one C call,
- * with nothing between them that runs Lua code: a step nested in any call
- * of the layer's (a call hook's, a finalizer's) may end that wait, and the
- * operation of the same kind started next (by the task that waited, or by
- * whatever ran in that step) is not the one whose time ran out.
- * (lua_getfield runs no collector step, so no finalizer, and t has no
- * metatable; the reason comes as an argument, made before the check.) A
- * closed pipe has nothing to cancel. The read slot of a pipe whose reads
- * the Lua layer holds (read-ahead, a framing read, an operation it
- * records) is cancelled through the layer's cancel, as pipe:cancel does:
- * that one is a Lua call again (a wait that holds the read slot, as every
- * waiting read does, keeps other reads out until it returns). */
-/* cancel's what (index 2) takes in the read slot, the only one the Lua
- * layer's cancel handles itself (its other cancels are raw_cancel's). */
+/* cancel's what (index 2) takes in the read slot. */
 static int cancels_read_slot(lua_State *L) {
   np_op op;
   if (lua_isnoneornil(L, 2)) return 1;
@@ -736,16 +719,50 @@ static int cancels_read_slot(lua_State *L) {
   return op == NP_OP_READ || op == NP_OP_READABLE || op == NP_OP_TRANSACT;
 }
 
+/* cancel_if(pipe, what, reason, t, key, value): the Lua layer's own cancel
+ * of a wait's operation (at its deadline; the losing half of
+ * ready("both"); an abandoned one), made only if rawget(t, key) is still
+ * value, that is if that wait has not ended (a task's wait record still
+ * has its ticket; an operation waited for outside a task is not done);
+ * true if it cancelled, else nothing. The check and the cancel are one C
+ * call, with nothing between them that runs Lua code: a step nested in any
+ * call of the layer's (a call hook's, a finalizer's) may end that wait,
+ * and the operation of the same kind started next (by the task that
+ * waited, or by whatever ran in that step) is not this wait's. (The
+ * reason comes as an argument, made before the check; a raw get runs no
+ * collector step, so no finalizer.) A closed pipe has nothing to cancel.
+ *
+ * Nor is the layer's cancel (pipe:cancel's, when the layer holds the
+ * pipe's reads) called, for the same reason: of what it does, only the
+ * stop of a framing read in progress (read_line and the like, between two
+ * of their reads) can apply while a wait of the layer's holds the read
+ * slot, and that is done here, after the cancel: setting a field that the
+ * record lacks allocates, and running out of memory there then leaves the
+ * cancel made (the framing read ends with its read's TIMEOUT all the
+ * same; the stop only covers a read that finished first). */
 static int raw_cancel_if(lua_State *L) {
   pipe_ud *u = open_pipe_or_null(L);
   if (!u) return 0;
   luaL_checktype(L, 4, LUA_TTABLE);
   lua_settop(L, 6);
-  lua_getfield(L, 4, luaL_checkstring(L, 5));
+  lua_pushvalue(L, 5);
+  lua_rawget(L, 4);
   if (!lua_rawequal(L, -1, 6)) return 0;
   lua_settop(L, 3);
-  if (!u->readahead || !cancels_read_slot(L) || divert_call(L, W_CANCEL) < 0)
-    raw_cancel(L);
+  raw_cancel(L);
+  if (u->readahead && cancels_read_slot(L)) {
+    lua_rawgeti(L, WAITING_UPV, W_FRAMING);
+    lua_pushvalue(L, 1);
+    if (lua_type(L, -2) == LUA_TTABLE) lua_rawget(L, -2);
+    if (lua_type(L, -1) == LUA_TTABLE) { /* the pipe's framing read */
+      lua_getfield(L, -1, "stop");
+      if (!lua_toboolean(L, -1)) {
+        lua_pushvalue(L, 3);
+        lua_setfield(L, -3, "stop");
+      }
+    }
+  }
+  lua_settop(L, 0);
   lua_pushboolean(L, 1);
   return 1;
 }

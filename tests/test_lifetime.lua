@@ -457,9 +457,12 @@ end
 -- counts calls from the deadline on, on the thread that steps for the
 -- wait: the waiting one for the main thread and a coroutine of the
 -- script's own, the main thread for a task (its timer runs in the main
--- thread's step). A read (message mode: what each read gets is known),
--- and on Linux a writable wait and ready("both") (on Windows a pipe is
--- writable while no write waits for the system: they would not wait).
+-- thread's step). A read (message mode: what each read gets is known), a
+-- read_line (its pipe's reads go through the Lua layer, whose cancel
+-- also stops the line), and on Linux a writable wait and ready("both")
+-- (on Windows a pipe is writable while no write waits for the system:
+-- they would not wait). A wait the hook starts is looked at once it has
+-- ended; a task's next one waits as its first did.
 function TestLifetime:test_a_step_nested_at_a_deadline_cancels_only_its_own()
   local MESSAGES = { pipe_mode = "message" }
   local function drain(pipe) repeat local d = pipe:try_read() until not d end
@@ -473,6 +476,20 @@ function TestLifetime:test_a_step_nested_at_a_deadline_cancels_only_its_own()
       after = function(_, client) client:write("y") end,
       first = "x", -- (what the wait gets if it ends in the hook's step)
       next = function(r1) return r1[1] and "y" or "x" end,
+    },
+    -- a framing read: its pipe's reads divert to the Lua layer, and the
+    -- deadline's cancel of the read slot stops the framing read too
+    read_line = {
+      prepare = function() end,
+      wait = function(server, _, ms) return server:read_line(ms) end,
+      ending = function(_, client) client:write("x\n") end,
+      foreign = function(server, _, cb) return pcall(server.read, server, cb) end,
+      after = function(_, client) client:write("y\n") end,
+      first = "x",
+      next = function(r1, foreign)
+        if foreign then return r1[1] and "y\n" or "x\n" end
+        return r1[1] and "y" or "x"
+      end,
     },
     -- (the hook's own writable wait waits: the pipe is full again, until
     -- the hook's last act)
@@ -504,7 +521,7 @@ function TestLifetime:test_a_step_nested_at_a_deadline_cancels_only_its_own()
       next = function(_, foreign) return foreign and true or { writable = true } end,
     },
   }
-  for _, kind in ipairs { "read", "writable", "ready" } do
+  for _, kind in ipairs { "read", "read_line", "writable", "ready" } do
     local k = kinds[kind]
     for _, where in ipairs { "main", "coroutine", "task" } do
       for n = 1, 40 do
@@ -512,7 +529,7 @@ function TestLifetime:test_a_step_nested_at_a_deadline_cancels_only_its_own()
         local what = ("%s, %s, a step nested at call %d after the deadline"):format(kind, where, n)
         local server, client = H.pair(MESSAGES, MESSAGES)
         k.prepare(server, client)
-        local deadline, calls, foreign
+        local deadline, calls, foreign, foreign_started, hook_done
         local function hook()
           if not deadline or np.now() < deadline then return end
           calls = calls + 1
@@ -523,9 +540,10 @@ function TestLifetime:test_a_step_nested_at_a_deadline_cancels_only_its_own()
           -- (refused while the wait is still pending; a task's own next
           -- wait is the one to look at there)
           if where ~= "task" then
-            k.foreign(server, client, function(...) foreign = table.pack(...) end)
+            foreign_started = k.foreign(server, client, function(...) foreign = table.pack(...) end)
           end
           k.after(server, client)
+          hook_done = true
         end
         local r1, r2
         local function waits()
@@ -537,6 +555,9 @@ function TestLifetime:test_a_step_nested_at_a_deadline_cancels_only_its_own()
           -- sethook takes the main thread's off too)
           if where ~= "task" or calls >= n then debug.sethook() end
           if where == "task" and calls >= n then
+            -- (its next wait waits, as the first did, while the hook has
+            -- yet to make its last act)
+            if kind == "writable" and not hook_done then k.prepare(server, client) end
             r2 = table.pack(k.wait(server, client, 2000))
           end
         end
@@ -555,8 +576,10 @@ function TestLifetime:test_a_step_nested_at_a_deadline_cancels_only_its_own()
         else
           lu.assertEquals(r1[1], k.first, what)
         end
-        if r2 or foreign then
-          H.pump(function() return (r2 or foreign).n end, 3000, what)
+        -- (a foreign wait started in the hook may end only later: it is
+        -- looked at once it has)
+        if r2 or foreign_started then
+          H.pump(function() return r2 or foreign end, 3000, what)
           local second = r2 or foreign
           lu.assertEquals(second[1], k.next(r1, r2 == nil),
             what .. ": the next one ended " .. tostring(second[3]))
