@@ -151,8 +151,10 @@ end
 
 --- np._watch_cancels(fn | nil): fn(pipe, what, reason) is called after
 --- each cancel this layer makes of a wait's operation (at its timeout;
---- the half of ready("both") that lost), with pipe:cancel's arguments,
---- before that operation's end is handed out. For tests and debugging.
+--- the half of ready("both") that lost; an abandoned one), with
+--- pipe:cancel's arguments, before that operation's end is handed out.
+--- (The reads a C method waits for on the main thread are cancelled
+--- through pipe:cancel: cancel_main_read.) For tests and debugging.
 function M._watch_cancels(fn) cancel_watcher = fn end
 
 -- Data read ahead by the framing helpers (or by a read nobody waited for
