@@ -166,28 +166,62 @@ static void release_hold(pipe_ud *u, unsigned start) {
  * Then the read is cancelled unless it has ended, as the layer abandons
  * one of its own (by the backend itself, should the method fail), and the
  * error goes on. From the read's start to here nothing raises outside a
- * pcall: nothing allocates, so no collection runs a finalizer either. */
+ * pcall: nothing allocates, so no collection runs a finalizer either.
+ *
+ * A step nested in the Lua calls made here (a call hook's, a finalizer's)
+ * may end the read. Its end then finds the callback as before the unwind
+ * (no FORWARD, no TAKER) and is kept in its upvalues: handed to the
+ * function abandon_wait returned (or to the taker) once that call is
+ * over, and the cancel is not made. (Handed to the taker while
+ * abandon_wait was still recording the operation, it left that record
+ * pending for ever: the pipe's reads waited for it.) The hold of the read
+ * slot stays until after the cancel: a read that such a step started
+ * would otherwise be the one cancelled. */
 static void unwound(lua_State *L, pipe_ud *u, int wake, unsigned start) {
-  int err = lua_gettop(L), n = 0, done = wake_done(L, wake);
-  release_hold(u, start);
-  lua_rawgeti(L, WAITING_UPV, W_ABANDON_WAIT);
-  lua_pushvalue(L, -1);
-  lua_setupvalue(L, wake, MW_TAKER);
+  int err = lua_gettop(L), n = 0, done = wake_done(L, wake), taken = 0;
   lua_pushvalue(L, 1);
   lua_setupvalue(L, wake, MW_PIPE);
   lua_pushinteger(L, (lua_Integer)start);
   lua_setupvalue(L, wake, MW_START);
+  lua_rawgeti(L, WAITING_UPV, W_ABANDON_WAIT);
   lua_pushvalue(L, 1);
   lua_getupvalue(L, wake, MW_KIND);
   lua_getupvalue(L, wake, MW_BUF);
   lua_pushboolean(L, u->disconnects != start);
   lua_pushboolean(L, done);
   if (done) n = push_results(L, wake);
-  if (lua_pcall(L, 5 + n, 1, 0) == LUA_OK && !lua_isnil(L, -1))
-    lua_setupvalue(L, wake, MW_FORWARD);
+  if (lua_pcall(L, 5 + n, 1, 0) == LUA_OK) {
+    taken = 1;
+    if (!lua_isnil(L, -1)) {
+      lua_pushvalue(L, -1);
+      lua_setupvalue(L, wake, MW_FORWARD);
+    }
+  } else {
+    lua_rawgeti(L, WAITING_UPV, W_ABANDON_WAIT);
+    lua_setupvalue(L, wake, MW_TAKER);
+  }
+  if (!done && wake_done(L, wake)) {
+    /* it ended meanwhile: its end goes where it would go now */
+    if (taken) {
+      lua_pushvalue(L, err + 1); /* forward */
+      n = push_results(L, wake);
+      (void)lua_pcall(L, n, 0, 0);
+    } else {
+      lua_rawgeti(L, WAITING_UPV, W_ABANDON_WAIT);
+      lua_pushvalue(L, 1);
+      lua_getupvalue(L, wake, MW_KIND);
+      lua_getupvalue(L, wake, MW_BUF);
+      lua_pushboolean(L, u->disconnects != start);
+      lua_pushboolean(L, 1);
+      n = push_results(L, wake);
+      (void)lua_pcall(L, 5 + n, 0, 0);
+    }
+    done = 1;
+  }
   lua_settop(L, err);
   if (!done && !cancel_read(L, wake, 0) && u->p)
     np_pipe_cancel_read(u, NP_CANCELLED);
+  release_hold(u, start);
   lua_settop(L, err);
   lua_error(L);
 }

@@ -590,6 +590,56 @@ function TestLifetime:test_a_step_nested_at_a_deadline_cancels_only_its_own()
   end
 end
 
+-- A waiting read on the main thread that an error unwinds (a callback of
+-- its step raised) is handed to the Lua layer and cancelled; a step nested
+-- in the calls that do it (a call hook's here) may end the read meanwhile,
+-- and start a read of its own. Every message then arrives once, in order,
+-- to the hook's read or to the reads after the unwind: the unwound read's
+-- end is not lost, and its cancel does not hit the hook's read.
+function TestLifetime:test_a_step_nested_in_an_unwinding_wait_loses_nothing()
+  local MESSAGES = { pipe_mode = "message" }
+  for _, kind in ipairs { "read", "readable" } do
+    for n = 1, 40 do
+      local what = ("%s, a step nested at call %d of the unwind"):format(kind, n)
+      local server, client = H.pair(MESSAGES, MESSAGES)
+      local raised, calls, fired, foreign, started = false, 0, false, nil, false
+      debug.sethook(function()
+        if not raised then return end
+        calls = calls + 1
+        if calls ~= n then return end
+        debug.sethook()
+        fired = true
+        client:write("x")
+        for _ = 1, 5 do np.step(1) end
+        started = pcall(server.read, server, function(...) foreign = table.pack(...) end)
+        client:write("y")
+      end, "c")
+      client:writable(function() raised = true; error("raised in the wait's step") end)
+      local ok
+      if kind == "read" then
+        ok = pcall(server.read, server, nil, 3000)
+      else
+        ok = pcall(server.readable, server, 3000)
+      end
+      debug.sethook()
+      lu.assertFalse(ok, what)
+      local got = {}
+      if started then
+        H.pump(function() return foreign end, 3000, what)
+        lu.assertNotNil(foreign[1], what .. ": the hook's read ended " .. tostring(foreign[3]))
+        got[#got + 1] = foreign[1]
+      end
+      for _ = 1, 3 do
+        local data = server:read(nil, fired and 300 or 20)
+        if not data then break end
+        got[#got + 1] = data
+      end
+      lu.assertEquals(got, fired and { "x", "y" } or {}, what)
+      H.close_all(server, client)
+    end
+  end
+end
+
 -- A nested step run before an outer step's first callback (here from a
 -- call hook; a finalizer does the same) whose callback raises leaves its
 -- pipe held: the outer step must let it go, not overwrite it.
