@@ -152,9 +152,9 @@ end
 --- np._watch_cancels(fn | nil): fn(pipe, what, reason) is called after
 --- each cancel this layer makes of a wait's operation (at its timeout;
 --- the half of ready("both") that lost; an abandoned one), with
---- pipe:cancel's arguments, before that operation's end is handed out.
---- (The reads a C method waits for on the main thread are cancelled
---- through pipe:cancel: cancel_main_read.) For tests and debugging.
+--- pipe:cancel's arguments, before that operation's end is handed out
+--- (also the reads a C method waits for on the main thread:
+--- cancel_main_read). For tests and debugging.
 function M._watch_cancels(fn) cancel_watcher = fn end
 
 -- Data read ahead by the framing helpers (or by a read nobody waited for
@@ -728,10 +728,17 @@ end
 local MAIN_KIND = { [0] = "read", "read_into", "transact", "readable" }
 
 -- Such a read, cancelled as this layer's waits cancel theirs: at its
--- timeout, or once an error has unwound it.
-local function cancel_main_read(pipe, at_deadline, kind)
-  if pipe:state() ~= "closed" then
-    pipe:cancel(CANCEL[MAIN_KIND[kind]], at_deadline and "TIMEOUT" or nil)
+-- timeout, or once an error has unwound it. The wait holds the read slot
+-- until then; start: the instance's disconnect count when it began. The
+-- cancel is made only if the slot is still held by that connection's
+-- wait, checked where nothing can nest (raw.cancel_held: a step nested in
+-- the calls here may end the read, and a disconnect() there lets the hold
+-- go: a read started next is then the next client's).
+local raw_cancel_held = raw.cancel_held
+local function cancel_main_read(pipe, at_deadline, kind, start)
+  local what, reason = CANCEL[MAIN_KIND[kind]], at_deadline and "TIMEOUT" or "CANCELLED"
+  if raw_cancel_held(pipe, what, reason, start) and cancel_watcher then
+    cancel_watcher(pipe, what, reason)
   end
 end
 

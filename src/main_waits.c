@@ -136,17 +136,20 @@ static int layer_allows(lua_State *L) {
   return ok;
 }
 
-/* pipe:cancel(what [, "TIMEOUT"]) for the read waited for, as the Lua
- * layer's waits make it (what: the name its kind is cancelled by, "read",
- * "transact" or "readable"; a script or a test watching cancel sees it):
- * through the layer's cancel_main_read, given the kind as a number
- * (nothing here allocates), protected. 0 if that raised. */
-static int cancel_read(lua_State *L, int wake, int timed_out) {
+/* The cancel of the read waited for, as the Lua layer's waits make theirs
+ * (what: the name its kind is cancelled by, "read", "transact" or
+ * "readable"; np._watch_cancels is told of it): through the layer's
+ * cancel_main_read, given the kind as a number and the disconnect count
+ * at the wait's start (nothing here allocates), protected; the cancel is
+ * made only while this wait still holds the read slot (raw.cancel_held).
+ * 0 if that raised. */
+static int cancel_read(lua_State *L, int wake, int timed_out, unsigned start) {
   lua_rawgeti(L, WAITING_UPV, W_MAIN_CANCEL);
   lua_pushvalue(L, 1);
   lua_pushboolean(L, timed_out);
   lua_getupvalue(L, wake, MW_KIND);
-  if (lua_pcall(L, 3, 0, 0) == LUA_OK) return 1;
+  lua_pushinteger(L, (lua_Integer)start);
+  if (lua_pcall(L, 4, 0, 0) == LUA_OK) return 1;
   return 0;
 }
 
@@ -156,6 +159,19 @@ static int cancel_read(lua_State *L, int wake, int timed_out) {
  * client's. (No other wait of this connection's can have held it.) */
 static void release_hold(pipe_ud *u, unsigned start) {
   if (u->disconnects == start) u->read_held = 0;
+}
+
+/* abandon_wait's call (below) pushed, with the read's end if done; its
+ * argument count. */
+static int push_abandon_wait(lua_State *L, pipe_ud *u, int wake,
+                             unsigned start, int done) {
+  lua_rawgeti(L, WAITING_UPV, W_ABANDON_WAIT);
+  lua_pushvalue(L, 1);
+  lua_getupvalue(L, wake, MW_KIND);
+  lua_getupvalue(L, wake, MW_BUF);
+  lua_pushboolean(L, u->disconnects != start);
+  lua_pushboolean(L, done);
+  return done ? 5 + push_results(L, wake) : 5;
 }
 
 /* The error on top unwinds the call. The Lua layer takes the read over:
@@ -178,19 +194,12 @@ static void release_hold(pipe_ud *u, unsigned start) {
  * slot stays until after the cancel: a read that such a step started
  * would otherwise be the one cancelled. */
 static void unwound(lua_State *L, pipe_ud *u, int wake, unsigned start) {
-  int err = lua_gettop(L), n = 0, done = wake_done(L, wake), taken = 0;
+  int err = lua_gettop(L), done = wake_done(L, wake), taken = 0;
   lua_pushvalue(L, 1);
   lua_setupvalue(L, wake, MW_PIPE);
   lua_pushinteger(L, (lua_Integer)start);
   lua_setupvalue(L, wake, MW_START);
-  lua_rawgeti(L, WAITING_UPV, W_ABANDON_WAIT);
-  lua_pushvalue(L, 1);
-  lua_getupvalue(L, wake, MW_KIND);
-  lua_getupvalue(L, wake, MW_BUF);
-  lua_pushboolean(L, u->disconnects != start);
-  lua_pushboolean(L, done);
-  if (done) n = push_results(L, wake);
-  if (lua_pcall(L, 5 + n, 1, 0) == LUA_OK) {
+  if (lua_pcall(L, push_abandon_wait(L, u, wake, start, done), 1, 0) == LUA_OK) {
     taken = 1;
     if (!lua_isnil(L, -1)) {
       lua_pushvalue(L, -1);
@@ -204,22 +213,14 @@ static void unwound(lua_State *L, pipe_ud *u, int wake, unsigned start) {
     /* it ended meanwhile: its end goes where it would go now */
     if (taken) {
       lua_pushvalue(L, err + 1); /* forward */
-      n = push_results(L, wake);
-      (void)lua_pcall(L, n, 0, 0);
+      (void)lua_pcall(L, push_results(L, wake), 0, 0);
     } else {
-      lua_rawgeti(L, WAITING_UPV, W_ABANDON_WAIT);
-      lua_pushvalue(L, 1);
-      lua_getupvalue(L, wake, MW_KIND);
-      lua_getupvalue(L, wake, MW_BUF);
-      lua_pushboolean(L, u->disconnects != start);
-      lua_pushboolean(L, 1);
-      n = push_results(L, wake);
-      (void)lua_pcall(L, 5 + n, 0, 0);
+      (void)lua_pcall(L, push_abandon_wait(L, u, wake, start, 1), 0, 0);
     }
     done = 1;
   }
   lua_settop(L, err);
-  if (!done && !cancel_read(L, wake, 0) && u->p)
+  if (!done && !cancel_read(L, wake, 0, start) && u->p)
     np_pipe_cancel_read(u, NP_CANCELLED);
   release_hold(u, start);
   lua_settop(L, err);
@@ -330,7 +331,7 @@ static int main_wait(lua_State *L, pipe_ud *u, int kind, size_t n,
     if (has_t) {
       lua_Number left = deadline - np_now_ms();
       if (left <= 0 && stepped) {
-        if (!cancel_read(L, wake, 1)) unwound(L, u, wake, disconnects);
+        if (!cancel_read(L, wake, 1, disconnects)) unwound(L, u, wake, disconnects);
         has_t = 0;
         continue;
       }

@@ -685,16 +685,21 @@ static void end_reading(pipe_ud *u, np_err reason) {
   np_reading_cancel(u);
 }
 
-static int raw_cancel(lua_State *L) {
-  pipe_ud *u = check_pipe(L);
+/* An operation of this kind waits in the read slot (read_held, the
+ * reading machinery). */
+static int in_read_slot(np_op op) {
+  return op == NP_OP_READ || op == NP_OP_READABLE || op == NP_OP_TRANSACT;
+}
+
+/* pipe:cancel(what, reason) at 1..3; true if it took in the read slot. */
+static int cancel_what(lua_State *L, pipe_ud *u) {
   static const char *const reasons[] = {"CANCELLED", "TIMEOUT", NULL};
   np_err reason = np_check_option(L, 3, "CANCELLED", reasons) == 0
                       ? NP_CANCELLED
                       : NP_TIMEOUT;
   int all = lua_isnoneornil(L, 2);
   np_op op = all ? NP_OP_READ : check_op(L, 2, NULL);
-  if (op == NP_OP_READ || op == NP_OP_READABLE || op == NP_OP_TRANSACT)
-    end_reading(u, reason);
+  if (in_read_slot(op)) end_reading(u, reason);
   if (all) {
     np_cancel(u->p, NP_OP_CONNECT, reason);
     np_cancel(u->p, NP_OP_READ, reason);
@@ -703,6 +708,11 @@ static int raw_cancel(lua_State *L) {
   } else {
     np_cancel(u->p, op, reason);
   }
+  return in_read_slot(op);
+}
+
+static int raw_cancel(lua_State *L) {
+  cancel_what(L, check_pipe(L));
   return 0;
 }
 
@@ -711,12 +721,25 @@ void np_pipe_cancel_read(pipe_ud *u, np_err reason) {
   np_cancel(u->p, NP_OP_READ, reason);
 }
 
-/* cancel's what (index 2) takes in the read slot. */
-static int cancels_read_slot(lua_State *L) {
-  np_op op;
-  if (lua_isnoneornil(L, 2)) return 1;
-  op = check_op(L, 2, NULL);
-  return op == NP_OP_READ || op == NP_OP_READABLE || op == NP_OP_TRANSACT;
+/* The cancel of cancel_if and cancel_held below, once checked: pipe, what
+ * and reason at 1..3; true. */
+static int cancel_checked(lua_State *L, pipe_ud *u) {
+  lua_settop(L, 3);
+  if (cancel_what(L, u) && u->readahead) {
+    lua_rawgeti(L, WAITING_UPV, W_FRAMING);
+    lua_pushvalue(L, 1);
+    if (lua_type(L, -2) == LUA_TTABLE) lua_rawget(L, -2);
+    if (lua_type(L, -1) == LUA_TTABLE) { /* the pipe's framing read */
+      lua_getfield(L, -1, "stop");
+      if (!lua_toboolean(L, -1)) {
+        lua_pushvalue(L, 3);
+        lua_setfield(L, -3, "stop");
+      }
+    }
+  }
+  lua_settop(L, 0);
+  lua_pushboolean(L, 1);
+  return 1;
 }
 
 /* cancel_if(pipe, what, reason, t, key, value): the Lua layer's own cancel
@@ -748,23 +771,23 @@ static int raw_cancel_if(lua_State *L) {
   lua_pushvalue(L, 5);
   lua_rawget(L, 4);
   if (!lua_rawequal(L, -1, 6)) return 0;
-  lua_settop(L, 3);
-  raw_cancel(L);
-  if (u->readahead && cancels_read_slot(L)) {
-    lua_rawgeti(L, WAITING_UPV, W_FRAMING);
-    lua_pushvalue(L, 1);
-    if (lua_type(L, -2) == LUA_TTABLE) lua_rawget(L, -2);
-    if (lua_type(L, -1) == LUA_TTABLE) { /* the pipe's framing read */
-      lua_getfield(L, -1, "stop");
-      if (!lua_toboolean(L, -1)) {
-        lua_pushvalue(L, 3);
-        lua_setfield(L, -3, "stop");
-      }
-    }
-  }
-  lua_settop(L, 0);
-  lua_pushboolean(L, 1);
-  return 1;
+  return cancel_checked(L, u);
+}
+
+/* cancel_held(pipe, what, reason, start): the same, for a waiting read
+ * made in C on the main thread (main_waits.c), made only while the read
+ * slot is still held (read_held) by that wait's connection (start: the
+ * instance's disconnect count when the wait began). The wait holds the
+ * slot until its cancel has been made, so no other read can have started
+ * meanwhile, unless a disconnect() in a step nested in the calls before
+ * this one let the hold go (its read then ended NOT_CONNECTED, and a read
+ * started since is the next client's). */
+static int raw_cancel_held(lua_State *L) {
+  pipe_ud *u = open_pipe_or_null(L);
+  if (!u || !u->read_held ||
+      u->disconnects != (unsigned)luaL_checkinteger(L, 4))
+    return 0;
+  return cancel_checked(L, u);
 }
 
 /* A read_start the Lua layer is still starting (bytes read ahead go
@@ -968,6 +991,7 @@ const luaL_Reg np_pipe_layer_funcs[] = {{"connect", raw_connect},
                                         {"read_stop", raw_read_stop},
                                         {"cancel", raw_cancel},
                                         {"cancel_if", raw_cancel_if},
+                                        {"cancel_held", raw_cancel_held},
                                         {"buffer_put", raw_buffer_put},
                                         {"buffer_busy", raw_buffer_busy},
                                         {"write", raw_write},

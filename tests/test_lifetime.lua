@@ -640,6 +640,49 @@ function TestLifetime:test_a_step_nested_in_an_unwinding_wait_loses_nothing()
   end
 end
 
+-- A waiting read on the main thread holds the read slot until its
+-- deadline's cancel has been made, but a disconnect() in a step nested in
+-- the deadline's calls (a call hook's here) lets the hold go, and the step
+-- may then connect the next client and start a read for it. That read is
+-- the next client's: the deadline's cancel must not hit it.
+function TestLifetime:test_a_disconnect_nested_at_a_main_read_deadline_leaves_the_next_client_alone()
+  local MESSAGES = { pipe_mode = "message" }
+  for n = 1, 30 do
+    local what = ("a disconnect nested at call %d after the deadline"):format(n)
+    local server, client, name = H.pair(MESSAGES, MESSAGES)
+    local deadline, calls, foreign, client2 = nil, 0, nil, nil
+    debug.sethook(function()
+      if not deadline or np.now() < deadline then return end
+      calls = calls + 1
+      if calls ~= n then return end
+      debug.sethook()
+      server:disconnect()
+      local connected = false
+      server:connect(function() connected = true end)
+      client2 = np.open(name, MESSAGES)
+      for _ = 1, 20 do
+        if connected then break end
+        np.step(1)
+      end
+      if connected then
+        server:read(function(...) foreign = table.pack(...) end)
+      end
+    end, "c")
+    deadline = np.now() + 5
+    local data, _, err = server:read(nil, 5)
+    debug.sethook()
+    lu.assertNil(data, what)
+    lu.assertTrue(err == "TIMEOUT" or err == "NOT_CONNECTED", what .. ": " .. tostring(err))
+    if client2 then
+      client2:write("new")
+      H.pump(function() return foreign end, 3000, what)
+      lu.assertEquals(foreign[1], "new", what .. ": the next client's read ended " .. tostring(foreign[3]))
+      client2:close()
+    end
+    H.close_all(server, client)
+  end
+end
+
 -- A nested step run before an outer step's first callback (here from a
 -- call hook; a finalizer does the same) whose callback raises leaves its
 -- pipe held: the outer step must let it go, not overwrite it.

@@ -220,7 +220,8 @@ function F.install(M, methods, P)
   end
 
   -- rec: the framing read's mark, with what its scan needs (scan(piece,
-  -- before, pieces, rec)). (The mark stays should the read raise:
+  -- before, pieces, rec)), and stop = false (its field there already: the
+  -- C side sets it at a cancel without making room). (The mark stays should the read raise:
   -- harmless, the next one's replaces it.)
   local function read_until(self, timeout, kind, scan, rec)
     -- (read_exact(0), kind 0, is answered by nothing: read_until_in's
@@ -288,7 +289,7 @@ function F.install(M, methods, P)
       if stop >= at and buf:byte(stop) == 13 then stop = stop - 1 end
       return buf:sub(at, stop)
     end
-    local line, msg, name, code = read_until(self, timeout, "line", scan_line, {})
+    local line, msg, name, code = read_until(self, timeout, "line", scan_line, { stop = false })
     if line then
       if line:byte(-1) == 13 then line = line:sub(1, -2) end
       return line
@@ -326,7 +327,7 @@ function F.install(M, methods, P)
     end
     check_timeout(timeout, 3, "read_exact")
     if readahead_len(self) >= n and readahead[self] then return P.take_readahead(self, n, true) end
-    return read_until(self, timeout, n, scan_exact, { n = n })
+    return read_until(self, timeout, n, scan_exact, { n = n, stop = false })
   end
 
   --- pipe:write_frame(data [, cb | timeout]): a 4-byte big-endian length,
@@ -376,7 +377,7 @@ function F.install(M, methods, P)
       end
     end
     if max ~= frame_max then frame_max, frame_kind = max, "frame " .. max end
-    local frame, msg, name, code = read_until(self, timeout, frame_kind, scan_frame, { max = max })
+    local frame, msg, name, code = read_until(self, timeout, frame_kind, scan_frame, { max = max, stop = false })
     if not frame then return nil, msg, name, code end
     return frame:sub(5)
   end
