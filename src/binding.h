@@ -384,7 +384,7 @@ enum {
   W_WRITE_REST,
   /* The Lua layer's framing reads in progress, by pipe ("framing_reads"):
    * the record whose stop a deadline's cancel of the read slot sets
-   * (methods.c, raw_cancel_if). */
+   * (methods.c, cancel_checked: raw_cancel_if, raw_cancel_held). */
   W_FRAMING,
   /* the record fields it reads and writes, as strings made once (a
    * lua_getfield would make each anew from its C string) */

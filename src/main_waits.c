@@ -192,14 +192,17 @@ static int push_abandon_wait(lua_State *L, pipe_ud *u, int wake,
  * abandon_wait was still recording the operation, it left that record
  * pending for ever: the pipe's reads waited for it.) The hold of the read
  * slot stays until after the cancel: a read that such a step started
- * would otherwise be the one cancelled. */
+ * would otherwise be the one cancelled. A disconnect() in such a step
+ * lets the hold go (the read ends NOT_CONNECTED): a read started after it
+ * is the next client's, and raw.cancel_held then makes no cancel. */
 static void unwound(lua_State *L, pipe_ud *u, int wake, unsigned start) {
-  int err = lua_gettop(L), done = wake_done(L, wake), taken = 0;
+  int err = lua_gettop(L), done = wake_done(L, wake), taken = 0, nargs;
   lua_pushvalue(L, 1);
   lua_setupvalue(L, wake, MW_PIPE);
   lua_pushinteger(L, (lua_Integer)start);
   lua_setupvalue(L, wake, MW_START);
-  if (lua_pcall(L, push_abandon_wait(L, u, wake, start, done), 1, 0) == LUA_OK) {
+  nargs = push_abandon_wait(L, u, wake, start, done);
+  if (lua_pcall(L, nargs, 1, 0) == LUA_OK) {
     taken = 1;
     if (!lua_isnil(L, -1)) {
       lua_pushvalue(L, -1);
@@ -331,7 +334,8 @@ static int main_wait(lua_State *L, pipe_ud *u, int kind, size_t n,
     if (has_t) {
       lua_Number left = deadline - np_now_ms();
       if (left <= 0 && stepped) {
-        if (!cancel_read(L, wake, 1, disconnects)) unwound(L, u, wake, disconnects);
+        if (!cancel_read(L, wake, 1, disconnects))
+          unwound(L, u, wake, disconnects);
         has_t = 0;
         continue;
       }

@@ -759,10 +759,12 @@ static int cancel_checked(lua_State *L, pipe_ud *u) {
  * pipe's reads) called, for the same reason: of what it does, only the
  * stop of a framing read in progress (read_line and the like, between two
  * of their reads) can apply while a wait of the layer's holds the read
- * slot, and that is done here, after the cancel: setting a field that the
- * record lacks allocates, and running out of memory there then leaves the
- * cancel made (the framing read ends with its read's TIMEOUT all the
- * same; the stop only covers a read that finished first). */
+ * slot, and that is done here (cancel_checked), after the cancel: the
+ * record has its stop field from the start (stop = false, framing.lua),
+ * so setting it allocates nothing (were it lacking, running out of memory
+ * there would leave the cancel made: the framing read ends with its
+ * read's TIMEOUT all the same; the stop only covers a read that finished
+ * first). */
 static int raw_cancel_if(lua_State *L) {
   pipe_ud *u = open_pipe_or_null(L);
   if (!u) return 0;

@@ -221,8 +221,8 @@ function F.install(M, methods, P)
 
   -- rec: the framing read's mark, with what its scan needs (scan(piece,
   -- before, pieces, rec)), and stop = false (its field there already: the
-  -- C side sets it at a cancel without making room). (The mark stays should the read raise:
-  -- harmless, the next one's replaces it.)
+  -- C side sets it at a cancel without making room). (The mark stays
+  -- should the read raise: harmless, the next one's replaces it.)
   local function read_until(self, timeout, kind, scan, rec)
     -- (read_exact(0), kind 0, is answered by nothing: read_until_in's
     -- first scan, of no bytes, cuts it)
