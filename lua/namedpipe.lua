@@ -333,10 +333,21 @@ local starting = setmetatable({}, { __mode = "k" })
 -- their turn.
 local queued_calls = setmetatable({}, { __mode = "k" })
 local raw_set_readahead = raw.set_readahead
-local function sync_divert(pipe)
+-- Whether this layer holds anything of the pipe's, so that its reads and
+-- cancels come here: the core is told (raw_set_readahead), and asked again
+-- after that call, with no call between the answer and the loop's end (a
+-- step nested in raw_set_readahead's call may have changed it).
+local function divert_wanted(pipe)
   local ops = inflight[pipe]
-  raw_set_readahead(pipe, readahead[pipe] ~= nil or (ops ~= nil and ops.read ~= nil)
-    or starting[pipe] ~= nil or framing_reads[pipe] ~= nil or queued_calls[pipe] ~= nil)
+  return readahead[pipe] ~= nil or (ops ~= nil and ops.read ~= nil)
+    or starting[pipe] ~= nil or framing_reads[pipe] ~= nil or queued_calls[pipe] ~= nil
+end
+local function sync_divert(pipe)
+  local want
+  repeat
+    want = divert_wanted(pipe)
+    raw_set_readahead(pipe, want)
+  until want == divert_wanted(pipe)
 end
 
 -- Nothing of the pipe's is held here (what sync_divert asks, but for a
@@ -367,16 +378,41 @@ local function take_lens(pipe)
   return lens
 end
 
--- The bytes before position `at` of the read-ahead string have been taken.
--- (On a message pipe empty messages may stay after the last byte.)
-local function readahead_skip(pipe, at)
+-- The bytes of the read-ahead string buf from `at` to before `to` taken,
+-- if it is still buf, unread from at, with its messages' head at h (nil:
+-- a byte pipe): false if a step nested in the calls since it was looked
+-- at moved it. Checked and moved with no call between (a call hook's or a
+-- finalizer's step could nest in any call, lens_drop's too: it is written
+-- out here). Whole messages go with the bytes, and the one they end in
+-- keeps its rest; on a message pipe empty messages may stay after the
+-- last byte (all: the read-ahead goes, whatever is left).
+local function readahead_cut(pipe, buf, at, h, to, all)
   local lens = ahead_lens[pipe]
-  if lens then lens_drop(lens, at - (readahead_at[pipe] or 1)) end
-  if at > #readahead[pipe] and not (lens and lens.h <= lens.n) then
-    set_readahead(pipe, nil)
-  else
-    readahead_at[pipe] = at
+  if readahead[pipe] ~= buf or (readahead_at[pipe] or 1) ~= at
+      or (lens and lens.h) ~= h then
+    return false
   end
+  if lens then -- (lens_drop, inline)
+    local k, i = to - at, lens.h
+    while i <= lens.n and k > 0 do
+      local m = lens[i]
+      if m > k then
+        lens[i] = m - k
+        break
+      end
+      k = k - m
+      lens[i] = nil
+      i = i + 1
+    end
+    lens.h = i
+  end
+  if all or to > #buf and not (lens and lens.h <= lens.n) then
+    readahead[pipe], readahead_at[pipe], ahead_lens[pipe] = nil, nil, nil
+    sync_divert(pipe)
+  else
+    readahead_at[pipe] = to
+  end
+  return true
 end
 
 -- s comes after the read-ahead (one message: an abandoned read's), or
@@ -818,31 +854,36 @@ end
 -- message pipe no more than its first message (what is left of it),
 -- unless bytes (a framing read, which takes bytes across messages).
 local function take_readahead(pipe, n, bytes)
-  local buf, at = readahead_view(pipe)
-  if not buf then return nil end
-  if bytes and ahead_lens[pipe] then -- (empty messages after the last byte stay)
-    if n > #buf - at + 1 then n = #buf - at + 1 end
-    readahead_skip(pipe, at + n)
-    return buf:sub(at, at + n - 1)
-  end
-  local lens = not bytes and ahead_lens[pipe]
-  if lens and lens.h < lens.n then -- (the last message: all there is, below)
-    local m = lens[lens.h]
-    if m == 0 then -- an empty message
-      lens[lens.h] = nil
-      lens.h = lens.h + 1
-      return ""
+  while true do
+    local buf, at = readahead_view(pipe)
+    if not buf then return nil end
+    local lens = ahead_lens[pipe]
+    local h, left, to, all = lens and lens.h, #buf - at + 1, nil, false
+    if bytes and lens then -- (empty messages after the last byte stay)
+      to = at + (n > left and left or n)
+    elseif lens and lens.h < lens.n then -- (the last message: all there is, below)
+      local m = lens[lens.h]
+      if m == 0 then -- an empty message (checked and taken with no call between)
+        if readahead[pipe] == buf and (readahead_at[pipe] or 1) == at and lens.h == h
+            and ahead_lens[pipe] == lens then
+          lens[lens.h] = nil
+          lens.h = lens.h + 1
+          return ""
+        end
+      else
+        if not n or n > m then n = m end
+        to = at + n
+      end
+    elseif n and n < left then
+      to = at + n
+    else
+      to, all = #buf + 1, true
     end
-    if not n or n > m then n = m end
-    readahead_skip(pipe, at + n)
-    return buf:sub(at, at + n - 1)
+    if to and readahead_cut(pipe, buf, at, h, to, all) then
+      if at == 1 and to == #buf + 1 then return buf end
+      return buf:sub(at, to - 1)
+    end
   end
-  if n and n < #buf - at + 1 then
-    readahead_skip(pipe, at + n)
-    return buf:sub(at, at + n - 1)
-  end
-  set_readahead(pipe, nil)
-  return at > 1 and buf:sub(at) or buf
 end
 
 -- A callback-form call made while an abandoned operation holds its slot
@@ -972,9 +1013,12 @@ function waiting.read(self, a, b)
   end
   if readahead[self] ~= nil and has_readahead(self) then
     n = check_count(n, "read")
+    -- (nil: a step nested in the calls since took it all; read on)
     local data = take_readahead(self, n)
-    if is_cb then return task.soon(b, data) end
-    return data
+    if data ~= nil then
+      if is_cb then return task.soon(b, data) end
+      return data
+    end
   end
   if is_cb then
     local op = orphan(self, "read")
@@ -990,7 +1034,8 @@ function waiting.read(self, a, b)
     if not ok then return unsettled(b) end
     if has_readahead(self) then
       n = check_count(n, "read")
-      return take_readahead(self, n)
+      local data = take_readahead(self, n)
+      if data ~= nil then return data end
     end
   end
   local w, cb = wait_record()
@@ -1042,8 +1087,9 @@ function waiting.read_into(self, buf, a)
       if not ok then return unsettled(t) end
     end
   end
-  if has_readahead(self) then
-    local n = raw.buffer_put(buf, take_readahead(self, #buf))
+  local ahead = has_readahead(self) and take_readahead(self, #buf)
+  if ahead then
+    local n = raw.buffer_put(buf, ahead)
     if cb then
       -- the bytes are the callback's until it runs: busy, as a pending
       -- read's buffer is (buf:sub and another read_into into it raise)
@@ -1065,7 +1111,8 @@ function waiting.try_read(self, n)
   check_not_reading(self, "try_read")
   if has_readahead(self) then
     n = check_count(n, "try_read")
-    return take_readahead(self, n)
+    local data = take_readahead(self, n)
+    if data ~= nil then return data end
   end
   if orphan(self, "read") then -- what it gets comes later: nothing now
     check_count(n, "try_read")
@@ -1637,7 +1684,7 @@ require("namedpipe.framing").install(M, methods, {
   take_lens = take_lens, lens_push = lens_push, lens_drop = lens_drop,
   lens_append = lens_append, ahead_lens = ahead_lens,
   prepend_readahead = prepend_readahead,
-  readahead_rest = readahead_rest, readahead_skip = readahead_skip,
+  readahead_rest = readahead_rest, readahead_cut = readahead_cut,
   take_readahead = take_readahead, take_rope = take_rope,
   check_not_reading = check_not_reading,
   unsettled = unsettled,

@@ -712,6 +712,103 @@ function TestLifetime:test_a_disconnect_nested_at_a_main_read_deadline_leaves_th
   end
 end
 
+-- A read answered from bytes the Lua layer holds (read ahead: here what
+-- read_line left of a line's chunk) looks at them, then cuts what it takes.
+-- A step nested in the calls between (a call hook's here) may start a read
+-- of its own that takes some or all of them, and more bytes may come. The
+-- call must then take what is still there, or wait for more: every byte
+-- reaches exactly one reader, each read gets bytes as they were written,
+-- and a read returns data or an error name (not a bare nil, not an error
+-- raised from inside the layer).
+function TestLifetime:test_a_step_nested_in_a_read_of_read_ahead_takes_each_byte_once()
+  local AHEAD, LATER = "abcdefgh\n", "ijk\n"
+  local STREAM = AHEAD .. LATER
+  local CALLS = {
+    read = function(s) return s:read(nil, 300) end,
+    ["read(3)"] = function(s) return s:read(3, 300) end,
+    try_read = function(s) return s:try_read() end,
+    read_into = function(s)
+      local buf = np.buffer(16)
+      local n, msg, name = s:read_into(buf, 300)
+      if n then return buf:sub(1, n) end
+      return nil, msg, name
+    end,
+    read_exact = function(s) return s:read_exact(3, 300) end,
+    read_line = function(s)
+      local line, msg, name = s:read_line(300)
+      if line then return line .. "\n" end -- (the line's end counts as read)
+      return nil, msg, name
+    end,
+  }
+  local function count(pieces)
+    local c = {}
+    for _, piece in ipairs(pieces) do
+      for ch in piece:gmatch(".") do c[ch] = (c[ch] or 0) + 1 end
+    end
+    return c
+  end
+  for _, mode in ipairs { "byte", "message" } do
+    local opts = { pipe_mode = mode }
+    for _, kind in ipairs { "read", "read(3)", "try_read", "read_into", "read_exact", "read_line" } do
+      local n, fired_inside = 0, 0
+      repeat
+        n = n + 1
+        local what = ("%s pipe, %s, a step nested at call %d"):format(mode, kind, n)
+        local server, client = H.pair(opts, opts)
+        client:write("L\n" .. AHEAD)
+        lu.assertEquals(server:read_line(1000), "L", what)
+        lu.assertEquals(np._read_ahead(server), #AHEAD, what)
+        local inside, calls, fired, hooks = false, 0, false, {}
+        local hook_read = nil
+        debug.sethook(function()
+          if not inside then return end
+          calls = calls + 1
+          if calls ~= n then return end
+          debug.sethook()
+          fired = true
+          -- (refused while the call's own read holds the slot: fine)
+          hook_read = pcall(server.read, server, 2, function(d, _, name)
+            hooks[#hooks + 1] = d or name
+            hook_read = false
+          end)
+          for _ = 1, 3 do np.step(1) end
+          client:write(LATER)
+        end, "c")
+        inside = true
+        local r = table.pack(pcall(CALLS[kind], server))
+        inside = false
+        debug.sethook()
+        if fired then fired_inside = fired_inside + 1 end
+        lu.assertTrue(r[1], what .. ": raised " .. tostring(r[2]))
+        lu.assertTrue(r[2] ~= nil or r[4] ~= nil, what .. ": a bare nil")
+        local pieces = {}
+        if r[2] then pieces[#pieces + 1] = r[2] end
+        for _ = 1, 5 do np.step(2) end
+        if hook_read then -- still waiting: nothing left for it
+          server:cancel("read")
+          H.pump(function() return not hook_read end, 2000, what)
+        end
+        for _, h in ipairs(hooks) do
+          if #h > 0 and h ~= "CANCELLED" then pieces[#pieces + 1] = h end
+        end
+        while true do
+          local d = server:try_read()
+          if not d then break end
+          pieces[#pieces + 1] = d
+        end
+        for _, piece in ipairs(pieces) do
+          lu.assertNotNil(STREAM:find(piece, 1, true), what .. ": " .. piece .. " was not written so")
+        end
+        lu.assertEquals(count(pieces), count { fired and STREAM or AHEAD },
+          what .. ": every byte once (got " .. table.concat(pieces, "|") .. ")")
+        H.close_all(server, client)
+      until not fired or n == 80
+      lu.assertTrue(fired_inside >= 3, ("%s, %s: the hook fired inside the call %d times"):format(mode, kind,
+        fired_inside))
+    end
+  end
+end
+
 -- A nested step run before an outer step's first callback (here from a
 -- call hook; a finalizer does the same) whose callback raises leaves its
 -- pipe held: the outer step must let it go, not overwrite it.

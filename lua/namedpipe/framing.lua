@@ -12,8 +12,8 @@ local F = {}
 -- P: namedpipe.lua's private parts (its read-ahead, sessions and waits).
 function F.install(M, methods, P)
   local readahead, set_readahead, now, session = P.readahead, P.set_readahead, M.now, P.session
-  local readahead_view, readahead_len, readahead_rest, readahead_skip, take_rope =
-    P.readahead_view, P.readahead_len, P.readahead_rest, P.readahead_skip, P.take_rope
+  local readahead_view, readahead_len, readahead_rest, readahead_cut, take_rope =
+    P.readahead_view, P.readahead_len, P.readahead_rest, P.readahead_cut, P.take_rope
   local take_lens, lens_push, lens_drop, lens_append, ahead_lens =
     P.take_lens, P.lens_push, P.lens_drop, P.lens_append, P.ahead_lens
   local check_not_reading = P.check_not_reading
@@ -280,14 +280,17 @@ function F.install(M, methods, P)
     -- A line already read ahead is cut from it in place (its bytes come
     -- before those of any abandoned read, which read_until settles first).
     -- (not a rope kept by a read that timed out: read_until goes on with it)
-    local buf, at
-    if type(readahead[self]) == "string" then buf, at = readahead_view(self) end
-    local nl = buf and buf:find("\n", at, true)
-    if nl then
-      readahead_skip(self, nl + 1)
-      local stop = nl - 1
-      if stop >= at and buf:byte(stop) == 13 then stop = stop - 1 end
-      return buf:sub(at, stop)
+    -- (cut only if a step nested in the calls here left it as it was)
+    while type(readahead[self]) == "string" do
+      local buf, at = readahead_view(self)
+      local lens = ahead_lens[self]
+      local nl = buf and buf:find("\n", at, true)
+      if not nl then break end
+      if readahead_cut(self, buf, at, lens and lens.h, nl + 1) then
+        local stop = nl - 1
+        if stop >= at and buf:byte(stop) == 13 then stop = stop - 1 end
+        return buf:sub(at, stop)
+      end
     end
     local line, msg, name, code = read_until(self, timeout, "line", scan_line, { stop = false })
     if line then
@@ -326,7 +329,15 @@ function F.install(M, methods, P)
       error("bad argument #2 to 'read_exact' (byte count >= 0 expected)", 2)
     end
     check_timeout(timeout, 3, "read_exact")
-    if readahead_len(self) >= n and readahead[self] then return P.take_readahead(self, n, true) end
+    if readahead_len(self) >= n and readahead[self] then
+      -- (a step nested in the calls here may have taken some: then as
+      -- with too few)
+      local buf, at = readahead_view(self)
+      local lens = ahead_lens[self]
+      if buf and #buf - at + 1 >= n and readahead_cut(self, buf, at, lens and lens.h, at + n) then
+        return buf:sub(at, at + n - 1)
+      end
+    end
     return read_until(self, timeout, n, scan_exact, { n = n, stop = false })
   end
 
@@ -367,12 +378,14 @@ function F.install(M, methods, P)
         :format(math_type(max) or type(max)), 2)
     end
     -- a whole frame already read ahead is cut from it in place
-    local have = readahead_len(self)
-    if have >= 4 and type(readahead[self]) == "string" then
+    -- (cut only if a step nested in the calls here left it as it was)
+    while readahead_len(self) >= 4 and type(readahead[self]) == "string" do
       local buf, at = readahead_view(self)
+      local lens = ahead_lens[self]
+      if not buf or #buf - at + 1 < 4 then break end
       local len = from_u32be(buf:sub(at, at + 3))
-      if len <= max and have >= 4 + len then
-        readahead_skip(self, at + 4 + len)
+      if not (len <= max and #buf - at + 1 >= 4 + len) then break end
+      if readahead_cut(self, buf, at, lens and lens.h, at + 4 + len) then
         return buf:sub(at + 4, at + 3 + len)
       end
     end
