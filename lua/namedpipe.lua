@@ -217,9 +217,19 @@ local function lens_drop(lens, k)
   lens.h = i
 end
 
+-- (A step nested in concat's call, or type()'s, may have moved the
+-- read-ahead: the rope is put back joined only if it is still there, with
+-- no call between the check and the store.)
 local function flatten(pipe)
   local r = readahead[pipe]
-  if type(r) == "table" then readahead[pipe] = concat(r, "", 1, r.n) end
+  while type(r) == "table" do
+    local s = concat(r, "", 1, r.n)
+    if readahead[pipe] == r then
+      readahead[pipe] = s
+      return
+    end
+    r = readahead[pipe]
+  end
 end
 
 -- The read-ahead as a string and where its unread bytes begin, or nil.
@@ -237,10 +247,15 @@ end
 -- The rope kept by a framing read, taken (nil: none; the read-ahead is
 -- then a string, or nothing).
 local function take_rope(pipe)
-  local r = readahead[pipe]
-  if type(r) ~= "table" then return nil end
-  readahead[pipe] = nil -- (set_readahead tells the core, below)
-  return r
+  while true do
+    local r = readahead[pipe]
+    if type(r) ~= "table" then return nil end
+    -- (type() is a call: taken only if a step nested in it left it there)
+    if readahead[pipe] == r then
+      readahead[pipe] = nil -- (set_readahead tells the core, below)
+      return r
+    end
+  end
 end
 
 -- The unread bytes as one string (a copy unless from the start), or nil.
@@ -389,7 +404,9 @@ end
 local function readahead_cut(pipe, buf, at, h, to, all)
   local lens = ahead_lens[pipe]
   if readahead[pipe] ~= buf or (readahead_at[pipe] or 1) ~= at
-      or (lens and lens.h) ~= h then
+      or (lens and lens.h) ~= h or all and lens and lens.h < lens.n then
+    -- (all: the last message was taken whole; a message added meanwhile,
+    -- an empty one leaving buf as it was, stays)
     return false
   end
   if lens then -- (lens_drop, inline)
@@ -1073,7 +1090,8 @@ function waiting.read_into(self, buf, a)
     ok, t = settle(self, "read", t)
     if not ok then return unsettled(t) end
   end
-  if not has_readahead(self) then
+  local had = has_readahead(self)
+  if not had then
     if cb then
       local op = orphan(self, "read")
       if op then
@@ -1088,6 +1106,12 @@ function waiting.read_into(self, buf, a)
     end
   end
   local ahead = has_readahead(self) and take_readahead(self, #buf)
+  if had and not ahead then
+    -- (a step nested in the calls since took all the read-ahead: the call
+    -- made again, as without it; not waited for below, which neither
+    -- settled an abandoned read nor takes a callback)
+    return methods.read_into(self, buf, a)
+  end
   if ahead then
     local n = raw.buffer_put(buf, ahead)
     if cb then

@@ -712,52 +712,70 @@ function TestLifetime:test_a_disconnect_nested_at_a_main_read_deadline_leaves_th
   end
 end
 
--- A read answered from bytes the Lua layer holds (read ahead: here what
--- read_line left of a line's chunk) looks at them, then cuts what it takes.
--- A step nested in the calls between (a call hook's here) may start a read
--- of its own that takes some or all of them, and more bytes may come. The
--- call must then take what is still there, or wait for more: every byte
--- reaches exactly one reader, each read gets bytes as they were written,
--- and a read returns data or an error name (not a bare nil, not an error
--- raised from inside the layer).
-function TestLifetime:test_a_step_nested_in_a_read_of_read_ahead_takes_each_byte_once()
-  local AHEAD, LATER = "abcdefgh\n", "ijk\n"
-  local STREAM = AHEAD .. LATER
-  local CALLS = {
-    read = function(s) return s:read(nil, 300) end,
-    ["read(3)"] = function(s) return s:read(3, 300) end,
-    try_read = function(s) return s:try_read() end,
-    read_into = function(s)
-      local buf = np.buffer(16)
-      local n, msg, name = s:read_into(buf, 300)
-      if n then return buf:sub(1, n) end
-      return nil, msg, name
-    end,
-    read_exact = function(s) return s:read_exact(3, 300) end,
-    read_line = function(s)
-      local line, msg, name = s:read_line(300)
-      if line then return line .. "\n" end -- (the line's end counts as read)
-      return nil, msg, name
-    end,
-  }
-  local function count(pieces)
-    local c = {}
-    for _, piece in ipairs(pieces) do
-      for ch in piece:gmatch(".") do c[ch] = (c[ch] or 0) + 1 end
-    end
-    return c
+-- A read answered from bytes the Lua layer holds (read ahead: what
+-- read_line left of a chunk, as a string; or, once a read_line has timed
+-- out, what it had taken, kept as a rope that the read joins first) looks
+-- at them, then takes what it takes. A step nested in the calls between (a
+-- call hook's here) may start a read of its own that takes some or all of
+-- them, and more bytes may come. The call must then take what is still
+-- there, or wait for more: every byte reaches exactly one reader, each read
+-- gets bytes as they were written, and a read returns data or an error
+-- name (not a bare nil, not an error raised from inside the layer).
+local NESTED_AHEAD_CALLS = {
+  read = function(s) return s:read(nil, 300) end,
+  ["read(3)"] = function(s) return s:read(3, 300) end,
+  try_read = function(s) return s:try_read() end,
+  read_into = function(s)
+    local buf = np.buffer(16)
+    local n, msg, name = s:read_into(buf, 300)
+    if n then return buf:sub(1, n) end
+    return nil, msg, name
+  end,
+  ["read_into(cb)"] = function(s)
+    local buf, got = np.buffer(16), nil
+    s:read_into(buf, function(n, msg, name) got = table.pack(n and buf:sub(1, n), msg, name) end)
+    H.pump(function() return got end, 2000, "read_into's callback")
+    return got[1], got[2], got[3]
+  end,
+  read_exact = function(s) return s:read_exact(3, 300) end,
+  read_line = function(s)
+    local line, msg, name = s:read_line(300)
+    if line then return line .. "\n" end -- (the line's end counts as read)
+    return nil, msg, name
+  end,
+}
+
+local function byte_counts(pieces)
+  local c = {}
+  for _, piece in ipairs(pieces) do
+    for ch in piece:gmatch(".") do c[ch] = (c[ch] or 0) + 1 end
   end
+  return c
+end
+
+-- ahead: the bytes held (a line's end in them: a string; none: a rope);
+-- the hook's read takes up to hook_n (nil: whatever comes), or if
+-- take_all a try_read takes all there is.
+local function nested_reads_of_read_ahead(ahead, kinds, hook_n, take_all)
+  local LATER = "ijk\n"
+  local STREAM = ahead .. LATER
+  local rope = not ahead:find("\n", 1, true)
   for _, mode in ipairs { "byte", "message" } do
     local opts = { pipe_mode = mode }
-    for _, kind in ipairs { "read", "read(3)", "try_read", "read_into", "read_exact", "read_line" } do
+    for _, kind in ipairs(kinds) do
       local n, fired_inside = 0, 0
       repeat
         n = n + 1
-        local what = ("%s pipe, %s, a step nested at call %d"):format(mode, kind, n)
+        local what = ("%s pipe, %s%s, a step nested at call %d"):format(mode, kind, rope and " of a rope" or "", n)
         local server, client = H.pair(opts, opts)
-        client:write("L\n" .. AHEAD)
+        client:write("L\n" .. ahead)
         lu.assertEquals(server:read_line(1000), "L", what)
-        lu.assertEquals(np._read_ahead(server), #AHEAD, what)
+        lu.assertEquals(np._read_ahead(server), #ahead, what)
+        if rope then
+          local _, _, why = server:read_line(0) -- (what it took is kept as a rope)
+          lu.assertEquals(why, "TIMEOUT", what)
+          lu.assertEquals(np._read_ahead(server), #ahead, what)
+        end
         local inside, calls, fired, hooks = false, 0, false, {}
         local hook_read = nil
         debug.sethook(function()
@@ -767,15 +785,20 @@ function TestLifetime:test_a_step_nested_in_a_read_of_read_ahead_takes_each_byte
           debug.sethook()
           fired = true
           -- (refused while the call's own read holds the slot: fine)
-          hook_read = pcall(server.read, server, 2, function(d, _, name)
-            hooks[#hooks + 1] = d or name
-            hook_read = false
-          end)
+          if take_all then
+            local ok, d = pcall(server.try_read, server)
+            if ok and d then hooks[#hooks + 1] = d end
+          else
+            hook_read = pcall(server.read, server, hook_n, function(d, _, name)
+              hooks[#hooks + 1] = d or name
+              hook_read = false
+            end)
+          end
           for _ = 1, 3 do np.step(1) end
           client:write(LATER)
         end, "c")
         inside = true
-        local r = table.pack(pcall(CALLS[kind], server))
+        local r = table.pack(pcall(NESTED_AHEAD_CALLS[kind], server))
         inside = false
         debug.sethook()
         if fired then fired_inside = fired_inside + 1 end
@@ -799,7 +822,7 @@ function TestLifetime:test_a_step_nested_in_a_read_of_read_ahead_takes_each_byte
         for _, piece in ipairs(pieces) do
           lu.assertNotNil(STREAM:find(piece, 1, true), what .. ": " .. piece .. " was not written so")
         end
-        lu.assertEquals(count(pieces), count { fired and STREAM or AHEAD },
+        lu.assertEquals(byte_counts(pieces), byte_counts { fired and STREAM or ahead },
           what .. ": every byte once (got " .. table.concat(pieces, "|") .. ")")
         H.close_all(server, client)
       until not fired or n == 80
@@ -807,6 +830,25 @@ function TestLifetime:test_a_step_nested_in_a_read_of_read_ahead_takes_each_byte
         fired_inside))
     end
   end
+end
+
+function TestLifetime:test_a_step_nested_in_a_read_of_read_ahead_takes_each_byte_once()
+  nested_reads_of_read_ahead("abcdefgh\n",
+    { "read", "read(3)", "try_read", "read_into", "read_into(cb)", "read_exact", "read_line" }, 2)
+end
+
+function TestLifetime:test_a_step_nested_in_a_read_of_read_ahead_that_takes_it_all()
+  nested_reads_of_read_ahead("abcdefgh\n",
+    { "read", "read(3)", "try_read", "read_into", "read_into(cb)", "read_exact", "read_line" }, nil, true)
+end
+
+-- (read_line is left out of the rope's case: its rope goes on to
+-- read_until, where a read started by a step nested between its take of
+-- the rope and its own next read makes that read raise "already pending":
+-- another matter, not yet mended)
+function TestLifetime:test_a_step_nested_in_a_read_of_a_rope_takes_each_byte_once()
+  nested_reads_of_read_ahead("abcdefgh",
+    { "read", "read(3)", "try_read", "read_into", "read_into(cb)", "read_exact" }, nil)
 end
 
 -- A nested step run before an outer step's first callback (here from a
