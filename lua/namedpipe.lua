@@ -957,11 +957,7 @@ end
 
 -- A cancel of the read slot: the calls queued behind an abandoned
 -- operation end with its reason, from the next step, in order.
-local function end_queued_calls(pipe, reason)
-  local queue = queued_calls[pipe]
-  if not queue then return end
-  queued_calls[pipe] = nil
-  sync_divert(pipe)
+local function end_queue(queue, reason)
   for _, entry in ipairs(queue) do
     entry.ended = true
     local from = entry.claimed_from
@@ -972,6 +968,14 @@ local function end_queued_calls(pipe, reason)
     end
     cancelled_soon(entry.cb, reason)
   end
+end
+
+local function end_queued_calls(pipe, reason)
+  local queue = queued_calls[pipe]
+  if not queue then return end
+  queued_calls[pipe] = nil
+  sync_divert(pipe)
+  end_queue(queue, reason)
 end
 
 -- The functions below get the calls the C methods hand over (binding.c,
@@ -1419,37 +1423,49 @@ end
 
 --- server:disconnect(): the C method's; once it has dropped the client,
 --- so does this layer whatever it holds of that connection (see sessions).
---- The C method raises for misuse at its caller's position: called from
---- the one-line function below, that is this line, so the error is raised
---- again from the caller's, as if the C method had been called directly.
+--- That is taken at once, with no call between the C method's return and
+--- the stores below: a step nested in any call from then on (a call
+--- hook's, a finalizer's) is already the next client's, and what it
+--- starts (a read, a read_line whose bytes are read ahead, a queued call)
+--- is not the old connection's to end. The C method raises for misuse at
+--- its caller's position: called from the first line of the function
+--- below, that is this line, so the error is raised again from the
+--- caller's, as if the C method had been called directly.
 local c_disconnect = methods.disconnect
-local function call_disconnect(...) local disconnect = c_disconnect; return pack(disconnect(...)) end
+local function call_disconnect(...) local disconnect = c_disconnect; local ok, msg, name, code = disconnect(...)
+  if not ok then return ok, msg, name, code end
+  local self = ...
+  sessions[self] = (sessions[self] or 0) + 1
+  local rec, queue, start = framing_reads[self], queued_calls[self], starting[self]
+  -- (a framing read's record has its stop field from the start: no room
+  -- is made, so no collector step runs)
+  if rec and not rec.stop then rec.stop = "NOT_CONNECTED" end
+  queued_calls[self] = nil
+  -- a read_start waiting here: from its own callback it ends with nothing
+  -- more; else it ends with NOT_CONNECTED when it goes on (a read_stop
+  -- before then takes that back)
+  if start and start.running then starting[self] = nil end
+  readahead[self], readahead_at[self], ahead_lens[self] = nil, nil, nil
+  return true, queue
+end
 local CALL_SITE = ("%s:%d: "):format(debug.getinfo(call_disconnect, "S").short_src,
   debug.getinfo(call_disconnect, "S").linedefined)
 
 function methods.disconnect(...)
-  local ok, r = pcall(call_disconnect, ...)
+  local ok, r, msg, name, code = pcall(call_disconnect, ...)
   if not ok then
     if type(r) == "string" and r:sub(1, #CALL_SITE) == CALL_SITE then
       error(r:sub(#CALL_SITE + 1), 2)
     end
     error(r, 0)
   end
-  if r[1] then
-    local self = ...
-    framing_stop(self, "NOT_CONNECTED")
-    -- calls queued behind an abandoned read end as a pending one does (else
-    -- they would read the next client's bytes)
-    end_queued_calls(self, "NOT_CONNECTED")
-    sessions[self] = session(self) + 1
-    if readahead[self] then set_readahead(self, nil) end
-    -- a read_start waiting here: from its own callback it ends with
-    -- nothing more; else it ends with NOT_CONNECTED when it goes on (a
-    -- read_stop before then takes that back)
-    local start = starting[self]
-    if start and start.running then clear_start(self) end
-  end
-  return unpack(r, 1, r.n)
+  if not r then return r, msg, name, code end
+  local self = ...
+  sync_divert(self)
+  -- calls queued behind an abandoned read end as a pending one does (else
+  -- they would read the next client's bytes)
+  if msg then end_queue(msg, "NOT_CONNECTED") end
+  return true
 end
 
 --- pipe:ready(interest [, timeout]): interest "readable", "writable" or

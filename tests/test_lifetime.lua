@@ -640,6 +640,19 @@ function TestLifetime:test_a_step_nested_in_an_unwinding_wait_loses_nothing()
   end
 end
 
+-- The server instance (disconnected) takes its next client, from inside a
+-- call hook: the client, and whether the instance saw it connect.
+local function next_client(server, name, opts)
+  local connected = false
+  server:connect(function(ok) connected = ok end)
+  local client = np.open(name, opts)
+  for _ = 1, 20 do
+    if connected then break end
+    np.step(1)
+  end
+  return client, connected
+end
+
 -- A waiting read on the main thread holds the read slot until its
 -- cancel has been made (at its deadline, or once an error has unwound
 -- it), but a disconnect() in a step nested in the cancel's calls (a call
@@ -665,13 +678,8 @@ function TestLifetime:test_a_disconnect_nested_at_a_main_read_deadline_leaves_th
         debug.sethook()
         fired = inside
         server:disconnect()
-        local connected = false
-        server:connect(function() connected = true end)
-        client2 = np.open(name, MESSAGES)
-        for _ = 1, 20 do
-          if connected then break end
-          np.step(1)
-        end
+        local connected
+        client2, connected = next_client(server, name, MESSAGES)
         if connected then
           server:read(function(...) foreign = table.pack(...) end)
         end
@@ -849,6 +857,58 @@ end
 function TestLifetime:test_a_step_nested_in_a_read_of_a_rope_takes_each_byte_once()
   nested_reads_of_read_ahead("abcdefgh",
     { "read", "read(3)", "try_read", "read_into", "read_into(cb)", "read_exact" }, nil)
+end
+
+-- disconnect() drops what the Lua layer holds of the connection that
+-- ended (bytes read ahead, a framing read, calls queued, a read_start). A
+-- step nested in the calls it makes once the C method has dropped the
+-- client (a call hook's here) is already the next client's: what it
+-- starts for that client (a read_line whose rest is read ahead, a
+-- read_start given that rest first) must be left alone.
+function TestLifetime:test_a_step_nested_in_disconnect_leaves_the_next_client_alone()
+  for _, how in ipairs { "read_line", "read_start" } do
+    local n, fired_inside = 0, 0
+    repeat
+      n = n + 1
+      local what = ("%s, a step nested at call %d after the client was dropped"):format(how, n)
+      local server, client, name = H.pair()
+      local inside, dropped, fired, line1, client2, got = false, 0, false, nil, nil, {}
+      debug.sethook(function()
+        if not inside or server:state() == "connected" then return end
+        dropped = dropped + 1
+        if dropped ~= n then return end
+        debug.sethook()
+        fired = true
+        client2 = next_client(server, name)
+        client2:write("one\ntwo\n")
+        line1 = server:read_line(1000) -- ("two\n" is read ahead)
+        if how == "read_start" then
+          server:read_start(function(d) got[#got + 1] = d end)
+        end
+      end, "c")
+      inside = true
+      lu.assertTrue(server:disconnect(), what)
+      inside = false
+      debug.sethook()
+      if fired then
+        fired_inside = fired_inside + 1
+        lu.assertEquals(line1, "one", what)
+        if how == "read_line" then
+          local line2, _, err = server:read_line(300)
+          lu.assertEquals(line2, "two", what .. ": the rest of the next client's bytes: " .. tostring(err))
+        else
+          client2:write("three\n")
+          H.pump(function() return #table.concat(got) >= 10 end, 2000,
+            what .. ": the read_start got " .. table.concat(got, "|"))
+          lu.assertEquals(table.concat(got), "two\nthree\n", what)
+          server:read_stop()
+        end
+        client2:close()
+      end
+      H.close_all(server, client)
+    until not fired or n == 60
+    lu.assertTrue(fired_inside >= 2, how .. ": the hook fired inside disconnect() " .. fired_inside .. " times")
+  end
 end
 
 -- A nested step run before an outer step's first callback (here from a
