@@ -921,7 +921,8 @@ local function call_after(op, pipe, cb, again, buf, own)
     queued_calls[pipe] = queue
     sync_divert(pipe)
   end
-  local entry = { cb = cb, buf = buf, claimed_from = own and op or nil }
+  -- (ended: its field there from the start, for disconnect())
+  local entry = { cb = cb, buf = buf, claimed_from = own and op or nil, ended = false }
   queue[#queue + 1] = entry
   if own then
     op.buf_claimed = true
@@ -1441,6 +1442,9 @@ local function call_disconnect(...) local disconnect = c_disconnect; local ok, m
   -- is made, so no collector step runs)
   if rec and not rec.stop then rec.stop = "NOT_CONNECTED" end
   queued_calls[self] = nil
+  -- (each ended now: its turn, from a step nested in the calls below,
+  -- would make it again on the next client's bytes; end_queue then ends it)
+  if queue then for i = 1, #queue do queue[i].ended = true end end
   -- a read_start waiting here: from its own callback it ends with nothing
   -- more; else it ends with NOT_CONNECTED when it goes on (a read_stop
   -- before then takes that back)

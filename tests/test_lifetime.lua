@@ -864,15 +864,25 @@ end
 -- step nested in the calls it makes once the C method has dropped the
 -- client (a call hook's here) is already the next client's: what it
 -- starts for that client (a read_line whose rest is read ahead, a
--- read_start given that rest first) must be left alone.
+-- read_start given that rest first) must be left alone, and a read queued
+-- behind one that an error unwound ends NOT_CONNECTED, not with the next
+-- client's bytes.
 function TestLifetime:test_a_step_nested_in_disconnect_leaves_the_next_client_alone()
-  for _, how in ipairs { "read_line", "read_start" } do
+  for _, how in ipairs { "read_line", "read_start", "queued" } do
     local n, fired_inside = 0, 0
     repeat
       n = n + 1
       local what = ("%s, a step nested at call %d after the client was dropped"):format(how, n)
       local server, client, name = H.pair()
       local inside, dropped, fired, line1, client2, got = false, 0, false, nil, nil, {}
+      local queued
+      if how == "queued" then -- a read queued behind one an error unwound
+        np.spawn(function() np.sleep(20); error("raised on purpose") end)
+        local ok, err = pcall(server.read, server, nil, 1000)
+        lu.assertFalse(ok, what)
+        lu.assertStrContains(tostring(err), "raised on purpose", false, what)
+        server:read(function(...) queued = table.pack(...) end)
+      end
       debug.sethook(function()
         if not inside or server:state() == "connected" then return end
         dropped = dropped + 1
@@ -880,6 +890,11 @@ function TestLifetime:test_a_step_nested_in_disconnect_leaves_the_next_client_al
         debug.sethook()
         fired = true
         client2 = next_client(server, name)
+        if how == "queued" then
+          client2:write("for the next reader")
+          for _ = 1, 10 do np.step(1) end
+          return
+        end
         client2:write("one\ntwo\n")
         line1 = server:read_line(1000) -- ("two\n" is read ahead)
         if how == "read_start" then
@@ -892,11 +907,16 @@ function TestLifetime:test_a_step_nested_in_disconnect_leaves_the_next_client_al
       debug.sethook()
       if fired then
         fired_inside = fired_inside + 1
-        lu.assertEquals(line1, "one", what)
-        if how == "read_line" then
+        if how == "queued" then
+          H.pump(function() return queued end, 2000, what)
+          lu.assertEquals(queued[3], "NOT_CONNECTED", what .. ": the queued read got " .. tostring(queued[1]))
+          lu.assertEquals(server:read(nil, 1000), "for the next reader", what)
+        elseif how == "read_line" then
+          lu.assertEquals(line1, "one", what)
           local line2, _, err = server:read_line(300)
           lu.assertEquals(line2, "two", what .. ": the rest of the next client's bytes: " .. tostring(err))
         else
+          lu.assertEquals(line1, "one", what)
           client2:write("three\n")
           H.pump(function() return #table.concat(got) >= 10 end, 2000,
             what .. ": the read_start got " .. table.concat(got, "|"))
